@@ -1,0 +1,1 @@
+//! influx-ha: high availability for InfluxDB OSS.
