@@ -1,17 +1,227 @@
 //! InfluxDB 1.6 line protocol, validated exactly as InfluxDB 1.6.7's parser does, fast.
 //!
-//! API (stable; the implementation is being written):
+//! Every write goes through [`validate`]: it splits a request body into lines the way InfluxDB
+//! does (a `\n` inside a quoted string value does not end a line), decides for each line what
+//! InfluxDB 1.6.7 would decide, stamps the lines that carry no timestamp with the ingest time,
+//! and yields the bytes to forward plus the exact error text InfluxDB would answer.
 //!
-//! ```ignore
-//! let v = lineproto::validate(body, Precision::from_v1_param("ms"), now_unix_nanos);
-//! v.points();          // number of valid points that will be forwarded
-//! v.rejected();        // &[Rejected]: every refused line, in body order, with its reason
-//! v.output();          // bytes to forward: valid lines, '\n'-terminated, missing timestamps stamped
-//! v.is_unchanged();    // true when output() is the body itself (nothing refused, nothing stamped)
-//! v.influx_error();    // Option<String>: the exact error text InfluxDB 1.6 answers (status 400)
-//!                      // when the forwarded points are all stored; None means 204
 //! ```
+//! use lineproto::{validate, Precision};
+//!
+//! let body = b"cpu,host=a usage=1 1700000000\ncpu,host=a usage=\ncpu,host=b usage=2\n";
+//! let v = validate(body, Precision::Seconds, 1_700_000_042_000_000_000);
+//! assert_eq!(v.points(), 2);
+//! assert_eq!(v.output(), b"cpu,host=a usage=1 1700000000\ncpu,host=b usage=2 1700000042\n");
+//! assert_eq!(
+//!     v.influx_error().unwrap(),
+//!     b"partial write: unable to parse 'cpu,host=a usage=': missing field value dropped=0",
+//! );
+//! ```
+//!
+//! Layout:
+//! - [`exact`](crate::exact) (private): the original parser ported function by function; the
+//!   definition of valid and the source of every error message.
+//! - `fast` (private): a one-pass accept path for the plain lines agents send; anything it is
+//!   unsure of goes to `exact`.
+//! - `split` (private): line boundaries, vectorised for lines without quotes or escapes.
+//! - [`Validated`]: the outcome for one body; [`series`]: measurement and series key of a line.
 #![forbid(unsafe_code)]
 
+mod error;
+mod exact;
+mod fast;
 mod precision;
+pub mod series;
+mod split;
+
+pub use error::{MAX_KEY_LENGTH, MAX_NANO_TIME, MIN_NANO_TIME, ParseError, Reason};
 pub use precision::{InvalidPrecision, Precision};
+
+/// A line that is not forwarded, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected<'a> {
+    line: &'a [u8],
+    reason: Reason,
+}
+
+impl<'a> Rejected<'a> {
+    /// The line as InfluxDB quotes it in its error: leading whitespace skipped, no `\n`.
+    pub fn line(&self) -> &'a [u8] {
+        self.line
+    }
+
+    pub fn reason(&self) -> &Reason {
+        &self.reason
+    }
+}
+
+/// The outcome of validating one request body.
+#[derive(Debug, Clone)]
+pub struct Validated<'a> {
+    body: &'a [u8],
+    points: usize,
+    rejected: Vec<Rejected<'a>>,
+    /// `None` while the output is the body itself; the rebuilt output otherwise.
+    rebuilt: Option<Vec<u8>>,
+}
+
+/// Validates `body` as InfluxDB 1.6.7's `/write` does with this `precision`; lines without a
+/// timestamp get `now_unix_nanos`, truncated to the precision.
+pub fn validate(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Validated<'_> {
+    let mut stamp = Vec::with_capacity(21);
+    stamp.push(b' ');
+    stamp.extend_from_slice(precision.stamp(now_unix_nanos).to_string().as_bytes());
+    stamp.push(b'\n');
+
+    let mut v = Validated {
+        body,
+        points: 0,
+        rejected: Vec::new(),
+        rebuilt: None,
+    };
+    // Everything of `body` before `copied` is already in `rebuilt` (or needs no copy).
+    let mut copied = 0;
+    let mut pos = 0;
+    while pos < body.len() {
+        let (end, plain) = split::line_end(body, pos);
+        let line_start = pos;
+        pos = end + 1;
+
+        let block = &body[line_start..end];
+        let start = exact::skip_whitespace(block, 0);
+        if start >= block.len() || block[start] == b'#' {
+            continue;
+        }
+        let block = block.strip_suffix(b"\n").unwrap_or(block);
+        let line = &block[start..];
+
+        let verdict = match plain.then(|| fast::parse_plain(line, precision)).flatten() {
+            Some(info) => Ok(info),
+            None => exact::parse_point(line, precision),
+        };
+        let reason = match verdict {
+            Ok(info) if info.time_tag => {
+                Reason::TimeTag(exact::unescape_name(exact::raw_measurement(line)))
+            }
+            Ok(info) if info.only_time_fields => {
+                Reason::TimeField(exact::unescape_name(exact::raw_measurement(line)))
+            }
+            Ok(info) => {
+                v.points += 1;
+                if !info.has_timestamp {
+                    let out = v
+                        .rebuilt
+                        .get_or_insert_with(|| Vec::with_capacity(body.len() + 64));
+                    out.extend_from_slice(&body[copied..line_start + block.len()]);
+                    out.extend_from_slice(&stamp);
+                    copied = pos.min(body.len());
+                }
+                continue;
+            }
+            Err(e) => Reason::Parse(e),
+        };
+        let out = v
+            .rebuilt
+            .get_or_insert_with(|| Vec::with_capacity(body.len()));
+        out.extend_from_slice(&body[copied..line_start]);
+        copied = pos.min(body.len());
+        v.rejected.push(Rejected { line, reason });
+    }
+    if let Some(out) = v.rebuilt.as_mut() {
+        out.extend_from_slice(&body[copied..]);
+        if out.last().is_some_and(|&c| c != b'\n') {
+            out.push(b'\n');
+        }
+    }
+    v
+}
+
+impl<'a> Validated<'a> {
+    /// Valid points, forwarded in [`output`](Self::output).
+    pub fn points(&self) -> usize {
+        self.points
+    }
+
+    /// Every line that is not forwarded, in body order.
+    pub fn rejected(&self) -> &[Rejected<'a>] {
+        &self.rejected
+    }
+
+    /// The bytes to forward: the valid lines as they came (comments and blank lines may
+    /// remain), lines without a timestamp stamped.
+    pub fn output(&self) -> &[u8] {
+        self.rebuilt.as_deref().unwrap_or(self.body)
+    }
+
+    /// True when [`output`](Self::output) is the request body itself.
+    pub fn is_unchanged(&self) -> bool {
+        self.rebuilt.is_none()
+    }
+
+    /// The forwarded bytes, without a copy when the body is unchanged.
+    pub fn into_output(self) -> std::borrow::Cow<'a, [u8]> {
+        match self.rebuilt {
+            Some(out) => std::borrow::Cow::Owned(out),
+            None => std::borrow::Cow::Borrowed(self.body),
+        }
+    }
+
+    /// The parser's complaints, as InfluxDB joins them: `unable to parse '<line>': <reason>`,
+    /// one per refused line, separated by `\n`. `None` when every line parsed.
+    pub fn parse_errors(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        for r in self.rejected.iter().filter(|r| !r.reason.is_drop()) {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(b"unable to parse '");
+            out.extend_from_slice(r.line);
+            out.extend_from_slice(b"': ");
+            r.reason.write_to(&mut out);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Points that parsed but that InfluxDB's storage layer drops (`time` as a key).
+    pub fn dropped(&self) -> usize {
+        self.rejected.iter().filter(|r| r.reason.is_drop()).count()
+    }
+
+    /// The reason InfluxDB gives for its drops: its storage layer checks tags before fields, so
+    /// a `time` tag is named before a `time` field whatever the line order.
+    pub fn drop_reason(&self) -> Option<&Reason> {
+        let drops = || {
+            self.rejected
+                .iter()
+                .map(|r| &r.reason)
+                .filter(|r| r.is_drop())
+        };
+        drops()
+            .find(|r| matches!(r, Reason::TimeTag(_)))
+            .or_else(|| drops().next())
+    }
+
+    /// The error text InfluxDB 1.6.7 answers, with status 400, for this body once the forwarded
+    /// points are stored; `None` when it answers 204. Bytes, not a string: lines quoted in it
+    /// may hold any bytes, and InfluxDB's JSON encoding replaces each invalid byte.
+    pub fn influx_error(&self) -> Option<Vec<u8>> {
+        let parsed = self.points + self.dropped();
+        if parsed == 0 {
+            return self.parse_errors();
+        }
+        if let Some(reason) = self.drop_reason() {
+            let mut out = b"partial write: ".to_vec();
+            reason.write_to(&mut out);
+            out.extend_from_slice(format!(" dropped={}", self.dropped()).as_bytes());
+            return Some(out);
+        }
+        let errors = self.parse_errors()?;
+        let mut out = b"partial write: ".to_vec();
+        out.extend_from_slice(&errors);
+        out.extend_from_slice(b" dropped=0");
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

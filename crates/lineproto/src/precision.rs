@@ -20,7 +20,11 @@ pub struct InvalidPrecision(pub String);
 
 impl fmt::Display for InvalidPrecision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid precision {:?}: expected one of ns, us, ms, s", self.0)
+        write!(
+            f,
+            "invalid precision {:?}: expected one of ns, us, ms, s",
+            self.0
+        )
     }
 }
 
@@ -128,7 +132,10 @@ mod tests {
 
     #[test]
     fn stamp_truncates() {
-        assert_eq!(Precision::Seconds.stamp(1_700_000_000_999_999_999), 1_700_000_000);
+        assert_eq!(
+            Precision::Seconds.stamp(1_700_000_000_999_999_999),
+            1_700_000_000
+        );
         assert_eq!(Precision::Nanoseconds.stamp(42), 42);
     }
 }

@@ -1,0 +1,265 @@
+//! Unit tests: every rule and message, with the texts InfluxDB 1.6.7 answers.
+
+use super::*;
+
+const NOW: i64 = 1_700_000_000_123_456_789;
+
+fn error_of(body: &str) -> Option<String> {
+    validate(body.as_bytes(), Precision::Nanoseconds, NOW)
+        .influx_error()
+        .map(|e| String::from_utf8(e).expect("test bodies are UTF-8"))
+}
+
+fn line_error(line: &str) -> String {
+    let v = validate(line.as_bytes(), Precision::Nanoseconds, NOW);
+    assert_eq!(v.points(), 0, "{line:?} should be refused");
+    let rejected = v.rejected();
+    assert_eq!(rejected.len(), 1, "{line:?}");
+    rejected[0].reason().to_string()
+}
+
+fn accepted(line: &str) -> bool {
+    validate(line.as_bytes(), Precision::Nanoseconds, NOW).points() == 1
+}
+
+#[test]
+fn reference_examples() {
+    assert_eq!(
+        error_of("cpu,host=a usage=").as_deref(),
+        Some("unable to parse 'cpu,host=a usage=': missing field value")
+    );
+    assert_eq!(
+        error_of("pa,host=x v=1 1700000000000000001\npb,host=y v= 1700000000000000002\npc,host=z v=3 1700000000000000003\n")
+            .as_deref(),
+        Some("partial write: unable to parse 'pb,host=y v= 1700000000000000002': missing field value dropped=0")
+    );
+    assert_eq!(
+        error_of("cpu time=1").as_deref(),
+        Some(
+            "partial write: invalid field name: input field \"time\" on measurement \"cpu\" is invalid dropped=1"
+        )
+    );
+    assert_eq!(
+        error_of("cpu,time=x v=1").as_deref(),
+        Some(
+            "partial write: invalid tag key: input tag \"time\" on measurement \"cpu\" is invalid dropped=1"
+        )
+    );
+    assert_eq!(
+        error_of("cpu v=1 1\r\n").as_deref(),
+        Some("unable to parse 'cpu v=1 1\r': bad timestamp")
+    );
+    assert_eq!(
+        error_of("cpu v=1u").as_deref(),
+        Some("unable to parse 'cpu v=1u': invalid number")
+    );
+    assert_eq!(error_of(""), None);
+}
+
+#[test]
+fn several_errors_are_joined_with_newlines() {
+    assert_eq!(
+        error_of("a v=\nb\n").as_deref(),
+        Some("unable to parse 'a v=': missing field value\nunable to parse 'b': missing fields")
+    );
+}
+
+#[test]
+fn time_tag_reason_wins_over_time_field_and_parse_errors() {
+    assert_eq!(
+        error_of("a time=1 1\nbad\nb,time=x v=1 1\nc v=1 1").as_deref(),
+        Some(
+            "partial write: invalid tag key: input tag \"time\" on measurement \"b\" is invalid dropped=2"
+        )
+    );
+}
+
+#[test]
+fn time_field_beside_other_fields_is_forwarded() {
+    let v = validate(b"cpu time=1,v=2 5", Precision::Nanoseconds, NOW);
+    assert_eq!(v.points(), 1);
+    assert!(v.is_unchanged());
+    assert_eq!(v.influx_error(), None);
+}
+
+#[test]
+fn measurement_in_drop_reason_is_unescaped() {
+    assert_eq!(
+        error_of("c\\ p\\,u,time=x v=1").as_deref(),
+        Some(
+            "partial write: invalid tag key: input tag \"time\" on measurement \"c p,u\" is invalid dropped=1"
+        )
+    );
+}
+
+#[test]
+fn structure_errors() {
+    for (line, reason) in [
+        ("cpu", "missing fields"),
+        ("cpu ", "invalid field format"),
+        (",t=a v=1", "missing measurement"),
+        ("cpu,", "missing tag key"),
+        ("cpu,=a v=1", "missing tag key"),
+        ("cpu,t v=1", "missing tag value"),
+        ("cpu,t= v=1", "missing tag value"),
+        ("cpu,t=a", "missing fields"),
+        ("cpu,t=a=b v=1", "invalid tag format"),
+        ("cpu,t=a,t=b v=1", "duplicate tags"),
+        ("cpu,t=a,u=1,t=b v=1", "duplicate tags"),
+        ("cpu =1", "missing field key"),
+        ("cpu v=1,=2", "missing field key"),
+        ("cpu v=", "missing field value"),
+        ("cpu v=,w=1", "missing field value"),
+        ("cpu v=1,", "invalid field format"),
+        ("cpu v", "invalid field format"),
+        ("cpu v=\"abc", "unbalanced quotes"),
+        ("cpu v=1 abc", "bad timestamp"),
+        ("cpu v=1 12 x", "point is invalid"),
+        (
+            "cpu v=1 -",
+            "strconv.ParseInt: parsing \"-\": invalid syntax",
+        ),
+        (
+            "cpu v=1 99999999999999999999",
+            "strconv.ParseInt: parsing \"99999999999999999999\": value out of range",
+        ),
+        (
+            "cpu v=1 9223372036854775807",
+            "time outside range -9223372036854775806 - 9223372036854775806",
+        ),
+    ] {
+        assert_eq!(line_error(line), reason, "{line:?}");
+    }
+}
+
+#[test]
+fn numbers() {
+    for ok in [
+        "1",
+        "-1",
+        "1.5",
+        ".5",
+        "1.",
+        "-.5",
+        "1e5",
+        "1E-5",
+        "-1e-3",
+        "1i",
+        "-1i",
+        "0i",
+        "9223372036854775807i",
+        "-9223372036854775808i",
+        "1234567890123456789012.0",
+    ] {
+        assert!(accepted(&format!("m v={ok} 1")), "{ok}");
+    }
+    for (bad, reason) in [
+        ("1u", "invalid number"),
+        ("1.5i", "invalid number"),
+        ("1e5i", "invalid number"),
+        ("9i10", "invalid number"),
+        ("1.1.1", "invalid number"),
+        ("-", "invalid number"),
+        (".", "invalid number"),
+        ("-.", "invalid number"),
+        ("NaN", "invalid number"),
+        ("nan", "invalid number"),
+        ("-Inf", "invalid number"),
+        ("1e", "invalid float"),
+        ("1e400", "invalid float"),
+        ("Inf", "invalid boolean"),
+        (
+            "9223372036854775808i",
+            "unable to parse integer 9223372036854775808: strconv.ParseInt: parsing \"9223372036854775808\": value out of range",
+        ),
+    ] {
+        assert_eq!(line_error(&format!("m v={bad} 1")), reason, "{bad}");
+    }
+}
+
+#[test]
+fn booleans() {
+    for ok in [
+        "t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE",
+    ] {
+        assert!(accepted(&format!("m v={ok}")), "{ok}");
+    }
+    for bad in ["tRUE", "tru", "truee", "yes", "fals", "FALSe"] {
+        assert_eq!(
+            line_error(&format!("m v={bad}")),
+            "invalid boolean",
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn strings_may_hold_newlines_and_escaped_quotes() {
+    let body = b"m s=\"a\nb\\\"c\" 1\nm v=2 2\n";
+    let v = validate(body, Precision::Nanoseconds, NOW);
+    assert_eq!(v.points(), 2);
+    assert!(v.rejected().is_empty());
+    assert!(v.is_unchanged());
+}
+
+#[test]
+fn comments_blank_and_whitespace_lines_are_skipped() {
+    let v = validate(
+        b"# hello\n\n   \n\t# indented\n m v=1 1\n",
+        Precision::Nanoseconds,
+        NOW,
+    );
+    assert_eq!(v.points(), 1);
+    assert!(v.rejected().is_empty());
+}
+
+#[test]
+fn missing_timestamps_are_stamped_in_the_request_precision() {
+    let v = validate(b"a v=1\nb v=2 7\nc v=3", Precision::Milliseconds, NOW);
+    assert_eq!(
+        v.output(),
+        b"a v=1 1700000000123\nb v=2 7\nc v=3 1700000000123\n"
+    );
+    let v = validate(b"a v=1", Precision::Nanoseconds, NOW);
+    assert_eq!(v.output(), b"a v=1 1700000000123456789\n");
+}
+
+#[test]
+fn refused_lines_are_left_out_of_the_output() {
+    let v = validate(
+        b"a v=1 1\nbad\nc v=3 3\nd,time=1 v=1 4\n",
+        Precision::Nanoseconds,
+        NOW,
+    );
+    assert_eq!(v.output(), b"a v=1 1\nc v=3 3\n");
+    assert_eq!(v.points(), 2);
+    assert_eq!(v.dropped(), 1);
+}
+
+#[test]
+fn timestamp_range_depends_on_precision() {
+    let v = validate(b"m v=1 9223372036", Precision::Seconds, NOW);
+    assert_eq!(v.points(), 1);
+    let v = validate(b"m v=1 9223372037", Precision::Seconds, NOW);
+    assert_eq!(
+        v.rejected()[0].reason().to_string(),
+        "time outside range -9223372036854775806 - 9223372036854775806"
+    );
+    assert!(accepted("m v=1 -9223372036854775806"));
+    assert!(!accepted("m v=1 -9223372036854775807"));
+}
+
+#[test]
+fn max_key_length() {
+    let long = "k".repeat(65_530);
+    assert_eq!(
+        line_error(&format!("m{long} value=1")),
+        "max key length exceeded: 65540 > 65535"
+    );
+}
+
+#[test]
+fn unsorted_tags_are_valid() {
+    assert!(accepted("cpu,z=1,a=2 v=1 1"));
+    assert!(accepted("cpu,b=1,a=2,c=3 v=1 1"));
+}
