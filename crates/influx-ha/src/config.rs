@@ -1,0 +1,956 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Reading happens in two steps. [`toml`] and serde turn the text into raw structs, refusing
+//! unknown keys and wrong types with an error that names the line and shows it. Then
+//! [`validate`](RawConfig::validate) checks what types cannot express (at least one backend,
+//! unique and file-system-safe names, URLs, listen addresses) and builds a [`Config`] of plain,
+//! already-checked values; its errors name the line and the key path, such as
+//! `backend[1].url`.
+//!
+//! ```toml
+//! data_dir = "/var/lib/influx-ha"     # one hinted-handoff queue folder per backend
+//!
+//! [http]
+//! bind = "0.0.0.0:8086"
+//! # max_body_bytes = 25000000        # 413 past this, before and after gzip inflation
+//! # max_inflight_bytes = "128MiB"    # request bodies held at once; past it: 503
+//! # max_connections = 10000
+//! # header_read_timeout = "30s"
+//! # body_read_timeout = "60s"
+//! # drain_timeout = "30s"            # SIGTERM: time given to in-flight requests
+//!
+//! [admin]                             # optional
+//! bind = "127.0.0.1:8093"
+//!
+//! [[udp]]                             # any number
+//! bind = "0.0.0.0:8089"
+//! database = "telegraf"
+//! # precision = "ns"                 # ns, us (microseconds), ms, s, m, h
+//!
+//! [[tcp]]                             # any number
+//! bind = "0.0.0.0:8094"
+//! database = "telegraf"
+//!
+//! [write]
+//! consistency = "one"                 # any | one | quorum | all
+//! # backend_timeout = "10s"          # deadline of one direct write to a backend
+//! # connect_timeout = "2s"
+//!
+//! [queue]
+//! max_bytes = "10GiB"                 # per backend
+//! max_age = "7d"
+//! fsync = "always"                    # always | interval | never
+//! # fsync_interval = "1s"            # with fsync = "interval"
+//! # segment_bytes = "64MiB"
+//! # min_free_disk = "1GiB"
+//!
+//! [[backend]]
+//! name = "influx-a"                   # also the queue folder name under data_dir
+//! url = "http://10.0.0.1:8086"
+//! # username = "relay"               # service credentials for this backend
+//! # password = "..."
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use crate::params::{Consistency, Precision};
+use crate::units::{ByteSize, HumanDuration};
+
+/// InfluxDB 1.6's default `max-body-size`.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 25_000_000;
+/// Default cap on request-body bytes held in memory at once, over all requests.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 128 << 20;
+/// Default cap on open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time a client gets to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client gets to send a whole request body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline of one direct write to a backend (InfluxDB's own write timeout).
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default TCP connect timeout towards a backend.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default per-backend queue size cap.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 10 << 30;
+/// Default per-backend queue age cap.
+pub const DEFAULT_QUEUE_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Default fsync period with `fsync = "interval"`.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Default queue segment file size.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default free-disk floor under which queues stop accepting appends.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
+/// Longest backend name (it is a directory name).
+pub const MAX_BACKEND_NAME_LEN: usize = 64;
+
+// === Validated configuration ===
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the per-backend queues live: `data_dir/<backend name>/`.
+    pub data_dir: PathBuf,
+    /// The main HTTP listener (InfluxDB's API).
+    pub http: HttpConfig,
+    /// A separate admin listener; `None` serves the admin surface on the main listener.
+    pub admin: Option<AdminConfig>,
+    /// UDP line-protocol listeners.
+    pub udp: Vec<UdpConfig>,
+    /// TCP (newline-delimited) line-protocol listeners.
+    pub tcp: Vec<TcpConfig>,
+    /// Write-path settings.
+    pub write: WriteConfig,
+    /// Hinted-handoff queue limits, the same for every backend.
+    pub queue: QueueConfig,
+    /// The InfluxDB backends every write is replicated to; never empty.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[http]`: the main listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Largest request body, compressed and after inflation; past it: 413.
+    pub max_body_bytes: u64,
+    /// Request-body bytes held at once over all requests; past it: 503 with Retry-After.
+    pub max_inflight_bytes: u64,
+    /// Open client connections; further clients wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Time a client gets to send the request headers (slow-loris protection).
+    pub header_read_timeout: Duration,
+    /// Time a client gets to send a whole request body.
+    pub body_read_timeout: Duration,
+    /// After SIGTERM: time in-flight requests get to finish before the process exits anyway.
+    pub drain_timeout: Duration,
+}
+
+/// `[admin]`: the separate admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to listen on (loopback is the sensible choice).
+    pub bind: SocketAddr,
+}
+
+/// `[[udp]]`: one UDP line-protocol listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Database every datagram is written to; created on every backend at start.
+    pub database: String,
+    /// Precision of timestamps in the datagrams.
+    pub precision: Precision,
+}
+
+/// `[[tcp]]`: one TCP line-protocol listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Database every line is written to; created on every backend at start.
+    pub database: String,
+}
+
+/// `[write]`: the write path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteConfig {
+    /// Default consistency level; a request's `consistency` parameter overrides it.
+    pub consistency: Consistency,
+    /// Deadline of one direct write to a backend; past it the send counts as failed.
+    pub backend_timeout: Duration,
+    /// TCP connect timeout towards a backend.
+    pub connect_timeout: Duration,
+}
+
+/// When queue appends are fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before the client is answered (group commit): the promise of DESIGN.md §2.
+    Always,
+    /// Every period; a crash can lose the last period of acknowledged writes.
+    Interval(Duration),
+    /// Left to the OS; a crash can lose acknowledged writes.
+    Never,
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Interval(d) => write!(f, "every {}", crate::units::format_duration(*d)),
+            Self::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// `[queue]`: limits of each backend's hinted-handoff queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Size cap of one backend's queue; past it the backend is marked diverged.
+    pub max_bytes: u64,
+    /// Age cap: older records are dropped and the backend is marked diverged.
+    pub max_age: Duration,
+    /// fsync policy for appends.
+    pub fsync: FsyncPolicy,
+    /// Size of one segment file.
+    pub segment_bytes: u64,
+    /// Appends are refused while the file system has less free space than this.
+    pub min_free_disk: u64,
+}
+
+/// `[[backend]]`: one InfluxDB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Unique, file-system-safe name; also the queue folder name.
+    pub name: String,
+    /// Where the backend's HTTP API is.
+    pub url: BackendUrl,
+    /// Service credentials influx-ha uses for this backend (never the client's).
+    pub credentials: Option<Credentials>,
+}
+
+/// Service credentials for one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// InfluxDB user name.
+    pub username: String,
+    /// InfluxDB password; never printed.
+    pub password: Secret,
+}
+
+/// `http` or `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+/// A backend's base URL, checked: scheme, host, explicit port and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host name or IP address (IPv6 in brackets, as written).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Path prefix without a trailing slash, `""` for none (`/write` is appended to it).
+    pub base_path: String,
+}
+
+impl BackendUrl {
+    /// The full URL of an API path such as `/write`.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{self}{path}")
+    }
+}
+
+impl fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        write!(
+            f,
+            "{scheme}://{}:{}{}",
+            self.host, self.port, self.base_path
+        )
+    }
+}
+
+// === impl Secret ===
+
+/// A password or token: readable only through [`Secret::expose`], redacted in `Debug` and
+/// `Display` so it cannot end up in a log or an error message by accident.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"<redacted>\")")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+// === Errors ===
+
+/// One thing wrong with a config, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the offending value, when it is in the file.
+    pub line: Option<usize>,
+    /// Key path such as `backend[1].url`.
+    pub key: String,
+    /// What is wrong and, where it helps, what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key or a wrong type; toml's message names line and column.
+    #[error("invalid config {origin}: {source}")]
+    Parse {
+        /// The file (or `<string>`).
+        origin: String,
+        /// toml's error, which quotes the offending line.
+        source: toml::de::Error,
+    },
+    /// Well-formed but semantically wrong; every problem found is listed.
+    #[error("invalid config {origin}:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file (or `<string>`).
+        origin: String,
+        /// What is wrong, in file order as far as known.
+        problems: Vec<Problem>,
+    },
+}
+
+// === Loading ===
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        raw.validate(text).map_err(|problems| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        })
+    }
+
+    /// The queue folder of a backend.
+    pub fn queue_dir(&self, backend: &BackendConfig) -> PathBuf {
+        self.data_dir.join(&backend.name)
+    }
+}
+
+// === Raw (as written) configuration ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Spanned<String>,
+    #[serde(default)]
+    http: RawHttp,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    udp: Vec<RawUdp>,
+    #[serde(default)]
+    tcp: Vec<RawTcp>,
+    #[serde(default)]
+    write: RawWrite,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    bind: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<ByteSize>>,
+    max_inflight_bytes: Option<Spanned<ByteSize>>,
+    max_connections: Option<Spanned<i64>>,
+    header_read_timeout: Option<Spanned<HumanDuration>>,
+    body_read_timeout: Option<Spanned<HumanDuration>>,
+    drain_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUdp {
+    bind: Spanned<String>,
+    database: Spanned<String>,
+    #[serde(default)]
+    precision: Precision,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    bind: Spanned<String>,
+    database: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWrite {
+    consistency: Option<Consistency>,
+    backend_timeout: Option<Spanned<HumanDuration>>,
+    connect_timeout: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawFsync {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    max_bytes: Option<Spanned<ByteSize>>,
+    max_age: Option<Spanned<HumanDuration>>,
+    fsync: Option<RawFsync>,
+    fsync_interval: Option<Spanned<HumanDuration>>,
+    segment_bytes: Option<Spanned<ByteSize>>,
+    min_free_disk: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<Secret>>,
+}
+
+/// Collects problems while validating.
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn line<T>(&self, spanned: &Spanned<T>) -> usize {
+        let start = spanned.span().start.min(self.text.len());
+        self.text.as_bytes()[..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn at<T>(&mut self, spanned: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        let line = self.line(spanned);
+        self.problems.push(Problem {
+            line: Some(line),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn general(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn bind(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match value.get_ref().trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.at(
+                    value,
+                    key,
+                    format!(
+                        "{:?} is not an address to listen on: write IP:port such as \"0.0.0.0:8086\", \"127.0.0.1:8086\" or \"[::]:8086\" (host names are not resolved)",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn database(&mut self, value: &Spanned<String>, key: &str) -> String {
+        if value.get_ref().is_empty() {
+            self.at(value, key, "must not be empty");
+        }
+        value.get_ref().clone()
+    }
+
+    fn positive(
+        &mut self,
+        value: &Option<Spanned<HumanDuration>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(v) if v.get_ref().0.is_zero() => {
+                self.at(v, key, "must be longer than zero");
+                default
+            }
+            Some(v) => v.get_ref().0,
+        }
+    }
+}
+
+/// Backend names become directory names: keep them portable and unsurprising.
+fn check_backend_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_BACKEND_NAME_LEN {
+        return Err(format!("must be at most {MAX_BACKEND_NAME_LEN} characters"));
+    }
+    let first_ok = name.as_bytes()[0].is_ascii_alphanumeric();
+    let rest_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !first_ok || !rest_ok {
+        return Err(format!(
+            "{name:?} is not a safe folder name: use letters, digits, '-', '_' and '.', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a backend URL. Messages never repeat a URL that carries credentials.
+fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err("must start with http:// or https://".to_owned());
+    };
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(
+            "must not contain credentials: set username and password in the [[backend]] table"
+                .to_owned(),
+        );
+    }
+    if path.contains(['?', '#']) {
+        return Err(format!("{url:?} must not have a query or fragment"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((inner, after)) = v6.split_once(']') else {
+            return Err(format!("{url:?} has an unclosed '[' in the host"));
+        };
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{url:?}: {inner:?} is not an IPv6 address"));
+        }
+        (format!("[{inner}]"), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{url:?} has no host"));
+    }
+    if !host.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(format!("{url:?}: {host:?} is not a valid host name"));
+    }
+    let Some(port) = port.filter(|p| !p.is_empty()) else {
+        return Err(format!(
+            "{url:?} has no port: write it explicitly, such as {}://{host}:8086",
+            if scheme == Scheme::Http {
+                "http"
+            } else {
+                "https"
+            }
+        ));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("{url:?}: {port:?} is not a port number")),
+    };
+    if path.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(format!(
+            "{url:?}: the path must not contain '.' or '..' segments"
+        ));
+    }
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~%".contains(&b))
+    {
+        return Err(format!(
+            "{url:?}: the path may only contain unreserved characters"
+        ));
+    }
+    let base_path = path.trim_end_matches('/').to_owned();
+    Ok(BackendUrl {
+        scheme,
+        host,
+        port,
+        base_path,
+    })
+}
+
+impl RawConfig {
+    fn validate(self, text: &str) -> Result<Config, Vec<Problem>> {
+        let mut c = Checker {
+            text,
+            problems: Vec::new(),
+        };
+        let placeholder: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+
+        // data_dir
+        if self.data_dir.get_ref().trim().is_empty() {
+            c.at(&self.data_dir, "data_dir", "must not be empty");
+        }
+        let data_dir = PathBuf::from(self.data_dir.get_ref());
+
+        // [http]
+        let http_bind = match &self.http.bind {
+            Some(b) => c.bind(b, "http.bind").unwrap_or(placeholder),
+            None => SocketAddr::from(([0, 0, 0, 0], 8086)),
+        };
+        let max_body_bytes = match &self.http.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(v) => {
+                let n = v.get_ref().0;
+                if n == 0 || n > u64::from(u32::MAX) {
+                    c.at(v, "http.max_body_bytes", "must be between 1 byte and 4GiB");
+                }
+                n
+            }
+        };
+        let max_inflight_bytes = match &self.http.max_inflight_bytes {
+            None => DEFAULT_MAX_INFLIGHT_BYTES.max(max_body_bytes),
+            Some(v) => {
+                let n = v.get_ref().0;
+                if n < max_body_bytes {
+                    c.at(
+                        v,
+                        "http.max_inflight_bytes",
+                        format!("must be at least http.max_body_bytes ({max_body_bytes}), or a request of the largest allowed size could never be taken"),
+                    );
+                }
+                n
+            }
+        };
+        let max_connections = match &self.http.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    c.at(v, "http.max_connections", "must be at least 1");
+                    DEFAULT_MAX_CONNECTIONS
+                }
+            },
+        };
+        let header_read_timeout = c.positive(
+            &self.http.header_read_timeout,
+            "http.header_read_timeout",
+            DEFAULT_HEADER_READ_TIMEOUT,
+        );
+        let body_read_timeout = c.positive(
+            &self.http.body_read_timeout,
+            "http.body_read_timeout",
+            DEFAULT_BODY_READ_TIMEOUT,
+        );
+        let drain_timeout = self
+            .http
+            .drain_timeout
+            .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0);
+        let http = HttpConfig {
+            bind: http_bind,
+            max_body_bytes,
+            max_inflight_bytes,
+            max_connections,
+            header_read_timeout,
+            body_read_timeout,
+            drain_timeout,
+        };
+
+        // [admin]
+        let admin = self.admin.as_ref().map(|a| AdminConfig {
+            bind: c.bind(&a.bind, "admin.bind").unwrap_or(placeholder),
+        });
+
+        // [[udp]] and [[tcp]]
+        let udp: Vec<UdpConfig> = self
+            .udp
+            .iter()
+            .enumerate()
+            .map(|(i, u)| UdpConfig {
+                bind: c
+                    .bind(&u.bind, &format!("udp[{i}].bind"))
+                    .unwrap_or(placeholder),
+                database: c.database(&u.database, &format!("udp[{i}].database")),
+                precision: u.precision,
+            })
+            .collect();
+        let tcp: Vec<TcpConfig> = self
+            .tcp
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TcpConfig {
+                bind: c
+                    .bind(&t.bind, &format!("tcp[{i}].bind"))
+                    .unwrap_or(placeholder),
+                database: c.database(&t.database, &format!("tcp[{i}].database")),
+            })
+            .collect();
+
+        // Two TCP listeners on one address cannot both start.
+        let mut tcp_binds: Vec<(String, SocketAddr, Option<&Spanned<String>>)> =
+            vec![("http.bind".to_owned(), http.bind, self.http.bind.as_ref())];
+        if let (Some(a), Some(raw)) = (&admin, &self.admin) {
+            tcp_binds.push(("admin.bind".to_owned(), a.bind, Some(&raw.bind)));
+        }
+        for (i, (t, raw)) in tcp.iter().zip(&self.tcp).enumerate() {
+            tcp_binds.push((format!("tcp[{i}].bind"), t.bind, Some(&raw.bind)));
+        }
+        for (i, (key, addr, raw)) in tcp_binds.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _, _)) = tcp_binds[..i].iter().find(|(_, a, _)| a == addr) {
+                let msg = format!("{addr} is already used by {other}");
+                match raw {
+                    Some(raw) => c.at(raw, key.clone(), msg),
+                    None => c.general(key.clone(), msg),
+                }
+            }
+        }
+        for (i, (u, raw)) in udp.iter().zip(&self.udp).enumerate() {
+            if u.bind.port() == 0 {
+                continue;
+            }
+            if let Some(j) = udp[..i].iter().position(|o| o.bind == u.bind) {
+                c.at(
+                    &raw.bind,
+                    format!("udp[{i}].bind"),
+                    format!("{} is already used by udp[{j}].bind", u.bind),
+                );
+            }
+        }
+
+        // [write]
+        let write = WriteConfig {
+            consistency: self.write.consistency.unwrap_or(Consistency::One),
+            backend_timeout: c.positive(
+                &self.write.backend_timeout,
+                "write.backend_timeout",
+                DEFAULT_BACKEND_TIMEOUT,
+            ),
+            connect_timeout: c.positive(
+                &self.write.connect_timeout,
+                "write.connect_timeout",
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+        };
+
+        // [queue]
+        let q = &self.queue;
+        let max_bytes = q
+            .max_bytes
+            .as_ref()
+            .map_or(DEFAULT_QUEUE_MAX_BYTES, |v| v.get_ref().0);
+        if let Some(v) = &q.max_bytes {
+            if v.get_ref().0 == 0 {
+                c.at(v, "queue.max_bytes", "must be larger than zero");
+            }
+        }
+        let max_age = c.positive(&q.max_age, "queue.max_age", DEFAULT_QUEUE_MAX_AGE);
+        let fsync_interval = c.positive(
+            &q.fsync_interval,
+            "queue.fsync_interval",
+            DEFAULT_FSYNC_INTERVAL,
+        );
+        let fsync = match q.fsync.unwrap_or(RawFsync::Always) {
+            RawFsync::Always => FsyncPolicy::Always,
+            RawFsync::Interval => FsyncPolicy::Interval(fsync_interval),
+            RawFsync::Never => FsyncPolicy::Never,
+        };
+        if let (Some(v), false) = (&q.fsync_interval, matches!(fsync, FsyncPolicy::Interval(_))) {
+            c.at(
+                v,
+                "queue.fsync_interval",
+                "only applies with fsync = \"interval\"",
+            );
+        }
+        let segment_bytes = match &q.segment_bytes {
+            None => DEFAULT_SEGMENT_BYTES.min(max_bytes.max(1)),
+            Some(v) => {
+                let n = v.get_ref().0;
+                if n < 1024 {
+                    c.at(v, "queue.segment_bytes", "must be at least 1KiB");
+                } else if n > max_bytes {
+                    c.at(
+                        v,
+                        "queue.segment_bytes",
+                        format!("must not exceed queue.max_bytes ({max_bytes})"),
+                    );
+                }
+                n
+            }
+        };
+        let queue = QueueConfig {
+            max_bytes,
+            max_age,
+            fsync,
+            segment_bytes,
+            min_free_disk: q.min_free_disk.map_or(DEFAULT_MIN_FREE_DISK, |v| v.0),
+        };
+
+        // [[backend]]
+        if self.backend.is_empty() {
+            c.general("backend", "at least one [[backend]] table is required");
+        }
+        let mut backends = Vec::with_capacity(self.backend.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut urls: HashMap<String, usize> = HashMap::new();
+        for (i, b) in self.backend.iter().enumerate() {
+            let name = b.name.get_ref();
+            if let Err(msg) = check_backend_name(name) {
+                c.at(&b.name, format!("backend[{i}].name"), msg);
+            } else if let Some(j) = names.insert(name.to_ascii_lowercase(), i) {
+                c.at(
+                    &b.name,
+                    format!("backend[{i}].name"),
+                    format!("{name:?} is already the name of backend[{j}] (names are compared ignoring case: they are folder names)"),
+                );
+            }
+            let url = match parse_backend_url(b.url.get_ref().trim()) {
+                Ok(url) => {
+                    let canonical = url.to_string().to_ascii_lowercase();
+                    if let Some(j) = urls.insert(canonical, i) {
+                        c.at(
+                            &b.url,
+                            format!("backend[{i}].url"),
+                            format!("{url} is already the url of backend[{j}]"),
+                        );
+                    }
+                    url
+                }
+                Err(msg) => {
+                    c.at(&b.url, format!("backend[{i}].url"), msg);
+                    BackendUrl {
+                        scheme: Scheme::Http,
+                        host: String::new(),
+                        port: 0,
+                        base_path: String::new(),
+                    }
+                }
+            };
+            let credentials = match (&b.username, &b.password) {
+                (None, None) => None,
+                (Some(u), Some(p)) => {
+                    if u.get_ref().is_empty() {
+                        c.at(u, format!("backend[{i}].username"), "must not be empty");
+                    }
+                    Some(Credentials {
+                        username: u.get_ref().clone(),
+                        password: p.get_ref().clone(),
+                    })
+                }
+                (Some(u), None) => {
+                    c.at(
+                        u,
+                        format!("backend[{i}].password"),
+                        "is required when username is set",
+                    );
+                    None
+                }
+                (None, Some(p)) => {
+                    c.at(
+                        p,
+                        format!("backend[{i}].username"),
+                        "is required when password is set",
+                    );
+                    None
+                }
+            };
+            backends.push(BackendConfig {
+                name: name.clone(),
+                url,
+                credentials,
+            });
+        }
+
+        if !c.problems.is_empty() {
+            c.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            return Err(c.problems);
+        }
+        Ok(Config {
+            data_dir,
+            http,
+            admin,
+            udp,
+            tcp,
+            write,
+            queue,
+            backends,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
