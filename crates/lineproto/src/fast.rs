@@ -1,72 +1,275 @@
-//! The fast path: accepts, in one tight pass, the lines that agents actually send.
+//! The fast path: accepts, with a handful of instructions per token, the lines agents send.
+//!
+//! A window of the body is first indexed 64 bytes at a time with SIMD compares into bitmasks
+//! (where the delimiters `=`, space and comma are, where the non-digits are, where a line may
+//! end); the parse then jumps from delimiter to delimiter instead of looking at every byte.
 //!
 //! It handles "plain" lines only (no `"` and no `\`, so no escapes and no strings) whose tags
 //! are sorted, with single spaces between sections, short numbers and a plain timestamp. For
-//! such a line every rule of the original parser reduces to the simple checks below. Anything
-//! else, valid or not, answers `None` and goes to [`crate::exact`], which alone produces error
-//! messages. The property tests hold this module to "`Some` only where `exact` agrees".
+//! such a line every rule of the original parser reduces to the checks below. Anything else,
+//! valid or not, answers `None` and goes to [`crate::exact`], which alone produces error
+//! messages. Property tests hold this module to "`Some` only where `exact` agrees".
 
-use crate::exact::{PointInfo, check_time};
+use wide::u8x16;
+
+use crate::exact::PointInfo;
 use crate::precision::Precision;
+
+/// Bytes indexed at a time. Lines longer than a window go to `exact`.
+const WINDOW: usize = 64 * 1024;
+
+/// The masks of 64 bytes: bit `k` describes byte `k`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Block {
+    /// `=`, space or comma.
+    delim: u64,
+    /// Not an ASCII digit.
+    nondigit: u64,
+    /// `\n`, `"` or `\`: where a plain line ends, or where it turns out not to be plain.
+    stop: u64,
+}
+
+impl Block {
+    fn of(bytes: &[u8; 64]) -> Self {
+        let (lanes, _) = bytes.as_chunks::<16>();
+        let mut block = Block::default();
+        for (k, lane) in lanes.iter().enumerate() {
+            let v = u8x16::new(*lane);
+            let delim = v.simd_eq(u8x16::splat(b'='))
+                | v.simd_eq(u8x16::splat(b' '))
+                | v.simd_eq(u8x16::splat(b','));
+            let digit = v.max(u8x16::splat(b'0')).min(u8x16::splat(b'9')).simd_eq(v);
+            let stop = v.simd_eq(u8x16::splat(b'\n'))
+                | v.simd_eq(u8x16::splat(b'"'))
+                | v.simd_eq(u8x16::splat(b'\\'));
+            let shift = 16 * k;
+            block.delim |= u64::from(delim.to_bitmask()) << shift;
+            block.nondigit |= u64::from(!digit.to_bitmask() & 0xffff) << shift;
+            block.stop |= u64::from(stop.to_bitmask()) << shift;
+        }
+        block
+    }
+}
+
+/// Bitmask index of a window `[base, end)` of the body.
+pub(crate) struct Index<'a> {
+    body: &'a [u8],
+    base: usize,
+    end: usize,
+    blocks: Vec<Block>,
+}
+
+impl<'a> Index<'a> {
+    pub(crate) fn new(body: &'a [u8]) -> Self {
+        let mut index = Index {
+            body,
+            base: 0,
+            end: 0,
+            blocks: Vec::with_capacity(WINDOW.min(body.len()) / 64 + 1),
+        };
+        index.rebase(0);
+        index
+    }
+
+    /// Indexes the window that starts at `at`.
+    fn rebase(&mut self, at: usize) {
+        self.base = at;
+        self.end = (at + WINDOW).min(self.body.len());
+        self.blocks.clear();
+        let (chunks, rest) = self.body[at..self.end].as_chunks::<64>();
+        self.blocks.extend(chunks.iter().map(Block::of));
+        if !rest.is_empty() {
+            // Zero padding matches no mask but `nondigit`, and lookups stop at `end` anyway.
+            let mut padded = [0u8; 64];
+            padded[..rest.len()].copy_from_slice(rest);
+            self.blocks.push(Block::of(&padded));
+        }
+    }
+
+    /// The first position at or after `from` whose bit is set in `mask`, or `self.end`.
+    #[inline(always)]
+    fn next(&self, mask: fn(&Block) -> u64, from: usize) -> usize {
+        let rel = from - self.base;
+        let mut b = rel / 64;
+        let Some(block) = self.blocks.get(b) else {
+            return self.end;
+        };
+        let mut bits = mask(block) & (!0u64 << (rel % 64));
+        loop {
+            if bits != 0 {
+                return (self.base + b * 64 + bits.trailing_zeros() as usize).min(self.end);
+            }
+            b += 1;
+            match self.blocks.get(b) {
+                Some(block) => bits = mask(block),
+                None => return self.end,
+            }
+        }
+    }
+
+    /// The non-digit bits of `len` (at most 32) bytes from `from`, bit 0 for `from`. Bytes
+    /// outside the window count as non-digits.
+    #[inline(always)]
+    fn nondigits(&self, from: usize, len: usize) -> u64 {
+        let rel = from - self.base;
+        let (b, off) = (rel / 64, rel % 64);
+        let word = |b: usize| self.blocks.get(b).map_or(!0, |x| x.nondigit);
+        let mut bits = word(b) >> off;
+        if off + len > 64 {
+            bits |= word(b + 1) << (64 - off);
+        }
+        bits & ((1u64 << len) - 1)
+    }
+
+    /// The end of the line that starts at `start` (the index of its `\n`, or the body's end)
+    /// and whether the line is plain and indexed, so that [`parse_indexed`] may read it.
+    #[inline]
+    pub(crate) fn line_end(&mut self, start: usize) -> (usize, bool) {
+        if start >= self.end {
+            self.rebase(start);
+        }
+        let mut stop = self.next(|b| b.stop, start);
+        if stop == self.end && self.end < self.body.len() && self.base != start {
+            // The line may go on past the window: index a window that starts with it.
+            self.rebase(start);
+            stop = self.next(|b| b.stop, start);
+        }
+        if stop < self.body.len() && self.body[stop] == b'\n' {
+            return (stop, true);
+        }
+        if stop == self.body.len() {
+            return (stop, true);
+        }
+        (crate::exact::scan_line(self.body, start), false)
+    }
+}
+
+/// Successive delimiter positions from a starting point: one bit operation per token.
+struct Delims<'i, 'a> {
+    ix: &'i Index<'a>,
+    block: usize,
+    /// Body position of bit 0 of `bits`.
+    block_start: usize,
+    bits: u64,
+}
+
+impl Delims<'_, '_> {
+    /// The next delimiter position, or the window's end.
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        loop {
+            if self.bits != 0 {
+                // Padding past the window's end holds no delimiter, so `at` is inside it.
+                let at = self.block_start + self.bits.trailing_zeros() as usize;
+                self.bits &= self.bits - 1;
+                return at;
+            }
+            self.block += 1;
+            self.block_start += 64;
+            match self.ix.blocks.get(self.block) {
+                Some(b) => self.bits = b.delim,
+                None => return self.ix.end,
+            }
+        }
+    }
+}
+
+impl<'a> Index<'a> {
+    #[inline(always)]
+    fn delims_from(&self, from: usize) -> Delims<'_, 'a> {
+        let rel = from - self.base;
+        let block = rel / 64;
+        let bits = self
+            .blocks
+            .get(block)
+            .map_or(0, |b| b.delim & (!0u64 << (rel % 64)));
+        Delims {
+            ix: self,
+            block,
+            block_start: self.base + block * 64,
+            bits,
+        }
+    }
+}
+
+/// The timestamps a precision admits, as digit strings, so that a timestamp is checked by
+/// comparing bytes rather than by converting it.
+pub(crate) struct TimeLimits {
+    max: Vec<u8>,
+    min_magnitude: Vec<u8>,
+}
+
+impl TimeLimits {
+    pub(crate) fn new(precision: Precision) -> Self {
+        let n = precision.nanos();
+        TimeLimits {
+            max: (crate::error::MAX_NANO_TIME / n).to_string().into_bytes(),
+            min_magnitude: (crate::error::MIN_NANO_TIME / n)
+                .unsigned_abs()
+                .to_string()
+                .into_bytes(),
+        }
+    }
+
+    /// True when `digits` (no sign, no leading zero) is certainly within range.
+    #[inline(always)]
+    fn admits(&self, digits: &[u8], negative: bool) -> bool {
+        let limit = if negative {
+            &self.min_magnitude
+        } else {
+            &self.max
+        };
+        digits.len() < limit.len() || (digits.len() == limit.len() && digits <= &limit[..])
+    }
+}
 
 /// Lines longer than this go to `exact`, which checks InfluxDB's key-length limit; below it the
 /// limit cannot be reached.
 const MAX_FAST_LINE: usize = 60_000;
 
-/// Bytes that end a name or a tag value.
+/// Validates the plain line `body[s..e]` (leading whitespace skipped) through the index. `None`
+/// means "ask `exact`", not "invalid".
 #[inline]
-fn is_delim(c: u8) -> bool {
-    matches!(c, b'=' | b' ' | b',')
-}
-
-/// Index of the first delimiter at or after `i`, or `line.len()`.
-#[inline]
-fn until_delim(line: &[u8], mut i: usize) -> usize {
-    while i < line.len() && !is_delim(line[i]) {
-        i += 1;
-    }
-    i
-}
-
-/// Validates a plain line (no `"`, no `\`, leading whitespace skipped). `None` means "ask
-/// `exact`", not "invalid".
-pub(crate) fn parse_plain(line: &[u8], precision: Precision) -> Option<PointInfo> {
-    let n = line.len();
-    if n > MAX_FAST_LINE {
+pub(crate) fn parse_indexed(
+    ix: &Index<'_>,
+    s: usize,
+    e: usize,
+    limits: &TimeLimits,
+) -> Option<PointInfo> {
+    let body = ix.body;
+    if e - s > MAX_FAST_LINE || e > ix.end {
         return None;
     }
+    let mut delims = ix.delims_from(s);
 
-    // Measurement: anything up to the first comma or space.
-    let mut i = 0;
-    while i < n && line[i] != b',' && line[i] != b' ' {
-        i += 1;
-    }
-    if i == 0 || i == n {
+    // Measurement: up to the first comma or space.
+    let mut i = delims.next();
+    if i >= e || i == s || body[i] == b'=' {
         return None;
     }
 
     // Tags, strictly increasing by key (so neither unsorted nor duplicated).
     let mut time_tag = false;
-    if line[i] == b',' {
+    if body[i] == b',' {
         let mut prev_key: &[u8] = &[];
         loop {
             let key_start = i + 1;
-            i = until_delim(line, key_start);
-            if i == n || line[i] != b'=' || i == key_start {
+            i = delims.next();
+            if i >= e || body[i] != b'=' || i == key_start {
                 return None;
             }
-            let key = &line[key_start..i];
-            if key <= prev_key {
+            let key = &body[key_start..i];
+            if key_not_after(key, prev_key) {
                 return None;
             }
             time_tag |= key == b"time";
             prev_key = key;
             let value_start = i + 1;
-            i = until_delim(line, value_start);
-            if i == n || i == value_start || line[i] == b'=' {
+            i = delims.next();
+            if i >= e || i == value_start || body[i] == b'=' {
                 return None;
             }
-            if line[i] == b' ' {
+            if body[i] == b' ' {
                 break;
             }
         }
@@ -74,52 +277,47 @@ pub(crate) fn parse_plain(line: &[u8], precision: Precision) -> Option<PointInfo
 
     // Fields: key=value pairs separated by commas.
     i += 1;
-    if i >= n || matches!(line[i], b' ' | b'\t' | 0) {
+    if i >= e || matches!(body[i], b' ' | b'\t' | 0) {
         return None;
     }
     let mut non_time_field = false;
     loop {
         let key_start = i;
-        i = until_delim(line, key_start);
-        if i == n || line[i] != b'=' || i == key_start {
+        i = delims.next();
+        if i >= e || body[i] != b'=' || i == key_start {
             return None;
         }
-        non_time_field |= &line[key_start..i] != b"time";
+        non_time_field |= &body[key_start..i] != b"time";
         let value_start = i + 1;
-        i = value_start;
-        while i < n && line[i] != b',' && line[i] != b' ' {
-            i += 1;
-        }
-        if !plain_value_ok(&line[value_start..i]) {
+        i = delims.next().min(e);
+        if !value_ok(ix, value_start, i) {
             return None;
         }
-        if i == n || line[i] == b' ' {
+        if i == e || body[i] == b' ' {
             break;
+        }
+        if body[i] != b',' {
+            return None;
         }
         i += 1;
     }
 
-    let has_timestamp = i < n;
+    // Timestamp: digits up to the line's end, no further delimiter.
+    let has_timestamp = i < e;
     if has_timestamp {
-        let ts = &line[i + 1..];
-        let (negative, digits) = match ts.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, ts),
-        };
-        if digits.is_empty() || digits.len() > 19 {
+        let ts = i + 1;
+        if ts >= e || delims.next() < e {
             return None;
         }
-        let mut magnitude: i64 = 0;
-        for &d in digits {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            magnitude = magnitude
-                .checked_mul(10)?
-                .checked_add(i64::from(d - b'0'))?;
+        let negative = body[ts] == b'-';
+        let digits = &body[ts + usize::from(negative)..e];
+        let nondigits = ix.nondigits(ts, (e - ts).min(32)) & !u64::from(negative);
+        if nondigits != 0 || digits.is_empty() || digits.len() > 19 {
+            return None;
         }
-        let value = if negative { -magnitude } else { magnitude };
-        check_time(value, precision).ok()?;
+        if digits[0] == b'0' && digits.len() > 1 || !limits.admits(digits, negative) {
+            return None;
+        }
     }
 
     Some(PointInfo {
@@ -129,16 +327,19 @@ pub(crate) fn parse_plain(line: &[u8], precision: Precision) -> Option<PointInfo
     })
 }
 
-/// A field value that is certainly valid: a boolean spelling, an `i` integer short enough not
-/// to overflow, or a short decimal float without exponent.
-#[inline]
-fn plain_value_ok(v: &[u8]) -> bool {
-    let Some(&first) = v.first() else {
+/// Whether `body[s..e]` is a field value that is certainly valid: a boolean spelling, an `i`
+/// integer short enough not to overflow, or a short decimal float without exponent.
+#[inline(always)]
+fn value_ok(ix: &Index<'_>, s: usize, e: usize) -> bool {
+    let body = ix.body;
+    let len = e - s;
+    if len == 0 || len > 24 {
+        // Floats of 25 characters and more, and long integers, need `exact`'s range checks.
         return false;
-    };
-    match first {
+    }
+    match body[s] {
         b't' | b'f' | b'T' | b'F' => matches!(
-            v,
+            &body[s..e],
             b"t" | b"T"
                 | b"f"
                 | b"F"
@@ -149,31 +350,75 @@ fn plain_value_ok(v: &[u8]) -> bool {
                 | b"False"
                 | b"FALSE"
         ),
-        b'0'..=b'9' | b'.' | b'-' => {
-            let (body, int) = match v.split_last() {
-                Some((b'i', body)) => (body, true),
-                _ => (v, false),
-            };
-            let digits = body.strip_prefix(b"-").unwrap_or(body);
-            if int {
+        first => {
+            let negative = first == b'-';
+            let mut nondigits = ix.nondigits(s, len) & !u64::from(negative);
+            let last = 1u64 << (len - 1);
+            let signs = usize::from(negative);
+            if nondigits & last != 0 && body[e - 1] == b'i' {
                 // 18 digits cannot overflow int64; longer ones go to `exact`.
-                !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit)
+                nondigits &= !last;
+                let digits = len - 1 - signs;
+                nondigits == 0 && (1..=18).contains(&digits)
+            } else if nondigits == 0 {
+                len > signs
             } else {
-                if v.len() >= 25 {
-                    return false;
-                }
-                let mut seen_digit = false;
-                let mut seen_dot = false;
-                for &c in digits {
-                    match c {
-                        b'0'..=b'9' => seen_digit = true,
-                        b'.' if !seen_dot => seen_dot = true,
-                        _ => return false,
-                    }
-                }
-                seen_digit
+                // One decimal point and at least one digit.
+                nondigits & (nondigits - 1) == 0
+                    && body[s + nondigits.trailing_zeros() as usize] == b'.'
+                    && len > signs + 1
             }
         }
-        _ => false,
+    }
+}
+
+/// `a <= b` for tag keys, deciding on the first two bytes when they differ (they nearly always
+/// do) without a call to `memcmp`.
+#[inline(always)]
+fn key_not_after(a: &[u8], b: &[u8]) -> bool {
+    let head = |k: &[u8]| {
+        u16::from_be_bytes([
+            k.first().copied().unwrap_or(0),
+            k.get(1).copied().unwrap_or(0),
+        ])
+    };
+    let (x, y) = (head(a), head(b));
+    if x != y && a.len() >= 2 && b.len() >= 2 {
+        return x < y;
+    }
+    a <= b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_masks_match_bytewise_classification() {
+        let mut bytes = [0u8; 64];
+        for (k, b) in bytes.iter_mut().enumerate() {
+            *b = (k as u8).wrapping_mul(37).wrapping_add(7);
+        }
+        for round in 0..4u8 {
+            let shifted = bytes.map(|b| b.wrapping_add(round.wrapping_mul(64)));
+            let block = Block::of(&shifted);
+            for (k, &b) in shifted.iter().enumerate() {
+                let bit = |m: u64| m >> k & 1 == 1;
+                assert_eq!(bit(block.delim), matches!(b, b'=' | b' ' | b','), "{b}");
+                assert_eq!(bit(block.nondigit), !b.is_ascii_digit(), "{b}");
+                assert_eq!(bit(block.stop), matches!(b, b'\n' | b'"' | b'\\'), "{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_a_window_are_found() {
+        let mut body = vec![b'a'; WINDOW + 100];
+        body[WINDOW + 50] = b'\n';
+        let mut ix = Index::new(&body);
+        assert_eq!(ix.line_end(0), (WINDOW + 50, false));
+        assert_eq!(ix.line_end(WINDOW + 51), (body.len(), true));
+        let mut ix = Index::new(&body);
+        assert_eq!(ix.line_end(10), (WINDOW + 50, false));
     }
 }

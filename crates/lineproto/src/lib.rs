@@ -21,9 +21,8 @@
 //! Layout:
 //! - [`exact`](crate::exact) (private): the original parser ported function by function; the
 //!   definition of valid and the source of every error message.
-//! - `fast` (private): a one-pass accept path for the plain lines agents send; anything it is
-//!   unsure of goes to `exact`.
-//! - `split` (private): line boundaries, vectorised for lines without quotes or escapes.
+//! - `fast` (private): a SIMD-indexed accept path for the plain lines agents send, and line
+//!   splitting; anything it is unsure of goes to `exact`.
 //! - [`Validated`]: the outcome for one body; [`series`]: measurement and series key of a line.
 #![forbid(unsafe_code)]
 
@@ -32,7 +31,6 @@ mod exact;
 mod fast;
 mod precision;
 pub mod series;
-mod split;
 
 pub use error::{MAX_KEY_LENGTH, MAX_NANO_TIME, MIN_NANO_TIME, ParseError, Reason};
 pub use precision::{InvalidPrecision, Precision};
@@ -68,6 +66,16 @@ pub struct Validated<'a> {
 /// Validates `body` as InfluxDB 1.6.7's `/write` does with this `precision`; lines without a
 /// timestamp get `now_unix_nanos`, truncated to the precision.
 pub fn validate(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Validated<'_> {
+    validate_with(body, precision, now_unix_nanos, true)
+}
+
+/// [`validate`], optionally without the fast path: the tests compare the two.
+fn validate_with(
+    body: &[u8],
+    precision: Precision,
+    now_unix_nanos: i64,
+    use_fast: bool,
+) -> Validated<'_> {
     let mut stamp = Vec::with_capacity(21);
     stamp.push(b' ');
     stamp.extend_from_slice(precision.stamp(now_unix_nanos).to_string().as_bytes());
@@ -81,9 +89,11 @@ pub fn validate(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Valid
     };
     // Everything of `body` before `copied` is already in `rebuilt` (or needs no copy).
     let mut copied = 0;
+    let limits = fast::TimeLimits::new(precision);
+    let mut index = fast::Index::new(body);
     let mut pos = 0;
     while pos < body.len() {
-        let (end, plain) = split::line_end(body, pos);
+        let (end, indexed) = index.line_end(pos);
         let line_start = pos;
         pos = end + 1;
 
@@ -95,7 +105,9 @@ pub fn validate(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Valid
         let block = block.strip_suffix(b"\n").unwrap_or(block);
         let line = &block[start..];
 
-        let verdict = match plain.then(|| fast::parse_plain(line, precision)).flatten() {
+        let fast = (use_fast && indexed)
+            .then(|| fast::parse_indexed(&index, line_start + start, end, &limits));
+        let verdict = match fast.flatten() {
             Some(info) => Ok(info),
             None => exact::parse_point(line, precision),
         };
@@ -223,5 +235,7 @@ impl<'a> Validated<'a> {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
