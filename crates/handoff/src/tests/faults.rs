@@ -1,0 +1,348 @@
+//! Fault injection on the simulated filesystem: crashes at every operation, short writes,
+//! fsync failure, ENOSPC, and on-disk corruption.
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::Error;
+use crate::simfs::Faults;
+
+/// What the workload observed before the crash.
+#[derive(Debug, Default)]
+struct Observed {
+    /// Ids whose append returned Ok (acknowledged to the client).
+    acked: Vec<u64>,
+    /// Batches handed to the "backend" (before `ack`), with whether `ack` then returned Ok.
+    delivered: Vec<(Vec<u64>, bool)>,
+}
+
+/// Appends 24 records, consuming a small batch after every third append.
+fn workload(q: &Queue) -> Observed {
+    let mut o = Observed::default();
+    for i in 0..24u64 {
+        if append_id(q, "a", i).is_ok() {
+            o.acked.push(i);
+        }
+        if i % 3 == 2
+            && let Ok(Some(b)) = q.next_batch(40)
+        {
+            let ok = q.ack(&b).is_ok();
+            o.delivered.push((ids_of(&b.kind), ok));
+        }
+    }
+    o
+}
+
+/// The crash-safety contract after a restart: every acknowledged append is delivered (now or
+/// before the crash), order is kept, nothing unknown appears, and what is delivered again is
+/// at most the last batch whose ack succeeded, plus batches whose ack failed after it (an ack
+/// that returns an error has not made its cursor durable).
+fn check_after_crash(o: &Observed, redelivered: &[u64], attempted: u64, ctx: &str) {
+    let before: BTreeSet<u64> = o
+        .delivered
+        .iter()
+        .flat_map(|(b, _)| b.iter().copied())
+        .collect();
+    let got: BTreeSet<u64> = redelivered.iter().copied().collect();
+    for id in &o.acked {
+        assert!(
+            got.contains(id) || before.contains(id),
+            "{ctx}: acknowledged append {id} lost"
+        );
+    }
+    assert!(
+        redelivered.windows(2).all(|w| w[0] < w[1]),
+        "{ctx}: order or duplicates: {redelivered:?}"
+    );
+    assert!(
+        redelivered.iter().all(|i| *i < attempted),
+        "{ctx}: unknown record"
+    );
+    let last_ok = o.delivered.iter().rposition(|(_, ok)| *ok).unwrap_or(0);
+    let allowed: BTreeSet<u64> = o.delivered[last_ok.min(o.delivered.len())..]
+        .iter()
+        .flat_map(|(b, _)| b.iter().copied())
+        .collect();
+    for id in got.intersection(&before) {
+        assert!(
+            allowed.contains(id),
+            "{ctx}: {id} from an older acknowledged batch delivered again"
+        );
+    }
+}
+
+#[test]
+fn crash_at_every_filesystem_operation_loses_no_acknowledged_append() {
+    // Count the operations of a full run, then crash after each prefix of them.
+    let total = {
+        let fs = SimFs::new();
+        let q = open_sim(&fs, small_opts());
+        let o = workload(&q);
+        assert_eq!(o.acked.len(), 24);
+        q.close().unwrap();
+        fs.ops()
+    };
+    assert!(total > 100, "workload too small: {total} ops");
+    for n in 0..=total {
+        let fs = SimFs::new();
+        fs.set_faults(Faults {
+            freeze_after_ops: Some(n),
+            ..Faults::default()
+        });
+        let o = match Queue::open_with(
+            qdir(),
+            small_opts(),
+            Arc::new(fs.clone()),
+            Arc::new(ManualClock::new(1)),
+        ) {
+            Ok(q) => {
+                let o = workload(&q);
+                drop(q);
+                o
+            }
+            Err(_) => Observed::default(),
+        };
+        let after = fs.crash();
+        let q = open_sim(&after, small_opts());
+        let delivered = drain_ids(&q, 1 << 20);
+        check_after_crash(&o, &delivered, 24, &format!("crash after op {n}"));
+        assert_eq!(
+            q.stats().corrupt_regions,
+            0,
+            "crash after op {n}: torn data must be truncated, not skipped"
+        );
+    }
+}
+
+#[test]
+fn fsync_failure_seals_and_degrades() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    for i in 0..7 {
+        append_id(&q, "a", i).unwrap();
+    }
+    fs.set_faults(Faults {
+        fail_fsync_once: true,
+        ..Faults::default()
+    });
+    assert!(matches!(append_id(&q, "a", 7), Err(Error::FsyncFailed(_))));
+    assert!(matches!(append_id(&q, "a", 8), Err(Error::Degraded)));
+    let s = q.stats();
+    assert!(s.degraded && q.is_degraded());
+    // What was durable before stays readable; the failed record was never published.
+    assert_eq!(drain_ids(&q, 1 << 20), (0..7).collect::<Vec<_>>());
+    drop(q);
+    let q = open_sim(&fs.crash(), small_opts());
+    assert!(!q.is_degraded());
+    append_id(&q, "a", 9).unwrap();
+    assert_eq!(drain_ids(&q, 1 << 20), vec![9]);
+}
+
+#[test]
+fn fsync_failure_on_new_segment_degrades() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    fs.set_faults(Faults {
+        fail_fsync_always: true,
+        ..Faults::default()
+    });
+    assert!(matches!(append_id(&q, "a", 0), Err(Error::FsyncFailed(_))));
+    assert!(q.is_degraded());
+}
+
+#[test]
+fn enospc_is_typed_and_recoverable() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    for i in 0..3 {
+        append_id(&q, "a", i).unwrap();
+    }
+    let used: u64 = fs
+        .paths()
+        .iter()
+        .map(|p| fs.read(p).unwrap().len() as u64)
+        .sum();
+    fs.set_faults(Faults {
+        space_limit: Some(used + 20),
+        ..Faults::default()
+    });
+    assert!(matches!(append_id(&q, "a", 3), Err(Error::DiskFull(_))));
+    assert!(!q.is_degraded());
+    fs.set_faults(Faults::default());
+    append_id(&q, "a", 4).unwrap();
+    assert_eq!(drain_ids(&q, 1 << 20), vec![0, 1, 2, 4]);
+    assert_eq!(
+        q.stats().corrupt_regions,
+        0,
+        "the partial frame must not be read"
+    );
+    drop(q);
+    let q = open_sim(&fs.crash(), small_opts());
+    assert!(drain_ids(&q, 1 << 20).is_empty());
+}
+
+#[test]
+fn short_write_fails_the_group_and_leaves_no_garbage() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    append_id(&q, "a", 0).unwrap();
+    fs.set_faults(Faults {
+        short_write_once: true,
+        ..Faults::default()
+    });
+    assert!(matches!(append_id(&q, "a", 1), Err(Error::Io { .. })));
+    append_id(&q, "a", 2).unwrap();
+    assert_eq!(drain_ids(&q, 1 << 20), vec![0, 2]);
+    assert_eq!(q.stats().corrupt_regions, 0);
+    assert!(crate::verify(&fs, &qdir()).unwrap().is_clean());
+}
+
+/// Writes records 0..n into closed segments and returns the segment paths.
+fn filled(fs: &SimFs, n: u64) -> Vec<PathBuf> {
+    let q = open_sim(fs, small_opts());
+    for i in 0..n {
+        append_id(&q, "a", i).unwrap();
+    }
+    q.close().unwrap();
+    let mut segs = seg_files(fs, &qdir());
+    segs.sort();
+    segs
+}
+
+#[test]
+fn corrupt_record_in_the_middle_is_skipped_and_counted() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 15);
+    // Flip a payload byte of the second record of the second segment.
+    let mut data = fs.read(&segs[1]).unwrap();
+    let per_seg = 5;
+    let rec = (data.len() - 16) / per_seg;
+    data[16 + rec + rec / 2] ^= 0x55;
+    fs.write_durable(&segs[1], data);
+    assert!(!crate::verify(&fs, &qdir()).unwrap().is_clean());
+    let q = open_sim(&fs, small_opts());
+    let got = drain_ids(&q, 1 << 20);
+    let expected: Vec<u64> = (0..15).filter(|i| *i != per_seg as u64 + 1).collect();
+    assert_eq!(got, expected);
+    let s = q.stats();
+    assert_eq!(s.corrupt_regions, 1);
+    assert!(s.dropped);
+}
+
+#[test]
+fn corrupt_frame_header_resyncs_to_next_frame() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 10);
+    let mut data = fs.read(&segs[0]).unwrap();
+    // Destroy the length field of the first record: the walk must resync on the next marker.
+    data[16 + 4..16 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    fs.write_durable(&segs[0], data);
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(drain_ids(&q, 1 << 20), (1..10).collect::<Vec<_>>());
+    assert_eq!(q.stats().corrupt_regions, 1);
+}
+
+#[test]
+fn torn_tail_is_truncated_at_open() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 12);
+    let last = segs.last().unwrap();
+    let mut data = fs.read(last).unwrap();
+    let full = data.len();
+    data.truncate(full - 7);
+    data.extend_from_slice(&[0xFE, b'H']); // a torn marker, for good measure
+    fs.write_durable(last, data);
+    let q = open_sim(&fs, small_opts());
+    let got = drain_ids(&q, 1 << 20);
+    assert_eq!(got, (0..11).collect::<Vec<_>>());
+    assert_eq!(q.stats().corrupt_regions, 0);
+    // Truncated: appends after it are not behind garbage, and verify is clean.
+    append_id(&q, "a", 100).unwrap();
+    assert_eq!(drain_ids(&q, 1 << 20), vec![100]);
+    drop(q);
+    assert!(crate::verify(&fs, &qdir()).unwrap().is_clean());
+}
+
+#[test]
+fn bad_segment_header_is_set_aside_not_fatal() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 15);
+    let mut data = fs.read(&segs[1]).unwrap();
+    data[0] = b'X';
+    fs.write_durable(&segs[1], data);
+    let q = open_sim(&fs, small_opts());
+    let got = drain_ids(&q, 1 << 20);
+    assert_eq!(got, (0..5).chain(10..15).collect::<Vec<_>>());
+    assert!(q.stats().dropped);
+    assert!(
+        fs.paths()
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".corrupt"))
+    );
+}
+
+#[test]
+fn corrupt_cursor_replays_from_oldest_without_loss() {
+    let fs = SimFs::new();
+    {
+        let q = open_sim(&fs, small_opts());
+        for i in 0..12 {
+            append_id(&q, "a", i).unwrap();
+        }
+        let b = q.next_batch(30).unwrap().unwrap();
+        q.ack(&b).unwrap();
+        q.close().unwrap();
+    }
+    let cursor = qdir().join("cursor");
+    let mut c = fs.read(&cursor).unwrap();
+    c[15] ^= 1;
+    fs.write_durable(&cursor, c);
+    let q = open_sim(&fs, small_opts());
+    let got = drain_ids(&q, 1 << 20);
+    assert_eq!(got, (0..12).collect::<Vec<_>>());
+}
+
+#[test]
+fn missing_segment_while_open_is_logged_and_skipped() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 15);
+    let q = open_sim(&fs, small_opts());
+    crate::fs::Filesystem::remove_file(&fs, &segs[1]).unwrap();
+    let got = drain_ids(&q, 1 << 20);
+    assert_eq!(got, (0..5).chain(10..15).collect::<Vec<_>>());
+    let s = q.stats();
+    assert!(s.io_errors >= 1 && s.dropped);
+}
+
+#[test]
+fn adversarial_segment_full_of_markers_terminates() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 15);
+    // Fill a closed segment with plausible-looking frame headers whose CRCs never match.
+    let mut data = fs.read(&segs[0]).unwrap();
+    let body = data.len() - 16;
+    let mut junk = Vec::new();
+    while junk.len() < body + 4000 {
+        junk.extend_from_slice(&crate::format::FRAME_MARKER);
+        junk.extend_from_slice(&20u32.to_le_bytes());
+    }
+    data.truncate(16);
+    data.extend_from_slice(&junk);
+    fs.write_durable(&segs[0], data);
+    assert!(!crate::verify(&fs, &qdir()).unwrap().is_clean());
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(drain_ids(&q, 1 << 20), (5..15).collect::<Vec<_>>());
+    let s = q.stats();
+    assert!(s.corrupt_regions >= 1 && s.dropped);
+}
+
+#[test]
+fn sizes_come_from_files_not_counters() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 15);
+    // Remove a whole segment behind the queue's back: depth shrinks accordingly at open.
+    crate::fs::Filesystem::remove_file(&fs, &segs[2]).unwrap();
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(q.stats().depth_records, 10);
+    assert_eq!(drain_ids(&q, 1 << 20), (0..10).collect::<Vec<_>>());
+}
