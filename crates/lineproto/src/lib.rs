@@ -69,7 +69,14 @@ pub fn validate(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Valid
     validate_with(body, precision, now_unix_nanos, true)
 }
 
-/// [`validate`], optionally without the fast path: the tests compare the two.
+/// [`validate`] with the ported parser alone, without the fast path: for differential tests
+/// and fuzzing, which hold the two to the same answers.
+#[doc(hidden)]
+pub fn validate_reference(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Validated<'_> {
+    validate_with(body, precision, now_unix_nanos, false)
+}
+
+/// [`validate`], optionally without the fast path.
 fn validate_with(
     body: &[u8],
     precision: Precision,
