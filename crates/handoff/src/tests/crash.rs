@@ -16,14 +16,14 @@ const RECORDS: u64 = 24;
 
 fn opts() -> Options {
     Options {
-        segment_bytes: 400,
-        max_record_bytes: 300,
+        segment_bytes: 200,
+        max_record_bytes: 180,
         ..small_opts()
     }
 }
 
-/// The child's workload: append, consume after every third append; log what was acknowledged
-/// (`A id`) and what was delivered (`D ids`).
+/// The child's workload: append, consume one record after every second append; log what was
+/// acknowledged (`A id`) and what was delivered (`D ids`).
 fn child(dir: &Path) {
     let q = Queue::open(dir.join("q"), opts()).unwrap();
     let mut log = std::fs::OpenOptions::new()
@@ -34,8 +34,8 @@ fn child(dir: &Path) {
     for i in 0..RECORDS {
         append_id(&q, "a", i).unwrap();
         writeln!(log, "A {i}").unwrap();
-        if i % 3 == 2
-            && let Some(b) = q.next_batch(40).unwrap()
+        if i % 2 == 1
+            && let Some(b) = q.next_batch(15).unwrap()
         {
             // Logged as delivered before the ack, as a sender would have sent it by then.
             let ids: Vec<String> = ids_of(&b.kind).iter().map(|i| i.to_string()).collect();
