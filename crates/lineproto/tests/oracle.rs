@@ -1,0 +1,1454 @@
+//! The compatibility oracle for the line-protocol validator: a real InfluxDB 1.6.7 decides.
+//!
+//! For every case (a body and a `precision` parameter):
+//!
+//! 1. the body is POSTed to a real influxd (`A`) at `/write?db=D&precision=P` in a fresh
+//!    database, and the status and body of its answer are recorded;
+//! 2. `lineproto::validate` gives its verdict: `influx_error() == None` must mean 204 with an
+//!    empty body, `Some(msg)` must mean 400 with exactly `{"error":<msg as Go JSON>}` + `\n`;
+//! 3. `output()` is written (same precision) to a second influxd (`B`), which must answer 204,
+//!    and the data both servers then hold (`SHOW SERIES`, `SHOW FIELD KEYS`, `SELECT * FROM
+//!    /.*/ GROUP BY *`) must be identical. Points stamped with the server clock on `A` and with
+//!    lineproto's clock on `B` compare equal by replacing those times with `STAMP`, so bodies
+//!    with and without timestamps are all checked.
+//!
+//! Cases: the line-protocol rows of REFERENCE.md, several hundred hand-written edge cases, and a
+//! fixed number of generated ones (a seeded generator that assembles lines from fragments
+//! biased toward the characters the parser treats specially).
+//!
+//! Every mismatch is collected and printed (body, influxd's answer, lineproto's answer, data
+//! diff) before the test fails, so one run shows them all. A mismatching case is re-run on `A`
+//! a few times; if influxd itself answers differently between runs (it writes shards
+//! concurrently and reports the first failing shard's error, so drops in several shards make
+//! its answer vary), the case is listed as nondeterministic instead of failing. Field type
+//! conflicts inside one body are decided by influxd's storage layer, outside the validator's
+//! contract ("the error text if the forwarded points are all stored"): they are listed apart.
+//!
+//! Run: `cargo test -p lineproto --test oracle -- --nocapture` (needs `influxd` on PATH, as
+//! `scripts/test` and CI provide). Knobs: `ORACLE_GENERATED=N` (default 1500 generated cases),
+//! `ORACLE_SEED=S`, `ORACLE_REPORT=FILE` (also write the report to FILE).
+
+use std::fmt::Write as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lineproto::{Precision, validate};
+use testkit::{Influxd, Response, go_json_bytes};
+
+/// lineproto's "now" for stamping: fixed, so verdicts are reproducible and stamped points are
+/// recognisable on `B`.
+const NOW: i64 = 1_500_000_000_123_456_789;
+
+/// Generated cases unless `ORACLE_GENERATED` says otherwise.
+const GENERATED_DEFAULT: usize = 1500;
+
+/// How often a mismatching case is re-run on `A` to tell influxd's own nondeterminism apart.
+const RERUNS: usize = 3;
+
+/// The data queries, run in one request.
+const DATA_QUERY: &str = "SHOW SERIES; SHOW FIELD KEYS; SELECT * FROM /.*/ GROUP BY *";
+
+// === cases ===
+
+#[derive(Clone)]
+struct Case {
+    /// Where the case comes from (`ref`, `hand`, `gen`).
+    origin: &'static str,
+    /// The `precision` parameter as sent to `A` (empty: no parameter).
+    precision: String,
+    body: Vec<u8>,
+}
+
+struct Cases(Vec<Case>);
+
+impl Cases {
+    fn add(&mut self, origin: &'static str, precision: &str, body: impl AsRef<[u8]>) {
+        self.0.push(Case {
+            origin,
+            precision: precision.to_owned(),
+            body: body.as_ref().to_vec(),
+        });
+    }
+
+    /// Each line given is one case of its own.
+    fn each(&mut self, origin: &'static str, precision: &str, bodies: &[&[u8]]) {
+        for b in bodies {
+            self.add(origin, precision, b);
+        }
+    }
+}
+
+/// The line-protocol rows of REFERENCE.md.
+fn reference_cases(c: &mut Cases) {
+    c.add("ref", "", "cpu,host=a usage=");
+    c.add(
+        "ref",
+        "",
+        "pa,host=x v=1 1700000000000000001\npb,host=y v= 1700000000000000002\npc,host=z v=3 1700000000000000003",
+    );
+    c.add("ref", "", "cpu idle=1i 1700000000000000000\ncpu idle=1.5 1700000000000000001\ncpu,host=b idle=2i 1700000000000000002");
+    c.add("ref", "", "");
+    c.add("ref", "", "cpu time=1");
+    c.add("ref", "", "cpu,time=1 v=1");
+    c.add("ref", "", "cpu v=1 1\r\n");
+    c.add("ref", "", "cpu v=1 1\r\ncpu v=2 2\r\n");
+    c.add("ref", "", "cpu v=1u");
+    for p in ["u", "ms", "s", "m", "h", "n", "ns", "us", "xx", ""] {
+        c.add("ref", p, "cpu v=1 1700000000");
+    }
+}
+
+/// Hand-written edge cases.
+#[allow(clippy::too_many_lines)]
+fn hand_cases(c: &mut Cases) {
+    // Escapes in the measurement.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"c\\ pu v=1 1",
+            b"c\\,pu v=1 1",
+            b"c\\=pu v=1 1",
+            b"c\\\"pu v=1 1",
+            b"c\\\\pu v=1 1",
+            b"c\\pu v=1 1",
+            b"cpu\\ v=1 1",
+            b"cpu\\\\ v=1 1",
+            b"cpu\\  v=1 1",
+            b"\\ cpu v=1 1",
+            b"\\,cpu v=1 1",
+            b"c=pu v=1 1",
+            b"\"cpu\" v=1 1",
+            b"c\"pu v=1 1",
+            b"cpu\\",
+            b"cpu\\ ",
+            b"cpu\\,t=a v=1 1",
+            b"cpu\\ ,t=a v=1 1",
+            b"cpu\\\\,t=a v=1 1",
+            b"c\\\\\\ pu v=1 1",
+            b"c#pu v=1 1",
+            b"c<p>u&x v=1 1",
+            b"c<p>u&x v= 1",
+            b"\xe6\xb8\xa9\xe5\xba\xa6 v=1 1",
+            b"cpu\\\nv=1 1",
+            b"cpu\\\n v=1 1",
+            b"c\\\npu v=1 1",
+            b"cpu\\",
+            b"cpu v=1\\",
+            b"cpu v=1 1\\",
+            b"cpu v=1 1\\\n",
+            b"cpu v=1 1\\\nx",
+            b"cpu v=1 1\\\ncpu v=2 2",
+            b"cpu v=1 1\n\\\n",
+            b"\\",
+            b"\\\n",
+            b"\\\\",
+            b"\\\ncpu v=1 1",
+        ],
+    );
+    // Escapes in tag keys and values.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu,t\\ a=b v=1 1",
+            b"cpu,t\\,a=b v=1 1",
+            b"cpu,t\\=a=b v=1 1",
+            b"cpu,t\\\"a=b v=1 1",
+            b"cpu,t\\\\a=b v=1 1",
+            b"cpu,t=a\\ b v=1 1",
+            b"cpu,t=a\\,b v=1 1",
+            b"cpu,t=a\\=b v=1 1",
+            b"cpu,t=a\\\"b v=1 1",
+            b"cpu,t=a\\\\b v=1 1",
+            b"cpu,t=a\\b v=1 1",
+            b"cpu,t=a\\ v=1 1",
+            b"cpu,t=a\\\\ v=1 1",
+            b"cpu,t=\\  v=1 1",
+            b"cpu,t=\"a b\" v=1 1",
+            b"cpu,t=\"a\" v=1 1",
+            b"cpu,\"t\"=a v=1 1",
+            b"cpu,t=a\\\nb v=1 1",
+            b"cpu,t\\\n=a v=1 1",
+            b"cpu,t=a=b v=1 1",
+            b"cpu,t==b v=1 1",
+            b"cpu,t=a\\=\\=b v=1 1",
+            b"cpu,t=<&> v=1 1",
+            b"cpu,t=\xff v=1 1",
+            b"cpu,t=\xff v= 1",
+            b"cpu,t=a#b v=1 1",
+            b"cpu,#t=a v=1 1",
+        ],
+    );
+    // Escapes and quotes in field keys.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu v\\ a=1 1",
+            b"cpu v\\,a=1 1",
+            b"cpu v\\=a=1 1",
+            b"cpu v\\\"a=1 1",
+            b"cpu v\\\\a=1 1",
+            b"cpu v\\a=1 1",
+            b"cpu v\\=1 1",
+            b"cpu \"v\"=1 1",
+            b"cpu v\"=1 1",
+            b"cpu \"v=1 1",
+            b"cpu v=1,\"w\"=2 1",
+            b"cpu v=1,w\"=2 1",
+            b"cpu v=1,\"w=2 1",
+            b"cpu \"v\"=\"x\" 1",
+            b"cpu v\\\n=1 1",
+            b"cpu v=1,w\\ x=2 1",
+            b"cpu #v=1 1",
+            b"cpu v#=1 1",
+            b"cpu <v>=1 1",
+            b"cpu v=1 1 # trailing comment",
+        ],
+    );
+    // String fields: quotes, raw newlines, escaped quotes.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu v=\"\" 1",
+            b"cpu v=\"a\" 1",
+            b"cpu v=\"a b\" 1",
+            b"cpu v=\"a,b=c\" 1",
+            b"cpu v=\"a\\\"b\" 1",
+            b"cpu v=\"a\\\\\" 1",
+            b"cpu v=\"a\\\\\\\"\" 1",
+            b"cpu v=\"a\\\" 1",
+            b"cpu v=\"a\\\"",
+            b"cpu v=\"a\\b\" 1",
+            b"cpu v=\"a\\nb\" 1",
+            b"cpu v=\"a\nb\" 1",
+            b"cpu v=\"a\n\" 1",
+            b"cpu v=\"\n\" 1",
+            b"cpu v=\"a\r\nb\" 1",
+            b"cpu v=\"a\nb\" 1\ncpu v=2 2",
+            b"cpu v=\"a\n\ncpu v=2 2",
+            b"cpu v=\"unterminated 1",
+            b"cpu v=\"unterminated\ncpu v=2 2",
+            b"cpu v=\"",
+            b"cpu v=\"\"\" 1",
+            b"cpu v=\"a\"b 1",
+            b"cpu v=\"a\" b 1",
+            b"cpu v=a\"b\" 1",
+            b"cpu v=\"a\"\"b\" 1",
+            b"cpu v=\"a\",w=\"b\" 1",
+            b"cpu v=\"a\" \"b\"",
+            b"cpu v=1 \"1\"",
+            b"cpu v=\"\t\" 1",
+            b"cpu v=\"<&>\" 1",
+            b"cpu v=\"\xff\xfe\" 1",
+            b"cpu v=\"\x00\" 1",
+            b"cpu v=\"\xe2\x80\xa8\" 1",
+            b"cpu v=\"# not a comment\" 1",
+            b"cpu v=1,w=\"x\ny\",z=2 1\ncpu v=3 2",
+            b"cpu v=\"x\ny\" 1\ncpu v= 2",
+            b"cpu v=\"a=b,c=d\",w=1 1",
+            b"cpu v=\"\\\\\" 1",
+            b"cpu v=\"\\\"\" 1",
+            b"cpu v=\"a\\\nb\" 1",
+            b"cpu,t=\"x v=\"y\" 1",
+            b"cpu,t=a\" v=\"y\ncpu v=1 2",
+            b"cpu a\"b=1\ncpu v=2 2",
+            b"cpu v=1,w\"x=2\ncpu v=2 2",
+        ],
+    );
+    // Comments, blank and whitespace-only lines, leading and trailing whitespace.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"# comment",
+            b"#",
+            b"  # indented comment",
+            b"\t# tab-indented comment",
+            b"#cpu v=1 1",
+            b"# c\ncpu v=1 1",
+            b"cpu v=1 1\n# c\ncpu v=2 2",
+            b"cpu v=1 1\n  # c\ncpu v=2 2",
+            b"# comment with \"quote\ncpu v=1 1",
+            b"# comment with \\\ncpu v=1 1",
+            b"#\xff\ncpu v=1 1",
+            b"\n",
+            b"\n\n",
+            b"   ",
+            b" \n ",
+            b"\t",
+            b"\t\n\t",
+            b"\r",
+            b"\r\n",
+            b"\n\ncpu v=1 1\n\n\ncpu v=2 2\n\n",
+            b" cpu v=1 1",
+            b"\tcpu v=1 1",
+            b"  cpu v=1 1",
+            b" \tcpu v=1 1",
+            b"\t cpu v=1 1",
+            b"cpu v=1 1 ",
+            b"cpu v=1 1  ",
+            b"cpu v=1 1\t",
+            b"cpu v=1 ",
+            b"cpu v=1  ",
+            b"cpu v=1\t",
+            b"cpu v=1 \n",
+            b"cpu v=1 1 \ncpu v=2 2 ",
+            b"cpu\tv=1 1",
+            b"cpu v=1\t1",
+            b"cpu,t=a\tv=1 1",
+            b"cpu\t,v=1 1",
+            b"cpu  v=1 1",
+            b"cpu v=1  1",
+            b"cpu,t=a  v=1 1",
+            b"cpu v=1 1\r",
+            b"cpu v=1\r",
+            b"cpu v=1\r\n",
+            b"cpu v=1\r\ncpu v=2\r\n",
+            b"cpu v=\"a\r\" 1\r\n",
+            b"\rcpu v=1 1",
+            b"cpu\r v=1 1",
+        ],
+    );
+    // Booleans.
+    for b in [
+        "t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE", "tRUE", "tru",
+        "truee", "fALSE", "fals", "falsee", "FAlse", "TRue", "t1", "true1", "tt", "ff", "yes",
+        "on", "1b",
+    ] {
+        c.add("hand", "", format!("cpu v={b} 1"));
+        c.add("hand", "", format!("cpu w=1,v={b},x=2 1"));
+    }
+    // Numbers.
+    let long_int = format!("1{}", "0".repeat(400));
+    let long_frac = format!("0.{}1", "0".repeat(400));
+    let numbers: Vec<String> = [
+        "1",
+        "-1",
+        "0",
+        "-0",
+        "+1",
+        "01",
+        "00.1",
+        "1.5",
+        ".5",
+        "1.",
+        "-.",
+        ".",
+        "-",
+        "1e5",
+        "1E5",
+        "1E-5",
+        "1e+5",
+        "1e",
+        "1e+",
+        "1e-",
+        "-1e-3",
+        "1.1.1",
+        "1..1",
+        "1.e5",
+        ".e5",
+        "e5",
+        "-e5",
+        "1e5.5",
+        "1ee5",
+        "1e5e5",
+        "--1",
+        "-+1",
+        "1-",
+        "1+1",
+        "1i",
+        "-1i",
+        "+1i",
+        "0i",
+        "-0i",
+        "01i",
+        "1i1",
+        "i",
+        "-i",
+        "1ii",
+        "1I",
+        "9223372036854775807i",
+        "9223372036854775808i",
+        "-9223372036854775808i",
+        "-9223372036854775809i",
+        "99999999999999999999i",
+        "1u",
+        "0u",
+        "-1u",
+        "1.5i",
+        "1e5i",
+        "9i10",
+        "NaN",
+        "nan",
+        "Inf",
+        "-Inf",
+        "+Inf",
+        "inf",
+        "-inf",
+        "Infinity",
+        "infinity",
+        "1_000",
+        "1,000",
+        "0x10",
+        "0b1",
+        "0o7",
+        "1e308",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "1e309",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "4.9e-324",
+        "2e-324",
+        "1.00000000000000000000000001",
+        "1234567890123456789012345",
+        "12345678901234567890123456",
+        "123456789012345678901234567890.5",
+        "-1234567890123456789012345.5",
+        "0.1234567890123456789012345",
+        "1.234567890123456789012345e300",
+        "1.234567890123456789012345e400",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775809",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([
+        long_int,
+        long_frac,
+        format!("1{}", "0".repeat(308)),
+        format!("1{}", "0".repeat(309)),
+    ])
+    .collect();
+    for n in &numbers {
+        c.add("hand", "", format!("cpu v={n} 1"));
+    }
+    for n in ["1", "1i", "1.5", "1e", "1i1", "NaN"] {
+        c.add("hand", "", format!("cpu v={n}"));
+        c.add("hand", "", format!("cpu v={n},w=1 1"));
+    }
+    // Tags: duplicates, order, empty keys and values.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu,a=1,a=2 v=1 1",
+            b"cpu,a=1,a=1 v=1 1",
+            b"cpu,a=1,b=2,a=3 v=1 1",
+            b"cpu,b=1,a=2,b=3 v=1 1",
+            b"cpu,b=1,a=2 v=1 1",
+            b"cpu,c=1,b=2,a=3 v=1 1",
+            b"cpu,b=1,a=2,a=3 v=1 1",
+            b"cpu,a=1,A=2 v=1 1",
+            b"cpu,a\\ =1,a=2 v=1 1",
+            b"cpu,t= v=1 1",
+            b"cpu,=a v=1 1",
+            b"cpu,= v=1 1",
+            b"cpu,t=a, v=1 1",
+            b"cpu,,t=a v=1 1",
+            b"cpu,t v=1 1",
+            b"cpu,t=a,u v=1 1",
+            b"cpu,t=a,u= v=1 1",
+            b"cpu, v=1 1",
+            b"cpu,t=a,=b v=1 1",
+            b"cpu,t=a\\, v=1 1",
+            b"cpu,a=1,a=2 v= 1",
+            b"cpu v=1,v=2 1",
+            b"cpu v=1,v=\"a\" 1",
+            b"cpu v=1i,w=2,v=3 1",
+            b"cpu v=1,w=2,v=1 1",
+        ],
+    );
+    // Missing parts.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu",
+            b"cpu ",
+            b"cpu,",
+            b"cpu,t=1",
+            b"cpu,t=1 ",
+            b"cpu v=",
+            b"cpu v= ",
+            b"cpu =1",
+            b"cpu v=1,",
+            b"cpu v=1, 1",
+            b"cpu v=1,,w=2",
+            b"cpu ,v=1",
+            b",t=a v=1",
+            b",t=a v=1 1",
+            b" v=1",
+            b"v=1",
+            b"=1",
+            b"=",
+            b",",
+            b" ",
+            b"cpu v",
+            b"cpu v 1",
+            b"cpu v=1,w",
+            b"cpu v=1,w=",
+            b"cpu =",
+            b"cpu ==1",
+            b"cpu v==1",
+            b"cpu v=1=2",
+            b"cpu v=1 1 1",
+            b"cpu,t=a",
+            b"cpu,t=a v",
+            b"cpu 1",
+            b"cpu  ",
+            b" cpu",
+        ],
+    );
+    // Timestamps with every precision spelling.
+    let precisions = ["", "n", "ns", "u", "us", "ms", "s", "m", "h", "xx"];
+    let common: &[&str] = &[
+        "",
+        "0",
+        "1",
+        "-1",
+        "-0",
+        "1700000000",
+        "9223372036854775806",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775806",
+        "-9223372036854775807",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "99999999999999999999",
+        "-",
+        "+1",
+        "1a",
+        "a",
+        "1.5",
+        "1e9",
+        "01",
+        "0x10",
+        "1 2",
+        "1_0",
+    ];
+    for p in precisions {
+        for ts in common {
+            let sep = if ts.is_empty() { "" } else { " " };
+            c.add("hand", p, format!("cpu v=1{sep}{ts}"));
+        }
+    }
+    // Each unit's range limits: max/unit, one past it, and the negative side.
+    for (p, max) in [
+        ("u", 9_223_372_036_854_775_i64),
+        ("ms", 9_223_372_036_854),
+        ("s", 9_223_372_036),
+        ("m", 153_722_867),
+        ("h", 2_562_047),
+    ] {
+        for ts in [max - 1, max, max + 1, -(max - 1), -max, -max - 1] {
+            c.add("hand", p, format!("cpu v=1 {ts}"));
+        }
+        c.add("hand", p, format!("cpu v=1 {}0", max));
+        c.add(
+            "hand",
+            p,
+            format!("cpu v=1 1\ncpu v=2 {}\ncpu v=3 3", max + 1),
+        );
+    }
+    // `time` as a tag key or a field key.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu time=1 1",
+            b"cpu time=1",
+            b"cpu time=1,v=2 1",
+            b"cpu v=2,time=1 1",
+            b"cpu time=1,time=2 1",
+            b"cpu time=\"x\" 1",
+            b"cpu time=t 1",
+            b"cpu time=1i 1",
+            b"cpu,time=a v=1 1",
+            b"cpu,time=a v=1",
+            b"cpu,time=a time=1 1",
+            b"cpu,a=b,time=c v=1 1",
+            b"cpu,time=a,z=b v=1 1",
+            b"cpu,time= v=1 1",
+            b"cpu Time=1 1",
+            b"cpu TIME=1 1",
+            b"cpu,Time=1 v=1 1",
+            b"cpu,tag=time v=1 1",
+            b"cpu v=\"time\" 1",
+            b"time v=1 1",
+            b"time time=1 1",
+            b"cpu time\\ =1 1",
+            b"cpu ti\\me=1 1",
+            b"cpu \\time=1 1",
+            b"cpu,ti\\me=1 v=1 1",
+            b"cpu,time\\ =1 v=1 1",
+            b"c\\ pu time=1 1",
+            b"c\\,pu,time=x v=1 1",
+            b"c\\=pu time=1 1",
+            b"c\"pu time=1 1",
+            b"c<p>&u time=1 1",
+            b"c\\\\pu,time=1 v=1 1",
+            b"c\xffpu time=1 1",
+            b"c\\ p\\,u\\=x,time=1 v=1 1",
+            b"cpu time=1 1\ncpu v=1 2\ncpu,time=1 v=1 3",
+            b"cpu time=1 1\ncpu time=2 2\ncpu v=3 3",
+            b"cpu,time=1 v=1 1\ncpu time=1 2",
+            b"mem time=1 1\ncpu time=1 2",
+            b"cpu time=1 1\ncpu v= 2",
+            b"cpu v= 1\ncpu time=1 2\ncpu time=2 3",
+            b"cpu v= 1\ncpu,time=1 v=1 2\nmem v=x 3\ncpu v=4 4",
+            b"cpu time=1 1\ncpu v=1,time=2 2",
+            b"cpu time=1\ncpu v=2",
+        ],
+    );
+    // Long keys around the 65535-byte series key limit, many tags and fields.
+    for n in [65_530, 65_535, 65_536, 70_000] {
+        c.add("hand", "", format!("{} v=1 1", "m".repeat(n)));
+    }
+    for n in [65_520, 65_531, 65_532, 65_533, 70_000] {
+        c.add("hand", "", format!("cpu,t={} v=1 1", "x".repeat(n)));
+    }
+    c.add("hand", "", format!("cpu,t={} v=1 1", "\\ ".repeat(33_000)));
+    c.add("hand", "", format!("cpu {}=1 1", "f".repeat(70_000)));
+    c.add("hand", "", format!("cpu v=\"{}\" 1", "s".repeat(70_000)));
+    c.add("hand", "", format!("{} v= 1", "m".repeat(70_000)));
+    c.add("hand", "", format!("{} time=1 1", "m".repeat(70_000)));
+    c.add("hand", "", format!("{},time=1 v=1 1", "m".repeat(70_000)));
+    c.add(
+        "hand",
+        "",
+        format!("{} v=1 1\ncpu v=1 2", "m".repeat(70_000)),
+    );
+    let tags = |n: usize, rev: bool| {
+        let mut v: Vec<String> = (0..n).map(|i| format!("t{i:03}=v{i}")).collect();
+        if rev {
+            v.reverse();
+        }
+        v.join(",")
+    };
+    // influxd 1.6.7 panics in scanTags (index out of range) on exactly 100 * 2^k tags: those
+    // cases are listed as "influxd panicked", the neighbours must agree.
+    for (n, rev) in [
+        (99, false),
+        (100, false),
+        (100, true),
+        (101, false),
+        (200, false),
+        (250, true),
+        (300, false),
+        (400, false),
+    ] {
+        c.add("hand", "", format!("cpu,{} v=1 1", tags(n, rev)));
+    }
+    c.add(
+        "hand",
+        "",
+        format!("cpu,{},t050=dup v=1 1", tags(100, true)),
+    );
+    c.add("hand", "", format!("cpu,{},t=a\\,b v=1 1", tags(99, false)));
+    c.add(
+        "hand",
+        "",
+        format!("cpu v=1 1\ncpu,{} v=1 2\ncpu v= 3", tags(100, false)),
+    );
+    let fields: Vec<String> = (0..200).map(|i| format!("f{i}={i}i")).collect();
+    c.add("hand", "", format!("cpu {} 1", fields.join(",")));
+    // Non-UTF-8, HTML characters, control characters and NUL bytes (the JSON escaping).
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu v=<",
+            b"cpu v=> 1",
+            b"cpu v=& 1",
+            b"cpu v=\xff 1",
+            b"c\xffpu v= 1",
+            b"c\xe2\x82pu v= 1",
+            b"c\xc0\xafpu v= 1",
+            b"c\xed\xa0\x80pu v= 1",
+            b"c\xf4\x90\x80\x80pu v= 1",
+            b"cpu v= \xe2\x80\xa8\xe2\x80\xa9",
+            b"cpu v=1\x00 1",
+            b"cpu\x00 v=1 1",
+            b"\x00",
+            b"\x00\n",
+            b"cpu v= \x01\x02\x08\x0c\x1b\x1f\x7f",
+            b"cpu v=1 1\x00",
+            b"cpu,t=\x00 v=1 1",
+            b"cpu \x00=1 1",
+            b"cpu v=\"\x00\n\" 1",
+            b"c\xc3\xa9 v=\"\xc3\xa9\" 1",
+            b"\xef\xbb\xbfcpu v=1 1",
+        ],
+    );
+    // A string field value that is a lone quote (after a stray quote in a field key) makes
+    // influxd 1.6.7 panic in `StringValue` while writing the shard: the process dies.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"cpu a\"-,z=\"\\==\",t=\"",
+            b"cpu a\"-,z=\"\\==\",t=\" 1",
+            b"cpu a\"-,z=\"\\==\",t=\"\ncpu v=1 1",
+        ],
+    );
+    // A backslash as the last byte of a line without a timestamp: stamping must not turn it into
+    // an escape of the separator before the stamp.
+    for p in ["", "u", "s"] {
+        c.each(
+            "hand",
+            p,
+            &[
+                b"b b=\"x\"\\",
+                b"b b=\"x\"\\\n",
+                b"b b=\"x\"\\\\",
+                b"b b=\"\\\nx\"\\",
+                b"b b=\"\\\ntrue<time\"\\",
+                b"b b=1\\",
+                b"b b=1i\\",
+                b"b b=t\\",
+                b"b b=\"x\" \\",
+                b"b,t=a\\ b=1",
+                b"b b=\"x\"\\\nb c=1",
+            ],
+        );
+    }
+    // Several lines: good and bad mixed (partial writes), several errors joined.
+    c.each(
+        "hand",
+        "",
+        &[
+            b"a v= 1\nb v= 2",
+            b"a v= 1\nb v= 2\nc v= 3",
+            b"a v=1 1\nb v= 2\nc v=3 3\nd v=x 4",
+            b"a v= 1\nb v=1 2",
+            b"a v=1 1\nb v= 2",
+            b"a v=1 1\nb v=2 2\n\nc v= 3\n",
+            b"a v= 1\n\nb v=<& 2\n",
+            b"a v=1\nb v=\nc v=3",
+            b"a v=1 1\nb v=1 9223372036854775807\nc v=1 3",
+            b"a\nb\nc",
+            b"a v=1 1\nb\nc v=\"x\ny\" 3\nd v=1i 4\ne v=1u 5",
+            b"cpu v=1 1\ncpu v=1 1\ncpu v=2 1",
+            b"cpu v=1 1\ncpu w=2 1",
+            b"cpu v=1\ncpu v=2\ncpu v=3",
+            b"cpu,t=a v=1\ncpu,t=b v=2 5\nmem v=3",
+            b"cpu v=1i 1\ncpu v=2 2",
+            b"cpu v=\"a\" 1\nmem v=\"a\" 2\ncpu w=1 3",
+        ],
+    );
+    let many_good: String = (0..1000)
+        .map(|i| format!("cpu,h=h{} v={i} {i}\n", i % 7))
+        .collect();
+    c.add("hand", "", format!("{many_good}cpu v= 1\n"));
+    c.add("hand", "s", format!("cpu v= 1\n{many_good}"));
+    let many_bad: String = (0..60).map(|i| format!("cpu,i={i} v=\n")).collect();
+    c.add("hand", "", &many_bad);
+    c.add("hand", "", format!("{many_bad}cpu v=1 1\n"));
+    // Stamping with every precision (no timestamp).
+    for p in precisions {
+        c.add("hand", p, "cpu v=1");
+        c.add("hand", p, "cpu,t=a v=1,w=\"x\"\ncpu,t=a v=2 1\ncpu,t=a v=3");
+        c.add("hand", p, "cpu v= \ncpu v=2");
+        c.add("hand", p, "cpu time=1\ncpu v=1");
+    }
+}
+
+// === generated cases ===
+
+/// SplitMix64: small, deterministic, good enough to explore.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % u64::try_from(n).expect("usize fits u64")).expect("below n")
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+/// Fragments biased toward what the parser treats specially.
+const FRAGMENTS: &[&str] = &[
+    "\\", "\\ ", "\\,", "\\=", "\\\"", "\\\\", "\\\n", ",", "=", "\"", "\n", " ", "\t", "#", "-",
+    ".", "e", "i", "t", "f", "0", "1", "9", "a", "b", "x", "time", "true", "T", "F", "\r", "<",
+    "&", "\u{e9}", "\\n", "u", "E", "+", "_", "cpu", "v",
+];
+
+/// Fragments for keys (measurement, tag and field keys, tag values).
+fn gen_key(r: &mut Rng) -> String {
+    if r.chance(40) {
+        return (*r.pick(&["cpu", "mem", "v", "w", "t", "a", "time", "host", "x y"])).to_owned();
+    }
+    let n = 1 + r.below(4);
+    let mut s = String::new();
+    for _ in 0..n {
+        if r.chance(55) {
+            s.push_str(r.pick(&["a", "b", "c", "k", "z", "9", "_"]));
+        } else {
+            s.push_str(r.pick(FRAGMENTS));
+        }
+    }
+    s
+}
+
+fn gen_number(r: &mut Rng) -> String {
+    let mut s = String::new();
+    if r.chance(20) {
+        s.push('-');
+    }
+    let digits = r.below(4);
+    for _ in 0..digits {
+        s.push(char::from(b'0' + u8::try_from(r.below(10)).expect("digit")));
+    }
+    if r.chance(25) {
+        s.push('.');
+        for _ in 0..r.below(3) {
+            s.push(char::from(b'0' + u8::try_from(r.below(10)).expect("digit")));
+        }
+    }
+    if r.chance(15) {
+        s.push_str(r.pick(&["e", "E", "e-", "e+", "E5"]));
+        for _ in 0..r.below(3) {
+            s.push(char::from(b'0' + u8::try_from(r.below(10)).expect("digit")));
+        }
+    }
+    if r.chance(25) {
+        s.push_str(r.pick(&["i", "u", "ii", "I"]));
+    }
+    if r.chance(5) {
+        s = (*r.pick(&[
+            "9223372036854775807i",
+            "9223372036854775808i",
+            "-9223372036854775809i",
+            "1e400",
+            "NaN",
+            "Inf",
+            "1234567890123456789012345.6",
+        ]))
+        .to_owned();
+    }
+    s
+}
+
+fn gen_value(r: &mut Rng) -> String {
+    match r.below(10) {
+        0..=3 => gen_number(r),
+        4 => (*r.pick(&[
+            "t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE", "tRUE", "tru",
+            "fa", "truee",
+        ]))
+        .to_owned(),
+        5..=7 => {
+            let mut s = String::from("\"");
+            for _ in 0..r.below(5) {
+                s.push_str(r.pick(FRAGMENTS));
+            }
+            if r.chance(85) {
+                s.push('"');
+            }
+            s
+        }
+        _ => {
+            let mut s = String::new();
+            for _ in 0..1 + r.below(3) {
+                s.push_str(r.pick(FRAGMENTS));
+            }
+            s
+        }
+    }
+}
+
+fn gen_timestamp(r: &mut Rng) -> String {
+    match r.below(12) {
+        0..=3 => String::new(),
+        4..=7 => format!("{}", r.below(1000)),
+        8 => format!("-{}", r.below(1000)),
+        9 => (*r.pick(&[
+            "9223372036854775806",
+            "9223372036854775807",
+            "-9223372036854775806",
+            "-9223372036854775808",
+            "9223372036",
+            "9223372037",
+            "2562048",
+            "153722868",
+        ]))
+        .to_owned(),
+        _ => {
+            let mut s = String::new();
+            for _ in 0..1 + r.below(3) {
+                s.push_str(r.pick(FRAGMENTS));
+            }
+            s
+        }
+    }
+}
+
+/// One line: mostly structured (measurement, tags, fields, timestamp) with tricky parts, and
+/// now and then a plain fragment soup or a mutated separator.
+fn gen_line(r: &mut Rng) -> String {
+    if r.chance(15) {
+        let mut s = String::new();
+        for _ in 0..1 + r.below(10) {
+            s.push_str(r.pick(FRAGMENTS));
+        }
+        return s;
+    }
+    let mut s = String::new();
+    if r.chance(5) {
+        s.push_str(r.pick(&[" ", "\t", "#", "# "]));
+    }
+    s.push_str(&gen_key(r));
+    for _ in 0..r.below(4) {
+        s.push(',');
+        s.push_str(&gen_key(r));
+        if r.chance(92) {
+            s.push('=');
+        }
+        s.push_str(&gen_key(r));
+    }
+    s.push_str(if r.chance(92) {
+        " "
+    } else {
+        r.pick(&["  ", "\t", ""])
+    });
+    let nfields = if r.chance(5) { 0 } else { 1 + r.below(3) };
+    for i in 0..nfields {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&gen_key(r));
+        if r.chance(95) {
+            s.push('=');
+        }
+        s.push_str(&gen_value(r));
+    }
+    let ts = gen_timestamp(r);
+    if !ts.is_empty() {
+        s.push_str(if r.chance(92) {
+            " "
+        } else {
+            r.pick(&["  ", "\t", ""])
+        });
+        s.push_str(&ts);
+    }
+    if r.chance(5) {
+        s.push_str(r.pick(&[" ", "\r", "\t", "\\"]));
+    }
+    s
+}
+
+fn generated_cases(c: &mut Cases, seed: u64, count: usize) {
+    let precisions = ["", "", "", "n", "ns", "u", "us", "ms", "s", "m", "h", "xx"];
+    let mut r = Rng(seed);
+    for _ in 0..count {
+        let lines = 1 + r.below(4);
+        let mut body = String::new();
+        for i in 0..lines {
+            if i > 0 {
+                body.push_str(if r.chance(90) {
+                    "\n"
+                } else {
+                    r.pick(&["\n\n", "\r\n", "\n \n"])
+                });
+            }
+            body.push_str(&gen_line(&mut r));
+        }
+        if r.chance(30) {
+            body.push('\n');
+        }
+        let p = r.pick(&precisions);
+        c.add("gen", p, body);
+    }
+}
+
+// === running ===
+
+/// What lineproto says about a case.
+struct Verdict {
+    /// `None` when `validate` panicked (the text of the panic is in `status_body`).
+    output: Option<Vec<u8>>,
+    /// The answer influxd should give: status and exact body.
+    status: u16,
+    body: Vec<u8>,
+    /// Human-readable form of `influx_error()`.
+    describe: String,
+}
+
+fn verdict(case: &Case) -> Verdict {
+    let precision = Precision::from_v1_param(&case.precision);
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let v = validate(&case.body, precision, NOW);
+        // `influx_error` holds the line bytes as InfluxDB quotes them (maybe not UTF-8).
+        let error: Option<Vec<u8>> = v.influx_error().map(|m| AsRef::<[u8]>::as_ref(&m).to_vec());
+        (error, v.output().to_vec())
+    }));
+    match run {
+        Ok((None, output)) => Verdict {
+            output: Some(output),
+            status: 204,
+            body: Vec::new(),
+            describe: "None".to_owned(),
+        },
+        Ok((Some(msg), output)) => Verdict {
+            output: Some(output),
+            status: 400,
+            body: format!("{{\"error\":{}}}\n", go_json_bytes(&msg)).into_bytes(),
+            describe: format!("Some({})", show(&msg, 600)),
+        },
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Verdict {
+                output: None,
+                status: 0,
+                body: format!("lineproto::validate panicked: {text}").into_bytes(),
+                describe: "panic".to_owned(),
+            }
+        }
+    }
+}
+
+/// What one server did with one case.
+#[derive(Clone, PartialEq, Eq)]
+struct Outcome {
+    /// Status of the write (0: connection-level failure, with the error in `body`).
+    status: u16,
+    body: Vec<u8>,
+    /// Stored data, normalised (stamped times replaced).
+    data: String,
+}
+
+fn now_nanos() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(d.as_nanos()).expect("nanos fit i64")
+}
+
+/// Creates database `db`, writes `body`, reads back the data, drops `db`. Stored times inside
+/// `stamped` (inclusive) are replaced by `STAMP`. When influxd dies on the case, the outcome
+/// says so (status 0) and the server is restarted for the next case.
+fn run_one(
+    server: &mut Influxd,
+    db: &str,
+    precision: &str,
+    body: Option<&[u8]>,
+    stamped: impl Fn(i64, i64) -> (i64, i64),
+) -> Outcome {
+    match try_run_one(server, db, precision, body, stamped) {
+        Ok(o) => o,
+        Err(e) => {
+            // Let a dying process finish (and write its panic) before reading the log.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while server.is_running() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let running = server.is_running();
+            let log = server.log();
+            let crash = log
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("panic: ") || l.starts_with("fatal error: "))
+                .unwrap_or("(no panic in the log)")
+                .to_owned();
+            server.restart();
+            Outcome {
+                status: 0,
+                body: format!("{e}; influxd running afterwards: {running}; log: {crash}")
+                    .into_bytes(),
+                data: String::new(),
+            }
+        }
+    }
+}
+
+fn try_run_one(
+    server: &Influxd,
+    db: &str,
+    precision: &str,
+    body: Option<&[u8]>,
+    stamped: impl Fn(i64, i64) -> (i64, i64),
+) -> Result<Outcome, String> {
+    let statement = |q: String| -> Result<(), String> {
+        let r = server
+            .query_params(&[("q", &q)])
+            .map_err(|e| format!("{q}: {e}"))?;
+        if r.status == 200 && !r.text().contains("\"error\"") {
+            Ok(())
+        } else {
+            Err(format!("{q}: {} {}", r.status, r.text()))
+        }
+    };
+    statement(format!("CREATE DATABASE \"{db}\""))?;
+    let t0 = now_nanos();
+    let (status, resp_body) = match body {
+        None => (204, Vec::new()),
+        Some(b) => match server.write_raw(db, precision, b) {
+            Ok(Response { status, body, .. }) => (status, body),
+            Err(e) => return Err(format!("write: {e}")),
+        },
+    };
+    let t1 = now_nanos();
+    // influxd writes each shard in its own goroutine and answers as soon as one fails, while
+    // the others may still be writing: after a storage-layer error (not a parse error) in a
+    // body spanning several shards, give them a moment before reading the data back.
+    let text = String::from_utf8_lossy(&resp_body);
+    if status == 400
+        && !text.starts_with("{\"error\":\"unable to parse")
+        && !text.starts_with("{\"error\":\"partial write: unable to parse")
+    {
+        let shards = server
+            .query_params(&[("q", "SHOW SHARDS")])
+            .map_err(|e| format!("SHOW SHARDS: {e}"))?
+            .text()
+            .matches(&format!(",\"{db}\",\"autogen\","))
+            .count();
+        if shards > 1 {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let data = server
+        .query_params(&[("db", db), ("q", DATA_QUERY), ("epoch", "ns")])
+        .map_err(|e| format!("data query: {e}"))?;
+    statement(format!("DROP DATABASE \"{db}\""))?;
+    let (lo, hi) = stamped(t0, t1);
+    Ok(Outcome {
+        status,
+        body: resp_body,
+        data: normalise(&data.text(), lo, hi),
+    })
+}
+
+/// Replaces the `time` column of every series whose value is in `lo..=hi` with `"STAMP"`.
+fn normalise(json: &str, lo: i64, hi: i64) -> String {
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return json.to_owned();
+    };
+    if let Some(results) = v.get_mut("results").and_then(|r| r.as_array_mut()) {
+        for result in results {
+            let Some(series) = result.get_mut("series").and_then(|s| s.as_array_mut()) else {
+                continue;
+            };
+            for s in series.iter_mut() {
+                // `GROUP BY *` over several measurements lists the union of their tag keys,
+                // with "" where a series lacks one; a tag cannot be stored with an empty value,
+                // so "" means absent. Dropping those keeps a series that holds no points (see
+                // `phantom_series_only`) from changing the rows of other measurements.
+                let emptied = s
+                    .get_mut("tags")
+                    .and_then(|t| t.as_object_mut())
+                    .map(|tags| {
+                        tags.retain(|_, v| v != "");
+                        tags.is_empty()
+                    });
+                if emptied == Some(true) {
+                    s.as_object_mut().map(|obj| obj.remove("tags"));
+                }
+                let time_first = s
+                    .get("columns")
+                    .and_then(|c| c.get(0))
+                    .is_some_and(|c| c == "time");
+                if !time_first {
+                    continue;
+                }
+                let Some(rows) = s.get_mut("values").and_then(|v| v.as_array_mut()) else {
+                    continue;
+                };
+                for row in rows {
+                    let Some(t) = row.get_mut(0) else { continue };
+                    if t.as_i64().is_some_and(|t| (lo..=hi).contains(&t)) {
+                        *t = serde_json::Value::from("STAMP");
+                    }
+                }
+            }
+            // Without the empty tags the order of the series may change: sort them.
+            series.sort_by_cached_key(|s| (s["name"].to_string(), s["tags"].to_string()));
+        }
+    }
+    v.to_string()
+}
+
+/// Whether `a` and `b` differ only in `SHOW SERIES` (statement 0), `a` listing series that `b`
+/// lacks: influxd 1.6.7 adds a point's series to the index before it drops the point for having
+/// `time` as its only field, so such a series exists with no data in it. The points and field
+/// keys (statements 1 and 2) must still be identical.
+fn phantom_series_only(a: &str, b: &str) -> bool {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+    let (Some(a), Some(b)) = (parse(a), parse(b)) else {
+        return false;
+    };
+    let stmt = |v: &serde_json::Value, i: usize| v["results"][i].clone();
+    let keys = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        stmt(v, 0)["series"][0]["values"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (ka, kb) = (keys(&a), keys(&b));
+    stmt(&a, 1) == stmt(&b, 1)
+        && stmt(&a, 2) == stmt(&b, 2)
+        && ka.len() > kb.len()
+        && kb.iter().all(|k| ka.contains(k))
+}
+
+/// Times influxd may have given points without a timestamp: its clock during the write,
+/// truncated to at most an hour (the coarsest precision).
+fn server_stamp_window(t0: i64, t1: i64) -> (i64, i64) {
+    (t0 - 3_600_000_000_000, t1 + 1_000_000_000)
+}
+
+/// The time lineproto gave points without a timestamp.
+fn lineproto_stamp(precision: &str) -> (i64, i64) {
+    let p = Precision::from_v1_param(precision);
+    let t = p.stamp(NOW) * p.nanos();
+    (t, t)
+}
+
+/// Bytes shown escaped (printable ASCII as is), cut to `max` characters.
+fn show(bytes: &[u8], max: usize) -> String {
+    let mut s = String::new();
+    for &b in bytes {
+        match b {
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            b'\\' => s.push_str("\\\\"),
+            0x20..=0x7e => s.push(char::from(b)),
+            _ => {
+                let _ = write!(s, "\\x{b:02x}");
+            }
+        }
+        if s.len() > max {
+            let _ = write!(s, "… ({} bytes in all)", bytes.len());
+            break;
+        }
+    }
+    format!("\"{s}\"")
+}
+
+/// The first difference of two texts with some context.
+fn diff(a: &str, b: &str) -> String {
+    let at = a
+        .bytes()
+        .zip(b.bytes())
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let from = at.saturating_sub(120);
+    let cut = |s: &str| {
+        show(
+            &s.as_bytes()[from.min(s.len())..(at + 300).min(s.len())],
+            500,
+        )
+    };
+    format!(
+        "first difference at byte {at}:\n      influxd:   {}\n      lineproto: {}",
+        cut(a),
+        cut(b)
+    )
+}
+
+#[test]
+fn lineproto_agrees_with_influxd() {
+    let started = Instant::now();
+    let seed = std::env::var("ORACLE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x1f6_d00d_u64);
+    let generated = std::env::var("ORACLE_GENERATED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(GENERATED_DEFAULT);
+
+    let mut cases = Cases(Vec::new());
+    reference_cases(&mut cases);
+    hand_cases(&mut cases);
+    let hand = cases.0.len();
+    generated_cases(&mut cases, seed, generated);
+    let cases = cases.0;
+    let verdicts: Vec<Verdict> = cases.iter().map(verdict).collect();
+
+    let mut a = Influxd::start();
+    let mut b = Influxd::start();
+    // A and B work through the cases side by side, each on its own server.
+    let (outcomes_a, outcomes_b) = thread::scope(|s| {
+        let ta = s.spawn(|| {
+            cases
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let db = format!("o{i}");
+                    run_one(
+                        &mut a,
+                        &db,
+                        &c.precision,
+                        Some(&c.body),
+                        server_stamp_window,
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        let tb = s.spawn(|| {
+            cases
+                .iter()
+                .zip(&verdicts)
+                .enumerate()
+                .map(|(i, (c, v))| {
+                    let p = Precision::from_v1_param(&c.precision).v1_param();
+                    let out = v.output.as_deref().filter(|o| !o.is_empty());
+                    let stamp = |_, _| lineproto_stamp(&c.precision);
+                    run_one(&mut b, &format!("o{i}"), p, out, stamp)
+                })
+                .collect::<Vec<_>>()
+        });
+        (ta.join().expect("worker A"), tb.join().expect("worker B"))
+    });
+
+    let mut report = String::new();
+    let (mut failures, mut nondeterministic, mut conflicts) = (0usize, 0usize, 0usize);
+    let (mut influxd_breaks, mut phantom) = (0usize, 0usize);
+    for (i, case) in cases.iter().enumerate() {
+        let (oa, ob, v) = (&outcomes_a[i], &outcomes_b[i], &verdicts[i]);
+        let answer_ok = oa.status == v.status && oa.body == v.body;
+        let output_ok = v.output.is_some() && ob.status == 204 && ob.body.is_empty();
+        let data_ok = oa.data == ob.data;
+        if answer_ok && output_ok && data_ok {
+            continue;
+        }
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "case #{i} ({}), precision {:?}\n  body: {}",
+            case.origin,
+            case.precision,
+            show(&case.body, 600)
+        );
+        if !answer_ok {
+            let _ = writeln!(
+                text,
+                "  ANSWER differs\n    influxd:   {} {}\n    lineproto: {} {}   (influx_error = {})",
+                oa.status,
+                show(&oa.body, 600),
+                v.status,
+                show(&v.body, 600),
+                v.describe
+            );
+        }
+        if !output_ok {
+            let _ = writeln!(
+                text,
+                "  OUTPUT refused by influxd B: {} {}\n    output: {}",
+                ob.status,
+                show(&ob.body, 600),
+                show(v.output.as_deref().unwrap_or_default(), 600)
+            );
+        }
+        if !data_ok {
+            let _ = writeln!(
+                text,
+                "  DATA differs: {}\n    output: {}",
+                diff(&oa.data, &ob.data),
+                show(v.output.as_deref().unwrap_or_default(), 600)
+            );
+        }
+
+        // influxd panicking in its handler (recovered: 500 text/plain, nothing stored) or
+        // crashing (a panic in a shard-writing goroutine kills the process) on the body: a
+        // 1.6.7 bug, no answer a relay can copy, so the case is excluded from the answer
+        // comparison. But lineproto must not forward such a line: B then panics or dies on
+        // `output()` (a poison batch every backend refuses with 5xx forever), which fails.
+        let broke = |o: &Outcome| {
+            (o.status == 500 && o.body == b"Internal Server Error\n") || o.status == 0
+        };
+        if broke(oa) {
+            if output_ok {
+                influxd_breaks += 1;
+                let _ = writeln!(
+                    report,
+                    "[influxd panicked or crashed on the body; excluded (lineproto keeps it out)] {text}"
+                );
+            } else {
+                failures += 1;
+                let _ = writeln!(
+                    report,
+                    "[MISMATCH: POISON] influxd panics or crashes on the body, and on the output \
+                     lineproto forwards {text}"
+                );
+            }
+            continue;
+        }
+
+        // Is influxd itself stable on this case?
+        let varies = (0..RERUNS).any(|k| {
+            run_one(
+                &mut a,
+                &format!("r{i}_{k}"),
+                &case.precision,
+                Some(&case.body),
+                server_stamp_window,
+            ) != *oa
+        });
+        let conflict =
+            |o: &Outcome| String::from_utf8_lossy(&o.body).contains("field type conflict");
+        if varies {
+            nondeterministic += 1;
+            let _ = writeln!(report, "[influxd nondeterministic, excluded] {text}");
+        } else if answer_ok && output_ok && phantom_series_only(&oa.data, &ob.data) {
+            phantom += 1;
+            let _ = writeln!(
+                report,
+                "[influxd keeps the series of a point it dropped for its `time` field] {text}"
+            );
+        } else if conflict(oa) && (conflict(ob) || ob.status == 204) {
+            // influxd refuses a shard's whole batch ("field type conflict") when one body gives
+            // a new field two types: storage, outside the validator's contract. (The data may
+            // differ too: the other shards of the body are stored, or not yet when influxd
+            // answers.)
+            conflicts += 1;
+            let _ = writeln!(
+                report,
+                "[field type conflict in the body: storage layer, outside the validator] {text}"
+            );
+        } else {
+            failures += 1;
+            let _ = writeln!(report, "[MISMATCH] {text}");
+        }
+    }
+    let summary = format!(
+        "oracle: {} cases ({hand} hand-written incl. REFERENCE.md rows, {generated} generated, seed {seed:#x}) \
+         in {:.1?}: {failures} mismatching, {nondeterministic} where influxd varies between runs, \
+         {conflicts} with in-body field type conflicts, \
+         {influxd_breaks} where influxd panicked or crashed, {phantom} with a series left by a `time` drop",
+        cases.len(),
+        started.elapsed()
+    );
+    println!("{report}\n{summary}");
+    if let Ok(path) = std::env::var("ORACLE_REPORT") {
+        std::fs::write(&path, format!("{report}\n{summary}\n")).expect("write ORACLE_REPORT");
+    }
+    assert!(failures == 0, "{summary}\n(details above)");
+}
