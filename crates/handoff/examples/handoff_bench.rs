@@ -12,15 +12,18 @@
 //!    same with a final fsync included in the time;
 //! 2. append with `fsync = never` (4 appending threads), page cache only, then with a final
 //!    fsync of the segment files included;
-//! 3. `fsync = always`, 32 concurrent async appenders (tokio tasks) of 1.35 MB records;
-//! 4. replay from the page cache: reopen, then `next_batch(4 MiB)` + `ack` until empty.
+//! 3. `fsync = always` and `interval(50ms)`, 32 concurrent async appenders (tokio tasks) of
+//!    1.35 MB records;
+//! 4. replay from the page cache: reopen, then `next_batch(4 MiB)` + `ack` until empty (cursor
+//!    written without fsync), and again with `fsync = always` (cursor fsynced on every ack);
+//! 5. 1 KiB records with `never` (4 threads) and `always` (32 async appenders).
 #![allow(clippy::unwrap_used)]
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use handoff::{BatchKind, FsyncPolicy, Options, Queue, Record};
 
@@ -133,6 +136,92 @@ fn append_never(
     (mbps(bytes, secs), bytes)
 }
 
+/// `tasks` async appenders (tokio, 2 worker threads) each appending `per_task` records.
+fn concurrent(dir: &Path, policy: FsyncPolicy, rec: &[u8], tasks: usize, per_task: u64) {
+    let _ = std::fs::remove_dir_all(dir);
+    let q = Arc::new(Queue::open(dir, opts(policy)).unwrap());
+    let rec = Arc::new(rec.to_vec());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut hs = Vec::new();
+        for _ in 0..tasks {
+            let (q, rec) = (q.clone(), rec.clone());
+            hs.push(tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let r = Record::Write {
+                        db: "bench",
+                        rp: "autogen",
+                        precision: "n",
+                        payload: &rec,
+                    };
+                    q.append(&r).await.unwrap();
+                }
+            }));
+        }
+        for h in hs {
+            h.await.unwrap();
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let s = q.stats();
+    println!(
+        "{policy:?}, {tasks} async appenders x {per_task} x {} B: {:.0} appends/s, {:.0} MB/s, {:.1} fsyncs/s, {:.1} appends per group ({} appends, {} groups, {} fsyncs incl. segment creation, {secs:.2} s)",
+        rec.len(),
+        s.appended_records as f64 / secs,
+        mbps(s.appended_bytes, secs),
+        s.fsyncs as f64 / secs,
+        s.appended_records as f64 / s.append_groups as f64,
+        s.appended_records,
+        s.append_groups,
+        s.fsyncs,
+    );
+    q.close().unwrap();
+    drop(q);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// 1 KiB records: `never` from 4 threads, then `always` from 32 async appenders.
+fn small_records(dir: &Path, rec: &[u8]) {
+    let _ = std::fs::remove_dir_all(dir);
+    let q = Arc::new(Queue::open(dir, opts(FsyncPolicy::Never)).unwrap());
+    let n = 50_000u64;
+    let t = Instant::now();
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let (q, rec) = (q.clone(), rec.to_vec());
+            std::thread::spawn(move || {
+                for _ in 0..n {
+                    let r = Record::Write {
+                        db: "bench",
+                        rp: "autogen",
+                        precision: "n",
+                        payload: &rec,
+                    };
+                    q.append(&r).wait().unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let s = q.stats();
+    println!(
+        "1 KiB records, Never, 4 threads: {:.0} appends/s ({:.1} appends per group)",
+        s.appended_records as f64 / secs,
+        s.appended_records as f64 / s.append_groups as f64
+    );
+    q.close().unwrap();
+    drop(q);
+    std::fs::remove_dir_all(dir).unwrap();
+    concurrent(dir, FsyncPolicy::Always, rec, 32, 200);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let base: PathBuf = args
@@ -166,52 +255,15 @@ fn main() {
         rows.push((b_pc, q_pc, b_fs, q_fs));
     }
 
-    // 3: fsync = always, 32 concurrent async appenders.
-    let adir = base.join("q-always");
-    let _ = std::fs::remove_dir_all(&adir);
-    let q = Arc::new(Queue::open(&adir, opts(FsyncPolicy::Always)).unwrap());
-    let per_task = 8u64;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let t = Instant::now();
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..32 {
-            let (q, buf) = (q.clone(), buf.clone());
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..per_task {
-                    q.append(&Record::Write {
-                        db: "bench",
-                        rp: "autogen",
-                        precision: "n",
-                        payload: &buf,
-                    })
-                    .await
-                    .unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    let secs = t.elapsed().as_secs_f64();
-    let s = q.stats();
-    println!(
-        "fsync=always, 32 appenders x {per_task} x {RECORD} B: {:.0} appends/s, {:.0} MB/s, {:.1} fsyncs/s, {:.1} appends per group ({} appends, {} groups, {} fsyncs incl. segment creation, {secs:.2} s)",
-        s.appended_records as f64 / secs,
-        mbps(s.appended_bytes, secs),
-        s.fsyncs as f64 / secs,
-        s.appended_records as f64 / s.append_groups as f64,
-        s.appended_records,
-        s.append_groups,
-        s.fsyncs,
+    // 3: 32 concurrent async appenders of 1.35 MB records.
+    concurrent(&base.join("q-conc"), FsyncPolicy::Always, &buf, 32, 8);
+    concurrent(
+        &base.join("q-conc"),
+        FsyncPolicy::Interval(Duration::from_millis(50)),
+        &buf,
+        32,
+        8,
     );
-    q.close().unwrap();
-    drop(q);
-    std::fs::remove_dir_all(&adir).unwrap();
 
     // 4: replay from the page cache.
     let (_, written) = append_never(&qdir, total, &buf, false, true);
@@ -239,6 +291,33 @@ fn main() {
     q.close().unwrap();
     drop(q);
     std::fs::remove_dir_all(&qdir).unwrap();
+
+    // 4b: replay with fsync = always: every ack fsyncs the cursor (file + directory).
+    let (_, written) = append_never(&qdir, total / 4, &buf, false, true);
+    let q = Queue::open(&qdir, opts(FsyncPolicy::Always)).unwrap();
+    let t = Instant::now();
+    let mut payload_bytes = 0u64;
+    let mut batches = 0u64;
+    while let Some(b) = q.next_batch(4 << 20).unwrap() {
+        if let BatchKind::Write { payload, .. } = &b.kind {
+            payload_bytes += payload.len() as u64;
+        }
+        q.ack(&b).unwrap();
+        batches += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "replay with fsync=always (cursor fsynced per ack), {} MB: {:.0} MB/s payload ({batches} batches, {:.1} acks/s)",
+        written / 1_000_000,
+        mbps(payload_bytes, secs),
+        batches as f64 / secs
+    );
+    q.close().unwrap();
+    drop(q);
+    std::fs::remove_dir_all(&qdir).unwrap();
+
+    // 5: small records (1 KiB): per-record overhead.
+    small_records(&base.join("q-small"), &buf[..1024]);
 
     let med =
         |f: fn(&(f64, f64, f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
