@@ -137,6 +137,19 @@
 //! unreadable segment, operator purge — increments a counter in [`Stats`] and raises the
 //! `dropped` flag ([`Queue::take_dropped`]) so the caller can mark the backend diverged.
 //!
+//! # Known limits
+//!
+//! * One process per directory: nothing stops a second [`Queue`] on the same directory.
+//! * Resynchronisation after corruption verifies every marker candidate it meets; data built
+//!   to contain many markers with large lengths can make it slow (quadratic in the segment
+//!   size, still finite). UTF-8 payloads cannot contain the marker (0xFE is not UTF-8); the
+//!   crate does not check that payloads are UTF-8.
+//! * Depth in records is exact except across a corrupt region inside a segment, where it may
+//!   be off until the reader leaves that segment (depth in bytes is always exact).
+//! * If [`Queue::ack`] returns an error (the cursor could not be written), the in-memory cursor
+//!   has still moved; after a crash, every batch since the last successful ack is delivered
+//!   again.
+//!
 //! # Layout
 //!
 //! * `format` — byte layout, pure encode/decode.
@@ -170,8 +183,8 @@ pub use queue::{Appending, Queue};
 /// One record to append. Borrowed: the frame is encoded (copied) during [`Queue::append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record<'a> {
-    /// A line-protocol write for `db`/`rp` at `precision` (the v1 `precision` parameter value,
-    /// e.g. `"ns"`-style codes `"n"`, `"u"`, `"ms"`, `"s"`, `"m"`, `"h"`, or empty).
+    /// A line-protocol write for `db`/`rp` at `precision` (the InfluxDB v1 `precision`
+    /// parameter: `"n"`, `"u"`, `"ms"`, `"s"`, `"m"`, `"h"`, or empty for the default).
     Write {
         db: &'a str,
         rp: &'a str,
