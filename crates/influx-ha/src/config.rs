@@ -813,10 +813,8 @@ impl RawConfig {
             .max_bytes
             .as_ref()
             .map_or(DEFAULT_QUEUE_MAX_BYTES, |v| v.get_ref().0);
-        if let Some(v) = &q.max_bytes {
-            if v.get_ref().0 == 0 {
-                c.at(v, "queue.max_bytes", "must be larger than zero");
-            }
+        if let Some(v) = q.max_bytes.as_ref().filter(|v| v.get_ref().0 == 0) {
+            c.at(v, "queue.max_bytes", "must be larger than zero");
         }
         let max_age = c.positive(&q.max_age, "queue.max_age", DEFAULT_QUEUE_MAX_AGE);
         let fsync_interval = c.positive(

@@ -3,5 +3,9 @@
 
 pub mod config;
 pub mod go_json;
+pub mod health;
+pub mod http;
 pub mod params;
+pub mod server;
+pub mod shutdown;
 pub mod units;

@@ -123,7 +123,7 @@ pub fn format_size(bytes: u64) -> String {
         ("KiB", 1 << 10),
     ];
     for (name, factor) in UNITS {
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.checked_rem(factor) == Some(0) {
             return format!("{} {name}", bytes / factor);
         }
     }
@@ -144,7 +144,7 @@ pub fn format_duration(d: Duration) -> String {
         ("s", 1_000),
     ];
     for (name, factor) in UNITS {
-        if ms % factor == 0 {
+        if ms.checked_rem(factor) == Some(0) {
             return format!("{}{name}", ms / factor);
         }
     }
@@ -255,7 +255,7 @@ mod tests {
             parse_size("20000000TiB"),
             Err(UnitError::Overflow(_))
         ));
-        let msg = parse_size("10XB").unwrap_err().to_string();
+        let msg = parse_size("10XB").expect_err("unknown unit").to_string();
         assert!(msg.contains("unknown unit \"XB\""), "{msg}");
         assert!(msg.contains("GiB"), "{msg}");
     }

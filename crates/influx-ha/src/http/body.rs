@@ -1,0 +1,516 @@
+//! Reading a request body under three caps: its size, the time it takes, and the bytes all
+//! requests hold at once.
+//!
+//! - A `Content-Length` over `max_body_bytes` is refused (413) before anything is read; a body
+//!   without one is refused as soon as it grows past the limit.
+//! - `Content-Encoding: gzip` (exactly that value, as 1.6 compares it) is inflated after the
+//!   compressed body was read, through the same limit ([`super::gzip`]): a gzip bomb gets 413
+//!   after at most `max_body_bytes` of output.
+//! - Every byte held counts against [`InflightBytes`]; a request that would exceed it is
+//!   answered 503 with `Retry-After` at once, before its body is read when the length is known.
+//!   The permit travels with the body ([`RequestBody`]) until the write is answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use super::error::RequestError;
+use super::gzip::{GunzipError, gunzip};
+
+/// Limits on one request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Largest body, compressed and inflated.
+    pub max_body_bytes: usize,
+    /// Time allowed to receive the whole body.
+    pub read_timeout: Duration,
+}
+
+// === impl InflightBytes ===
+
+/// A cap on request-body bytes held in memory at once, over all requests.
+#[derive(Debug, Clone)]
+pub struct InflightBytes {
+    semaphore: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// Bytes counted against [`InflightBytes`]; released when dropped.
+#[derive(Debug, Default)]
+pub struct InflightPermit {
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl InflightPermit {
+    /// Bytes this permit holds.
+    pub fn bytes(&self) -> usize {
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl InflightBytes {
+    /// A cap of `capacity` bytes (at most `usize::MAX >> 3`, tokio's limit).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.min(Semaphore::MAX_PERMITS);
+        Self {
+            semaphore: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// The cap.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held right now.
+    pub fn in_use(&self) -> usize {
+        self.capacity - self.semaphore.available_permits()
+    }
+
+    /// Takes `n` more bytes into `permit`, or fails at once when that would pass the cap.
+    pub fn try_grow(&self, permit: &mut InflightPermit, n: usize) -> Result<(), RequestError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
+        match self.semaphore.clone().try_acquire_many_owned(n32) {
+            Ok(more) => {
+                match &mut permit.permit {
+                    Some(p) => p.merge(more),
+                    None => permit.permit = Some(more),
+                }
+                Ok(())
+            }
+            Err(TryAcquireError::NoPermits) => Err(RequestError::Overloaded(format!(
+                "too many request bytes in flight (limit {} bytes); retry later",
+                self.capacity
+            ))),
+            Err(TryAcquireError::Closed) => {
+                Err(RequestError::Unavailable("shutting down".to_owned()))
+            }
+        }
+    }
+}
+
+// === impl RequestBody ===
+
+/// A request body read into memory (inflated if it was gzip), with the in-flight bytes it holds.
+#[derive(Debug)]
+pub struct RequestBody {
+    /// The body; cheap to clone for every backend.
+    pub data: Bytes,
+    /// Keeps `data.len()` bytes counted until the request is answered.
+    pub permit: InflightPermit,
+}
+
+/// Whether the request says its body is gzip, compared as 1.6 does (`== "gzip"`).
+pub fn is_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() == b"gzip")
+}
+
+/// The declared `Content-Length`, if any and parseable.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads, caps and (for gzip) inflates a request body.
+pub async fn read_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    limits: &BodyLimits,
+    inflight: &InflightBytes,
+) -> Result<RequestBody, RequestError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let max = limits.max_body_bytes;
+    let declared = content_length(headers);
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(RequestError::BodyTooLarge);
+    }
+    let mut permit = InflightPermit::default();
+    if let Some(n) = declared {
+        // Known length: count it before reading, so an overloaded relay refuses early.
+        inflight.try_grow(&mut permit, n as usize)?;
+    }
+    let collect = collect_capped(
+        body,
+        max,
+        declared.is_none().then_some(inflight),
+        &mut permit,
+    );
+    let raw = match tokio::time::timeout(limits.read_timeout, collect).await {
+        Ok(result) => result?,
+        Err(_) => return Err(RequestError::BodyReadTimeout),
+    };
+    if !is_gzip(headers) {
+        return Ok(RequestBody { data: raw, permit });
+    }
+    let inflated = gunzip(&raw, max).map_err(|e| match e {
+        GunzipError::TooLarge => RequestError::BodyTooLarge,
+        GunzipError::Invalid(g) => RequestError::InvalidGzip(g),
+    })?;
+    // The compressed bytes are gone: release them before counting the inflated ones.
+    drop(raw);
+    drop(permit);
+    let mut inflated_permit = InflightPermit::default();
+    inflight.try_grow(&mut inflated_permit, inflated.len())?;
+    Ok(RequestBody {
+        data: Bytes::from(inflated),
+        permit: inflated_permit,
+    })
+}
+
+/// Collects at most `max` bytes; counts each chunk against `inflight` when given.
+async fn collect_capped<B>(
+    body: B,
+    max: usize,
+    inflight: Option<&InflightBytes>,
+    permit: &mut InflightPermit,
+) -> Result<Bytes, RequestError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| RequestError::BodyRead(e.to_string()))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
+        if chunk.is_empty() {
+            continue;
+        }
+        total = total.saturating_add(chunk.len());
+        if total > max {
+            return Err(RequestError::BodyTooLarge);
+        }
+        if let Some(inflight) = inflight {
+            inflight.try_grow(permit, chunk.len())?;
+        }
+        // The common single-chunk body is kept without a copy.
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(chunk),
+            (Some(_), None) => {
+                let f = first.take().unwrap_or_default();
+                let mut b =
+                    BytesMut::with_capacity((f.len() + chunk.len()).max(64 * 1024).min(max));
+                b.extend_from_slice(&f);
+                b.extend_from_slice(&chunk);
+                buf = Some(b);
+            }
+            (_, Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, buf) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use http::HeaderValue;
+    use http_body_util::Full;
+    use hyper::body::Frame;
+
+    use super::*;
+    use crate::http::gzip::GzipError;
+
+    fn limits(max: usize) -> BodyLimits {
+        BodyLimits {
+            max_body_bytes: max,
+            read_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("valid header"));
+        }
+        h
+    }
+
+    /// A body that arrives in the given chunks.
+    mod chunks {
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+
+        use super::*;
+
+        pub struct Chunks(pub std::collections::VecDeque<&'static [u8]>);
+
+        impl hyper::body::Body for Chunks {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                Poll::Ready(
+                    self.0
+                        .pop_front()
+                        .map(|c| Ok(Frame::data(Bytes::from_static(c)))),
+                )
+            }
+        }
+
+        pub fn body(chunks: Vec<&'static [u8]>) -> Chunks {
+            Chunks(chunks.into())
+        }
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::default());
+        e.write_all(data).expect("in-memory write");
+        e.finish().expect("in-memory finish")
+    }
+
+    #[tokio::test]
+    async fn plain_body_within_limits() {
+        let inflight = InflightBytes::new(1000);
+        let body = Full::new(Bytes::from_static(b"cpu v=1 1\n"));
+        let got = read_body(
+            body,
+            &headers(&[("content-length", "10")]),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect("valid");
+        assert_eq!(got.data, "cpu v=1 1\n");
+        assert_eq!(got.permit.bytes(), 10);
+        assert_eq!(inflight.in_use(), 10);
+        drop(got);
+        assert_eq!(inflight.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn chunked_body_is_joined_and_counted() {
+        let inflight = InflightBytes::new(1000);
+        let body = chunks::body(vec![b"cpu v=1 1\n", b"", b"cpu v=2 2\n"]);
+        let got = read_body(body, &HeaderMap::new(), &limits(100), &inflight)
+            .await
+            .expect("valid");
+        assert_eq!(got.data, "cpu v=1 1\ncpu v=2 2\n");
+        assert_eq!(inflight.in_use(), 20);
+    }
+
+    #[tokio::test]
+    async fn empty_body() {
+        let inflight = InflightBytes::new(10);
+        let got = read_body(
+            Full::new(Bytes::new()),
+            &HeaderMap::new(),
+            &limits(10),
+            &inflight,
+        )
+        .await
+        .expect("valid");
+        assert!(got.data.is_empty());
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_limit_is_refused_before_reading() {
+        let inflight = InflightBytes::new(1 << 30);
+        // The body would fit; the declaration alone decides, as in 1.6.
+        let err = read_body(
+            Full::new(Bytes::from_static(b"x")),
+            &headers(&[("content-length", "30000000")]),
+            &limits(25_000_000),
+            &inflight,
+        )
+        .await
+        .expect_err("too large");
+        assert_eq!(err, RequestError::BodyTooLarge);
+    }
+
+    #[tokio::test]
+    async fn undeclared_body_over_the_limit() {
+        let inflight = InflightBytes::new(1000);
+        let body = chunks::body(vec![b"0123456789", b"0123456789", b"x"]);
+        let err = read_body(body, &HeaderMap::new(), &limits(20), &inflight)
+            .await
+            .expect_err("too large");
+        assert_eq!(err, RequestError::BodyTooLarge);
+        assert_eq!(inflight.in_use(), 0, "permits are released on failure");
+        // Exactly at the limit is fine.
+        let body = chunks::body(vec![b"0123456789", b"0123456789"]);
+        read_body(body, &HeaderMap::new(), &limits(20), &inflight)
+            .await
+            .expect("at the limit");
+    }
+
+    #[tokio::test]
+    async fn inflight_cap_answers_503() {
+        let inflight = InflightBytes::new(15);
+        let first = read_body(
+            Full::new(Bytes::from_static(b"0123456789")),
+            &headers(&[("content-length", "10")]),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect("fits");
+        let err = read_body(
+            Full::new(Bytes::from_static(b"0123456789")),
+            &headers(&[("content-length", "10")]),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect_err("over the in-flight cap");
+        assert!(matches!(err, RequestError::Overloaded(_)), "{err:?}");
+        assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        // Chunked bodies are counted as they arrive.
+        let err = read_body(
+            chunks::body(vec![b"01234", b"56789"]),
+            &HeaderMap::new(),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect_err("over the in-flight cap");
+        assert!(matches!(err, RequestError::Overloaded(_)), "{err:?}");
+        drop(first);
+        assert_eq!(inflight.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn gzip_bodies() {
+        let inflight = InflightBytes::new(1 << 20);
+        let gzipped = gz(b"cpu v=1 1\n");
+        let got = read_body(
+            Full::new(Bytes::from(gzipped.clone())),
+            &headers(&[("content-encoding", "gzip")]),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect("valid gzip");
+        assert_eq!(got.data, "cpu v=1 1\n");
+        assert_eq!(
+            inflight.in_use(),
+            10,
+            "only the inflated bytes stay counted"
+        );
+        drop(got);
+
+        // Only the exact value "gzip" means gzip, as in 1.6.
+        let got = read_body(
+            Full::new(Bytes::from(gzipped)),
+            &headers(&[("content-encoding", "GZIP")]),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect("taken as plain");
+        assert_eq!(got.data[..2], [0x1f, 0x8b]);
+    }
+
+    #[tokio::test]
+    async fn invalid_gzip_gets_go_texts() {
+        let inflight = InflightBytes::new(1 << 20);
+        for (body, expected) in [
+            (&b"abc"[..], GzipError::UnexpectedEof),
+            (b"abcdefghijklmnop", GzipError::InvalidHeader),
+            (b"", GzipError::Eof),
+        ] {
+            let err = read_body(
+                Full::new(Bytes::from_static(body)),
+                &headers(&[("content-encoding", "gzip")]),
+                &limits(100),
+                &inflight,
+            )
+            .await
+            .expect_err("invalid gzip");
+            assert_eq!(err, RequestError::InvalidGzip(expected));
+            assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[tokio::test]
+    async fn gzip_bomb_gets_413() {
+        let inflight = InflightBytes::new(64 << 20);
+        for bomb in [
+            crate::http::gzip::tests::one_gib_bomb(),
+            crate::http::gzip::tests::single_member_bomb(30, Compression::fast()),
+        ] {
+            let err = read_body(
+                Full::new(Bytes::from(bomb)),
+                &headers(&[("content-encoding", "gzip")]),
+                &limits(25_000_000),
+                &inflight,
+            )
+            .await
+            .expect_err("bomb");
+            assert_eq!(err, RequestError::BodyTooLarge);
+            assert_eq!(inflight.in_use(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn inflated_size_counts_against_the_inflight_cap() {
+        let data = vec![b'a'; 4000];
+        let read = |inflight: InflightBytes| {
+            let body = Full::new(Bytes::from(gz(&data)));
+            async move {
+                let h = headers(&[("content-encoding", "gzip")]);
+                read_body(body, &h, &limits(4000), &inflight).await
+            }
+        };
+        let got = read(InflightBytes::new(4000)).await.expect("fits exactly");
+        assert_eq!(got.permit.bytes(), 4000);
+        let err = read(InflightBytes::new(3999))
+            .await
+            .expect_err("inflated does not fit");
+        assert!(matches!(err, RequestError::Overloaded(_)), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_body_times_out_with_503() {
+        struct Never;
+        impl hyper::body::Body for Never {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                std::task::Poll::Pending
+            }
+        }
+        let inflight = InflightBytes::new(100);
+        let err = read_body(Never, &HeaderMap::new(), &limits(100), &inflight)
+            .await
+            .expect_err("timeout");
+        assert_eq!(err, RequestError::BodyReadTimeout);
+        assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

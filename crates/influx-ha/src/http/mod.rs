@@ -1,0 +1,291 @@
+//! The InfluxDB 1.6-compatible HTTP surface: routing, headers, errors, bodies.
+//!
+//! Endpoints of the main listener:
+//!
+//! | path | methods | answer |
+//! |---|---|---|
+//! | `/ping` | GET, HEAD | 204 with InfluxDB's headers |
+//! | `/health` | GET, HEAD | 200 `{"status":"pass",…}` while writes can be taken; 503 with the reason (draining, …) |
+//! | `/write` | POST (OPTIONS: 200) | parameters and body checked as 1.6 does, then the [`WriteHandler`] |
+//! | `/query` | GET, POST (OPTIONS: 200) | 501: the read path is not built yet |
+//! | `/`, `/status`, `/metrics` | GET | 501 when `[admin]` is not configured (the admin surface lives here then) |
+//! | anything else | | 404 `404 page not found`, as 1.6.7 (also `/api/v2/*`, which 1.6.7 lacks) |
+//!
+//! The admin listener (`[admin] bind`) answers `/ping`, `/health`, and 501 on `/`, `/status`,
+//! `/metrics` until the admin surface exists. Wrong methods get 405 with `Allow`, as Go's
+//! router answers.
+//!
+//! Modules: [`compat`] (headers, request ids), [`error`] (every failure → status and text, in
+//! one place), [`body`] (caps, gzip, in-flight bytes), [`gzip`] (Go-compatible inflation),
+//! [`query`] (Go's query-string rules).
+
+pub mod body;
+pub mod compat;
+pub mod error;
+pub mod gzip;
+pub mod query;
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Body;
+use tokio::time::Instant;
+
+use self::body::{BodyLimits, InflightBytes, RequestBody, read_body};
+use self::compat::{RequestId, add_common_headers};
+use self::error::{ALLOW_PING, ALLOW_QUERY, ALLOW_WRITE, RequestError};
+use self::query::QueryParams;
+use crate::health::Health;
+use crate::params::Consistency;
+
+/// Errors a response body may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response (boxed so the read path can stream backend answers).
+pub type ResponseBody = BoxBody<Bytes, BoxError>;
+
+/// A complete in-memory response body.
+pub fn full(data: impl Into<Bytes>) -> ResponseBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty response body.
+pub fn empty() -> ResponseBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+// === Write seam ===
+
+/// A `/write` request whose parameters and body passed the checks 1.6 makes before parsing.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// The id in this request's `Request-Id` header.
+    pub request_id: RequestId,
+    /// `db`, never empty.
+    pub db: String,
+    /// `rp`, when given and not empty.
+    pub rp: Option<String>,
+    /// `precision` exactly as given (`""` when absent): 1.6 reads `u` as µs, `ms`, `s`, `m`,
+    /// `h`, and anything else (`n`, `ns`, `us`, unknown, empty) as nanoseconds.
+    pub precision: String,
+    /// `consistency` as given, when not empty. 1.6 checks it *after* parsing the points, so a
+    /// body with no valid line answers `unable to parse` even with a bad level: call
+    /// [`WriteRequest::consistency`] after parsing.
+    pub consistency: Option<String>,
+    /// The body, inflated, with its in-flight permit.
+    pub body: RequestBody,
+}
+
+impl WriteRequest {
+    /// The requested consistency level, or `default` when none was given; 400 `invalid
+    /// consistency level` for anything else.
+    pub fn consistency(&self, default: Consistency) -> Result<Consistency, RequestError> {
+        match self.consistency.as_deref() {
+            None => Ok(default),
+            Some(level) => Consistency::from_param(level).ok_or(RequestError::InvalidConsistency),
+        }
+    }
+}
+
+/// What accepts checked writes: the fan-out implements this. `Ok` is answered 204.
+pub trait WriteHandler: Send + Sync + 'static {
+    /// Stores (replicates) one write, or says why not.
+    fn write(&self, request: WriteRequest)
+    -> impl Future<Output = Result<(), RequestError>> + Send;
+}
+
+/// The write handler until the fan-out exists: validates, stores nothing, and says so with 501.
+///
+/// An empty body is answered 204 as 1.6 does (there is nothing to store).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotReplicating;
+
+impl WriteHandler for NotReplicating {
+    async fn write(&self, request: WriteRequest) -> Result<(), RequestError> {
+        request.consistency(Consistency::One)?;
+        if request.body.data.is_empty() {
+            return Ok(());
+        }
+        Err(RequestError::NotImplemented(
+            "influx-ha cannot replicate writes yet: nothing was written",
+        ))
+    }
+}
+
+// === Service ===
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The InfluxDB API; `with_admin` when there is no separate admin listener.
+    Main {
+        /// Whether `/`, `/status` and `/metrics` are served here.
+        with_admin: bool,
+    },
+    /// The separate admin listener.
+    Admin,
+}
+
+/// Everything a listener needs to answer requests.
+#[derive(Debug)]
+pub struct HttpService<W> {
+    /// Which endpoints this listener serves.
+    pub surface: Surface,
+    /// Body size and time limits.
+    pub limits: BodyLimits,
+    /// Cap on request-body bytes held at once (shared by all listeners).
+    pub inflight: InflightBytes,
+    /// Readiness reported by `/health`.
+    pub health: Health,
+    /// Where checked writes go.
+    pub writer: W,
+}
+
+const NOT_YET_QUERY: &str = "influx-ha cannot route queries yet";
+const NOT_YET_ADMIN: &str = "the influx-ha admin surface is not built yet";
+
+impl<W: WriteHandler> HttpService<W> {
+    /// Answers one request; never fails (errors are answers).
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Display,
+    {
+        let id = RequestId::new();
+        let started = Instant::now();
+        let method = req.method().clone();
+        // Only the path is logged: query strings may carry credentials (`u`, `p`).
+        let path = req.uri().path().to_owned();
+        let response = match self.route(&id, req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(&id),
+        };
+        tracing::debug!(
+            request_id = %id,
+            %method,
+            path,
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn route<B>(
+        &self,
+        id: &RequestId,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, RequestError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Display,
+    {
+        let method = req.method();
+        let get_or_head = method == Method::GET || method == Method::HEAD;
+        let admin_here = matches!(
+            self.surface,
+            Surface::Admin | Surface::Main { with_admin: true }
+        );
+        let main = matches!(self.surface, Surface::Main { .. });
+        match req.uri().path() {
+            "/ping" if get_or_head => Ok(no_content(id)),
+            "/ping" => Err(RequestError::MethodNotAllowed { allow: ALLOW_PING }),
+            "/health" if get_or_head => Ok(self.health_response(id)),
+            "/health" => Err(RequestError::MethodNotAllowed { allow: ALLOW_PING }),
+            "/write" if main && method == Method::POST => self.write(id, req).await,
+            "/write" | "/query" if main && method == Method::OPTIONS => Ok(options(id)),
+            "/write" if main => Err(RequestError::MethodNotAllowed { allow: ALLOW_WRITE }),
+            "/query" if main && (method == Method::GET || method == Method::POST) => {
+                Err(RequestError::NotImplemented(NOT_YET_QUERY))
+            }
+            "/query" if main => Err(RequestError::MethodNotAllowed { allow: ALLOW_QUERY }),
+            "/" | "/status" | "/metrics" if admin_here && get_or_head => {
+                Err(RequestError::NotImplemented(NOT_YET_ADMIN))
+            }
+            _ => Err(RequestError::NotFound),
+        }
+    }
+
+    async fn write<B>(
+        &self,
+        id: &RequestId,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, RequestError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Display,
+    {
+        let params = QueryParams::parse(req.uri().query());
+        let db = params.get("db");
+        if db.is_empty() {
+            return Err(RequestError::DatabaseRequired);
+        }
+        let request_fields = (
+            db.to_owned(),
+            params.non_empty("rp").map(str::to_owned),
+            params.get("precision").to_owned(),
+            params.non_empty("consistency").map(str::to_owned),
+        );
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, &parts.headers, &self.limits, &self.inflight).await?;
+        let (db, rp, precision, consistency) = request_fields;
+        self.writer
+            .write(WriteRequest {
+                request_id: *id,
+                db,
+                rp,
+                precision,
+                consistency,
+                body,
+            })
+            .await?;
+        Ok(no_content(id))
+    }
+
+    fn health_response(&self, id: &RequestId) -> Response<ResponseBody> {
+        let (status, state, message) = match self.health.status() {
+            Ok(()) => (StatusCode::OK, "pass", "ready for writes".to_owned()),
+            Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, "fail", reason),
+        };
+        let mut body = Vec::with_capacity(64 + message.len());
+        body.extend_from_slice(b"{\"status\":");
+        crate::go_json::write_string(&mut body, state.as_bytes());
+        body.extend_from_slice(b",\"message\":");
+        crate::go_json::write_string(&mut body, message.as_bytes());
+        body.extend_from_slice(b"}\n");
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        add_common_headers(resp.headers_mut(), Some(id));
+        resp
+    }
+}
+
+/// 204 as `/ping` and `/write` answer it: JSON content type, no body.
+fn no_content(id: &RequestId) -> Response<ResponseBody> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    add_common_headers(resp.headers_mut(), Some(id));
+    resp
+}
+
+/// 200 with an empty body, as 1.6 answers OPTIONS (CORS preflight).
+fn options(id: &RequestId) -> Response<ResponseBody> {
+    let mut resp = Response::new(empty());
+    add_common_headers(resp.headers_mut(), Some(id));
+    resp
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+
+use super::*;
+
+/// db, rp, precision, consistency and body of a write that reached the seam.
+type Seen = (String, Option<String>, String, Option<String>, Bytes);
+
+/// Records what reached the write seam and answers with a preset result.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<Seen>>,
+    answer: Option<RequestError>,
+}
+
+impl WriteHandler for Recorder {
+    async fn write(&self, r: WriteRequest) -> Result<(), RequestError> {
+        self.seen.lock().expect("not poisoned").push((
+            r.db,
+            r.rp,
+            r.precision,
+            r.consistency,
+            r.body.data,
+        ));
+        match &self.answer {
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        }
+    }
+}
+
+fn service<W: WriteHandler>(writer: W, surface: Surface) -> Arc<HttpService<W>> {
+    Arc::new(HttpService {
+        surface,
+        limits: BodyLimits {
+            max_body_bytes: 1000,
+            read_timeout: Duration::from_secs(5),
+        },
+        inflight: InflightBytes::new(10_000),
+        health: Health::new(),
+        writer,
+    })
+}
+
+fn main_service<W: WriteHandler>(writer: W) -> Arc<HttpService<W>> {
+    service(writer, Surface::Main { with_admin: true })
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+async fn call<W: WriteHandler>(
+    svc: &Arc<HttpService<W>>,
+    method: &str,
+    uri: &str,
+    body: &'static [u8],
+) -> Answer {
+    call_with(svc, method, uri, &[], body).await
+}
+
+async fn call_with<W: WriteHandler>(
+    svc: &Arc<HttpService<W>>,
+    method: &str,
+    uri: &str,
+    headers: &[(&'static str, &'static str)],
+    body: &'static [u8],
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(body)))
+        .expect("valid request");
+    let resp = svc.clone().handle(req).await;
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.expect("in-memory").to_bytes().to_vec(),
+    }
+}
+
+fn assert_influx_headers(a: &Answer) {
+    assert_eq!(a.headers["x-influxdb-build"], "OSS");
+    assert_eq!(a.headers["x-influxdb-version"], "1.6.7~rc0");
+    let id = a.headers["request-id"].to_str().expect("ascii");
+    assert_eq!(id.len(), 36);
+    assert_eq!(a.headers["x-request-id"], id);
+}
+
+#[tokio::test]
+async fn ping_answers_204_with_influxdb_headers() {
+    let svc = main_service(NotReplicating);
+    for method in ["GET", "HEAD"] {
+        let a = call(&svc, method, "/ping", b"").await;
+        assert_eq!(a.status, 204);
+        assert!(a.body.is_empty());
+        assert_eq!(a.headers["content-type"], "application/json");
+        assert_influx_headers(&a);
+    }
+    let a = call(&svc, "GET", "/ping?verbose=true", b"").await;
+    assert_eq!(a.status, 204);
+    let a = call(&svc, "POST", "/ping", b"").await;
+    assert_eq!(a.status, 405);
+    assert_eq!(a.headers["allow"], "GET, HEAD");
+    assert_eq!(a.body, b"Method Not Allowed\n");
+}
+
+#[tokio::test]
+async fn request_ids_differ_per_request() {
+    let svc = main_service(NotReplicating);
+    let a = call(&svc, "GET", "/ping", b"").await;
+    let b = call(&svc, "GET", "/ping", b"").await;
+    assert_ne!(a.headers["request-id"], b.headers["request-id"]);
+}
+
+#[tokio::test]
+async fn health_follows_readiness() {
+    let svc = main_service(NotReplicating);
+    let a = call(&svc, "GET", "/health", b"").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.body,
+        b"{\"status\":\"pass\",\"message\":\"ready for writes\"}\n"
+    );
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_influx_headers(&a);
+
+    svc.health
+        .set_unavailable("no queue can take data: disk full");
+    let a = call(&svc, "GET", "/health", b"").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(
+        a.body,
+        b"{\"status\":\"fail\",\"message\":\"no queue can take data: disk full\"}\n"
+    );
+    svc.health.set_draining();
+    let a = call(&svc, "HEAD", "/health", b"").await;
+    assert_eq!(a.status, 503);
+    let a = call(&svc, "GET", "/health", b"").await;
+    assert_eq!(
+        a.body,
+        b"{\"status\":\"fail\",\"message\":\"shutting down\"}\n"
+    );
+}
+
+#[tokio::test]
+async fn write_passes_checked_requests_to_the_handler() {
+    let svc = main_service(Recorder::default());
+    let a = call(
+        &svc,
+        "POST",
+        "/write?db=telegraf&rp=autogen&precision=s&consistency=all&u=user&p=secret",
+        b"cpu v=1 1\n",
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    assert!(a.body.is_empty());
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_influx_headers(&a);
+    let seen = svc.writer.seen.lock().expect("not poisoned").clone();
+    assert_eq!(
+        seen,
+        [(
+            "telegraf".to_owned(),
+            Some("autogen".to_owned()),
+            "s".to_owned(),
+            Some("all".to_owned()),
+            Bytes::from_static(b"cpu v=1 1\n")
+        )]
+    );
+
+    let a = call(&svc, "POST", "/write?db=x&rp=", b"").await;
+    assert_eq!(a.status, 204);
+    let seen = svc.writer.seen.lock().expect("not poisoned").clone();
+    assert_eq!(
+        seen[1],
+        ("x".to_owned(), None, String::new(), None, Bytes::new())
+    );
+}
+
+#[tokio::test]
+async fn write_handler_errors_become_influxdb_answers() {
+    let svc = main_service(Recorder {
+        answer: Some(RequestError::QueuedOnly),
+        ..Recorder::default()
+    });
+    let a = call(&svc, "POST", "/write?db=x", b"cpu v=1").await;
+    assert_eq!(a.status, 500);
+    assert_eq!(
+        a.body,
+        b"{\"error\":\"write failed: hinted handoff queue not empty\"}\n"
+    );
+    assert_eq!(
+        a.headers["x-influxdb-error"],
+        "write failed: hinted handoff queue not empty"
+    );
+    assert_influx_headers(&a);
+}
+
+#[tokio::test]
+async fn write_checks_in_influxdb_order() {
+    let svc = main_service(Recorder::default());
+    // No db: 400 before the body is looked at.
+    let a = call_with(
+        &svc,
+        "POST",
+        "/write",
+        &[("content-encoding", "gzip")],
+        b"garbage",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body, b"{\"error\":\"database is required\"}\n");
+    assert_eq!(a.headers["x-influxdb-error"], "database is required");
+    assert_influx_headers(&a);
+    let a = call(&svc, "POST", "/write?db=", b"").await;
+    assert_eq!(a.body, b"{\"error\":\"database is required\"}\n");
+
+    // Body too large.
+    let big: &'static [u8] = Box::leak(vec![b'a'; 1001].into_boxed_slice());
+    let a = call(&svc, "POST", "/write?db=x", big).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(a.body, b"{\"error\":\"Request Entity Too Large\"}\n");
+    let a = call_with(
+        &svc,
+        "POST",
+        "/write?db=x",
+        &[("content-length", "30000000")],
+        b"",
+    )
+    .await;
+    assert_eq!(a.status, 413);
+
+    // Invalid gzip.
+    let a = call_with(
+        &svc,
+        "POST",
+        "/write?db=x",
+        &[("content-encoding", "gzip")],
+        b"abc",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body, b"{\"error\":\"unexpected EOF\"}\n");
+    let a = call_with(
+        &svc,
+        "POST",
+        "/write?db=x",
+        &[("content-encoding", "gzip")],
+        b"abcdefghijklmnop",
+    )
+    .await;
+    assert_eq!(a.body, b"{\"error\":\"gzip: invalid header\"}\n");
+    assert!(svc.writer.seen.lock().expect("not poisoned").is_empty());
+}
+
+#[tokio::test]
+async fn not_replicating_is_honest() {
+    let svc = main_service(NotReplicating);
+    let a = call(&svc, "POST", "/write?db=x", b"cpu v=1 1\n").await;
+    assert_eq!(a.status, 501);
+    assert_eq!(
+        a.body,
+        b"{\"error\":\"influx-ha cannot replicate writes yet: nothing was written\"}\n"
+    );
+    // An empty body is a successful no-op, as in 1.6.
+    let a = call(&svc, "POST", "/write?db=x", b"").await;
+    assert_eq!(a.status, 204);
+    let a = call(&svc, "POST", "/write?db=x&consistency=bogus", b"").await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body, b"{\"error\":\"invalid consistency level\"}\n");
+    let a = call(&svc, "POST", "/write?db=x&consistency=QUORUM", b"").await;
+    assert_eq!(a.status, 204);
+}
+
+#[tokio::test]
+async fn write_methods() {
+    let svc = main_service(NotReplicating);
+    for method in ["GET", "PUT", "DELETE", "PATCH", "HEAD"] {
+        let a = call(&svc, method, "/write?db=x", b"").await;
+        assert_eq!(a.status, 405, "{method}");
+        assert_eq!(a.headers["allow"], "OPTIONS, POST");
+        assert_eq!(a.headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(a.headers["x-content-type-options"], "nosniff");
+        assert_eq!(a.headers["x-influxdb-version"], "1.6.7~rc0");
+        assert!(!a.headers.contains_key("request-id"));
+        if method != "HEAD" {
+            assert_eq!(a.body, b"Method Not Allowed\n");
+        }
+    }
+    let a = call(&svc, "OPTIONS", "/write", b"").await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.is_empty());
+    assert_influx_headers(&a);
+    assert!(!a.headers.contains_key("content-type"));
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_like_go() {
+    let svc = main_service(NotReplicating);
+    for path in [
+        "/nosuch",
+        "/api/v2/write",
+        "/api/v2/query",
+        "/write/",
+        "/pingx",
+    ] {
+        let a = call(&svc, "POST", path, b"").await;
+        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(a.body, b"404 page not found\n");
+        assert_eq!(a.headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(a.headers["x-influxdb-build"], "OSS");
+        assert!(!a.headers.contains_key("request-id"));
+    }
+}
+
+#[tokio::test]
+async fn unbuilt_endpoints_answer_501() {
+    let svc = main_service(NotReplicating);
+    let a = call(&svc, "GET", "/query?q=SHOW+DATABASES", b"").await;
+    assert_eq!(a.status, 501);
+    assert_eq!(
+        a.body,
+        b"{\"error\":\"influx-ha cannot route queries yet\"}\n"
+    );
+    let a = call(&svc, "DELETE", "/query", b"").await;
+    assert_eq!(a.status, 405);
+    for path in ["/", "/status", "/metrics"] {
+        let a = call(&svc, "GET", path, b"").await;
+        assert_eq!(a.status, 501, "{path}");
+    }
+    // With a separate admin listener the main one does not serve the admin paths ...
+    let main_only = service(NotReplicating, Surface::Main { with_admin: false });
+    assert_eq!(call(&main_only, "GET", "/status", b"").await.status, 404);
+    // ... and the admin listener serves no InfluxDB API.
+    let admin = service(NotReplicating, Surface::Admin);
+    assert_eq!(call(&admin, "GET", "/status", b"").await.status, 501);
+    assert_eq!(call(&admin, "GET", "/ping", b"").await.status, 204);
+    assert_eq!(call(&admin, "GET", "/health", b"").await.status, 200);
+    assert_eq!(call(&admin, "POST", "/write?db=x", b"").await.status, 404);
+    assert_eq!(call(&admin, "GET", "/query", b"").await.status, 404);
+}
+
+#[tokio::test]
+async fn overload_answers_503_not_4xx() {
+    let svc = Arc::new(HttpService {
+        surface: Surface::Main { with_admin: false },
+        limits: BodyLimits {
+            max_body_bytes: 100,
+            read_timeout: Duration::from_secs(5),
+        },
+        inflight: InflightBytes::new(100),
+        health: Health::new(),
+        writer: Recorder::default(),
+    });
+    // Hold 95 bytes in flight.
+    let mut held = body::InflightPermit::default();
+    svc.inflight.try_grow(&mut held, 95).expect("fits");
+    let a = call(&svc, "POST", "/write?db=x", b"cpu v=1 1\n").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert!(
+        a.body
+            .starts_with(b"{\"error\":\"too many request bytes in flight")
+    );
+    drop(held);
+    let a = call(&svc, "POST", "/write?db=x", b"cpu v=1 1\n").await;
+    assert_eq!(a.status, 204);
+}

@@ -1,0 +1,164 @@
+//! The accept loop and connection tasks of one HTTP listener, with backpressure and drain.
+//!
+//! - A connection permit is taken *before* `accept()`, so at most `max_connections` are open
+//!   and further clients wait in the kernel's backlog instead of costing memory here.
+//! - Accept errors (EMFILE, ENOBUFS, …) never end the listener: it backs off 1 s, 2 s, … up to
+//!   64 s and tries again.
+//! - Each connection is served by hyper-util's auto builder (HTTP/1.1, and h2c for clients that
+//!   ask for it), with a header read timeout against slow-loris clients.
+//! - Shutdown: the loop stops accepting and drops the listener, every connection is told to
+//!   finish its in-flight request and close ([`Shutdown`]), and [`run`] waits until all of them
+//!   ended or the drain period is over.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+
+use crate::http::{HttpService, WriteHandler};
+use crate::shutdown::Shutdown;
+
+/// Connection-level settings of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time a client gets to send request headers.
+    pub header_read_timeout: Duration,
+    /// After shutdown: time in-flight requests get to finish.
+    pub drain_timeout: Duration,
+}
+
+/// How the drain went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections still open when the drain period ended (0: a clean drain).
+    pub abandoned_connections: usize,
+}
+
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(64);
+
+/// Serves `listener` until `shutdown` completes, then drains.
+pub async fn run<W: WriteHandler>(
+    listener: TcpListener,
+    service: Arc<HttpService<W>>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> DrainReport {
+    let local = listener.local_addr().ok();
+    let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let (notify_shutdown, _) = broadcast::channel::<()>(1);
+    let (complete_tx, mut complete_rx) = mpsc::channel::<()>(1);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+
+    let accept_loop = async {
+        loop {
+            // Backpressure: wait for a free slot before taking the next connection.
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = accept(&listener).await;
+            let _ = stream.set_nodelay(true);
+            let task = ConnectionTask {
+                service: service.clone(),
+                builder: builder.clone(),
+                shutdown: Shutdown::new(notify_shutdown.subscribe()),
+                _complete: complete_tx.clone(),
+                _permit: permit,
+            };
+            tokio::spawn(task.run(stream, peer));
+        }
+    };
+    tokio::select! {
+        () = accept_loop => {}
+        () = shutdown => {}
+    }
+    drop(listener);
+    tracing::info!(listener = ?local, "stopped accepting; draining connections");
+    // Every connection task holds a receiver: this reaches all of them. No receiver: no task.
+    let _ = notify_shutdown.send(());
+    drop(complete_tx);
+    let drained = tokio::time::timeout(options.drain_timeout, complete_rx.recv()).await;
+    let abandoned = if drained.is_ok() {
+        0
+    } else {
+        options.max_connections.max(1) - limit.available_permits()
+    };
+    if abandoned > 0 {
+        tracing::warn!(
+            listener = ?local,
+            connections = abandoned,
+            "drain period over with connections still open; closing them"
+        );
+    }
+    DrainReport {
+        abandoned_connections: abandoned,
+    }
+}
+
+/// Accepts one connection, backing off on errors instead of giving up.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match listener.accept().await {
+            Ok(pair) => return pair,
+            Err(e) => {
+                tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One client connection.
+struct ConnectionTask<W> {
+    /// Answers the requests.
+    service: Arc<HttpService<W>>,
+    /// Shared connection settings.
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Tells the connection to finish and close.
+    shutdown: Shutdown,
+    /// Dropped when the task ends: the server knows all ended when the last one is gone.
+    _complete: mpsc::Sender<()>,
+    /// The connection slot, released when the task ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<W: WriteHandler> ConnectionTask<W> {
+    async fn run(mut self, stream: TcpStream, peer: SocketAddr) {
+        let service = self.service.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let service = service.clone();
+            async move { Ok::<_, Infallible>(service.handle(req).await) }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(stream), svc);
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = self.shutdown.recv() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

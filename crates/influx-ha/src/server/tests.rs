@@ -1,0 +1,201 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, oneshot};
+
+use super::*;
+use crate::health::Health;
+use crate::http::body::{BodyLimits, InflightBytes};
+use crate::http::error::RequestError;
+use crate::http::{NotReplicating, Surface, WriteRequest};
+
+fn options(drain: Duration) -> ServerOptions {
+    ServerOptions {
+        max_connections: 16,
+        header_read_timeout: Duration::from_secs(5),
+        drain_timeout: drain,
+    }
+}
+
+fn service<W: WriteHandler>(writer: W) -> Arc<HttpService<W>> {
+    Arc::new(HttpService {
+        surface: Surface::Main { with_admin: true },
+        limits: BodyLimits {
+            max_body_bytes: 1 << 20,
+            read_timeout: Duration::from_secs(5),
+        },
+        inflight: InflightBytes::new(1 << 24),
+        health: Health::new(),
+        writer,
+    })
+}
+
+/// Sends raw bytes and reads the whole answer (the request asks to close the connection).
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<DrainReport>,
+}
+
+async fn start<W: WriteHandler>(service: Arc<HttpService<W>>, drain: Duration) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(run(listener, service, options(drain), async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, stop, done }
+}
+
+#[tokio::test]
+async fn serves_ping_over_tcp() {
+    let r = start(service(NotReplicating), Duration::from_secs(5)).await;
+    let answer = exchange(
+        r.addr,
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 204 No Content\r\n"),
+        "{answer}"
+    );
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nx-influxdb-version: 1.6.7~rc0\r\n"),
+        "{answer}"
+    );
+    assert!(lower.contains("\r\nx-influxdb-build: oss\r\n"), "{answer}");
+    assert!(
+        lower.contains("\r\ncontent-type: application/json\r\n"),
+        "{answer}"
+    );
+    assert!(lower.contains("\r\nrequest-id: "), "{answer}");
+    assert!(lower.contains("\r\ndate: "), "{answer}");
+
+    let answer = exchange(
+        r.addr,
+        b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nContent-Length: 30000000\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("{\"error\":\"Request Entity Too Large\"}\n"),
+        "{answer}"
+    );
+
+    r.stop.send(()).expect("server running");
+    let report = r.done.await.expect("no panic");
+    assert_eq!(report.abandoned_connections, 0);
+    assert!(TcpStream::connect(r.addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test]
+async fn keep_alive_serves_several_requests() {
+    let r = start(service(NotReplicating), Duration::from_secs(5)).await;
+    let mut s = TcpStream::connect(r.addr).await.expect("connect");
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 204 No Content").count(), 2, "{text}");
+    let _ = r.stop.send(());
+}
+
+/// Holds each write until released, counting the ones that finished.
+#[derive(Default)]
+struct Gate {
+    entered: Notify,
+    release: Notify,
+    finished: AtomicUsize,
+}
+
+impl WriteHandler for Arc<Gate> {
+    async fn write(&self, _: WriteRequest) -> Result<(), RequestError> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_during_drain() {
+    let gate = Arc::new(Gate::default());
+    let svc = service(gate.clone());
+    let r = start(svc.clone(), Duration::from_secs(10)).await;
+    let addr = r.addr;
+    let client = tokio::spawn(async move {
+        exchange(
+            addr,
+            b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\ncpu v=1",
+        )
+        .await
+    });
+    gate.entered.notified().await;
+    // SIGTERM arrives while the write is in flight.
+    svc.health.set_draining();
+    r.stop.send(()).expect("server running");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections while draining"
+    );
+    gate.release.notify_one();
+    let answer = client.await.expect("no panic");
+    assert!(
+        answer.starts_with("HTTP/1.1 204 No Content\r\n"),
+        "{answer}"
+    );
+    let report = r.done.await.expect("no panic");
+    assert_eq!(report.abandoned_connections, 0);
+    assert_eq!(gate.finished.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
+    let r = start(service(NotReplicating), Duration::from_secs(10)).await;
+    let mut idle = TcpStream::connect(r.addr).await.expect("connect");
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).await.expect("read");
+    assert!(n > 0);
+    let started = tokio::time::Instant::now();
+    r.stop.send(()).expect("server running");
+    let report = r.done.await.expect("no panic");
+    assert_eq!(report.abandoned_connections, 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn drain_period_is_bounded() {
+    let gate = Arc::new(Gate::default());
+    let r = start(service(gate.clone()), Duration::from_millis(200)).await;
+    let addr = r.addr;
+    let _client = tokio::spawn(async move {
+        exchange(
+            addr,
+            b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\ncpu v=1",
+        )
+        .await
+    });
+    gate.entered.notified().await;
+    r.stop.send(()).expect("server running");
+    let report = r.done.await.expect("no panic");
+    assert_eq!(report.abandoned_connections, 1);
+    assert_eq!(gate.finished.load(Ordering::SeqCst), 0);
+}
