@@ -1,6 +1,7 @@
 //! influx-ha: high availability for InfluxDB OSS.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod config;
 pub mod go_json;
 pub mod health;
