@@ -41,6 +41,16 @@ pub enum ParseError {
     TimeOutOfRange,
     /// Something other than spaces follows the timestamp.
     PointInvalid,
+    /// A line with exactly 100, 200, 400, … tags: InfluxDB 1.6.7's parser then indexes past
+    /// the end of its tag table and fails the whole request with a 500. Refused here so that
+    /// it is never forwarded, where it would fail every retry.
+    CrashingTagCount(usize),
+    /// A string field value that is one `"`: InfluxDB 1.6.7's storage layer slices it out of
+    /// bounds and the whole process dies. Never forwarded.
+    CrashingQuote,
+    /// A line without timestamp whose last byte is `\`: the timestamp influx-ha appends would
+    /// be escaped into the field value, so the line cannot be stamped.
+    Unstampable,
 }
 
 impl ParseError {
@@ -94,6 +104,23 @@ impl ParseError {
                 return;
             }
             Self::PointInvalid => "point is invalid",
+            Self::CrashingTagCount(n) => {
+                out.extend_from_slice(
+                    format!(
+                        "{n} tags: InfluxDB 1.6 fails the whole request on exactly 100, 200, \
+                         400, ... tags; add or remove a tag"
+                    )
+                    .as_bytes(),
+                );
+                return;
+            }
+            Self::CrashingQuote => {
+                "a string field value of a single '\"' crashes InfluxDB 1.6; write \"\\\"\""
+            }
+            Self::Unstampable => {
+                "a line without timestamp cannot end in a backslash: the timestamp added at \
+                 ingest would be escaped; send a timestamp"
+            }
         };
         out.extend_from_slice(text.as_bytes());
     }

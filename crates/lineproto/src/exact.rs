@@ -92,13 +92,15 @@ pub(crate) fn parse_point(buf: &[u8], precision: Precision) -> Result<PointInfo,
 
     let mut max_key_err = None;
     let mut non_time_field = false;
-    walk_fields(fields, |key, _| {
+    let mut lone_quote = false;
+    walk_fields(fields, |key, value| {
         let size = key_len + 4 + key.len();
         if size > MAX_KEY_LENGTH {
             max_key_err = Some(ParseError::MaxKeyLength(size));
             return false;
         }
         non_time_field |= key != b"time";
+        lone_quote |= value == b"\"";
         true
     })?;
     if let Some(e) = max_key_err {
@@ -118,6 +120,9 @@ pub(crate) fn parse_point(buf: &[u8], precision: Precision) -> Result<PointInfo,
         }
     }
 
+    if lone_quote {
+        return Err(ParseError::CrashingQuote);
+    }
     let time_tag = tag_starts
         .iter()
         .any(|&s| scan_to(&buf[s..], 0, b'=').1 == b"time");
@@ -231,9 +236,21 @@ fn scan_tags(buf: &[u8], mut i: usize, tag_starts: &mut Vec<usize>) -> Result<us
         i = scan_tags_key(buf, i)?;
         match scan_tags_value(buf, i)? {
             (State::TagKey, next) => i = next,
-            (State::Fields, next) => return Ok(next),
+            (State::Fields, next) => {
+                if crashes_influxdb(tag_starts.len()) {
+                    return Err(ParseError::CrashingTagCount(tag_starts.len()));
+                }
+                return Ok(next);
+            }
         }
     }
+}
+
+/// Whether InfluxDB 1.6.7's `scanTags` fails on this many tags. It keeps tag starts in a table
+/// of 100 entries, doubled whenever a tag does not fit, and writes one entry past the last
+/// tag: out of bounds exactly when the table is full.
+pub(crate) fn crashes_influxdb(tags: usize) -> bool {
+    tags >= 100 && tags % 100 == 0 && (tags / 100).is_power_of_two()
 }
 
 /// `scanTagsKey`: returns the index after the `=`.

@@ -252,7 +252,13 @@ pub(crate) fn parse_indexed(
     let mut time_tag = false;
     if body[i] == b',' {
         let mut prev_key: &[u8] = &[];
+        let mut tags = 0;
         loop {
+            // Some tag counts of 100 and more crash InfluxDB; `exact` knows which.
+            tags += 1;
+            if tags >= 100 {
+                return None;
+            }
             let key_start = i + 1;
             i = delims.next();
             if i >= e || body[i] != b'=' || i == key_start {

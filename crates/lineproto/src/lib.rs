@@ -125,6 +125,9 @@ fn validate_with(
             Ok(info) if info.only_time_fields => {
                 Reason::TimeField(exact::unescape_name(exact::raw_measurement(line)))
             }
+            Ok(info) if !info.has_timestamp && line.last() == Some(&b'\\') => {
+                Reason::Parse(ParseError::Unstampable)
+            }
             Ok(info) => {
                 v.points += 1;
                 if !info.has_timestamp {

@@ -134,10 +134,24 @@ fn mutated_line() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A usually valid line with an ending that is hard to stamp or to split.
+fn awkward_line() -> impl Strategy<Value = Vec<u8>> {
+    (
+        line(),
+        prop::sample::select(vec!["\\", "\"", " \\", "\\\\", "\t", " "]),
+    )
+        .prop_map(|(line, end)| {
+            let mut bytes = line.into_bytes();
+            bytes.extend_from_slice(end.as_bytes());
+            bytes
+        })
+}
+
 fn body() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(
         prop_oneof![
             8 => mutated_line(),
+            2 => awkward_line(),
             1 => Just(b"# comment".to_vec()),
             1 => Just(b"   ".to_vec()),
         ],
@@ -182,6 +196,24 @@ proptest! {
         prop_assert!(again.rejected().iter().all(|r| r.reason().is_drop()));
         prop_assert_eq!(again.points(), v.points());
         prop_assert!(again.is_unchanged(), "every forwarded line has a timestamp");
+    }
+
+    #[test]
+    fn a_last_line_round_trips(
+        lines in prop::collection::vec(mutated_line(), 0..3),
+        last in prop_oneof![awkward_line(), mutated_line()],
+        p in precision(),
+    ) {
+        // The last line of a body is where a trailing backslash cannot join the next line.
+        let mut body = lines.join(&b'\n');
+        if !body.is_empty() {
+            body.push(b'\n');
+        }
+        body.extend_from_slice(&last);
+        let v = validate(&body, p, NOW);
+        let again = validate(v.output(), p, NOW + 1);
+        prop_assert_eq!(again.points(), v.points());
+        prop_assert!(again.is_unchanged(), "{:?} forwarded as {:?}", String::from_utf8_lossy(&body), String::from_utf8_lossy(v.output()));
     }
 
     #[test]

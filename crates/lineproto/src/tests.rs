@@ -263,3 +263,39 @@ fn unsorted_tags_are_valid() {
     assert!(accepted("cpu,z=1,a=2 v=1 1"));
     assert!(accepted("cpu,b=1,a=2,c=3 v=1 1"));
 }
+
+#[test]
+fn lines_that_crash_influxdb_are_refused_and_never_forwarded() {
+    let tags = |n: usize| (0..n).map(|i| format!(",t{i:03}=v")).collect::<String>();
+    for n in [100, 200, 400] {
+        let body = format!("cpu{} v=1 1\ncpu v=2 2", tags(n));
+        let v = validate(body.as_bytes(), Precision::Nanoseconds, NOW);
+        assert_eq!(v.points(), 1, "{n} tags");
+        assert_eq!(v.output(), b"cpu v=2 2\n");
+        assert!(
+            matches!(v.rejected()[0].reason(), Reason::Parse(ParseError::CrashingTagCount(m)) if *m == n)
+        );
+    }
+    for n in [99, 101, 199, 300] {
+        assert!(accepted(&format!("cpu{} v=1 1", tags(n))), "{n} tags");
+    }
+    // Found by the oracle: influxd 1.6.7 dies on this line.
+    assert_eq!(
+        line_error("cpu a\"-,z=\"\\==\",t=\""),
+        "a string field value of a single '\"' crashes InfluxDB 1.6; write \"\\\"\""
+    );
+}
+
+#[test]
+fn a_line_ending_in_a_backslash_cannot_be_stamped() {
+    // (A backslash before a newline would join the lines, so the line is last.)
+    let v = validate(b"c v=1\nb b=\"x\"\\", Precision::Nanoseconds, NOW);
+    assert_eq!(v.points(), 1);
+    assert_eq!(v.output(), b"c v=1 1700000000123456789\n");
+    assert_eq!(
+        v.rejected()[0].reason(),
+        &Reason::Parse(ParseError::Unstampable)
+    );
+    // With a timestamp the same value is fine: the backslash is no longer last.
+    assert!(accepted("b b=\"x\"\\ 5"));
+}
