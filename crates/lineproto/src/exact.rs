@@ -250,7 +250,7 @@ fn scan_tags(buf: &[u8], mut i: usize, tag_starts: &mut Vec<usize>) -> Result<us
 /// of 100 entries, doubled whenever a tag does not fit, and writes one entry past the last
 /// tag: out of bounds exactly when the table is full.
 pub(crate) fn crashes_influxdb(tags: usize) -> bool {
-    tags >= 100 && tags % 100 == 0 && (tags / 100).is_power_of_two()
+    tags >= 100 && tags.is_multiple_of(100) && (tags / 100).is_power_of_two()
 }
 
 /// `scanTagsKey`: returns the index after the `=`.
