@@ -329,20 +329,20 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, so not also a `source()`).
+        error: std::io::Error,
     },
     /// Not valid TOML, an unknown key or a wrong type; toml's message names line and column.
-    #[error("invalid config {origin}: {source}")]
+    #[error("invalid config {origin}: {error}")]
     Parse {
         /// The file (or `<string>`).
         origin: String,
-        /// toml's error, which quotes the offending line.
-        source: toml::de::Error,
+        /// toml's error, which quotes the offending line (part of the message).
+        error: toml::de::Error,
     },
     /// Well-formed but semantically wrong; every problem found is listed.
     #[error("invalid config {origin}:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -359,18 +359,18 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
             origin: origin.to_owned(),
-            source,
+            error,
         })?;
         raw.validate(text).map_err(|problems| ConfigError::Invalid {
             origin: origin.to_owned(),

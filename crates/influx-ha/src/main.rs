@@ -1,11 +1,53 @@
+//! The `influx-ha` binary: parses the command line, sets up logging, hands over to the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::Parser;
+use influx_ha::cli::{Cli, Command, LogFormat, describe};
+use influx_ha::config::Config;
+use tracing_subscriber::EnvFilter;
 
-/// High availability for InfluxDB OSS.
-#[derive(Parser)]
-#[command(name = "influx-ha", version, about)]
-struct Cli {}
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check(arg) => {
+            let config = Config::load(&arg.config)?;
+            print!("{}", describe(&config, &arg.config.display().to_string()));
+            Ok(())
+        }
+        Command::Serve(arg) => {
+            let config = Config::load(&arg.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(influx_ha::node::serve(config))?;
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("influx-ha: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

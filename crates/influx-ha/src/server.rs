@@ -52,7 +52,9 @@ pub async fn run<W: WriteHandler>(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> DrainReport {
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (complete_tx, mut complete_rx) = mpsc::channel::<()>(1);
@@ -87,7 +89,7 @@ pub async fn run<W: WriteHandler>(
         () = shutdown => {}
     }
     drop(listener);
-    tracing::info!(listener = ?local, "stopped accepting; draining connections");
+    tracing::info!(listener = %local, "stopped accepting; draining connections");
     // Every connection task holds a receiver: this reaches all of them. No receiver: no task.
     let _ = notify_shutdown.send(());
     drop(complete_tx);
@@ -99,7 +101,7 @@ pub async fn run<W: WriteHandler>(
     };
     if abandoned > 0 {
         tracing::warn!(
-            listener = ?local,
+            listener = %local,
             connections = abandoned,
             "drain period over with connections still open; closing them"
         );

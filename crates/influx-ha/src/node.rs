@@ -1,0 +1,319 @@
+//! One running node: listeners, backends, readiness, and the SIGTERM drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::backend::{BackendClient, SetupError, Timeouts};
+use crate::config::Config;
+use crate::health::Health;
+use crate::http::body::{BodyLimits, InflightBytes};
+use crate::http::{HttpService, NotReplicating, Surface, WriteHandler};
+use crate::server::{self, DrainReport, ServerOptions};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A backend client could not be built.
+    #[error(transparent)]
+    Backend(#[from] SetupError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {error}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error (part of the message).
+        error: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A node with its listeners bound, ready to [`Node::run`].
+pub struct Node<W> {
+    /// The main (InfluxDB API) listener.
+    main: TcpListener,
+    /// The separate admin listener, when configured.
+    admin: Option<TcpListener>,
+    /// The main listener's service.
+    main_service: Arc<HttpService<W>>,
+    /// The admin listener's service (same health, in-flight cap and writer).
+    admin_service: Arc<HttpService<W>>,
+    /// Connection settings of both listeners.
+    options: ServerOptions,
+    /// Readiness shared with `/health`.
+    health: Health,
+    /// One client per backend, in config order.
+    backends: Vec<BackendClient>,
+}
+
+/// The backend clients of a config, in config order.
+pub fn backend_clients(config: &Config) -> Result<Vec<BackendClient>, SetupError> {
+    let timeouts = Timeouts {
+        connect: config.write.connect_timeout,
+        request: config.write.backend_timeout,
+    };
+    config
+        .backends
+        .iter()
+        .map(|b| BackendClient::new(b, timeouts))
+        .collect()
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| NodeError::Bind { what, addr, error })
+}
+
+impl Node<NotReplicating> {
+    /// Binds the listeners of `config` with the write handler of this build.
+    pub async fn bind(config: &Config) -> Result<Self, NodeError> {
+        Self::bind_with(config, NotReplicating).await
+    }
+}
+
+impl<W: WriteHandler + Clone> Node<W> {
+    /// Binds the listeners of `config`; writes go to `writer`.
+    pub async fn bind_with(config: &Config, writer: W) -> Result<Self, NodeError> {
+        let backends = backend_clients(config)?;
+        let main = bind("http", config.http.bind).await?;
+        let admin = match &config.admin {
+            Some(a) => Some(bind("admin", a.bind).await?),
+            None => None,
+        };
+        let health = Health::new();
+        let limits = BodyLimits {
+            max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
+            read_timeout: config.http.body_read_timeout,
+        };
+        let inflight = InflightBytes::new(
+            usize::try_from(config.http.max_inflight_bytes).unwrap_or(usize::MAX),
+        );
+        let service = |surface| {
+            Arc::new(HttpService {
+                surface,
+                limits,
+                inflight: inflight.clone(),
+                health: health.clone(),
+                writer: writer.clone(),
+            })
+        };
+        Ok(Self {
+            main,
+            admin_service: service(Surface::Admin),
+            main_service: service(Surface::Main {
+                with_admin: config.admin.is_none(),
+            }),
+            admin,
+            options: ServerOptions {
+                max_connections: config.http.max_connections,
+                header_read_timeout: config.http.header_read_timeout,
+                drain_timeout: config.http.drain_timeout,
+            },
+            health,
+            backends,
+        })
+    }
+
+    /// The address the main listener got (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.local_addr()
+    }
+
+    /// The address the admin listener got, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Readiness, shared with `/health`.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The backend clients, in config order.
+    pub fn backends(&self) -> &[BackendClient] {
+        &self.backends
+    }
+
+    /// Serves until `shutdown` completes: then `/health` turns 503, the listeners close and
+    /// in-flight requests get the drain period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainReport {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let main = server::run(
+            self.main,
+            self.main_service,
+            self.options,
+            stopped(stop_rx.clone()),
+        );
+        let admin = async {
+            match self.admin {
+                Some(l) => {
+                    Some(server::run(l, self.admin_service, self.options, stopped(stop_rx)).await)
+                }
+                None => None,
+            }
+        };
+        let health = self.health.clone();
+        let trigger = async move {
+            shutdown.await;
+            health.set_draining();
+            tracing::info!("draining: /health answers 503, listeners are closing");
+            let _ = stop_tx.send(true);
+        };
+        let ((), main_report, admin_report) = tokio::join!(trigger, main, admin);
+        DrainReport {
+            abandoned_connections: main_report.abandoned_connections
+                + admin_report.map_or(0, |r| r.abandoned_connections),
+        }
+    }
+}
+
+/// `influx-ha serve`: binds, logs what runs, serves until SIGTERM/SIGINT, drains.
+pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
+    let node = Node::bind(&config).await?;
+    let addr = node.local_addr().unwrap_or(config.http.bind);
+    tracing::info!(%addr, "listening (InfluxDB 1.6 API)");
+    if let Some(admin) = node.admin_addr() {
+        tracing::info!(%admin, "listening (admin)");
+    }
+    for u in &config.udp {
+        tracing::warn!(bind = %u.bind, database = %u.database, "UDP listeners are not served yet; ignoring this [[udp]]");
+    }
+    for t in &config.tcp {
+        tracing::warn!(bind = %t.bind, database = %t.database, "TCP listeners are not served yet; ignoring this [[tcp]]");
+    }
+    tracing::warn!(
+        "this build does not replicate yet: /write answers 501 after validating the request"
+    );
+    for b in node.backends() {
+        let b = b.clone();
+        tokio::spawn(async move {
+            match b.ping().await {
+                Ok(a) if a.status.as_u16() == 204 => {
+                    tracing::info!(backend = b.name(), url = %b.url(), "backend answers /ping");
+                }
+                Ok(a) => {
+                    tracing::warn!(backend = b.name(), url = %b.url(), status = a.status.as_u16(), "backend answers /ping unexpectedly")
+                }
+                Err(e) => {
+                    tracing::warn!(backend = b.name(), url = %b.url(), error = %e, "backend unreachable")
+                }
+            }
+        });
+    }
+    #[cfg(unix)]
+    let signal = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(NodeError::Signals)?;
+        async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "shutting down");
+        }
+    };
+    #[cfg(not(unix))]
+    let signal = async {
+        let _ = crate::shutdown::termination_signal().await;
+    };
+    let report = node.run(signal).await;
+    tracing::info!(
+        abandoned_connections = report.abandoned_connections,
+        "stopped"
+    );
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn config(admin: bool) -> Config {
+        let admin = if admin {
+            "[admin]\nbind = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "data_dir = \"/tmp/unused\"\n[http]\nbind = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n{admin}[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n"
+        );
+        Config::from_toml(&text, "test").expect("valid")
+    }
+
+    #[tokio::test]
+    async fn node_serves_both_listeners_and_drains_on_signal() {
+        let node = Node::bind(&config(true)).await.expect("bind");
+        let main = node.local_addr().expect("addr");
+        let admin = node.admin_addr().expect("admin");
+        let health = node.health().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let running = tokio::spawn(node.run(async move {
+            let _ = rx.await;
+        }));
+        assert!(get(main, "/ping").await.starts_with("HTTP/1.1 204"));
+        assert!(get(admin, "/health").await.starts_with("HTTP/1.1 200"));
+        assert!(get(admin, "/status").await.starts_with("HTTP/1.1 501"));
+        assert!(get(main, "/status").await.starts_with("HTTP/1.1 404"));
+        tx.send(()).expect("running");
+        let report = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("drains in time")
+            .expect("no panic");
+        assert_eq!(report.abandoned_connections, 0);
+        assert!(health.is_draining());
+        assert!(tokio::net::TcpStream::connect(main).await.is_err());
+        assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn admin_paths_are_on_the_main_listener_without_admin() {
+        let node = Node::bind(&config(false)).await.expect("bind");
+        let main = node.local_addr().expect("addr");
+        assert_eq!(node.admin_addr(), None);
+        let (tx, rx) = oneshot::channel::<()>();
+        let running = tokio::spawn(node.run(async move {
+            let _ = rx.await;
+        }));
+        assert!(get(main, "/status").await.starts_with("HTTP/1.1 501"));
+        tx.send(()).expect("running");
+        running.await.expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn a_busy_port_is_a_clear_error() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut c = config(false);
+        c.http.bind = taken.local_addr().expect("addr");
+        let err = Node::bind(&c).await.err().expect("port taken");
+        assert!(err.to_string().contains("cannot listen on"), "{err}");
+    }
+}
