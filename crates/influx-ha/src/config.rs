@@ -2,7 +2,7 @@
 //!
 //! Reading happens in two steps. [`toml`] and serde turn the text into raw structs, refusing
 //! unknown keys and wrong types with an error that names the line and shows it. Then
-//! [`validate`](RawConfig::validate) checks what types cannot express (at least one backend,
+//! validation checks what types cannot express (at least one backend,
 //! unique and file-system-safe names, URLs, listen addresses) and builds a [`Config`] of plain,
 //! already-checked values; its errors name the line and the key path, such as
 //! `backend[1].url`.

@@ -1,4 +1,42 @@
 //! influx-ha: high availability for InfluxDB OSS.
+//!
+//! One process per node, in front of InfluxDB 1.x backends: clients write to it exactly as they
+//! would to InfluxDB 1.6 (same endpoints, status codes, headers and error texts); each write is
+//! replicated to every backend, and acknowledged only once it is durable (on the backends or
+//! in per-backend hinted-handoff queues). See `DESIGN.md` for the promises and the answer
+//! table, and `influx-ha --help` for the commands.
+//!
+//! # Layout
+//!
+//! Foundation (built):
+//!
+//! - [`config`]: the TOML schema, defaults and validation (errors name line and key);
+//!   [`units`] parses `"10GiB"` / `"7d"`; [`params`] holds consistency levels and precisions.
+//! - [`http`]: the InfluxDB-compatible surface shared by every listener: routing,
+//!   [`http::compat`] (headers, request ids), [`http::error`] (every failure mapped to status
+//!   and text in one place), [`http::body`] (size, time and in-flight caps, gzip through
+//!   [`http::gzip`]), [`http::query`] (Go's query-string rules). [`go_json`] writes JSON
+//!   strings byte-for-byte as Go does.
+//! - [`server`]: accept loop with connection backpressure, per-connection tasks, drain;
+//!   [`shutdown`]: the broadcast-based shutdown signal; [`health`]: readiness behind `/health`.
+//! - [`backend`]: one pooled client per InfluxDB backend (timeouts, service credentials) and
+//!   the single classification of its answers ([`backend::classify`]).
+//! - [`node`]: wires config, listeners, backends and SIGTERM together (`influx-ha serve`);
+//!   [`cli`]: the command line and what `influx-ha check` prints.
+//!
+//! Where the paths live:
+//!
+//! - **Write path**: `POST /write` → [`http::HttpService`] checks parameters and reads the body
+//!   ([`http::body::read_body`]) → a [`http::WriteHandler`] (the seam). Planned behind it: the
+//!   fan-out (`write/`: lineproto validation, one shared buffer, one task per backend,
+//!   consistency levels, the answer table) over [`backend::BackendClient::write`] and the
+//!   `handoff` queues under `data_dir/<backend>/`; UDP and TCP listeners (`ingest/`) feeding the
+//!   same handler. Until then [`http::NotReplicating`] answers 501.
+//! - **Read path** (planned, `query/`): `/query` statement classification and routing to a
+//!   fresh backend; it answers 501 for now.
+//! - **Admin surface** (planned, `admin/`): status page, `/status`, `/metrics`, admin API on the
+//!   `[admin]` listener ([`http::Surface::Admin`]) or on the main one; `/ping` and `/health`
+//!   are served on both already.
 #![forbid(unsafe_code)]
 
 pub mod backend;
