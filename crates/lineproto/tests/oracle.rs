@@ -16,20 +16,30 @@
 //! fixed number of generated ones (a seeded generator that assembles lines from fragments
 //! biased toward the characters the parser treats specially).
 //!
-//! Every mismatch is collected and printed (body, influxd's answer, lineproto's answer, data
-//! diff) before the test fails, so one run shows them all. A mismatching case is re-run on `A`
-//! a few times; if influxd itself answers differently between runs (it writes shards
-//! concurrently and reports the first failing shard's error, so drops in several shards make
-//! its answer vary), the case is listed as nondeterministic instead of failing. Field type
-//! conflicts inside one body are decided by influxd's storage layer, outside the validator's
-//! contract ("the error text if the forwarded points are all stored"): they are listed apart.
+//! Every difference is collected and printed (body, influxd's answer, lineproto's answer,
+//! what B did with the output, data diff) before the test fails, so one run shows them all.
+//! Each is classified ([`Kind`]); only two kinds fail the test:
+//!
+//! - `MISMATCH`: answer, output or data differ;
+//! - `MISMATCH: POISON`: influxd fails on the body (a 5xx, or the process dies: 1.6.7 has such
+//!   bugs, see the cases after "Found by the generator") and lineproto forwards what makes it
+//!   fail, so every backend would refuse that batch forever or crash.
+//!
+//! Listed but not failing: influxd answering differently when the case is re-run (it writes
+//! shards concurrently and reports the first failing shard's error); influxd failing on a body
+//! whose offending line lineproto keeps out (no influxd answer to copy); a field type conflict
+//! inside one body (the storage layer's decision, outside the validator's contract "the error
+//! text if the forwarded points are all stored"); and a series that influxd keeps in its index
+//! after dropping the only point in it for its `time` field (no points differ).
 //!
 //! Run: `cargo test -p lineproto --test oracle -- --nocapture` (needs `influxd` on PATH, as
 //! `scripts/test` and CI provide). Knobs: `ORACLE_GENERATED=N` (default 1500 generated cases),
-//! `ORACLE_SEED=S`, `ORACLE_REPORT=FILE` (also write the report to FILE).
+//! `ORACLE_SEED=S`, `ORACLE_REPORT=FILE` (also write the report to FILE), `ORACLE_MINIMIZE=N`
+//! (shrink each failing body of at most N bytes to a small reproduction; slow).
 
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -720,6 +730,56 @@ fn hand_cases(c: &mut Cases) {
             ],
         );
     }
+    // Found by the generator (shrunk with ORACLE_MINIMIZE): influxd's parser accepts these,
+    // then its storage engine cannot convert a field value and the write fails with 500
+    // "engine: unable to parse ... value"; the lone-quote ones crash the process.
+    for p in ["", "h"] {
+        c.each(
+            "hand",
+            p,
+            &[
+                b"- i=\"\"\\,\"=c\"",
+                b"0 \\\\=\"\"\"=.\"",
+                b"_ m=1,\\\\=\"=x\"",
+                b"\\  \\\\=\"=T\"",
+                b"u ,e=\"=\",= \"",
+                b"u ,e=\"=\",=\"",
+                b"v ,z=\"=\",=\"",
+                b"- i=\"\"\\,\"=c\" 1",
+            ],
+        );
+    }
+    c.each(
+        "hand",
+        "",
+        &[b"b b=\"\"\\", b"b b=\"\"\\ 1", b"b b=\"\" \\"],
+    );
+    // The original generated bodies of that kind.
+    c.add(
+        "hand",
+        "h",
+        b"9-  #a=455,time=\"\n\"i.\",ak=\"uE\\,F\"\t\n_,cpu=c#,v=,9 t=\"-\\\"\n9,t=z,.z_0=time \n&=\"\rt\xc3\xa9\"",
+    );
+    c.add(
+        "hand",
+        "",
+        b" _1k,0b9=c,_b=cpu,w=\r0 \\\\=\"#x,c=\"<\\,cpu#\",fkz-845.I 401\n\na \r9=.E1,9=\"b.F\ntrue,k9\\ =bkaz\xc3\xa9=t,z=NaN 79\nhost,9_v=\"z c\xc3\xa9_52,v=cpu_ 821",
+    );
+    c.add(
+        "hand",
+        "n",
+        b"t,v=zctime. F=\"\" 173\ncpu,ca+a=x y _a=\",E\ttrue\" 948\nbz_ mem=471,+\\\\=\"=\nx\"",
+    );
+    c.add(
+        "hand",
+        "ns",
+        b"9true\\\",zz=host,time=v truetime\\=\\\",a=\\ -827\nw,e0timee=v,a=\\=_x 9=9,t.92,cpu=\"9\"\nw,_\\=mem,kazkv,host=hosthost=96,ak\\\n9=\"0\\=\"\",a_=\"\"\nba,w=\\  b\\\\=\" =bT\"",
+    );
+    c.add(
+        "hand",
+        "h",
+        b".ab,u=mem,c=k0ccpu k\\=\"_9cpu\",time=\"Fe\\\\\",a=\"utime=\" 9223372036854775807\nhost,aEc=x y a=\"f\nb\",a\n\\=_=\xc3\xa9,_=3.52E64\na v=6 871",
+    );
     // Several lines: good and bad mixed (partial writes), several errors joined.
     c.each(
         "hand",
@@ -1229,6 +1289,207 @@ fn lineproto_stamp(precision: &str) -> (i64, i64) {
     (t, t)
 }
 
+/// How a case that is not a plain agreement is classified.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// lineproto's answer, output or data differ from influxd's: a failure.
+    Mismatch = 0,
+    /// influxd fails (5xx, crash) on the body and lineproto forwards what makes it fail: a
+    /// failure.
+    Poison = 1,
+    /// influxd answers differently when the case is run again: excluded.
+    Nondeterministic = 2,
+    /// A field type conflict inside the body (storage layer): excluded.
+    Conflict = 3,
+    /// influxd fails on the body, lineproto keeps the line out: excluded.
+    InfluxdFails = 4,
+    /// Only a series left behind by a `time`-field drop differs: excluded.
+    Phantom = 5,
+}
+
+impl Kind {
+    fn fails(self) -> bool {
+        matches!(self, Kind::Mismatch | Kind::Poison)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Mismatch => "MISMATCH",
+            Kind::Poison => {
+                "MISMATCH: POISON: influxd fails (5xx or crash) on the body, and on the output \
+                 lineproto forwards"
+            }
+            Kind::Nondeterministic => "influxd nondeterministic, excluded",
+            Kind::Conflict => {
+                "field type conflict in the body: storage layer, outside the validator"
+            }
+            Kind::InfluxdFails => {
+                "influxd fails (5xx or crash) on the body; excluded, lineproto keeps it out"
+            }
+            Kind::Phantom => "influxd keeps the series of a point it dropped for its `time` field",
+        }
+    }
+}
+
+/// Compares influxd's outcome `oa` for a case with lineproto's verdict `v` and with what B did
+/// with lineproto's output (`ob`). `rerun(k)` runs the case on A again. Returns `None` when
+/// they agree, else the kind and a readable description.
+fn judge(
+    case: &Case,
+    oa: &Outcome,
+    ob: &Outcome,
+    v: &Verdict,
+    rerun: &mut dyn FnMut(usize) -> Outcome,
+) -> (Option<Kind>, String) {
+    let answer_ok = oa.status == v.status && oa.body == v.body;
+    let output_ok = v.output.is_some() && ob.status == 204 && ob.body.is_empty();
+    let data_ok = oa.data == ob.data;
+    if answer_ok && output_ok && data_ok {
+        return (None, String::new());
+    }
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "precision {:?}\n  body: {}",
+        case.precision,
+        show(&case.body, 600)
+    );
+    if !answer_ok {
+        let _ = writeln!(
+            text,
+            "  ANSWER differs\n    influxd:   {} {}\n    lineproto: {} {}   (influx_error = {})",
+            oa.status,
+            show(&oa.body, 600),
+            v.status,
+            show(&v.body, 600),
+            v.describe
+        );
+    }
+    if !output_ok {
+        let _ = writeln!(
+            text,
+            "  OUTPUT refused by influxd B: {} {}\n    output: {}",
+            ob.status,
+            show(&ob.body, 600),
+            show(v.output.as_deref().unwrap_or_default(), 600)
+        );
+    }
+    if !data_ok {
+        let _ = writeln!(
+            text,
+            "  DATA differs: {}\n    output: {}",
+            diff(&oa.data, &ob.data),
+            show(v.output.as_deref().unwrap_or_default(), 600)
+        );
+    }
+
+    // influxd failing on the body with a 5xx or by dying: its handler panicking
+    // (recovered: 500 "Internal Server Error" text/plain), the process crashing (a panic in
+    // a shard-writing goroutine), or the storage engine refusing a value its own parser
+    // accepted (500 "engine: unable to parse ... value"). 1.6.7 bugs with no answer a relay
+    // can copy, so the case is excluded from the answer comparison. But lineproto must not
+    // forward such a line: B then fails on `output()` too, which means a batch every backend
+    // refuses with 5xx (retried forever) or that kills it. That fails.
+    let broke = |o: &Outcome| o.status == 0 || o.status >= 500;
+    if broke(oa) {
+        let kind = if output_ok {
+            Kind::InfluxdFails
+        } else {
+            Kind::Poison
+        };
+        return (Some(kind), text);
+    }
+    // Is influxd itself stable on this case?
+    if (0..RERUNS).any(|k| rerun(k) != *oa) {
+        return (Some(Kind::Nondeterministic), text);
+    }
+    let conflict = |o: &Outcome| String::from_utf8_lossy(&o.body).contains("field type conflict");
+    let kind = if answer_ok && output_ok && phantom_series_only(&oa.data, &ob.data) {
+        Kind::Phantom
+    } else if conflict(oa) && (conflict(ob) || ob.status == 204) {
+        // influxd refuses a shard's whole batch ("field type conflict") when one body gives a
+        // new field two types: storage, outside the validator's contract. (The data may differ
+        // too: the other shards of the body are stored, or not yet when influxd answers.)
+        Kind::Conflict
+    } else {
+        Kind::Mismatch
+    };
+    (Some(kind), text)
+}
+
+/// Database names for minimizing, unique over the whole run.
+static MINIMIZE_DB: AtomicUsize = AtomicUsize::new(0);
+
+/// What identifies how influxd answered: the status and the start of the error (up to the
+/// first quoted detail), or for a crash the panic message.
+fn signature(o: &Outcome) -> (u16, String) {
+    let text = String::from_utf8_lossy(&o.body);
+    let key = match text.split_once("log: ") {
+        Some((_, panic)) if o.status == 0 => panic.to_owned(),
+        _ => text.split("\\\"").next().unwrap_or_default().to_owned(),
+    };
+    (o.status, key)
+}
+
+/// Shrinks a failing case's body (dropping ever smaller chunks) while it keeps failing the same
+/// way: a small reproduction for the report. Only with `ORACLE_MINIMIZE` set.
+fn minimized(
+    a: &mut Influxd,
+    b: &mut Influxd,
+    case: &Case,
+    kind: Kind,
+    first_a: &Outcome,
+) -> Vec<u8> {
+    // Keep the way influxd fails, not only the kind (a 500 from the engine must not turn into
+    // a crash while shrinking).
+    let wanted = signature(first_a);
+    let mut fails = |body: &[u8]| {
+        let n = MINIMIZE_DB.fetch_add(1, Ordering::Relaxed);
+        let c = Case {
+            origin: case.origin,
+            precision: case.precision.clone(),
+            body: body.to_vec(),
+        };
+        let v = verdict(&c);
+        let oa = run_one(
+            a,
+            &format!("m{n}"),
+            &c.precision,
+            Some(&c.body),
+            server_stamp_window,
+        );
+        let p = Precision::from_v1_param(&c.precision).v1_param();
+        let out = v.output.as_deref().filter(|o| !o.is_empty());
+        let ob = run_one(b, &format!("m{n}"), p, out, |_, _| {
+            lineproto_stamp(&c.precision)
+        });
+        let mut no_rerun = |_: usize| oa.clone();
+        judge(&c, &oa, &ob, &v, &mut no_rerun).0 == Some(kind) && signature(&oa) == wanted
+    };
+    let mut body = case.body.clone();
+    let mut chunk = body.len().div_ceil(2).max(1);
+    loop {
+        let mut i = 0;
+        let mut progress = false;
+        while i < body.len() {
+            let mut candidate = body.clone();
+            candidate.drain(i..(i + chunk).min(body.len()));
+            if !candidate.is_empty() && fails(&candidate) {
+                body = candidate;
+                progress = true;
+            } else {
+                i += chunk;
+            }
+        }
+        if chunk == 1 && !progress {
+            return body;
+        }
+        if !progress {
+            chunk = chunk.div_ceil(2);
+        }
+    }
+}
+
 /// Bytes shown escaped (printable ASCII as is), cut to `max` characters.
 fn show(bytes: &[u8], max: usize) -> String {
     let mut s = String::new();
@@ -1329,120 +1590,52 @@ fn lineproto_agrees_with_influxd() {
     });
 
     let mut report = String::new();
-    let (mut failures, mut nondeterministic, mut conflicts) = (0usize, 0usize, 0usize);
-    let (mut influxd_breaks, mut phantom) = (0usize, 0usize);
+    let mut counts = [0usize; 6];
+    // ORACLE_MINIMIZE=N shrinks failing bodies of at most N bytes (any value that is not a
+    // number: all of them).
+    let minimize = std::env::var("ORACLE_MINIMIZE")
+        .ok()
+        .map(|v| v.parse::<usize>().unwrap_or(usize::MAX));
     for (i, case) in cases.iter().enumerate() {
         let (oa, ob, v) = (&outcomes_a[i], &outcomes_b[i], &verdicts[i]);
-        let answer_ok = oa.status == v.status && oa.body == v.body;
-        let output_ok = v.output.is_some() && ob.status == 204 && ob.body.is_empty();
-        let data_ok = oa.data == ob.data;
-        if answer_ok && output_ok && data_ok {
-            continue;
-        }
-        let mut text = String::new();
-        let _ = writeln!(
-            text,
-            "case #{i} ({}), precision {:?}\n  body: {}",
-            case.origin,
-            case.precision,
-            show(&case.body, 600)
-        );
-        if !answer_ok {
-            let _ = writeln!(
-                text,
-                "  ANSWER differs\n    influxd:   {} {}\n    lineproto: {} {}   (influx_error = {})",
-                oa.status,
-                show(&oa.body, 600),
-                v.status,
-                show(&v.body, 600),
-                v.describe
-            );
-        }
-        if !output_ok {
-            let _ = writeln!(
-                text,
-                "  OUTPUT refused by influxd B: {} {}\n    output: {}",
-                ob.status,
-                show(&ob.body, 600),
-                show(v.output.as_deref().unwrap_or_default(), 600)
-            );
-        }
-        if !data_ok {
-            let _ = writeln!(
-                text,
-                "  DATA differs: {}\n    output: {}",
-                diff(&oa.data, &ob.data),
-                show(v.output.as_deref().unwrap_or_default(), 600)
-            );
-        }
-
-        // influxd panicking in its handler (recovered: 500 text/plain, nothing stored) or
-        // crashing (a panic in a shard-writing goroutine kills the process) on the body: a
-        // 1.6.7 bug, no answer a relay can copy, so the case is excluded from the answer
-        // comparison. But lineproto must not forward such a line: B then panics or dies on
-        // `output()` (a poison batch every backend refuses with 5xx forever), which fails.
-        let broke = |o: &Outcome| {
-            (o.status == 500 && o.body == b"Internal Server Error\n") || o.status == 0
-        };
-        if broke(oa) {
-            if output_ok {
-                influxd_breaks += 1;
-                let _ = writeln!(
-                    report,
-                    "[influxd panicked or crashed on the body; excluded (lineproto keeps it out)] {text}"
-                );
-            } else {
-                failures += 1;
-                let _ = writeln!(
-                    report,
-                    "[MISMATCH: POISON] influxd panics or crashes on the body, and on the output \
-                     lineproto forwards {text}"
-                );
-            }
-            continue;
-        }
-
-        // Is influxd itself stable on this case?
-        let varies = (0..RERUNS).any(|k| {
+        let mut rerun = |k: usize| {
+            let db = format!("r{i}_{k}");
             run_one(
                 &mut a,
-                &format!("r{i}_{k}"),
+                &db,
                 &case.precision,
                 Some(&case.body),
                 server_stamp_window,
-            ) != *oa
-        });
-        let conflict =
-            |o: &Outcome| String::from_utf8_lossy(&o.body).contains("field type conflict");
-        if varies {
-            nondeterministic += 1;
-            let _ = writeln!(report, "[influxd nondeterministic, excluded] {text}");
-        } else if answer_ok && output_ok && phantom_series_only(&oa.data, &ob.data) {
-            phantom += 1;
-            let _ = writeln!(
-                report,
-                "[influxd keeps the series of a point it dropped for its `time` field] {text}"
-            );
-        } else if conflict(oa) && (conflict(ob) || ob.status == 204) {
-            // influxd refuses a shard's whole batch ("field type conflict") when one body gives
-            // a new field two types: storage, outside the validator's contract. (The data may
-            // differ too: the other shards of the body are stored, or not yet when influxd
-            // answers.)
-            conflicts += 1;
-            let _ = writeln!(
-                report,
-                "[field type conflict in the body: storage layer, outside the validator] {text}"
-            );
-        } else {
-            failures += 1;
-            let _ = writeln!(report, "[MISMATCH] {text}");
+            )
+        };
+        let (kind, text) = judge(case, oa, ob, v, &mut rerun);
+        let Some(kind) = kind else { continue };
+        counts[kind as usize] += 1;
+        let _ = writeln!(
+            report,
+            "[{}] case #{i} ({}), {text}",
+            kind.label(),
+            case.origin
+        );
+        if kind.fails() && minimize.is_some_and(|max| case.body.len() <= max) {
+            let small = minimized(&mut a, &mut b, case, kind, oa);
+            let _ = writeln!(report, "  minimized: {}\n", show(&small, 600));
         }
     }
+    let [
+        failures,
+        poison,
+        nondeterministic,
+        conflicts,
+        influxd_breaks,
+        phantom,
+    ] = counts;
+    let failures = failures + poison;
     let summary = format!(
         "oracle: {} cases ({hand} hand-written incl. REFERENCE.md rows, {generated} generated, seed {seed:#x}) \
          in {:.1?}: {failures} mismatching, {nondeterministic} where influxd varies between runs, \
          {conflicts} with in-body field type conflicts, \
-         {influxd_breaks} where influxd panicked or crashed, {phantom} with a series left by a `time` drop",
+         {influxd_breaks} where influxd fails (5xx, crash) and lineproto keeps the line out, {phantom} with a series left by a `time` drop",
         cases.len(),
         started.elapsed()
     );
