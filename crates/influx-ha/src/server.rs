@@ -5,7 +5,8 @@
 //! - Accept errors (EMFILE, ENOBUFS, …) never end the listener: it backs off 1 s, 2 s, … up to
 //!   64 s and tries again.
 //! - Each connection is served by hyper-util's auto builder (HTTP/1.1, and h2c for clients that
-//!   ask for it), with a header read timeout against slow-loris clients.
+//!   ask for it), with a header read timeout against slow-loris clients, and header names
+//!   written in Go's canonical case (`X-Influxdb-Version`).
 //! - Shutdown: the loop stops accepting and drops the listener, every connection is told to
 //!   finish its in-flight request and close ([`Shutdown`]), and [`run`] waits until all of them
 //!   ended or the drain period is over.
@@ -62,7 +63,9 @@ pub async fn run<W: WriteHandler>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
+        .header_read_timeout(options.header_read_timeout)
+        // `X-Influxdb-Version`, not `x-influxdb-version`: the spelling Go's server sends.
+        .title_case_headers(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
 

@@ -18,6 +18,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,9 +48,16 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 // === impl RequestId ===
 
-/// A request id formatted like a UUID (random, version 4), as InfluxDB's are.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId([u8; 16]);
+/// The id of one request, echoed in `Request-Id` and `X-Request-Id`.
+///
+/// As influxd 1.6.7 does, a client's own `X-Request-Id` (or else `Request-Id`) is kept, so a
+/// request can be followed through proxies; otherwise a fresh random id formatted like a
+/// UUID (version 4) is made. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(HeaderValue);
+
+/// Longest client-chosen request id that is echoed; longer ones are replaced by our own.
+pub const MAX_CLIENT_REQUEST_ID_BYTES: usize = 256;
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
@@ -65,20 +73,35 @@ fn random_u64() -> u64 {
 }
 
 impl RequestId {
-    /// A fresh id.
+    /// A fresh random id.
     pub fn new() -> Self {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
         bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
         bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
         bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-        Self(bytes)
+        let mut text = String::with_capacity(36);
+        for (i, b) in bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                text.push('-');
+            }
+            let _ = write!(text, "{b:02x}");
+        }
+        Self(HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+
+    /// The client's `X-Request-Id`, else its `Request-Id`, else a fresh id (influxd's order).
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        [&X_REQUEST_ID, &REQUEST_ID]
+            .into_iter()
+            .filter_map(|name| headers.get(name))
+            .find(|v| !v.is_empty() && v.len() <= MAX_CLIENT_REQUEST_ID_BYTES)
+            .map_or_else(Self::new, |v| Self(v.clone()))
     }
 
     /// The id as a header value.
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        self.0.clone()
     }
 }
 
@@ -90,13 +113,7 @@ impl Default for RequestId {
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&String::from_utf8_lossy(self.0.as_bytes()))
     }
 }
 
@@ -174,6 +191,25 @@ mod tests {
         let many: std::collections::HashSet<String> =
             (0..10_000).map(|_| RequestId::new().to_string()).collect();
         assert_eq!(many.len(), 10_000);
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_as_influxd_does() {
+        let mut h = HeaderMap::new();
+        h.insert("request-id", HeaderValue::from_static("abc"));
+        assert_eq!(RequestId::from_headers(&h).to_string(), "abc");
+        h.insert("x-request-id", HeaderValue::from_static("xyz"));
+        assert_eq!(RequestId::from_headers(&h).to_string(), "xyz");
+        h.insert("x-request-id", HeaderValue::from_static(""));
+        assert_eq!(RequestId::from_headers(&h).to_string(), "abc");
+        let long = "a".repeat(MAX_CLIENT_REQUEST_ID_BYTES + 1);
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_str(&long).expect("ascii"));
+        assert_eq!(RequestId::from_headers(&h).to_string().len(), 36);
+        assert_eq!(
+            RequestId::from_headers(&HeaderMap::new()).to_string().len(),
+            36
+        );
     }
 
     #[test]

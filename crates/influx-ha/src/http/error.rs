@@ -181,6 +181,11 @@ impl RequestError {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body is not read: the connection cannot be reused.
             h.insert(CONNECTION, HeaderValue::from_static("close"));
+            // Go's (older) reason phrase, not RFC 7231's "Payload Too Large".
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(
+                    b"Request Entity Too Large",
+                ));
         }
         resp
     }

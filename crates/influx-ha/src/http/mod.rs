@@ -159,7 +159,7 @@ impl<W: WriteHandler> HttpService<W> {
         B: Body<Data = Bytes> + Send,
         B::Error: Display,
     {
-        let id = RequestId::new();
+        let id = RequestId::from_headers(req.headers());
         let started = Instant::now();
         let method = req.method().clone();
         // Only the path is logged: query strings may carry credentials (`u`, `p`).
@@ -239,7 +239,7 @@ impl<W: WriteHandler> HttpService<W> {
         let (db, rp, precision, consistency) = request_fields;
         self.writer
             .write(WriteRequest {
-                request_id: *id,
+                request_id: id.clone(),
                 db,
                 rp,
                 precision,

@@ -113,6 +113,23 @@ async fn ping_answers_204_with_influxdb_headers() {
 }
 
 #[tokio::test]
+async fn client_request_ids_are_echoed() {
+    let svc = main_service(NotReplicating);
+    let a = call_with(
+        &svc,
+        "GET",
+        "/ping",
+        &[("request-id", "abc"), ("x-request-id", "xyz")],
+        b"",
+    )
+    .await;
+    assert_eq!(a.headers["request-id"], "xyz");
+    assert_eq!(a.headers["x-request-id"], "xyz");
+    let a = call_with(&svc, "POST", "/write", &[("request-id", "abc")], b"").await;
+    assert_eq!(a.headers["request-id"], "abc");
+}
+
+#[tokio::test]
 async fn request_ids_differ_per_request() {
     let svc = main_service(NotReplicating);
     let a = call(&svc, "GET", "/ping", b"").await;
