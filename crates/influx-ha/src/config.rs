@@ -336,13 +336,19 @@ pub enum ConfigError {
         /// The I/O error (part of the message, so not also a `source()`).
         error: std::io::Error,
     },
-    /// Not valid TOML, an unknown key or a wrong type; toml's message names line and column.
-    #[error("invalid config {origin}: {error}")]
+    /// Not valid TOML, an unknown key or a wrong type.
+    #[error("invalid config {origin}: {}", parse_message(.line, .column, .message, .excerpt))]
     Parse {
         /// The file (or `<string>`).
         origin: String,
-        /// toml's error, which quotes the offending line (part of the message).
-        error: toml::de::Error,
+        /// 1-based line of the error, when toml knows it.
+        line: Option<usize>,
+        /// 1-based column of the error, when toml knows it.
+        column: Option<usize>,
+        /// toml's (or our deserializer's) message.
+        message: String,
+        /// The offending line as written, with any password value replaced by `<redacted>`.
+        excerpt: Option<String>,
     },
     /// Well-formed but semantically wrong; every problem found is listed.
     #[error("invalid config {origin}:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -368,10 +374,7 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
-            origin: origin.to_owned(),
-            error,
-        })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(origin, text, &e))?;
         raw.validate(text).map_err(|problems| ConfigError::Invalid {
             origin: origin.to_owned(),
             problems,
@@ -381,6 +384,85 @@ impl Config {
     /// The queue folder of a backend.
     pub fn queue_dir(&self, backend: &BackendConfig) -> PathBuf {
         self.data_dir.join(&backend.name)
+    }
+}
+
+fn parse_message(
+    line: &Option<usize>,
+    column: &Option<usize>,
+    message: &str,
+    excerpt: &Option<String>,
+) -> String {
+    let mut s = String::new();
+    if let (Some(line), Some(column)) = (line, column) {
+        s.push_str(&format!("line {line}, column {column}: "));
+    }
+    s.push_str(message.trim_end());
+    if let Some(excerpt) = excerpt {
+        s.push_str(&format!("\n  | {excerpt}"));
+    }
+    s
+}
+
+/// Builds [`ConfigError::Parse`] from toml's error. toml's own `Display` quotes the offending
+/// line, which would print a password when the error is on a `password` line; ours redacts it.
+fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (mut line, mut column, mut excerpt, mut message) = (None, None, None, None);
+    if let Some(span) = e.span() {
+        let start = span.start.min(text.len());
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        line = Some(text[..start].matches('\n').count() + 1);
+        column = Some(text[line_start..start].chars().count() + 1);
+        let raw_line = &text[line_start..line_end];
+        let shown = redact_line(raw_line);
+        if shown != raw_line.trim_end_matches('\r') {
+            // serde quotes offending values in backticks; a password's must not appear.
+            let scrubbed = scrub_backticks(e.message());
+            let value = raw_line.split_once('=').map_or(raw_line, |(_, v)| v);
+            let value = value.trim().trim_matches(['"', '\'']);
+            message = Some(if !value.is_empty() && scrubbed.contains(value) {
+                "invalid password value (it must be a quoted string)".to_owned()
+            } else {
+                scrubbed
+            });
+        }
+        excerpt = Some(shown);
+    }
+    ConfigError::Parse {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message: message.unwrap_or_else(|| e.message().to_owned()),
+        excerpt,
+    }
+}
+
+/// Replaces every `` `…` `` in a message with `` `<redacted>` ``.
+fn scrub_backticks(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut inside = true;
+    for part in parts {
+        out.push('`');
+        out.push_str(if inside { "<redacted>" } else { part });
+        inside = !inside;
+    }
+    out
+}
+
+/// A config line safe to show: the value of any key mentioning "password" is hidden.
+fn redact_line(line: &str) -> String {
+    let line = line.trim_end_matches('\r');
+    match line.split_once('=') {
+        Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+            format!("{}= <redacted>", key)
+        }
+        None if line.to_ascii_lowercase().contains("password") => "<redacted>".to_owned(),
+        _ => line.to_owned(),
     }
 }
 

@@ -172,6 +172,32 @@ fn passwords_are_never_printed() {
 }
 
 #[test]
+fn parse_errors_on_password_lines_do_not_show_the_password() {
+    for line in [
+        "password = \"hunter2",
+        "password = hunter2",
+        "password = 12345678",
+        "password = \"hunter2\" x",
+        "\"password\" = \"hunter2\" \"12345678\"",
+    ] {
+        let text = format!(
+            "data_dir = \"/d\"\n[[backend]]\nname = \"a\"\nurl = \"http://h:1\"\nusername = \"u\"\n{line}\n"
+        );
+        let err = parse_error(&text);
+        assert!(
+            !err.contains("hunter2") && !err.contains("12345678"),
+            "{err}"
+        );
+        assert!(err.contains("line 6"), "{err}");
+        assert!(err.contains("<redacted>"), "{err}");
+    }
+    // Other lines are shown as written.
+    let err = parse_error("data_dir = \"/d\"\n[http]\nbind = 8086\n");
+    assert!(err.contains("| bind = 8086"), "{err}");
+    assert!(err.contains("line 3, column 8"), "{err}");
+}
+
+#[test]
 fn password_is_not_echoed_in_errors() {
     // A wrong type on the password line: toml quotes the line, so the value must not be a
     // string we would mind showing; what matters is that our own messages never include it.
