@@ -467,6 +467,9 @@ fn redact_line(line: &str) -> String {
 }
 
 // === Raw (as written) configuration ===
+//
+// These mirror the TOML keys one to one (each documented on its validated counterpart above).
+// Values that validation checks are `Spanned`, so problems can name their line.
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -559,7 +562,9 @@ struct RawBackend {
 
 /// Collects problems while validating.
 struct Checker<'a> {
+    /// The config text, to turn spans into line numbers.
     text: &'a str,
+    /// Everything found so far.
     problems: Vec<Problem>,
 }
 

@@ -98,7 +98,9 @@ pub fn decode_error_body(body: &[u8]) -> Option<Vec<u8>> {
 
 /// A minimal JSON reader: enough to find one string member, never panics on any input.
 struct Parser<'a> {
+    /// The JSON text.
     s: &'a [u8],
+    /// Position of the next byte to read.
     i: usize,
 }
 

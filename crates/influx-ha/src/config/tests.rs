@@ -439,6 +439,34 @@ fn listeners_must_not_collide() {
 }
 
 #[test]
+fn udp_precisions() {
+    let b = "name = \"a\"\nurl = \"http://h:1\"";
+    for (written, expected) in [
+        ("ns", Precision::Nanoseconds),
+        ("n", Precision::Nanoseconds),
+        ("u", Precision::Microseconds),
+        ("us", Precision::Microseconds),
+        ("µs", Precision::Microseconds),
+        ("ms", Precision::Milliseconds),
+        ("s", Precision::Seconds),
+        ("m", Precision::Minutes),
+        ("h", Precision::Hours),
+    ] {
+        let c = parse(&with_backend(
+            &format!("[[udp]]\nbind = \"0.0.0.0:1\"\ndatabase = \"x\"\nprecision = {written:?}"),
+            b,
+        ))
+        .expect(written);
+        assert_eq!(c.udp[0].precision, expected, "{written}");
+    }
+    let err = parse_error(&with_backend(
+        "[[udp]]\nbind = \"0.0.0.0:1\"\ndatabase = \"x\"\nprecision = \"d\"",
+        b,
+    ));
+    assert!(err.contains("line 5"), "{err}");
+}
+
+#[test]
 fn listener_databases_must_not_be_empty() {
     let b = "name = \"a\"\nurl = \"http://h:1\"";
     let p = problem(&with_backend(

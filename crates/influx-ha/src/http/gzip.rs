@@ -66,7 +66,9 @@ const MIN_GROWTH: usize = 64 * 1024;
 
 /// A cursor over the input that fails with Go's EOF errors.
 struct Input<'a> {
+    /// The whole compressed body.
     data: &'a [u8],
+    /// Bytes consumed so far.
     pos: usize,
 }
 
@@ -333,6 +335,39 @@ pub(crate) mod tests {
         assert_eq!(gunzip(&data, 10_000).expect("at the limit").len(), 10_000);
         assert_eq!(gunzip(&data, 9_999), Err(GunzipError::TooLarge));
         assert_eq!(gunzip(&data, 0), Err(GunzipError::TooLarge));
+    }
+
+    #[test]
+    fn damaged_input_never_panics_or_passes_the_limit() {
+        let mut data = gz(&b"cpu,host=a usage=1 1\n".repeat(50));
+        data.extend(gz(b"mem v=2 2\n"));
+        let limit = 2000;
+        let check = |input: &[u8]| match gunzip(input, limit) {
+            Ok(out) => assert!(out.len() <= limit),
+            Err(GunzipError::TooLarge | GunzipError::Invalid(_)) => {}
+        };
+        for end in 0..=data.len() {
+            check(&data[..end]);
+        }
+        for i in 0..data.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut damaged = data.clone();
+                damaged[i] ^= flip;
+                check(&damaged);
+            }
+        }
+        // Pseudo-random garbage after a valid gzip magic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..500 {
+            let mut junk = vec![0x1f, 0x8b, 8];
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                junk.push(x as u8);
+            }
+            check(&junk);
+        }
     }
 
     /// Zeros streamed into a `GzEncoder`: one member, `mib` MiB inflated.
