@@ -15,7 +15,7 @@
 //! # max_body_bytes = 25000000        # 413 past this, before and after gzip inflation
 //! # max_inflight_bytes = "128MiB"    # request bodies held at once; past it: 503
 //! # max_connections = 10000
-//! # header_read_timeout = "30s"
+//! # header_read_timeout = "30s"     # also closes keep-alive connections idle this long
 //! # body_read_timeout = "60s"
 //! # drain_timeout = "30s"            # SIGTERM: time given to in-flight requests
 //!
@@ -126,7 +126,8 @@ pub struct HttpConfig {
     pub max_inflight_bytes: u64,
     /// Open client connections; further clients wait in the kernel's accept backlog.
     pub max_connections: usize,
-    /// Time a client gets to send the request headers (slow-loris protection).
+    /// Time a client gets to send the request headers (slow-loris protection); it also closes
+    /// keep-alive connections idle for this long (clients reconnect transparently).
     pub header_read_timeout: Duration,
     /// Time a client gets to send a whole request body.
     pub body_read_timeout: Duration,

@@ -198,3 +198,75 @@ async fn drain_period_is_bounded() {
     assert_eq!(report.abandoned_connections, 1);
     assert_eq!(gate.finished.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_disconnected() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let opts = ServerOptions {
+        max_connections: 4,
+        header_read_timeout: Duration::from_millis(300),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let done = tokio::spawn(run(listener, service(NotReplicating), opts, async move {
+        let _ = stopped.await;
+    }));
+    // Headers that never finish (slow loris).
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /ping HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "slow client still connected");
+    // An idle keep-alive connection after one answered request.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "idle client still connected");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 204"));
+    stop.send(()).expect("running");
+    assert_eq!(done.await.expect("no panic").abandoned_connections, 0);
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_instead_of_failing() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let opts = ServerOptions {
+        max_connections: 1,
+        header_read_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let done = tokio::spawn(run(listener, service(NotReplicating), opts, async move {
+        let _ = stopped.await;
+    }));
+    // The first connection holds the only slot (keep-alive, no request yet).
+    let holder = TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(async move {
+        exchange(
+            addr,
+            b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second client is served only when a slot frees up"
+    );
+    drop(holder);
+    let answer = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served after the slot freed")
+        .expect("no panic");
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    stop.send(()).expect("running");
+    done.await.expect("no panic");
+}
