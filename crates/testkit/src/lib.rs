@@ -553,11 +553,11 @@ fn listener_owner_is(pid: u32, port: u16) -> Option<bool> {
     }))
 }
 
-/// Sends `SIG<sig>` to the process group `pgid` with kill(1) (the workspace forbids `unsafe`,
-/// so no direct syscall).
+/// Sends `SIG<sig>` to the process group `pgid` with the shell's `kill` builtin (the workspace
+/// forbids `unsafe`, so no direct syscall; `sh` is always there, procps' kill(1) may not be).
 fn signal_group(pgid: u32, sig: &str) -> io::Result<()> {
-    let status = Command::new("kill")
-        .args(["-s", sig, "--", &format!("-{pgid}")])
+    let status = Command::new("sh")
+        .args(["-c", "kill -s \"$0\" -- \"$1\"", sig, &format!("-{pgid}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
