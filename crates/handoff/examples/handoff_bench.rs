@@ -5,8 +5,7 @@
 //! cargo run --release -p handoff --example handoff_bench -- [DIR] [MIB]
 //! ```
 //!
-//! DIR defaults to a temporary directory under `./target`, MIB (data per throughput phase) to
-//! 1024. Phases:
+//! DIR defaults to `target/handoff-bench`, MIB (data per throughput phase) to 512. Phases:
 //!
 //! 1. baseline: `write(2)` of 1.35 MB buffers into one file ("dd"), page cache only, then the
 //!    same with a final fsync included in the time;
@@ -228,7 +227,7 @@ fn main() {
         .get(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/handoff-bench"));
-    let mib: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let mib: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(512);
     let total = mib << 20;
     std::fs::create_dir_all(&base).unwrap();
     let buf = Arc::new(payload());
@@ -239,10 +238,11 @@ fn main() {
         RECORD
     );
 
-    // 1 + 2, interleaved twice so both see similar disk and page-cache conditions.
+    // 1 + 2, interleaved over several rounds so both see similar disk and page-cache
+    // conditions; the medians of the per-round ratios are reported.
     let qdir = base.join("q-never");
-    let mut rows = Vec::new();
-    for round in 0..2 {
+    let (mut pc, mut fs) = (Vec::new(), Vec::new());
+    for round in 0..5 {
         let b_pc = baseline(&base, total, &buf, false);
         let (q_pc, _) = append_never(&qdir, total, &buf, false, false);
         let b_fs = baseline(&base, total, &buf, true);
@@ -252,8 +252,18 @@ fn main() {
             100.0 * q_pc / b_pc,
             100.0 * q_fs / b_fs
         );
-        rows.push((b_pc, q_pc, b_fs, q_fs));
+        pc.push(q_pc / b_pc);
+        fs.push(q_fs / b_fs);
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "median of per-round ratios: page cache {:.0}% of dd, incl. final fsync {:.0}% of dd",
+        100.0 * median(&mut pc),
+        100.0 * median(&mut fs)
+    );
 
     // 3: 32 concurrent async appenders of 1.35 MB records.
     concurrent(&base.join("q-conc"), FsyncPolicy::Always, &buf, 32, 8);
@@ -318,12 +328,4 @@ fn main() {
 
     // 5: small records (1 KiB): per-record overhead.
     small_records(&base.join("q-small"), &buf[..1024]);
-
-    let med =
-        |f: fn(&(f64, f64, f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
-    println!(
-        "mean of rounds: page cache {:.0}% of dd, with final fsync {:.0}% of dd",
-        100.0 * med(|r| r.1) / med(|r| r.0),
-        100.0 * med(|r| r.3) / med(|r| r.2)
-    );
 }

@@ -441,6 +441,14 @@ impl Queue {
                 let Ok(reader) = self.reader_for(&mut rs, p.seg) else {
                     break;
                 };
+                // Stop before reading (and CRC-ing) a record that cannot fit anyway: with the
+                // same key its payload length follows from the frame length.
+                if let Ok(Some(len)) = reader.peek_body_len(p.off, m.end) {
+                    let key = format::BODY_FIXED_LEN + db.len() + rp.len() + precision.len();
+                    if payload.len() + (len as usize).saturating_sub(key) > max_batch_bytes {
+                        break;
+                    }
+                }
                 let Ok(FrameRead::Valid { body, next }) = reader.read_frame(p.off, m.end) else {
                     break;
                 };

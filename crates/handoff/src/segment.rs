@@ -106,6 +106,11 @@ impl SegReader {
         Ok(Some((len, crc, next)))
     }
 
+    /// Body length of the frame at `off`, if its header is plausible within `end` (no CRC check).
+    pub fn peek_body_len(&mut self, off: u64, end: u64) -> io::Result<Option<u32>> {
+        Ok(self.head(off, end)?.map(|(len, _, _)| len))
+    }
+
     /// Reads and CRC-checks the frame at `off`.
     pub fn read_frame(&mut self, off: u64, end: u64) -> io::Result<FrameRead<'_>> {
         if off >= end {
