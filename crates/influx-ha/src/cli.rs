@@ -65,7 +65,7 @@ pub fn describe(config: &Config, origin: &str) -> String {
     };
     let _ = writeln!(
         s,
-        "  http   {}  InfluxDB 1.6 API: /write, /query, /ping, /health{admin_note}",
+        "  http   {}  InfluxDB 1.6 API: /write, /api/v2/write, /query, /ping, /health{admin_note}",
         config.http.bind
     );
     if let Some(admin) = &config.admin {

@@ -50,6 +50,46 @@ pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+/// Appends `s` quoted as Go's `%q` / `strconv.Quote` does: printable characters as they are,
+/// `"` and `\` escaped, `\n` `\r` `\t` (and `\a \b \f \v`) as such, other control and
+/// non-printable characters as `\xXX` (below U+0080) or `\uXXXX`, invalid UTF-8 bytes as
+/// `\xXX`. "Printable" follows Go's `unicode.IsPrint` closely (non-ASCII white space and
+/// control characters are escaped; everything else is kept).
+pub fn quote(out: &mut String, s: &[u8]) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for chunk in s.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\u{b}' => out.push_str("\\v"),
+                c if c.is_control() || (c.is_whitespace() && c != ' ') => {
+                    let n = u32::from(c);
+                    let _ = if n < 0x80 {
+                        write!(out, "\\x{n:02x}")
+                    } else if n <= 0xffff {
+                        write!(out, "\\u{n:04x}")
+                    } else {
+                        write!(out, "\\U{n:08x}")
+                    };
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out.push('"');
+}
+
 /// The body InfluxDB sends with an error: `{"error":"<message>"}` and a newline.
 pub fn error_body(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 14);
@@ -299,6 +339,24 @@ mod tests {
         // An overlong encoding.
         assert_eq!(enc(b"\xc0\xaf"), r#""\ufffd\ufffd""#);
         assert_eq!(enc(b"x\xf0\x9f\x8e"), r#""x\ufffd\ufffd\ufffd""#);
+    }
+
+    fn q(s: &[u8]) -> String {
+        let mut out = String::new();
+        quote(&mut out, s);
+        out
+    }
+
+    #[test]
+    fn go_quote() {
+        assert_eq!(q(b""), r#""""#);
+        assert_eq!(q(b"telegraf"), r#""telegraf""#);
+        assert_eq!(q(b"/autogen"), r#""/autogen""#);
+        assert_eq!(q(br#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(q(b"a\nb\tc\x00\x7f"), r#""a\nb\tc\x00\x7f""#);
+        assert_eq!(q("µ日🎉".as_bytes()), "\"µ日🎉\"");
+        assert_eq!(q("a\u{a0}b\u{2028}".as_bytes()), r#""a\u00a0b\u2028""#);
+        assert_eq!(q(b"x\xffy"), r#""x\xffy""#);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// `Allow` of `/write`, as influxd sends it (Go prints it in random order; this is one of them).
 pub const ALLOW_WRITE: &str = "OPTIONS, POST";
+/// `Allow` of `/api/v2/write`.
+pub const ALLOW_WRITE_V2: &str = "OPTIONS, POST";
 /// `Allow` of `/ping` and `/health`.
 pub const ALLOW_PING: &str = "GET, HEAD";
 /// `Allow` of `/query`.
@@ -35,6 +37,13 @@ pub enum RequestError {
     /// `consistency` is not one of any, one, quorum, all: 400.
     #[error("invalid consistency level")]
     InvalidConsistency,
+    /// `/api/v2/write` with a precision other than ns, us, ms, s: 400 with InfluxDB 1.8's text
+    /// (`invalid precision "x" (use ns, us, ms or s)`); the field holds the whole text.
+    #[error("{0}")]
+    InvalidPrecisionV2(String),
+    /// `/api/v2/write` with a `bucket` that names no database: 404 with 1.8's text.
+    #[error("{0}")]
+    InvalidBucket(String),
     /// The body (compressed or inflated) is larger than `max_body_bytes`: 413.
     #[error("Request Entity Too Large")]
     BodyTooLarge,
@@ -110,6 +119,7 @@ impl RequestError {
         match self {
             Self::DatabaseRequired
             | Self::InvalidConsistency
+            | Self::InvalidPrecisionV2(_)
             | Self::InvalidGzip(_)
             | Self::BodyRead(_)
             | Self::Unparsable(_)
@@ -123,7 +133,7 @@ impl RequestError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::InvalidBucket(_) => StatusCode::NOT_FOUND,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }

@@ -7,9 +7,10 @@
 //! | `/ping` | GET, HEAD | 204 with InfluxDB's headers |
 //! | `/health` | GET, HEAD | 200 `{"status":"pass",…}` while writes can be taken; 503 with the reason (draining, …) |
 //! | `/write` | POST (OPTIONS: 200) | parameters and body checked as 1.6 does, then the [`WriteHandler`] |
+//! | `/api/v2/write` | POST (OPTIONS: 200) | as InfluxDB 1.8: `bucket=db[/rp]`, `org` ignored, precision `ns`, `us`, `ms`, `s`; then the same [`WriteHandler`] |
 //! | `/query` | GET, POST (OPTIONS: 200) | 501: the read path is not built yet |
 //! | `/`, `/status`, `/metrics` | GET | 501 when `[admin]` is not configured (the admin surface lives here then) |
-//! | anything else | | 404 `404 page not found`, as 1.6.7 (also `/api/v2/*`, which 1.6.7 lacks) |
+//! | anything else | | 404 `404 page not found`, as 1.6.7 |
 //!
 //! The admin listener (`[admin] bind`) answers `/ping`, `/health`, and 501 on `/`, `/status`,
 //! `/metrics` until the admin surface exists. Wrong methods get 405 with `Allow`, as Go's
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 
 use self::body::{BodyLimits, InflightBytes, RequestBody, read_body};
 use self::compat::{RequestId, add_common_headers};
-use self::error::{ALLOW_PING, ALLOW_QUERY, ALLOW_WRITE, RequestError};
+use self::error::{ALLOW_PING, ALLOW_QUERY, ALLOW_WRITE, ALLOW_WRITE_V2, RequestError};
 use self::query::QueryParams;
 use crate::health::Health;
 use crate::params::Consistency;
@@ -73,8 +74,10 @@ pub struct WriteRequest {
     pub db: String,
     /// `rp`, when given and not empty.
     pub rp: Option<String>,
-    /// `precision` exactly as given (`""` when absent): 1.6 reads `u` as µs, `ms`, `s`, `m`,
-    /// `h`, and anything else (`n`, `ns`, `us`, unknown, empty) as nanoseconds.
+    /// `precision` as a 1.6 `/write` value, exactly as given there (`""` when absent): 1.6
+    /// reads `u` as µs, `ms`, `s`, `m`, `h`, and anything else (`n`, `ns`, `us`, unknown,
+    /// empty) as nanoseconds. `/api/v2/write` precisions arrive mapped to these (`ns` → `n`,
+    /// `us` → `u`).
     pub precision: String,
     /// `consistency` as given, when not empty. 1.6 checks it *after* parsing the points, so a
     /// body with no valid line answers `unable to parse` even with a bad level: call
@@ -203,6 +206,11 @@ impl<W: WriteHandler> HttpService<W> {
             "/write" if main && method == Method::POST => self.write(id, req).await,
             "/write" | "/query" if main && method == Method::OPTIONS => Ok(options(id)),
             "/write" if main => Err(RequestError::MethodNotAllowed { allow: ALLOW_WRITE }),
+            "/api/v2/write" if main && method == Method::POST => self.write_v2(id, req).await,
+            "/api/v2/write" if main && method == Method::OPTIONS => Ok(options(id)),
+            "/api/v2/write" if main => Err(RequestError::MethodNotAllowed {
+                allow: ALLOW_WRITE_V2,
+            }),
             "/query" if main && (method == Method::GET || method == Method::POST) => {
                 Err(RequestError::NotImplemented(NOT_YET_QUERY))
             }
@@ -224,16 +232,61 @@ impl<W: WriteHandler> HttpService<W> {
         B::Error: Display,
     {
         let params = QueryParams::parse(req.uri().query());
-        let db = params.get("db");
-        if db.is_empty() {
-            return Err(RequestError::DatabaseRequired);
-        }
-        let request_fields = (
-            db.to_owned(),
+        let fields = (
+            params.get("db").to_owned(),
             params.non_empty("rp").map(str::to_owned),
             params.get("precision").to_owned(),
             params.non_empty("consistency").map(str::to_owned),
         );
+        self.write_checked(id, req, fields).await
+    }
+
+    /// `/api/v2/write` as InfluxDB 1.8 maps it onto `/write`.
+    async fn write_v2<B>(
+        &self,
+        id: &RequestId,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, RequestError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Display,
+    {
+        let params = QueryParams::parse(req.uri().query());
+        let precision = match params.get("precision") {
+            "ns" => "n",
+            "us" => "u",
+            p @ ("ms" | "s" | "") => p,
+            other => {
+                let mut msg = "invalid precision ".to_owned();
+                crate::go_json::quote(&mut msg, other.as_bytes());
+                msg.push_str(" (use ns, us, ms or s)");
+                return Err(RequestError::InvalidPrecisionV2(msg));
+            }
+        };
+        let (db, rp) = bucket_to_db_rp(params.get("bucket"))?;
+        let fields = (
+            db.to_owned(),
+            Some(rp).filter(|rp| !rp.is_empty()).map(str::to_owned),
+            precision.to_owned(),
+            params.non_empty("consistency").map(str::to_owned),
+        );
+        self.write_checked(id, req, fields).await
+    }
+
+    /// The part of a write after its parameters were read: `db` check, body, handler.
+    async fn write_checked<B>(
+        &self,
+        id: &RequestId,
+        req: Request<B>,
+        request_fields: (String, Option<String>, String, Option<String>),
+    ) -> Result<Response<ResponseBody>, RequestError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Display,
+    {
+        if request_fields.0.is_empty() {
+            return Err(RequestError::DatabaseRequired);
+        }
         let (parts, body) = req.into_parts();
         let body = read_body(body, &parts.headers, &self.limits, &self.inflight).await?;
         let (db, rp, precision, consistency) = request_fields;
@@ -267,6 +320,27 @@ impl<W: WriteHandler> HttpService<W> {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         add_common_headers(resp.headers_mut(), Some(id));
         resp
+    }
+}
+
+/// InfluxDB 1.8's `bucket2dbrp`: `db` or `db/rp`; errors are 404 with 1.8's texts.
+fn bucket_to_db_rp(bucket: &str) -> Result<(&str, &str), RequestError> {
+    let quoted = || {
+        let mut q = String::new();
+        crate::go_json::quote(&mut q, bucket.as_bytes());
+        q
+    };
+    match bucket.split_once('/') {
+        None if bucket.is_empty() => Err(RequestError::InvalidBucket(format!(
+            "bucket name {} is missing a slash; not in \"database/retention-policy\" format",
+            quoted()
+        ))),
+        None => Ok((bucket, "")),
+        Some(("", _)) => Err(RequestError::InvalidBucket(format!(
+            "bucket name {} is in db/rp form but has an empty database",
+            quoted()
+        ))),
+        Some((db, rp)) => Ok((db, rp)),
     }
 }
 

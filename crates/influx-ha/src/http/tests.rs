@@ -322,13 +322,7 @@ async fn write_methods() {
 #[tokio::test]
 async fn unknown_paths_are_404_like_go() {
     let svc = main_service(NotReplicating);
-    for path in [
-        "/nosuch",
-        "/api/v2/write",
-        "/api/v2/query",
-        "/write/",
-        "/pingx",
-    ] {
+    for path in ["/nosuch", "/api/v2/query", "/write/", "/pingx"] {
         let a = call(&svc, "POST", path, b"").await;
         assert_eq!(a.status, 404, "{path}");
         assert_eq!(a.body, b"404 page not found\n");
@@ -390,4 +384,72 @@ async fn overload_answers_503_not_4xx() {
     drop(held);
     let a = call(&svc, "POST", "/write?db=x", b"cpu v=1 1\n").await;
     assert_eq!(a.status, 204);
+}
+
+#[tokio::test]
+async fn v2_write_maps_bucket_and_precision_as_influxdb_1_8() {
+    let svc = main_service(Recorder::default());
+    for (query, db, rp, precision) in [
+        (
+            "bucket=telegraf/autogen&org=ignored&precision=ns",
+            "telegraf",
+            Some("autogen"),
+            "n",
+        ),
+        ("bucket=telegraf&precision=us", "telegraf", None, "u"),
+        ("bucket=telegraf/&precision=ms", "telegraf", None, "ms"),
+        (
+            "bucket=tele%2Fgraf/rp&precision=s",
+            "tele",
+            Some("graf/rp"),
+            "s",
+        ),
+        ("bucket=db", "db", None, ""),
+    ] {
+        let uri: &'static str = Box::leak(format!("/api/v2/write?{query}").into_boxed_str());
+        let a = call(&svc, "POST", uri, b"cpu v=1 1\n").await;
+        assert_eq!(a.status, 204, "{query}");
+        assert_influx_headers(&a);
+        let seen = svc
+            .writer
+            .seen
+            .lock()
+            .expect("not poisoned")
+            .pop()
+            .expect("one write");
+        assert_eq!(seen.0, db, "{query}");
+        assert_eq!(seen.1.as_deref(), rp, "{query}");
+        assert_eq!(seen.2, precision, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn v2_write_errors_use_influxdb_1_8_texts() {
+    let svc = main_service(Recorder::default());
+    let a = call(&svc, "POST", "/api/v2/write?bucket=db&precision=h", b"").await;
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        a.body,
+        br#"{"error":"invalid precision \"h\" (use ns, us, ms or s)"}"#
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>()
+    );
+    let a = call(&svc, "POST", "/api/v2/write", b"").await;
+    assert_eq!(a.status, 404);
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        "{\"error\":\"bucket name \\\"\\\" is missing a slash; not in \\\"database/retention-policy\\\" format\"}\n"
+    );
+    let a = call(&svc, "POST", "/api/v2/write?bucket=/autogen", b"").await;
+    assert_eq!(a.status, 404);
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        "{\"error\":\"bucket name \\\"/autogen\\\" is in db/rp form but has an empty database\"}\n"
+    );
+    let a = call(&svc, "GET", "/api/v2/write?bucket=db", b"").await;
+    assert_eq!(a.status, 405);
+    assert_eq!(a.headers["allow"], "OPTIONS, POST");
+    assert!(svc.writer.seen.lock().expect("not poisoned").is_empty());
 }

@@ -1,0 +1,489 @@
+//! One backend as the write path sees it: its client, its hinted-handoff queue, whether new
+//! writes go to it directly or behind its queue, and the replay task that drains the queue.
+//!
+//! Queueing mode is entered by whoever appends (a failed or slow direct send, or a write that
+//! found the mode on) and left only by the replay task, when the queue is empty and no append
+//! is in flight: so a write never overtakes older data queued for the same backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use handoff::{BatchKind, Queue, Record};
+use http::StatusCode;
+use tokio::sync::watch;
+
+use super::answer::Outcome;
+use super::backoff::Backoff;
+use crate::backend::{BackendClient, WriteOutcome, classify};
+use crate::shutdown::Shutdown;
+
+/// Largest batch the replay sends at once (bytes of line protocol).
+const MAX_REPLAY_BATCH: usize = 4 << 20;
+
+/// How deep a batch refused as too large is split before it is dead-lettered.
+const MAX_SPLIT_DEPTH: u32 = 16;
+
+/// A validated write, shared by every backend's delivery.
+#[derive(Debug)]
+pub struct Batch {
+    pub db: String,
+    /// Empty for the database's default retention policy.
+    pub rp: String,
+    /// The v1 `precision` spelling of the payload's timestamps.
+    pub precision: &'static str,
+    /// Valid lines, every one with a timestamp.
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Mode {
+    /// New writes go behind the queue.
+    queueing: bool,
+    /// Appends submitted and not yet complete.
+    appends_in_flight: usize,
+}
+
+/// Counters for the status page and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub direct_ok: AtomicU64,
+    pub direct_failed: AtomicU64,
+    pub queued: AtomicU64,
+    pub replayed_batches: AtomicU64,
+    pub replay_errors: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// One backend with its queue.
+#[derive(Debug)]
+pub struct Replica {
+    client: BackendClient,
+    queue: Queue,
+    dead_letters: Queue,
+    dir: PathBuf,
+    mode: Mutex<Mode>,
+    /// Why this backend may miss data (persisted in `dir/diverged`); `None` when in sync.
+    diverged: Mutex<Option<String>>,
+    /// The last delivery problem, for operators.
+    last_error: Mutex<Option<String>>,
+    pub counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Quotes an InfluxQL identifier.
+fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// What one delivery attempt of a queued batch came to.
+enum Step {
+    Delivered,
+    Retry(String),
+}
+
+impl Replica {
+    /// Opens the queues under `dir` (`queue/`, `deadletter/`) and the persisted divergence flag.
+    pub fn open(
+        dir: &Path,
+        client: BackendClient,
+        options: handoff::Options,
+        dead_letter_max_bytes: u64,
+    ) -> Result<Self, handoff::Error> {
+        let queue = Queue::open(dir.join("queue"), options.clone())?;
+        let dead_letters = Queue::open(
+            dir.join("deadletter"),
+            handoff::Options {
+                max_bytes: dead_letter_max_bytes,
+                max_age: None,
+                ..options
+            },
+        )?;
+        let diverged = std::fs::read_to_string(dir.join("diverged"))
+            .ok()
+            .map(|s| s.trim().to_owned());
+        let queueing = queue.has_pending();
+        Ok(Replica {
+            client,
+            queue,
+            dead_letters,
+            dir: dir.to_owned(),
+            mode: Mutex::new(Mode {
+                queueing,
+                appends_in_flight: 0,
+            }),
+            diverged: Mutex::new(diverged),
+            last_error: Mutex::new(None),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.client.name()
+    }
+
+    pub fn client(&self) -> &BackendClient {
+        &self.client
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn dead_letters(&self) -> &Queue {
+        &self.dead_letters
+    }
+
+    /// Whether new writes go behind the queue.
+    pub fn is_queueing(&self) -> bool {
+        lock(&self.mode).queueing
+    }
+
+    /// Why the backend may miss data, if it may.
+    pub fn diverged(&self) -> Option<String> {
+        lock(&self.diverged).clone()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Records (and persists) that this backend may miss data. Never cleared here: verify and
+    /// repair clear it.
+    pub fn mark_diverged(&self, reason: &str) {
+        let mut d = lock(&self.diverged);
+        if d.is_none() {
+            tracing::error!(backend = self.name(), reason, "backend diverged: it may miss data");
+            if let Err(e) = std::fs::write(self.dir.join("diverged"), format!("{reason}\n")) {
+                tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
+            }
+            *d = Some(reason.to_owned());
+        }
+    }
+
+    fn note_error(&self, error: String) {
+        *lock(&self.last_error) = Some(error);
+    }
+
+    /// Delivers one write: directly, or behind the queue while it holds data. When `force`
+    /// turns true (the consistency level is met and this backend is slow) the batch is queued
+    /// instead of waiting for the direct send.
+    pub async fn deliver(&self, batch: &Batch, mut force: watch::Receiver<bool>) -> Outcome {
+        if self.is_queueing() {
+            return self.enqueue(batch).await;
+        }
+        let rp = (!batch.rp.is_empty()).then_some(batch.rp.as_str());
+        let send = self
+            .client
+            .write(&batch.db, rp, batch.precision, batch.payload.clone());
+        let forced = async {
+            if force.wait_for(|f| *f).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            r = send => r,
+            () = forced => {
+                self.note_error("slower than the consistency level: queued".to_owned());
+                return self.enqueue(batch).await;
+            }
+        };
+        match classify(&result) {
+            WriteOutcome::Ok => {
+                self.counters.direct_ok.fetch_add(1, Ordering::Relaxed);
+                Outcome::Acked
+            }
+            WriteOutcome::PartialWrite { message } => {
+                self.counters.direct_ok.fetch_add(1, Ordering::Relaxed);
+                Outcome::AckedPartial(message)
+            }
+            WriteOutcome::DatabaseNotFound { message } => Outcome::Refused {
+                status: StatusCode::NOT_FOUND,
+                message,
+            },
+            WriteOutcome::RetentionPolicyNotFound { message } => Outcome::Refused {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message,
+            },
+            WriteOutcome::BadRequest { status, message } => Outcome::Refused { status, message },
+            other => {
+                self.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
+                self.note_error(format!("{other:?}"));
+                tracing::warn!(backend = self.name(), outcome = ?other, "direct write failed: queued");
+                self.enqueue(batch).await
+            }
+        }
+    }
+
+    /// Appends the batch to the queue (entering queueing mode first, so later writes line up
+    /// behind it).
+    pub async fn enqueue(&self, batch: &Batch) -> Outcome {
+        {
+            let mut m = lock(&self.mode);
+            m.queueing = true;
+            m.appends_in_flight += 1;
+        }
+        let appended = self
+            .queue
+            .append(&Record::Write {
+                db: &batch.db,
+                rp: &batch.rp,
+                precision: batch.precision,
+                payload: &batch.payload,
+            })
+            .await;
+        lock(&self.mode).appends_in_flight -= 1;
+        match appended {
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                Outcome::Queued
+            }
+            Err(e) => {
+                self.mark_diverged(&format!("its queue refused a write: {e}"));
+                Outcome::Failed(format!("{}: queue: {e}", self.name()))
+            }
+        }
+    }
+
+    /// Leaves queueing mode when nothing is queued or being queued.
+    fn leave_queueing_if_drained(&self) {
+        let mut m = lock(&self.mode);
+        if m.queueing && m.appends_in_flight == 0 && !self.queue.has_pending() {
+            m.queueing = false;
+            tracing::info!(backend = self.name(), "queue drained: writes go direct again");
+        }
+    }
+
+    /// Drains the queue into the backend until shutdown, in order, retrying with backoff.
+    pub async fn replay(self: Arc<Self>, mut shutdown: Shutdown) {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30), seed);
+        loop {
+            tokio::select! {
+                () = shutdown.recv() => return,
+                () = self.queue.wait_for_data() => {}
+            }
+            let me = self.clone();
+            let next = tokio::task::spawn_blocking(move || me.queue.next_batch(MAX_REPLAY_BATCH)).await;
+            if self.queue.take_dropped() {
+                self.mark_diverged("its queue dropped records (expired, corrupt or unreadable)");
+            }
+            let batch = match next {
+                Ok(Ok(Some(batch))) => batch,
+                Ok(Ok(None)) => {
+                    self.leave_queueing_if_drained();
+                    if !self.queue.has_pending() && self.queue.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(backend = self.name(), error = %e, "cannot read the queue");
+                    self.note_error(format!("queue read: {e}"));
+                    if self.pause(&mut shutdown, backoff.next_delay()).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(backend = self.name(), error = %e, "queue reader task failed");
+                    continue;
+                }
+            };
+
+            loop {
+                match self.send_queued(&batch.kind).await {
+                    Step::Delivered => {
+                        let me = self.clone();
+                        let b = batch.clone();
+                        match tokio::task::spawn_blocking(move || me.queue.ack(&b)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::error!(backend = self.name(), error = %e, "cannot acknowledge in the queue")
+                            }
+                            Err(e) => tracing::error!(backend = self.name(), error = %e, "ack task failed"),
+                        }
+                        self.counters.replayed_batches.fetch_add(1, Ordering::Relaxed);
+                        backoff.reset();
+                        break;
+                    }
+                    Step::Retry(why) => {
+                        self.counters.replay_errors.fetch_add(1, Ordering::Relaxed);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(backend = self.name(), reason = %why, retry_in_ms = delay.as_millis() as u64, "replay failed");
+                        self.note_error(why);
+                        if self.pause(&mut shutdown, delay).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps, or returns true at shutdown.
+    async fn pause(&self, shutdown: &mut Shutdown, delay: Duration) -> bool {
+        tokio::select! {
+            () = shutdown.recv() => true,
+            () = tokio::time::sleep(delay) => false,
+        }
+    }
+
+    /// One delivery attempt of a queued batch, with DESIGN.md §3's handling of each answer.
+    async fn send_queued(&self, kind: &BatchKind) -> Step {
+        match kind {
+            BatchKind::Write {
+                db,
+                rp,
+                precision,
+                payload,
+            } => {
+                let payload = Bytes::copy_from_slice(payload);
+                self.send_write(db, rp, precision, payload, 0).await
+            }
+            BatchKind::Schema { db, statement } => {
+                match self.client.query(statement, (!db.is_empty()).then_some(db.as_str())).await {
+                    Ok(answer) if answer.status.is_success() => Step::Delivered,
+                    Ok(answer) if answer.status.is_client_error() => {
+                        self.mark_diverged(&format!("a queued statement was refused: {statement}"));
+                        Step::Delivered
+                    }
+                    Ok(answer) => Step::Retry(format!("statement answered {}", answer.status)),
+                    Err(e) => Step::Retry(format!("statement: {e}")),
+                }
+            }
+        }
+    }
+
+    fn send_write<'a>(
+        &'a self,
+        db: &'a str,
+        rp: &'a str,
+        precision: &'a str,
+        payload: Bytes,
+        depth: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Step> + Send + 'a>> {
+        Box::pin(async move {
+            let rp_param = (!rp.is_empty()).then_some(rp);
+            let result = self.client.write(db, rp_param, precision, payload.clone()).await;
+            match classify(&result) {
+                WriteOutcome::Ok => Step::Delivered,
+                WriteOutcome::PartialWrite { message } | WriteOutcome::BadRequest { message, .. } => {
+                    self.dead_letter(db, rp, precision, &payload, &message).await;
+                    Step::Delivered
+                }
+                WriteOutcome::DatabaseNotFound { .. } => match self.create_database(db).await {
+                    Ok(()) => Step::Retry(format!("database {db:?} was missing: created")),
+                    Err(e) => Step::Retry(format!("database {db:?} missing and not created: {e}")),
+                },
+                WriteOutcome::RetentionPolicyNotFound { message } => Step::Retry(format!(
+                    "{}: create the retention policy on this backend",
+                    String::from_utf8_lossy(&message)
+                )),
+                WriteOutcome::AuthFailed { status, .. } => Step::Retry(format!(
+                    "backend refused the service credentials ({status}); check username/password"
+                )),
+                WriteOutcome::TooLarge if depth < MAX_SPLIT_DEPTH => {
+                    let Some(mid) = lineproto::split_point(&payload) else {
+                        self.dead_letter(db, rp, precision, &payload, b"one line larger than the backend takes").await;
+                        return Step::Delivered;
+                    };
+                    let (first, second) = (payload.slice(..mid), payload.slice(mid..));
+                    match self.send_write(db, rp, precision, first, depth + 1).await {
+                        Step::Delivered => self.send_write(db, rp, precision, second, depth + 1).await,
+                        retry => retry,
+                    }
+                }
+                WriteOutcome::TooLarge => {
+                    self.dead_letter(db, rp, precision, &payload, b"too large").await;
+                    Step::Delivered
+                }
+                WriteOutcome::Retryable { reason } => Step::Retry(reason),
+            }
+        })
+    }
+
+    /// Keeps a batch the backend refused, for operators, and marks the backend diverged.
+    async fn dead_letter(&self, db: &str, rp: &str, precision: &str, payload: &[u8], why: &[u8]) {
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let why = String::from_utf8_lossy(why);
+        tracing::error!(backend = self.name(), reason = %why, bytes = payload.len(), "batch refused by the backend: dead-lettered");
+        let kept = self
+            .dead_letters
+            .append(&Record::Write {
+                db,
+                rp,
+                precision,
+                payload,
+            })
+            .await;
+        match kept {
+            Ok(()) => self.mark_diverged(&format!("dead letters: the backend refused a batch: {why}")),
+            Err(e) => self.mark_diverged(&format!(
+                "the backend refused a batch ({why}) and the dead-letter store could not keep it: {e}"
+            )),
+        }
+    }
+
+    async fn create_database(&self, db: &str) -> Result<(), String> {
+        let statement = format!("CREATE DATABASE {}", quote_ident(db));
+        match self.client.query(&statement, None).await {
+            Ok(answer) if answer.status.is_success() => {
+                tracing::info!(backend = self.name(), db, "created the missing database");
+                Ok(())
+            }
+            Ok(answer) => Err(format!("answered {}", answer.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Creates a database on this backend now, or queues the statement in order with the
+    /// writes when the backend cannot take it.
+    pub async fn ensure_database(&self, db: &str) -> Outcome {
+        if !self.is_queueing() && self.create_database(db).await.is_ok() {
+            return Outcome::Acked;
+        }
+        let statement = format!("CREATE DATABASE {}", quote_ident(db));
+        {
+            let mut m = lock(&self.mode);
+            m.queueing = true;
+            m.appends_in_flight += 1;
+        }
+        let appended = self.queue.append(&Record::Schema { db: "", statement: &statement }).await;
+        lock(&self.mode).appends_in_flight -= 1;
+        match appended {
+            Ok(()) => Outcome::Queued,
+            Err(e) => {
+                self.mark_diverged(&format!("its queue refused a statement: {e}"));
+                Outcome::Failed(format!("{}: queue: {e}", self.name()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_ident;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("telegraf"), "\"telegraf\"");
+        assert_eq!(quote_ident("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+}
