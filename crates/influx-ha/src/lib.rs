@@ -26,8 +26,9 @@
 //!
 //! Where the paths live:
 //!
-//! - **Write path**: `POST /write` (and 1.8's `POST /api/v2/write`) → [`http::HttpService`] checks parameters and reads the body
-//!   ([`http::body::read_body`]) → a [`http::WriteHandler`] (the seam). Planned behind it: the
+//! - **Write path**: `POST /write` (and 1.8's `POST /api/v2/write`) → [`http::HttpService`]
+//!   checks parameters and reads the body ([`http::body::read_body`]) → a
+//!   [`http::WriteHandler`] (the seam). Planned behind it: the
 //!   fan-out (`write/`: lineproto validation, one shared buffer, one task per backend,
 //!   consistency levels, the answer table) over [`backend::BackendClient::write`] and the
 //!   `handoff` queues under `data_dir/<backend>/`; UDP and TCP listeners (`ingest/`) feeding the
