@@ -158,6 +158,28 @@ fn validate_with(
     v
 }
 
+/// A byte offset near the middle of `body` that splits it into two non-empty runs of whole
+/// lines (a `\n` inside a quoted string is not a line end), or `None` for a single line. For
+/// splitting a batch a backend refused as too large.
+pub fn split_point(body: &[u8]) -> Option<usize> {
+    let mut index = fast::Index::new(body);
+    let mut pos = 0;
+    let mut split = None;
+    while pos < body.len() {
+        let (end, _) = index.line_end(pos);
+        let next = end + 1;
+        if next >= body.len() {
+            break;
+        }
+        split = Some(next);
+        if next >= body.len() / 2 {
+            break;
+        }
+        pos = next;
+    }
+    split
+}
+
 impl<'a> Validated<'a> {
     /// Valid points, forwarded in [`output`](Self::output).
     pub fn points(&self) -> usize {

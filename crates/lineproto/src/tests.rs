@@ -299,3 +299,13 @@ fn a_line_ending_in_a_backslash_cannot_be_stamped() {
     // With a timestamp the same value is fine: the backslash is no longer last.
     assert!(accepted("b b=\"x\"\\ 5"));
 }
+
+#[test]
+fn split_point_keeps_lines_whole() {
+    assert_eq!(split_point(b"a v=1 1\n"), None);
+    assert_eq!(split_point(b"a v=1 1\nb v=2 2\n"), Some(8));
+    // The newline inside the string does not end the line.
+    let body = b"a s=\"x\ny\" 1\nb v=2 2\nc v=3 3\n";
+    let at = split_point(body).unwrap_or(0);
+    assert_eq!(&body[..at], b"a s=\"x\ny\" 1\n");
+}
