@@ -306,6 +306,8 @@ fn split_point_keeps_lines_whole() {
     assert_eq!(split_point(b"a v=1 1\nb v=2 2\n"), Some(8));
     // The newline inside the string does not end the line.
     let body = b"a s=\"x\ny\" 1\nb v=2 2\nc v=3 3\n";
-    let at = split_point(body).unwrap_or(0);
-    assert_eq!(&body[..at], b"a s=\"x\ny\" 1\n");
+    assert_eq!(split_point(body), Some(20));
+    // Here the middle falls inside the string: the split is at the end of its line.
+    let body = b"a s=\"xxxxxxxxxx\nyyyyyyyyyy\" 1\nb v=2 2\n";
+    assert_eq!(split_point(body), Some(32));
 }
