@@ -948,8 +948,16 @@ fn gen_value(r: &mut Rng) -> String {
 }
 
 fn gen_timestamp(r: &mut Rng) -> String {
-    match r.below(12) {
+    match r.below(13) {
         0..=3 => String::new(),
+        10 => {
+            // Any length up to past i64, to reach the range checks of every precision.
+            let mut s = String::from(if r.chance(30) { "-" } else { "" });
+            for _ in 0..1 + r.below(20) {
+                s.push(char::from(b'0' + u8::try_from(r.below(10)).expect("digit")));
+            }
+            s
+        }
         4..=7 => format!("{}", r.below(1000)),
         8 => format!("-{}", r.below(1000)),
         9 => (*r.pick(&[
@@ -1031,7 +1039,7 @@ fn generated_cases(c: &mut Cases, seed: u64, count: usize) {
     let precisions = ["", "", "", "n", "ns", "u", "us", "ms", "s", "m", "h", "xx"];
     let mut r = Rng(seed);
     for _ in 0..count {
-        let lines = 1 + r.below(4);
+        let lines = 1 + r.below(5);
         let mut body = String::new();
         for i in 0..lines {
             if i > 0 {
