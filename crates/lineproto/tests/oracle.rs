@@ -1301,7 +1301,16 @@ fn server_stamp_window(t0: i64, t1: i64) -> (i64, i64) {
 /// The time lineproto gave points without a timestamp.
 fn lineproto_stamp(precision: &str) -> (i64, i64) {
     let p = Precision::from_v1_param(precision);
-    let t = p.stamp(NOW) * p.nanos();
+    // Nanoseconds per unit, spelled out here rather than taken from the crate under test.
+    let unit = match p.v1_param() {
+        "u" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => 1,
+    };
+    let t = p.stamp(NOW) * unit;
     (t, t)
 }
 
