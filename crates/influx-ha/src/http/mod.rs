@@ -105,6 +105,15 @@ pub trait WriteHandler: Send + Sync + 'static {
     -> impl Future<Output = Result<(), RequestError>> + Send;
 }
 
+impl<T: WriteHandler> WriteHandler for Arc<T> {
+    fn write(
+        &self,
+        request: WriteRequest,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        T::write(self, request)
+    }
+}
+
 /// The write handler until the fan-out exists: validates, stores nothing, and says so with 501.
 ///
 /// An empty body is answered 204 as 1.6 does (there is nothing to store).

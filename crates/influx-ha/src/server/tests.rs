@@ -121,7 +121,7 @@ struct Gate {
     finished: AtomicUsize,
 }
 
-impl WriteHandler for Arc<Gate> {
+impl WriteHandler for Gate {
     async fn write(&self, _: WriteRequest) -> Result<(), RequestError> {
         self.entered.notify_one();
         self.release.notified().await;
