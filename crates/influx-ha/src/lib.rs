@@ -51,3 +51,4 @@ pub mod params;
 pub mod server;
 pub mod shutdown;
 pub mod units;
+pub mod write;

@@ -17,7 +17,10 @@ pub enum Outcome {
     Queued,
     /// The backend refused the batch with a client error (passed on when every backend that
     /// answered agrees); nothing stored or queued for it.
-    Refused { status: StatusCode, message: Vec<u8> },
+    Refused {
+        status: StatusCode,
+        message: Vec<u8>,
+    },
     /// Neither sent nor queued: why.
     Failed(String),
 }
@@ -75,11 +78,15 @@ pub fn decide(
 ) -> Result<(), RequestError> {
     let all: Vec<&Outcome> = outcomes.iter().collect();
     let acked = outcomes.iter().filter(|o| o.is_acked()).count();
-    let queued = outcomes.iter().filter(|o| matches!(o, Outcome::Queued)).count();
+    let queued = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Queued))
+        .count();
 
     if acked == 0 && queued == 0 {
-        if let Some(Outcome::Refused { status, message }) =
-            outcomes.iter().find(|o| matches!(o, Outcome::Refused { .. }))
+        if let Some(Outcome::Refused { status, message }) = outcomes
+            .iter()
+            .find(|o| matches!(o, Outcome::Refused { .. }))
         {
             return Err(RequestError::Backend {
                 status: *status,
@@ -95,7 +102,11 @@ pub fn decide(
             .collect();
         return Err(RequestError::Unavailable(format!(
             "write not stored: {}",
-            if reasons.is_empty() { "no backend".to_owned() } else { reasons.join("; ") }
+            if reasons.is_empty() {
+                "no backend".to_owned()
+            } else {
+                reasons.join("; ")
+            }
         )));
     }
 
@@ -164,7 +175,11 @@ mod tests {
         ];
         for (level, outcomes, met) in cases {
             let all: Vec<&Outcome> = outcomes.iter().collect();
-            assert_eq!(level_met(*level, outcomes.len(), &all), *met, "{level} {outcomes:?}");
+            assert_eq!(
+                level_met(*level, outcomes.len(), &all),
+                *met,
+                "{level} {outcomes:?}"
+            );
         }
     }
 
@@ -173,8 +188,14 @@ mod tests {
         use Outcome::*;
         let r = refused_none();
         assert_eq!(decide(Consistency::One, &[Acked, Queued], &r), Ok(()));
-        assert_eq!(decide(Consistency::All, &[Acked, Queued], &r), Err(RequestError::LevelNotMet));
-        assert_eq!(decide(Consistency::One, &[Queued, Queued], &r), Err(RequestError::QueuedOnly));
+        assert_eq!(
+            decide(Consistency::All, &[Acked, Queued], &r),
+            Err(RequestError::LevelNotMet)
+        );
+        assert_eq!(
+            decide(Consistency::One, &[Queued, Queued], &r),
+            Err(RequestError::QueuedOnly)
+        );
         assert_eq!(decide(Consistency::Any, &[Queued, failed()], &r), Ok(()));
         assert!(matches!(
             decide(Consistency::One, &[failed(), failed()], &r),
@@ -205,12 +226,18 @@ mod tests {
         };
         assert_eq!(
             decide(Consistency::One, &[Acked, Acked], &ours),
-            Err(RequestError::PartialWrite(ours.error.clone().unwrap_or_default()))
+            Err(RequestError::PartialWrite(
+                ours.error.clone().unwrap_or_default()
+            ))
         );
         let theirs = b"partial write: field type conflict: input field \"v\" on measurement \"m\" is type float, already exists as type integer dropped=1".to_vec();
         // Parse errors are not mentioned once storage dropped points, as in 1.6.
         assert_eq!(
-            decide(Consistency::One, &[AckedPartial(theirs.clone()), Acked], &ours),
+            decide(
+                Consistency::One,
+                &[AckedPartial(theirs.clone()), Acked],
+                &ours
+            ),
             Err(RequestError::PartialWrite(theirs.clone()))
         );
         let time_drop = Refusals {

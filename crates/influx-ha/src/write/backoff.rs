@@ -54,7 +54,10 @@ mod tests {
         let mut b = Backoff::new(min, max, 7);
         let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
         assert!(delays.iter().all(|d| *d <= max));
-        assert!(delays[15..].iter().any(|d| *d > Duration::from_secs(1)), "{delays:?}");
+        assert!(
+            delays[15..].iter().any(|d| *d > Duration::from_secs(1)),
+            "{delays:?}"
+        );
         b.reset();
         assert!(b.next_delay() <= min + min / 2);
     }

@@ -167,7 +167,11 @@ impl Replica {
     pub fn mark_diverged(&self, reason: &str) {
         let mut d = lock(&self.diverged);
         if d.is_none() {
-            tracing::error!(backend = self.name(), reason, "backend diverged: it may miss data");
+            tracing::error!(
+                backend = self.name(),
+                reason,
+                "backend diverged: it may miss data"
+            );
             if let Err(e) = std::fs::write(self.dir.join("diverged"), format!("{reason}\n")) {
                 tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
             }
@@ -264,7 +268,10 @@ impl Replica {
         let mut m = lock(&self.mode);
         if m.queueing && m.appends_in_flight == 0 && !self.queue.has_pending() {
             m.queueing = false;
-            tracing::info!(backend = self.name(), "queue drained: writes go direct again");
+            tracing::info!(
+                backend = self.name(),
+                "queue drained: writes go direct again"
+            );
         }
     }
 
@@ -280,7 +287,8 @@ impl Replica {
                 () = self.queue.wait_for_data() => {}
             }
             let me = self.clone();
-            let next = tokio::task::spawn_blocking(move || me.queue.next_batch(MAX_REPLAY_BATCH)).await;
+            let next =
+                tokio::task::spawn_blocking(move || me.queue.next_batch(MAX_REPLAY_BATCH)).await;
             if self.queue.take_dropped() {
                 self.mark_diverged("its queue dropped records (expired, corrupt or unreadable)");
             }
@@ -288,9 +296,6 @@ impl Replica {
                 Ok(Ok(Some(batch))) => batch,
                 Ok(Ok(None)) => {
                     self.leave_queueing_if_drained();
-                    if !self.queue.has_pending() && self.queue.is_closed() {
-                        return;
-                    }
                     continue;
                 }
                 Ok(Err(e)) => {
@@ -317,9 +322,13 @@ impl Replica {
                             Ok(Err(e)) => {
                                 tracing::error!(backend = self.name(), error = %e, "cannot acknowledge in the queue")
                             }
-                            Err(e) => tracing::error!(backend = self.name(), error = %e, "ack task failed"),
+                            Err(e) => {
+                                tracing::error!(backend = self.name(), error = %e, "ack task failed")
+                            }
                         }
-                        self.counters.replayed_batches.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .replayed_batches
+                            .fetch_add(1, Ordering::Relaxed);
                         backoff.reset();
                         break;
                     }
@@ -358,7 +367,11 @@ impl Replica {
                 self.send_write(db, rp, precision, payload, 0).await
             }
             BatchKind::Schema { db, statement } => {
-                match self.client.query(statement, (!db.is_empty()).then_some(db.as_str())).await {
+                match self
+                    .client
+                    .query(statement, (!db.is_empty()).then_some(db.as_str()))
+                    .await
+                {
                     Ok(answer) if answer.status.is_success() => Step::Delivered,
                     Ok(answer) if answer.status.is_client_error() => {
                         self.mark_diverged(&format!("a queued statement was refused: {statement}"));
@@ -381,11 +394,16 @@ impl Replica {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Step> + Send + 'a>> {
         Box::pin(async move {
             let rp_param = (!rp.is_empty()).then_some(rp);
-            let result = self.client.write(db, rp_param, precision, payload.clone()).await;
+            let result = self
+                .client
+                .write(db, rp_param, precision, payload.clone())
+                .await;
             match classify(&result) {
                 WriteOutcome::Ok => Step::Delivered,
-                WriteOutcome::PartialWrite { message } | WriteOutcome::BadRequest { message, .. } => {
-                    self.dead_letter(db, rp, precision, &payload, &message).await;
+                WriteOutcome::PartialWrite { message }
+                | WriteOutcome::BadRequest { message, .. } => {
+                    self.dead_letter(db, rp, precision, &payload, &message)
+                        .await;
                     Step::Delivered
                 }
                 WriteOutcome::DatabaseNotFound { .. } => match self.create_database(db).await {
@@ -401,17 +419,27 @@ impl Replica {
                 )),
                 WriteOutcome::TooLarge if depth < MAX_SPLIT_DEPTH => {
                     let Some(mid) = lineproto::split_point(&payload) else {
-                        self.dead_letter(db, rp, precision, &payload, b"one line larger than the backend takes").await;
+                        self.dead_letter(
+                            db,
+                            rp,
+                            precision,
+                            &payload,
+                            b"one line larger than the backend takes",
+                        )
+                        .await;
                         return Step::Delivered;
                     };
                     let (first, second) = (payload.slice(..mid), payload.slice(mid..));
                     match self.send_write(db, rp, precision, first, depth + 1).await {
-                        Step::Delivered => self.send_write(db, rp, precision, second, depth + 1).await,
+                        Step::Delivered => {
+                            self.send_write(db, rp, precision, second, depth + 1).await
+                        }
                         retry => retry,
                     }
                 }
                 WriteOutcome::TooLarge => {
-                    self.dead_letter(db, rp, precision, &payload, b"too large").await;
+                    self.dead_letter(db, rp, precision, &payload, b"too large")
+                        .await;
                     Step::Delivered
                 }
                 WriteOutcome::Retryable { reason } => Step::Retry(reason),
@@ -465,7 +493,13 @@ impl Replica {
             m.queueing = true;
             m.appends_in_flight += 1;
         }
-        let appended = self.queue.append(&Record::Schema { db: "", statement: &statement }).await;
+        let appended = self
+            .queue
+            .append(&Record::Schema {
+                db: "",
+                statement: &statement,
+            })
+            .await;
         lock(&self.mode).appends_in_flight -= 1;
         match appended {
             Ok(()) => Outcome::Queued,

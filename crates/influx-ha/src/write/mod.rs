@@ -1,0 +1,289 @@
+//! The write path's core: one validated batch fanned out to every backend, the consistency
+//! level, and the answer (DESIGN.md §3).
+//!
+//! A request is validated by `lineproto` (lines without timestamp stamped now, so every replica
+//! and every replay stores the same point), then one task per backend delivers the same shared
+//! payload: behind the backend's queue while the queue holds data, otherwise directly, falling
+//! back to the queue on a retryable failure. Once the level is met, backends still in flight
+//! after a short grace are queued instead of waited for; the answer goes out when every backend
+//! has acknowledged, queued, refused or failed. The fan-out runs in its own task, so a client
+//! that hangs up does not cut a replication short.
+//!
+//! - [`answer`]: the answer table as a pure function.
+//! - [`replica`]: one backend with its queue, direct delivery, and the replay task.
+
+pub mod answer;
+pub mod backoff;
+pub mod replica;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use self::answer::{Outcome, Refusals, decide, level_met};
+use self::replica::{Batch, Replica};
+use crate::backend::BackendClient;
+use crate::config::{Config, FsyncPolicy, QueueConfig};
+use crate::http::error::RequestError;
+use crate::http::{WriteHandler, WriteRequest};
+use crate::params::Consistency;
+use crate::shutdown::Shutdown;
+
+/// Once the consistency level is met, how long direct sends still running are waited for
+/// before their backends get the batch queued instead: long enough for a healthy second
+/// backend on the same network, short enough that a stalled one does not show.
+pub const SLOW_BACKEND_GRACE: Duration = Duration::from_millis(50);
+
+/// Size cap of each backend's dead-letter store.
+pub const DEAD_LETTER_MAX_BYTES: u64 = 1 << 30;
+
+/// A backend's queue could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {backend}: cannot open its queue in {dir}: {error}")]
+pub struct OpenError {
+    pub backend: String,
+    pub dir: String,
+    pub error: handoff::Error,
+}
+
+/// The queue options of `[queue]`.
+pub fn queue_options(q: &QueueConfig) -> handoff::Options {
+    handoff::Options {
+        segment_bytes: q.segment_bytes,
+        max_bytes: q.max_bytes,
+        max_age: Some(q.max_age),
+        min_free_bytes: q.min_free_disk,
+        fsync: match q.fsync {
+            FsyncPolicy::Always => handoff::FsyncPolicy::Always,
+            FsyncPolicy::Interval(d) => handoff::FsyncPolicy::Interval(d),
+            FsyncPolicy::Never => handoff::FsyncPolicy::Never,
+        },
+        ..handoff::Options::default()
+    }
+}
+
+/// Replicates writes to every backend.
+#[derive(Debug, Clone)]
+pub struct Replicator {
+    replicas: Arc<Vec<Arc<Replica>>>,
+    default_consistency: Consistency,
+    /// Once the level is met, how long still-running direct sends are waited for before their
+    /// backends get the batch queued instead.
+    grace: Duration,
+}
+
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+impl Replicator {
+    pub fn new(
+        replicas: Vec<Arc<Replica>>,
+        default_consistency: Consistency,
+        grace: Duration,
+    ) -> Self {
+        Replicator {
+            replicas: Arc::new(replicas),
+            default_consistency,
+            grace,
+        }
+    }
+
+    pub fn replicas(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    /// Opens every backend's queue under `data_dir/<backend>/` (clients in config order).
+    pub fn open(config: &Config, clients: &[BackendClient]) -> Result<Self, OpenError> {
+        let options = queue_options(&config.queue);
+        let mut replicas = Vec::with_capacity(clients.len());
+        for client in clients {
+            let dir = config.data_dir.join(client.name());
+            let replica =
+                Replica::open(&dir, client.clone(), options.clone(), DEAD_LETTER_MAX_BYTES)
+                    .map_err(|error| OpenError {
+                        backend: client.name().to_owned(),
+                        dir: dir.display().to_string(),
+                        error,
+                    })?;
+            if replica.is_queueing() {
+                let stats = replica.queue().stats();
+                tracing::info!(
+                    backend = client.name(),
+                    records = stats.depth_records,
+                    bytes = stats.depth_bytes,
+                    "queue holds data from before: replaying it"
+                );
+            }
+            if let Some(why) = replica.diverged() {
+                tracing::warn!(
+                    backend = client.name(),
+                    reason = why,
+                    "backend is marked diverged"
+                );
+            }
+            replicas.push(Arc::new(replica));
+        }
+        Ok(Self::new(
+            replicas,
+            config.write.consistency,
+            SLOW_BACKEND_GRACE,
+        ))
+    }
+
+    /// Starts one replay task per backend; they end on `shutdown`.
+    pub fn spawn_replays(
+        &self,
+        shutdown: &tokio::sync::broadcast::Sender<()>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.replicas
+            .iter()
+            .map(|r| tokio::spawn(r.clone().replay(Shutdown::new(shutdown.subscribe()))))
+            .collect()
+    }
+
+    /// Makes every queue durable and closes it (after the replay tasks ended).
+    pub fn close(&self) {
+        for r in self.replicas.iter() {
+            for (what, q) in [("queue", r.queue()), ("dead letters", r.dead_letters())] {
+                if let Err(e) = q.close() {
+                    tracing::error!(backend = r.name(), what, error = %e, "closing failed");
+                }
+            }
+        }
+    }
+
+    /// Creates `db` on every backend, queueing the statement for those that cannot take it now
+    /// (as InfluxDB's UDP service creates its database at start).
+    pub async fn ensure_database(&self, db: &str) -> Vec<Outcome> {
+        let mut set = JoinSet::new();
+        for (i, r) in self.replicas.iter().enumerate() {
+            let (r, db) = (r.clone(), db.to_owned());
+            set.spawn(async move { (i, r.ensure_database(&db).await) });
+        }
+        collect(set, self.replicas.len()).await
+    }
+
+    /// Validates and replicates one write; the outcome is the client's answer.
+    pub async fn replicate(
+        &self,
+        db: String,
+        rp: Option<String>,
+        precision: &str,
+        consistency: Consistency,
+        data: Bytes,
+    ) -> Result<(), RequestError> {
+        let precision = lineproto::Precision::from_v1_param(precision);
+        let v = lineproto::validate(&data, precision, unix_nanos());
+        if v.points() == 0 {
+            return match v.influx_error() {
+                None => Ok(()),
+                Some(m) if v.dropped() > 0 => Err(RequestError::PartialWrite(m)),
+                Some(m) => Err(RequestError::Unparsable(m)),
+            };
+        }
+        let refusals = Refusals::of(&v);
+        let payload = if v.is_unchanged() {
+            data.clone()
+        } else {
+            Bytes::from(v.into_output().into_owned())
+        };
+        let batch = Arc::new(Batch {
+            db,
+            rp: rp.unwrap_or_default(),
+            precision: precision.v1_param(),
+            payload,
+        });
+        let fan_out = tokio::spawn(fan_out(
+            self.replicas.clone(),
+            batch,
+            consistency,
+            self.grace,
+        ));
+        let outcomes = fan_out
+            .await
+            .map_err(|e| RequestError::Internal(format!("replication task failed: {e}")))?;
+        decide(consistency, &outcomes, &refusals)
+    }
+}
+
+impl WriteHandler for Replicator {
+    async fn write(&self, request: WriteRequest) -> Result<(), RequestError> {
+        let consistency = request.consistency(self.default_consistency)?;
+        // The permit keeps the body's bytes counted against the in-flight cap until answered.
+        let body = request.body;
+        let answer = self
+            .replicate(
+                request.db,
+                request.rp,
+                &request.precision,
+                consistency,
+                body.data.clone(),
+            )
+            .await;
+        drop(body);
+        answer
+    }
+}
+
+/// Delivers `batch` to every replica; returns each one's outcome, in replica order.
+async fn fan_out(
+    replicas: Arc<Vec<Arc<Replica>>>,
+    batch: Arc<Batch>,
+    consistency: Consistency,
+    grace: Duration,
+) -> Vec<Outcome> {
+    let n = replicas.len();
+    let (force, forced) = watch::channel(false);
+    let mut set = JoinSet::new();
+    for (i, replica) in replicas.iter().enumerate() {
+        let (replica, batch, forced) = (replica.clone(), batch.clone(), forced.clone());
+        set.spawn(async move { (i, replica.deliver(&batch, forced).await) });
+    }
+
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let grace_timer = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(grace_timer);
+    let mut grace_started = false;
+    loop {
+        tokio::select! {
+            joined = set.join_next() => {
+                let Some(joined) = joined else { break };
+                match joined {
+                    Ok((i, outcome)) => outcomes[i] = Some(outcome),
+                    Err(e) => tracing::error!(error = %e, "delivery task failed"),
+                }
+                let known: Vec<&Outcome> = outcomes.iter().flatten().collect();
+                if !grace_started && level_met(consistency, n, &known) {
+                    grace_started = true;
+                    grace_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
+            }
+            () = &mut grace_timer, if grace_started && !*force.borrow() => {
+                let _ = force.send(true);
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Failed("delivery task failed".to_owned())))
+        .collect()
+}
+
+async fn collect(mut set: JoinSet<(usize, Outcome)>, n: usize) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, o)) = joined {
+            outcomes[i] = Some(o);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Failed("task failed".to_owned())))
+        .collect()
+}

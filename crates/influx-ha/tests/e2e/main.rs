@@ -1,0 +1,8 @@
+//! End-to-end tests: `influx-ha serve` in front of real InfluxDB 1.6 processes. One test binary
+//! (one link step); the tests take a lock and run one at a time, since each starts several
+//! processes on a 2-core machine.
+
+mod compat;
+mod relay;
+mod replication;
+mod support;

@@ -1,0 +1,159 @@
+//! An `influx-ha serve` process for end-to-end tests: a config in a temporary directory, the
+//! binary cargo built for this test, a free loopback port, SIGKILL on drop.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::Influxd;
+use testkit::http::{HttpClient, Response};
+
+/// A running relay.
+pub struct Relay {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    client: HttpClient,
+}
+
+impl Relay {
+    /// Starts a relay in front of `backends` with `extra` appended to its config (TOML after
+    /// the `[[backend]]` tables, so it may add tables such as `[write]`).
+    pub fn start(backends: &[&Influxd], extra: &str) -> Relay {
+        let dir = tempfile::Builder::new()
+            .prefix("influx-ha-e2e-")
+            .tempdir()
+            .expect("temporary directory");
+        let port = testkit::free_port().expect("free port");
+        let mut text = format!(
+            "data_dir = {:?}\n\n[http]\nbind = \"127.0.0.1:{port}\"\ndrain_timeout = \"5s\"\n\n",
+            dir.path().join("data")
+        );
+        text.push_str(extra);
+        text.push('\n');
+        for (i, b) in backends.iter().enumerate() {
+            text.push_str(&format!(
+                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{}\"\n\n",
+                b.url()
+            ));
+        }
+        let config = dir.path().join("influx-ha.toml");
+        fs::write(&config, text).expect("write config");
+        let mut relay = Relay {
+            client: HttpClient::new(([127, 0, 0, 1], port).into()),
+            dir,
+            config,
+            port,
+            child: None,
+        };
+        relay.launch();
+        relay
+    }
+
+    fn launch(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("relay.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start influx-ha");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.get("/ping").is_ok_and(|r| r.status == 204) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("influx-ha exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "influx-ha not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, then waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; waits for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the relay again with the same config and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.client = HttpClient::new(([127, 0, 0, 1], self.port).into());
+        self.launch();
+    }
+
+    pub fn get(&mut self, target: &str) -> io::Result<Response> {
+        self.client.request("GET", target, &[], b"")
+    }
+
+    /// `POST /write?…` with `query` (e.g. `db=x&precision=s`).
+    pub fn write(&mut self, query: &str, body: &[u8]) -> Response {
+        self.client
+            .request("POST", &format!("/write?{query}"), &[], body)
+            .expect("write through influx-ha")
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.client
+            .request(method, target, headers, body)
+            .expect("request to influx-ha")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

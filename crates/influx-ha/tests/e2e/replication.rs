@@ -1,0 +1,174 @@
+//! Writes through influx-ha reach every InfluxDB backend exactly, through backend and relay
+//! failures.
+
+use std::time::Duration;
+
+use testkit::Influxd;
+
+use crate::relay::Relay;
+use crate::support::{count, dump, serial, sum, wait_until};
+
+const TS: u64 = 1_700_000_000_000_000_000;
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// Points `first..last` of measurement `m`: one series per 10 points, value = index.
+fn batch(points: std::ops::Range<u64>) -> Vec<u8> {
+    let mut body = String::new();
+    for i in points {
+        body.push_str(&format!("m,host=h{} v={i}i {}\n", i % 10, TS + i));
+    }
+    body.into_bytes()
+}
+
+fn expected_sum(points: u64) -> f64 {
+    (points * (points - 1) / 2) as f64
+}
+
+fn two_backends(db: &str) -> (Influxd, Influxd) {
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database(db);
+    b.create_database(db);
+    (a, b)
+}
+
+/// Writes batches `from..to` (100 points each), asserting every answer.
+fn write_batches(relay: &mut Relay, from: u64, to: u64, query: &str, want: u16) {
+    for n in from..to {
+        let r = relay.write(query, &batch(n * 100..(n + 1) * 100));
+        assert_eq!(r.status, want, "batch {n}: {}\n{}", r.text(), relay.log());
+    }
+}
+
+fn assert_converged(a: &Influxd, b: &Influxd, points: u64) {
+    for (name, i) in [("a", a), ("b", b)] {
+        wait_until(
+            &format!("{points} points on backend {name}"),
+            CONVERGE,
+            || count(i, "db", "v", "m") == points,
+        );
+        assert_eq!(
+            sum(i, "db", "v", "m"),
+            expected_sum(points),
+            "backend {name}"
+        );
+    }
+    assert_eq!(dump(a, "db"), dump(b, "db"));
+}
+
+#[test]
+fn every_batch_reaches_both_backends() {
+    let _serial = serial();
+    let (a, b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    write_batches(&mut relay, 0, 50, "db=db", 204);
+    assert_converged(&a, &b, 5000);
+}
+
+#[test]
+fn points_without_timestamps_are_stamped_once_for_every_replica() {
+    let _serial = serial();
+    let (a, b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    for n in 0..10 {
+        let body: String = (0..10)
+            .map(|i| format!("m,host=h{i} v={}i\n", n * 10 + i))
+            .collect();
+        let r = relay.write("db=db&precision=ms", body.as_bytes());
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    assert_converged(&a, &b, 100);
+}
+
+#[test]
+fn a_backend_killed_and_restarted_receives_everything_it_missed() {
+    let _serial = serial();
+    let (a, mut b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    write_batches(&mut relay, 0, 10, "db=db", 204);
+    b.kill();
+    write_batches(&mut relay, 10, 30, "db=db", 204);
+    assert!(
+        relay.log().contains("direct write failed: queued"),
+        "{}",
+        relay.log()
+    );
+    b.restart();
+    write_batches(&mut relay, 30, 40, "db=db", 204);
+    assert_converged(&a, &b, 4000);
+}
+
+#[test]
+fn a_stopped_backend_does_not_hold_up_consistency_one() {
+    let _serial = serial();
+    let (a, b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "[write]\nbackend_timeout = \"2s\"\n");
+    write_batches(&mut relay, 0, 5, "db=db", 204);
+    b.stop();
+    // Every answer is a 204 although b never answers: its copies are queued.
+    write_batches(&mut relay, 5, 25, "db=db&consistency=one", 204);
+    b.cont();
+    assert_converged(&a, &b, 2500);
+}
+
+#[test]
+fn the_relay_killed_while_a_backend_is_down_loses_nothing_acknowledged() {
+    let _serial = serial();
+    let (a, mut b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    b.kill();
+    write_batches(&mut relay, 0, 20, "db=db", 204);
+    relay.kill();
+    relay.restart();
+    b.restart();
+    assert_converged(&a, &b, 2000);
+}
+
+#[test]
+fn every_backend_down_answers_by_consistency_level() {
+    let _serial = serial();
+    let (mut a, mut b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    a.kill();
+    b.kill();
+    write_batches(&mut relay, 0, 1, "db=db&consistency=any", 204);
+    for level in ["one", "quorum", "all"] {
+        let r = relay.write(&format!("db=db&consistency={level}"), &batch(100..200));
+        assert_eq!(r.status, 500, "{level}");
+        assert_eq!(
+            r.text(),
+            "{\"error\":\"write failed: hinted handoff queue not empty\"}\n",
+            "{level}"
+        );
+    }
+    a.restart();
+    b.restart();
+    // The queued batches are delivered: the first once, the second written three times.
+    assert_converged(&a, &b, 200);
+}
+
+#[test]
+fn consistency_all_with_one_backend_down_is_a_partial_write() {
+    let _serial = serial();
+    let (a, mut b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    b.kill();
+    let r = relay.write("db=db&consistency=all", &batch(0..100));
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "{\"error\":\"partial write\"}\n");
+    b.restart();
+    assert_converged(&a, &b, 100);
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_the_queue_resumes_at_the_next_start() {
+    let _serial = serial();
+    let (a, mut b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    b.kill();
+    write_batches(&mut relay, 0, 10, "db=db", 204);
+    let status = relay.terminate().expect("relay was running");
+    assert!(status.success(), "exit status {status}\n{}", relay.log());
+    b.restart();
+    relay.restart();
+    assert_converged(&a, &b, 1000);
+}
