@@ -30,9 +30,6 @@ pub enum NodeError {
         /// The OS error (part of the message).
         error: std::io::Error,
     },
-    /// A backend's queue could not be opened.
-    #[error(transparent)]
-    Queue(#[from] crate::write::OpenError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -187,12 +184,9 @@ impl<W: WriteHandler + Clone> Node<W> {
     }
 }
 
-/// `influx-ha serve`: opens the queues, binds, replicates and replays until SIGTERM/SIGINT,
-/// drains, then closes the queues durably.
+/// `influx-ha serve`: binds, logs what runs, serves until SIGTERM/SIGINT, drains.
 pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
-    let clients = backend_clients(&config)?;
-    let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
-    let node = Node::bind_with(&config, |_, _| replicator.clone()).await?;
+    let node = Node::bind(&config).await?;
     let addr = node.local_addr().unwrap_or(config.http.bind);
     tracing::info!(%addr, "listening (InfluxDB 1.6 API)");
     if let Some(admin) = node.admin_addr() {
@@ -204,8 +198,9 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     for t in &config.tcp {
         tracing::warn!(bind = %t.bind, database = %t.database, "TCP listeners are not served yet; ignoring this [[tcp]]");
     }
-    let (stop_replays, _) = tokio::sync::broadcast::channel(1);
-    let replays = replicator.spawn_replays(&stop_replays);
+    tracing::warn!(
+        "this build does not replicate yet: /write answers 501 after validating the request"
+    );
     for b in node.backends() {
         let b = b.clone();
         tokio::spawn(async move {
@@ -240,11 +235,6 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
         let _ = crate::shutdown::termination_signal().await;
     };
     let report = node.run(signal).await;
-    let _ = stop_replays.send(());
-    for replay in replays {
-        let _ = replay.await;
-    }
-    replicator.close();
     tracing::info!(
         abandoned_connections = report.abandoned_connections,
         "stopped"
