@@ -30,6 +30,9 @@ pub enum NodeError {
         /// The OS error (part of the message).
         error: std::io::Error,
     },
+    /// A backend's queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] crate::write::OpenError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -184,9 +187,12 @@ impl<W: WriteHandler + Clone> Node<W> {
     }
 }
 
-/// `influx-ha serve`: binds, logs what runs, serves until SIGTERM/SIGINT, drains.
+/// `influx-ha serve`: opens the queues, binds, replicates and replays until SIGTERM/SIGINT,
+/// drains, then closes the queues durably.
 pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
-    let node = Node::bind(&config).await?;
+    let clients = backend_clients(&config)?;
+    let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
+    let node = Node::bind_with(&config, |_, _| replicator.clone()).await?;
     let addr = node.local_addr().unwrap_or(config.http.bind);
     tracing::info!(%addr, "listening (InfluxDB 1.6 API)");
     if let Some(admin) = node.admin_addr() {
@@ -198,9 +204,8 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     for t in &config.tcp {
         tracing::warn!(bind = %t.bind, database = %t.database, "TCP listeners are not served yet; ignoring this [[tcp]]");
     }
-    tracing::warn!(
-        "this build does not replicate yet: /write answers 501 after validating the request"
-    );
+    let (stop_replays, _) = tokio::sync::broadcast::channel(1);
+    let replays = replicator.spawn_replays(&stop_replays);
     for b in node.backends() {
         let b = b.clone();
         tokio::spawn(async move {
@@ -235,6 +240,11 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
         let _ = crate::shutdown::termination_signal().await;
     };
     let report = node.run(signal).await;
+    let _ = stop_replays.send(());
+    for replay in replays {
+        let _ = replay.await;
+    }
+    replicator.close();
     tracing::info!(
         abandoned_connections = report.abandoned_connections,
         "stopped"
