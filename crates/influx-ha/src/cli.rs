@@ -158,7 +158,7 @@ pub fn describe(config: &Config, origin: &str) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "note: this build does not replicate yet: /write validates the request and answers 501, /query answers 501"
+        "not built yet: /query and the admin surface answer 501; [[udp]] and [[tcp]] listeners are not started"
     );
     s
 }
@@ -227,7 +227,7 @@ url = "http://10.0.0.2:8086"
             "b         http://10.0.0.2:8086  no credentials",
             "influx-a  /var/lib/influx-ha/influx-a",
             "at most 10 GiB, records kept 1w, fsync always, segments of 64 MiB",
-            "does not replicate yet",
+            "not built yet: /query",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
         }

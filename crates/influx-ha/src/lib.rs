@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! Foundation (built):
+//! Foundation:
 //!
 //! - [`config`]: the TOML schema, defaults and validation (errors name line and key);
 //!   [`units`] parses `"10GiB"` / `"7d"`; [`params`] holds consistency levels and precisions.
@@ -27,12 +27,11 @@
 //! Where the paths live:
 //!
 //! - **Write path**: `POST /write` (and 1.8's `POST /api/v2/write`) → [`http::HttpService`]
-//!   checks parameters and reads the body ([`http::body::read_body`]) → a
-//!   [`http::WriteHandler`] (the seam). Planned behind it: the
-//!   fan-out (`write/`: lineproto validation, one shared buffer, one task per backend,
-//!   consistency levels, the answer table) over [`backend::BackendClient::write`] and the
-//!   `handoff` queues under `data_dir/<backend>/`; UDP and TCP listeners (`ingest/`) feeding the
-//!   same handler. Until then [`http::NotReplicating`] answers 501.
+//!   checks parameters and reads the body ([`http::body::read_body`]) → the
+//!   [`http::WriteHandler`] seam → [`write`](mod@write): `lineproto` validation, fan-out to
+//!   every backend over [`backend::BackendClient::write`], consistency levels and the answer
+//!   table, the `handoff` queues under `data_dir/<backend>/` and their replay. Planned: UDP
+//!   and TCP listeners (`ingest/`) feeding the same handler.
 //! - **Read path** (planned, `query/`): `/query` statement classification and routing to a
 //!   fresh backend; it answers 501 for now.
 //! - **Admin surface** (planned, `admin/`): status page, `/status`, `/metrics`, admin API on the
