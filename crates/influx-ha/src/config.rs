@@ -410,7 +410,10 @@ fn parse_message(
 fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     let (mut line, mut column, mut excerpt, mut message) = (None, None, None, None);
     if let Some(span) = e.span() {
-        let start = span.start.min(text.len());
+        let mut start = span.start.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
         let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
         line = Some(text[..start].matches('\n').count() + 1);
