@@ -634,3 +634,26 @@ fn load_reads_files_and_names_them() {
     let err = Config::load(&path).expect_err("invalid").to_string();
     assert!(err.contains("influx-ha.toml"), "{err}");
 }
+
+#[test]
+fn damaged_configs_never_panic() {
+    // Every prefix of a full config, and every line replaced by something odd.
+    for end in (0..=FULL.len()).filter(|i| FULL.is_char_boundary(*i)) {
+        let _ = parse(&FULL[..end]);
+    }
+    let lines: Vec<&str> = FULL.lines().collect();
+    for i in 0..lines.len() {
+        for odd in [
+            "é = \"ü\"",
+            "[[backend]]",
+            "password = \"µ",
+            "= 1",
+            "url = \"http://[::1\"",
+            "\u{feff}",
+        ] {
+            let mut damaged = lines.clone();
+            damaged[i] = odd;
+            let _ = parse(&damaged.join("\n"));
+        }
+    }
+}
