@@ -149,12 +149,7 @@ where
         // Known length: count it before reading, so an overloaded relay refuses early.
         inflight.try_grow(&mut permit, n as usize)?;
     }
-    let collect = collect_capped(
-        body,
-        max,
-        declared.is_none().then_some(inflight),
-        &mut permit,
-    );
+    let collect = collect_capped(body, max, declared, inflight, &mut permit);
     let raw = match tokio::time::timeout(limits.read_timeout, collect).await {
         Ok(result) => result?,
         Err(_) => return Err(RequestError::BodyReadTimeout),
@@ -177,11 +172,13 @@ where
     })
 }
 
-/// Collects at most `max` bytes; counts each chunk against `inflight` when given.
+/// Collects at most `max` bytes. With a declared length (already counted in `permit`) the
+/// buffer is sized once; without one, each chunk is counted against `inflight` as it comes.
 async fn collect_capped<B>(
     body: B,
     max: usize,
-    inflight: Option<&InflightBytes>,
+    declared: Option<u64>,
+    inflight: &InflightBytes,
     permit: &mut InflightPermit,
 ) -> Result<Bytes, RequestError>
 where
@@ -204,7 +201,7 @@ where
         if total > max {
             return Err(RequestError::BodyTooLarge);
         }
-        if let Some(inflight) = inflight {
+        if declared.is_none() {
             inflight.try_grow(permit, chunk.len())?;
         }
         // The common single-chunk body is kept without a copy.
@@ -212,8 +209,11 @@ where
             (None, None) => first = Some(chunk),
             (Some(_), None) => {
                 let f = first.take().unwrap_or_default();
-                let mut b =
-                    BytesMut::with_capacity((f.len() + chunk.len()).max(64 * 1024).min(max));
+                let size = match declared {
+                    Some(n) => usize::try_from(n).unwrap_or(max),
+                    None => (f.len() + chunk.len()).max(64 * 1024),
+                };
+                let mut b = BytesMut::with_capacity(size.min(max).max(f.len() + chunk.len()));
                 b.extend_from_slice(&f);
                 b.extend_from_slice(&chunk);
                 buf = Some(b);
@@ -320,6 +320,23 @@ mod tests {
             .expect("valid");
         assert_eq!(got.data, "cpu v=1 1\ncpu v=2 2\n");
         assert_eq!(inflight.in_use(), 20);
+    }
+
+    #[tokio::test]
+    async fn declared_body_in_many_chunks() {
+        let inflight = InflightBytes::new(1000);
+        let body = chunks::body(vec![b"cpu v=1 1\n", b"cpu v=2 2\n", b"cpu v=3 3\n"]);
+        let got = read_body(
+            body,
+            &headers(&[("content-length", "30")]),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect("valid");
+        assert_eq!(got.data, "cpu v=1 1\ncpu v=2 2\ncpu v=3 3\n");
+        assert_eq!(got.permit.bytes(), 30);
+        assert_eq!(inflight.in_use(), 30);
     }
 
     #[tokio::test]
