@@ -48,6 +48,10 @@ pub enum ParseError {
     /// A string field value that is one `"`: InfluxDB 1.6.7's storage layer slices it out of
     /// bounds and the whole process dies. Never forwarded.
     CrashingQuote,
+    /// A field value (as the storage engine splits the fields) that the engine cannot read
+    /// although the parser accepted the line: InfluxDB fails the whole request with a 500.
+    /// Holds the value. Never forwarded.
+    EngineFails(Vec<u8>),
     /// A line without timestamp whose last byte is `\`: the timestamp influx-ha appends would
     /// be escaped into the field value, so the line cannot be stamped.
     Unstampable,
@@ -116,6 +120,12 @@ impl ParseError {
             }
             Self::CrashingQuote => {
                 "a string field value of a single '\"' crashes InfluxDB 1.6; write \"\\\"\""
+            }
+            Self::EngineFails(value) => {
+                out.extend_from_slice(b"InfluxDB 1.6 parses this line but its storage engine cannot read the field value '");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"' and fails the whole request; check the escaping");
+                return;
             }
             Self::Unstampable => {
                 "a line without timestamp cannot end in a backslash: the timestamp added at \

@@ -10,7 +10,7 @@ use crate::error::{MAX_KEY_LENGTH, MAX_NANO_TIME, MIN_NANO_TIME, ParseError};
 use crate::precision::Precision;
 
 /// What validation learns about a line that parses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PointInfo {
     /// False when the line has no timestamp and the ingest time must be appended.
     pub has_timestamp: bool,
@@ -18,6 +18,9 @@ pub(crate) struct PointInfo {
     pub time_tag: bool,
     /// Every field key is `time`: InfluxDB's storage layer drops the point.
     pub only_time_fields: bool,
+    /// A field value InfluxDB's storage engine cannot read although the parser accepted it
+    /// (the two split fields differently): storing the point would fail or crash the backend.
+    pub engine_fails: Option<ParseError>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -92,7 +95,7 @@ pub(crate) fn parse_point(buf: &[u8], precision: Precision) -> Result<PointInfo,
 
     let mut max_key_err = None;
     let mut non_time_field = false;
-    let mut lone_quote = false;
+    let mut engine_fails = None;
     walk_fields(fields, |key, value| {
         let size = key_len + 4 + key.len();
         if size > MAX_KEY_LENGTH {
@@ -100,7 +103,9 @@ pub(crate) fn parse_point(buf: &[u8], precision: Precision) -> Result<PointInfo,
             return false;
         }
         non_time_field |= key != b"time";
-        lone_quote |= value == b"\"";
+        if engine_fails.is_none() {
+            engine_fails = engine_reads(value).err();
+        }
         true
     })?;
     if let Some(e) = max_key_err {
@@ -120,9 +125,6 @@ pub(crate) fn parse_point(buf: &[u8], precision: Precision) -> Result<PointInfo,
         }
     }
 
-    if lone_quote {
-        return Err(ParseError::CrashingQuote);
-    }
     let time_tag = tag_starts
         .iter()
         .any(|&s| scan_to(&buf[s..], 0, b'=').1 == b"time");
@@ -130,7 +132,67 @@ pub(crate) fn parse_point(buf: &[u8], precision: Precision) -> Result<PointInfo,
         has_timestamp,
         time_tag,
         only_time_fields: !non_time_field,
+        engine_fails,
     })
+}
+
+/// Whether InfluxDB 1.6.7's storage engine reads `value`, typed the way its field iterator
+/// types it (`point.Next`): a leading `"` makes a string, a leading digit, sign, `.`, `n`, `i`
+/// or `u` a number (integer with a trailing `i`, unsigned with `u`, float otherwise), anything
+/// else a boolean. The parser and the iterator split fields differently in rare escape cases,
+/// so a value the parser accepted can still fail here: a one-byte string panics the process,
+/// the others fail the request with a 500.
+fn engine_reads(value: &[u8]) -> Result<(), ParseError> {
+    let text = || std::str::from_utf8(value).ok();
+    let Some(&first) = value.first() else {
+        return Err(ParseError::EngineFails(value.to_vec()));
+    };
+    let readable = match first {
+        b'"' if value.len() < 2 => return Err(ParseError::CrashingQuote),
+        b'"' => true,
+        b'0'..=b'9' | b'-' | b'.' | b'n' | b'N' | b'i' | b'I' | b'u' => match value.split_last() {
+            Some((b'i', digits)) => {
+                std::str::from_utf8(digits).is_ok_and(|d| d.parse::<i64>().is_ok())
+            }
+            Some((b'u', digits)) => {
+                std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u64>().is_ok())
+            }
+            _ => text().is_some_and(go_parse_float_ok),
+        },
+        _ => matches!(
+            value,
+            b"1" | b"t"
+                | b"T"
+                | b"TRUE"
+                | b"true"
+                | b"True"
+                | b"0"
+                | b"f"
+                | b"F"
+                | b"FALSE"
+                | b"false"
+                | b"False"
+        ),
+    };
+    if readable {
+        Ok(())
+    } else {
+        Err(ParseError::EngineFails(value.to_vec()))
+    }
+}
+
+/// Go's `strconv.ParseFloat(s, 64)` succeeding: Rust's parser accepts the same decimal forms
+/// and the same spellings of infinity and NaN, but returns infinity where Go reports a range
+/// error.
+fn go_parse_float_ok(s: &str) -> bool {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_infinite() => {
+            let word = s.trim_start_matches(['+', '-']).to_ascii_lowercase();
+            word == "inf" || word == "infinity"
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    }
 }
 
 /// `SafeCalcTime` + `CheckTime`: the timestamp in nanoseconds must lie within InfluxDB's range.

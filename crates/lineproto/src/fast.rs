@@ -330,6 +330,7 @@ pub(crate) fn parse_indexed(
         has_timestamp,
         time_tag,
         only_time_fields: !non_time_field,
+        engine_fails: None,
     })
 }
 

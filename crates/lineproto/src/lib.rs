@@ -28,6 +28,7 @@
 
 mod error;
 mod exact;
+use exact::PointInfo;
 mod fast;
 mod precision;
 pub mod series;
@@ -125,6 +126,10 @@ fn validate_with(
             Ok(info) if info.only_time_fields => {
                 Reason::TimeField(exact::unescape_name(exact::raw_measurement(line)))
             }
+            Ok(PointInfo {
+                engine_fails: Some(e),
+                ..
+            }) => Reason::Parse(e),
             Ok(info) if !info.has_timestamp && line.last() == Some(&b'\\') => {
                 Reason::Parse(ParseError::Unstampable)
             }

@@ -311,3 +311,26 @@ fn split_point_keeps_lines_whole() {
     let body = b"a s=\"xxxxxxxxxx\nyyyyyyyyyy\" 1\nb v=2 2\n";
     assert_eq!(split_point(body), Some(30));
 }
+
+#[test]
+fn values_the_storage_engine_cannot_read_are_refused() {
+    // Found by the oracle: influxd 1.6.7 parses these, then its engine answers 500 for the whole
+    // request. The field walker reads the key as `\\="` and the value as `t"` (or `1"`).
+    for (line, value) in [("a \\\\=\"=t\"", "t\""), ("a \\\\=\"=1\"", "1\"")] {
+        assert_eq!(
+            line_error(line),
+            format!(
+                "InfluxDB 1.6 parses this line but its storage engine cannot read the field value \
+                 '{value}' and fails the whole request; check the escaping"
+            ),
+            "{line}"
+        );
+    }
+    // A `time` tag drops the point before the engine reads any value, as in InfluxDB.
+    assert_eq!(
+        error_of("t,time=k \\\\=\"=\"").as_deref(),
+        Some(
+            "partial write: invalid tag key: input tag \"time\" on measurement \"t\" is invalid dropped=1"
+        )
+    );
+}
