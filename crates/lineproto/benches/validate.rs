@@ -77,6 +77,13 @@ fn body() -> Vec<u8> {
     out.into_bytes()
 }
 
+/// `LINEPROTO_BENCH_DUMP=FILE` writes the generated body to FILE, to look at it.
+fn dump(body: &[u8]) {
+    if let Ok(path) = std::env::var("LINEPROTO_BENCH_DUMP") {
+        std::fs::write(&path, body).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
+
 fn lines(body: &[u8]) -> usize {
     body.iter().filter(|&&c| c == b'\n').count()
 }
@@ -84,6 +91,7 @@ fn lines(body: &[u8]) -> usize {
 #[divan::bench]
 fn influx_ha_validate(bencher: divan::Bencher) {
     let body = body();
+    dump(&body);
     let n = lines(&body);
     bencher
         .counter(BytesCount::new(body.len()))

@@ -219,7 +219,15 @@ impl TimeLimits {
         } else {
             &self.max
         };
-        digits.len() < limit.len() || (digits.len() == limit.len() && digits <= &limit[..])
+        match digits.len().cmp(&limit.len()) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            // The first digit nearly always decides, without a call to `memcmp`.
+            std::cmp::Ordering::Equal => match (digits.first(), limit.first()) {
+                (Some(d), Some(l)) if d != l => d < l,
+                _ => digits <= &limit[..],
+            },
+        }
     }
 }
 
@@ -268,7 +276,7 @@ pub(crate) fn parse_indexed(
             if key_not_after(key, prev_key) {
                 return None;
             }
-            time_tag |= key == b"time";
+            time_tag |= is_time(key);
             prev_key = key;
             let value_start = i + 1;
             i = delims.next();
@@ -293,7 +301,7 @@ pub(crate) fn parse_indexed(
         if i >= e || body[i] != b'=' || i == key_start {
             return None;
         }
-        non_time_field |= &body[key_start..i] != b"time";
+        non_time_field |= !is_time(&body[key_start..i]);
         let value_start = i + 1;
         i = delims.next().min(e);
         if !value_ok(ix, value_start, i) {
@@ -377,6 +385,12 @@ fn value_ok(ix: &Index<'_>, s: usize, e: usize) -> bool {
             }
         }
     }
+}
+
+/// Whether a key is `time`, without a call to `memcmp`.
+#[inline(always)]
+fn is_time(key: &[u8]) -> bool {
+    matches!(key, [b't', b'i', b'm', b'e'])
 }
 
 /// `a <= b` for tag keys, deciding on the first two bytes when they differ (they nearly always
