@@ -1,5 +1,6 @@
 //! Validates a line-protocol file N times and prints the throughput:
-//! `cargo run --release -p lineproto --example validate_file -- FILE [N]`.
+//! `cargo run --release -p lineproto --example validate_file -- FILE [N] [reference]`; with
+//! `reference`, the ported parser alone (no fast path).
 
 use std::time::Instant;
 
@@ -10,6 +11,11 @@ fn main() {
         std::process::exit(2);
     };
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let validate = if args.next().as_deref() == Some("reference") {
+        lineproto::validate_reference
+    } else {
+        lineproto::validate
+    };
     let body = std::fs::read(&path).unwrap_or_else(|e| {
         eprintln!("{path}: {e}");
         std::process::exit(1)
@@ -17,7 +23,7 @@ fn main() {
     let start = Instant::now();
     let mut points = 0;
     for _ in 0..n {
-        points += lineproto::validate(&body, lineproto::Precision::Nanoseconds, 0).points();
+        points += validate(&body, lineproto::Precision::Nanoseconds, 0).points();
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
