@@ -185,6 +185,41 @@ pub fn split_point(body: &[u8]) -> Option<usize> {
     split
 }
 
+/// The length of the prefix of `buf` made of complete lines, for reading line protocol from a
+/// stream: each line of the prefix is ended by a `\n` that ends it as InfluxDB's scanner reads
+/// `buf` (a `\n` inside a quoted string value does not), and that no data arriving after `buf`
+/// could turn into an escaped character. The rest of `buf` is a line still arriving.
+///
+/// A `\n` that is the last byte of `buf` right after a backslash that starts an escape is not
+/// counted: the scanner skips an escaped character only when another byte follows it, so more
+/// data would make that `\n` part of the line.
+pub fn complete_lines(buf: &[u8]) -> usize {
+    let mut index = fast::Index::new(buf);
+    let mut pos = 0;
+    let mut complete = 0;
+    while pos < buf.len() {
+        let (end, _) = index.line_end(pos);
+        if end >= buf.len() {
+            break;
+        }
+        if end + 1 == buf.len() {
+            // Backslashes right before the `\n`: the scanner lands on the first one and skips
+            // pairs, so an odd run ends with a backslash that escapes whatever follows it.
+            let run = buf[pos..end]
+                .iter()
+                .rev()
+                .take_while(|&&c| c == b'\\')
+                .count();
+            if run % 2 == 1 {
+                break;
+            }
+        }
+        complete = end + 1;
+        pos = end + 1;
+    }
+    complete
+}
+
 impl<'a> Validated<'a> {
     /// Valid points, forwarded in [`output`](Self::output).
     pub fn points(&self) -> usize {

@@ -334,3 +334,79 @@ fn values_the_storage_engine_cannot_read_are_refused() {
         )
     );
 }
+
+#[test]
+fn complete_lines_stops_before_a_line_still_arriving() {
+    assert_eq!(complete_lines(b""), 0);
+    assert_eq!(complete_lines(b"a v=1 1"), 0);
+    assert_eq!(complete_lines(b"a v=1 1\n"), 8);
+    assert_eq!(complete_lines(b"a v=1 1\nb v=2"), 8);
+    assert_eq!(complete_lines(b"a v=1 1\nb v=2 2\n"), 16);
+    assert_eq!(complete_lines(b"\n\n"), 2);
+    // A newline inside a string value does not end the line.
+    assert_eq!(complete_lines(b"a s=\"x\ny"), 0);
+    assert_eq!(complete_lines(b"a v=1 1\nb s=\"x\ny"), 8);
+    assert_eq!(complete_lines(b"a s=\"x\ny\" 1\n"), 12);
+    // A final newline after an escaping backslash may still become an escaped character.
+    assert_eq!(complete_lines(b"a v=1 1\nb,t=x\\\n"), 8);
+    assert_eq!(complete_lines(b"a v=1 1\nb,t=x\\\nc v=1\n"), 21);
+    // After an escaped backslash, it ends the line whatever follows.
+    assert_eq!(complete_lines(b"b,t=x\\\\\n"), 8);
+    assert_eq!(complete_lines(b"b,t=x\\\\\\\n"), 0);
+}
+
+/// Line ends as the scanner finds them in `buf`.
+fn scanned_line_ends(buf: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let end = exact::scan_line(buf, pos);
+        if end < buf.len() {
+            ends.push(end);
+        }
+        pos = end + 1;
+    }
+    ends
+}
+
+#[test]
+fn complete_lines_are_lines_whatever_follows() {
+    // Every body of up to 5 bytes over an alphabet of the bytes that matter, and extensions:
+    // the complete prefix keeps the same line ends once more data arrives, and a body the
+    // extensions cannot change is complete up to its last line end.
+    const ALPHABET: &[u8] = b"a =,\"\\\n";
+    let extensions: [&[u8]; 6] = [b"x", b"\n", b"\"", b"\\", b"\"\n", b" b=\"\nc\n"];
+    let mut body = Vec::new();
+    for len in 0..=5u32 {
+        for mut code in 0..ALPHABET.len().pow(len) {
+            body.clear();
+            for _ in 0..len {
+                body.push(ALPHABET[code % ALPHABET.len()]);
+                code /= ALPHABET.len();
+            }
+            let n = complete_lines(&body);
+            assert!(n == 0 || body[n - 1] == b'\n', "{body:?}");
+            let prefix_ends: Vec<usize> = scanned_line_ends(&body)
+                .into_iter()
+                .filter(|&e| e < n)
+                .collect();
+            if n > 0 {
+                assert_eq!(prefix_ends.last(), Some(&(n - 1)), "{body:?}");
+            }
+            let mut stable = true;
+            for ext in extensions {
+                let mut longer = body.clone();
+                longer.extend_from_slice(ext);
+                let ends = scanned_line_ends(&longer);
+                let within: Vec<usize> = ends.iter().copied().filter(|&e| e < n).collect();
+                assert_eq!(within, prefix_ends, "{body:?} + {ext:?}");
+                assert!(complete_lines(&longer) >= n, "{body:?} + {ext:?}");
+                let all: Vec<usize> = ends.into_iter().filter(|&e| e < body.len()).collect();
+                stable &= all == scanned_line_ends(&body);
+            }
+            if stable && let Some(&last) = scanned_line_ends(&body).last() {
+                assert_eq!(n, last + 1, "{body:?}: every extension keeps its line ends");
+            }
+        }
+    }
+}
