@@ -78,14 +78,14 @@ pub fn describe(config: &Config, origin: &str) -> String {
     for u in &config.udp {
         let _ = writeln!(
             s,
-            "  udp    {}  database {:?}, precision {} (not served yet)",
+            "  udp    {}  database {:?}, precision {} (line protocol; database created at start)",
             u.bind, u.database, u.precision
         );
     }
     for t in &config.tcp {
         let _ = writeln!(
             s,
-            "  tcp    {}  database {:?} (not served yet)",
+            "  tcp    {}  database {:?} (line protocol; database created at start)",
             t.bind, t.database
         );
     }
@@ -156,10 +156,7 @@ pub fn describe(config: &Config, origin: &str) -> String {
         format_size(q.min_free_disk)
     );
     let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "not built yet: /query and the admin surface answer 501; [[udp]] and [[tcp]] listeners are not started"
-    );
+    let _ = writeln!(s, "not built yet: /query and the admin surface answer 501");
     s
 }
 
@@ -221,7 +218,7 @@ url = "http://10.0.0.2:8086"
             "config t.toml is valid",
             "http   0.0.0.0:8086",
             "admin  127.0.0.1:8093",
-            "udp    0.0.0.0:8089  database \"telegraf\", precision ns (not served yet)",
+            "udp    0.0.0.0:8089  database \"telegraf\", precision ns (line protocol; database created at start)",
             "consistency    quorum",
             "influx-a  http://10.0.0.1:8086  service credentials set",
             "b         http://10.0.0.2:8086  no credentials",

@@ -22,14 +22,14 @@
 //! [admin]                             # optional
 //! bind = "127.0.0.1:8093"
 //!
-//! [[udp]]                             # any number
+//! [[udp]]                             # any number; one datagram = a batch of lines
 //! bind = "0.0.0.0:8089"
-//! database = "telegraf"
+//! database = "telegraf"               # created on every backend at start
 //! # precision = "ns"                 # ns, us (microseconds), ms, s, m, h
 //!
-//! [[tcp]]                             # any number
+//! [[tcp]]                             # any number; newline-delimited lines per connection
 //! bind = "0.0.0.0:8094"
-//! database = "telegraf"
+//! database = "telegraf"               # created on every backend at start
 //!
 //! [write]
 //! consistency = "one"                 # any | one | quorum | all
@@ -142,7 +142,8 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
 }
 
-/// `[[udp]]`: one UDP line-protocol listener.
+/// `[[udp]]`: one UDP line-protocol listener: each datagram is a batch of lines, written at the
+/// `[write]` consistency (see [`crate::ingest::udp`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpConfig {
     /// Address to listen on.
@@ -153,7 +154,9 @@ pub struct UdpConfig {
     pub precision: Precision,
 }
 
-/// `[[tcp]]`: one TCP line-protocol listener.
+/// `[[tcp]]`: one TCP line-protocol listener: newline-delimited lines per connection, written
+/// at the `[write]` consistency; a line longer than `http.max_body_bytes` closes its connection
+/// (see [`crate::ingest::tcp`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpConfig {
     /// Address to listen on.

@@ -30,8 +30,8 @@
 //!   checks parameters and reads the body ([`http::body::read_body`]) → the
 //!   [`http::WriteHandler`] seam → [`write`](mod@write): `lineproto` validation, fan-out to
 //!   every backend over [`backend::BackendClient::write`], consistency levels and the answer
-//!   table, the `handoff` queues under `data_dir/<backend>/` and their replay. Planned: UDP
-//!   and TCP listeners (`ingest/`) feeding the same handler.
+//!   table, the `handoff` queues under `data_dir/<backend>/` and their replay. The UDP and TCP
+//!   line-protocol listeners ([`ingest`]) feed the same replicator.
 //! - **Read path** (planned, `query/`): `/query` statement classification and routing to a
 //!   fresh backend; it answers 501 for now.
 //! - **Admin surface** (planned, `admin/`): status page, `/status`, `/metrics`, admin API on the
@@ -45,6 +45,7 @@ pub mod config;
 pub mod go_json;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod node;
 pub mod params;
 pub mod server;

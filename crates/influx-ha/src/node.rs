@@ -198,12 +198,47 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     if let Some(admin) = node.admin_addr() {
         tracing::info!(%admin, "listening (admin)");
     }
-    for u in &config.udp {
-        tracing::warn!(bind = %u.bind, database = %u.database, "UDP listeners are not served yet; ignoring this [[udp]]");
+    // As InfluxDB's UDP service does: the listeners' databases exist before lines arrive
+    // (queued, in order, for a backend that cannot take the statement now).
+    let mut databases: Vec<&str> = config.udp.iter().map(|u| u.database.as_str()).collect();
+    databases.extend(config.tcp.iter().map(|t| t.database.as_str()));
+    databases.sort_unstable();
+    databases.dedup();
+    for db in databases {
+        let outcomes = replicator.ensure_database(db).await;
+        for (b, outcome) in node.backends().iter().zip(outcomes) {
+            match outcome {
+                crate::write::answer::Outcome::Acked => {
+                    tracing::debug!(backend = b.name(), database = db, "database exists");
+                }
+                crate::write::answer::Outcome::Queued => {
+                    tracing::warn!(
+                        backend = b.name(),
+                        database = db,
+                        "cannot create the database now: queued"
+                    );
+                }
+                other => {
+                    tracing::error!(backend = b.name(), database = db, outcome = ?other, "cannot create the database");
+                }
+            }
+        }
     }
-    for t in &config.tcp {
-        tracing::warn!(bind = %t.bind, database = %t.database, "TCP listeners are not served yet; ignoring this [[tcp]]");
-    }
+    let sink = crate::ingest::ReplicatorSink::new(replicator.clone(), config.write.consistency);
+    let listeners = match crate::ingest::Listeners::bind(&config, sink).await {
+        Ok(l) => l,
+        Err(e) => {
+            replicator.close();
+            return Err(NodeError::Bind {
+                what: e.what,
+                addr: e.addr,
+                error: e.error,
+            });
+        }
+    };
+    let listener_stats = listeners.stats();
+    let (stop_listeners, _) = tokio::sync::broadcast::channel(1);
+    let listener_tasks = listeners.spawn(&stop_listeners);
     let (stop_replays, _) = tokio::sync::broadcast::channel(1);
     let replays = replicator.spawn_replays(&stop_replays);
     for b in node.backends() {
@@ -239,7 +274,19 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     let signal = async {
         let _ = crate::shutdown::termination_signal().await;
     };
+    let stop_on_signal = stop_listeners.clone();
+    let signal = async move {
+        signal.await;
+        let _ = stop_on_signal.send(());
+    };
     let report = node.run(signal).await;
+    let _ = stop_listeners.send(());
+    for task in listener_tasks {
+        let _ = task.await;
+    }
+    for l in &listener_stats {
+        tracing::info!(kind = l.kind, listener = %l.addr, database = %l.database, counters = ?l.counters.snapshot(), "listener counters");
+    }
     let _ = stop_replays.send(());
     for replay in replays {
         let _ = replay.await;

@@ -3,6 +3,7 @@
 //! processes on a 2-core machine.
 
 mod compat;
+mod listeners;
 mod relay;
 mod replication;
 mod support;

@@ -1,0 +1,550 @@
+//! `[[tcp]]`: newline-delimited line protocol over TCP, one stream per client.
+//!
+//! Each connection reads into a buffer; as soon as a read returns (plus whatever else is
+//! readable at once, up to [`TcpOptions::max_batch_bytes`]), the complete lines at its front
+//! ([`lineproto::complete_lines`]: a `\n` inside a quoted string value does not end a line) are
+//! validated, stamped and replicated, and the rest waits for more data. The next read starts
+//! only once that write is done, so a slow write path slows the client down through TCP
+//! instead of filling memory. A 503 from the write path (overloaded, queues refusing) is
+//! retried with backoff rather than dropped.
+//!
+//! Limits: at most [`TcpOptions::max_connections`] connections (more clients wait in the
+//! kernel's backlog); a connection idle for [`TcpOptions::idle_timeout`] is closed; a line still
+//! incomplete past `max_body_bytes` closes its connection (logged and counted). At the end of
+//! the stream the unterminated last line is taken as a line; a partial line left at an idle
+//! timeout, an error or shutdown is discarded and counted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::task::JoinSet;
+
+use super::{Feed, ListenerStats, Sink, add};
+use crate::config::TcpConfig;
+use crate::shutdown::Shutdown;
+
+/// Limits of a TCP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Bytes asked of the socket per read.
+    pub read_bytes: usize,
+    /// Bytes read (without waiting) before the complete lines are written.
+    pub max_batch_bytes: usize,
+    /// A line still incomplete past this closes the connection (`max_body_bytes`).
+    pub max_line_bytes: usize,
+    /// After shutdown: time connections get to finish their write.
+    pub drain_timeout: Duration,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            read_bytes: 64 * 1024,
+            max_batch_bytes: 1 << 20,
+            max_line_bytes: 25_000_000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A bound TCP line-protocol listener.
+pub struct TcpLineListener<S> {
+    listener: TcpListener,
+    feed: Arc<Feed<S>>,
+    options: TcpOptions,
+}
+
+impl<S> std::fmt::Debug for TcpLineListener<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLineListener")
+            .field("addr", &self.feed.listener)
+            .field("database", &self.feed.database)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// Keeps `open_connections` right however a connection task ends.
+struct OpenConnection<S> {
+    feed: Arc<Feed<S>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S> Drop for OpenConnection<S> {
+    fn drop(&mut self) {
+        self.feed
+            .counters
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Sink> TcpLineListener<S> {
+    /// Binds `config.bind`.
+    pub async fn bind(config: &TcpConfig, sink: S, options: TcpOptions) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.bind).await?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            feed: Arc::new(Feed::new(
+                sink,
+                config.database.clone(),
+                lineproto::Precision::Nanoseconds,
+                "tcp",
+                addr,
+            )),
+            options,
+        })
+    }
+
+    /// The address it got (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.feed.listener
+    }
+
+    pub fn stats(&self) -> ListenerStats {
+        ListenerStats {
+            kind: "tcp",
+            addr: self.feed.listener,
+            database: self.feed.database.clone(),
+            counters: self.feed.counters.clone(),
+        }
+    }
+
+    /// Accepts until `shutdown`; then closes the listener, tells every connection to stop
+    /// after its current write, and waits for them (at most the drain period).
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let addr = self.feed.listener;
+        tracing::info!(listener = %addr, database = %self.feed.database, "listening (TCP line protocol)");
+        let limit = Arc::new(Semaphore::new(self.options.max_connections.max(1)));
+        let (notify, _) = broadcast::channel::<()>(1);
+        let mut connections = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            while connections.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                () = shutdown.recv() => break,
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                () = shutdown.recv() => break,
+                a = self.listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    backoff = Duration::from_millis(100);
+                    a
+                }
+                Err(e) => {
+                    // EMFILE and the like: back off, never give up.
+                    if let Some(suppressed) = self.feed.other_log.allow() {
+                        tracing::warn!(listener = %addr, error = %e, suppressed, "accept failed");
+                    }
+                    tokio::select! {
+                        () = shutdown.recv() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            add(&self.feed.counters.connections, 1);
+            add(&self.feed.counters.open_connections, 1);
+            let open = OpenConnection {
+                feed: self.feed.clone(),
+                _permit: permit,
+            };
+            let connection = Connection {
+                feed: self.feed.clone(),
+                peer,
+                options: self.options,
+            };
+            let stop = Shutdown::new(notify.subscribe());
+            connections.spawn(async move {
+                connection.serve(stream, stop).await;
+                drop(open);
+            });
+        }
+        drop(self.listener);
+        let _ = notify.send(());
+        let drain = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.options.drain_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listener = %addr,
+                connections = connections.len(),
+                "drain period over with TCP connections still writing; closing them"
+            );
+            connections.shutdown().await;
+        }
+        tracing::info!(listener = %addr, "TCP listener stopped");
+    }
+}
+
+/// One client's stream.
+struct Connection<S> {
+    feed: Arc<Feed<S>>,
+    peer: SocketAddr,
+    options: TcpOptions,
+}
+
+/// How reading went.
+enum Read {
+    /// Bytes were read; `eof` when the client also closed its side.
+    Data {
+        eof: bool,
+    },
+    /// The client closed its side.
+    Eof,
+    /// Nothing came within the idle timeout.
+    Idle,
+    Shutdown,
+    Failed(std::io::Error),
+}
+
+impl<S: Sink> Connection<S> {
+    async fn serve(self, mut stream: TcpStream, mut shutdown: Shutdown) {
+        let mut buf = BytesMut::new();
+        // Up to here `buf` is known to hold no complete line (only a `\n` can complete one).
+        let mut scanned = 0;
+        loop {
+            let read = self.read(&mut stream, &mut buf, &mut shutdown).await;
+            let eof = match read {
+                Read::Data { eof } => eof,
+                Read::Eof => true,
+                Read::Idle => {
+                    tracing::debug!(peer = %self.peer, "idle TCP connection closed");
+                    return self.discard(&buf, "idle connection closed");
+                }
+                Read::Shutdown => return self.discard(&buf, "shutting down"),
+                Read::Failed(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TCP read failed");
+                    return self.discard(&buf, "connection failed");
+                }
+            };
+            if eof {
+                // The client is done: whatever is left is its last line.
+                if !buf.is_empty() {
+                    self.write(buf.split().freeze(), &mut shutdown).await;
+                }
+                return;
+            }
+            if buf[scanned..].contains(&b'\n') {
+                let n = lineproto::complete_lines(&buf);
+                if n > 0 {
+                    let lines = buf.split_to(n).freeze();
+                    self.write(lines, &mut shutdown).await;
+                }
+            }
+            scanned = buf.len();
+            if buf.len() > self.options.max_line_bytes {
+                add(&self.feed.counters.closed_for_long_lines, 1);
+                add(&self.feed.counters.bad_lines, 1);
+                if let Some(suppressed) = self.feed.other_log.allow() {
+                    tracing::warn!(
+                        listener = %self.feed.listener,
+                        peer = %self.peer,
+                        limit = self.options.max_line_bytes,
+                        sample = %super::sample(&buf),
+                        suppressed,
+                        "line longer than max_body_bytes: connection closed"
+                    );
+                }
+                return;
+            }
+            if shutdown.is_shutdown() {
+                return self.discard(&buf, "shutting down");
+            }
+        }
+    }
+
+    /// Waits for data (idle timeout, shutdown), then takes what else is readable at once.
+    async fn read(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        shutdown: &mut Shutdown,
+    ) -> Read {
+        buf.reserve(self.options.read_bytes);
+        let first = tokio::select! {
+            () = shutdown.recv() => return Read::Shutdown,
+            r = tokio::time::timeout(self.options.idle_timeout, stream.read_buf(buf)) => r,
+        };
+        let n = match first {
+            Err(_) => return Read::Idle,
+            Ok(Err(e)) => return Read::Failed(e),
+            Ok(Ok(0)) => return Read::Eof,
+            Ok(Ok(n)) => n,
+        };
+        add(&self.feed.counters.bytes, n);
+        let mut taken = n;
+        while taken < self.options.max_batch_bytes {
+            buf.reserve(self.options.read_bytes);
+            match stream.try_read_buf(buf) {
+                Ok(0) => return Read::Data { eof: true },
+                Ok(n) => {
+                    add(&self.feed.counters.bytes, n);
+                    taken += n;
+                }
+                // WouldBlock, or an error the next read reports again.
+                Err(_) => break,
+            }
+        }
+        Read::Data { eof: false }
+    }
+
+    /// Validates and replicates whole lines (retrying while the write path answers 503).
+    async fn write(&self, lines: Bytes, shutdown: &mut Shutdown) {
+        let Some(valid) = self.feed.prepare(&lines) else {
+            return;
+        };
+        let data = match valid {
+            // Unchanged: the lines themselves, without a copy.
+            std::borrow::Cow::Borrowed(_) => lines.clone(),
+            std::borrow::Cow::Owned(v) => Bytes::from(v),
+        };
+        self.feed.deliver(data, Some(shutdown)).await;
+    }
+
+    fn discard(&self, tail: &[u8], why: &'static str) {
+        if !tail.is_empty() {
+            self.feed.discard(tail, why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::http::error::RequestError;
+    use crate::ingest::Counters;
+    use crate::ingest::testing::{Recorder, eventually};
+
+    struct Running {
+        addr: SocketAddr,
+        recorder: Recorder,
+        counters: Arc<Counters>,
+        stop: broadcast::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        async fn stop(self) {
+            self.stop.send(()).expect("listener runs");
+            tokio::time::timeout(Duration::from_secs(20), self.task)
+                .await
+                .expect("stops in time")
+                .expect("no panic");
+        }
+    }
+
+    async fn start(options: TcpOptions) -> Running {
+        let config = TcpConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            database: "tcpdb".into(),
+        };
+        let recorder = Recorder::default();
+        let l = TcpLineListener::bind(&config, recorder.clone(), options)
+            .await
+            .expect("bind");
+        let addr = l.local_addr();
+        let counters = l.stats().counters;
+        let (stop, rx) = broadcast::channel(1);
+        let task = tokio::spawn(l.run(Shutdown::new(rx)));
+        Running {
+            addr,
+            recorder,
+            counters,
+            stop,
+            task,
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        s
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_reads_are_written_whole() {
+        let r = start(TcpOptions::default()).await;
+        let mut c = connect(r.addr).await;
+        c.write_all(b"a v=1 1\nb v=2").await.expect("write");
+        eventually("a", || r.recorder.lines() == ["a v=1 1"]).await;
+        // The partial line waits for the rest.
+        c.write_all(b" 2\nc s=\"one\n").await.expect("write");
+        eventually("b", || r.recorder.lines().len() == 2).await;
+        // The newline inside the string did not end the line.
+        c.write_all(b"two\" 3\n").await.expect("write");
+        eventually("c", || r.recorder.lines().len() == 4).await;
+        assert_eq!(
+            r.recorder.lines(),
+            ["a v=1 1", "b v=2 2", "c s=\"one", "two\" 3"]
+        );
+        let batches = r.recorder.batches.lock().expect("lock").clone();
+        assert_eq!(batches.len(), 3);
+        assert_eq!(&batches[2].2[..], b"c s=\"one\ntwo\" 3\n");
+        assert!(batches.iter().all(|(db, _, _)| db == "tcpdb"));
+        assert_eq!(r.counters.snapshot().lines, 3);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_trailing_escape_waits_for_the_next_byte() {
+        let r = start(TcpOptions::default()).await;
+        let mut c = connect(r.addr).await;
+        // `\` then `\n` at the end of what arrived: more data makes the newline escaped.
+        c.write_all(b"a,t=x\\\n").await.expect("write");
+        c.write_all(b" v=1 1\nb v=2 2\n").await.expect("write");
+        eventually("b", || r.recorder.lines().iter().any(|l| l == "b v=2 2")).await;
+        let batches = r.recorder.batches.lock().expect("lock").clone();
+        let all: Vec<u8> = batches.iter().flat_map(|b| b.2.to_vec()).collect();
+        assert_eq!(all, b"a,t=x\\\n v=1 1\nb v=2 2\n");
+        assert_eq!(r.counters.snapshot().lines, 2);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_last_line_needs_no_newline_and_lines_get_timestamps() {
+        let r = start(TcpOptions::default()).await;
+        let mut c = connect(r.addr).await;
+        c.write_all(b"a v=1 1\nbad\nb v=2").await.expect("write");
+        c.shutdown().await.expect("close");
+        eventually("b", || r.recorder.lines().len() == 2).await;
+        let lines = r.recorder.lines();
+        assert_eq!(lines[0], "a v=1 1");
+        assert!(lines[1].starts_with("b v=2 "), "{lines:?}");
+        let s = r.counters.snapshot();
+        assert_eq!((s.lines, s.bad_lines, s.connections), (3, 1, 1));
+        eventually("closed", || r.counters.snapshot().open_connections == 0).await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_limit_closes_its_connection_only() {
+        let r = start(TcpOptions {
+            max_line_bytes: 1000,
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut long = connect(r.addr).await;
+        long.write_all(b"ok v=1 1\n").await.expect("write");
+        let mut closed = false;
+        for _ in 0..100 {
+            if long.write_all(&[b'x'; 100]).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut rest = Vec::new();
+        if !closed {
+            // The server closed: reading ends (EOF or reset).
+            let _ = tokio::time::timeout(Duration::from_secs(20), long.read_to_end(&mut rest))
+                .await
+                .expect("closed by the server");
+        }
+        eventually("closed", || {
+            r.counters.snapshot().closed_for_long_lines == 1
+        })
+        .await;
+        let mut other = connect(r.addr).await;
+        other.write_all(b"after v=2 2\n").await.expect("write");
+        eventually("after", || r.recorder.lines().len() == 2).await;
+        assert_eq!(r.recorder.lines(), ["ok v=1 1", "after v=2 2"]);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed() {
+        let r = start(TcpOptions {
+            idle_timeout: Duration::from_millis(200),
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut c = connect(r.addr).await;
+        c.write_all(b"a v=1 1\npartial").await.expect("write");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest))
+            .await
+            .expect("closed by the server")
+            .expect("clean close");
+        assert_eq!(r.recorder.lines(), ["a v=1 1"]);
+        let s = r.counters.snapshot();
+        assert_eq!((s.bad_lines, s.open_connections), (1, 0));
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait() {
+        let r = start(TcpOptions {
+            max_connections: 1,
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut first = connect(r.addr).await;
+        first.write_all(b"a v=1 1\n").await.expect("write");
+        eventually("a", || r.recorder.lines().len() == 1).await;
+        // Accepted by the kernel, served once the first one is gone.
+        let mut second = connect(r.addr).await;
+        second.write_all(b"b v=2 2\n").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(r.recorder.lines().len(), 1);
+        drop(first);
+        eventually("b", || r.recorder.lines().len() == 2).await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_write_path_is_retried_not_dropped() {
+        let r = start(TcpOptions::default()).await;
+        r.recorder
+            .fail_next(RequestError::Overloaded("too many bytes in flight".into()));
+        r.recorder
+            .fail_next(RequestError::Unavailable("queue full".into()));
+        let mut c = connect(r.addr).await;
+        c.write_all(b"a v=1 1\n").await.expect("write");
+        eventually("a", || r.recorder.lines().len() == 1).await;
+        let s = r.counters.snapshot();
+        assert_eq!(
+            (s.write_retries, s.write_failures, s.batches_written),
+            (2, 0, 1)
+        );
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_the_listener_and_its_connections() {
+        let r = start(TcpOptions::default()).await;
+        let mut c = connect(r.addr).await;
+        c.write_all(b"a v=1 1\n").await.expect("write");
+        eventually("a", || r.recorder.lines().len() == 1).await;
+        let addr = r.addr;
+        r.stop().await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest))
+            .await
+            .expect("connection closed");
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}
