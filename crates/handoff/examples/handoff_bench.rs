@@ -9,8 +9,9 @@
 //!
 //! 1. baseline: `write(2)` of 1.35 MB buffers into one file ("dd"), page cache only, then the
 //!    same with a final fsync included in the time;
-//! 2. append with `fsync = never` (4 appending threads), page cache only, then with a final
-//!    fsync of the segment files included;
+//! 2. append with `fsync = never` (4 appending threads, zero-copy `append_write`), page cache
+//!    only, then with a final fsync of the segment files included; once more with the copying
+//!    `append(&Record)`;
 //! 3. `fsync = always` and `interval(50ms)`, 32 concurrent async appenders (tokio tasks) of
 //!    1.35 MB records;
 //! 4. replay from the page cache: reopen, then `next_batch(4 MiB)` + `ack` until empty (cursor
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use handoff::{BatchKind, FsyncPolicy, Options, Queue, Record};
+use handoff::{BatchKind, Bytes, FsyncPolicy, Options, Queue, Record};
 
 const RECORD: usize = 1_350_000;
 
@@ -97,24 +98,29 @@ fn append_never(
     buf: &Arc<Vec<u8>>,
     fsync_at_end: bool,
     keep: bool,
+    zero_copy: bool,
 ) -> (f64, u64) {
     let _ = std::fs::remove_dir_all(dir);
     let q = Arc::new(Queue::open(dir, opts(FsyncPolicy::Never)).unwrap());
     let per_thread = total / buf.len() as u64 / 4;
+    let shared = Bytes::from(buf.as_ref().clone());
     let t = Instant::now();
     let hs: Vec<_> = (0..4)
         .map(|_| {
-            let (q, buf) = (q.clone(), buf.clone());
+            let (q, buf, shared) = (q.clone(), buf.clone(), shared.clone());
             std::thread::spawn(move || {
                 for _ in 0..per_thread {
-                    q.append(&Record::Write {
-                        db: "bench",
-                        rp: "autogen",
-                        precision: "n",
-                        payload: &buf,
-                    })
-                    .wait()
-                    .unwrap();
+                    let a = if zero_copy {
+                        q.append_write("bench", "autogen", "n", shared.clone())
+                    } else {
+                        q.append(&Record::Write {
+                            db: "bench",
+                            rp: "autogen",
+                            precision: "n",
+                            payload: &buf,
+                        })
+                    };
+                    a.wait().unwrap();
                 }
             })
         })
@@ -139,7 +145,7 @@ fn append_never(
 fn concurrent(dir: &Path, policy: FsyncPolicy, rec: &[u8], tasks: usize, per_task: u64) {
     let _ = std::fs::remove_dir_all(dir);
     let q = Arc::new(Queue::open(dir, opts(policy)).unwrap());
-    let rec = Arc::new(rec.to_vec());
+    let rec = Bytes::from(rec.to_vec());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -151,13 +157,9 @@ fn concurrent(dir: &Path, policy: FsyncPolicy, rec: &[u8], tasks: usize, per_tas
             let (q, rec) = (q.clone(), rec.clone());
             hs.push(tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let r = Record::Write {
-                        db: "bench",
-                        rp: "autogen",
-                        precision: "n",
-                        payload: &rec,
-                    };
-                    q.append(&r).await.unwrap();
+                    q.append_write("bench", "autogen", "n", rec.clone())
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -244,9 +246,9 @@ fn main() {
     let (mut pc, mut fs) = (Vec::new(), Vec::new());
     for round in 0..5 {
         let b_pc = baseline(&base, total, &buf, false);
-        let (q_pc, _) = append_never(&qdir, total, &buf, false, false);
+        let (q_pc, _) = append_never(&qdir, total, &buf, false, false, true);
         let b_fs = baseline(&base, total, &buf, true);
-        let (q_fs, _) = append_never(&qdir, total, &buf, true, false);
+        let (q_fs, _) = append_never(&qdir, total, &buf, true, false, true);
         println!(
             "round {round}: page cache: dd {b_pc:.0} MB/s, queue(never) {q_pc:.0} MB/s ({:.0}%) | incl. final fsync: dd {b_fs:.0} MB/s, queue(never) {q_fs:.0} MB/s ({:.0}%)",
             100.0 * q_pc / b_pc,
@@ -265,6 +267,14 @@ fn main() {
         100.0 * median(&mut fs)
     );
 
+    // 2b: the copying `append(&Record)` path, once, for comparison with the rounds above.
+    let b_pc = baseline(&base, total, &buf, false);
+    let (q_pc, _) = append_never(&qdir, total, &buf, false, false, false);
+    println!(
+        "copying append(&Record), page cache: dd {b_pc:.0} MB/s, queue(never) {q_pc:.0} MB/s ({:.0}%)",
+        100.0 * q_pc / b_pc
+    );
+
     // 3: 32 concurrent async appenders of 1.35 MB records.
     concurrent(&base.join("q-conc"), FsyncPolicy::Always, &buf, 32, 8);
     concurrent(
@@ -276,7 +286,7 @@ fn main() {
     );
 
     // 4: replay from the page cache.
-    let (_, written) = append_never(&qdir, total, &buf, false, true);
+    let (_, written) = append_never(&qdir, total, &buf, false, true, true);
     let t = Instant::now();
     let q = Queue::open(&qdir, opts(FsyncPolicy::Never)).unwrap();
     let open_secs = t.elapsed().as_secs_f64();
@@ -307,7 +317,7 @@ fn main() {
     std::fs::remove_dir_all(&qdir).unwrap();
 
     // 4b: replay with fsync = always: every ack fsyncs the cursor (file + directory).
-    let (_, written) = append_never(&qdir, total / 4, &buf, false, true);
+    let (_, written) = append_never(&qdir, total / 4, &buf, false, true, true);
     let q = Queue::open(&qdir, opts(FsyncPolicy::Always)).unwrap();
     let t = Instant::now();
     let mut payload_bytes = 0u64;

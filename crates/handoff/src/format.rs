@@ -72,6 +72,21 @@ pub(crate) fn encode_frame(rec: &Record<'_>, ts_ms: u64) -> Result<Vec<u8>, Erro
         } => (KIND_WRITE, *db, *rp, *precision, *payload),
         Record::Schema { db, statement } => (KIND_SCHEMA, *db, "", "", statement.as_bytes()),
     };
+    let mut f = encode_head(kind, ts_ms, db, rp, precision, payload)?;
+    f.extend_from_slice(payload);
+    Ok(f)
+}
+
+/// Encodes everything of a frame except the payload bytes, which the caller writes right
+/// after it; the CRC covers the payload. Lets a shared payload be written without a copy.
+pub(crate) fn encode_head(
+    kind: u8,
+    ts_ms: u64,
+    db: &str,
+    rp: &str,
+    precision: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, Error> {
     let db_len = u16::try_from(db.len()).map_err(|_| Error::FieldTooLong {
         field: "db",
         len: db.len(),
@@ -84,7 +99,8 @@ pub(crate) fn encode_frame(rec: &Record<'_>, ts_ms: u64) -> Result<Vec<u8>, Erro
         field: "precision",
         len: precision.len(),
     })?;
-    let body_len = BODY_FIXED_LEN + db.len() + rp.len() + precision.len() + payload.len();
+    let head_body = BODY_FIXED_LEN + db.len() + rp.len() + precision.len();
+    let body_len = head_body + payload.len();
     if body_len as u64 > MAX_BODY_LEN {
         return Err(Error::RecordTooLarge {
             size: body_len as u64,
@@ -104,8 +120,11 @@ pub(crate) fn encode_frame(rec: &Record<'_>, ts_ms: u64) -> Result<Vec<u8>, Erro
     f.extend_from_slice(db.as_bytes());
     f.extend_from_slice(rp.as_bytes());
     f.extend_from_slice(precision.as_bytes());
-    f.extend_from_slice(payload);
-    let c = crc(len_bytes, &f[FRAME_HEADER_LEN as usize..]);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len_bytes);
+    h.update(&f[FRAME_HEADER_LEN as usize..]);
+    h.update(payload);
+    let c = h.finalize();
     f[8..12].copy_from_slice(&c.to_le_bytes());
     Ok(f)
 }

@@ -68,7 +68,8 @@
 //! ## Write flow (group commit)
 //!
 //! [`Queue::append`] encodes and CRCs the frame on the caller's thread (no I/O), pushes it on a
-//! submission list and returns an [`Appending`] future. One writer thread per queue takes
+//! submission list and returns an [`Appending`] future ([`Queue::append_write`] does the same
+//! with a shared [`Bytes`] payload that is written without being copied). One writer thread per queue takes
 //! *everything* submitted so far as a group, checks the limits (`max_bytes`, free-disk floor),
 //! writes the frames (rotating segments as needed), calls `fdatasync` once for the whole group,
 //! publishes the new ends (under the state lock), wakes the reader (condvar and `watch`, after
@@ -176,6 +177,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use bytes::Bytes;
 pub use fs::{Filesystem, FsFile, StdFs};
 pub use ops::{DrainReport, Inspection, SegmentInfo, SegmentVerify, VerifyReport, inspect, verify};
 pub use queue::{Appending, Queue};

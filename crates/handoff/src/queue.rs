@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
@@ -145,11 +146,28 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// One pending append.
+/// One pending append: `head` then `payload` form the frame.
 struct Req {
-    frame: Vec<u8>,
+    /// The whole frame, or (zero-copy path) everything but the payload.
+    head: Vec<u8>,
+    /// The payload when it is shared rather than copied into `head`.
+    payload: Option<Bytes>,
     ts: u64,
-    tx: oneshot::Sender<Result<(), Error>>,
+    /// Completion; always `Some` once submitted.
+    tx: Option<oneshot::Sender<Result<(), Error>>>,
+}
+
+impl Req {
+    fn complete(self, res: Result<(), Error>) {
+        if let Some(tx) = self.tx {
+            // The appender may have stopped waiting; the outcome stands either way.
+            let _ = tx.send(res);
+        }
+    }
+
+    fn len(&self) -> u64 {
+        (self.head.len() + self.payload.as_ref().map_or(0, |p| p.len())) as u64
+    }
 }
 
 #[derive(Default)]
@@ -230,6 +248,19 @@ pub struct Appending {
 enum AppendingState {
     Failed(Option<Error>),
     Waiting(oneshot::Receiver<Result<(), Error>>),
+}
+
+impl From<Result<oneshot::Receiver<Result<(), Error>>, Error>> for Appending {
+    fn from(r: Result<oneshot::Receiver<Result<(), Error>>, Error>) -> Self {
+        match r {
+            Ok(rx) => Appending {
+                state: AppendingState::Waiting(rx),
+            },
+            Err(e) => Appending {
+                state: AppendingState::Failed(Some(e)),
+            },
+        }
+    }
 }
 
 impl Appending {
@@ -326,47 +357,71 @@ impl Queue {
     /// Appends a record. Encoding and CRC happen now, on the caller's thread; the returned
     /// future completes once the record is durable (per [`FsyncPolicy`]) or failed.
     pub fn append(&self, rec: &Record<'_>) -> Appending {
-        match self.submit(rec) {
-            Ok(rx) => Appending {
-                state: AppendingState::Waiting(rx),
-            },
-            Err(e) => Appending {
-                state: AppendingState::Failed(Some(e)),
-            },
-        }
+        let payload_len = match rec {
+            Record::Write { payload, .. } => payload.len(),
+            Record::Schema { statement, .. } => statement.len(),
+        };
+        let res = self.check(payload_len).and_then(|ts| {
+            let head = format::encode_frame(rec, ts)?;
+            self.submit(Req {
+                head,
+                payload: None,
+                ts,
+                tx: None,
+            })
+        });
+        Appending::from(res)
     }
 
-    fn submit(&self, rec: &Record<'_>) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+    /// Appends a write without copying its payload: the `Bytes` is shared with the writer
+    /// thread (the CRC is still computed now, on the caller's thread). Otherwise the same as
+    /// [`Queue::append`] with [`Record::Write`].
+    pub fn append_write(&self, db: &str, rp: &str, precision: &str, payload: Bytes) -> Appending {
+        let res = self.check(payload.len()).and_then(|ts| {
+            let head = format::encode_head(format::KIND_WRITE, ts, db, rp, precision, &payload)?;
+            self.submit(Req {
+                head,
+                payload: Some(payload),
+                ts,
+                tx: None,
+            })
+        });
+        Appending::from(res)
+    }
+
+    /// Checks that an append may proceed and returns its timestamp.
+    fn check(&self, payload_len: usize) -> Result<u64, Error> {
         let inner = &self.inner;
         if inner.degraded.load(Ordering::SeqCst) {
             return Err(Error::Degraded);
         }
-        let payload_len = match rec {
-            Record::Write { payload, .. } => payload.len(),
-            Record::Schema { statement, .. } => statement.len(),
-        } as u64;
         let max = inner.opts.max_record_bytes;
-        if payload_len > max {
+        if payload_len as u64 > max {
             return Err(Error::RecordTooLarge {
-                size: payload_len,
+                size: payload_len as u64,
                 max,
             });
         }
-        let ts = inner.clock.now_ms();
-        let frame = format::encode_frame(rec, ts)?;
-        if frame.len() as u64 > max {
+        Ok(inner.clock.now_ms())
+    }
+
+    fn submit(&self, mut req: Req) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+        let inner = &self.inner;
+        let max = inner.opts.max_record_bytes;
+        if req.len() > max {
             return Err(Error::RecordTooLarge {
-                size: frame.len() as u64,
+                size: req.len(),
                 max,
             });
         }
         let (tx, rx) = oneshot::channel();
+        req.tx = Some(tx);
         {
             let mut s = lock(&inner.submit);
             if s.shutdown {
                 return Err(Error::Closed);
             }
-            s.reqs.push(Req { frame, ts, tx });
+            s.reqs.push(req);
         }
         inner.submit_cv.notify_one();
         Ok(rx)
@@ -1298,7 +1353,7 @@ impl Writer {
     fn process(&mut self, inner: &Inner, reqs: Vec<Req>) {
         if inner.degraded.load(Ordering::SeqCst) {
             for r in reqs {
-                let _ = r.tx.send(Err(Error::Degraded));
+                r.complete(Err(Error::Degraded));
             }
             return;
         }
@@ -1321,11 +1376,11 @@ impl Writer {
         let mut accepted = Vec::with_capacity(reqs.len());
         let mut group = 0u64;
         for r in reqs {
-            let len = r.frame.len() as u64;
+            let len = r.len();
             if pending_before + group + len > o.max_bytes {
                 bump(&inner.c.refused_full, 1);
                 inner.mark_dropped();
-                let _ = r.tx.send(Err(Error::Full {
+                r.complete(Err(Error::Full {
                     pending: pending_before + group,
                     record: len,
                     max: o.max_bytes,
@@ -1337,7 +1392,7 @@ impl Writer {
             {
                 bump(&inner.c.refused_disk_floor, 1);
                 inner.mark_dropped();
-                let _ = r.tx.send(Err(Error::DiskFloor {
+                r.complete(Err(Error::DiskFloor {
                     available: a.saturating_sub(group),
                     floor: o.min_free_bytes,
                 }));
@@ -1352,13 +1407,13 @@ impl Writer {
         match self.write_group(inner, &accepted) {
             Ok(()) => {
                 for r in accepted {
-                    let _ = r.tx.send(Ok(()));
+                    r.complete(Ok(()));
                 }
             }
             Err(e) => {
                 warn!(dir = %inner.dir.display(), error = %e, records = accepted.len(), "handoff: append group failed");
                 for r in accepted {
-                    let _ = r.tx.send(Err(e.duplicate()));
+                    r.complete(Err(e.duplicate()));
                 }
             }
         }
@@ -1373,7 +1428,7 @@ impl Writer {
         let mut staging: Vec<u8> = Vec::new();
         let res = (|| -> Result<(), Error> {
             for r in reqs {
-                let flen = r.frame.len() as u64;
+                let flen = r.len();
                 let rotate = match &self.cur {
                     None => true,
                     Some(c) => c.records > 0 && c.len + flen > inner.opts.segment_bytes,
@@ -1388,13 +1443,18 @@ impl Writer {
                 let Some(c) = self.cur.as_mut() else {
                     return Err(Error::Closed);
                 };
-                if r.frame.len() >= STAGING {
+                if flen >= STAGING as u64 {
                     flush(inner, c, &mut staging)?;
-                    c.file
-                        .append(&r.frame)
-                        .map_err(|e| Error::io(inner.seg_path(c.id), e))?;
+                    let path = inner.seg_path(c.id);
+                    c.file.append(&r.head).map_err(|e| Error::io(&path, e))?;
+                    if let Some(p) = &r.payload {
+                        c.file.append(p).map_err(|e| Error::io(&path, e))?;
+                    }
                 } else {
-                    staging.extend_from_slice(&r.frame);
+                    staging.extend_from_slice(&r.head);
+                    if let Some(p) = &r.payload {
+                        staging.extend_from_slice(p);
+                    }
                     if staging.len() >= STAGING {
                         flush(inner, c, &mut staging)?;
                     }
@@ -1451,10 +1511,7 @@ impl Writer {
         }
         let n = reqs.len() as u64;
         bump(&inner.c.appended_records, n);
-        bump(
-            &inner.c.appended_bytes,
-            reqs.iter().map(|r| r.frame.len() as u64).sum(),
-        );
+        bump(&inner.c.appended_bytes, reqs.iter().map(|r| r.len()).sum());
         bump(&inner.c.append_groups, 1);
         if matches!(inner.opts.fsync, FsyncPolicy::Interval(_)) && self.unsynced_since.is_none() {
             self.unsynced_since = Some(Instant::now());

@@ -635,3 +635,44 @@ fn interval_policy_syncs_without_further_appends() {
     let q2 = open_sim(&fs.crash(), small_opts());
     assert_eq!(drain_ids(&q2, 1 << 20), vec![1]);
 }
+
+#[test]
+fn zero_copy_append_matches_copying_append() {
+    let fs = SimFs::new();
+    let q = open_sim(
+        &fs,
+        Options {
+            segment_bytes: 1 << 20,
+            max_record_bytes: 1 << 19,
+            ..small_opts()
+        },
+    );
+    let big = crate::Bytes::from(vec![b'y'; 300_000]); // above the staging size: written directly
+    q.append_write("a", "r", "s", crate::Bytes::from_static(b"m,id=1 v=1i\n"))
+        .wait()
+        .unwrap();
+    q.append(&Record::Write {
+        db: "a",
+        rp: "r",
+        precision: "s",
+        payload: b"m,id=2 v=1i\n",
+    })
+    .wait()
+    .unwrap();
+    q.append_write("a", "r", "s", big.clone()).wait().unwrap();
+    assert!(matches!(
+        q.append_write("a", "r", "s", crate::Bytes::from(vec![0u8; 1 << 20]))
+            .wait(),
+        Err(Error::RecordTooLarge { .. })
+    ));
+    let b = q.next_batch(1 << 10).unwrap().unwrap();
+    assert_eq!(ids_of(&b.kind), vec![1, 2]);
+    q.ack(&b).unwrap();
+    let b = q.next_batch(1 << 10).unwrap().unwrap();
+    match &b.kind {
+        BatchKind::Write { payload, .. } => assert_eq!(&payload[..300_000], &big[..]),
+        other => panic!("{other:?}"),
+    }
+    drop(q);
+    assert!(crate::verify(&fs, &qdir()).unwrap().is_clean());
+}

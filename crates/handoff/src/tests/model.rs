@@ -103,7 +103,11 @@ proptest! {
                     payload.resize(payload.len() + len, b'7');
                     if newline { payload.push(b'\n'); }
                     let (db, rp) = (format!("db{db}"), format!("rp{rp}"));
-                    queue.append(&Record::Write { db: &db, rp: &rp, precision: "ms", payload: &payload }).wait().unwrap();
+                    if len % 2 == 0 {
+                        queue.append(&Record::Write { db: &db, rp: &rp, precision: "ms", payload: &payload }).wait().unwrap();
+                    } else {
+                        queue.append_write(&db, &rp, "ms", crate::Bytes::from(payload.clone())).wait().unwrap();
+                    }
                     let frame = (12 + 14 + db.len() + rp.len() + 2 + payload.len()) as u64;
                     let mut norm = payload.clone();
                     if !norm.ends_with(b"\n") { norm.push(b'\n'); }
