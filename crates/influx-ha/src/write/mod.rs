@@ -5,8 +5,9 @@
 //! and every replay stores the same point), then one task per backend delivers the same shared
 //! payload: behind the backend's queue while the queue holds data, otherwise directly, falling
 //! back to the queue on a retryable failure. Once the level is met, backends still in flight
-//! after a short grace are queued instead of waited for; the answer goes out when every backend
-//! has acknowledged, queued, refused or failed. The fan-out runs in its own task, so a client
+//! after a grace (as long again as the level took, at least 50 ms) get the batch appended to
+//! their queue while their direct send goes on; the answer goes out when every backend has
+//! acknowledged, queued, refused or failed. The fan-out runs in its own task, so a client
 //! that hangs up does not cut a replication short.
 //!
 //! - [`answer`]: the answer table as a pure function.
@@ -32,8 +33,8 @@ use crate::http::{WriteHandler, WriteRequest};
 use crate::params::Consistency;
 use crate::shutdown::Shutdown;
 
-/// Once the consistency level is met, how long direct sends still running are waited for
-/// before their backends get the batch queued instead: long enough for a healthy second
+/// Once the consistency level is met, the least time direct sends still running are waited
+/// for before their backends get the batch queued as well: long enough for a healthy second
 /// backend on the same network, short enough that a stalled one does not show.
 pub const SLOW_BACKEND_GRACE: Duration = Duration::from_millis(50);
 
@@ -239,6 +240,7 @@ async fn fan_out(
     grace: Duration,
 ) -> Vec<Outcome> {
     let n = replicas.len();
+    let started = tokio::time::Instant::now();
     let (force, forced) = watch::channel(false);
     let mut set = JoinSet::new();
     for (i, replica) in replicas.iter().enumerate() {
@@ -260,8 +262,11 @@ async fn fan_out(
                 }
                 let known: Vec<&Outcome> = outcomes.iter().flatten().collect();
                 if !grace_started && level_met(consistency, n, &known) {
+                    // The others get as long again as the level took (at least `grace`):
+                    // under load every backend is slower, and only a stalled one is insured.
                     grace_started = true;
-                    grace_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                    let waited = started.elapsed();
+                    grace_timer.as_mut().reset(tokio::time::Instant::now() + grace.max(waited));
                 }
             }
             () = &mut grace_timer, if grace_started && !*force.borrow() => {

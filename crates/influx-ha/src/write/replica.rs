@@ -53,6 +53,8 @@ pub struct Counters {
     pub direct_failed: AtomicU64,
     pub queued: AtomicU64,
     pub replayed_batches: AtomicU64,
+    /// Batches appended because the direct send was slower than the consistency level needed.
+    pub insured: AtomicU64,
     pub replay_errors: AtomicU64,
     pub dead_lettered: AtomicU64,
 }
@@ -184,26 +186,47 @@ impl Replica {
     }
 
     /// Delivers one write: directly, or behind the queue while it holds data. When `force`
-    /// turns true (the consistency level is met and this backend is slow) the batch is queued
-    /// instead of waiting for the direct send.
-    pub async fn deliver(&self, batch: &Batch, mut force: watch::Receiver<bool>) -> Outcome {
+    /// turns true (the consistency level is met and this backend is slower) the batch is
+    /// appended to the queue so that the client can be answered, while the direct send goes on
+    /// in the background: a backend that is merely slow under load stays on direct writes (the
+    /// queued copy is replayed later, a harmless duplicate), one whose send then fails switches
+    /// to queueing.
+    pub async fn deliver(
+        self: &Arc<Self>,
+        batch: &Arc<Batch>,
+        mut force: watch::Receiver<bool>,
+    ) -> Outcome {
         if self.is_queueing() {
             return self.enqueue(batch).await;
         }
-        let rp = (!batch.rp.is_empty()).then_some(batch.rp.as_str());
-        let send = self
-            .client
-            .write(&batch.db, rp, batch.precision, batch.payload.clone());
+        let (me, b) = (self.clone(), batch.clone());
+        let mut send = Box::pin(async move {
+            let rp = (!b.rp.is_empty()).then_some(b.rp.as_str());
+            me.client
+                .write(&b.db, rp, b.precision, b.payload.clone())
+                .await
+        });
         let forced = async {
             if force.wait_for(|f| *f).await.is_err() {
                 std::future::pending::<()>().await;
             }
         };
         let result = tokio::select! {
-            r = send => r,
+            r = &mut send => r,
             () = forced => {
-                self.note_error("slower than the consistency level: queued".to_owned());
-                return self.enqueue(batch).await;
+                self.counters.insured.fetch_add(1, Ordering::Relaxed);
+                let outcome = self.append(batch).await;
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let outcome = classify(&send.await);
+                    if !outcome.is_ok() && !matches!(outcome, WriteOutcome::PartialWrite { .. }) {
+                        me.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
+                        me.note_error(format!("{outcome:?}"));
+                        lock(&me.mode).queueing = true;
+                        tracing::warn!(backend = me.name(), outcome = ?outcome, "slow direct write failed: writes go behind the queue");
+                    }
+                });
+                return outcome;
             }
         };
         match classify(&result) {
@@ -233,14 +256,9 @@ impl Replica {
         }
     }
 
-    /// Appends the batch to the queue (entering queueing mode first, so later writes line up
-    /// behind it).
-    pub async fn enqueue(&self, batch: &Batch) -> Outcome {
-        {
-            let mut m = lock(&self.mode);
-            m.queueing = true;
-            m.appends_in_flight += 1;
-        }
+    /// Appends the batch to the queue without changing the mode.
+    async fn append(&self, batch: &Batch) -> Outcome {
+        lock(&self.mode).appends_in_flight += 1;
         let appended = self
             .queue
             .append(&Record::Write {
@@ -261,6 +279,13 @@ impl Replica {
                 Outcome::Failed(format!("{}: queue: {e}", self.name()))
             }
         }
+    }
+
+    /// Appends the batch to the queue, entering queueing mode first so that later writes line up
+    /// behind it.
+    pub async fn enqueue(&self, batch: &Batch) -> Outcome {
+        lock(&self.mode).queueing = true;
+        self.append(batch).await
     }
 
     /// Leaves queueing mode when nothing is queued or being queued.
