@@ -338,7 +338,13 @@ impl Replica {
             };
 
             loop {
-                match self.send_queued(&batch.kind).await {
+                // At shutdown the batch stays unacknowledged: it is sent again at the next
+                // start, and a stalled backend does not hold the shutdown up.
+                let step = tokio::select! {
+                    () = shutdown.recv() => return,
+                    step = self.send_queued(&batch.kind) => step,
+                };
+                match step {
                     Step::Delivered => {
                         let me = self.clone();
                         let b = batch.clone();

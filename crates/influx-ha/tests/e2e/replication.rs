@@ -172,3 +172,21 @@ fn sigterm_exits_cleanly_and_the_queue_resumes_at_the_next_start() {
     relay.restart();
     assert_converged(&a, &b, 1000);
 }
+
+#[test]
+fn a_stalled_backend_does_not_hold_up_shutdown() {
+    let _serial = serial();
+    let (a, b) = two_backends("db");
+    // Longer than `Relay::terminate` waits before it kills: a shutdown waiting for the stalled
+    // backend would end in SIGKILL, not in exit status 0.
+    let mut relay = Relay::start(&[&a, &b], "[write]\nbackend_timeout = \"300s\"\n");
+    write_batches(&mut relay, 0, 3, "db=db", 204);
+    b.stop();
+    // b's copies are queued and its replay hangs on the stalled backend.
+    write_batches(&mut relay, 3, 6, "db=db", 204);
+    let status = relay.terminate().expect("relay was running");
+    assert!(status.success(), "exit status {status}\n{}", relay.log());
+    b.cont();
+    relay.restart();
+    assert_converged(&a, &b, 600);
+}
