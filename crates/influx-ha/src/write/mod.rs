@@ -274,10 +274,36 @@ async fn fan_out(
             }
         }
     }
-    outcomes
+    let mut outcomes: Vec<Outcome> = outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Outcome::Failed("delivery task failed".to_owned())))
-        .collect()
+        .collect();
+    settle_refusals(&replicas, &batch, &mut outcomes).await;
+    outcomes
+}
+
+/// A backend that refused what another stored must not silently miss it. A missing database
+/// or retention policy is queued (the replay creates the database, then delivers); any other
+/// refusal marks the backend diverged. When every backend refused, the client gets the refusal
+/// and nothing is queued, as with InfluxDB itself.
+async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mut [Outcome]) {
+    if !outcomes.iter().any(|o| matches!(o, Outcome::Acked | Outcome::AckedPartial(_))) {
+        return;
+    }
+    for (replica, outcome) in replicas.iter().zip(outcomes.iter_mut()) {
+        let Outcome::Refused { status, message } = outcome else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(message).into_owned();
+        if text.starts_with("database not found") || text.starts_with("retention policy not found") {
+            tracing::warn!(backend = replica.name(), reason = %text, "refused what another backend stored: queued");
+            *outcome = replica.enqueue(batch).await;
+        } else {
+            replica.mark_diverged(&format!(
+                "refused ({status}) a write another backend stored: {text}"
+            ));
+        }
+    }
 }
 
 async fn collect(mut set: JoinSet<(usize, Outcome)>, n: usize) -> Vec<Outcome> {

@@ -190,3 +190,27 @@ fn a_stalled_backend_does_not_hold_up_shutdown() {
     relay.restart();
     assert_converged(&a, &b, 600);
 }
+
+#[test]
+fn a_backend_missing_the_database_gets_it_created_and_the_data_replayed() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    write_batches(&mut relay, 0, 5, "db=db", 204);
+    assert_converged(&a, &b, 500);
+}
+
+#[test]
+fn a_database_missing_everywhere_is_a_404_and_nothing_is_queued() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    let mut relay = Relay::start(&[&a, &b], "");
+    let r = relay.write("db=nosuchdb", &batch(0..10));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), "{\"error\":\"database not found: \\\"nosuchdb\\\"\"}\n");
+    // Nothing was queued, so nothing creates the database behind the client's back.
+    a.create_database("other");
+    assert!(!a.query("", "SHOW DATABASES").contains("nosuchdb"));
+    assert!(!b.query("", "SHOW DATABASES").contains("nosuchdb"));
+}
