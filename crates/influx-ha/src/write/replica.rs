@@ -349,7 +349,8 @@ impl Replica {
                         let me = self.clone();
                         let b = batch.clone();
                         match tokio::task::spawn_blocking(move || me.queue.ack(&b)).await {
-                            Ok(Ok(())) => {}
+                            // The queue may be empty now: only this task leaves queueing mode.
+                            Ok(Ok(())) => self.leave_queueing_if_drained(),
                             Ok(Err(e)) => {
                                 tracing::error!(backend = self.name(), error = %e, "cannot acknowledge in the queue")
                             }
