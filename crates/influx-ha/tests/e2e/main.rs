@@ -3,7 +3,9 @@
 //! processes on a 2-core machine.
 
 mod compat;
+mod faults;
 mod listeners;
+mod proxy;
 mod relay;
 mod replication;
 mod support;

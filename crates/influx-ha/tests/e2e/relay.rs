@@ -24,6 +24,13 @@ impl Relay {
     /// Starts a relay in front of `backends` with `extra` appended to its config (TOML after
     /// the `[[backend]]` tables, so it may add tables such as `[write]`).
     pub fn start(backends: &[&Influxd], extra: &str) -> Relay {
+        let urls: Vec<String> = backends.iter().map(|b| b.url()).collect();
+        Relay::start_urls(&urls, extra)
+    }
+
+    /// Like [`Relay::start`], with the backends given by URL (`http://127.0.0.1:<port>`), for
+    /// backends reached through something in between, such as a fault proxy.
+    pub fn start_urls(urls: &[String], extra: &str) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("influx-ha-e2e-")
             .tempdir()
@@ -35,10 +42,9 @@ impl Relay {
         );
         text.push_str(extra);
         text.push('\n');
-        for (i, b) in backends.iter().enumerate() {
+        for (i, url) in urls.iter().enumerate() {
             text.push_str(&format!(
-                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{}\"\n\n",
-                b.url()
+                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{url}\"\n\n"
             ));
         }
         let config = dir.path().join("influx-ha.toml");

@@ -1,0 +1,269 @@
+//! Network faults a kill cannot make, between the relay and one backend: connections reset,
+//! requests accepted and never answered, connections closed right after accept, and faults
+//! switching while writes are in flight. Backend B is reached through a [`FaultProxy`]; the
+//! relay's deadline for one direct send is short (2 s) so the tests stay quick. Also: a gzip
+//! bomb sent to the relay.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use testkit::Influxd;
+use testkit::http::HttpClient;
+
+use crate::proxy::{FaultProxy, Mode};
+use crate::relay::Relay;
+use crate::support::{count, dump, serial, sum, wait_until};
+
+const TS: u64 = 1_700_000_000_000_000_000;
+const CONVERGE: Duration = Duration::from_secs(120);
+const SHORT_DEADLINE: &str = "[write]\nbackend_timeout = \"2s\"\n";
+
+/// Points `first..last` of measurement `m`: one series per 10 points, value = index.
+fn points(range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut body = String::new();
+    for i in range {
+        body.push_str(&format!("m,host=h{} v={i}i {}\n", i % 10, TS + i));
+    }
+    body.into_bytes()
+}
+
+/// Batch `n` of `size` points.
+fn batch(n: u64, size: u64) -> Vec<u8> {
+    points(n * size..(n + 1) * size)
+}
+
+fn expected_sum(points: u64) -> f64 {
+    (points * (points - 1) / 2) as f64
+}
+
+/// A and B (B behind a fault proxy) with database `db`, and a relay in front of A and the proxy.
+fn setup() -> (Influxd, Influxd, FaultProxy, Relay) {
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    let proxy = FaultProxy::start(b.addr());
+    let relay = Relay::start_urls(&[a.url(), proxy.url()], SHORT_DEADLINE);
+    (a, b, proxy, relay)
+}
+
+/// Writes batches `from..to` of 100 points, asserting every answer.
+fn write_batches(relay: &mut Relay, from: u64, to: u64, query: &str, want: u16) {
+    for n in from..to {
+        let r = relay.write(query, &batch(n, 100));
+        assert_eq!(r.status, want, "batch {n}: {}\n{}", r.text(), relay.log());
+    }
+}
+
+/// Both backends hold exactly points `0..points`, and the same data.
+fn assert_converged(a: &Influxd, b: &Influxd, points: u64) {
+    for (name, i) in [("a", a), ("b", b)] {
+        wait_until(
+            &format!("{points} points on backend {name}"),
+            CONVERGE,
+            || count(i, "db", "v", "m") == points,
+        );
+        assert_eq!(
+            sum(i, "db", "v", "m"),
+            expected_sum(points),
+            "backend {name}"
+        );
+    }
+    assert_eq!(dump(a, "db"), dump(b, "db"));
+}
+
+/// Once B has caught up, writes need no queue again: consistency=all is met (B acknowledges
+/// directly). The batch written is one both backends already hold, so the data do not change.
+fn assert_direct_again(relay: &mut Relay) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let r = relay.write("db=db&consistency=all", &batch(0, 100));
+        if r.status == 204 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consistency=all still not met after b caught up: {} {}\n{}",
+            r.status,
+            r.text(),
+            relay.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_fault_proxy_does_what_each_mode_says() {
+    let _serial = serial();
+    let b = Influxd::start();
+    let proxy = FaultProxy::start(b.addr());
+    let ping = |timeout: Duration| {
+        let mut client = HttpClient::new(proxy.addr());
+        client.set_timeout(timeout);
+        client.request("GET", "/ping", &[], b"").map(|r| r.status)
+    };
+    assert_eq!(ping(Duration::from_secs(30)).ok(), Some(204));
+    for mode in [Mode::Reset, Mode::Refuse, Mode::Stall, Mode::Blackhole] {
+        proxy.set_mode(mode);
+        let answer = ping(Duration::from_millis(500));
+        assert!(answer.is_err(), "{mode:?}: {answer:?}");
+        proxy.set_mode(Mode::Pass);
+        assert_eq!(
+            ping(Duration::from_secs(30)).ok(),
+            Some(204),
+            "after {mode:?}"
+        );
+    }
+    assert!(proxy.connections() >= 9, "{}", proxy.connections());
+}
+
+/// Writes while B is behind `mode`: every answer is a 204 (A acknowledges, B's copy is queued);
+/// once the fault is gone B receives everything.
+fn a_fault_loses_nothing(mode: Mode) {
+    let (a, b, proxy, mut relay) = setup();
+    write_batches(&mut relay, 0, 5, "db=db", 204);
+    proxy.set_mode(mode);
+    write_batches(&mut relay, 5, 25, "db=db&consistency=one", 204);
+    // The replay met the fault too, at least once.
+    wait_until(
+        &format!("a failed replay to b behind {mode:?}"),
+        CONVERGE,
+        || relay.log().contains("replay failed"),
+    );
+    write_batches(&mut relay, 25, 30, "db=db&consistency=one", 204);
+    proxy.set_mode(Mode::Pass);
+    write_batches(&mut relay, 30, 35, "db=db&consistency=one", 204);
+    assert_converged(&a, &b, 3500);
+    assert!(proxy.connections() > 0);
+}
+
+#[test]
+fn connections_reset_by_a_backend_lose_nothing() {
+    let _serial = serial();
+    a_fault_loses_nothing(Mode::Reset);
+}
+
+#[test]
+fn a_backend_that_accepts_and_never_reads_loses_nothing() {
+    let _serial = serial();
+    a_fault_loses_nothing(Mode::Stall);
+}
+
+#[test]
+fn a_backend_that_reads_and_never_answers_loses_nothing() {
+    let _serial = serial();
+    a_fault_loses_nothing(Mode::Blackhole);
+}
+
+#[test]
+fn a_backend_that_closes_every_connection_loses_nothing() {
+    let _serial = serial();
+    a_fault_loses_nothing(Mode::Refuse);
+}
+
+#[test]
+fn faults_switching_while_writes_are_in_flight_lose_nothing() {
+    let _serial = serial();
+    let (a, b, proxy, mut relay) = setup();
+    const BATCHES: u64 = 60;
+    const SIZE: u64 = 1000;
+    let written = AtomicU64::new(0);
+    let schedule = [
+        Mode::Reset,
+        Mode::Pass,
+        Mode::Reset,
+        Mode::Stall,
+        Mode::Pass,
+        Mode::Blackhole,
+        Mode::Reset,
+        Mode::Pass,
+        Mode::Refuse,
+        Mode::Pass,
+        Mode::Reset,
+        Mode::Pass,
+    ];
+    std::thread::scope(|s| {
+        let (proxy, written) = (&proxy, &written);
+        let flipper = s.spawn(move || {
+            // Switches every few batches, while the next batch (and the replay) is under way.
+            for (k, mode) in (1u64..).zip(schedule) {
+                wait_until("the writer to go on", CONVERGE, || {
+                    written.load(Ordering::SeqCst) >= k * 4
+                });
+                proxy.set_mode(mode);
+            }
+        });
+        for n in 0..BATCHES {
+            let r = relay.write("db=db&consistency=one", &batch(n, SIZE));
+            assert_eq!(r.status, 204, "batch {n}: {}\n{}", r.text(), relay.log());
+            written.store(n + 1, Ordering::SeqCst);
+        }
+        flipper.join().expect("flipper thread");
+    });
+    assert_eq!(proxy.mode(), Mode::Pass);
+    assert_converged(&a, &b, BATCHES * SIZE);
+}
+
+#[test]
+fn consistency_all_during_a_stall_is_a_partial_write_then_converges() {
+    let _serial = serial();
+    let (a, b, proxy, mut relay) = setup();
+    write_batches(&mut relay, 0, 2, "db=db&consistency=all", 204);
+    proxy.set_mode(Mode::Stall);
+    for n in 2..6 {
+        let r = relay.write("db=db&consistency=all", &batch(n, 100));
+        assert_eq!(r.status, 500, "batch {n}\n{}", relay.log());
+        assert_eq!(r.text(), "{\"error\":\"partial write\"}\n", "batch {n}");
+    }
+    // A holds them already: the partial write was acknowledged there.
+    assert_eq!(count(&a, "db", "v", "m"), 600);
+    proxy.set_mode(Mode::Pass);
+    assert_converged(&a, &b, 600);
+}
+
+#[test]
+fn a_backend_that_caught_up_takes_direct_writes_again() {
+    let _serial = serial();
+    let (a, b, proxy, mut relay) = setup();
+    write_batches(&mut relay, 0, 2, "db=db&consistency=all", 204);
+    proxy.set_mode(Mode::Reset);
+    write_batches(&mut relay, 2, 4, "db=db&consistency=one", 204);
+    wait_until("a failed replay to b", CONVERGE, || {
+        relay.log().contains("replay failed")
+    });
+    proxy.set_mode(Mode::Pass);
+    assert_converged(&a, &b, 400);
+    // B holds everything and answers: its queue is empty, so consistency=all is met again.
+    assert_direct_again(&mut relay);
+    write_batches(&mut relay, 4, 6, "db=db&consistency=all", 204);
+    assert_converged(&a, &b, 600);
+}
+
+#[test]
+fn a_gzip_bomb_is_refused_and_the_relay_keeps_serving() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    // 50 MB of zeros inflate past the default max_body_bytes (25 MB); compressed ~50 kB.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..50 {
+        gz.write_all(&zeros).expect("gzip");
+    }
+    let bomb = gz.finish().expect("gzip");
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    for _ in 0..2 {
+        let r = relay.request(
+            "POST",
+            "/write?db=db",
+            &[("Content-Encoding", "gzip")],
+            &bomb,
+        );
+        assert_eq!(r.status, 413, "{}\n{}", r.text(), relay.log());
+    }
+    assert_eq!(relay.get("/ping").map(|r| r.status).ok(), Some(204));
+    write_batches(&mut relay, 0, 5, "db=db", 204);
+    assert_converged(&a, &b, 500);
+}
