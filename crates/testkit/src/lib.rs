@@ -231,6 +231,7 @@ impl Influxd {
     /// When not running or the signal cannot be sent.
     pub fn stop(&self) {
         self.signal("STOP");
+        self.wait_for_state(true);
     }
 
     /// Resumes the process group after [`Influxd::stop`] with SIGCONT.
@@ -240,6 +241,32 @@ impl Influxd {
     /// When not running or the signal cannot be sent.
     pub fn cont(&self) {
         self.signal("CONT");
+        self.wait_for_state(false);
+    }
+
+    /// Signals are delivered asynchronously: waits until `/proc` shows the process stopped
+    /// (state `T`) or running again, so that the caller's next step sees the new state.
+    fn wait_for_state(&self, stopped: bool) {
+        let Some(pid) = self.pid() else { return };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().chars().next())
+                })
+                .flatten();
+            if (state == Some('T')) == stopped {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "influxd (pid {pid}) did not become {} (state {state:?})",
+                if stopped { "stopped" } else { "running" }
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn signal(&self, sig: &str) {
