@@ -259,14 +259,10 @@ impl Replica {
     /// Appends the batch to the queue without changing the mode.
     async fn append(&self, batch: &Batch) -> Outcome {
         lock(&self.mode).appends_in_flight += 1;
+        // The payload is shared with the queue's writer thread, not copied.
         let appended = self
             .queue
-            .append(&Record::Write {
-                db: &batch.db,
-                rp: &batch.rp,
-                precision: batch.precision,
-                payload: &batch.payload,
-            })
+            .append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone())
             .await;
         lock(&self.mode).appends_in_flight -= 1;
         match appended {
