@@ -287,7 +287,10 @@ async fn fan_out(
 /// refusal marks the backend diverged. When every backend refused, the client gets the refusal
 /// and nothing is queued, as with InfluxDB itself.
 async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mut [Outcome]) {
-    if !outcomes.iter().any(|o| matches!(o, Outcome::Acked | Outcome::AckedPartial(_))) {
+    if !outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Acked | Outcome::AckedPartial(_)))
+    {
         return;
     }
     for (replica, outcome) in replicas.iter().zip(outcomes.iter_mut()) {
@@ -295,7 +298,8 @@ async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mu
             continue;
         };
         let text = String::from_utf8_lossy(message).into_owned();
-        if text.starts_with("database not found") || text.starts_with("retention policy not found") {
+        if text.starts_with("database not found") || text.starts_with("retention policy not found")
+        {
             tracing::warn!(backend = replica.name(), reason = %text, "refused what another backend stored: queued");
             *outcome = replica.enqueue(batch).await;
         } else {

@@ -208,7 +208,10 @@ fn a_database_missing_everywhere_is_a_404_and_nothing_is_queued() {
     let mut relay = Relay::start(&[&a, &b], "");
     let r = relay.write("db=nosuchdb", &batch(0..10));
     assert_eq!(r.status, 404);
-    assert_eq!(r.text(), "{\"error\":\"database not found: \\\"nosuchdb\\\"\"}\n");
+    assert_eq!(
+        r.text(),
+        "{\"error\":\"database not found: \\\"nosuchdb\\\"\"}\n"
+    );
     // Nothing was queued, so nothing creates the database behind the client's back.
     a.create_database("other");
     assert!(!a.query("", "SHOW DATABASES").contains("nosuchdb"));
