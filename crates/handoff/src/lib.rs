@@ -69,12 +69,13 @@
 //!
 //! [`Queue::append`] encodes and CRCs the frame on the caller's thread (no I/O), pushes it on a
 //! submission list and returns an [`Appending`] future ([`Queue::append_write`] does the same
-//! with a shared [`Bytes`] payload that is written without being copied). One writer thread per queue takes
-//! *everything* submitted so far as a group, checks the limits (`max_bytes`, free-disk floor),
-//! writes the frames (rotating segments as needed), calls `fdatasync` once for the whole group,
-//! publishes the new ends (under the state lock), wakes the reader (condvar and `watch`, after
-//! publishing, so no wake-up is lost) and completes every appender. While it is in `fsync`,
-//! new appends pile up and form the next group, so N concurrent appenders share one fsync.
+//! with a shared [`Bytes`] payload that is written without being copied). One writer thread
+//! per queue takes *everything* submitted so far as a group, checks the limits (`max_bytes`,
+//! free-disk floor), writes the frames (rotating segments as needed), calls `fdatasync` once
+//! for the whole group, publishes the new ends (under the state lock), wakes the reader
+//! (condvar and `watch`, after publishing, so no wake-up is lost) and completes every
+//! appender. While it is in `fsync`, new appends pile up and form the next group, so N
+//! concurrent appenders share one fsync.
 //!
 //! Why a thread and a future: the writer blocks in `write`/`fsync`, which must never happen on
 //! a tokio worker; appenders only wait on a `tokio::sync::oneshot`, which works from async code
