@@ -13,28 +13,15 @@ use testkit::http::HttpClient;
 
 use crate::proxy::{FaultProxy, Mode};
 use crate::relay::Relay;
-use crate::support::{count, dump, serial, sum, wait_until};
+use crate::support::{
+    CONVERGE, assert_converged, count, points, serial, wait_until, write_batches,
+};
 
-const TS: u64 = 1_700_000_000_000_000_000;
-const CONVERGE: Duration = Duration::from_secs(120);
 const SHORT_DEADLINE: &str = "[write]\nbackend_timeout = \"2s\"\n";
-
-/// Points `first..last` of measurement `m`: one series per 10 points, value = index.
-fn points(range: std::ops::Range<u64>) -> Vec<u8> {
-    let mut body = String::new();
-    for i in range {
-        body.push_str(&format!("m,host=h{} v={i}i {}\n", i % 10, TS + i));
-    }
-    body.into_bytes()
-}
 
 /// Batch `n` of `size` points.
 fn batch(n: u64, size: u64) -> Vec<u8> {
     points(n * size..(n + 1) * size)
-}
-
-fn expected_sum(points: u64) -> f64 {
-    (points * (points - 1) / 2) as f64
 }
 
 /// A and B (B behind a fault proxy) with database `db`, and a relay in front of A and the proxy.
@@ -45,31 +32,6 @@ fn setup() -> (Influxd, Influxd, FaultProxy, Relay) {
     let proxy = FaultProxy::start(b.addr());
     let relay = Relay::start_urls(&[a.url(), proxy.url()], SHORT_DEADLINE);
     (a, b, proxy, relay)
-}
-
-/// Writes batches `from..to` of 100 points, asserting every answer.
-fn write_batches(relay: &mut Relay, from: u64, to: u64, query: &str, want: u16) {
-    for n in from..to {
-        let r = relay.write(query, &batch(n, 100));
-        assert_eq!(r.status, want, "batch {n}: {}\n{}", r.text(), relay.log());
-    }
-}
-
-/// Both backends hold exactly points `0..points`, and the same data.
-fn assert_converged(a: &Influxd, b: &Influxd, points: u64) {
-    for (name, i) in [("a", a), ("b", b)] {
-        wait_until(
-            &format!("{points} points on backend {name}"),
-            CONVERGE,
-            || count(i, "db", "v", "m") == points,
-        );
-        assert_eq!(
-            sum(i, "db", "v", "m"),
-            expected_sum(points),
-            "backend {name}"
-        );
-    }
-    assert_eq!(dump(a, "db"), dump(b, "db"));
 }
 
 /// Once B has caught up, writes need no queue again: consistency=all is met (B acknowledges

@@ -1,58 +1,16 @@
 //! Writes through influx-ha reach every InfluxDB backend exactly, through backend and relay
 //! failures.
 
-use std::time::Duration;
-
 use testkit::Influxd;
 
 use crate::relay::Relay;
-use crate::support::{count, dump, serial, sum, wait_until};
-
-const TS: u64 = 1_700_000_000_000_000_000;
-const CONVERGE: Duration = Duration::from_secs(120);
-
-/// Points `first..last` of measurement `m`: one series per 10 points, value = index.
-fn batch(points: std::ops::Range<u64>) -> Vec<u8> {
-    let mut body = String::new();
-    for i in points {
-        body.push_str(&format!("m,host=h{} v={i}i {}\n", i % 10, TS + i));
-    }
-    body.into_bytes()
-}
-
-fn expected_sum(points: u64) -> f64 {
-    (points * (points - 1) / 2) as f64
-}
+use crate::support::{assert_converged, points, serial, write_batches};
 
 fn two_backends(db: &str) -> (Influxd, Influxd) {
     let (a, b) = (Influxd::start(), Influxd::start());
     a.create_database(db);
     b.create_database(db);
     (a, b)
-}
-
-/// Writes batches `from..to` (100 points each), asserting every answer.
-fn write_batches(relay: &mut Relay, from: u64, to: u64, query: &str, want: u16) {
-    for n in from..to {
-        let r = relay.write(query, &batch(n * 100..(n + 1) * 100));
-        assert_eq!(r.status, want, "batch {n}: {}\n{}", r.text(), relay.log());
-    }
-}
-
-fn assert_converged(a: &Influxd, b: &Influxd, points: u64) {
-    for (name, i) in [("a", a), ("b", b)] {
-        wait_until(
-            &format!("{points} points on backend {name}"),
-            CONVERGE,
-            || count(i, "db", "v", "m") == points,
-        );
-        assert_eq!(
-            sum(i, "db", "v", "m"),
-            expected_sum(points),
-            "backend {name}"
-        );
-    }
-    assert_eq!(dump(a, "db"), dump(b, "db"));
 }
 
 #[test]
@@ -132,7 +90,7 @@ fn every_backend_down_answers_by_consistency_level() {
     b.kill();
     write_batches(&mut relay, 0, 1, "db=db&consistency=any", 204);
     for level in ["one", "quorum", "all"] {
-        let r = relay.write(&format!("db=db&consistency={level}"), &batch(100..200));
+        let r = relay.write(&format!("db=db&consistency={level}"), &points(100..200));
         assert_eq!(r.status, 500, "{level}");
         assert_eq!(
             r.text(),
@@ -152,7 +110,7 @@ fn consistency_all_with_one_backend_down_is_a_partial_write() {
     let (a, mut b) = two_backends("db");
     let mut relay = Relay::start(&[&a, &b], "");
     b.kill();
-    let r = relay.write("db=db&consistency=all", &batch(0..100));
+    let r = relay.write("db=db&consistency=all", &points(0..100));
     assert_eq!(r.status, 500);
     assert_eq!(r.text(), "{\"error\":\"partial write\"}\n");
     b.restart();
@@ -206,7 +164,7 @@ fn a_database_missing_everywhere_is_a_404_and_nothing_is_queued() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
     let mut relay = Relay::start(&[&a, &b], "");
-    let r = relay.write("db=nosuchdb", &batch(0..10));
+    let r = relay.write("db=nosuchdb", &points(0..10));
     assert_eq!(r.status, 404);
     assert_eq!(
         r.text(),

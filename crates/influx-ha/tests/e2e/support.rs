@@ -5,7 +5,56 @@ use std::time::{Duration, Instant};
 
 use testkit::Influxd;
 
+use crate::relay::Relay;
+
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The timestamp of point 0 of [`points`].
+pub const TS: u64 = 1_700_000_000_000_000_000;
+
+/// How long replicas get to converge.
+pub const CONVERGE: Duration = Duration::from_secs(120);
+
+/// Points `first..last` of measurement `m` in database `db`: one series per 10 points, value =
+/// index, timestamp `TS + index`.
+pub fn points(range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut body = String::new();
+    for i in range {
+        body.push_str(&format!("m,host=h{} v={i}i {}\n", i % 10, TS + i));
+    }
+    body.into_bytes()
+}
+
+/// The sum of `v` over points `0..points`.
+pub fn expected_sum(points: u64) -> f64 {
+    (points * (points - 1) / 2) as f64
+}
+
+/// Writes batches `from..to` of 100 points (batch `n` holds points `100n..100n+100`),
+/// asserting every answer.
+pub fn write_batches(relay: &mut Relay, from: u64, to: u64, query: &str, want: u16) {
+    for n in from..to {
+        let r = relay.write(query, &points(n * 100..(n + 1) * 100));
+        assert_eq!(r.status, want, "batch {n}: {}\n{}", r.text(), relay.log());
+    }
+}
+
+/// Both backends hold exactly points `0..points` of `db`, and the same data.
+pub fn assert_converged(a: &Influxd, b: &Influxd, points: u64) {
+    for (name, i) in [("a", a), ("b", b)] {
+        wait_until(
+            &format!("{points} points on backend {name}"),
+            CONVERGE,
+            || count(i, "db", "v", "m") == points,
+        );
+        assert_eq!(
+            sum(i, "db", "v", "m"),
+            expected_sum(points),
+            "backend {name}"
+        );
+    }
+    assert_eq!(dump(a, "db"), dump(b, "db"));
+}
 
 /// Held by each test for its whole run: end-to-end tests run one at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
