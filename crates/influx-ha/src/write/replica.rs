@@ -344,14 +344,23 @@ impl Replica {
                     Step::Delivered => {
                         let me = self.clone();
                         let b = batch.clone();
-                        match tokio::task::spawn_blocking(move || me.queue.ack(&b)).await {
+                        let acked =
+                            match tokio::task::spawn_blocking(move || me.queue.ack(&b)).await {
+                                Ok(acked) => acked.map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            };
+                        match acked {
                             // The queue may be empty now: only this task leaves queueing mode.
-                            Ok(Ok(())) => self.leave_queueing_if_drained(),
-                            Ok(Err(e)) => {
-                                tracing::error!(backend = self.name(), error = %e, "cannot acknowledge in the queue")
-                            }
-                            Err(e) => {
-                                tracing::error!(backend = self.name(), error = %e, "ack task failed")
+                            Ok(()) => self.leave_queueing_if_drained(),
+                            Err(why) => {
+                                // The batch will be read and sent again (a harmless duplicate);
+                                // back off so that a failing disk does not turn into a busy loop.
+                                tracing::error!(backend = self.name(), error = %why, "cannot acknowledge in the queue");
+                                self.note_error(format!("queue ack: {why}"));
+                                if self.pause(&mut shutdown, backoff.next_delay()).await {
+                                    return;
+                                }
+                                break;
                             }
                         }
                         self.counters
