@@ -16,6 +16,7 @@
 pub mod answer;
 pub mod backoff;
 pub mod replica;
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -105,13 +106,23 @@ impl Replicator {
         let mut replicas = Vec::with_capacity(clients.len());
         for client in clients {
             let dir = config.data_dir.join(client.name());
-            let replica =
-                Replica::open(&dir, client.clone(), options.clone(), DEAD_LETTER_MAX_BYTES)
-                    .map_err(|error| OpenError {
-                        backend: client.name().to_owned(),
-                        dir: dir.display().to_string(),
-                        error,
-                    })?;
+            let peers = clients
+                .iter()
+                .filter(|c| c.name() != client.name())
+                .cloned()
+                .collect();
+            let replica = Replica::open(
+                &dir,
+                client.clone(),
+                peers,
+                options.clone(),
+                DEAD_LETTER_MAX_BYTES,
+            )
+            .map_err(|error| OpenError {
+                backend: client.name().to_owned(),
+                dir: dir.display().to_string(),
+                error,
+            })?;
             if replica.is_queueing() {
                 let stats = replica.queue().stats();
                 tracing::info!(

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::answer::Outcome;
 use super::backoff::Backoff;
+use super::schema::{self, quote_ident};
 use crate::backend::{BackendClient, WriteOutcome, classify};
 use crate::shutdown::Shutdown;
 
@@ -63,6 +64,8 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Replica {
     client: BackendClient,
+    /// The other backends: where a missing database's retention policies are copied from.
+    peers: Vec<BackendClient>,
     queue: Queue,
     dead_letters: Queue,
     dir: PathBuf,
@@ -78,20 +81,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Quotes an InfluxQL identifier.
-fn quote_ident(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
 /// What one delivery attempt of a queued batch came to.
 enum Step {
     Delivered,
@@ -103,6 +92,7 @@ impl Replica {
     pub fn open(
         dir: &Path,
         client: BackendClient,
+        peers: Vec<BackendClient>,
         options: handoff::Options,
         dead_letter_max_bytes: u64,
     ) -> Result<Self, handoff::Error> {
@@ -121,6 +111,7 @@ impl Replica {
         let queueing = queue.has_pending();
         Ok(Replica {
             client,
+            peers,
             queue,
             dead_letters,
             dir: dir.to_owned(),
@@ -444,12 +435,16 @@ impl Replica {
                     Step::Delivered
                 }
                 WriteOutcome::DatabaseNotFound { .. } => match self.create_database(db).await {
-                    Ok(()) => Step::Retry(format!("database {db:?} was missing: created")),
+                    Ok(()) => {
+                        let rps = self.copy_retention_policies(db).await;
+                        Step::Retry(format!("database {db:?} was missing: created ({rps})"))
+                    }
                     Err(e) => Step::Retry(format!("database {db:?} missing and not created: {e}")),
                 },
                 WriteOutcome::RetentionPolicyNotFound { message } => Step::Retry(format!(
-                    "{}: create the retention policy on this backend",
-                    String::from_utf8_lossy(&message)
+                    "{}: {}",
+                    String::from_utf8_lossy(&message),
+                    self.copy_retention_policies(db).await
                 )),
                 WriteOutcome::AuthFailed { status, .. } => Step::Retry(format!(
                     "backend refused the service credentials ({status}); check username/password"
@@ -506,6 +501,48 @@ impl Replica {
         }
     }
 
+    /// Creates on this backend the retention policies `db` has on the first other backend that
+    /// answers, with their real durations. Says what happened, for the replay's log line.
+    async fn copy_retention_policies(&self, db: &str) -> String {
+        for peer in &self.peers {
+            let rps = match schema::retention_policies(peer, db).await {
+                Ok(rps) if !rps.is_empty() => rps,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(backend = self.name(), peer = peer.name(), error = %e, "no retention policies from this peer");
+                    continue;
+                }
+            };
+            let mut failed = Vec::new();
+            for rp in &rps {
+                let statement = schema::create_statement(db, rp);
+                match self.client.query(&statement, None).await {
+                    Ok(a)
+                        if a.status.is_success()
+                            && !a.body.windows(8).any(|w| w == b"\"error\"") => {}
+                    Ok(a) => {
+                        failed.push(format!("{}: {}", rp.name, String::from_utf8_lossy(&a.body)))
+                    }
+                    Err(e) => failed.push(format!("{}: {e}", rp.name)),
+                }
+            }
+            tracing::info!(
+                backend = self.name(),
+                db,
+                from = peer.name(),
+                policies = rps.len(),
+                failed = failed.len(),
+                "copied retention policies"
+            );
+            return if failed.is_empty() {
+                format!("retention policies copied from {}", peer.name())
+            } else {
+                format!("retention policies not all created: {}", failed.join("; "))
+            };
+        }
+        "no other backend could tell the retention policies".to_owned()
+    }
+
     async fn create_database(&self, db: &str) -> Result<(), String> {
         let statement = format!("CREATE DATABASE {}", quote_ident(db));
         match self.client.query(&statement, None).await {
@@ -545,16 +582,5 @@ impl Replica {
                 Outcome::Failed(format!("{}: queue: {e}", self.name()))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quote_ident;
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("telegraf"), "\"telegraf\"");
-        assert_eq!(quote_ident("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 }

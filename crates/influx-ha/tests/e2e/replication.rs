@@ -175,3 +175,67 @@ fn a_database_missing_everywhere_is_a_404_and_nothing_is_queued() {
     assert!(!a.query("", "SHOW DATABASES").contains("nosuchdb"));
     assert!(!b.query("", "SHOW DATABASES").contains("nosuchdb"));
 }
+
+/// Points with timestamps of the last hour, for retention policies shorter than `TS` is old.
+fn recent_points(n: u64) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (0..n)
+        .map(|i| {
+            format!(
+                "m,host=h{} v={i}i {}\n",
+                i % 10,
+                now - 3_600_000_000_000 + i
+            )
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn rp_short(influxd: &Influxd) {
+    influxd.query(
+        "",
+        "CREATE RETENTION POLICY \"short\" ON \"db\" DURATION 2d REPLICATION 1 SHARD DURATION 1d",
+    );
+}
+
+fn assert_short_converged(a: &Influxd, b: &Influxd, n: u64) {
+    for (name, i) in [("a", a), ("b", b)] {
+        crate::support::wait_until(
+            &format!("{n} points in db.short on {name}"),
+            crate::support::CONVERGE,
+            || crate::support::count(i, "db", "v", "\"short\".\"m\"") == n,
+        );
+    }
+    let policies = |i: &Influxd| i.query("", "SHOW RETENTION POLICIES ON \"db\"");
+    assert_eq!(policies(a), policies(b));
+    assert!(
+        policies(b).contains("[\"short\",\"48h0m0s\",\"24h0m0s\",1,false]"),
+        "{}",
+        policies(b)
+    );
+}
+
+#[test]
+fn a_missing_database_is_created_with_the_retention_policies_of_a_healthy_backend() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    rp_short(&a);
+    let mut relay = Relay::start(&[&a, &b], "");
+    let r = relay.write("db=db&rp=short", &recent_points(100));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_short_converged(&a, &b, 100);
+}
+
+#[test]
+fn a_missing_retention_policy_is_copied_from_a_healthy_backend() {
+    let _serial = serial();
+    let (a, b) = two_backends("db");
+    rp_short(&a);
+    let mut relay = Relay::start(&[&a, &b], "");
+    let r = relay.write("db=db&rp=short", &recent_points(100));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_short_converged(&a, &b, 100);
+}

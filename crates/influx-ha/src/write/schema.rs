@@ -1,0 +1,175 @@
+//! Copying a database's retention policies from a backend that has them to one that does not,
+//! so that replayed writes land in the same retention policies everywhere (DESIGN.md §3).
+
+use std::time::Duration;
+
+use crate::backend::BackendClient;
+
+/// A retention policy as `SHOW RETENTION POLICIES` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub name: String,
+    /// `None`: infinite.
+    pub duration: Option<Duration>,
+    pub shard_group_duration: Duration,
+    pub replication: u64,
+    pub default: bool,
+}
+
+/// Quotes an InfluxQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A Go `time.Duration` string as InfluxDB prints it (`168h0m0s`, `1h30m0s`, `0s`).
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut number = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if (c == 'm' || c == 'u' || c == 'µ' || c == 'n') && chars.peek() == Some(&'s') {
+            chars.next();
+            unit.push('s');
+        }
+        let value: f64 = number.parse().ok()?;
+        number.clear();
+        let seconds = match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(value * seconds);
+        any = true;
+    }
+    (any && number.is_empty()).then_some(total)
+}
+
+/// `SHOW RETENTION POLICIES ON db` on `client`.
+pub async fn retention_policies(
+    client: &BackendClient,
+    db: &str,
+) -> Result<Vec<RetentionPolicy>, String> {
+    let q = format!("SHOW RETENTION POLICIES ON {}", quote_ident(db));
+    let answer = client.query(&q, None).await.map_err(|e| e.to_string())?;
+    if !answer.status.is_success() {
+        return Err(format!("{q} answered {}", answer.status));
+    }
+    parse_retention_policies(&answer.body)
+}
+
+fn parse_retention_policies(body: &[u8]) -> Result<Vec<RetentionPolicy>, String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))?;
+    let result = &json["results"][0];
+    if let Some(error) = result["error"].as_str() {
+        return Err(error.to_owned());
+    }
+    let Some(series) = result["series"][0].as_object() else {
+        return Ok(Vec::new());
+    };
+    let columns: Vec<&str> = series["columns"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let col = |name: &str| columns.iter().position(|c| *c == name);
+    let (Some(n), Some(d), Some(sg), Some(r), Some(def)) = (
+        col("name"),
+        col("duration"),
+        col("shardGroupDuration"),
+        col("replicaN"),
+        col("default"),
+    ) else {
+        return Err(format!("unexpected columns {columns:?}"));
+    };
+    let mut out = Vec::new();
+    for row in series["values"].as_array().into_iter().flatten() {
+        let text = |i: usize| row[i].as_str().unwrap_or_default();
+        let duration =
+            parse_go_duration(text(d)).ok_or_else(|| format!("duration {:?}", text(d)))?;
+        out.push(RetentionPolicy {
+            name: text(n).to_owned(),
+            duration: (!duration.is_zero()).then_some(duration),
+            shard_group_duration: parse_go_duration(text(sg))
+                .ok_or_else(|| format!("shard group duration {:?}", text(sg)))?,
+            replication: row[r].as_u64().unwrap_or(1),
+            default: row[def].as_bool().unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+/// The statement that creates `rp` on `db`.
+pub fn create_statement(db: &str, rp: &RetentionPolicy) -> String {
+    let duration = rp
+        .duration
+        .map_or_else(|| "INF".to_owned(), |d| format!("{}s", d.as_secs()));
+    format!(
+        "CREATE RETENTION POLICY {} ON {} DURATION {duration} REPLICATION {} SHARD DURATION {}s{}",
+        quote_ident(&rp.name),
+        quote_ident(db),
+        rp.replication.max(1),
+        rp.shard_group_duration.as_secs().max(1),
+        if rp.default { " DEFAULT" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_go_duration("168h0m0s"),
+            Some(Duration::from_secs(604_800))
+        );
+        assert_eq!(
+            parse_go_duration("1h30m0s"),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("10"), None);
+        assert_eq!(parse_go_duration("3x"), None);
+    }
+
+    #[test]
+    fn influxdb_answer_becomes_statements() {
+        let body = br#"{"results":[{"statement_id":0,"series":[{"columns":["name","duration","shardGroupDuration","replicaN","default"],"values":[["autogen","0s","168h0m0s",1,false],["short","48h0m0s","24h0m0s",1,true]]}]}]}"#;
+        let rps = parse_retention_policies(body).expect("parses");
+        assert_eq!(rps.len(), 2);
+        assert_eq!(
+            create_statement("db", &rps[0]),
+            "CREATE RETENTION POLICY \"autogen\" ON \"db\" DURATION INF REPLICATION 1 SHARD DURATION 604800s"
+        );
+        assert_eq!(
+            create_statement("db", &rps[1]),
+            "CREATE RETENTION POLICY \"short\" ON \"db\" DURATION 172800s REPLICATION 1 SHARD DURATION 86400s DEFAULT"
+        );
+        let missing = br#"{"results":[{"statement_id":0,"error":"database not found: db"}]}"#;
+        assert_eq!(
+            parse_retention_policies(missing),
+            Err("database not found: db".to_owned())
+        );
+    }
+}
