@@ -89,13 +89,19 @@ pub enum Precision {
 impl Precision {
     /// The value of InfluxDB 1.6's `/write?precision=` that means this precision.
     pub fn as_v1_param(self) -> &'static str {
-        match self {
-            Self::Nanoseconds => "n",
-            Self::Microseconds => "u",
-            Self::Milliseconds => "ms",
-            Self::Seconds => "s",
-            Self::Minutes => "m",
-            Self::Hours => "h",
+        lineproto::Precision::from(self).v1_param()
+    }
+}
+
+impl From<Precision> for lineproto::Precision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Nanoseconds => Self::Nanoseconds,
+            Precision::Microseconds => Self::Microseconds,
+            Precision::Milliseconds => Self::Milliseconds,
+            Precision::Seconds => Self::Seconds,
+            Precision::Minutes => Self::Minutes,
+            Precision::Hours => Self::Hours,
         }
     }
 }

@@ -249,12 +249,16 @@ impl Replica {
 
     /// Appends the batch to the queue without changing the mode.
     async fn append(&self, batch: &Batch) -> Outcome {
-        lock(&self.mode).appends_in_flight += 1;
         // The payload is shared with the queue's writer thread, not copied.
-        let appended = self
-            .queue
-            .append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone())
-            .await;
+        self.track(|q| q.append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone()))
+            .await
+    }
+
+    /// Counts an append as in flight while it completes (the replay leaves queueing mode only
+    /// when none is), and turns its result into the backend's outcome.
+    async fn track(&self, submit: impl FnOnce(&Queue) -> handoff::Appending) -> Outcome {
+        lock(&self.mode).appends_in_flight += 1;
+        let appended = submit(&self.queue).await;
         lock(&self.mode).appends_in_flight -= 1;
         match appended {
             Ok(()) => {
@@ -262,7 +266,7 @@ impl Replica {
                 Outcome::Queued
             }
             Err(e) => {
-                self.mark_diverged(&format!("its queue refused a write: {e}"));
+                self.mark_diverged(&format!("its queue refused a record: {e}"));
                 Outcome::Failed(format!("{}: queue: {e}", self.name()))
             }
         }
@@ -562,25 +566,13 @@ impl Replica {
             return Outcome::Acked;
         }
         let statement = format!("CREATE DATABASE {}", quote_ident(db));
-        {
-            let mut m = lock(&self.mode);
-            m.queueing = true;
-            m.appends_in_flight += 1;
-        }
-        let appended = self
-            .queue
-            .append(&Record::Schema {
+        lock(&self.mode).queueing = true;
+        self.track(|q| {
+            q.append(&Record::Schema {
                 db: "",
                 statement: &statement,
             })
-            .await;
-        lock(&self.mode).appends_in_flight -= 1;
-        match appended {
-            Ok(()) => Outcome::Queued,
-            Err(e) => {
-                self.mark_diverged(&format!("its queue refused a statement: {e}"));
-                Outcome::Failed(format!("{}: queue: {e}", self.name()))
-            }
-        }
+        })
+        .await
     }
 }
