@@ -32,11 +32,13 @@
 //!   every backend over [`backend::BackendClient::write`], consistency levels and the answer
 //!   table, the `handoff` queues under `data_dir/<backend>/` and their replay. The UDP and TCP
 //!   line-protocol listeners ([`ingest`]) feed the same replicator.
-//! - **Read path** (planned, `query/`): `/query` statement classification and routing to a
-//!   fresh backend; it answers 501 for now.
-//! - **Admin surface** (planned, `admin/`): status page, `/status`, `/metrics`, admin API on the
-//!   `[admin]` listener ([`http::Surface::Admin`]) or on the main one; `/ping` and `/health`
-//!   are served on both already.
+//! - **Backend state**: [`state`] holds every backend's reachability, queue depth, divergence
+//!   and peer reports as one lock-free snapshot ([`state::StateBoard`]).
+//! - **Read path** (`query/`): `/query` statement classification and routing to a fresh
+//!   backend, plugged into the [`http::Handler`] seam; 501 without it.
+//! - **Admin surface** (`admin/`): status page, `/status`, `/metrics`, admin API on the
+//!   `[admin]` listener ([`http::Surface::Admin`]) or on the main one, through the same seam;
+//!   `/ping` and `/health` are served on both.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -50,5 +52,6 @@ pub mod node;
 pub mod params;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod units;
 pub mod write;

@@ -11,7 +11,7 @@ use crate::backend::{BackendClient, SetupError, Timeouts};
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::body::{BodyLimits, InflightBytes};
-use crate::http::{HttpService, NotReplicating, Surface, WriteHandler};
+use crate::http::{Handler, HttpService, NotReplicating, Surface, WriteHandler};
 use crate::server::{self, DrainReport, ServerOptions};
 
 /// Why a node could not start.
@@ -44,10 +44,16 @@ pub struct Node<W> {
     main: TcpListener,
     /// The separate admin listener, when configured.
     admin: Option<TcpListener>,
-    /// The main listener's service.
-    main_service: Arc<HttpService<W>>,
-    /// The admin listener's service (same health, in-flight cap and writer).
-    admin_service: Arc<HttpService<W>>,
+    /// Body caps of both listeners.
+    limits: BodyLimits,
+    /// In-flight body bytes, shared by both listeners.
+    inflight: InflightBytes,
+    /// Where checked writes go.
+    writer: W,
+    /// What answers `/query` (see [`Node::with_query`]).
+    query: Option<Arc<dyn Handler>>,
+    /// What answers the admin paths (see [`Node::with_admin`]).
+    admin_handler: Option<Arc<dyn Handler>>,
     /// Connection settings of both listeners.
     options: ServerOptions,
     /// Readiness shared with `/health`.
@@ -105,21 +111,13 @@ impl<W: WriteHandler + Clone> Node<W> {
         let inflight = InflightBytes::new(
             usize::try_from(config.http.max_inflight_bytes).unwrap_or(usize::MAX),
         );
-        let service = |surface| {
-            Arc::new(HttpService {
-                surface,
-                limits,
-                inflight: inflight.clone(),
-                health: health.clone(),
-                writer: writer.clone(),
-            })
-        };
         Ok(Self {
             main,
-            admin_service: service(Surface::Admin),
-            main_service: service(Surface::Main {
-                with_admin: config.admin.is_none(),
-            }),
+            limits,
+            inflight,
+            writer,
+            query: None,
+            admin_handler: None,
             admin,
             options: ServerOptions {
                 max_connections: config.http.max_connections,
@@ -128,6 +126,30 @@ impl<W: WriteHandler + Clone> Node<W> {
             },
             health,
             backends,
+        })
+    }
+
+    /// Answers `/query` and `/api/v2/query` with `handler` (501 without one).
+    pub fn with_query(mut self, handler: Arc<dyn Handler>) -> Self {
+        self.query = Some(handler);
+        self
+    }
+
+    /// Answers the admin paths with `handler` (501 without one).
+    pub fn with_admin(mut self, handler: Arc<dyn Handler>) -> Self {
+        self.admin_handler = Some(handler);
+        self
+    }
+
+    fn service(&self, surface: Surface) -> Arc<HttpService<W>> {
+        Arc::new(HttpService {
+            surface,
+            limits: self.limits,
+            inflight: self.inflight.clone(),
+            health: self.health.clone(),
+            writer: self.writer.clone(),
+            query: self.query.clone(),
+            admin: self.admin_handler.clone(),
         })
     }
 
@@ -158,16 +180,20 @@ impl<W: WriteHandler + Clone> Node<W> {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let main_service = self.service(Surface::Main {
+            with_admin: self.admin.is_none(),
+        });
+        let admin_service = self.service(Surface::Admin);
         let main = server::run(
             self.main,
-            self.main_service,
+            main_service,
             self.options,
             stopped(stop_rx.clone()),
         );
         let admin = async {
             match self.admin {
                 Some(l) => {
-                    Some(server::run(l, self.admin_service, self.options, stopped(stop_rx)).await)
+                    Some(server::run(l, admin_service, self.options, stopped(stop_rx)).await)
                 }
                 None => None,
             }

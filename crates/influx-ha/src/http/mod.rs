@@ -8,13 +8,14 @@
 //! | `/health` | GET, HEAD | 200 `{"status":"pass",…}` while writes can be taken; 503 with the reason (draining, …) |
 //! | `/write` | POST (OPTIONS: 200) | parameters and body checked as 1.6 does, then the [`WriteHandler`] |
 //! | `/api/v2/write` | POST (OPTIONS: 200) | as InfluxDB 1.8: `bucket=db[/rp]`, `org` ignored, precision `ns`, `us`, `ms`, `s`; then the same [`WriteHandler`] |
-//! | `/query` | GET, POST (OPTIONS: 200) | 501: the read path is not built yet |
-//! | `/`, `/status`, `/metrics` | GET | 501 when `[admin]` is not configured (the admin surface lives here then) |
+//! | `/query` | GET, POST (OPTIONS: 200) | the query [`Handler`] (501 without one) |
+//! | `/api/v2/query`, `/api/v1/prom/read` | any | the query [`Handler`] (404 without one) |
+//! | `/`, `/status`, `/metrics`, `/admin/…` | any | the admin [`Handler`] when `[admin]` is not configured (the admin surface lives here then); 501 without one |
 //! | anything else | | 404 `404 page not found`, as 1.6.7 |
 //!
-//! The admin listener (`[admin] bind`) answers `/ping`, `/health`, and 501 on `/`, `/status`,
-//! `/metrics` until the admin surface exists. Wrong methods get 405 with `Allow`, as Go's
-//! router answers.
+//! The admin listener (`[admin] bind`) answers `/ping` and `/health` itself and gives every
+//! other path to the admin [`Handler`]. Wrong methods get 405 with `Allow`, as Go's router
+//! answers.
 //!
 //! Modules: [`compat`] (headers, request ids), [`error`] (every failure → status and text, in
 //! one place), [`body`] (caps, gzip, in-flight bytes), [`gzip`] (Go-compatible inflation),
@@ -114,6 +115,26 @@ impl<T: WriteHandler> WriteHandler for Arc<T> {
     }
 }
 
+// === Handler seam (read path, admin surface) ===
+
+/// A request body as handlers receive it (boxed so tests and the server share one type).
+pub type HandlerBody = BoxBody<Bytes, BoxError>;
+
+/// A future a [`Handler`] answers with.
+pub type HandlerFuture = std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+
+/// What answers a whole family of paths (the read path, the admin surface): it gets the
+/// request with its id and answers it completely, errors included. Object-safe so the node can
+/// plug in whatever a config asks for.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. The `Request-Id` header and InfluxDB's common headers are the
+    /// handler's to set (see [`compat::add_common_headers`]).
+    fn call(&self, id: RequestId, req: Request<HandlerBody>) -> HandlerFuture;
+}
+
+/// Where the admin API's paths start (used by the CLI against a running node).
+pub const ADMIN_API_PREFIX: &str = "/admin/";
+
 /// The write handler until the fan-out exists: validates, stores nothing, and says so with 501.
 ///
 /// An empty body is answered 204 as 1.6 does (there is nothing to store).
@@ -147,7 +168,6 @@ pub enum Surface {
 }
 
 /// Everything a listener needs to answer requests.
-#[derive(Debug)]
 pub struct HttpService<W> {
     /// Which endpoints this listener serves.
     pub surface: Surface,
@@ -159,16 +179,47 @@ pub struct HttpService<W> {
     pub health: Health,
     /// Where checked writes go.
     pub writer: W,
+    /// What answers `/query` and `/api/v2/query` (main surface); `None`: 501.
+    pub query: Option<Arc<dyn Handler>>,
+    /// What answers the admin paths; `None`: 501.
+    pub admin: Option<Arc<dyn Handler>>,
+}
+
+impl<W: std::fmt::Debug> std::fmt::Debug for HttpService<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpService")
+            .field("surface", &self.surface)
+            .field("limits", &self.limits)
+            .field("writer", &self.writer)
+            .field("query", &self.query.is_some())
+            .field("admin", &self.admin.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 const NOT_YET_QUERY: &str = "influx-ha cannot route queries yet";
 const NOT_YET_ADMIN: &str = "the influx-ha admin surface is not built yet";
 
+/// Whether `path` belongs to the admin surface when it shares the main listener.
+fn is_admin_path(path: &str) -> bool {
+    matches!(path, "/" | "/status" | "/metrics") || path.starts_with(ADMIN_API_PREFIX)
+}
+
+/// Hands `req` to `handler` with its body boxed.
+fn delegate<B>(handler: &Arc<dyn Handler>, id: &RequestId, req: Request<B>) -> HandlerFuture
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Display,
+{
+    let req = req.map(|b| b.map_err(|e| BoxError::from(e.to_string())).boxed());
+    handler.call(id.clone(), req)
+}
+
 impl<W: WriteHandler> HttpService<W> {
     /// Answers one request; never fails (errors are answers).
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<ResponseBody>
     where
-        B: Body<Data = Bytes> + Send,
+        B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Display,
     {
         let id = RequestId::from_headers(req.headers());
@@ -197,7 +248,7 @@ impl<W: WriteHandler> HttpService<W> {
         req: Request<B>,
     ) -> Result<Response<ResponseBody>, RequestError>
     where
-        B: Body<Data = Bytes> + Send,
+        B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Display,
     {
         let method = req.method();
@@ -221,11 +272,26 @@ impl<W: WriteHandler> HttpService<W> {
                 allow: ALLOW_WRITE_V2,
             }),
             "/query" if main && (method == Method::GET || method == Method::POST) => {
-                Err(RequestError::NotImplemented(NOT_YET_QUERY))
+                match &self.query {
+                    Some(h) => Ok(delegate(h, id, req).await),
+                    None => Err(RequestError::NotImplemented(NOT_YET_QUERY)),
+                }
             }
             "/query" if main => Err(RequestError::MethodNotAllowed { allow: ALLOW_QUERY }),
-            "/" | "/status" | "/metrics" if admin_here && get_or_head => {
-                Err(RequestError::NotImplemented(NOT_YET_ADMIN))
+            // 1.6.7 answers these itself (404 for the v2 query, its own for prom read): the
+            // backend that serves the read gives the answer.
+            "/api/v2/query" | "/api/v1/prom/read" if main => match &self.query {
+                Some(h) => Ok(delegate(h, id, req).await),
+                None => Err(RequestError::NotFound),
+            },
+            path if self.surface == Surface::Admin || (admin_here && is_admin_path(path)) => {
+                match &self.admin {
+                    Some(h) => Ok(delegate(h, id, req).await),
+                    None if get_or_head && is_admin_path(path) => {
+                        Err(RequestError::NotImplemented(NOT_YET_ADMIN))
+                    }
+                    None => Err(RequestError::NotFound),
+                }
             }
             _ => Err(RequestError::NotFound),
         }

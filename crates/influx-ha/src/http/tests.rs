@@ -41,6 +41,8 @@ fn service<W: WriteHandler>(writer: W, surface: Surface) -> Arc<HttpService<W>> 
         inflight: InflightBytes::new(10_000),
         health: Health::new(),
         writer,
+        query: None,
+        admin: None,
     })
 }
 
@@ -370,6 +372,8 @@ async fn overload_answers_503_not_4xx() {
         inflight: InflightBytes::new(100),
         health: Health::new(),
         writer: Recorder::default(),
+        query: None,
+        admin: None,
     });
     // Hold 95 bytes in flight.
     let mut held = body::InflightPermit::default();
@@ -452,4 +456,70 @@ async fn v2_write_errors_use_influxdb_1_8_texts() {
     assert_eq!(a.status, 405);
     assert_eq!(a.headers["allow"], "OPTIONS, POST");
     assert!(svc.writer.seen.lock().expect("not poisoned").is_empty());
+}
+
+/// Answers every request with its method and path, to show what was delegated.
+struct Echo;
+
+impl Handler for Echo {
+    fn call(&self, _id: RequestId, req: Request<HandlerBody>) -> HandlerFuture {
+        Box::pin(async move {
+            let text = format!("{} {}", req.method(), req.uri().path());
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let text = format!("{text} {}", body.map_or(0, |b| b.len()));
+            Response::new(full(text))
+        })
+    }
+}
+
+#[tokio::test]
+async fn query_and_admin_paths_reach_their_handlers() {
+    let mut main = HttpService {
+        surface: Surface::Main { with_admin: true },
+        limits: BodyLimits {
+            max_body_bytes: 1000,
+            read_timeout: Duration::from_secs(5),
+        },
+        inflight: InflightBytes::new(10_000),
+        health: Health::new(),
+        writer: NotReplicating,
+        query: Some(Arc::new(Echo)),
+        admin: Some(Arc::new(Echo)),
+    };
+    let svc = Arc::new(HttpService {
+        query: main.query.clone(),
+        admin: main.admin.clone(),
+        surface: main.surface,
+        limits: main.limits,
+        inflight: main.inflight.clone(),
+        health: main.health.clone(),
+        writer: NotReplicating,
+    });
+    let text = |a: Answer| String::from_utf8(a.body).expect("utf-8");
+    assert_eq!(
+        text(call(&svc, "POST", "/query?q=x", b"abc").await),
+        "POST /query 3"
+    );
+    assert_eq!(
+        text(call(&svc, "GET", "/api/v2/query", b"").await),
+        "GET /api/v2/query 0"
+    );
+    assert_eq!(call(&svc, "PUT", "/query", b"").await.status, 405);
+    assert_eq!(
+        text(call(&svc, "GET", "/status", b"").await),
+        "GET /status 0"
+    );
+    assert_eq!(
+        text(call(&svc, "POST", "/admin/x", b"").await),
+        "POST /admin/x 0"
+    );
+    assert_eq!(call(&svc, "GET", "/other", b"").await.status, 404);
+    // A separate admin listener takes every path but /ping and /health.
+    main.surface = Surface::Admin;
+    let admin = Arc::new(main);
+    assert_eq!(
+        text(call(&admin, "GET", "/anything", b"").await),
+        "GET /anything 0"
+    );
+    assert_eq!(call(&admin, "GET", "/ping", b"").await.status, 204);
 }

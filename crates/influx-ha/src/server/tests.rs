@@ -27,6 +27,8 @@ fn service<W: WriteHandler>(writer: W) -> Arc<HttpService<W>> {
         inflight: InflightBytes::new(1 << 24),
         health: Health::new(),
         writer,
+        query: None,
+        admin: None,
     })
 }
 
