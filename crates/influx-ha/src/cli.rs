@@ -156,7 +156,7 @@ pub fn describe(config: &Config, origin: &str) -> String {
         format_size(q.min_free_disk)
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "not built yet: /query and the admin surface answer 501");
+    let _ = writeln!(s, "not built yet: /query answers 501");
     s
 }
 

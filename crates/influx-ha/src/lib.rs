@@ -36,11 +36,12 @@
 //!   and peer reports as one lock-free snapshot ([`state::StateBoard`]).
 //! - **Read path** (`query/`): `/query` statement classification and routing to a fresh
 //!   backend, plugged into the [`http::Handler`] seam; 501 without it.
-//! - **Admin surface** (`admin/`): status page, `/status`, `/metrics`, admin API on the
+//! - **Admin surface** ([`admin`]): status page, `/status`, `/metrics`, admin API on the
 //!   `[admin]` listener ([`http::Surface::Admin`]) or on the main one, through the same seam;
 //!   `/ping` and `/health` are served on both.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;

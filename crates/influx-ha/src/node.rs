@@ -11,8 +11,9 @@ use crate::backend::{BackendClient, SetupError, Timeouts};
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::body::{BodyLimits, InflightBytes};
-use crate::http::{Handler, HttpService, NotReplicating, Surface, WriteHandler};
+use crate::http::{Handler, HttpService, NotReplicating, RequestObserver, Surface, WriteHandler};
 use crate::server::{self, DrainReport, ServerOptions};
+use crate::write::Replicator;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,8 @@ pub struct Node<W> {
     query: Option<Arc<dyn Handler>>,
     /// What answers the admin paths (see [`Node::with_admin`]).
     admin_handler: Option<Arc<dyn Handler>>,
+    /// What every answered request is reported to (see [`Node::with_observer`]).
+    observer: Option<Arc<dyn RequestObserver>>,
     /// Connection settings of both listeners.
     options: ServerOptions,
     /// Readiness shared with `/health`.
@@ -118,6 +121,7 @@ impl<W: WriteHandler + Clone> Node<W> {
             writer,
             query: None,
             admin_handler: None,
+            observer: None,
             admin,
             options: ServerOptions {
                 max_connections: config.http.max_connections,
@@ -141,6 +145,12 @@ impl<W: WriteHandler + Clone> Node<W> {
         self
     }
 
+    /// Reports every answered request to `observer` (latency metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     fn service(&self, surface: Surface) -> Arc<HttpService<W>> {
         Arc::new(HttpService {
             surface,
@@ -150,6 +160,7 @@ impl<W: WriteHandler + Clone> Node<W> {
             writer: self.writer.clone(),
             query: self.query.clone(),
             admin: self.admin_handler.clone(),
+            observer: self.observer.clone(),
         })
     }
 
@@ -216,6 +227,7 @@ impl<W: WriteHandler + Clone> Node<W> {
 /// `influx-ha serve`: opens the queues, binds, replicates and replays until SIGTERM/SIGINT,
 /// drains, then closes the queues durably.
 pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
+    let started = std::time::SystemTime::now();
     let clients = backend_clients(&config)?;
     let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
     let node = Node::bind_with(&config, |_, _| replicator.clone()).await?;
@@ -224,6 +236,28 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     if let Some(admin) = node.admin_addr() {
         tracing::info!(%admin, "listening (admin)");
     }
+    let board = crate::state::StateBoard::new(
+        config
+            .backends
+            .iter()
+            .map(|b| crate::state::BackendState::new(&b.name, b.url.to_string()))
+            .collect(),
+    );
+    let mut http_listeners = vec![("http", addr.to_string())];
+    if let Some(a) = node.admin_addr() {
+        http_listeners.push(("admin", a.to_string()));
+    }
+    let admin = crate::admin::AdminHandler::new(crate::admin::status::Sources {
+        replicator: Replicator::clone(&replicator),
+        board: Some(board),
+        health: node.health().clone(),
+        data_dir: config.data_dir.clone(),
+        started,
+        http_listeners,
+    });
+    let node = node
+        .with_admin(Arc::new(admin.clone()))
+        .with_observer(admin.request_metrics());
     // As InfluxDB's UDP service does: the listeners' databases exist before lines arrive
     // (queued, in order, for a backend that cannot take the statement now).
     let mut databases: Vec<&str> = config.udp.iter().map(|u| u.database.as_str()).collect();
@@ -263,10 +297,16 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
         }
     };
     let listener_stats = listeners.stats();
+    admin.set_listeners(listener_stats.clone());
     let (stop_listeners, _) = tokio::sync::broadcast::channel(1);
     let listener_tasks = listeners.spawn(&stop_listeners);
     let (stop_replays, _) = tokio::sync::broadcast::channel(1);
     let replays = replicator.spawn_replays(&stop_replays);
+    let sampler = tokio::spawn(
+        admin
+            .clone()
+            .run_sampler(crate::shutdown::Shutdown::new(stop_replays.subscribe())),
+    );
     for b in node.backends() {
         let b = b.clone();
         tokio::spawn(async move {
@@ -317,6 +357,7 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     for replay in replays {
         let _ = replay.await;
     }
+    let _ = sampler.await;
     replicator.close();
     tracing::info!(
         abandoned_connections = report.abandoned_connections,

@@ -132,6 +132,20 @@ pub trait Handler: Send + Sync + 'static {
     fn call(&self, id: RequestId, req: Request<HandlerBody>) -> HandlerFuture;
 }
 
+/// What is told about every answered request: the admin surface's latency histograms.
+/// Called once the response head is ready (a streamed body may still be flowing).
+pub trait RequestObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// One request was answered: on which listener, what, with which status, how fast.
+    fn observe(
+        &self,
+        surface: Surface,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        elapsed: std::time::Duration,
+    );
+}
+
 /// Where the admin API's paths start (used by the CLI against a running node).
 pub const ADMIN_API_PREFIX: &str = "/admin/";
 
@@ -183,6 +197,8 @@ pub struct HttpService<W> {
     pub query: Option<Arc<dyn Handler>>,
     /// What answers the admin paths; `None`: 501.
     pub admin: Option<Arc<dyn Handler>>,
+    /// What every answered request is reported to (latency metrics); `None`: nothing.
+    pub observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl<W: std::fmt::Debug> std::fmt::Debug for HttpService<W> {
@@ -239,6 +255,15 @@ impl<W: WriteHandler> HttpService<W> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "request"
         );
+        if let Some(observer) = &self.observer {
+            observer.observe(
+                self.surface,
+                &method,
+                &path,
+                response.status(),
+                started.elapsed(),
+            );
+        }
         response
     }
 

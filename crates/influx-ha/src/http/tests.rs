@@ -43,6 +43,7 @@ fn service<W: WriteHandler>(writer: W, surface: Surface) -> Arc<HttpService<W>> 
         writer,
         query: None,
         admin: None,
+        observer: None,
     })
 }
 
@@ -374,6 +375,7 @@ async fn overload_answers_503_not_4xx() {
         writer: Recorder::default(),
         query: None,
         admin: None,
+        observer: None,
     });
     // Hold 95 bytes in flight.
     let mut held = body::InflightPermit::default();
@@ -485,10 +487,12 @@ async fn query_and_admin_paths_reach_their_handlers() {
         writer: NotReplicating,
         query: Some(Arc::new(Echo)),
         admin: Some(Arc::new(Echo)),
+        observer: None,
     };
     let svc = Arc::new(HttpService {
         query: main.query.clone(),
         admin: main.admin.clone(),
+        observer: None,
         surface: main.surface,
         limits: main.limits,
         inflight: main.inflight.clone(),

@@ -29,6 +29,7 @@ fn service<W: WriteHandler>(writer: W) -> Arc<HttpService<W>> {
         writer,
         query: None,
         admin: None,
+        observer: None,
     })
 }
 

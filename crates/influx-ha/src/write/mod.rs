@@ -100,6 +100,11 @@ impl Replicator {
         &self.replicas
     }
 
+    /// The current replica set, shared.
+    pub fn replicas_arc(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.replicas.clone()
+    }
+
     /// Opens every backend's queue under `data_dir/<backend>/` (clients in config order).
     pub fn open(config: &Config, clients: &[BackendClient]) -> Result<Self, OpenError> {
         let options = queue_options(&config.queue);

@@ -6,14 +6,14 @@
 //! is in flight: so a write never overtakes older data queued for the same backend.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use handoff::{BatchKind, Queue, Record};
 use http::StatusCode;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::answer::Outcome;
 use super::backoff::Backoff;
@@ -74,7 +74,64 @@ pub struct Replica {
     diverged: Mutex<Option<String>>,
     /// The last delivery problem, for operators.
     last_error: Mutex<Option<String>>,
+    /// Operator maintenance (persisted in `dir/maintenance`): every write is queued and the
+    /// replay pauses until [`Replica::resume`].
+    maintenance: AtomicBool,
+    /// Wakes the replay out of a backoff or maintenance pause (resume, `queue drain`).
+    kick: Notify,
+    /// Whether the backend answered its last request ([`Link`] as a number): passive marking,
+    /// for the status page until active health checks report.
+    link: AtomicU8,
+    /// When `link` last changed, Unix milliseconds.
+    link_since_ms: AtomicU64,
     pub counters: Counters,
+}
+
+/// Whether a backend answered the last request sent to it (passive reachability).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Nothing sent yet.
+    Unknown,
+    /// It answered (whatever the status).
+    Answered,
+    /// The last request failed: connection error, timeout, 5xx.
+    Failed,
+}
+
+/// Name of the file whose presence puts a backend in maintenance (under `data_dir/<backend>/`).
+pub const MAINTENANCE_FILE: &str = "maintenance";
+/// Name of the file holding why a backend diverged (under `data_dir/<backend>/`).
+pub const DIVERGED_FILE: &str = "diverged";
+
+/// A failed send in words, for the status page.
+fn describe(outcome: &WriteOutcome) -> String {
+    match outcome {
+        WriteOutcome::Retryable { reason } => reason.clone(),
+        WriteOutcome::AuthFailed { status, .. } => {
+            format!("refused the service credentials ({status})")
+        }
+        WriteOutcome::TooLarge => "refused the batch as too large (413)".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The `'static` spelling of a v1 precision read back from a queue.
+fn static_precision(p: &str) -> &'static str {
+    match p {
+        "u" => "u",
+        "ms" => "ms",
+        "s" => "s",
+        "m" => "m",
+        "h" => "h",
+        "n" => "n",
+        _ => "",
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,10 +162,11 @@ impl Replica {
                 ..options
             },
         )?;
-        let diverged = std::fs::read_to_string(dir.join("diverged"))
+        let diverged = std::fs::read_to_string(dir.join(DIVERGED_FILE))
             .ok()
             .map(|s| s.trim().to_owned());
-        let queueing = queue.has_pending();
+        let maintenance = dir.join(MAINTENANCE_FILE).exists();
+        let queueing = queue.has_pending() || maintenance;
         Ok(Replica {
             client,
             peers,
@@ -121,6 +179,10 @@ impl Replica {
             }),
             diverged: Mutex::new(diverged),
             last_error: Mutex::new(None),
+            maintenance: AtomicBool::new(maintenance),
+            kick: Notify::new(),
+            link: AtomicU8::new(0),
+            link_since_ms: AtomicU64::new(now_ms()),
             counters: Counters::default(),
         })
     }
@@ -165,7 +227,7 @@ impl Replica {
                 reason,
                 "backend diverged: it may miss data"
             );
-            if let Err(e) = std::fs::write(self.dir.join("diverged"), format!("{reason}\n")) {
+            if let Err(e) = std::fs::write(self.dir.join(DIVERGED_FILE), format!("{reason}\n")) {
                 tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
             }
             *d = Some(reason.to_owned());
@@ -174,6 +236,141 @@ impl Replica {
 
     fn note_error(&self, error: String) {
         *lock(&self.last_error) = Some(error);
+    }
+
+    /// The directory holding this backend's queues and flags.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the backend answered the last request, and since when (Unix milliseconds).
+    pub fn link(&self) -> (Link, u64) {
+        let link = match self.link.load(Ordering::Relaxed) {
+            1 => Link::Answered,
+            2 => Link::Failed,
+            _ => Link::Unknown,
+        };
+        (link, self.link_since_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records whether the backend answered; cheap when nothing changes (one relaxed load).
+    fn note_link(&self, answered: bool) {
+        let value = if answered { 1 } else { 2 };
+        if self.link.load(Ordering::Relaxed) != value {
+            self.link.store(value, Ordering::Relaxed);
+            self.link_since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an operator put the backend in maintenance.
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::Relaxed)
+    }
+
+    /// Puts the backend in maintenance (persisted): from now on every write is queued for it
+    /// and the replay pauses. Idempotent.
+    pub fn enter_maintenance(&self) -> std::io::Result<()> {
+        std::fs::write(
+            self.dir.join(MAINTENANCE_FILE),
+            "set by an operator: writes are queued, no reads are served\n",
+        )?;
+        lock(&self.mode).queueing = true;
+        self.maintenance.store(true, Ordering::SeqCst);
+        tracing::warn!(
+            backend = self.name(),
+            "maintenance: writes are queued for it"
+        );
+        Ok(())
+    }
+
+    /// Ends maintenance: the replay delivers the queue, then writes go direct again.
+    pub fn resume(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(MAINTENANCE_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.maintenance.store(false, Ordering::SeqCst);
+        self.kick.notify_one();
+        tracing::info!(
+            backend = self.name(),
+            "maintenance ended: replaying its queue"
+        );
+        Ok(())
+    }
+
+    /// Pings the backend and records whether it answered: on an idle node (nothing sent)
+    /// this is what tells up from down until health checks report.
+    pub async fn probe(&self) {
+        let answered = matches!(self.client.ping().await, Ok(a) if a.status.is_success());
+        if !answered && self.link().0 != Link::Failed {
+            self.note_error("does not answer /ping".to_owned());
+        }
+        self.note_link(answered);
+    }
+
+    /// Wakes the replay now (out of its backoff), e.g. for `queue drain`.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Drops everything queued for this backend (an operator's `queue purge`) and marks it
+    /// diverged: the data is gone from this node. Returns the number of records dropped.
+    pub fn purge_queue(&self) -> Result<u64, handoff::Error> {
+        let n = self.queue.purge()?;
+        self.queue.take_dropped();
+        self.mark_diverged(&format!(
+            "an operator purged its queue ({n} records dropped)"
+        ));
+        self.leave_queueing_if_drained();
+        self.kick.notify_one();
+        Ok(n)
+    }
+
+    /// Moves every dead letter back into the queue for delivery (the replay sends them again;
+    /// what the backend still refuses returns to the dead letters). The backend stays marked
+    /// diverged until verify/repair clears it. Returns the number of records moved.
+    pub async fn requeue_dead_letters(&self) -> Result<u64, String> {
+        let mut moved = 0;
+        loop {
+            let next = self
+                .dead_letters
+                .next_batch(MAX_REPLAY_BATCH)
+                .map_err(|e| format!("cannot read the dead letters: {e}"))?;
+            let Some(batch) = next else {
+                break;
+            };
+            let outcome = match &batch.kind {
+                BatchKind::Write {
+                    db,
+                    rp,
+                    precision,
+                    payload,
+                } => {
+                    let b = Batch {
+                        db: db.clone(),
+                        rp: rp.clone(),
+                        precision: static_precision(precision),
+                        payload: Bytes::copy_from_slice(payload),
+                    };
+                    self.enqueue(&b).await
+                }
+                BatchKind::Schema { db, statement } => {
+                    lock(&self.mode).queueing = true;
+                    self.track(|q| q.append(&Record::Schema { db, statement }))
+                        .await
+                }
+            };
+            if let Outcome::Failed(why) = outcome {
+                return Err(format!("cannot queue a dead letter: {why}"));
+            }
+            self.dead_letters
+                .ack(&batch)
+                .map_err(|e| format!("cannot remove a requeued dead letter: {e}"))?;
+            moved += batch.records;
+        }
+        self.kick.notify_one();
+        Ok(moved)
     }
 
     /// Delivers one write: directly, or behind the queue while it holds data. When `force`
@@ -187,7 +384,7 @@ impl Replica {
         batch: &Arc<Batch>,
         mut force: watch::Receiver<bool>,
     ) -> Outcome {
-        if self.is_queueing() {
+        if self.is_queueing() || self.in_maintenance() {
             return self.enqueue(batch).await;
         }
         let (me, b) = (self.clone(), batch.clone());
@@ -212,7 +409,7 @@ impl Replica {
                     let outcome = classify(&send.await);
                     if !outcome.is_ok() && !matches!(outcome, WriteOutcome::PartialWrite { .. }) {
                         me.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
-                        me.note_error(format!("{outcome:?}"));
+                        me.note_error(describe(&outcome));
                         lock(&me.mode).queueing = true;
                         tracing::warn!(backend = me.name(), outcome = ?outcome, "slow direct write failed: writes go behind the queue");
                     }
@@ -220,7 +417,9 @@ impl Replica {
                 return outcome;
             }
         };
-        match classify(&result) {
+        let outcome = classify(&result);
+        self.note_link(!matches!(outcome, WriteOutcome::Retryable { .. }));
+        match outcome {
             WriteOutcome::Ok => {
                 self.counters.direct_ok.fetch_add(1, Ordering::Relaxed);
                 Outcome::Acked
@@ -240,7 +439,7 @@ impl Replica {
             WriteOutcome::BadRequest { status, message } => Outcome::Refused { status, message },
             other => {
                 self.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
-                self.note_error(format!("{other:?}"));
+                self.note_error(describe(&other));
                 tracing::warn!(backend = self.name(), outcome = ?other, "direct write failed: queued");
                 self.enqueue(batch).await
             }
@@ -280,9 +479,13 @@ impl Replica {
     }
 
     /// Leaves queueing mode when nothing is queued or being queued.
-    fn leave_queueing_if_drained(&self) {
+    pub(crate) fn leave_queueing_if_drained(&self) {
         let mut m = lock(&self.mode);
-        if m.queueing && m.appends_in_flight == 0 && !self.queue.has_pending() {
+        if m.queueing
+            && m.appends_in_flight == 0
+            && !self.in_maintenance()
+            && !self.queue.has_pending()
+        {
             m.queueing = false;
             tracing::info!(
                 backend = self.name(),
@@ -298,9 +501,20 @@ impl Replica {
             .map_or(1, |d| d.as_nanos() as u64);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30), seed);
         loop {
+            if self.in_maintenance() {
+                tokio::select! {
+                    () = shutdown.recv() => return,
+                    () = self.kick.notified() => {}
+                }
+                continue;
+            }
             tokio::select! {
                 () = shutdown.recv() => return,
                 () = self.queue.wait_for_data() => {}
+                () = self.kick.notified() => continue,
+            }
+            if self.in_maintenance() {
+                continue;
             }
             let me = self.clone();
             let next =
@@ -372,17 +586,22 @@ impl Replica {
                         if self.pause(&mut shutdown, delay).await {
                             return;
                         }
+                        if self.in_maintenance() {
+                            // Sent again after resume: the batch was not acknowledged.
+                            break;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Sleeps, or returns true at shutdown.
+    /// Sleeps (or until kicked), or returns true at shutdown.
     async fn pause(&self, shutdown: &mut Shutdown, delay: Duration) -> bool {
         tokio::select! {
             () = shutdown.recv() => true,
             () = tokio::time::sleep(delay) => false,
+            () = self.kick.notified() => false,
         }
     }
 
@@ -430,7 +649,9 @@ impl Replica {
                 .client
                 .write(db, rp_param, precision, payload.clone())
                 .await;
-            match classify(&result) {
+            let outcome = classify(&result);
+            self.note_link(!matches!(outcome, WriteOutcome::Retryable { .. }));
+            match outcome {
                 WriteOutcome::Ok => Step::Delivered,
                 WriteOutcome::PartialWrite { message }
                 | WriteOutcome::BadRequest { message, .. } => {

@@ -1,0 +1,356 @@
+//! The operator's surface: status page, `/status`, `/metrics` and the admin API, served by
+//! one [`AdminHandler`] on the `[admin]` listener (or on the main one when there is none).
+//!
+//! | path | method | answer |
+//! |---|---|---|
+//! | `/` | GET, HEAD | the status page ([`page`]) |
+//! | `/status` | GET, HEAD | the same as JSON ([`status::NodeStatus`], schema in `docs/OPERATIONS.md`) |
+//! | `/metrics` | GET, HEAD | Prometheus exposition ([`metrics`]) |
+//! | `/admin/v1/queue` | GET | every backend's queue and dead letters |
+//! | `/admin/v1/queue/NAME` | GET | one queue: depth, counters, segment files |
+//! | `/admin/v1/queue/NAME/records` | GET | its records as text (`?max_bytes=`, default 16 MiB) |
+//! | `/admin/v1/queue/NAME/verify` | POST | CRC check of every frame |
+//! | `/admin/v1/queue/NAME/drain` | POST | deliver now, wait up to `?wait=` seconds (default 60) |
+//! | `/admin/v1/queue/NAME/purge` | POST | drop the queue; the backend is marked diverged |
+//! | `/admin/v1/deadletter` | GET | every backend's dead letters |
+//! | `/admin/v1/deadletter/NAME` | GET | one dead-letter store |
+//! | `/admin/v1/deadletter/NAME/records` | GET | the dead letters as text |
+//! | `/admin/v1/deadletter/NAME/replay` | POST | move them back into the queue |
+//! | `/admin/v1/deadletter/NAME/purge` | POST | drop them |
+//! | `/admin/v1/backend/NAME/maintenance` | POST | queue everything for it, serve no reads |
+//! | `/admin/v1/backend/NAME/resume` | POST | end maintenance: its queue drains |
+//!
+//! `/ping` and `/health` are answered by the HTTP service itself, on both listeners.
+//! Errors are JSON `{"error": "…"}` with 400, 404, 405, 409 or 500.
+//!
+//! Modules: [`status`] (the model, built from the live sources), [`rates`] (per-second rates
+//! from sampled counters), [`page`], [`metrics`], [`ops`] (the operations, shared with the CLI
+//! on a stopped node), [`cli`] (the `queue`/`deadletter`/`backend` commands).
+
+pub mod metrics;
+pub mod ops;
+pub mod page;
+pub mod rates;
+pub mod status;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use self::metrics::RequestMetrics;
+use self::rates::Rates;
+use self::status::Sources;
+use crate::http::compat::{RequestId, add_common_headers};
+use crate::http::query::QueryParams;
+use crate::http::{Handler, HandlerBody, HandlerFuture, ResponseBody, full};
+use crate::ingest::ListenerStats;
+use crate::state::Reachability;
+use crate::write::replica::Replica;
+
+/// Where the admin API lives.
+pub const API_PREFIX: &str = "/admin/v1/";
+
+/// How often the rate sampler runs.
+pub const SAMPLE_PERIOD: Duration = Duration::from_secs(5);
+
+/// Default cap of a records dump.
+const DEFAULT_DUMP_BYTES: usize = 16 << 20;
+
+/// Default time `queue drain` waits.
+const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// The admin surface; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AdminHandler {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sources: Sources,
+    /// UDP/TCP listeners, known once they are bound (after the HTTP listeners).
+    listeners: Mutex<Vec<ListenerStats>>,
+    rates: Rates,
+    requests: Arc<RequestMetrics>,
+}
+
+impl AdminHandler {
+    /// The admin surface over `sources`.
+    pub fn new(sources: Sources) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sources,
+                listeners: Mutex::new(Vec::new()),
+                rates: Rates::default(),
+                requests: Arc::new(RequestMetrics::default()),
+            }),
+        }
+    }
+
+    /// What the HTTP service reports every request to (for the latency histograms).
+    pub fn request_metrics(&self) -> Arc<RequestMetrics> {
+        self.inner.requests.clone()
+    }
+
+    /// Shows these UDP/TCP listeners from now on.
+    pub fn set_listeners(&self, listeners: Vec<ListenerStats>) {
+        *self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = listeners;
+    }
+
+    fn listeners(&self) -> Vec<ListenerStats> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The status now.
+    pub fn status(&self) -> status::NodeStatus {
+        status::collect(
+            &self.inner.sources,
+            &self.listeners(),
+            &self.inner.rates,
+            &self.inner.requests,
+        )
+    }
+
+    /// Records one sample of the counters the rates come from; [`AdminHandler::run_sampler`]
+    /// calls it every [`SAMPLE_PERIOD`].
+    pub fn sample(&self) {
+        let s = status::sample(&self.inner.sources, &self.listeners(), &self.inner.requests);
+        self.inner.rates.record(SystemTime::now(), s);
+    }
+
+    /// Samples the counters every [`SAMPLE_PERIOD`] until `shutdown`. Without health checks
+    /// on the state board, it also pings the backends nothing was sent to lately, so the page
+    /// shows up/down on an idle node.
+    pub async fn run_sampler(self, mut shutdown: crate::shutdown::Shutdown) {
+        let mut tick = tokio::time::interval(SAMPLE_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.recv() => return,
+                _ = tick.tick() => {}
+            }
+            self.sample();
+            if !self.board_has_health_checks() {
+                for r in self.inner.sources.replicator.replicas().iter() {
+                    let r = r.clone();
+                    tokio::spawn(async move { r.probe().await });
+                }
+            }
+        }
+    }
+
+    fn board_has_health_checks(&self) -> bool {
+        self.inner.sources.board.as_ref().is_some_and(|b| {
+            b.load()
+                .backends
+                .iter()
+                .any(|s| s.reachability != Reachability::Unknown)
+        })
+    }
+
+    fn replicas(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.inner.sources.replicator.replicas_arc()
+    }
+
+    /// Copies a replica's maintenance flag to the state board at once, so the read path stops
+    /// (or resumes) serving from it without waiting for the state keeper's next round.
+    fn publish_maintenance(&self, r: &Replica) {
+        if let Some(board) = &self.inner.sources.board {
+            let (name, on) = (r.name().to_owned(), r.in_maintenance());
+            board.update(|s| {
+                if let Some(b) = s.backends.iter_mut().find(|b| b.name == name) {
+                    b.maintenance = on;
+                }
+            });
+        }
+    }
+
+    async fn answer(self, req: Request<HandlerBody>) -> Response<ResponseBody> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let params = QueryParams::parse(req.uri().query());
+        let get = method == Method::GET || method == Method::HEAD;
+        match path.as_str() {
+            "/" if get => {
+                let s = self.status();
+                let mut resp = text(StatusCode::OK, page::render(&s));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                resp
+            }
+            "/status" if get => json(StatusCode::OK, &self.status()),
+            "/metrics" if get => {
+                let s = self.status();
+                let body = metrics::render(
+                    &s,
+                    &self.inner.sources.replicator,
+                    &self.listeners(),
+                    &self.inner.requests,
+                );
+                let mut resp = text(StatusCode::OK, body);
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(metrics::CONTENT_TYPE),
+                );
+                resp
+            }
+            "/" | "/status" | "/metrics" => method_not_allowed("GET, HEAD"),
+            // `GET /admin/v1/queues` is the peer queue report of the read path (DESIGN.md §5):
+            // it is answered by `crate::peers::queue_report` once that exists.
+            p if p.starts_with(API_PREFIX) => {
+                let rest = p[API_PREFIX.len()..].to_owned();
+                self.api(&method, &rest, &params).await
+            }
+            _ => error(StatusCode::NOT_FOUND, "404 page not found".to_owned()),
+        }
+    }
+
+    async fn api(
+        &self,
+        method: &Method,
+        rest: &str,
+        params: &QueryParams,
+    ) -> Response<ResponseBody> {
+        let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let replicas = self.replicas();
+        let get = *method == Method::GET || *method == Method::HEAD;
+        let post = *method == Method::POST;
+        let result: Result<Response<ResponseBody>, ops::OpError> = match parts.as_slice() {
+            ["queue"] | ["deadletter"] if get => Ok(json(StatusCode::OK, &ops::list(&replicas))),
+            [store @ ("queue" | "deadletter"), name] if get => ops::find(&replicas, name)
+                .and_then(|r| ops::inspect(r, *store == "deadletter"))
+                .map(|i| json(StatusCode::OK, &i)),
+            [store @ ("queue" | "deadletter"), name, "records"] if get => {
+                let limit = params
+                    .non_empty("max_bytes")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DEFAULT_DUMP_BYTES);
+                ops::find(&replicas, name)
+                    .and_then(|r| ops::dump(r, *store == "deadletter", limit))
+                    .map(|(body, truncated)| {
+                        let mut resp = text(StatusCode::OK, body);
+                        resp.headers_mut().insert(
+                            CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; charset=utf-8"),
+                        );
+                        if truncated {
+                            resp.headers_mut()
+                                .insert("X-Influx-Ha-Truncated", HeaderValue::from_static("true"));
+                        }
+                        resp
+                    })
+            }
+            ["queue", name, "verify"] if post => ops::find(&replicas, name)
+                .and_then(|r| ops::verify(r, true))
+                .map(|v| json(StatusCode::OK, &v)),
+            ["queue", name, "drain"] if post => {
+                let wait = params
+                    .non_empty("wait")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(DEFAULT_DRAIN_WAIT, Duration::from_secs);
+                match ops::find(&replicas, name) {
+                    Ok(r) => ops::drain(r, wait).await.map(|d| json(StatusCode::OK, &d)),
+                    Err(e) => Err(e),
+                }
+            }
+            ["queue", name, "purge"] if post => ops::find(&replicas, name)
+                .and_then(|r| ops::purge(r))
+                .map(|d| json(StatusCode::OK, &d)),
+            ["deadletter", name, "replay"] if post => match ops::find(&replicas, name) {
+                Ok(r) => ops::replay_dead_letters(r)
+                    .await
+                    .map(|d| json(StatusCode::OK, &d)),
+                Err(e) => Err(e),
+            },
+            ["deadletter", name, "purge"] if post => ops::find(&replicas, name)
+                .and_then(|r| ops::purge_dead_letters(r))
+                .map(|d| json(StatusCode::OK, &d)),
+            ["backend", name, action @ ("maintenance" | "resume")] if post => {
+                ops::find(&replicas, name).and_then(|r| {
+                    let d = if *action == "maintenance" {
+                        ops::maintenance(r)
+                    } else {
+                        ops::resume(r)
+                    }?;
+                    self.publish_maintenance(r);
+                    Ok(json(StatusCode::OK, &d))
+                })
+            }
+            ["queue" | "deadletter"] | ["queue" | "deadletter", _] | [_, _, "records"] => {
+                Ok(method_not_allowed("GET, HEAD"))
+            }
+            ["queue" | "deadletter" | "backend", _, _] => Ok(method_not_allowed("POST")),
+            _ => Err(ops::OpError {
+                status: 404,
+                message: format!("unknown admin API path {API_PREFIX}{rest}"),
+            }),
+        };
+        result.unwrap_or_else(|e| {
+            error(
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                e.message,
+            )
+        })
+    }
+}
+
+impl Handler for AdminHandler {
+    fn call(&self, id: RequestId, req: Request<HandlerBody>) -> HandlerFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut resp = this.answer(req).await;
+            resp.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            add_common_headers(resp.headers_mut(), Some(&id));
+            resp
+        })
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|e| {
+        format!("{{\"error\":\"cannot encode the answer: {e}\"}}").into_bytes()
+    });
+    body.push(b'\n');
+    let mut resp = text(status, body);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(status: StatusCode, message: String) -> Response<ResponseBody> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed".to_owned(),
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+
+use super::*;
+use crate::config::Config;
+use crate::health::Health;
+use crate::http::compat::RequestId;
+use crate::http::{RequestObserver, Surface, empty};
+use crate::params::Consistency;
+use crate::write::Replicator;
+
+/// A replicator over two backends that refuse connections (nothing listens on port 1), so
+/// every write ends up queued; no replay task runs, so queues stay as the test leaves them.
+fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
+    let text = format!(
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"alpha\"\nurl = \"http://127.0.0.1:1\"\n[[backend]]\nname = \"beta\"\nurl = \"http://127.0.0.2:1\"\n",
+        dir.display().to_string()
+    );
+    let config = Config::from_toml(&text, "test").expect("valid config");
+    let clients = crate::node::backend_clients(&config).expect("clients");
+    let replicator = Replicator::open(&config, &clients).expect("queues open");
+    let admin = AdminHandler::new(Sources {
+        replicator: replicator.clone(),
+        board: None,
+        health: Health::new(),
+        data_dir: config.data_dir.clone(),
+        started: SystemTime::now() - Duration::from_secs(90),
+        http_listeners: vec![("http", "127.0.0.1:8086".to_owned())],
+    });
+    (admin, replicator)
+}
+
+async fn write_one(replicator: &Replicator, line: &str) {
+    // Both backends are unreachable: the batch is queued for each (500 "queue not empty").
+    let _ = replicator
+        .replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::Any,
+            Bytes::from(line.to_owned()),
+        )
+        .await;
+}
+
+async fn call(
+    admin: &AdminHandler,
+    method: &str,
+    uri: &str,
+) -> (StatusCode, String, http::HeaderMap) {
+    let req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("method"))
+        .uri(uri)
+        .body(empty())
+        .expect("request");
+    let resp = admin.call(RequestId::new(), req).await;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        String::from_utf8(bytes.to_vec()).expect("utf-8"),
+        parts.headers,
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("JSON")
+}
+
+#[tokio::test]
+async fn status_json_shows_queued_backends_and_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    let (status, body, headers) = call(&admin, "GET", "/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    let v = json(&body);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime_seconds"].as_u64().expect("uptime") >= 90);
+    assert_eq!(v["backends"][0]["name"], "alpha");
+    assert_eq!(v["backends"][0]["sync"], "in_sync");
+    assert_eq!(v["backends"][0]["reachability"], "unknown");
+    assert_eq!(v["listeners"][0]["kind"], "http");
+    assert!(v["data_dir"]["free_bytes"].as_u64().is_some());
+
+    write_one(&replicator, "m v=1 1\n").await;
+    let v = json(&call(&admin, "GET", "/status").await.1);
+    let alpha = &v["backends"][0];
+    assert_eq!(alpha["reachability"], "down", "{alpha}");
+    assert_eq!(alpha["reachability_source"], "passive");
+    assert!(
+        alpha["down_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("connect"),
+        "{alpha}"
+    );
+    assert_eq!(alpha["sync"], "catching_up");
+    assert_eq!(alpha["queue"]["records"], 1);
+    assert!(alpha["queue"]["bytes"].as_u64().expect("bytes") > 0);
+    assert!(alpha["queue"]["oldest_age_seconds"].as_f64().is_some());
+    assert_eq!(alpha["totals"]["direct_failed"], 1);
+    assert_eq!(alpha["fresh"], false);
+    assert_eq!(v["summary"]["ok"], false);
+    let summary = v["summary"]["text"].as_str().expect("text");
+    assert!(summary.contains("alpha: down"), "{summary}");
+    assert!(summary.contains("beta: catching up (1 writes"), "{summary}");
+}
+
+#[tokio::test]
+async fn rates_and_catch_up_come_from_samples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    write_one(&replicator, "m v=1 1\n").await;
+    // A sample from two seconds ago with nothing counted yet: one write in two seconds.
+    let mut old = status::sample(&admin.inner.sources, &[], &admin.inner.requests);
+    for v in old.values_mut() {
+        *v = 0;
+    }
+    admin
+        .inner
+        .rates
+        .record(SystemTime::now() - Duration::from_secs(2), old);
+    let v = json(&call(&admin, "GET", "/status").await.1);
+    let rates = &v["backends"][0]["rates"];
+    let writes = rates["writes_per_second"].as_f64().expect("rate");
+    assert!(writes > 0.3 && writes <= 0.5, "{rates}");
+    // Appending, not replaying: the queue is not shrinking, so there is no estimate.
+    assert!(v["backends"][0]["catch_up_seconds"].is_null());
+}
+
+#[test]
+fn rates_need_a_sample_old_enough() {
+    let r = rates::Rates::default();
+    let now = SystemTime::now();
+    let mut s = rates::Sample::new();
+    s.insert("k".into(), 10);
+    assert_eq!(r.rate("k", &s, now), None, "no sample yet");
+    r.record(now, s.clone());
+    assert_eq!(r.rate("k", &s, now), None, "too recent");
+    let mut later = rates::Sample::new();
+    later.insert("k".into(), 30);
+    let rate = r.rate("k", &later, now + Duration::from_secs(10));
+    assert_eq!(rate, Some(2.0));
+    // Old samples are forgotten past the window, the newest past it kept.
+    for i in 1..30 {
+        r.record(now + Duration::from_secs(5 * i), s.clone());
+    }
+    let at = now + Duration::from_secs(150);
+    let rate = r.rate("k", &later, at).expect("rate");
+    assert!(rate > 0.0, "{rate}");
+    assert!(r.rate("missing", &later, at).is_none());
+}
+
+#[tokio::test]
+async fn metrics_have_conventional_names_and_backend_labels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    write_one(&replicator, "m v=1 1\n").await;
+    admin.request_metrics().observe(
+        Surface::Main { with_admin: false },
+        &Method::POST,
+        "/write",
+        StatusCode::NO_CONTENT,
+        Duration::from_millis(3),
+    );
+    // A path a client made up does not become a label value.
+    admin.request_metrics().observe(
+        Surface::Admin,
+        &Method::GET,
+        "/made/up/path",
+        StatusCode::NOT_FOUND,
+        Duration::from_millis(1),
+    );
+    let (status, body, headers) = call(&admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/openmetrics-text"),
+        "{headers:?}"
+    );
+    for expected in [
+        "influx_ha_build_info{version=\"",
+        "# TYPE influx_ha_uptime_seconds gauge",
+        "influx_ha_healthy 1",
+        "influx_ha_data_dir_free_bytes ",
+        "influx_ha_backend_up{backend=\"alpha\"} 0",
+        "influx_ha_backend_state{backend=\"alpha\",state=\"catching_up\"} 1",
+        "influx_ha_backend_state{backend=\"alpha\",state=\"in_sync\"} 0",
+        "influx_ha_queue_records{backend=\"alpha\"} 1",
+        "influx_ha_queue_records{backend=\"beta\"} 1",
+        "# TYPE influx_ha_queue_bytes gauge",
+        "influx_ha_queue_oldest_age_seconds{backend=\"beta\"}",
+        "influx_ha_backend_direct_writes_total{backend=\"alpha\",result=\"failed\"} 1",
+        "influx_ha_backend_queued_batches_total{backend=\"alpha\"} 1",
+        "influx_ha_queue_dropped_records_total{backend=\"alpha\",reason=\"purged\"} 0",
+        "influx_ha_dead_letter_records{backend=\"alpha\"} 0",
+        "# TYPE influx_ha_http_request_duration_seconds histogram",
+        "influx_ha_http_request_duration_seconds_count{listener=\"http\",endpoint=\"write\",method=\"POST\",code=\"204\"} 1",
+        "endpoint=\"other\",method=\"GET\",code=\"404\"",
+        "# EOF",
+    ] {
+        assert!(body.contains(expected), "missing {expected:?} in\n{body}");
+    }
+    assert!(!body.contains("made/up"), "{body}");
+}
+
+#[tokio::test]
+async fn page_shows_every_backend_with_its_state_and_escapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    let (status, page, headers) = call(&admin, "GET", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(page.contains("<meta http-equiv=\"refresh\""), "{page}");
+    assert!(page.contains("data-backend=\"alpha\""));
+    assert!(page.contains("data-backend=\"beta\""));
+    assert!(page.contains("in sync"));
+
+    write_one(&replicator, "m v=1 1\n").await;
+    replicator.replicas()[1].mark_diverged("refused <script>alert(1)</script> & more");
+    let page = call(&admin, "GET", "/").await.1;
+    assert!(page.contains("class=\"summary bad\""), "{page}");
+    assert!(page.contains("alpha: down"), "{page}");
+    assert!(
+        page.contains("<span class=\"badge down\">down</span>"),
+        "{page}"
+    );
+    assert!(page.contains("catching up"), "{page}");
+    assert!(page.contains(">diverged<"), "{page}");
+    assert!(page.contains("refused &lt;script&gt;alert(1)&lt;/script&gt; &amp; more"));
+    assert!(!page.contains("<script>"), "{page}");
+}
+
+#[tokio::test]
+async fn maintenance_queues_everything_and_resume_clears_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/backend/alpha/maintenance").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(dir.path().join("alpha/maintenance").exists());
+    let alpha = replicator.replicas()[0].clone();
+    assert!(alpha.in_maintenance() && alpha.is_queueing());
+    let v = json(&call(&admin, "GET", "/status").await.1);
+    assert_eq!(v["backends"][0]["sync"], "maintenance");
+    assert!(
+        v["summary"]["text"]
+            .as_str()
+            .expect("text")
+            .contains("alpha: in maintenance")
+    );
+    // The flag survives a restart.
+    let (_, body, _) = call(&admin, "POST", "/admin/v1/backend/alpha/resume").await;
+    assert!(
+        json(&body)["message"]
+            .as_str()
+            .expect("msg")
+            .contains("resumed")
+    );
+    assert!(!dir.path().join("alpha/maintenance").exists());
+    assert!(!alpha.in_maintenance());
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/backend/nope/resume").await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no backend named \\\"nope\\\" (configured: alpha, beta)"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn queue_api_lists_inspects_dumps_verifies_and_purges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    write_one(&replicator, "m v=1 1\n").await;
+    write_one(&replicator, "m v=2 2\n").await;
+    let v = json(&call(&admin, "GET", "/admin/v1/queue").await.1);
+    assert_eq!(v[0]["backend"], "alpha");
+    assert_eq!(v[0]["queue"]["records"], 2);
+    assert_eq!(v[0]["dead_letters"]["records"], 0);
+
+    let v = json(&call(&admin, "GET", "/admin/v1/queue/beta").await.1);
+    assert_eq!(v["depth"]["records"], 2);
+    assert_eq!(v["appended_records"], 2);
+    assert_eq!(v["segments"].as_array().expect("segments").len(), 1);
+
+    let (status, dump, _) = call(&admin, "GET", "/admin/v1/queue/beta/records").await;
+    assert_eq!(status, 200);
+    assert!(dump.contains("# handoff write db=db"), "{dump}");
+    assert!(
+        dump.contains("m v=1 1\n") && dump.contains("m v=2 2\n"),
+        "{dump}"
+    );
+    let (_, _, headers) = call(&admin, "GET", "/admin/v1/queue/beta/records?max_bytes=10").await;
+    assert_eq!(headers["x-influx-ha-truncated"], "true");
+
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/queue/beta/verify").await;
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["clean"], true, "{v}");
+    assert_eq!(v["valid_records"], 2);
+
+    let (status, _, headers) = call(&admin, "GET", "/admin/v1/queue/beta/purge").await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "POST");
+    let v = json(&call(&admin, "POST", "/admin/v1/queue/beta/purge").await.1);
+    assert_eq!(v["records"], 2);
+    assert_eq!(v["queue"]["records"], 0);
+    let beta = &replicator.replicas()[1];
+    assert!(
+        beta.diverged()
+            .expect("diverged")
+            .contains("purged its queue (2 records"),
+        "{:?}",
+        beta.diverged()
+    );
+    assert!(!beta.is_queueing(), "an empty queue sends direct again");
+    let diverged_file =
+        std::fs::read_to_string(dir.path().join("beta/diverged")).expect("persisted");
+    assert!(diverged_file.contains("purged"));
+
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/queue/alpha/drain?wait=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body)["complete"],
+        false,
+        "nothing replays in this test"
+    );
+    call(&admin, "POST", "/admin/v1/backend/alpha/maintenance").await;
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/queue/alpha/drain").await;
+    assert_eq!(status, 409);
+    assert!(body.contains("in maintenance"), "{body}");
+
+    let (status, _, _) = call(&admin, "GET", "/admin/v1/nothing/here").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = call(&admin, "GET", "/admin/v1/backend/alpha/resume").await;
+    assert_eq!(status, 405);
+    let (status, _, _) = call(&admin, "GET", "/nothing").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = call(&admin, "POST", "/status").await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    let alpha = replicator.replicas()[0].clone();
+    for line in ["m v=1 1\n", "m v=2 2\n"] {
+        alpha
+            .dead_letters()
+            .append(&handoff::Record::Write {
+                db: "db",
+                rp: "",
+                precision: "n",
+                payload: line.as_bytes(),
+            })
+            .await
+            .expect("appended");
+    }
+    let v = json(&call(&admin, "GET", "/admin/v1/deadletter").await.1);
+    assert_eq!(v[0]["dead_letters"]["records"], 2);
+    let dump = call(&admin, "GET", "/admin/v1/deadletter/alpha/records")
+        .await
+        .1;
+    assert!(dump.contains("m v=2 2"), "{dump}");
+
+    let v = json(
+        &call(&admin, "POST", "/admin/v1/deadletter/alpha/replay")
+            .await
+            .1,
+    );
+    assert_eq!(v["records"], 2, "{v}");
+    assert_eq!(v["queue"]["records"], 1, "merged into one batch: {v}");
+    assert_eq!(alpha.dead_letters().stats().depth_records, 0);
+    assert!(alpha.is_queueing());
+    let queued = call(&admin, "GET", "/admin/v1/queue/alpha/records").await.1;
+    assert!(queued.contains("m v=1 1\nm v=2 2\n"), "{queued}");
+
+    alpha
+        .dead_letters()
+        .append(&handoff::Record::Write {
+            db: "db",
+            rp: "",
+            precision: "n",
+            payload: b"m v=3 3\n",
+        })
+        .await
+        .expect("appended");
+    let v = json(
+        &call(&admin, "POST", "/admin/v1/deadletter/alpha/purge")
+            .await
+            .1,
+    );
+    assert_eq!(v["records"], 1);
+    assert_eq!(alpha.dead_letters().stats().depth_records, 0);
+}
