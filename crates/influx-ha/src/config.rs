@@ -31,6 +31,21 @@
 //! bind = "0.0.0.0:8094"
 //! database = "telegraf"               # created on every backend at start
 //!
+//! [[graphite]]                        # any number; Graphite plaintext `path value [timestamp]`
+//! bind = "0.0.0.0:2003"
+//! # protocol = "tcp"                 # tcp | udp
+//! # database = "graphite"            # created on every backend at start
+//! # separator = "."                  # joins the parts of a measurement, field or tag
+//! # templates = [                    # InfluxDB 1.x templates: [filter] pattern [tag=value,...]
+//! #   "servers.* .host.measurement.field",
+//! #   "measurement*",                # no filter: replaces the default (whole path)
+//! # ]
+//! # tags = ["region=eu"]             # added where the path and template set no such tag
+//!
+//! [[opentsdb]]                        # any number; telnet `put` lines and HTTP /api/put
+//! bind = "0.0.0.0:4242"
+//! # database = "opentsdb"            # created on every backend at start
+//!
 //! [write]
 //! consistency = "one"                 # any | one | quorum | all
 //! # backend_timeout = "10s"          # deadline of one direct write to a backend
@@ -59,6 +74,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+mod protocols;
+pub use self::protocols::{
+    DEFAULT_GRAPHITE_DATABASE, DEFAULT_OPENTSDB_DATABASE, GraphiteConfig, GraphiteProtocol,
+    OpentsdbConfig,
+};
 
 pub use crate::params::{Consistency, Precision};
 use crate::units::{ByteSize, HumanDuration};
@@ -107,6 +128,10 @@ pub struct Config {
     pub udp: Vec<UdpConfig>,
     /// TCP (newline-delimited) line-protocol listeners.
     pub tcp: Vec<TcpConfig>,
+    /// Graphite plaintext listeners (TCP or UDP).
+    pub graphite: Vec<GraphiteConfig>,
+    /// OpenTSDB listeners (telnet and HTTP on one port).
+    pub opentsdb: Vec<OpentsdbConfig>,
     /// Write-path settings.
     pub write: WriteConfig,
     /// Hinted-handoff queue limits, the same for every backend.
@@ -490,6 +515,10 @@ struct RawConfig {
     #[serde(default)]
     tcp: Vec<RawTcp>,
     #[serde(default)]
+    graphite: Vec<protocols::RawGraphite>,
+    #[serde(default)]
+    opentsdb: Vec<protocols::RawOpentsdb>,
+    #[serde(default)]
     write: RawWrite,
     #[serde(default)]
     queue: RawQueue,
@@ -852,6 +881,9 @@ impl RawConfig {
             })
             .collect();
 
+        let graphite = protocols::graphite(&mut c, &self.graphite, placeholder);
+        let opentsdb = protocols::opentsdb(&mut c, &self.opentsdb, placeholder);
+
         // Two TCP listeners on one address cannot both start.
         let mut tcp_binds: Vec<(String, SocketAddr, Option<&Spanned<String>>)> =
             vec![("http.bind".to_owned(), http.bind, self.http.bind.as_ref())];
@@ -860,6 +892,22 @@ impl RawConfig {
         }
         for (i, (t, raw)) in tcp.iter().zip(&self.tcp).enumerate() {
             tcp_binds.push((format!("tcp[{i}].bind"), t.bind, Some(&raw.bind)));
+        }
+        for (i, (g, raw)) in graphite.iter().zip(&self.graphite).enumerate() {
+            if g.protocol == GraphiteProtocol::Tcp {
+                tcp_binds.push((
+                    format!("graphite[{i}].bind"),
+                    g.bind,
+                    Some(raw.bind_spanned()),
+                ));
+            }
+        }
+        for (i, (o, raw)) in opentsdb.iter().zip(&self.opentsdb).enumerate() {
+            tcp_binds.push((
+                format!("opentsdb[{i}].bind"),
+                o.bind,
+                Some(raw.bind_spanned()),
+            ));
         }
         for (i, (key, addr, raw)) in tcp_binds.iter().enumerate() {
             if addr.port() == 0 {
@@ -873,15 +921,26 @@ impl RawConfig {
                 }
             }
         }
-        for (i, (u, raw)) in udp.iter().zip(&self.udp).enumerate() {
-            if u.bind.port() == 0 {
+        let mut udp_binds: Vec<(String, SocketAddr, &Spanned<String>)> = udp
+            .iter()
+            .zip(&self.udp)
+            .enumerate()
+            .map(|(i, (u, raw))| (format!("udp[{i}].bind"), u.bind, &raw.bind))
+            .collect();
+        for (i, (g, raw)) in graphite.iter().zip(&self.graphite).enumerate() {
+            if g.protocol == GraphiteProtocol::Udp {
+                udp_binds.push((format!("graphite[{i}].bind"), g.bind, raw.bind_spanned()));
+            }
+        }
+        for (i, (key, addr, raw)) in udp_binds.iter().enumerate() {
+            if addr.port() == 0 {
                 continue;
             }
-            if let Some(j) = udp[..i].iter().position(|o| o.bind == u.bind) {
+            if let Some((other, _, _)) = udp_binds[..i].iter().find(|(_, a, _)| a == addr) {
                 c.at(
-                    &raw.bind,
-                    format!("udp[{i}].bind"),
-                    format!("{} is already used by udp[{j}].bind", u.bind),
+                    *raw,
+                    key.clone(),
+                    format!("{addr} is already used by {other}"),
                 );
             }
         }
@@ -1037,6 +1096,8 @@ impl RawConfig {
             admin,
             udp,
             tcp,
+            graphite,
+            opentsdb,
             write,
             queue,
             backends,

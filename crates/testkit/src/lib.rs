@@ -98,6 +98,8 @@ pub struct Influxd {
     child: Option<Child>,
     /// A keep-alive connection for the helper methods.
     client: Mutex<HttpClient>,
+    /// Ports chosen for the `{port0}`, `{port1}`, … placeholders of [`Influxd::start_with`].
+    extra_ports: Vec<u16>,
 }
 
 // === impl Influxd ===
@@ -118,6 +120,34 @@ impl Influxd {
     /// Starts an influxd and waits until it answers `/ping`, retrying with new ports when a
     /// chosen port was taken by someone else in the meantime.
     pub fn try_start() -> Result<Self, StartError> {
+        Self::try_start_with("")
+    }
+
+    /// Starts an influxd with `extra` appended to its config, such as its own `[[graphite]]` or
+    /// `[[opentsdb]]` listeners. Each `{port0}`, `{port1}`, … in `extra` is replaced by a free
+    /// port (new ones on every retry); [`Influxd::extra_port`] says which were used.
+    ///
+    /// # Panics
+    ///
+    /// When influxd is not installed or cannot be started; the message says why.
+    pub fn start_with(extra: &str) -> Self {
+        match Self::try_start_with(extra) {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The port chosen for `{port<i>}` in [`Influxd::start_with`].
+    ///
+    /// # Panics
+    ///
+    /// When `extra` had no such placeholder.
+    pub fn extra_port(&self, i: usize) -> u16 {
+        self.extra_ports[i]
+    }
+
+    /// Like [`Influxd::start_with`], returning the error instead of panicking.
+    pub fn try_start_with(extra: &str) -> Result<Self, StartError> {
         if !on_path("influxd") {
             return Err(StartError::NotInstalled);
         }
@@ -128,7 +158,17 @@ impl Influxd {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let [http_port, rpc_port] = free_ports::<2>()?;
-            fs::write(&config, config_text(dir.path(), http_port, rpc_port))?;
+            let placeholders = (0..).take_while(|i| extra.contains(&format!("{{port{i}}}")));
+            let mut extra_ports = Vec::new();
+            let mut extra_text = extra.to_owned();
+            for i in placeholders {
+                let port = free_port()?;
+                extra_text = extra_text.replace(&format!("{{port{i}}}"), &port.to_string());
+                extra_ports.push(port);
+            }
+            let mut text = config_text(dir.path(), http_port, rpc_port);
+            text.push_str(&extra_text);
+            fs::write(&config, text)?;
             match launch(dir.path(), &config, http_port) {
                 Launch::Ready(child) => {
                     return Ok(Self {
@@ -138,6 +178,7 @@ impl Influxd {
                         http_port,
                         rpc_port,
                         child: Some(child),
+                        extra_ports,
                     });
                 }
                 Launch::PortTaken(log) => last = log,

@@ -8,6 +8,7 @@
 //! | `/health` | GET, HEAD | 200 `{"status":"pass",…}` while writes can be taken; 503 with the reason (draining, …) |
 //! | `/write` | POST (OPTIONS: 200) | parameters and body checked as 1.6 does, then the [`WriteHandler`] |
 //! | `/api/v2/write` | POST (OPTIONS: 200) | as InfluxDB 1.8: `bucket=db[/rp]`, `org` ignored, precision `ns`, `us`, `ms`, `s`; then the same [`WriteHandler`] |
+//! | `/api/v1/prom/write` | POST | Prometheus remote write (snappy protobuf), converted as 1.6.7 does ([`crate::ingest::promwrite`]), then the same [`WriteHandler`] with `db`, `rp`, `consistency` |
 //! | `/query` | GET, POST (OPTIONS: 200) | the query [`Handler`] (501 without one) |
 //! | `/api/v2/query`, `/api/v1/prom/read` | any | the query [`Handler`] (404 without one) |
 //! | `/`, `/status`, `/metrics`, `/admin/…` | any | the admin [`Handler`] when `[admin]` is not configured (the admin surface lives here then); 501 without one |
@@ -42,6 +43,9 @@ use tokio::time::Instant;
 use self::body::{BodyLimits, InflightBytes, RequestBody, read_body};
 use self::compat::{RequestId, add_common_headers};
 use self::error::{ALLOW_PING, ALLOW_QUERY, ALLOW_WRITE, ALLOW_WRITE_V2, RequestError};
+
+/// `Allow` of `/api/v1/prom/write` (POST only in 1.6).
+const ALLOW_PROM_WRITE: &str = "POST";
 use self::query::QueryParams;
 use crate::health::Health;
 use crate::params::Consistency;
@@ -296,6 +300,12 @@ impl<W: WriteHandler> HttpService<W> {
             "/api/v2/write" if main => Err(RequestError::MethodNotAllowed {
                 allow: ALLOW_WRITE_V2,
             }),
+            "/api/v1/prom/write" if main && method == Method::POST => {
+                self.prom_write(id, req).await
+            }
+            "/api/v1/prom/write" if main => Err(RequestError::MethodNotAllowed {
+                allow: ALLOW_PROM_WRITE,
+            }),
             "/query" if main && (method == Method::GET || method == Method::POST) => {
                 match &self.query {
                     Some(h) => Ok(delegate(h, id, req).await),
@@ -400,6 +410,45 @@ impl<W: WriteHandler> HttpService<W> {
                 body,
             })
             .await?;
+        Ok(no_content(id))
+    }
+
+    /// Prometheus remote write: `db` check, body, conversion, then the write handler.
+    async fn prom_write<B>(
+        &self,
+        id: &RequestId,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, RequestError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Display,
+    {
+        let params = QueryParams::parse(req.uri().query());
+        let db = params.get("db").to_owned();
+        if db.is_empty() {
+            return Err(RequestError::DatabaseRequired);
+        }
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, &parts.headers, &self.limits, &self.inflight).await?;
+        // Protobuf inflates a few times over: allow that much, not more.
+        let max_decoded = self.limits.max_body_bytes.saturating_mul(8);
+        let mut converted = crate::ingest::promwrite::receive(&db, &body.data, max_decoded)?;
+        let lines = Bytes::from(std::mem::take(&mut converted.lines));
+        let written = self
+            .writer
+            .write(WriteRequest {
+                request_id: id.clone(),
+                db,
+                rp: params.non_empty("rp").map(str::to_owned),
+                precision: String::new(),
+                consistency: params.non_empty("consistency").map(str::to_owned),
+                body: RequestBody {
+                    data: lines,
+                    permit: body.permit,
+                },
+            })
+            .await;
+        crate::ingest::promwrite::finish(written, &converted)?;
         Ok(no_content(id))
     }
 

@@ -13,6 +13,10 @@
 //! logged at most once per [`LOG_INTERVAL`] per kind, with a short sample, never a whole payload.
 //! Writes use the configured default consistency (`[write] consistency`).
 
+pub mod graphite;
+
+pub mod points;
+pub mod promwrite;
 pub mod tcp;
 pub mod udp;
 
@@ -29,7 +33,7 @@ use lineproto::Precision;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, GraphiteProtocol};
 use crate::http::error::RequestError;
 use crate::params::Consistency;
 use crate::shutdown::Shutdown;
@@ -50,6 +54,34 @@ pub trait Sink: Send + Sync + 'static {
         precision: Precision,
         data: Bytes,
     ) -> impl Future<Output = Result<(), RequestError>> + Send;
+}
+
+/// A text protocol a TCP or UDP listener speaks instead of line protocol (Graphite,
+/// OpenTSDB telnet): whole lines in, line protocol out.
+pub trait TextProtocol: Send + Sync + 'static {
+    /// Converts whole lines (each ended by `\n`, the last one perhaps not) received at
+    /// `now_nanos` into lines of line protocol with nanosecond timestamps, appended to `out`;
+    /// what the protocol answers goes to `reply` (TCP only). Lines it refuses are reported
+    /// through `refused`.
+    fn convert(
+        &self,
+        lines: &[u8],
+        now_nanos: i64,
+        out: &mut Vec<u8>,
+        reply: &mut Vec<u8>,
+        refused: &mut dyn FnMut(&[u8], &dyn std::fmt::Display),
+    );
+
+    /// Called for each new TCP connection before it is read as lines: a protocol that also
+    /// speaks something else on the same port (OpenTSDB's HTTP API) takes the connection and
+    /// answers `None`, or hands it back.
+    fn sniff(
+        &self,
+        stream: tokio::net::TcpStream,
+        _shutdown: Shutdown,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<tokio::net::TcpStream>> + Send>> {
+        Box::pin(async move { Some(stream) })
+    }
 }
 
 /// The write path at the configured default consistency.
@@ -102,6 +134,8 @@ pub struct Counters {
     batches_below_level: AtomicU64,
     write_failures: AtomicU64,
     write_retries: AtomicU64,
+    requests: AtomicU64,
+    bad_requests: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -139,9 +173,13 @@ pub struct CountersSnapshot {
     pub write_failures: u64,
     /// TCP: writes retried because the write path was overloaded or unavailable (503).
     pub write_retries: u64,
+    /// HTTP (Prometheus remote write, OpenTSDB `/api/put`): requests received.
+    pub requests: u64,
+    /// HTTP: requests refused as a whole (undecodable body, wrong method or path, …).
+    pub bad_requests: u64,
 }
 
-fn add(counter: &AtomicU64, n: usize) {
+pub(crate) fn add(counter: &AtomicU64, n: usize) {
     counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
@@ -164,6 +202,8 @@ impl Counters {
             batches_below_level: get(&self.batches_below_level),
             write_failures: get(&self.write_failures),
             write_retries: get(&self.write_retries),
+            requests: get(&self.requests),
+            bad_requests: get(&self.bad_requests),
         }
     }
 }
@@ -203,7 +243,7 @@ pub(crate) fn sample(bytes: &[u8]) -> String {
     s
 }
 
-fn unix_nanos() -> i64 {
+pub(crate) fn unix_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -278,6 +318,35 @@ impl<S: Sink> Feed<S> {
             }
         }
         (v.points() > 0).then(|| v.into_output())
+    }
+
+    /// Converts `lines` of a text protocol into line protocol, counting and logging (rate
+    /// limited, with a sample) the lines the conversion refuses.
+    pub(crate) fn convert(
+        &self,
+        text: &dyn TextProtocol,
+        lines: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(lines.len() + lines.len() / 2);
+        let mut refused = 0;
+        text.convert(lines, unix_nanos(), &mut out, reply, &mut |line, why| {
+            refused += 1;
+            if let Some(suppressed) = self.bad_lines_log.allow() {
+                tracing::warn!(
+                    listener = %self.listener,
+                    kind = self.kind,
+                    database = %self.database,
+                    line = %sample(line),
+                    error = %why,
+                    suppressed,
+                    "line refused"
+                );
+            }
+        });
+        add(&self.counters.lines, refused);
+        add(&self.counters.bad_lines, refused);
+        out
     }
 
     /// Counts lines lost without being validated (a partial line at a connection's end).
@@ -398,6 +467,8 @@ pub struct ListenerStats {
 pub struct Listeners<S> {
     udp: Vec<udp::UdpListener<S>>,
     tcp: Vec<tcp::TcpLineListener<S>>,
+    /// The main HTTP listener's address, where Prometheus remote write is served.
+    http: SocketAddr,
 }
 
 impl<S: Sink + Clone> Listeners<S> {
@@ -441,13 +512,68 @@ impl<S: Sink + Clone> Listeners<S> {
                     })?,
             );
         }
-        Ok(Self { udp, tcp })
+        let tcp_options = tcp::TcpOptions {
+            max_line_bytes: max_body,
+            max_batch_bytes: tcp::TcpOptions::default().max_batch_bytes.min(max_body),
+            drain_timeout: config.http.drain_timeout,
+            ..tcp::TcpOptions::default()
+        };
+        let udp_options = udp::UdpOptions {
+            max_batch_bytes: udp::UdpOptions::default().max_batch_bytes.min(max_body),
+            ..udp::UdpOptions::default()
+        };
+        for g in &config.graphite {
+            let text: Arc<dyn TextProtocol> = Arc::new(g.parser.clone());
+            let what = match g.protocol {
+                GraphiteProtocol::Tcp => "graphite (tcp)",
+                GraphiteProtocol::Udp => "graphite (udp)",
+            };
+            let bind_error = |error| BindError {
+                what,
+                addr: g.bind,
+                error,
+            };
+            match g.protocol {
+                GraphiteProtocol::Tcp => tcp.push(
+                    tcp::TcpLineListener::bind_text(
+                        g.bind,
+                        &g.database,
+                        "graphite-tcp",
+                        sink.clone(),
+                        tcp_options,
+                        Some(text),
+                    )
+                    .await
+                    .map_err(bind_error)?,
+                ),
+                GraphiteProtocol::Udp => udp.push(
+                    udp::UdpListener::bind_text(
+                        g.bind,
+                        &g.database,
+                        Precision::Nanoseconds,
+                        "graphite-udp",
+                        sink.clone(),
+                        udp_options,
+                        Some(text),
+                    )
+                    .await
+                    .map_err(bind_error)?,
+                ),
+            }
+        }
+        Ok(Self {
+            udp,
+            tcp,
+            http: config.http.bind,
+        })
     }
 
     /// Every listener's identity and counters.
     pub fn stats(&self) -> Vec<ListenerStats> {
         let udp = self.udp.iter().map(|l| l.stats());
-        udp.chain(self.tcp.iter().map(|l| l.stats())).collect()
+        let mut all: Vec<ListenerStats> = udp.chain(self.tcp.iter().map(|l| l.stats())).collect();
+        all.push(promwrite::stats(self.http));
+        all
     }
 
     /// Runs every listener in its own task until `shutdown` is broadcast; each task ends once
@@ -642,7 +768,8 @@ mod tests {
             .await
             .expect("free ports");
         let stats = listeners.stats();
-        assert_eq!(stats.len(), 2);
+        assert_eq!(stats.len(), 3);
+        assert_eq!(stats[2].kind, "prometheus");
         assert_eq!((stats[0].kind, stats[0].database.as_str()), ("udp", "u"));
         assert_eq!((stats[1].kind, stats[1].database.as_str()), ("tcp", "t"));
         assert_ne!(stats[1].addr.port(), 0);

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::task::JoinSet;
 
-use super::{Feed, ListenerStats, Sink, add};
+use super::{Feed, ListenerStats, Sink, TextProtocol, add};
 use crate::config::TcpConfig;
 use crate::shutdown::Shutdown;
 
@@ -64,6 +64,8 @@ pub struct TcpLineListener<S> {
     listener: TcpListener,
     feed: Arc<Feed<S>>,
     options: TcpOptions,
+    /// What the lines are when they are not line protocol (Graphite, OpenTSDB).
+    text: Option<Arc<dyn TextProtocol>>,
 }
 
 impl<S> std::fmt::Debug for TcpLineListener<S> {
@@ -94,18 +96,32 @@ impl<S> Drop for OpenConnection<S> {
 impl<S: Sink> TcpLineListener<S> {
     /// Binds `config.bind`.
     pub async fn bind(config: &TcpConfig, sink: S, options: TcpOptions) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.bind).await?;
+        Self::bind_text(config.bind, &config.database, "tcp", sink, options, None).await
+    }
+
+    /// Binds `bind` for a text protocol (`text`, named `kind`) or, without one, line
+    /// protocol.
+    pub async fn bind_text(
+        bind: SocketAddr,
+        database: &str,
+        kind: &'static str,
+        sink: S,
+        options: TcpOptions,
+        text: Option<Arc<dyn TextProtocol>>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         Ok(Self {
             listener,
             feed: Arc::new(Feed::new(
                 sink,
-                config.database.clone(),
+                database.to_owned(),
                 lineproto::Precision::Nanoseconds,
-                "tcp",
+                kind,
                 addr,
             )),
             options,
+            text,
         })
     }
 
@@ -116,7 +132,7 @@ impl<S: Sink> TcpLineListener<S> {
 
     pub fn stats(&self) -> ListenerStats {
         ListenerStats {
-            kind: "tcp",
+            kind: self.feed.kind,
             addr: self.feed.listener,
             database: self.feed.database.clone(),
             counters: self.feed.counters.clone(),
@@ -127,7 +143,7 @@ impl<S: Sink> TcpLineListener<S> {
     /// after its current write, and waits for them (at most the drain period).
     pub async fn run(self, mut shutdown: Shutdown) {
         let addr = self.feed.listener;
-        tracing::info!(listener = %addr, database = %self.feed.database, "listening (TCP line protocol)");
+        tracing::info!(listener = %addr, database = %self.feed.database, kind = self.feed.kind, "listening (TCP)");
         let limit = Arc::new(Semaphore::new(self.options.max_connections.max(1)));
         let (notify, _) = broadcast::channel::<()>(1);
         let mut connections = JoinSet::new();
@@ -173,10 +189,18 @@ impl<S: Sink> TcpLineListener<S> {
                 feed: self.feed.clone(),
                 peer,
                 options: self.options,
+                text: self.text.clone(),
             };
             let stop = Shutdown::new(notify.subscribe());
+            let sniff_stop = Shutdown::new(notify.subscribe());
             connections.spawn(async move {
-                connection.serve(stream, stop).await;
+                let stream = match &connection.text {
+                    Some(text) => text.sniff(stream, sniff_stop).await,
+                    None => Some(stream),
+                };
+                if let Some(stream) = stream {
+                    connection.serve(stream, stop).await;
+                }
                 drop(open);
             });
         }
@@ -203,6 +227,7 @@ struct Connection<S> {
     feed: Arc<Feed<S>>,
     peer: SocketAddr,
     options: TcpOptions,
+    text: Option<Arc<dyn TextProtocol>>,
 }
 
 /// How reading went.
@@ -242,15 +267,20 @@ impl<S: Sink> Connection<S> {
             if eof {
                 // The client is done: whatever is left is its last line.
                 if !buf.is_empty() {
-                    self.write(buf.split().freeze(), &mut shutdown).await;
+                    self.write(buf.split().freeze(), &mut stream, &mut shutdown)
+                        .await;
                 }
                 return;
             }
             if buf[scanned..].contains(&b'\n') {
-                let n = lineproto::complete_lines(&buf);
+                let n = match self.text {
+                    // Text protocols have no quoting: a line ends at its newline.
+                    Some(_) => buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1),
+                    None => lineproto::complete_lines(&buf),
+                };
                 if n > 0 {
                     let lines = buf.split_to(n).freeze();
-                    self.write(lines, &mut shutdown).await;
+                    self.write(lines, &mut stream, &mut shutdown).await;
                 }
             }
             scanned = buf.len();
@@ -311,7 +341,22 @@ impl<S: Sink> Connection<S> {
     }
 
     /// Validates and replicates whole lines (retrying while the write path answers 503).
-    async fn write(&self, lines: Bytes, shutdown: &mut Shutdown) {
+    async fn write(&self, lines: Bytes, stream: &mut TcpStream, shutdown: &mut Shutdown) {
+        let lines = match &self.text {
+            Some(text) => {
+                let mut reply = Vec::new();
+                let converted = self.feed.convert(text.as_ref(), &lines, &mut reply);
+                if !reply.is_empty() {
+                    // A client that does not read its answers only loses them.
+                    let _ = tokio::io::AsyncWriteExt::write_all(stream, &reply).await;
+                }
+                Bytes::from(converted)
+            }
+            None => lines,
+        };
+        if lines.is_empty() {
+            return;
+        }
         let Some(valid) = self.feed.prepare(&lines) else {
             return;
         };

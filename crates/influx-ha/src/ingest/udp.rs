@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
-use super::{Feed, ListenerStats, Sink, add, sample};
+use super::{Feed, ListenerStats, Sink, TextProtocol, add, sample};
 use crate::config::UdpConfig;
 use crate::shutdown::Shutdown;
 
@@ -54,6 +54,8 @@ pub struct UdpListener<S> {
     socket: UdpSocket,
     feed: Arc<Feed<S>>,
     options: UdpOptions,
+    /// What the datagrams hold when it is not line protocol (Graphite).
+    text: Option<Arc<dyn TextProtocol>>,
 }
 
 /// A batch being gathered, and whether it may take more.
@@ -109,19 +111,37 @@ impl Pending {
 impl<S: Sink> UdpListener<S> {
     /// Binds `config.bind`.
     pub async fn bind(config: &UdpConfig, sink: S, options: UdpOptions) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(config.bind).await?;
-        let addr = socket.local_addr()?;
         let precision = lineproto::Precision::from_v1_param(config.precision.as_v1_param());
+        Self::bind_text(
+            config.bind,
+            &config.database,
+            precision,
+            "udp",
+            sink,
+            options,
+            None,
+        )
+        .await
+    }
+
+    /// Binds `bind` for a text protocol (`text`, named `kind`; it produces nanosecond
+    /// timestamps) or, without one, line protocol in `precision`.
+    pub async fn bind_text(
+        bind: SocketAddr,
+        database: &str,
+        precision: lineproto::Precision,
+        kind: &'static str,
+        sink: S,
+        options: UdpOptions,
+        text: Option<Arc<dyn TextProtocol>>,
+    ) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(bind).await?;
+        let addr = socket.local_addr()?;
         Ok(Self {
             socket,
-            feed: Arc::new(Feed::new(
-                sink,
-                config.database.clone(),
-                precision,
-                "udp",
-                addr,
-            )),
+            feed: Arc::new(Feed::new(sink, database.to_owned(), precision, kind, addr)),
             options,
+            text,
         })
     }
 
@@ -132,7 +152,7 @@ impl<S: Sink> UdpListener<S> {
 
     pub fn stats(&self) -> ListenerStats {
         ListenerStats {
-            kind: "udp",
+            kind: self.feed.kind,
             addr: self.feed.listener,
             database: self.feed.database.clone(),
             counters: self.feed.counters.clone(),
@@ -145,7 +165,8 @@ impl<S: Sink> UdpListener<S> {
             listener = %self.feed.listener,
             database = %self.feed.database,
             precision = self.feed.precision.v1_param(),
-            "listening (UDP line protocol)"
+            kind = self.feed.kind,
+            "listening (UDP)"
         );
         let pending = Arc::new(Pending::default());
         let writer = tokio::spawn(write_pending(self.feed.clone(), pending.clone()));
@@ -191,6 +212,17 @@ impl<S: Sink> UdpListener<S> {
                     "oversize datagram dropped"
                 );
             }
+            return;
+        }
+        let converted;
+        let datagram = match &self.text {
+            Some(text) => {
+                converted = self.feed.convert(text.as_ref(), datagram, &mut Vec::new());
+                converted.as_slice()
+            }
+            None => datagram,
+        };
+        if datagram.is_empty() {
             return;
         }
         let Some(lines) = self.feed.prepare(datagram) else {

@@ -5,6 +5,7 @@
 mod compat;
 mod faults;
 mod listeners;
+mod protocols;
 mod proxy;
 mod relay;
 mod replication;

@@ -1,0 +1,252 @@
+//! Prometheus remote write (`POST /api/v1/prom/write?db=…`): a snappy-compressed protobuf
+//! `WriteRequest`, converted as InfluxDB 1.6.7 converts it on the same endpoint, then written
+//! through the ordinary write path with the request's `db`, `rp` and `consistency`.
+//!
+//! The conversion: every label becomes a tag (`__name__` included), the measurement is the
+//! value of `__name__` (`prom_metric_not_specified` without one), each sample becomes a point
+//! with the float field `value` at its millisecond timestamp. NaN samples are dropped
+//! without an error (Prometheus uses them as staleness markers), as 1.6.7 does.
+//!
+//! What 1.6.7 refuses with a 400 for the whole request (an infinite value: `+/-Inf is an
+//! unsupported value for field value`), and what line protocol cannot carry (a newline in a
+//! label, …), is refused per point here: the other points of the request are written, then
+//! the first reason is answered with 400 like InfluxDB's partial writes, so Prometheus does not
+//! resend what was stored.
+//!
+//! Messages are hand-written [`prost`] structs (field numbers of Prometheus' `remote.proto`);
+//! fields Prometheus added later (metadata, exemplars, histograms) are skipped by the decoder.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use crate::http::error::RequestError;
+use crate::ingest::points::write_point;
+use crate::ingest::{Counters, ListenerStats, LogLimit, add, sample};
+
+/// The measurement of a series without `__name__` (InfluxDB 1.6's).
+pub const NO_NAME_MEASUREMENT: &str = "prom_metric_not_specified";
+/// The label that names a Prometheus metric.
+pub const NAME_LABEL: &str = "__name__";
+/// The field every sample is written to.
+pub const FIELD: &str = "value";
+
+/// `prometheus.WriteRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteRequest {
+    /// The series, each with its samples.
+    #[prost(message, repeated, tag = "1")]
+    pub timeseries: Vec<TimeSeries>,
+}
+
+/// `prometheus.TimeSeries`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TimeSeries {
+    /// Labels, `__name__` among them.
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<Label>,
+    /// Values at times.
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<Sample>,
+}
+
+/// `prometheus.Label` (`LabelPair` in older versions).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Label {
+    /// Label name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Label value.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// `prometheus.Sample`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sample {
+    /// The value.
+    #[prost(double, tag = "1")]
+    pub value: f64,
+    /// Milliseconds since the Unix epoch.
+    #[prost(int64, tag = "2")]
+    pub timestamp: i64,
+}
+
+/// Why a request body was refused as a whole (400, with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not snappy block format (Go's snappy text).
+    #[error("snappy: corrupt input")]
+    Snappy,
+    /// Inflates past the limit.
+    #[error("snappy: decoded block is too large")]
+    TooLarge,
+    /// Not a `WriteRequest`.
+    #[error("proto: {0}")]
+    Proto(String),
+}
+
+/// Decodes a request body.
+pub fn decode(body: &[u8], max_decoded: usize) -> Result<WriteRequest, DecodeError> {
+    let len = snap::raw::decompress_len(body).map_err(|_| DecodeError::Snappy)?;
+    if len > max_decoded {
+        return Err(DecodeError::TooLarge);
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|_| DecodeError::Snappy)?;
+    <WriteRequest as prost::Message>::decode(raw.as_slice())
+        .map_err(|e| DecodeError::Proto(e.to_string()))
+}
+
+/// What a request became.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Converted {
+    /// Line protocol, nanosecond timestamps.
+    pub lines: Vec<u8>,
+    /// Points written to `lines`.
+    pub points: usize,
+    /// NaN samples dropped (no error).
+    pub nan: usize,
+    /// Samples refused, and the first reason.
+    pub refused: usize,
+    /// The first refusal, as InfluxDB words it where it has the case.
+    pub first_error: Option<String>,
+}
+
+/// Converts a request as 1.6.7 does (see the module docs).
+pub fn convert(req: &WriteRequest) -> Converted {
+    let mut c = Converted {
+        lines: Vec::with_capacity(req.timeseries.len() * 96),
+        ..Converted::default()
+    };
+    let mut tags: Vec<(&str, &str)> = Vec::new();
+    for ts in &req.timeseries {
+        tags.clear();
+        let mut measurement = NO_NAME_MEASUREMENT;
+        for l in &ts.labels {
+            // A map in InfluxDB: the last of a repeated name wins.
+            match tags.iter_mut().find(|(k, _)| *k == l.name) {
+                Some(t) => t.1 = &l.value,
+                None => tags.push((&l.name, &l.value)),
+            }
+            if l.name == NAME_LABEL {
+                measurement = &l.value;
+            }
+        }
+        for s in &ts.samples {
+            if s.value.is_nan() {
+                c.nan += 1;
+                continue;
+            }
+            let refusal = if s.value.is_infinite() {
+                Some(format!("+/-Inf is an unsupported value for field {FIELD}"))
+            } else {
+                match s.timestamp.checked_mul(1_000_000) {
+                    None => Some("time outside range".to_owned()),
+                    Some(nanos) => {
+                        write_point(&mut c.lines, measurement, &mut tags, FIELD, s.value, nanos)
+                            .err()
+                            .map(|e| e.to_string())
+                    }
+                }
+            };
+            match refusal {
+                None => c.points += 1,
+                Some(why) => {
+                    c.refused += 1;
+                    c.first_error.get_or_insert(why);
+                }
+            }
+        }
+    }
+    c
+}
+
+// === Counters ===
+
+/// The endpoint's counters and log limit, one set per process (the endpoint lives on the
+/// main HTTP listener, which has no other place for them).
+#[derive(Debug, Default)]
+struct Stats {
+    counters: Arc<Counters>,
+    log: LogLimit,
+}
+
+fn global() -> &'static Stats {
+    static STATS: OnceLock<Stats> = OnceLock::new();
+    STATS.get_or_init(Stats::default)
+}
+
+/// The endpoint's identity and counters, for the status page (`kind` `prometheus`).
+pub fn stats(http: SocketAddr) -> ListenerStats {
+    ListenerStats {
+        kind: "prometheus",
+        addr: http,
+        database: "(the request's db)".to_owned(),
+        counters: global().counters.clone(),
+    }
+}
+
+/// Decodes and converts one request body, counting it; the body refused as a whole is a 400
+/// with the decoder's text (logged with its size, never its content).
+pub fn receive(db: &str, body: &[u8], max_decoded: usize) -> Result<Converted, RequestError> {
+    let s = global();
+    add(&s.counters.requests, 1);
+    add(&s.counters.bytes, body.len());
+    let req = match decode(body, max_decoded) {
+        Ok(r) => r,
+        Err(e) => {
+            add(&s.counters.bad_requests, 1);
+            if let Some(suppressed) = s.log.allow() {
+                tracing::warn!(
+                    database = db,
+                    bytes = body.len(),
+                    error = %e,
+                    suppressed,
+                    "Prometheus remote write refused"
+                );
+            }
+            return Err(RequestError::Unparsable(e.to_string().into_bytes()));
+        }
+    };
+    let c = convert(&req);
+    add(&s.counters.lines, c.points + c.refused);
+    add(&s.counters.bad_lines, c.refused);
+    if let Some(why) = &c.first_error
+        && let Some(suppressed) = s.log.allow()
+    {
+        tracing::warn!(
+            database = db,
+            refused = c.refused,
+            error = %sample(why.as_bytes()),
+            suppressed,
+            "Prometheus samples refused; the others are written"
+        );
+    }
+    Ok(c)
+}
+
+/// Counts how the write of a converted request went, and gives the client's answer: the
+/// write path's, or 400 with the first refusal when samples were refused.
+pub fn finish(written: Result<(), RequestError>, c: &Converted) -> Result<(), RequestError> {
+    let counters = &global().counters;
+    match &written {
+        Ok(()) => add(&counters.batches_written, 1),
+        Err(RequestError::PartialWrite(_)) => {
+            add(&counters.batches_written, 1);
+            add(&counters.batches_partly_refused, 1);
+        }
+        Err(RequestError::LevelNotMet | RequestError::QueuedOnly) => {
+            add(&counters.batches_below_level, 1);
+        }
+        Err(_) => add(&counters.write_failures, 1),
+    }
+    written?;
+    match &c.first_error {
+        Some(why) => Err(RequestError::PartialWrite(why.clone().into_bytes())),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+use prost::Message;
+
+use super::*;
+
+fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
+    TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: (*n).to_owned(),
+                value: (*v).to_owned(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|&(value, timestamp)| Sample { value, timestamp })
+            .collect(),
+    }
+}
+
+fn body(req: &WriteRequest) -> Vec<u8> {
+    snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .expect("compress")
+}
+
+#[test]
+fn series_become_points_as_1_6_7_writes_them() {
+    let req = WriteRequest {
+        timeseries: vec![
+            series(
+                &[("__name__", "up"), ("job", "node"), ("instance", "a:9100")],
+                &[
+                    (1.0, 1_700_000_000_123),
+                    (f64::NAN, 1_700_000_001_000),
+                    (0.5, 1),
+                ],
+            ),
+            series(&[("zone", "x y"), ("empty", "")], &[(-2.0, 5)]),
+        ],
+    };
+    let decoded = decode(&body(&req), 1 << 20).expect("decodes");
+    // NaN is not equal to itself: compare the encodings.
+    assert_eq!(decoded.encode_to_vec(), req.encode_to_vec());
+    let c = convert(&decoded);
+    assert_eq!(
+        String::from_utf8(c.lines).expect("utf-8"),
+        "up,__name__=up,instance=a:9100,job=node value=1.0 1700000000123000000\n\
+         up,__name__=up,instance=a:9100,job=node value=0.5 1000000\n\
+         prom_metric_not_specified,zone=x\\ y value=-2.0 5000000\n"
+    );
+    assert_eq!((c.points, c.nan, c.refused), (3, 1, 0));
+}
+
+#[test]
+fn refused_samples_leave_the_others() {
+    let req = WriteRequest {
+        timeseries: vec![
+            series(&[("__name__", "a")], &[(f64::INFINITY, 1), (1.0, 2)]),
+            series(&[("__name__", "b"), ("t", "x\ny")], &[(1.0, 3)]),
+            series(&[("__name__", "c")], &[(1.0, i64::MAX)]),
+        ],
+    };
+    let c = convert(&req);
+    assert_eq!(
+        String::from_utf8(c.lines).expect("utf-8"),
+        "a,__name__=a value=1.0 2000000\n"
+    );
+    assert_eq!((c.points, c.refused), (1, 3));
+    assert_eq!(
+        c.first_error.as_deref(),
+        Some("+/-Inf is an unsupported value for field value")
+    );
+}
+
+#[test]
+fn bad_bodies_are_named() {
+    assert_eq!(
+        decode(b"not snappy at all", 1 << 20),
+        Err(DecodeError::Snappy)
+    );
+    let big = WriteRequest {
+        timeseries: vec![series(&[("__name__", &"x".repeat(5000))], &[(1.0, 1)])],
+    };
+    assert_eq!(decode(&body(&big), 1000), Err(DecodeError::TooLarge));
+    let garbage = snap::raw::Encoder::new()
+        .compress_vec(b"\xff\xff\xff")
+        .expect("compress");
+    assert!(matches!(
+        decode(&garbage, 1 << 20),
+        Err(DecodeError::Proto(_))
+    ));
+    assert_eq!(
+        decode(&body(&WriteRequest::default()), 10),
+        Ok(WriteRequest::default())
+    );
+}
