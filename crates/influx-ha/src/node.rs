@@ -259,8 +259,7 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
         .with_admin(Arc::new(admin.clone()))
         .with_observer(admin.request_metrics());
     // As InfluxDB's UDP, Graphite and OpenTSDB services do: the listeners' databases exist
-    // before lines arrive
-    // (queued, in order, for a backend that cannot take the statement now).
+    // before lines arrive (queued, in order, for a backend that cannot take the statement now).
     let mut databases: Vec<&str> = config.udp.iter().map(|u| u.database.as_str()).collect();
     databases.extend(config.tcp.iter().map(|t| t.database.as_str()));
     databases.extend(config.graphite.iter().map(|g| g.database.as_str()));
