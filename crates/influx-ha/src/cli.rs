@@ -42,6 +42,21 @@ pub enum Command {
     /// Validate a config file and print what `serve` would do with it; exits non-zero with
     /// the problems (line and key of each) when the file is not valid.
     Check(ConfigArg),
+    /// Hash a password for an [[auth.user]] table: reads it from a prompt (twice, echo off)
+    /// or, when standard input is not a terminal, from its first line; prints the
+    /// password_hash value. The password is never taken from the command line.
+    HashPassword(HashPasswordArgs),
+    /// Make a random token for an [[auth.token]] table: prints the token (give it to the
+    /// client, which sends `Authorization: Token TOKEN`) and the token_hash for the config.
+    NewToken,
+}
+
+/// Options of `hash-password`.
+#[derive(Debug, Args)]
+pub struct HashPasswordArgs {
+    /// PBKDF2 iterations (at least 10000); more is slower to check and to attack.
+    #[arg(long, default_value_t = crate::auth::password::DEFAULT_ITERATIONS)]
+    pub iterations: u32,
 }
 
 /// The config file argument.
@@ -110,6 +125,24 @@ pub fn describe(config: &Config, origin: &str) -> String {
         format_duration(h.body_read_timeout),
         format_duration(h.drain_timeout)
     );
+    let a = &config.auth;
+    let _ = writeln!(s);
+    let _ = writeln!(s, "authentication");
+    if a.enabled {
+        let _ = writeln!(
+            s,
+            "  on: {} user(s), {} token(s); admin listener {}",
+            a.users.len(),
+            a.tokens.len(),
+            if a.admin_listener {
+                "asks for credentials"
+            } else {
+                "open"
+            }
+        );
+    } else {
+        let _ = writeln!(s, "  off: every client is accepted");
+    }
     let w = &config.write;
     let _ = writeln!(s);
     let _ = writeln!(s, "write");

@@ -64,6 +64,18 @@
 //! url = "http://10.0.0.1:8086"
 //! # username = "relay"               # service credentials for this backend
 //! # password = "..."
+//!
+//! [auth]                              # optional: relay-level authentication, off by default
+//! enabled = true                      # InfluxDB's auth-enabled: 401 without good credentials
+//! # admin_listener = true            # false: the [admin] listener asks for none
+//!
+//! [[auth.user]]                       # any number; u/p parameters, Basic, `Token user:pass`
+//! name = "telegraf"
+//! password_hash = "$pbkdf2-sha256$i=600000$…"  # from `influx-ha hash-password`
+//!
+//! [[auth.token]]                      # any number; `Authorization: Token TOKEN`
+//! name = "grafana"                    # shown in logs instead of the token
+//! token_hash = "$sha256$…"            # from `influx-ha new-token`
 //! ```
 
 use std::collections::HashMap;
@@ -81,6 +93,7 @@ pub use self::protocols::{
     OpentsdbConfig,
 };
 
+pub use self::security::AuthConfig;
 pub use crate::params::{Consistency, Precision};
 use crate::units::{ByteSize, HumanDuration};
 
@@ -138,6 +151,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The InfluxDB backends every write is replicated to; never empty.
     pub backends: Vec<BackendConfig>,
+    /// Relay-level authentication (off unless `[auth] enabled = true`).
+    pub auth: AuthConfig,
 }
 
 /// `[http]`: the main listener.
@@ -524,6 +539,8 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     backend: Vec<RawBackend>,
+    #[serde(default)]
+    auth: security::RawAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1086,6 +1103,8 @@ impl RawConfig {
             });
         }
 
+        let auth = self.auth.validate(&mut c);
+
         if !c.problems.is_empty() {
             c.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             return Err(c.problems);
@@ -1101,9 +1120,11 @@ impl RawConfig {
             write,
             queue,
             backends,
+            auth,
         })
     }
 }
 
+mod security;
 #[cfg(test)]
 mod tests;

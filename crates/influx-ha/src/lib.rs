@@ -21,6 +21,8 @@
 //!   [`shutdown`]: the broadcast-based shutdown signal; [`health`]: readiness behind `/health`.
 //! - [`backend`]: one pooled client per InfluxDB backend (timeouts, service credentials) and
 //!   the single classification of its answers ([`backend::classify`]).
+//! - [`auth`]: relay-level users and tokens (hashed), checked as InfluxDB 1.6 checks its own,
+//!   through [`http::guard`] before every endpoint that does work.
 //! - [`node`]: wires config, listeners, backends and SIGTERM together (`influx-ha serve`);
 //!   [`cli`]: the command line and what `influx-ha check` prints.
 //!
@@ -42,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod config;

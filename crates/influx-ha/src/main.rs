@@ -28,6 +28,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", describe(&config, &arg.config.display().to_string()));
             Ok(())
         }
+        Command::HashPassword(args) => {
+            use influx_ha::auth::password::{MIN_ITERATIONS, PasswordHash};
+            anyhow::ensure!(
+                args.iterations >= MIN_ITERATIONS,
+                "--iterations must be at least {MIN_ITERATIONS}"
+            );
+            let password = influx_ha::auth::input::read_password()?;
+            let hash = PasswordHash::new(&password, args.iterations)?;
+            println!("{hash}");
+            Ok(())
+        }
+        Command::NewToken => {
+            let token = influx_ha::auth::password::new_token()?;
+            println!("token      = {token}");
+            println!(
+                "token_hash = \"{}\"",
+                influx_ha::auth::password::token_hash_string(token.as_bytes())
+            );
+            Ok(())
+        }
         Command::Serve(arg) => {
             let config = Config::load(&arg.config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

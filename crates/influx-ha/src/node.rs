@@ -11,6 +11,7 @@ use crate::backend::{BackendClient, SetupError, Timeouts};
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::body::{BodyLimits, InflightBytes};
+use crate::http::guard::{AuthSettings, Guard};
 use crate::http::{Handler, HttpService, NotReplicating, RequestObserver, Surface, WriteHandler};
 use crate::server::{self, DrainReport, ServerOptions};
 use crate::write::Replicator;
@@ -63,6 +64,8 @@ pub struct Node<W> {
     health: Health,
     /// One client per backend, in config order.
     backends: Vec<BackendClient>,
+    /// Authentication of both listeners (swappable on reload).
+    guard: Guard,
 }
 
 /// The backend clients of a config, in config order.
@@ -76,6 +79,15 @@ pub fn backend_clients(config: &Config) -> Result<Vec<BackendClient>, SetupError
         .iter()
         .map(|b| BackendClient::new(b, timeouts))
         .collect()
+}
+
+/// The authentication `config` asks for; `None` when `[auth]` is off.
+pub fn auth_settings(config: &Config) -> Option<AuthSettings> {
+    let auth = &config.auth;
+    auth.enabled.then(|| AuthSettings {
+        authenticator: crate::auth::Authenticator::new(&auth.users, &auth.tokens),
+        admin_listener: auth.admin_listener,
+    })
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -130,6 +142,7 @@ impl<W: WriteHandler + Clone> Node<W> {
             },
             health,
             backends,
+            guard: Guard::new(auth_settings(config)),
         })
     }
 
@@ -161,7 +174,14 @@ impl<W: WriteHandler + Clone> Node<W> {
             query: self.query.clone(),
             admin: self.admin_handler.clone(),
             observer: self.observer.clone(),
+            guard: self.guard.clone(),
         })
+    }
+
+    /// Authentication of both listeners; [`Guard::set_auth`] with [`auth_settings`] of a new
+    /// config replaces the users and tokens in place (config reload).
+    pub fn guard(&self) -> &Guard {
+        &self.guard
     }
 
     /// The address the main listener got (useful with port 0).

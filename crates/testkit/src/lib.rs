@@ -75,6 +75,20 @@ impl From<io::Error> for StartError {
     }
 }
 
+/// How to configure a test influxd beyond the minimal config (see
+/// [`Influxd::start_with_options`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `[http] auth-enabled = true`, with an admin user of this name and password created at
+    /// start; the helper methods ([`Influxd::query`], [`Influxd::write`], …) then send these
+    /// credentials as `u`/`p` (raw [`Influxd::request`]s send what they are given).
+    pub admin: Option<(String, String)>,
+    /// `[http] https-enabled = true` with this PEM certificate and key. The server then speaks
+    /// only HTTPS: readiness is its listening socket, and the plain-HTTP helper methods cannot
+    /// be used (talk to it with a TLS client).
+    pub https: Option<(PathBuf, PathBuf)>,
+}
+
 /// One outcome of launching influxd on chosen ports.
 enum Launch {
     Ready(Child),
@@ -100,6 +114,8 @@ pub struct Influxd {
     client: Mutex<HttpClient>,
     /// Ports chosen for the `{port0}`, `{port1}`, … placeholders of [`Influxd::start_with`].
     extra_ports: Vec<u16>,
+    /// What it was started with.
+    options: Options,
 }
 
 // === impl Influxd ===
@@ -148,6 +164,23 @@ impl Influxd {
 
     /// Like [`Influxd::start_with`], returning the error instead of panicking.
     pub fn try_start_with(extra: &str) -> Result<Self, StartError> {
+        Self::try_start_configured(extra, Options::default())
+    }
+
+    /// Starts an influxd configured by `options` (see [`Options`]).
+    ///
+    /// # Panics
+    ///
+    /// When influxd is not installed or cannot be started; the message says why.
+    pub fn start_with_options(options: Options) -> Self {
+        match Self::try_start_configured("", options) {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Starts an influxd with `extra` appended to its config and `options`.
+    pub fn try_start_configured(extra: &str, options: Options) -> Result<Self, StartError> {
         if !on_path("influxd") {
             return Err(StartError::NotInstalled);
         }
@@ -167,11 +200,24 @@ impl Influxd {
                 extra_ports.push(port);
             }
             let mut text = config_text(dir.path(), http_port, rpc_port);
+            if options.admin.is_some() {
+                text = text.replace("auth-enabled = false", "auth-enabled = true");
+            }
+            if let Some((cert, key)) = &options.https {
+                text = text.replace(
+                    "  log-enabled = false\n",
+                    &format!(
+                        "  log-enabled = false\n  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                );
+            }
             text.push_str(&extra_text);
             fs::write(&config, text)?;
-            match launch(dir.path(), &config, http_port) {
+            match launch(dir.path(), &config, http_port, options.https.is_some()) {
                 Launch::Ready(child) => {
-                    return Ok(Self {
+                    let influxd = Self {
                         client: Mutex::new(HttpClient::new(loopback(http_port))),
                         dir,
                         config,
@@ -179,7 +225,32 @@ impl Influxd {
                         rpc_port,
                         child: Some(child),
                         extra_ports,
-                    });
+                        options,
+                    };
+                    if let Some((user, password)) = &influxd.options.admin {
+                        // The first admin user may be created without credentials.
+                        let q = format!(
+                            "CREATE USER {} WITH PASSWORD '{}' WITH ALL PRIVILEGES",
+                            quote_ident(user),
+                            password.replace('\\', "\\\\").replace('\'', "\\'")
+                        );
+                        let r = influxd
+                            .request(
+                                "POST",
+                                "/query",
+                                &[("Content-Type", "application/x-www-form-urlencoded")],
+                                form(&[("q", &q)]).as_bytes(),
+                            )
+                            .map_err(StartError::Io)?;
+                        if r.status != 200 || r.text().contains("\"error\"") {
+                            return Err(StartError::Failed(format!(
+                                "creating the admin user: {} {}",
+                                r.status,
+                                r.text()
+                            )));
+                        }
+                    }
+                    return Ok(influxd);
                 }
                 Launch::PortTaken(log) => last = log,
                 Launch::Failed(e) => return Err(e),
@@ -327,7 +398,12 @@ impl Influxd {
     /// When it cannot start again, e.g. because another process took its port meanwhile.
     pub fn restart(&mut self) {
         self.kill();
-        match launch(self.dir.path(), &self.config, self.http_port) {
+        match launch(
+            self.dir.path(),
+            &self.config,
+            self.http_port,
+            self.options.https.is_some(),
+        ) {
             Launch::Ready(child) => self.child = Some(child),
             Launch::PortTaken(log) => panic!(
                 "restarting influxd: port {} or {} was taken meanwhile; log:\n{log}",
@@ -361,11 +437,22 @@ impl Influxd {
         self.conn().request(method, target, headers, body)
     }
 
+    /// `path` with the admin credentials of [`Options::admin`] as `u`/`p` (unchanged without).
+    fn authed(&self, path: &str) -> String {
+        match &self.options.admin {
+            None => path.to_owned(),
+            Some((u, p)) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{sep}{}", form(&[("u", u), ("p", p)]))
+            }
+        }
+    }
+
     /// `POST /query` with the given form parameters (e.g. `db`, `q`, `epoch`).
     pub fn query_params(&self, params: &[(&str, &str)]) -> io::Result<Response> {
         self.request(
             "POST",
-            "/query",
+            &self.authed("/query"),
             &[("Content-Type", "application/x-www-form-urlencoded")],
             form(params).as_bytes(),
         )
@@ -426,7 +513,12 @@ impl Influxd {
         if !precision.is_empty() {
             params.push(("precision", precision));
         }
-        self.request("POST", &format!("/write?{}", form(&params)), &[], body)
+        self.request(
+            "POST",
+            &self.authed(&format!("/write?{}", form(&params))),
+            &[],
+            body,
+        )
     }
 
     /// Writes `body` to `db` with `precision` (`n`, `u`, `ms`, `s`, `m`, `h`, or empty) and
@@ -522,7 +614,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 }
 
 /// Spawns influxd with `config` in its own process group and waits until it answers `/ping`.
-fn launch(dir: &Path, config: &Path, http_port: u16) -> Launch {
+fn launch(dir: &Path, config: &Path, http_port: u16, https: bool) -> Launch {
     use std::os::unix::process::CommandExt;
 
     let log_path = dir.join("influxd.log");
@@ -578,7 +670,13 @@ fn launch(dir: &Path, config: &Path, http_port: u16) -> Launch {
                 return Launch::Failed(e.into());
             }
         }
-        if matches!(client.request("GET", "/ping", &[], b""), Ok(r) if r.status == 204) {
+        let answers = if https {
+            // No TLS client here: a listening socket owned by influxd is the sign.
+            std::net::TcpStream::connect(loopback(http_port)).is_ok()
+        } else {
+            matches!(client.request("GET", "/ping", &[], b""), Ok(r) if r.status == 204)
+        };
+        if answers {
             match listener_owner_is(child.id(), http_port) {
                 Some(false) => {
                     // Someone else answers on our port; ours will fail to bind (or has).
@@ -666,7 +764,7 @@ mod tests {
         let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let port = squatter.local_addr().expect("addr").port();
         let (dir, config) = prepared(port);
-        match launch(dir.path(), &config, port) {
+        match launch(dir.path(), &config, port, false) {
             Launch::PortTaken(log) => assert!(log.contains("address already in use"), "{log}"),
             Launch::Ready(_) => panic!("started on a taken port"),
             Launch::Failed(e) => panic!("{e}"),
@@ -696,7 +794,7 @@ mod tests {
             }
         });
         let (dir, config) = prepared(port);
-        match launch(dir.path(), &config, port) {
+        match launch(dir.path(), &config, port, false) {
             Launch::PortTaken(_) => {}
             Launch::Ready(_) => panic!("took another server for ours"),
             Launch::Failed(e) => panic!("{e}"),

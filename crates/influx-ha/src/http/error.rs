@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use super::compat::{RequestId, X_INFLUXDB_ERROR, add_common_headers, error_header_value};
@@ -17,6 +17,9 @@ use crate::go_json;
 
 /// Seconds clients are asked to wait after a 503.
 pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// The `Www-Authenticate` challenge of a 401, as influxd 1.6.7 sends it (its default realm).
+pub const AUTH_CHALLENGE: &str = "Basic realm=\"InfluxDB\"";
 
 /// `Allow` of `/write`, as influxd sends it (Go prints it in random order; this is one of them).
 pub const ALLOW_WRITE: &str = "OPTIONS, POST";
@@ -105,6 +108,10 @@ pub enum RequestError {
     /// A bug or an unexpected condition on our side: 500.
     #[error("{0}")]
     Internal(String),
+    /// Missing or wrong credentials: 401 with 1.6.7's text and `Www-Authenticate` challenge
+    /// (and, as 1.6.7 answers it, no `X-Influxdb-Error` header).
+    #[error("{0}")]
+    Unauthorized(crate::auth::AuthError),
 }
 
 impl From<GzipError> for RequestError {
@@ -135,6 +142,7 @@ impl RequestError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound | Self::InvalidBucket(_) => StatusCode::NOT_FOUND,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -184,7 +192,11 @@ impl RequestError {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         add_common_headers(h, Some(request_id));
-        h.insert(X_INFLUXDB_ERROR.clone(), header);
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(AUTH_CHALLENGE));
+        } else {
+            h.insert(X_INFLUXDB_ERROR.clone(), header);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }

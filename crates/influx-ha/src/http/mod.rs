@@ -18,13 +18,17 @@
 //! other path to the admin [`Handler`]. Wrong methods get 405 with `Allow`, as Go's router
 //! answers.
 //!
-//! Modules: [`compat`] (headers, request ids), [`error`] (every failure → status and text, in
+//! With `[auth]` on, every endpoint that does work asks for credentials first ([`guard`]);
+//! `/ping`, `/health` and the router's own 404/405/OPTIONS answers do not, as in 1.6.
+//!
+//! Modules: [`guard`] (authentication, credential stripping), [`compat`] (headers, request ids), [`error`] (every failure → status and text, in
 //! one place), [`body`] (caps, gzip, in-flight bytes), [`gzip`] (Go-compatible inflation),
 //! [`query`] (Go's query-string rules).
 
 pub mod body;
 pub mod compat;
 pub mod error;
+pub mod guard;
 pub mod gzip;
 pub mod query;
 
@@ -203,6 +207,8 @@ pub struct HttpService<W> {
     pub admin: Option<Arc<dyn Handler>>,
     /// What every answered request is reported to (latency metrics); `None`: nothing.
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Authentication before every endpoint that does work (see [`guard`]).
+    pub guard: guard::Guard,
 }
 
 impl<W: std::fmt::Debug> std::fmt::Debug for HttpService<W> {
@@ -287,15 +293,28 @@ impl<W: WriteHandler> HttpService<W> {
             Surface::Admin | Surface::Main { with_admin: true }
         );
         let main = matches!(self.surface, Surface::Main { .. });
+        let entry = if main {
+            guard::Entry::Main
+        } else {
+            guard::Entry::AdminListener
+        };
+        // Every arm that does work passes the guard first; the router's own answers (404,
+        // 405, OPTIONS), /ping and /health need no credentials, as in influxd 1.6.
         match req.uri().path() {
             "/ping" if get_or_head => Ok(no_content(id)),
             "/ping" => Err(RequestError::MethodNotAllowed { allow: ALLOW_PING }),
             "/health" if get_or_head => Ok(self.health_response(id)),
             "/health" => Err(RequestError::MethodNotAllowed { allow: ALLOW_PING }),
-            "/write" if main && method == Method::POST => self.write(id, req).await,
+            "/write" if main && method == Method::POST => {
+                let req = self.guard.admit(entry, req).await?;
+                self.write(id, req).await
+            }
             "/write" | "/query" if main && method == Method::OPTIONS => Ok(options(id)),
             "/write" if main => Err(RequestError::MethodNotAllowed { allow: ALLOW_WRITE }),
-            "/api/v2/write" if main && method == Method::POST => self.write_v2(id, req).await,
+            "/api/v2/write" if main && method == Method::POST => {
+                let req = self.guard.admit(entry, req).await?;
+                self.write_v2(id, req).await
+            }
             "/api/v2/write" if main && method == Method::OPTIONS => Ok(options(id)),
             "/api/v2/write" if main => Err(RequestError::MethodNotAllowed {
                 allow: ALLOW_WRITE_V2,
@@ -307,6 +326,7 @@ impl<W: WriteHandler> HttpService<W> {
                 allow: ALLOW_PROM_WRITE,
             }),
             "/query" if main && (method == Method::GET || method == Method::POST) => {
+                let req = self.guard.admit(entry, req).await?;
                 match &self.query {
                     Some(h) => Ok(delegate(h, id, req).await),
                     None => Err(RequestError::NotImplemented(NOT_YET_QUERY)),
@@ -316,16 +336,18 @@ impl<W: WriteHandler> HttpService<W> {
             // 1.6.7 answers these itself (404 for the v2 query, its own for prom read): the
             // backend that serves the read gives the answer.
             "/api/v2/query" | "/api/v1/prom/read" if main => match &self.query {
-                Some(h) => Ok(delegate(h, id, req).await),
+                Some(h) => Ok(delegate(h, id, self.guard.admit(entry, req).await?).await),
                 None => Err(RequestError::NotFound),
             },
             path if self.surface == Surface::Admin || (admin_here && is_admin_path(path)) => {
+                let not_yet = get_or_head && is_admin_path(path);
+                if self.admin.is_none() && !not_yet {
+                    return Err(RequestError::NotFound);
+                }
+                let req = self.guard.admit(entry, req).await?;
                 match &self.admin {
                     Some(h) => Ok(delegate(h, id, req).await),
-                    None if get_or_head && is_admin_path(path) => {
-                        Err(RequestError::NotImplemented(NOT_YET_ADMIN))
-                    }
-                    None => Err(RequestError::NotFound),
+                    None => Err(RequestError::NotImplemented(NOT_YET_ADMIN)),
                 }
             }
             _ => Err(RequestError::NotFound),

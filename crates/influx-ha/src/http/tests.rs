@@ -44,6 +44,7 @@ fn service<W: WriteHandler>(writer: W, surface: Surface) -> Arc<HttpService<W>> 
         query: None,
         admin: None,
         observer: None,
+        guard: Default::default(),
     })
 }
 
@@ -376,6 +377,7 @@ async fn overload_answers_503_not_4xx() {
         query: None,
         admin: None,
         observer: None,
+        guard: Default::default(),
     });
     // Hold 95 bytes in flight.
     let mut held = body::InflightPermit::default();
@@ -488,6 +490,7 @@ async fn query_and_admin_paths_reach_their_handlers() {
         query: Some(Arc::new(Echo)),
         admin: Some(Arc::new(Echo)),
         observer: None,
+        guard: Default::default(),
     };
     let svc = Arc::new(HttpService {
         query: main.query.clone(),
@@ -498,6 +501,7 @@ async fn query_and_admin_paths_reach_their_handlers() {
         inflight: main.inflight.clone(),
         health: main.health.clone(),
         writer: NotReplicating,
+        guard: Default::default(),
     });
     let text = |a: Answer| String::from_utf8(a.body).expect("utf-8");
     assert_eq!(
@@ -526,4 +530,116 @@ async fn query_and_admin_paths_reach_their_handlers() {
         "GET /anything 0"
     );
     assert_eq!(call(&admin, "GET", "/ping", b"").await.status, 204);
+}
+
+/// Answers with the request's URI, whether it has an `Authorization` header, and the
+/// authenticated principal.
+struct ShowCredentials;
+
+impl Handler for ShowCredentials {
+    fn call(&self, _id: RequestId, req: Request<HandlerBody>) -> HandlerFuture {
+        Box::pin(async move {
+            let principal = req
+                .extensions()
+                .get::<crate::auth::Principal>()
+                .map_or("-".to_owned(), |p| p.name.to_string());
+            let text = format!(
+                "{} {} {}",
+                req.uri(),
+                req.headers().contains_key(http::header::AUTHORIZATION),
+                principal
+            );
+            Response::new(full(text))
+        })
+    }
+}
+
+fn guarded(admin_listener: bool, surface: Surface) -> Arc<HttpService<Recorder>> {
+    use crate::auth::password::{MIN_ITERATIONS, PasswordHash};
+    let users = [crate::auth::User {
+        name: "u1".to_owned(),
+        password_hash: PasswordHash::new(b"pw", MIN_ITERATIONS).expect("hash"),
+    }];
+    let svc = service(Recorder::default(), surface);
+    let mut svc = Arc::into_inner(svc).expect("sole owner");
+    svc.query = Some(Arc::new(ShowCredentials));
+    svc.admin = Some(Arc::new(ShowCredentials));
+    svc.guard = guard::Guard::new(Some(guard::AuthSettings {
+        authenticator: crate::auth::Authenticator::new(&users, &[]),
+        admin_listener,
+    }));
+    Arc::new(svc)
+}
+
+#[tokio::test]
+async fn handlers_never_see_client_credentials() {
+    let text = |a: Answer| String::from_utf8(a.body).expect("utf-8");
+    let svc = guarded(true, Surface::Main { with_admin: true });
+    let a = call(&svc, "GET", "/query?q=x&u=u1&p=pw&db=d", b"").await;
+    assert_eq!(text(a), "/query?q=x&db=d false u1");
+    let a = call_with(
+        &svc,
+        "GET",
+        "/status",
+        &[("authorization", "Basic dTE6cHc=")],
+        b"",
+    )
+    .await;
+    assert_eq!(text(a), "/status false u1");
+    // Without authentication, credentials are still removed before the handler.
+    let svc = service(Recorder::default(), Surface::Main { with_admin: true });
+    let mut svc = Arc::into_inner(svc).expect("sole owner");
+    svc.query = Some(Arc::new(ShowCredentials));
+    let svc = Arc::new(svc);
+    let a = call_with(
+        &svc,
+        "GET",
+        "/query?u=x&p=y",
+        &[("authorization", "Basic dTE6cHc=")],
+        b"",
+    )
+    .await;
+    assert_eq!(text(a), "/query false -");
+}
+
+#[tokio::test]
+async fn what_needs_credentials() {
+    let svc = guarded(true, Surface::Main { with_admin: true });
+    for (method, path, status) in [
+        ("POST", "/write?db=x", 401),
+        ("POST", "/api/v2/write?bucket=x", 401),
+        ("GET", "/query?q=x", 401),
+        ("POST", "/query", 401),
+        ("GET", "/api/v2/query", 401),
+        ("GET", "/status", 401),
+        ("GET", "/metrics", 401),
+        ("GET", "/", 401),
+        ("POST", "/admin/queue/purge", 401),
+        ("GET", "/ping", 204),
+        ("HEAD", "/ping", 204),
+        ("GET", "/health", 200),
+        ("GET", "/write", 405),
+        ("OPTIONS", "/write", 200),
+        ("GET", "/nosuch", 404),
+    ] {
+        let a = call(&svc, method, path, b"").await;
+        assert_eq!(a.status, status, "{method} {path}");
+        if status == 401 {
+            assert_eq!(a.headers["www-authenticate"], "Basic realm=\"InfluxDB\"");
+            assert!(a.headers.get("x-influxdb-error").is_none());
+            assert_eq!(
+                a.body,
+                b"{\"error\":\"unable to parse authentication credentials\"}\n"
+            );
+        }
+    }
+    let a = call(&svc, "POST", "/write?db=x&u=u1&p=pw", b"m v=1").await;
+    assert_eq!(a.status, 204);
+    assert_eq!(svc.writer.seen.lock().expect("not poisoned").len(), 1);
+    // The admin listener, with and without `admin_listener`.
+    let on = guarded(true, Surface::Admin);
+    assert_eq!(call(&on, "GET", "/status", b"").await.status, 401);
+    assert_eq!(call(&on, "GET", "/health", b"").await.status, 200);
+    let off = guarded(false, Surface::Admin);
+    assert_eq!(call(&off, "GET", "/status", b"").await.status, 200);
 }

@@ -30,6 +30,7 @@ fn service<W: WriteHandler>(writer: W) -> Arc<HttpService<W>> {
         query: None,
         admin: None,
         observer: None,
+        guard: Default::default(),
     })
 }
 

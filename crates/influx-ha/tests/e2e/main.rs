@@ -9,4 +9,5 @@ mod protocols;
 mod proxy;
 mod relay;
 mod replication;
+mod security;
 mod support;

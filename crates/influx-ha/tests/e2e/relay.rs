@@ -18,6 +18,8 @@ pub struct Relay {
     port: u16,
     child: Option<Child>,
     client: HttpClient,
+    /// `RUST_LOG` of the process.
+    log_level: &'static str,
 }
 
 impl Relay {
@@ -31,6 +33,18 @@ impl Relay {
     /// Like [`Relay::start`], with the backends given by URL (`http://127.0.0.1:<port>`), for
     /// backends reached through something in between, such as a fault proxy.
     pub fn start_urls(urls: &[String], extra: &str) -> Relay {
+        let mut tables = String::new();
+        for (i, url) in urls.iter().enumerate() {
+            tables.push_str(&format!(
+                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{url}\"\n\n"
+            ));
+        }
+        Relay::start_config(extra, &tables, "info")
+    }
+
+    /// Starts a relay with `extra` and then `backend_tables` (the `[[backend]]` tables as
+    /// written) in its config, logging at `log_level`.
+    pub fn start_config(extra: &str, backend_tables: &str, log_level: &'static str) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("influx-ha-e2e-")
             .tempdir()
@@ -42,11 +56,7 @@ impl Relay {
         );
         text.push_str(extra);
         text.push('\n');
-        for (i, url) in urls.iter().enumerate() {
-            text.push_str(&format!(
-                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{url}\"\n\n"
-            ));
-        }
+        text.push_str(backend_tables);
         let config = dir.path().join("influx-ha.toml");
         fs::write(&config, text).expect("write config");
         let mut relay = Relay {
@@ -55,6 +65,7 @@ impl Relay {
             config,
             port,
             child: None,
+            log_level,
         };
         relay.launch();
         relay
@@ -70,7 +81,7 @@ impl Relay {
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", self.log_level)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -93,6 +104,11 @@ impl Relay {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The temporary directory: config, `relay.log` and `data/` (the queues).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn log(&self) -> String {

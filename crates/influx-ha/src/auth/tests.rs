@@ -1,0 +1,140 @@
+use http::HeaderValue;
+use http::header::AUTHORIZATION;
+
+use super::password::{MIN_ITERATIONS, token_hash_string};
+use super::*;
+
+fn authenticator() -> Authenticator {
+    let users = [User {
+        name: "telegraf".to_owned(),
+        password_hash: PasswordHash::new(b"s3cret", MIN_ITERATIONS).expect("hash"),
+    }];
+    let tokens = [Token {
+        name: "grafana".to_owned(),
+        digest: password::parse_token_hash(&token_hash_string(b"tok-abc")).expect("hash"),
+    }];
+    Authenticator::new(&users, &tokens)
+}
+
+fn header(value: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(AUTHORIZATION, HeaderValue::from_str(value).expect("ascii"));
+    h
+}
+
+fn basic(user: &str, password: &str) -> HeaderMap {
+    header(&format!(
+        "Basic {}",
+        base64::encode(format!("{user}:{password}").as_bytes(), true)
+    ))
+}
+
+#[tokio::test]
+async fn accepts_every_way_of_presenting_good_credentials() {
+    let a = authenticator();
+    let none = HeaderMap::new();
+    let ok = |r: Result<Principal, AuthError>| r.expect("accepted").name.to_string();
+    assert_eq!(
+        ok(a.authenticate(&none, Some("u=telegraf&p=s3cret")).await),
+        "telegraf"
+    );
+    assert_eq!(
+        ok(a.authenticate(&basic("telegraf", "s3cret"), None).await),
+        "telegraf"
+    );
+    assert_eq!(
+        ok(a.authenticate(&header("Token telegraf:s3cret"), None).await),
+        "telegraf"
+    );
+    assert_eq!(
+        ok(a.authenticate(&header("Token tok-abc"), None).await),
+        "grafana"
+    );
+    assert_eq!(a.failures(), 0);
+}
+
+#[tokio::test]
+async fn refusals_carry_influxdb_texts() {
+    let a = authenticator();
+    let none = HeaderMap::new();
+    let cases: Vec<(HeaderMap, Option<&str>, AuthError)> = vec![
+        (none.clone(), None, AuthError::Unparsable),
+        (none.clone(), Some("u=telegraf"), AuthError::Unparsable),
+        (none.clone(), Some("u=telegraf&p=wrong"), AuthError::Failed),
+        (none.clone(), Some("u=nobody&p=s3cret"), AuthError::Failed),
+        (basic("telegraf", "wrong"), None, AuthError::Failed),
+        (basic("", "s3cret"), None, AuthError::UsernameRequired),
+        (header("Basic !!!"), None, AuthError::Unparsable),
+        (header("Bearer x.y.z"), None, AuthError::BearerDisabled),
+        (header("Token nope"), None, AuthError::Failed),
+        (header("Token telegraf:wrong"), None, AuthError::Failed),
+        // Good header, bad parameters: the parameters win, as in 1.6.
+        (
+            basic("telegraf", "s3cret"),
+            Some("u=telegraf&p=bad"),
+            AuthError::Failed,
+        ),
+    ];
+    let n = cases.len() as u64;
+    for (headers, query, want) in cases {
+        assert_eq!(
+            a.authenticate(&headers, query).await,
+            Err(want),
+            "{query:?} {headers:?}"
+        );
+    }
+    assert_eq!(a.failures(), n);
+    assert_eq!(
+        AuthError::Unparsable.to_string(),
+        "unable to parse authentication credentials"
+    );
+    assert_eq!(AuthError::BearerDisabled.to_string(), "bearer auth disabld");
+}
+
+#[tokio::test]
+async fn verification_results_are_remembered_without_the_password() {
+    let a = authenticator();
+    let none = HeaderMap::new();
+    for _ in 0..3 {
+        assert!(
+            a.authenticate(&none, Some("u=telegraf&p=s3cret"))
+                .await
+                .is_ok()
+        );
+        assert!(
+            a.authenticate(&none, Some("u=telegraf&p=nope"))
+                .await
+                .is_err()
+        );
+    }
+    let cache = a.cache.lock().expect("not poisoned");
+    assert_eq!(cache.len(), 2, "one entry per (user, password) pair");
+    for key in cache.keys() {
+        assert!(
+            !key.windows(6).any(|w| w == b"s3cret"),
+            "the memory holds HMACs, not passwords"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_password_for_another_user_does_not_match() {
+    let users = [
+        User {
+            name: "a".to_owned(),
+            password_hash: PasswordHash::new(b"pa", MIN_ITERATIONS).expect("hash"),
+        },
+        User {
+            name: "b".to_owned(),
+            password_hash: PasswordHash::new(b"pb", MIN_ITERATIONS).expect("hash"),
+        },
+    ];
+    let a = Authenticator::new(&users, &[]);
+    let none = HeaderMap::new();
+    assert!(a.authenticate(&none, Some("u=a&p=pa")).await.is_ok());
+    assert_eq!(
+        a.authenticate(&none, Some("u=b&p=pa")).await,
+        Err(AuthError::Failed)
+    );
+    assert!(a.authenticate(&none, Some("u=b&p=pb")).await.is_ok());
+}

@@ -1,0 +1,196 @@
+//! What stands before every endpoint that does work: authentication ([`crate::auth`]) and
+//! the removal of client credentials before a request goes further.
+//!
+//! As influxd 1.6 does, the router answers first: `/ping`, `/health`, `OPTIONS`, unknown paths
+//! (404) and wrong methods (405) need no credentials; `/write`, `/api/v2/write`, `/query`,
+//! `/api/v2/query`, `/api/v1/prom/read` and the admin surface do (on the separate admin
+//! listener too, unless `[auth] admin_listener = false`).
+//!
+//! Whatever the outcome, the request that goes on carries no `Authorization` header and no
+//! `u`/`p` query parameters: handlers cannot forward, log or queue what they never see. The
+//! authenticated [`Principal`] travels in the request's extensions.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use http::header::AUTHORIZATION;
+use http::uri::PathAndQuery;
+use http::{Request, Uri};
+
+use super::error::RequestError;
+use crate::auth::{Authenticator, Principal};
+
+/// Where a request arrived, for deciding what it must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// The InfluxDB API (also the admin surface when it shares the main listener).
+    Main,
+    /// The separate admin listener.
+    AdminListener,
+}
+
+/// Authentication settings and state shared by every listener; cheap to clone. The default
+/// enforces nothing (authentication off) but still strips client credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    inner: Arc<GuardInner>,
+}
+
+#[derive(Debug, Default)]
+struct GuardInner {
+    /// `None`: authentication is off. Swapped whole by [`Guard::set_auth`] (config reload).
+    auth: ArcSwapOption<AuthSettings>,
+}
+
+/// What `[auth]` asks for.
+#[derive(Debug)]
+pub struct AuthSettings {
+    /// The users and tokens.
+    pub authenticator: Authenticator,
+    /// Whether the separate admin listener asks for credentials too.
+    pub admin_listener: bool,
+}
+
+impl Guard {
+    /// A guard enforcing `auth` (`None`: authentication off).
+    pub fn new(auth: Option<AuthSettings>) -> Self {
+        let guard = Self::default();
+        guard.set_auth(auth);
+        guard
+    }
+
+    /// Replaces the authentication settings (for a config reload); requests already past the
+    /// check are not affected.
+    pub fn set_auth(&self, auth: Option<AuthSettings>) {
+        self.inner.auth.store(auth.map(Arc::new));
+    }
+
+    /// Whether authentication is on.
+    pub fn auth_enabled(&self) -> bool {
+        self.inner.auth.load().is_some()
+    }
+
+    /// Requests refused for their credentials since the settings were last replaced.
+    pub fn auth_failures(&self) -> u64 {
+        self.inner
+            .auth
+            .load()
+            .as_ref()
+            .map_or(0, |a| a.authenticator.failures())
+    }
+
+    /// Checks a request for an endpoint that does work and strips its credentials; `Err` is
+    /// the answer (401 as 1.6 words it).
+    pub async fn admit<B>(
+        &self,
+        entry: Entry,
+        req: Request<B>,
+    ) -> Result<Request<B>, RequestError> {
+        let auth = self.inner.auth.load_full();
+        let principal = match auth {
+            Some(auth) if entry == Entry::Main || auth.admin_listener => Some(
+                auth.authenticator
+                    .authenticate(req.headers(), req.uri().query())
+                    .await
+                    .map_err(RequestError::Unauthorized)?,
+            ),
+            _ => None,
+        };
+        let mut req = strip_credentials(req);
+        if let Some(p) = principal {
+            req.extensions_mut().insert::<Principal>(p);
+        }
+        Ok(req)
+    }
+}
+
+/// Removes `Authorization` and the `u`/`p` query parameters.
+pub fn strip_credentials<B>(mut req: Request<B>) -> Request<B> {
+    req.headers_mut().remove(AUTHORIZATION);
+    let Some(query) = req.uri().query() else {
+        return req;
+    };
+    let Some(kept) = without_credentials(query) else {
+        return req;
+    };
+    let path = req.uri().path();
+    let pq = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{kept}")
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = pq.parse::<PathAndQuery>() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+/// The query without its `u` and `p` pairs (compared after decoding, as Go reads keys), or
+/// `None` when it has none. Other pairs are kept byte for byte, joined with `&`.
+fn without_credentials(query: &str) -> Option<String> {
+    let is_credential = |pair: &str| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        let decoded = super::query::QueryParams::parse(Some(&format!("{key}=1")));
+        decoded.non_empty("u").is_some() || decoded.non_empty("p").is_some()
+    };
+    let mut out = String::with_capacity(query.len());
+    let mut removed = false;
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        if !pair.is_empty() && is_credential(pair) {
+            removed = true;
+        } else if !pair.is_empty() {
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(pair);
+        }
+        if end == rest.len() {
+            break;
+        }
+        rest = &rest[end + 1..];
+    }
+    removed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_query() {
+        assert_eq!(
+            without_credentials("db=x&u=a&p=b&rp=y").as_deref(),
+            Some("db=x&rp=y")
+        );
+        assert_eq!(without_credentials("u=a;p=b").as_deref(), Some(""));
+        assert_eq!(without_credentials("%75=a&db=x").as_deref(), Some("db=x"));
+        assert_eq!(without_credentials("db=x&q=u%3D1"), None);
+        assert_eq!(without_credentials("db=x&user=a"), None);
+    }
+
+    #[test]
+    fn requests_lose_their_credentials() {
+        let req = Request::builder()
+            .uri("http://h/write?db=x&u=admin&p=secret&precision=s")
+            .header(AUTHORIZATION, "Basic YWRtaW46c2VjcmV0")
+            .body(())
+            .expect("request");
+        let req = strip_credentials(req);
+        assert_eq!(req.uri().to_string(), "http://h/write?db=x&precision=s");
+        assert!(req.headers().get(AUTHORIZATION).is_none());
+        let req = strip_credentials(
+            Request::builder()
+                .uri("/query?p=secret")
+                .body(())
+                .expect("request"),
+        );
+        assert_eq!(req.uri().to_string(), "/query");
+    }
+}

@@ -1,0 +1,422 @@
+//! Relay-level authentication, TLS and protection, against real InfluxDB.
+//!
+//! The 401 answers are compared with a real influxd 1.6.7 started with `auth-enabled = true`:
+//! influx-ha with `[auth]` on must answer every credential case as influxd does.
+
+use std::path::Path;
+
+use testkit::{Influxd, Options, form};
+
+use crate::relay::Relay;
+use crate::support::{count, serial, wait_until};
+
+/// The client's password: must never appear in logs or data.
+const CLIENT_PASSWORD: &str = "client-Pw-7f3a9";
+/// A client token, made once per test binary by `influx-ha new-token`, and its hash.
+static TOKEN: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(new_token);
+
+fn basic(user: &str, password: &str) -> String {
+    let raw = format!("{user}:{password}");
+    let mut out = String::from("Basic ");
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in raw.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `influx-ha hash-password` with `password` on standard input (the way scripts use it).
+fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .args(["hash-password", "--iterations", "10000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("hash-password output");
+    assert!(out.status.success(), "hash-password failed");
+    let hash = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(!hash.contains(password));
+    hash.trim().to_owned()
+}
+
+/// A token and its `token_hash`, from `influx-ha new-token`.
+fn new_token() -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .arg("new-token")
+        .output()
+        .expect("run new-token");
+    assert!(out.status.success(), "new-token failed");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| {
+                v.trim()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"')
+                    .to_owned()
+            })
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+    };
+    (value("token "), value("token_hash "))
+}
+
+/// The `[auth]` section: user `admin` (the same name and password as the reference influxd's
+/// admin) and a token named `grafana`.
+fn auth_section(admin_listener: Option<bool>) -> String {
+    let mut s = format!(
+        "[auth]\nenabled = true\n{}\n[[auth.user]]\nname = \"admin\"\npassword_hash = \"{}\"\n\n[[auth.token]]\nname = \"grafana\"\ntoken_hash = \"{}\"\n\n",
+        admin_listener.map_or(String::new(), |b| format!("admin_listener = {b}\n")),
+        hash_password(CLIENT_PASSWORD),
+        TOKEN.1,
+    );
+    s.push('\n');
+    s
+}
+
+/// Backends with auth on, reached with the relay's service credentials.
+fn service_backends(backends: &[&Influxd]) -> String {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            format!(
+                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{}\"\nusername = \"svc\"\npassword = \"svc-pw\"\n\n",
+                b.url()
+            )
+        })
+        .collect()
+}
+
+fn admin(user: &str, password: &str) -> Options {
+    Options {
+        admin: Some((user.to_owned(), password.to_owned())),
+        ..Options::default()
+    }
+}
+
+#[test]
+fn auth_answers_match_influxd() {
+    let _serial = serial();
+    let bare = Influxd::start_with_options(admin("admin", CLIENT_PASSWORD));
+    let (a, b) = (
+        Influxd::start_with_options(admin("svc", "svc-pw")),
+        Influxd::start_with_options(admin("svc", "svc-pw")),
+    );
+    for i in [&bare, &a, &b] {
+        i.create_database("db");
+    }
+    let mut relay = Relay::start_config(&auth_section(None), &service_backends(&[&a, &b]), "info");
+    let mut direct = bare.client();
+
+    let good_basic = basic("admin", CLIENT_PASSWORD);
+    let lower_basic = good_basic.replacen("Basic", "basic", 1);
+    let wrong_basic = basic("admin", "wrong");
+    let empty_user = basic("", CLIENT_PASSWORD);
+    let good_up = form(&[("u", "admin"), ("p", CLIENT_PASSWORD)]);
+    let line = |n: u32| format!("auth v={n} 170000000000000000{n}").into_bytes();
+    // (method, target, Authorization header, body)
+    let cases: Vec<(&str, String, Option<&str>, Vec<u8>)> = vec![
+        ("POST", "/write?db=db".into(), None, line(1)),
+        ("POST", "/write?db=db&u=admin&p=wrong".into(), None, line(1)),
+        ("POST", "/write?db=db&u=nobody&p=x".into(), None, line(1)),
+        ("POST", "/write?db=db&u=admin".into(), None, line(1)),
+        ("POST", "/write?db=db".into(), Some(&wrong_basic), line(1)),
+        ("POST", "/write?db=db".into(), Some(&empty_user), line(1)),
+        ("POST", "/write?db=db".into(), Some("Basic !!!"), line(1)),
+        ("POST", "/write?db=db".into(), Some("Bearer x.y.z"), line(1)),
+        ("POST", "/write?db=db".into(), Some("Digest abc"), line(1)),
+        // Good header, bad parameters: the parameters decide.
+        (
+            "POST",
+            "/write?db=db&u=admin&p=bad".into(),
+            Some(&good_basic),
+            line(1),
+        ),
+        ("POST", format!("/write?db=db&{good_up}"), None, line(2)),
+        ("POST", "/write?db=db".into(), Some(&good_basic), line(3)),
+        ("POST", "/write?db=db".into(), Some(&lower_basic), line(4)),
+        // u alone, then a good header: accepted.
+        (
+            "POST",
+            "/write?db=db&u=admin".into(),
+            Some(&good_basic),
+            line(5),
+        ),
+        // A database that does not exist: 404 after authentication.
+        (
+            "POST",
+            "/write?db=nosuch".into(),
+            Some(&good_basic),
+            line(6),
+        ),
+        ("GET", "/query?q=SHOW+DATABASES".into(), None, vec![]),
+        (
+            "GET",
+            "/query?q=SHOW+DATABASES&u=admin&p=no".into(),
+            None,
+            vec![],
+        ),
+        // Credentials in a POST form are not read (1.6 reads only the URL).
+        (
+            "POST",
+            "/query".into(),
+            None,
+            format!("q=SHOW+DATABASES&{good_up}").into_bytes(),
+        ),
+        ("GET", "/ping".into(), None, vec![]),
+        (
+            "GET",
+            "/ping?u=admin&p=wrong".into(),
+            Some("Bearer x"),
+            vec![],
+        ),
+        ("HEAD", "/ping".into(), None, vec![]),
+        ("GET", "/write?db=db".into(), None, vec![]),
+        ("OPTIONS", "/write?db=db".into(), None, vec![]),
+        ("GET", "/nosuch".into(), None, vec![]),
+    ];
+    for (method, target, authorization, body) in &cases {
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(v) = authorization {
+            headers.push(("Authorization", v));
+        }
+        if method == &"POST" && target == "/query" {
+            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+        }
+        let want = direct
+            .request(method, target, &headers, body)
+            .expect("influxd answers");
+        let got = relay.request(method, target, &headers, body);
+        let what = format!("{method} {target} {authorization:?}");
+        assert_eq!(got.status, want.status, "{what}: {}", got.text());
+        assert_eq!(got.body, want.body, "{what}");
+        for h in ["www-authenticate", "x-influxdb-error", "content-type"] {
+            assert_eq!(got.header(h), want.header(h), "{what}: header {h}");
+        }
+        if want.status == 401 {
+            assert_eq!(
+                got.header("www-authenticate"),
+                Some("Basic realm=\"InfluxDB\"")
+            );
+        }
+    }
+    // The accepted writes reached both backends (through the service user).
+    for (name, i) in [("a", &a), ("b", &b)] {
+        wait_until(
+            &format!("4 points on {name}"),
+            crate::support::CONVERGE,
+            || count(i, "db", "v", "auth") == 4,
+        );
+    }
+    assert_eq!(count(&bare, "db", "v", "auth"), 4);
+
+    // 1.8's `Token user:password` and influx-ha's tokens (influxd 1.6 has neither).
+    let t = |relay: &mut Relay, auth: &str, n: u32| {
+        relay.request(
+            "POST",
+            "/api/v2/write?bucket=db",
+            &[("Authorization", auth)],
+            &line(n),
+        )
+    };
+    let token = format!("Token {}", TOKEN.0);
+    assert_eq!(t(&mut relay, &token, 7).status, 204);
+    assert_eq!(
+        t(&mut relay, &format!("Token admin:{CLIENT_PASSWORD}"), 8).status,
+        204
+    );
+    let refused = t(&mut relay, "Token tok-wrong", 9);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.text(), "{\"error\":\"authorization failed\"}\n");
+    let refused = relay.request("POST", "/api/v2/write?bucket=db", &[], &line(9));
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.text(),
+        "{\"error\":\"unable to parse authentication credentials\"}\n"
+    );
+
+    // The admin surface on the main listener: refused without credentials.
+    for path in ["/status", "/metrics", "/", "/admin/queues"] {
+        let r = relay.request("GET", path, &[], b"");
+        assert_eq!(r.status, 401, "GET {path}");
+        let r = relay.request("GET", path, &[("Authorization", &good_basic)], b"");
+        assert_ne!(r.status, 401, "GET {path} with credentials");
+    }
+    let r = relay.request("GET", "/health", &[], b"");
+    assert_eq!(
+        r.status, 200,
+        "/health is for load balancers: no credentials"
+    );
+    let r = relay.request(
+        "GET",
+        "/query?q=SHOW+DATABASES",
+        &[("Authorization", &token)],
+        b"",
+    );
+    assert_ne!(r.status, 401, "a token opens /query");
+}
+
+#[test]
+fn admin_listener_asks_for_credentials_unless_told_not_to() {
+    let _serial = serial();
+    let a = Influxd::start();
+    for (setting, protected) in [(None, true), (Some(false), false)] {
+        let admin_port = testkit::free_port().expect("port");
+        let extra = format!(
+            "[admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n{}",
+            auth_section(setting)
+        );
+        let tables = format!("[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n", a.url());
+        let _relay = Relay::start_config(&extra, &tables, "info");
+        let mut admin = testkit::HttpClient::new(([127, 0, 0, 1], admin_port).into());
+        let status = |admin: &mut testkit::HttpClient, path: &str, auth: Option<&str>| {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|v| vec![("Authorization", v)]).unwrap_or_default();
+            admin
+                .request("GET", path, &headers, b"")
+                .expect("admin listener answers")
+                .status
+        };
+        assert_eq!(status(&mut admin, "/ping", None), 204);
+        assert_eq!(status(&mut admin, "/health", None), 200);
+        let good = basic("admin", CLIENT_PASSWORD);
+        for path in ["/status", "/metrics", "/"] {
+            let anonymous = status(&mut admin, path, None);
+            assert_eq!(
+                anonymous == 401,
+                protected,
+                "{path} with admin_listener = {setting:?}"
+            );
+            assert_ne!(status(&mut admin, path, Some(&good)), 401, "{path}");
+        }
+    }
+}
+
+/// Every file under `dir`, recursively, as bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push((p.display().to_string(), bytes));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn client_credentials_never_reach_logs_queues_or_backends() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let mut b = Influxd::start();
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    let tables = format!(
+        "[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n[[backend]]\nname = \"b\"\nurl = \"{}\"\n\n",
+        a.url(),
+        b.url()
+    );
+    // Debug logging: the most the relay ever writes.
+    let mut relay = Relay::start_config(&auth_section(None), &tables, "debug");
+    b.kill(); // its writes are queued on disk
+    let good_basic = basic("admin", CLIENT_PASSWORD);
+    let token = format!("Token {}", TOKEN.0);
+    let up = form(&[("u", "admin"), ("p", CLIENT_PASSWORD)]);
+    for n in 0..5u64 {
+        let body = format!("sec v={n} {}", 1_700_000_000_000_000_000u64 + n);
+        let r = relay.request("POST", &format!("/write?db=db&{up}"), &[], body.as_bytes());
+        assert!(r.status == 204 || r.status == 500, "{}", r.text());
+        let r = relay.request(
+            "POST",
+            "/write?db=db",
+            &[("Authorization", &good_basic)],
+            body.as_bytes(),
+        );
+        assert!(r.status == 204 || r.status == 500, "{}", r.text());
+        let r = relay.request(
+            "POST",
+            "/api/v2/write?bucket=db",
+            &[("Authorization", &token)],
+            body.as_bytes(),
+        );
+        assert!(r.status == 204 || r.status == 500, "{}", r.text());
+        // And refused attempts.
+        relay.request(
+            "POST",
+            "/write?db=db&u=admin&p=wrong-Pw-x1",
+            &[],
+            body.as_bytes(),
+        );
+        relay.request("GET", &format!("/query?q=SHOW+DATABASES&{up}"), &[], b"");
+    }
+    wait_until("the points on a", crate::support::CONVERGE, || {
+        count(&a, "db", "v", "sec") == 5
+    });
+    let queued: u64 = files(&relay.dir().join("data").join("b"))
+        .iter()
+        .map(|(_, bytes)| bytes.len() as u64)
+        .sum();
+    assert!(queued > 0, "backend b's writes are queued on disk");
+    b.restart();
+    wait_until("the queue replayed to b", crate::support::CONVERGE, || {
+        count(&b, "db", "v", "sec") == 5
+    });
+    let secrets = [
+        CLIENT_PASSWORD,
+        TOKEN.0.as_str(),
+        "wrong-Pw-x1",
+        good_basic.trim_start_matches("Basic "),
+    ];
+    let mut everything = files(relay.dir());
+    for i in [&a, &b] {
+        // What the backends logged and stored.
+        everything.extend(files(i.dir()));
+    }
+    for path in ["/", "/status", "/metrics"] {
+        let r = relay.request("GET", path, &[("Authorization", &good_basic)], b"");
+        assert_eq!(r.status, 200, "GET {path}");
+        everything.push((format!("GET {path}"), r.body));
+    }
+    everything.push(("relay log".to_owned(), relay.log().into_bytes()));
+    assert!(
+        relay.log().contains("DEBUG"),
+        "the relay logged at debug level"
+    );
+    for (path, bytes) in &everything {
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} found in {path}"
+            );
+        }
+    }
+}
