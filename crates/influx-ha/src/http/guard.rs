@@ -2,9 +2,9 @@
 //! the removal of client credentials before a request goes further.
 //!
 //! As influxd 1.6 does, the router answers first: `/ping`, `/health`, `OPTIONS`, unknown paths
-//! (404) and wrong methods (405) need no credentials; `/write`, `/api/v2/write`, `/query`,
-//! `/api/v2/query`, `/api/v1/prom/read` and the admin surface do (on the separate admin
-//! listener too, unless `[auth] admin_listener = false`).
+//! (404) and wrong methods (405) need no credentials; `/write`, `/api/v2/write`,
+//! `/api/v1/prom/write`, `/query`, `/api/v2/query`, `/api/v1/prom/read` and the admin surface
+//! do (on the separate admin listener too, unless `[auth] admin_listener = false`).
 //!
 //! Whatever the outcome, the request that goes on carries no `Authorization` header and no
 //! `u`/`p` query parameters: handlers cannot forward, log or queue what they never see. The

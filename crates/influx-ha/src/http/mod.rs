@@ -320,6 +320,7 @@ impl<W: WriteHandler> HttpService<W> {
                 allow: ALLOW_WRITE_V2,
             }),
             "/api/v1/prom/write" if main && method == Method::POST => {
+                let req = self.guard.admit(entry, req).await?;
                 self.prom_write(id, req).await
             }
             "/api/v1/prom/write" if main => Err(RequestError::MethodNotAllowed {

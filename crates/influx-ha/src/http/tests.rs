@@ -608,6 +608,7 @@ async fn what_needs_credentials() {
     for (method, path, status) in [
         ("POST", "/write?db=x", 401),
         ("POST", "/api/v2/write?bucket=x", 401),
+        ("POST", "/api/v1/prom/write?db=x", 401),
         ("GET", "/query?q=x", 401),
         ("POST", "/query", 401),
         ("GET", "/api/v2/query", 401),
