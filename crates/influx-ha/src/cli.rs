@@ -1,4 +1,5 @@
-//! Command line: `influx-ha serve|check --config FILE`, and what `check` prints.
+//! Command line: `influx-ha serve|check --config FILE`, `influx-ha bench URL`, and what
+//! `check` prints.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -49,6 +50,12 @@ pub enum Command {
     /// Make a random token for an [[auth.token]] table: prints the token (give it to the
     /// client, which sends `Authorization: Token TOKEN`) and the token_hash for the config.
     NewToken,
+    /// Load-test an InfluxDB-compatible write endpoint (HTTP v1/v2 or UDP) with telegraf-like
+    /// series, and optionally verify that every backend holds exactly the points written.
+    ///
+    /// Prints points/s, latency percentiles and errors by kind at the end (--json for
+    /// scripts); exits non-zero when a verified backend differs or no write succeeded.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Options of `hash-password`.

@@ -41,11 +41,14 @@
 //! - **Admin surface** ([`admin`]): status page, `/status`, `/metrics`, admin API on the
 //!   `[admin]` listener ([`http::Surface::Admin`]) or on the main one, through the same seam;
 //!   `/ping` and `/health` are served on both.
+//!
+//! Tools: [`bench`](mod@bench) is `influx-ha bench`, the load generator and convergence check.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod go_json;

@@ -57,6 +57,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(influx_ha::node::serve(config))?;
             Ok(())
         }
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.threads.unwrap_or(2).max(1))
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let json = args.json;
+            let verify_only = args.verify_only;
+            let report = runtime.block_on(influx_ha::bench::run(*args))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            std::io::Write::flush(&mut std::io::stdout())?;
+            if !report.verified() {
+                anyhow::bail!("a backend does not hold exactly the points written");
+            }
+            if !verify_only && report.points_acked == 0 {
+                anyhow::bail!("no write succeeded");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -118,7 +118,7 @@ impl fmt::Debug for BackendAnswer {
 }
 
 /// The Basic `Authorization` value of a user and password.
-fn basic_auth(user: &str, password: &str) -> HeaderValue {
+pub(crate) fn basic_auth(user: &str, password: &str) -> HeaderValue {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let input = format!("{user}:{password}");
     let bytes = input.as_bytes();

@@ -111,6 +111,12 @@ impl Relay {
         self.dir.path()
     }
 
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The relay's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
     }

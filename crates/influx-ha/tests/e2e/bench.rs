@@ -1,0 +1,152 @@
+//! `influx-ha bench` against a real InfluxDB: the points it writes are the points `--verify`
+//! expects, and a backend that differs by one value, one point or one series is caught.
+
+use std::process::{Command, Output};
+
+use testkit::Influxd;
+
+use crate::relay::Relay;
+use crate::support::serial;
+
+/// Runs `influx-ha bench ARGS`.
+pub fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .arg("bench")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run influx-ha bench")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// 2 hosts × (cpu, mem, disk) with 2 instances: 10 series.
+const SHAPE: &[&str] = &[
+    "--hosts",
+    "2",
+    "--measurements",
+    "3",
+    "--instances",
+    "2",
+    "--batch",
+    "70",
+    "-c",
+    "3",
+];
+
+#[test]
+fn bench_writes_exactly_what_verify_expects_and_catches_differences() {
+    let _serial = serial();
+    let influxd = Influxd::start();
+    let url = influxd.url();
+    let mut args = vec![url.as_str(), "--points", "1000", "--json", "--verify", &url];
+    args.extend_from_slice(SHAPE);
+    let out = bench(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["points_acked"], 1000, "{report}");
+    assert_eq!(report["series"], 10, "{report}");
+    assert_eq!(report["requests_ok"], 15, "{report}");
+    assert_eq!(report["verify"][0]["exact"], true, "{report}");
+    assert_eq!(report["verify"][0]["points_found"], 1000, "{report}");
+    assert!(report["latency_ms"]["p99"].as_f64().expect("p99") > 0.0);
+    assert_eq!(
+        influxd.query("bench", "SELECT count(usage_user) FROM cpu").trim_end(),
+        r#"{"results":[{"statement_id":0,"series":[{"name":"cpu","columns":["time","count"],"values":[[0,400]]}]}]}"#,
+        "4 of the 10 series are cpu ones"
+    );
+
+    // A second run extends the set; together they verify as one range.
+    let mut more = vec![url.as_str(), "--points", "500", "--offset", "1000"];
+    more.extend_from_slice(SHAPE);
+    let out = bench(&more);
+    assert!(out.status.success(), "{}", text(&out));
+    let verify_all = |extra: &[&str]| {
+        let mut a = vec![
+            url.as_str(),
+            "--points",
+            "1500",
+            "--verify",
+            &url,
+            "--verify-only",
+            "--verify-timeout",
+            "1s",
+        ];
+        a.extend_from_slice(SHAPE);
+        a.extend_from_slice(extra);
+        bench(&a)
+    };
+    let out = verify_all(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("exact, 1,500 points in 10 series"),
+        "{}",
+        text(&out)
+    );
+
+    // One value changed.
+    let (status, body) = influxd.write(
+        "bench",
+        "n",
+        "mem,dc=dc0,env=prod,host=host-00000,rack=r00,region=eu-west-1 used=1i 1767225600000000000\n",
+    );
+    assert_eq!(status, 204, "{body}");
+    let out = verify_all(&[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "mem,dc=dc0,env=prod,host=host-00000,rack=r00,region=eu-west-1 field used: sum "
+        ),
+        "{}",
+        text(&out)
+    );
+
+    // One series too many inside the time range.
+    let (status, body) = influxd.write("bench", "n", "other v=1 1767225600000000000\n");
+    assert_eq!(status, 204, "{body}");
+    let out = verify_all(&["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let differences = report["verify"][0]["differences"].to_string();
+    assert!(differences.contains("unexpected series other"), "{report}");
+    assert_eq!(report["verify"][0]["series_found"], 11, "{report}");
+}
+
+#[test]
+fn bench_through_the_relay_reaches_both_backends() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let b = Influxd::start();
+    let relay = Relay::start(&[&a, &b], "");
+    let relay_url = relay.url();
+    let (ua, ub) = (a.url(), b.url());
+    let mut args = vec![
+        relay_url.as_str(),
+        "--points",
+        "2000",
+        "--api",
+        "v2",
+        "--gzip",
+        "--verify",
+        &ua,
+        "--verify",
+        &ub,
+    ];
+    args.extend_from_slice(SHAPE);
+    let out = bench(&args);
+    assert!(out.status.success(), "{}\n{}", text(&out), relay.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("exact, 2,000 points in 10 series").count(),
+        2,
+        "{}",
+        text(&out)
+    );
+}
