@@ -7,9 +7,9 @@
 //! of (series, tick, field), so any range of the stream can be regenerated — or its expected
 //! counts and sums computed — without having been kept.
 //!
-//! Float values are multiples of 0.25 below 100 and integers stay below 2^36: sums over
-//! millions of points are exact in a `f64` whatever order InfluxDB adds them in, which lets
-//! verification compare sums for equality.
+//! Float values are multiples of 0.25 below 100, so their sums over millions of points are
+//! exact in a `f64` whatever order InfluxDB adds them in; integers stay below 2^36 and InfluxDB
+//! adds them in int64. Verification can therefore compare sums for equality.
 
 use std::fmt::Write as _;
 
