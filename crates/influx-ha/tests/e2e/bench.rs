@@ -58,7 +58,9 @@ fn bench_writes_exactly_what_verify_expects_and_catches_differences() {
     assert_eq!(report["verify"][0]["points_found"], 1000, "{report}");
     assert!(report["latency_ms"]["p99"].as_f64().expect("p99") > 0.0);
     assert_eq!(
-        influxd.query("bench", "SELECT count(usage_user) FROM cpu").trim_end(),
+        influxd
+            .query("bench", "SELECT count(usage_user) FROM cpu")
+            .trim_end(),
         r#"{"results":[{"statement_id":0,"series":[{"name":"cpu","columns":["time","count"],"values":[[0,400]]}]}]}"#,
         "4 of the 10 series are cpu ones"
     );
