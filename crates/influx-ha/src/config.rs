@@ -42,8 +42,8 @@
 //! # ]
 //! # tags = ["region=eu"]             # added where the path and template set no such tag
 //!
-//! [[opentsdb]]                        # any number; telnet `put` lines and HTTP /api/put
-//! bind = "0.0.0.0:4242"
+//! [[opentsdb]]                        # any number; telnet `put` lines and HTTP /api/put,
+//! bind = "0.0.0.0:4242"               # told apart per connection as InfluxDB does
 //! # database = "opentsdb"            # created on every backend at start
 //!
 //! [write]

@@ -657,3 +657,46 @@ fn damaged_configs_never_panic() {
         }
     }
 }
+
+#[test]
+fn graphite_and_opentsdb_listeners() {
+    let backend = "name = \"a\"\nurl = \"http://127.0.0.1:8086\"";
+    let c = parse(&with_backend(
+        "[[graphite]]\nbind = \"127.0.0.1:2003\"\n\
+         [[graphite]]\nbind = \"127.0.0.1:2003\"\nprotocol = \"udp\"\ndatabase = \"g\"\n\
+         separator = \"_\"\ntemplates = [\"a.* .host.measurement\"]\ntags = [\"dc=eu\"]\n\
+         [[opentsdb]]\nbind = \"127.0.0.1:4242\"\n",
+        backend,
+    ))
+    .expect("valid");
+    assert_eq!(c.graphite.len(), 2);
+    assert_eq!(
+        (c.graphite[0].protocol, c.graphite[0].database.as_str()),
+        (GraphiteProtocol::Tcp, DEFAULT_GRAPHITE_DATABASE)
+    );
+    assert_eq!(
+        (c.graphite[1].protocol, c.graphite[1].database.as_str()),
+        (GraphiteProtocol::Udp, "g")
+    );
+    assert_eq!(c.opentsdb[0].database, DEFAULT_OPENTSDB_DATABASE);
+
+    // A bad template names its line and says what is wrong.
+    let p = problem(&with_backend(
+        "[[graphite]]\nbind = \"127.0.0.1:2003\"\ntemplates = [\n  \"measurement*\",\n  \"host.cpu\",\n]\n",
+        backend,
+    ));
+    assert_eq!((p.line, p.key.as_str()), (Some(6), "graphite[0].templates"));
+    assert!(p.message.contains("no measurement"), "{p}");
+    let p = problem(&with_backend(
+        "[[graphite]]\nbind = \"127.0.0.1:2003\"\ntags = [\"novalue\"]\n",
+        backend,
+    ));
+    assert_eq!(p.key, "graphite[0].tags");
+    // TCP ports are shared by every TCP listener kind.
+    let p = problem(&with_backend(
+        "[[graphite]]\nbind = \"127.0.0.1:4242\"\n[[opentsdb]]\nbind = \"127.0.0.1:4242\"\n",
+        backend,
+    ));
+    assert_eq!(p.key, "opentsdb[0].bind");
+    assert!(p.message.contains("graphite[0].bind"), "{p}");
+}

@@ -14,7 +14,7 @@
 //! Writes use the configured default consistency (`[write] consistency`).
 
 pub mod graphite;
-
+pub mod opentsdb;
 pub mod points;
 pub mod promwrite;
 pub mod tcp;
@@ -329,24 +329,63 @@ impl<S: Sink> Feed<S> {
         reply: &mut Vec<u8>,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(lines.len() + lines.len() / 2);
-        let mut refused = 0;
         text.convert(lines, unix_nanos(), &mut out, reply, &mut |line, why| {
-            refused += 1;
-            if let Some(suppressed) = self.bad_lines_log.allow() {
-                tracing::warn!(
-                    listener = %self.listener,
-                    kind = self.kind,
-                    database = %self.database,
-                    line = %sample(line),
-                    error = %why,
-                    suppressed,
-                    "line refused"
-                );
-            }
+            self.refused(1, line, why);
         });
-        add(&self.counters.lines, refused);
-        add(&self.counters.bad_lines, refused);
         out
+    }
+
+    /// Counts `n` lines or points refused before validation (by a conversion) and logs one
+    /// of them (rate limited).
+    pub(crate) fn refused(&self, n: usize, line: &[u8], why: &dyn std::fmt::Display) {
+        add(&self.counters.lines, n);
+        add(&self.counters.bad_lines, n);
+        if let Some(suppressed) = self.bad_lines_log.allow() {
+            tracing::warn!(
+                listener = %self.listener,
+                kind = self.kind,
+                database = %self.database,
+                refused = n,
+                line = %sample(line),
+                error = %why,
+                suppressed,
+                "refused by the conversion; the other points are written"
+            );
+        }
+    }
+
+    /// Writes one batch once, for a client that is answered (HTTP): counted as
+    /// [`Feed::deliver`] counts; the write path's error when it was not stored as asked
+    /// (a partial write counts as written and is returned too).
+    pub(crate) async fn deliver_once(&self, data: Bytes) -> Result<Delivered, RequestError> {
+        let error = match self.sink.write(&self.database, self.precision, data).await {
+            Ok(()) => {
+                add(&self.counters.batches_written, 1);
+                return Ok(Delivered::Written);
+            }
+            Err(e) => e,
+        };
+        match &error {
+            RequestError::PartialWrite(message) => {
+                add(&self.counters.batches_written, 1);
+                add(&self.counters.batches_partly_refused, 1);
+                self.log_failure(&error, "the backends refused part of a batch", message);
+            }
+            RequestError::LevelNotMet | RequestError::QueuedOnly => {
+                add(&self.counters.batches_below_level, 1);
+                self.log_failure(
+                    &error,
+                    "batch stored short of the consistency level (queued for the rest)",
+                    b"",
+                );
+                return Ok(Delivered::BelowLevel);
+            }
+            _ => {
+                add(&self.counters.write_failures, 1);
+                self.log_failure(&error, "batch not written", b"");
+            }
+        }
+        Err(error)
     }
 
     /// Counts lines lost without being validated (a partial line at a connection's end).
@@ -560,6 +599,21 @@ impl<S: Sink + Clone> Listeners<S> {
                     .map_err(bind_error)?,
                 ),
             }
+        }
+        for o in &config.opentsdb {
+            let limits = crate::http::body::BodyLimits {
+                max_body_bytes: max_body,
+                read_timeout: config.http.body_read_timeout,
+            };
+            tcp.push(
+                opentsdb::bind(o.bind, &o.database, sink.clone(), tcp_options, limits)
+                    .await
+                    .map_err(|error| BindError {
+                        what: "opentsdb",
+                        addr: o.bind,
+                        error,
+                    })?,
+            );
         }
         Ok(Self {
             udp,

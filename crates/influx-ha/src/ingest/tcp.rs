@@ -130,6 +130,16 @@ impl<S: Sink> TcpLineListener<S> {
         self.feed.listener
     }
 
+    /// The listener's feed (sink, database, counters), for a protocol built around it.
+    pub(crate) fn feed(&self) -> Arc<Feed<S>> {
+        self.feed.clone()
+    }
+
+    /// Makes the listener speak `text` instead of line protocol.
+    pub(crate) fn set_text(&mut self, text: Arc<dyn TextProtocol>) {
+        self.text = Some(text);
+    }
+
     pub fn stats(&self) -> ListenerStats {
         ListenerStats {
             kind: self.feed.kind,

@@ -305,3 +305,132 @@ fn prometheus_remote_write_stores_what_influxd_stores() {
         (want.status, want.header("Allow"))
     );
 }
+
+/// Telnet lines both sides receive: seconds, milliseconds, bad tags (dropped, point kept),
+/// `version`, and bad lines (time length, value, NaN, too short) among good ones.
+const TELNET_LINES: &str = "put sys.cpu.user 1356998400 42.5 host=web01 cpu=0\n\
+    put sys.cpu.user 1356998401123 43 host=web01 cpu=0\r\n\
+    put sys.mem 1356998402 1e3 host=web02 bad= =x novalue dc=a=b\n\
+    version\n\
+    put bad.time 135699840 1\n\
+    put bad.value 1356998403 x\n\
+    put sys.nan 1356998404 NaN\n\
+    put short\n\
+    put sys.epoch 13569984xx 7\n\
+    put sentinel.telnet 1356998499 1\n";
+
+/// `/api/put` bodies both sides receive, one request each.
+const PUT_BODIES: &[&str] = &[
+    r#"{"metric":"http.one","timestamp":1356998410,"value":1.5,"tags":{"host":"a b","dc":"x,y"}}"#,
+    r#"[{"metric":"http.many","timestamp":1356998411000,"value":2,"tags":{"k":"v"}},{"metric":"http.many","timestamp":1356998412345,"value":3}]"#,
+    r#"[{"metric":"http.far","timestamp":9223372036854775807,"value":4},{"metric":"http.after","timestamp":1356998414,"value":5}]"#,
+    r#"[]"#,
+    r#"not json"#,
+    r#"[{"metric":1}]"#,
+    r#"{"metric":"x","value":"1"}"#,
+    r#"{"metric":"sentinel.http","timestamp":1356998499,"value":1}"#,
+];
+
+fn telnet(port: u16, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(data).expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("close");
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let _ = s.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn opentsdb_telnet_and_http_store_what_influxd_s_own_listener_stores() {
+    let _serial = serial();
+    let reference = Influxd::start_with(
+        r#"
+[[opentsdb]]
+  enabled = true
+  bind-address = "127.0.0.1:{port0}"
+  database = "opentsdb"
+  batch-timeout = "100ms"
+"#,
+    );
+    let (a, b) = (Influxd::start(), Influxd::start());
+    let port = free();
+    let relay = Relay::start(
+        &[&a, &b],
+        &format!("[[opentsdb]]\nbind = \"127.0.0.1:{port}\"\n"),
+    );
+    let want = telnet(reference.extra_port(0), TELNET_LINES.as_bytes());
+    let got = telnet(port, TELNET_LINES.as_bytes());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(want, b"InfluxDB TSDB proxy");
+    wait_same(&relay, &reference, "opentsdb", &[&a, &b], "sentinel.telnet");
+
+    let mut reference_http =
+        testkit::HttpClient::new(([127, 0, 0, 1], reference.extra_port(0)).into());
+    let mut relay_http = testkit::HttpClient::new(([127, 0, 0, 1], port).into());
+    for body in PUT_BODIES {
+        let want = reference_http
+            .request(
+                "POST",
+                "/api/put",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .expect("influxd /api/put");
+        let got = relay_http
+            .request(
+                "POST",
+                "/api/put",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .expect("influx-ha /api/put");
+        assert_eq!(
+            (got.status, got.text()),
+            (want.status, want.text()),
+            "{body}"
+        );
+    }
+    for target in ["/api/metadata/put", "/nothing"] {
+        let want = reference_http
+            .request("POST", target, &[], b"")
+            .expect("influxd");
+        let got = relay_http
+            .request("POST", target, &[], b"")
+            .expect("influx-ha");
+        assert_eq!(
+            (got.status, got.text()),
+            (want.status, want.text()),
+            "{target}"
+        );
+    }
+    wait_same(&relay, &reference, "opentsdb", &[&a, &b], "sentinel.http");
+
+    // OpenTSDB's own reporting, which InfluxDB does not offer (it answers 204). A point
+    // without a metric is refused: InfluxDB would store it under an empty measurement name,
+    // which line protocol cannot carry and no query can name.
+    let details = relay_http
+        .request(
+            "POST",
+            "/api/put?details",
+            &[],
+            br#"[{"timestamp":1356998413,"value":4},{"metric":"http.detailed","timestamp":1356998414,"value":5}]"#,
+        )
+        .expect("details");
+    assert_eq!(details.status, 200);
+    assert_eq!(
+        details.text(),
+        r#"{"errors":[{"datapoint":{"metric":"","timestamp":1356998413,"value":4.0},"error":"missing measurement"}],"failed":1,"success":1}"#
+    );
+    for i in [&a, &b] {
+        let deadline = Instant::now() + CONVERGE;
+        while !dump(i, "opentsdb").contains("http.detailed") {
+            assert!(Instant::now() < deadline, "http.detailed not stored");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,122 @@
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::ingest::testing::{Recorder, eventually};
+
+struct Running {
+    addr: SocketAddr,
+    recorder: Recorder,
+    stop: broadcast::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> Running {
+    let recorder = Recorder::default();
+    let l = bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        "tsdb",
+        recorder.clone(),
+        TcpOptions::default(),
+        BodyLimits {
+            max_body_bytes: 1 << 20,
+            read_timeout: Duration::from_secs(20),
+        },
+    )
+    .await
+    .expect("bind");
+    let addr = l.local_addr();
+    let (stop, rx) = broadcast::channel(1);
+    let task = tokio::spawn(l.run(Shutdown::new(rx)));
+    Running {
+        addr,
+        recorder,
+        stop,
+        task,
+    }
+}
+
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(request).await.expect("send");
+    c.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn telnet_and_http_share_the_port() {
+    let r = start().await;
+    let answer = exchange(
+        r.addr,
+        b"version\nput a 1356998400 1 host=x\nbogus\nput b 1356998401 2\n",
+    )
+    .await;
+    assert_eq!(answer, "InfluxDB TSDB proxy");
+    eventually("telnet points", || r.recorder.lines().len() == 2).await;
+    assert_eq!(
+        r.recorder.lines(),
+        [
+            "a,host=x value=1.0 1356998400000000000",
+            "b value=2.0 1356998401000000000"
+        ]
+    );
+
+    let body = br#"[{"metric":"c","timestamp":1356998402,"value":3,"tags":{"t":"v"}},{"metric":"","timestamp":1,"value":1}]"#;
+    let request = format!(
+        "POST /api/put?details HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    let answer = exchange(r.addr, &bytes).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"errors":[{"datapoint":{"metric":"","timestamp":1,"value":1.0},"error":"missing measurement"}],"failed":1,"success":1}"#),
+        "{answer}"
+    );
+    eventually("http point", || r.recorder.lines().len() == 3).await;
+    assert_eq!(r.recorder.lines()[2], "c,t=v value=3.0 1356998402000000000");
+
+    let answer = exchange(
+        r.addr,
+        b"POST /api/put HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\nexpected JSON array or hash\n"),
+        "{answer}"
+    );
+    let answer = exchange(
+        r.addr,
+        b"GET /api/put HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{answer}"
+    );
+    let batches = r.recorder.batches.lock().expect("lock").clone();
+    assert!(batches.iter().all(|(db, _, _)| db == "tsdb"));
+    r.stop.send(()).expect("running");
+    r.task.await.expect("stops");
+}
+
+#[test]
+fn request_lines_are_told_from_telnet_lines() {
+    assert!(is_request_line(b"POST /api/put HTTP/1.1\r"));
+    assert!(is_request_line(b"GET / HTTP/1.0"));
+    assert!(!is_request_line(b"put sys.cpu 1356998400 1 host=a"));
+    assert!(!is_request_line(b"PUT x"));
+    assert!(!is_request_line(b"version"));
+}
