@@ -6,6 +6,7 @@ mod bench;
 mod compat;
 mod faults;
 mod listeners;
+mod netdata;
 mod protocols;
 mod proxy;
 mod relay;
