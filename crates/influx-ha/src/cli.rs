@@ -195,8 +195,32 @@ pub fn describe(config: &Config, origin: &str) -> String {
         format_size(q.segment_bytes),
         format_size(q.min_free_disk)
     );
+    let hc = &config.health;
     let _ = writeln!(s);
-    let _ = writeln!(s, "not built yet: /query answers 501");
+    let _ = writeln!(s, "reads (node name {:?})", config.node_name);
+    let _ = writeln!(
+        s,
+        "  health checks  GET /ping every {}, timeout {}; down after {} failures, up after {} good checks",
+        format_duration(hc.interval),
+        format_duration(hc.timeout),
+        hc.fall,
+        hc.rise
+    );
+    let _ = writeln!(
+        s,
+        "  stale reads    {}",
+        if config.query.stale_reads {
+            "on: with no fresh backend a catching-up one answers (X-Influx-Ha-Stale: true)"
+        } else {
+            "off: 503 when no backend is fresh"
+        }
+    );
+    if config.peers.is_empty() {
+        let _ = writeln!(s, "  peers          none");
+    }
+    for p in &config.peers {
+        let _ = writeln!(s, "  peer           {}  {}/admin/v1/queues", p.name, p.url);
+    }
     s
 }
 
@@ -264,7 +288,9 @@ url = "http://10.0.0.2:8086"
             "b         http://10.0.0.2:8086  no credentials",
             "influx-a  /var/lib/influx-ha/influx-a",
             "at most 10 GiB, records kept 1w, fsync always, segments of 64 MiB",
-            "not built yet: /query",
+            "health checks  GET /ping every 1s, timeout 1s; down after 2 failures, up after 2 good checks",
+            "stale reads    off",
+            "peers          none",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
         }

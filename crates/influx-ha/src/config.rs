@@ -9,6 +9,7 @@
 //!
 //! ```toml
 //! data_dir = "/var/lib/influx-ha"     # one hinted-handoff queue folder per backend
+//! # node_name = "relay-1"             # this relay's name towards its peers; default: host name
 //!
 //! [http]
 //! bind = "0.0.0.0:8086"
@@ -59,6 +60,18 @@
 //! # segment_bytes = "64MiB"
 //! # min_free_disk = "1GiB"
 //!
+//! [health]                            # active checks: GET /ping on every backend
+//! # interval = "1s"                  # also how often peers are asked for their queues
+//! # timeout = "1s"                   # a check not answered 204 within this fails
+//! # rise = 2                         # consecutive good checks before a down backend is up
+//! # fall = 2                         # consecutive failures (checks, or errors seen by
+//! #                                  # reads and writes) before an up backend is down
+//!
+//! [query]
+//! # stale_reads = false              # true: with no fresh backend, a catching-up one answers
+//! #                                  # (header X-Influx-Ha-Stale: true) instead of a 503
+//! # timeout = "60s"                  # time a backend gets to start answering a query
+//!
 //! [[backend]]
 //! name = "influx-a"                   # also the queue folder name under data_dir
 //! url = "http://10.0.0.1:8086"
@@ -76,7 +89,14 @@
 //! [[auth.token]]                      # any number; `Authorization: Token TOKEN`
 //! name = "grafana"                    # shown in logs instead of the token
 //! token_hash = "$sha256$…"            # from `influx-ha new-token`
+//! [[peer]]                            # any number: the other relays writing to the same
+//! name = "relay-2"                    # backends; reads wait for their queues too
+//! url = "http://10.0.0.2:8093"        # the peer's admin address (its [admin] bind, or its
+//!                                     # main address when it has no [admin] listener)
 //! ```
+//!
+//! Backends are matched across relays by `name`: every relay must give the same backend the
+//! same name, or a peer's queue for it is not seen.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -125,6 +145,16 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
 /// Longest backend name (it is a directory name).
 pub const MAX_BACKEND_NAME_LEN: usize = 64;
+/// Default period of the active health checks and of peer polls.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default deadline of one health check.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default number of consecutive good checks before a down backend counts as up.
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+/// Default number of consecutive failures before an up backend counts as down.
+pub const DEFAULT_HEALTH_FALL: u32 = 2;
+/// Default time a backend gets to start answering a query (its response headers).
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 // === Validated configuration ===
 
@@ -153,6 +183,49 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// Relay-level authentication (off unless `[auth] enabled = true`).
     pub auth: AuthConfig,
+    /// This relay's name in its queue reports to peers (`node_name`, default the host name).
+    pub node_name: String,
+    /// Active health checks of the backends (`[health]`).
+    pub health: HealthConfig,
+    /// Read-path settings (`[query]`).
+    pub query: QueryConfig,
+    /// The other relays writing to the same backends (`[[peer]]`): a backend one of them
+    /// still has queued writes for serves no reads.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// `[health]`: active checks of every backend, with hysteresis so that a flapping backend
+/// does not flap the routing of reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Period of the checks (and of the polls of peers).
+    pub interval: Duration,
+    /// Deadline of one check.
+    pub timeout: Duration,
+    /// Consecutive good checks before a down backend is up again.
+    pub rise: u32,
+    /// Consecutive failures (checks, or errors seen by reads and writes) before an up backend
+    /// is down.
+    pub fall: u32,
+}
+
+/// `[query]`: the read path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryConfig {
+    /// With no fresh backend, let a reachable, catching-up one answer (the response says so in
+    /// a header) instead of answering 503.
+    pub stale_reads: bool,
+    /// Time a backend gets to start answering a query; past it the next backend is tried.
+    pub timeout: Duration,
+}
+
+/// `[[peer]]`: another relay in front of the same backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Its name, for messages and the status page.
+    pub name: String,
+    /// Its admin address (`/admin/v1/queues` is fetched from there).
+    pub url: BackendUrl,
 }
 
 /// `[http]`: the main listener.
@@ -541,6 +614,36 @@ struct RawConfig {
     backend: Vec<RawBackend>,
     #[serde(default)]
     auth: security::RawAuth,
+    node_name: Option<Spanned<String>>,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    query: RawQuery,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuery {
+    stale_reads: Option<bool>,
+    timeout: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Spanned<String>,
+    url: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1104,6 +1207,84 @@ impl RawConfig {
         }
 
         let auth = self.auth.validate(&mut c);
+        // node_name, [health], [query], [[peer]]
+        let node_name = match &self.node_name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                c.at(n, "node_name", "must not be empty");
+                String::new()
+            }
+            Some(n) => n.get_ref().clone(),
+            None => host_name(),
+        };
+        let mut threshold = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
+            None => default,
+            Some(v) => match u32::try_from(*v.get_ref()) {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    c.at(v, key, "must be between 1 and 100");
+                    default
+                }
+            },
+        };
+        let rise = threshold(&self.health.rise, "health.rise", DEFAULT_HEALTH_RISE);
+        let fall = threshold(&self.health.fall, "health.fall", DEFAULT_HEALTH_FALL);
+        let health = HealthConfig {
+            interval: c.positive(
+                &self.health.interval,
+                "health.interval",
+                DEFAULT_HEALTH_INTERVAL,
+            ),
+            timeout: c.positive(
+                &self.health.timeout,
+                "health.timeout",
+                DEFAULT_HEALTH_TIMEOUT,
+            ),
+            rise,
+            fall,
+        };
+        let query = QueryConfig {
+            stale_reads: self.query.stale_reads.unwrap_or(false),
+            timeout: c.positive(&self.query.timeout, "query.timeout", DEFAULT_QUERY_TIMEOUT),
+        };
+        let mut peers = Vec::with_capacity(self.peer.len());
+        let mut peer_names: HashMap<String, usize> = HashMap::new();
+        for (i, p) in self.peer.iter().enumerate() {
+            let name = p.name.get_ref();
+            if name.trim().is_empty() {
+                c.at(&p.name, format!("peer[{i}].name"), "must not be empty");
+            } else if let Some(j) = peer_names.insert(name.clone(), i) {
+                c.at(
+                    &p.name,
+                    format!("peer[{i}].name"),
+                    format!("{name:?} is already the name of peer[{j}]"),
+                );
+            } else if *name == node_name {
+                c.at(
+                    &p.name,
+                    format!("peer[{i}].name"),
+                    format!("{name:?} is this relay's own node_name"),
+                );
+            }
+            let url = match parse_backend_url(p.url.get_ref().trim()) {
+                Ok(url) if url.scheme == Scheme::Https => {
+                    c.at(
+                        &p.url,
+                        format!("peer[{i}].url"),
+                        "https:// peers need TLS, which influx-ha does not have yet",
+                    );
+                    url
+                }
+                Ok(url) => url,
+                Err(msg) => {
+                    c.at(&p.url, format!("peer[{i}].url"), msg);
+                    continue;
+                }
+            };
+            peers.push(PeerConfig {
+                name: name.clone(),
+                url,
+            });
+        }
 
         if !c.problems.is_empty() {
             c.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -1121,10 +1302,24 @@ impl RawConfig {
             queue,
             backends,
             auth,
+            node_name,
+            health,
+            query,
+            peers,
         })
     }
 }
 
 mod security;
+/// The machine's host name (Linux), else `$HOSTNAME`, else `influx-ha`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "influx-ha".to_owned())
+}
+
 #[cfg(test)]
 mod tests;

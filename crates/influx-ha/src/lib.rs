@@ -36,8 +36,15 @@
 //!   line-protocol listeners ([`ingest`]) feed the same replicator.
 //! - **Backend state**: [`state`] holds every backend's reachability, queue depth, divergence
 //!   and peer reports as one lock-free snapshot ([`state::StateBoard`]).
-//! - **Read path** (`query/`): `/query` statement classification and routing to a fresh
-//!   backend, plugged into the [`http::Handler`] seam; 501 without it.
+//! - **Read path** ([`query`]): `/query` (and `/api/v2/query`, `/api/v1/prom/read`) plugged
+//!   into the [`http::Handler`] seam: [`query::classify`] splits and classifies statements,
+//!   [`query::route`] sends reads to one fresh backend (failing over before the answer
+//!   reached the client) and state-changing statements to every backend (queued in order
+//!   with the writes for one that cannot take them), [`query::stream`] streams answers.
+//!   [`monitor`] is the one task that keeps the [`state::StateBoard`] current (health checks
+//!   with rise/fall, passive marks, queue depths, divergence, peer reports); [`peers`] holds
+//!   the queue report relays exchange (`/admin/v1/queues`) so that reads stay fresh across
+//!   relays.
 //! - **Admin surface** ([`admin`]): status page, `/status`, `/metrics`, admin API on the
 //!   `[admin]` listener ([`http::Surface::Admin`]) or on the main one, through the same seam;
 //!   `/ping` and `/health` are served on both.
@@ -55,8 +62,11 @@ pub mod go_json;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod monitor;
 pub mod node;
 pub mod params;
+pub mod peers;
+pub mod query;
 pub mod server;
 pub mod shutdown;
 pub mod state;

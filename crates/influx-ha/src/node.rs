@@ -250,19 +250,55 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     let started = std::time::SystemTime::now();
     let clients = backend_clients(&config)?;
     let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
-    let node = Node::bind_with(&config, |_, _| replicator.clone()).await?;
+    // The read path and the task that keeps the backends' state current.
+    let board = crate::state::StateBoard::new(crate::monitor::initial_states(&clients));
+    let marks = crate::monitor::PassiveMarks::new(clients.len());
+    let mut peers = Vec::with_capacity(config.peers.len());
+    for p in &config.peers {
+        let peer = crate::config::BackendConfig {
+            name: p.name.clone(),
+            url: p.url.clone(),
+            credentials: None,
+        };
+        let timeouts = Timeouts {
+            connect: config.write.connect_timeout,
+            request: config.health.timeout,
+        };
+        peers.push(crate::monitor::Peer {
+            name: p.name.clone(),
+            client: BackendClient::new(&peer, timeouts)?,
+        });
+    }
+    let query = crate::query::QueryService::new(
+        clients.clone(),
+        replicator.replicas().to_vec(),
+        board.clone(),
+        marks.clone(),
+        config.query.clone(),
+        BodyLimits {
+            max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
+            read_timeout: config.http.body_read_timeout,
+        },
+    );
+    let monitor = crate::monitor::Monitor {
+        board: board.clone(),
+        clients: clients.clone(),
+        replicas: replicator.replicas().to_vec(),
+        peers,
+        marks,
+        health: config.health.clone(),
+    };
+    let node = Node::bind_with(&config, |_, _| replicator.clone())
+        .await?
+        .with_query(Arc::new(query));
+    let (stop_monitor, _) = tokio::sync::broadcast::channel(1);
+    let monitor_task =
+        tokio::spawn(monitor.run(crate::shutdown::Shutdown::new(stop_monitor.subscribe())));
     let addr = node.local_addr().unwrap_or(config.http.bind);
     tracing::info!(%addr, "listening (InfluxDB 1.6 API)");
     if let Some(admin) = node.admin_addr() {
         tracing::info!(%admin, "listening (admin)");
     }
-    let board = crate::state::StateBoard::new(
-        config
-            .backends
-            .iter()
-            .map(|b| crate::state::BackendState::new(&b.name, b.url.to_string()))
-            .collect(),
-    );
     let mut http_listeners = vec![("http", addr.to_string())];
     if let Some(a) = node.admin_addr() {
         http_listeners.push(("admin", a.to_string()));
@@ -270,6 +306,7 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     let admin = crate::admin::AdminHandler::new(crate::admin::status::Sources {
         replicator: Replicator::clone(&replicator),
         board: Some(board),
+        node_name: config.node_name.clone(),
         health: node.health().clone(),
         data_dir: config.data_dir.clone(),
         started,
@@ -375,6 +412,8 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     for l in &listener_stats {
         tracing::info!(kind = l.kind, listener = %l.addr, database = %l.database, counters = ?l.counters.snapshot(), "listener counters");
     }
+    let _ = stop_monitor.send(());
+    let _ = monitor_task.await;
     let _ = stop_replays.send(());
     for replay in replays {
         let _ = replay.await;

@@ -82,6 +82,9 @@ pub struct BackendState {
     pub dead_letters: QueueDepth,
     /// What the peers last reported about it.
     pub peers: Vec<PeerReport>,
+    /// The last problem seen with it (health check, read, write or replay), for operators;
+    /// never contains credentials.
+    pub last_error: Option<String>,
 }
 
 impl BackendState {
@@ -96,6 +99,7 @@ impl BackendState {
             queue: QueueDepth::default(),
             dead_letters: QueueDepth::default(),
             peers: Vec::new(),
+            last_error: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! | `/` | GET, HEAD | the status page ([`page`]) |
 //! | `/status` | GET, HEAD | the same as JSON ([`status::NodeStatus`], schema in `docs/OPERATIONS.md`) |
 //! | `/metrics` | GET, HEAD | Prometheus exposition ([`metrics`]) |
+//! | `/admin/v1/queues` | GET, HEAD | this relay's queue report for its peers ([`crate::peers`]) |
 //! | `/admin/v1/queue` | GET | every backend's queue and dead letters |
 //! | `/admin/v1/queue/NAME` | GET | one queue: depth, counters, segment files |
 //! | `/admin/v1/queue/NAME/records` | GET | its records as text (`?max_bytes=`, default 16 MiB) |
@@ -209,8 +210,23 @@ impl AdminHandler {
                 resp
             }
             "/" | "/status" | "/metrics" => method_not_allowed("GET, HEAD"),
-            // `GET /admin/v1/queues` is the peer queue report of the read path (DESIGN.md §5):
-            // it is answered by `crate::peers::queue_report` once that exists.
+            // The queue report peer relays fetch for read freshness (DESIGN.md §5).
+            crate::peers::QUEUES_PATH if get => match &self.inner.sources.board {
+                Some(board) => {
+                    let report =
+                        crate::peers::queue_report(&self.inner.sources.node_name, &board.load());
+                    let mut resp = text(StatusCode::OK, report);
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    resp
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "no backend state is kept here: queue reports come with the read path"
+                        .to_owned(),
+                ),
+            },
+            crate::peers::QUEUES_PATH => method_not_allowed("GET, HEAD"),
             p if p.starts_with(API_PREFIX) => {
                 let rest = p[API_PREFIX.len()..].to_owned();
                 self.api(&method, &rest, &params).await

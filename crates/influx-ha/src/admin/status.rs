@@ -30,6 +30,8 @@ pub struct Sources {
     pub replicator: Replicator,
     /// Health checks and peer reports, when a task keeps the board current.
     pub board: Option<StateBoard>,
+    /// This relay's `node_name`, in the queue report peers fetch.
+    pub node_name: String,
     /// Readiness behind `/health`.
     pub health: Health,
     /// Where the queues live (free disk is measured there).

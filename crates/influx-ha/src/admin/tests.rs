@@ -25,6 +25,7 @@ fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
     let admin = AdminHandler::new(Sources {
         replicator: replicator.clone(),
         board: None,
+        node_name: "node-1".to_owned(),
         health: Health::new(),
         data_dir: config.data_dir.clone(),
         started: SystemTime::now() - Duration::from_secs(90),

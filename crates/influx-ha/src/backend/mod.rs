@@ -279,6 +279,42 @@ impl BackendClient {
         self.send(Method::GET, "/ping", None, Bytes::new()).await
     }
 
+    /// Sends a request of the read path (`path_and_query` as given, `headers` added after the
+    /// service credentials) and returns as soon as the answer's head arrived: the body streams
+    /// from the backend to whoever reads it, without a deadline. `timeout` bounds the wait for
+    /// the head (connect, send, and the backend's work before it answers).
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: http::HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let uri: Uri = self
+            .url
+            .endpoint(path_and_query)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| SendError::InvalidRequest(e.to_string()))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(USER_AGENT, concat!("influx-ha/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(body))
+            .map_err(|e| SendError::InvalidRequest(e.to_string()))?;
+        req.headers_mut().extend(headers);
+        req.headers_mut().remove(AUTHORIZATION);
+        if let Some(auth) = &self.authorization {
+            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(chain(&e))),
+            Ok(Err(e)) => Err(SendError::Transport(chain(&e))),
+            Err(_) => Err(SendError::Timeout(timeout)),
+        }
+    }
+
     async fn send(
         &self,
         method: Method,

@@ -700,3 +700,52 @@ fn graphite_and_opentsdb_listeners() {
     assert_eq!(p.key, "opentsdb[0].bind");
     assert!(p.message.contains("graphite[0].bind"), "{p}");
 }
+
+#[test]
+fn read_path_settings_and_peers() {
+    let c = parse(MINIMAL).expect("valid");
+    assert!(!c.node_name.is_empty(), "defaults to the host name");
+    assert_eq!(c.health.interval, DEFAULT_HEALTH_INTERVAL);
+    assert_eq!((c.health.rise, c.health.fall), (2, 2));
+    assert!(!c.query.stale_reads);
+    assert!(c.peers.is_empty());
+
+    let text = with_backend(
+        "node_name = \"relay-1\"\n[health]\ninterval = \"250ms\"\ntimeout = \"100ms\"\nrise = 3\nfall = 1\n[query]\nstale_reads = true\ntimeout = \"5s\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://127.0.0.1:8093\"\n",
+        "name = \"a\"\nurl = \"http://127.0.0.1:8086\"",
+    );
+    let c = parse(&text).expect("valid");
+    assert_eq!(c.node_name, "relay-1");
+    assert_eq!(c.health.interval, Duration::from_millis(250));
+    assert_eq!(c.health.timeout, Duration::from_millis(100));
+    assert_eq!((c.health.rise, c.health.fall), (3, 1));
+    assert!(c.query.stale_reads);
+    assert_eq!(c.query.timeout, Duration::from_secs(5));
+    assert_eq!(c.peers.len(), 1);
+    assert_eq!(c.peers[0].name, "relay-2");
+    assert_eq!(c.peers[0].url.to_string(), "http://127.0.0.1:8093");
+
+    let p = problem(&with_backend(
+        "[health]\nrise = 0\n",
+        "name = \"a\"\nurl = \"http://127.0.0.1:8086\"",
+    ));
+    assert_eq!((p.line, p.key.as_str()), (Some(3), "health.rise"));
+    let p = problem(&with_backend(
+        "node_name = \"me\"\n[[peer]]\nname = \"me\"\nurl = \"http://127.0.0.1:1\"\n",
+        "name = \"a\"\nurl = \"http://127.0.0.1:8086\"",
+    ));
+    assert_eq!(p.key, "peer[0].name");
+    assert!(p.message.contains("own node_name"), "{p}");
+    let p = problem(&with_backend(
+        "[[peer]]\nname = \"x\"\nurl = \"127.0.0.1:1\"\n",
+        "name = \"a\"\nurl = \"http://127.0.0.1:8086\"",
+    ));
+    assert_eq!(p.key, "peer[0].url");
+    assert!(
+        parse_error(&with_backend(
+            "[query]\nstale = true\n",
+            "name = \"a\"\nurl = \"http://127.0.0.1:8086\""
+        ))
+        .contains("unknown field")
+    );
+}

@@ -69,6 +69,11 @@ impl QueryParams {
             .map_or("", |(_, v)| v.as_str())
     }
 
+    /// Every pair, in order (repeated keys included).
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.pairs
+    }
+
     /// The first value of `key`, `None` when absent or empty.
     pub fn non_empty(&self, key: &str) -> Option<&str> {
         Some(self.get(key)).filter(|v| !v.is_empty())

@@ -787,13 +787,15 @@ impl Replica {
             return Outcome::Acked;
         }
         let statement = format!("CREATE DATABASE {}", quote_ident(db));
+        self.enqueue_statement("", &statement).await
+    }
+
+    /// Queues a state-changing statement (run with `db` as its default database) in order with
+    /// the writes, entering queueing mode first: the replay executes it before any write
+    /// accepted after it.
+    pub async fn enqueue_statement(&self, db: &str, statement: &str) -> Outcome {
         lock(&self.mode).queueing = true;
-        self.track(|q| {
-            q.append(&Record::Schema {
-                db: "",
-                statement: &statement,
-            })
-        })
-        .await
+        self.track(|q| q.append(&Record::Schema { db, statement }))
+            .await
     }
 }

@@ -9,6 +9,7 @@ mod listeners;
 mod netdata;
 mod protocols;
 mod proxy;
+mod query;
 mod relay;
 mod replication;
 mod security;

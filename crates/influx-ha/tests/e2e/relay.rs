@@ -45,11 +45,21 @@ impl Relay {
     /// Starts a relay with `extra` and then `backend_tables` (the `[[backend]]` tables as
     /// written) in its config, logging at `log_level`.
     pub fn start_config(extra: &str, backend_tables: &str, log_level: &'static str) -> Relay {
+        let port = testkit::free_port().expect("free port");
+        Relay::start_config_on(port, extra, backend_tables, log_level)
+    }
+
+    /// Like [`Relay::start_config`], listening on `port`.
+    pub fn start_config_on(
+        port: u16,
+        extra: &str,
+        backend_tables: &str,
+        log_level: &'static str,
+    ) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("influx-ha-e2e-")
             .tempdir()
             .expect("temporary directory");
-        let port = testkit::free_port().expect("free port");
         let mut text = format!(
             "data_dir = {:?}\n\n[http]\nbind = \"127.0.0.1:{port}\"\ndrain_timeout = \"5s\"\n\n",
             dir.path().join("data")

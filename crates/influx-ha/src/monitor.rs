@@ -1,0 +1,368 @@
+//! The one task that keeps the [`StateBoard`] current (DESIGN.md §6): every
+//! `[health] interval` it
+//!
+//! - checks every backend (`GET /ping` with the backend's service credentials, answered 204
+//!   within `[health] timeout`), counting as failures too the errors the read path reported
+//!   ([`PassiveMarks`]) and the failed direct writes and replays the write path counted since
+//!   the last round; a backend turns down after `fall` consecutive failed rounds and up again
+//!   after `rise` good ones ([`Hysteresis`]); the first round after start decides at once;
+//! - copies each backend's queue depth, dead letters, divergence flag, maintenance flag and
+//!   last error from the write path's [`Replica`];
+//! - asks every peer relay for its queue report ([`crate::peers`]) and records, per backend,
+//!   what each peer last said (an unreachable peer's last report stands).
+//!
+//! Readers never wait for this task: they load the board's snapshot. The read path also looks
+//! at this node's queues directly (not only at the last snapshot), so that a write queued a
+//! moment ago already keeps reads away from that backend.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinSet;
+
+use crate::backend::BackendClient;
+use crate::config::HealthConfig;
+use crate::peers::{QueueReport, fetch_report};
+use crate::shutdown::Shutdown;
+use crate::state::{BackendState, PeerReport, QueueDepth, Reachability, StateBoard};
+use crate::write::replica::Replica;
+
+// === impl PassiveMarks ===
+
+/// Failures the read path saw on each backend (connection errors, 5xx), for the monitor to
+/// count at its next round. Cheap to clone; indexed by backend, in config order.
+#[derive(Debug, Clone)]
+pub struct PassiveMarks {
+    slots: Arc<Vec<Slot>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Failures since the monitor last looked.
+    failures: AtomicU64,
+    /// The latest one, for operators.
+    reason: Mutex<Option<String>>,
+}
+
+impl PassiveMarks {
+    /// Marks for `n` backends.
+    pub fn new(n: usize) -> Self {
+        Self {
+            slots: Arc::new((0..n).map(|_| Slot::default()).collect()),
+        }
+    }
+
+    /// Records a failure of backend `index` (config order).
+    pub fn failure(&self, index: usize, reason: String) {
+        if let Some(slot) = self.slots.get(index) {
+            slot.failures.fetch_add(1, Ordering::Relaxed);
+            *slot.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        }
+    }
+
+    /// Failures of backend `index` since the last call, and the latest reason.
+    fn take(&self, index: usize) -> (u64, Option<String>) {
+        match self.slots.get(index) {
+            Some(slot) => (
+                slot.failures.swap(0, Ordering::Relaxed),
+                slot.reason
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            ),
+            None => (0, None),
+        }
+    }
+}
+
+// === impl Hysteresis ===
+
+/// Up/down with rise and fall thresholds, so that a flapping backend does not flap routing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hysteresis {
+    /// The current verdict; `None` before the first observation.
+    up: Option<bool>,
+    /// Consecutive good rounds while down.
+    good: u32,
+    /// Consecutive failed rounds while up.
+    bad: u32,
+}
+
+impl Hysteresis {
+    /// Feeds one round's result; returns whether the backend counts as up now.
+    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
+        match self.up {
+            None => {
+                self.up = Some(ok);
+            }
+            Some(true) if ok => self.bad = 0,
+            Some(true) => {
+                self.bad += 1;
+                if self.bad >= fall {
+                    self.up = Some(false);
+                    self.bad = 0;
+                    self.good = 0;
+                }
+            }
+            Some(false) if !ok => self.good = 0,
+            Some(false) => {
+                self.good += 1;
+                if self.good >= rise {
+                    self.up = Some(true);
+                    self.bad = 0;
+                    self.good = 0;
+                }
+            }
+        }
+        self.up == Some(true)
+    }
+}
+
+// === impl Monitor ===
+
+/// A peer relay and the client its reports are fetched with.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its configured name.
+    pub name: String,
+    /// A client for its admin address.
+    pub client: BackendClient,
+}
+
+/// What the monitor remembers between rounds.
+#[derive(Debug, Default)]
+struct Memory {
+    /// Per backend: its up/down verdict.
+    verdicts: Vec<Hysteresis>,
+    /// Per backend: failed direct writes plus failed replays, as last counted.
+    write_failures: Vec<u64>,
+    /// Per peer name: its last report, when it came, and whether the last poll reached it.
+    reports: HashMap<String, (QueueReport, SystemTime, bool)>,
+}
+
+/// The task that keeps the board current.
+#[derive(Debug)]
+pub struct Monitor {
+    /// Where the state is published.
+    pub board: StateBoard,
+    /// One client per backend, config order.
+    pub clients: Vec<BackendClient>,
+    /// The write path's replica of each backend, config order (empty without a write path).
+    pub replicas: Vec<Arc<Replica>>,
+    /// Peer relays.
+    pub peers: Vec<Peer>,
+    /// Failures reported by the read path.
+    pub marks: PassiveMarks,
+    /// Interval, timeout, thresholds.
+    pub health: HealthConfig,
+}
+
+/// The board's initial state for `clients`: nothing checked yet.
+pub fn initial_states(clients: &[BackendClient]) -> Vec<BackendState> {
+    clients
+        .iter()
+        .map(|c| BackendState::new(c.name(), c.url().to_string()))
+        .collect()
+}
+
+fn depth(stats: &handoff::Stats) -> QueueDepth {
+    QueueDepth {
+        records: stats.depth_records,
+        bytes: stats.depth_bytes,
+        oldest_age: stats.oldest_age,
+    }
+}
+
+impl Monitor {
+    /// Runs rounds until `shutdown`.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let mut memory = Memory {
+            verdicts: vec![Hysteresis::default(); self.clients.len()],
+            write_failures: self.replicas.iter().map(|r| write_failures(r)).collect(),
+            reports: HashMap::new(),
+        };
+        let mut ticker = tokio::time::interval(self.health.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.recv() => return,
+                _ = ticker.tick() => {}
+            }
+            self.round(&mut memory).await;
+        }
+    }
+
+    /// One round: checks, peer polls, then one new snapshot.
+    async fn round(&self, memory: &mut Memory) {
+        let timeout = self.health.timeout;
+        let mut pings = JoinSet::new();
+        for (i, client) in self.clients.iter().enumerate() {
+            let client = client.clone();
+            pings.spawn(async move {
+                let result = match tokio::time::timeout(timeout, client.ping()).await {
+                    Ok(Ok(a)) if a.status.as_u16() == 204 => Ok(()),
+                    Ok(Ok(a)) => Err(format!("/ping answered {}", a.status)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("/ping not answered within {timeout:?}")),
+                };
+                (i, result)
+            });
+        }
+        let mut polls = JoinSet::new();
+        for peer in &self.peers {
+            let peer = peer.clone();
+            polls.spawn(async move {
+                let r = fetch_report(&peer.client, timeout.max(Duration::from_secs(1))).await;
+                (peer.name, r)
+            });
+        }
+        let mut checks: Vec<Result<(), String>> =
+            vec![Err("health check failed".to_owned()); self.clients.len()];
+        while let Some(Ok((i, r))) = pings.join_next().await {
+            checks[i] = r;
+        }
+        while let Some(Ok((name, r))) = polls.join_next().await {
+            match r {
+                Ok(report) => {
+                    memory
+                        .reports
+                        .insert(name, (report, SystemTime::now(), true));
+                }
+                Err(e) => {
+                    if let Some(entry) = memory.reports.get_mut(&name) {
+                        if entry.2 {
+                            tracing::warn!(peer = %name, error = %e, "peer unreachable: its last queue report stands");
+                        }
+                        entry.2 = false;
+                    } else {
+                        tracing::debug!(peer = %name, error = %e, "peer not reached yet");
+                    }
+                }
+            }
+        }
+
+        let mut rounds = Vec::with_capacity(self.clients.len());
+        for (i, check) in checks.into_iter().enumerate() {
+            let (passive, passive_reason) = self.marks.take(i);
+            let mut problem = check.err();
+            if problem.is_none() && passive > 0 {
+                problem = Some(passive_reason.unwrap_or_else(|| "request failed".to_owned()));
+            }
+            if let (Some(r), Some(last)) = (self.replicas.get(i), memory.write_failures.get_mut(i))
+            {
+                let now = write_failures(r);
+                if now > *last && problem.is_none() {
+                    problem = Some(
+                        r.last_error()
+                            .unwrap_or_else(|| "writes to it failed".to_owned()),
+                    );
+                }
+                *last = now;
+            }
+            let (rise, fall) = (self.health.rise, self.health.fall);
+            let up = memory.verdicts[i].observe(problem.is_none(), rise, fall);
+            rounds.push((up, problem));
+        }
+
+        let now = SystemTime::now();
+        let reports = &memory.reports;
+        self.board.update(|state| {
+            for (i, b) in state.backends.iter_mut().enumerate() {
+                let Some((up, problem)) = rounds.get(i) else {
+                    continue;
+                };
+                b.reachability = match (&b.reachability, up) {
+                    (Reachability::Up { since }, true) => Reachability::Up { since: *since },
+                    (_, true) => {
+                        tracing::info!(backend = %b.name, "backend is up");
+                        Reachability::Up { since: now }
+                    }
+                    (Reachability::Down { since, .. }, false) => Reachability::Down {
+                        since: *since,
+                        reason: problem.clone().unwrap_or_else(|| "recovering".to_owned()),
+                    },
+                    (_, false) => {
+                        let reason = problem.clone().unwrap_or_else(|| "recovering".to_owned());
+                        tracing::warn!(backend = %b.name, %reason, "backend is down");
+                        Reachability::Down { since: now, reason }
+                    }
+                };
+                if let Some(p) = problem {
+                    b.last_error = Some(p.clone());
+                }
+                if let Some(r) = self.replicas.get(i) {
+                    b.diverged = r.diverged();
+                    b.maintenance = r.in_maintenance();
+                    b.queue = depth(&r.queue().stats());
+                    b.dead_letters = depth(&r.dead_letters().stats());
+                    if problem.is_none() && b.last_error.is_none() {
+                        b.last_error = r.last_error();
+                    }
+                }
+                b.peers = reports
+                    .iter()
+                    .filter_map(|(peer, (report, received, reachable))| {
+                        let rb = report.backends.iter().find(|rb| rb.name == b.name)?;
+                        Some(PeerReport {
+                            peer: peer.clone(),
+                            queue: QueueDepth {
+                                records: rb.queue_records,
+                                bytes: rb.queue_bytes,
+                                oldest_age: rb
+                                    .oldest_age_seconds
+                                    .filter(|s| s.is_finite() && *s >= 0.0)
+                                    .map(Duration::from_secs_f64),
+                            },
+                            diverged: rb.diverged,
+                            received: *received,
+                            reachable: *reachable,
+                        })
+                    })
+                    .collect();
+                b.peers.sort_by(|x, y| x.peer.cmp(&y.peer));
+            }
+        });
+    }
+}
+
+/// Failed direct writes plus failed replays of a replica so far.
+fn write_failures(r: &Replica) -> u64 {
+    r.counters.direct_failed.load(Ordering::Relaxed)
+        + r.counters.replay_errors.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall() {
+        let mut h = Hysteresis::default();
+        assert!(h.observe(true, 2, 3), "the first round decides");
+        assert!(h.observe(false, 2, 3));
+        assert!(h.observe(false, 2, 3));
+        assert!(h.observe(true, 2, 3), "a good round resets the failures");
+        assert!(h.observe(false, 2, 3));
+        assert!(h.observe(false, 2, 3));
+        assert!(!h.observe(false, 2, 3), "third failure in a row: down");
+        assert!(!h.observe(true, 2, 3));
+        assert!(!h.observe(false, 2, 3), "a failure resets the good rounds");
+        assert!(!h.observe(true, 2, 3));
+        assert!(h.observe(true, 2, 3), "second good round in a row: up");
+        let mut first_bad = Hysteresis::default();
+        assert!(!first_bad.observe(false, 2, 2));
+    }
+
+    #[test]
+    fn passive_marks_are_taken_once() {
+        let m = PassiveMarks::new(2);
+        m.failure(1, "500 Internal Server Error".into());
+        m.failure(1, "connection refused".into());
+        m.failure(7, "ignored".into());
+        assert_eq!(m.take(0), (0, None));
+        assert_eq!(m.take(1), (2, Some("connection refused".into())));
+        assert_eq!(m.take(1), (0, None));
+    }
+}

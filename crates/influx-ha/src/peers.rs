@@ -1,0 +1,155 @@
+//! Freshness across relays (DESIGN.md §5): each relay publishes its per-backend queue state on
+//! its admin surface, and asks its peers (`[[peer]]`) for theirs, so that a backend one relay
+//! sees as in sync but another still has queued writes for serves no reads.
+//!
+//! The report, `GET /admin/v1/queues` on the admin surface:
+//!
+//! ```json
+//! {"node":"relay-1","backends":[{"name":"influx-a","queue_records":0,"queue_bytes":0,
+//!   "oldest_age_seconds":null,"diverged":false,"maintenance":false}]}
+//! ```
+//!
+//! Backends are matched across relays by their configured `name`: every relay must give a
+//! backend the same name. A peer's report counts until a newer one arrives, also while the
+//! peer cannot be reached (its last report stands); a peer never reached since this relay
+//! started has told nothing and holds nothing back. The [`crate::monitor`] task polls the
+//! peers at the health-check interval, so a write acknowledged by a peer can be missed by a
+//! read here for up to about two intervals (the peer's own refresh plus this poll).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+
+use crate::backend::BackendClient;
+use crate::state::ClusterState;
+
+/// Where the report is served on the admin surface.
+pub const QUEUES_PATH: &str = "/admin/v1/queues";
+
+/// Largest report read from a peer.
+const MAX_REPORT_BYTES: usize = 1 << 20;
+
+/// This relay's queue report, as served at [`QUEUES_PATH`].
+pub fn queue_report(node: &str, state: &ClusterState) -> Vec<u8> {
+    let backends: Vec<serde_json::Value> = state
+        .backends
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "name": b.name,
+                "queue_records": b.queue.records,
+                "queue_bytes": b.queue.bytes,
+                "oldest_age_seconds": b.queue.oldest_age.map(|d| d.as_secs_f64()),
+                "diverged": b.diverged.is_some(),
+                "maintenance": b.maintenance,
+            })
+        })
+        .collect();
+    let mut out = serde_json::to_vec(&serde_json::json!({"node": node, "backends": backends}))
+        .unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// A peer's report, as read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct QueueReport {
+    /// The peer's `node_name`.
+    pub node: String,
+    /// Its backends.
+    pub backends: Vec<ReportedBackend>,
+}
+
+/// One backend in a peer's report.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ReportedBackend {
+    /// The backend's configured name (the key across relays).
+    pub name: String,
+    /// Records the peer has queued for it.
+    pub queue_records: u64,
+    /// Bytes the peer has queued for it.
+    pub queue_bytes: u64,
+    /// Age of the peer's oldest queued record for it.
+    pub oldest_age_seconds: Option<f64>,
+    /// Whether the peer marks it diverged.
+    pub diverged: bool,
+    /// Whether the peer has it in maintenance.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+/// Reads a report.
+pub fn parse_report(body: &[u8]) -> Result<QueueReport, String> {
+    serde_json::from_slice(body).map_err(|e| format!("unreadable queue report: {e}"))
+}
+
+/// Fetches a peer's report through `client` (built for the peer's admin URL).
+pub async fn fetch_report(
+    client: &BackendClient,
+    timeout: Duration,
+) -> Result<QueueReport, String> {
+    let exchange = async {
+        let resp = client
+            .forward(
+                Method::GET,
+                QUEUES_PATH,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_REPORT_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("cannot read the report: {e}"))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!("{QUEUES_PATH} answered {status}"));
+        }
+        parse_report(&body)
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no report within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::state::{BackendState, QueueDepth};
+
+    #[test]
+    fn report_round_trips() {
+        let mut a = BackendState::new("influx-a", "http://127.0.0.1:1");
+        a.queue = QueueDepth {
+            records: 3,
+            bytes: 120,
+            oldest_age: Some(Duration::from_millis(1500)),
+        };
+        let mut b = BackendState::new("influx-b", "http://127.0.0.1:2");
+        b.diverged = Some("queue overflowed".into());
+        let state = ClusterState {
+            backends: vec![a, b],
+            taken: SystemTime::now(),
+        };
+        let text = queue_report("relay-1", &state);
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            "{\"backends\":[{\"diverged\":false,\"maintenance\":false,\"name\":\"influx-a\",\"oldest_age_seconds\":1.5,\"queue_bytes\":120,\"queue_records\":3},{\"diverged\":true,\"maintenance\":false,\"name\":\"influx-b\",\"oldest_age_seconds\":null,\"queue_bytes\":0,\"queue_records\":0}],\"node\":\"relay-1\"}\n"
+        );
+        let report = parse_report(&text).expect("parses");
+        assert_eq!(report.node, "relay-1");
+        assert_eq!(report.backends[0].queue_records, 3);
+        assert_eq!(report.backends[0].oldest_age_seconds, Some(1.5));
+        assert!(report.backends[1].diverged);
+        assert!(parse_report(b"{}").is_err());
+    }
+}

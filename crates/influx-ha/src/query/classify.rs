@@ -1,0 +1,317 @@
+//! Splitting an InfluxQL query into statements and deciding where each one must go
+//! (DESIGN.md §5).
+//!
+//! The scanner knows just enough InfluxQL to find statement boundaries and leading keywords
+//! without being fooled by what is inside quotes or comments: `'strings'` and `"identifiers"`
+//! (with backslash escapes), `/regular expressions/` (where InfluxQL allows one: after `FROM`,
+//! `,`, `=~` and `!~`), `-- line` and `/* block */` comments. It never fails: text it cannot
+//! make sense of is a read, which one backend then refuses with InfluxDB's own parse error.
+//!
+//! | statement | [`StatementKind`] | where it goes |
+//! |---|---|---|
+//! | `SELECT` without `INTO`, `SHOW …`, `EXPLAIN …`, anything unknown | [`StatementKind::Read`] | one fresh backend |
+//! | `SHOW QUERIES` | [`StatementKind::ShowQueries`] | one backend: the answer lists that backend's queries |
+//! | `SELECT … INTO`, `CREATE`, `DROP`, `ALTER`, `DELETE` (not about users) | [`StatementKind::Write`] | every backend; queued in order with the writes for one that cannot take it now |
+//! | `CREATE USER`, `DROP USER`, `SET PASSWORD`, `GRANT`, `REVOKE` | [`StatementKind::UserAdmin`] | every backend directly, never queued (it may carry a password) |
+//! | `KILL QUERY n [ON "backend"]` | [`StatementKind::KillQuery`] | the one backend named (query ids are per backend) |
+//!
+//! The safe direction matters: a write taken for a read would reach one backend only, so any
+//! `INTO` outside quotes in a `SELECT` or `EXPLAIN` makes it a write, even where InfluxDB would
+//! then refuse the statement.
+
+use std::ops::Range;
+
+/// What one statement does, as far as routing is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementKind {
+    /// Reads data or metadata (also anything unrecognised: the backend answers its error).
+    Read,
+    /// `SHOW QUERIES`: a read whose answer depends on the backend.
+    ShowQueries,
+    /// Changes data or schema: every backend must execute it.
+    Write,
+    /// Changes users or privileges: every backend, directly.
+    UserAdmin,
+    /// `KILL QUERY`; `on` is the `ON` host as written (unquoted), when given.
+    KillQuery {
+        /// The host of `ON <host>`.
+        on: Option<String>,
+    },
+}
+
+/// One statement of a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// Where it is in the query text (without the `;`).
+    pub span: Range<usize>,
+    /// What it does.
+    pub kind: StatementKind,
+}
+
+/// Where a whole query goes: the most demanding of its statements decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// One fresh backend.
+    Read,
+    /// Every backend, queued for those that cannot take it now.
+    Everywhere,
+    /// Every backend directly; refused while one is down.
+    UserAdmin,
+    /// One named backend; `on` as in [`StatementKind::KillQuery`].
+    Kill {
+        /// The backend named in the first `KILL QUERY … ON`, if any.
+        on: Option<String>,
+    },
+}
+
+/// A query split and classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The non-empty statements, in order.
+    pub statements: Vec<Statement>,
+    /// Where the query goes.
+    pub route: Route,
+}
+
+/// A token of the scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    /// A bare word (keyword, identifier or number), as written.
+    Word(Range<usize>),
+    /// A `"quoted identifier"`; the range excludes the quotes.
+    Quoted(Range<usize>),
+    /// A `'string'`.
+    Str,
+    /// A `/regex/`.
+    Regex,
+    /// `;`.
+    Semicolon,
+    /// `=~` or `!~`.
+    RegexOp,
+    /// Any other punctuation.
+    Punct(u8),
+}
+
+struct Scanner<'a> {
+    q: &'a [u8],
+    pos: usize,
+    /// Whether a `/` here would start a regular expression.
+    regex_allowed: bool,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(q: &'a str) -> Self {
+        Self {
+            q: q.as_bytes(),
+            pos: 0,
+            regex_allowed: false,
+        }
+    }
+
+    fn peek(&self, off: usize) -> Option<u8> {
+        self.q.get(self.pos + off).copied()
+    }
+
+    /// Skips whitespace and comments.
+    fn skip_blank(&mut self) {
+        loop {
+            match (self.peek(0), self.peek(1)) {
+                (Some(b), _) if b.is_ascii_whitespace() => self.pos += 1,
+                (Some(b'-'), Some(b'-')) => {
+                    while let Some(b) = self.peek(0) {
+                        self.pos += 1;
+                        if b == b'\n' {
+                            break;
+                        }
+                    }
+                }
+                // Where a regex may start, `/*` starts one (as InfluxQL's parser reads it).
+                (Some(b'/'), Some(b'*')) if !self.regex_allowed => {
+                    self.pos += 2;
+                    loop {
+                        match (self.peek(0), self.peek(1)) {
+                            (Some(b'*'), Some(b'/')) => {
+                                self.pos += 2;
+                                break;
+                            }
+                            (Some(_), _) => self.pos += 1,
+                            (None, _) => break,
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Moves past a quoted run that started at `self.pos` with `quote`; returns where its
+    /// content ends. An unterminated run ends the text.
+    fn skip_quoted(&mut self, quote: u8) -> usize {
+        self.pos += 1;
+        while let Some(b) = self.peek(0) {
+            if b == b'\\' {
+                self.pos = (self.pos + 2).min(self.q.len());
+                continue;
+            }
+            if b == quote {
+                let end = self.pos;
+                self.pos += 1;
+                return end;
+            }
+            self.pos += 1;
+        }
+        self.q.len()
+    }
+
+    /// The next token and where it starts.
+    fn next_token(&mut self) -> Option<(usize, Token)> {
+        self.skip_blank();
+        let start = self.pos;
+        let b = self.peek(0)?;
+        let token = match b {
+            b'\'' => {
+                self.skip_quoted(b'\'');
+                Token::Str
+            }
+            b'"' => {
+                let end = self.skip_quoted(b'"');
+                Token::Quoted(start + 1..end)
+            }
+            b'/' if self.regex_allowed => {
+                self.skip_quoted(b'/');
+                Token::Regex
+            }
+            b';' => {
+                self.pos += 1;
+                Token::Semicolon
+            }
+            b'=' | b'!' if self.peek(1) == Some(b'~') => {
+                self.pos += 2;
+                Token::RegexOp
+            }
+            b if is_word_byte(b) => {
+                while self.peek(0).is_some_and(is_word_byte) {
+                    self.pos += 1;
+                }
+                Token::Word(start..self.pos)
+            }
+            other => {
+                self.pos += 1;
+                Token::Punct(other)
+            }
+        };
+        self.regex_allowed = match &token {
+            Token::Word(r) => self.q[r.clone()].eq_ignore_ascii_case(b"FROM"),
+            Token::Punct(b',') | Token::RegexOp => true,
+            _ => false,
+        };
+        Some((start, token))
+    }
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+/// Splits `q` into its non-empty statements (comments and blanks alone are not statements).
+pub fn split(q: &str) -> Vec<Range<usize>> {
+    statements(q).into_iter().map(|(span, _)| span).collect()
+}
+
+/// Statements with their tokens.
+fn statements(q: &str) -> Vec<(Range<usize>, Vec<Token>)> {
+    let mut out = Vec::new();
+    let mut scanner = Scanner::new(q);
+    let mut tokens = Vec::new();
+    let mut first: Option<usize> = None;
+    let mut last_end = 0;
+    loop {
+        let next = scanner.next_token();
+        match next {
+            Some((_, Token::Semicolon)) | None => {
+                if let Some(start) = first.take() {
+                    out.push((start..last_end, std::mem::take(&mut tokens)));
+                }
+                // A new statement starts: a `/` at its start is not a regex.
+                scanner.regex_allowed = false;
+                if next.is_none() {
+                    return out;
+                }
+            }
+            Some((start, token)) => {
+                first.get_or_insert(start);
+                last_end = scanner.pos;
+                tokens.push(token);
+            }
+        }
+    }
+}
+
+fn word<'q>(q: &'q str, token: Option<&Token>) -> Option<&'q str> {
+    match token {
+        Some(Token::Word(r)) => q.get(r.clone()),
+        _ => None,
+    }
+}
+
+fn is(q: &str, token: Option<&Token>, keyword: &str) -> bool {
+    word(q, token).is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+}
+
+/// Classifies one statement from its tokens.
+fn kind(q: &str, tokens: &[Token]) -> StatementKind {
+    let t = |i: usize| tokens.get(i);
+    let Some(first) = word(q, t(0)) else {
+        return StatementKind::Read;
+    };
+    let has_into = || tokens.iter().any(|tok| is(q, Some(tok), "INTO"));
+    match first.to_ascii_uppercase().as_str() {
+        "SELECT" | "EXPLAIN" if has_into() => StatementKind::Write,
+        "SELECT" | "EXPLAIN" => StatementKind::Read,
+        "SHOW" if is(q, t(1), "QUERIES") => StatementKind::ShowQueries,
+        "SHOW" => StatementKind::Read,
+        "CREATE" | "DROP" if is(q, t(1), "USER") => StatementKind::UserAdmin,
+        "CREATE" | "DROP" | "ALTER" | "DELETE" => StatementKind::Write,
+        "SET" | "GRANT" | "REVOKE" => StatementKind::UserAdmin,
+        "KILL" => {
+            let on = tokens
+                .iter()
+                .position(|tok| is(q, Some(tok), "ON"))
+                .and_then(|i| match tokens.get(i + 1) {
+                    Some(Token::Word(r) | Token::Quoted(r)) => q.get(r.clone()),
+                    _ => None,
+                })
+                .map(|host| host.replace("\\\"", "\"").replace("\\\\", "\\"));
+            StatementKind::KillQuery { on }
+        }
+        _ => StatementKind::Read,
+    }
+}
+
+/// Splits and classifies a query.
+pub fn classify(q: &str) -> Classified {
+    let statements: Vec<Statement> = statements(q)
+        .into_iter()
+        .map(|(span, tokens)| Statement {
+            kind: kind(q, &tokens),
+            span,
+        })
+        .collect();
+    let any = |f: fn(&StatementKind) -> bool| statements.iter().any(|s| f(&s.kind));
+    let route = if any(|k| *k == StatementKind::UserAdmin) {
+        Route::UserAdmin
+    } else if any(|k| *k == StatementKind::Write) {
+        Route::Everywhere
+    } else if let Some(on) = statements.iter().find_map(|s| match &s.kind {
+        StatementKind::KillQuery { on } => Some(on.clone()),
+        _ => None,
+    }) {
+        Route::Kill { on }
+    } else {
+        Route::Read
+    };
+    Classified { statements, route }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn kinds(q: &str) -> Vec<StatementKind> {
+    classify(q).statements.into_iter().map(|s| s.kind).collect()
+}
+
+fn texts(q: &str) -> Vec<&str> {
+    split(q).into_iter().map(|r| &q[r]).collect()
+}
+
+#[test]
+fn reads() {
+    for q in [
+        "SELECT * FROM cpu",
+        "select mean(v) from m where time > now() - 1h group by time(1m)",
+        "SHOW DATABASES",
+        "show measurements on db",
+        "EXPLAIN SELECT * FROM m",
+        "EXPLAIN ANALYZE SELECT count(v) FROM m",
+        "SHOW RETENTION POLICIES ON \"db\"",
+        "SELECT \"into\" FROM m",
+        "SELECT 'INTO' FROM m",
+        "SELECT * FROM /into/",
+        "SELECT * FROM m WHERE host =~ /into;x/",
+        "SELECT * FROM a, /b into c/",
+        "SELECT * FROM m -- INTO x\n",
+        "SELECT * FROM m /* INTO x */",
+        "SELEC",
+        "bogus statement",
+    ] {
+        assert_eq!(classify(q).route, Route::Read, "{q}");
+    }
+    assert_eq!(kinds("SHOW QUERIES"), vec![StatementKind::ShowQueries]);
+}
+
+#[test]
+fn writes() {
+    for q in [
+        "CREATE DATABASE x",
+        "create retention policy r on db duration 1d replication 1",
+        "DROP DATABASE x",
+        "DROP MEASUREMENT m",
+        "DROP SERIES FROM m",
+        "ALTER RETENTION POLICY autogen ON db DURATION 2d",
+        "DELETE FROM m WHERE time < now()",
+        "SELECT * INTO m2 FROM m",
+        "select mean(v) into \"db\".\"rp\".:MEASUREMENT from /.*/ group by *",
+        "SELECT v / 2 INTO m2 FROM m",
+        "CREATE CONTINUOUS QUERY cq ON db BEGIN SELECT mean(v) INTO m2 FROM m GROUP BY time(1h) END",
+        "SHOW DATABASES; CREATE DATABASE x",
+    ] {
+        assert_eq!(classify(q).route, Route::Everywhere, "{q}");
+    }
+}
+
+#[test]
+fn user_administration() {
+    for q in [
+        "CREATE USER admin WITH PASSWORD 'x;y' WITH ALL PRIVILEGES",
+        "drop user bob",
+        "SET PASSWORD FOR bob = 'secret'",
+        "GRANT READ ON db TO bob",
+        "REVOKE ALL PRIVILEGES FROM bob",
+        "CREATE DATABASE x; CREATE USER u WITH PASSWORD 'p'",
+    ] {
+        assert_eq!(classify(q).route, Route::UserAdmin, "{q}");
+    }
+    // The password's `;` does not split the statement.
+    assert_eq!(
+        texts("CREATE USER a WITH PASSWORD 'x;y'; SHOW USERS"),
+        vec!["CREATE USER a WITH PASSWORD 'x;y'", "SHOW USERS"]
+    );
+}
+
+#[test]
+fn kill_query_names_its_backend() {
+    assert_eq!(classify("KILL QUERY 12").route, Route::Kill { on: None });
+    assert_eq!(
+        classify("kill query 12 on \"influx-a\"").route,
+        Route::Kill {
+            on: Some("influx-a".into())
+        }
+    );
+    assert_eq!(
+        classify("KILL QUERY 3 ON b1").route,
+        Route::Kill {
+            on: Some("b1".into())
+        }
+    );
+}
+
+#[test]
+fn splits_on_semicolons_outside_quotes_and_comments() {
+    assert_eq!(
+        texts(" SELECT 'a;b' FROM \"m;n\" ;; -- c;d\n SHOW DATABASES ; /* x;y */ "),
+        vec!["SELECT 'a;b' FROM \"m;n\"", "SHOW DATABASES"]
+    );
+    assert_eq!(
+        texts("SELECT * FROM m WHERE a =~ /x;y\\/z;/; SHOW USERS"),
+        vec!["SELECT * FROM m WHERE a =~ /x;y\\/z;/", "SHOW USERS"]
+    );
+    assert_eq!(
+        texts("SELECT 'it\\'s;' FROM m"),
+        vec!["SELECT 'it\\'s;' FROM m"]
+    );
+    // Division is not a regex.
+    assert_eq!(texts("SELECT a/2;SELECT b"), vec!["SELECT a/2", "SELECT b"]);
+    assert!(split("").is_empty());
+    assert!(split(" ; -- only a comment").is_empty());
+    // Unterminated quotes run to the end.
+    assert_eq!(texts("SELECT 'oops; DROP"), vec!["SELECT 'oops; DROP"]);
+    assert_eq!(classify("SELECT 'oops; DROP DATABASE x").route, Route::Read);
+}
+
+/// Statements the property tests join: their text and kind.
+fn statement() -> impl Strategy<Value = (String, StatementKind)> {
+    let ident = prop_oneof![
+        "[a-z][a-z0-9_]{0,8}".prop_map(|s| s),
+        // Quoted identifiers with anything inside, quotes and backslashes escaped.
+        any::<String>()
+            .prop_map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))),
+    ];
+    let string =
+        any::<String>().prop_map(|s| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")));
+    let regex = "[a-z;'\" *.]{0,10}".prop_map(|s| format!("/{s}/"));
+    (ident.clone(), ident, string, regex, 0..9u8).prop_map(|(a, b, s, r, which)| match which {
+        0 => (
+            format!("SELECT {a} FROM {b} WHERE x = {s}"),
+            StatementKind::Read,
+        ),
+        1 => (format!("SELECT * FROM {r}"), StatementKind::Read),
+        2 => (format!("SELECT * INTO {a} FROM {b}"), StatementKind::Write),
+        3 => (format!("CREATE DATABASE {a}"), StatementKind::Write),
+        4 => (
+            format!("DELETE FROM {a} WHERE t = {s}"),
+            StatementKind::Write,
+        ),
+        5 => (
+            format!("CREATE USER {a} WITH PASSWORD {s}"),
+            StatementKind::UserAdmin,
+        ),
+        6 => (
+            format!("SHOW TAG VALUES FROM {a} WITH KEY =~ {r}"),
+            StatementKind::Read,
+        ),
+        7 => (format!("select {a} -- {s}\n from {b}"), StatementKind::Read),
+        _ => (
+            format!("SET PASSWORD FOR {a} = {s}"),
+            StatementKind::UserAdmin,
+        ),
+    })
+}
+
+proptest! {
+    #[test]
+    fn never_panics_and_spans_are_ordered(q in any::<String>()) {
+        let c = classify(&q);
+        let mut end = 0;
+        for s in &c.statements {
+            prop_assert!(s.span.start >= end && s.span.start < s.span.end && s.span.end <= q.len());
+            prop_assert!(q.is_char_boundary(s.span.start) && q.is_char_boundary(s.span.end));
+            end = s.span.end;
+        }
+    }
+
+    #[test]
+    fn joined_statements_split_back(stmts in proptest::collection::vec(statement(), 1..6), sep in "[ \n]{0,2};[ \n]{0,2}") {
+        let q = stmts.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(&sep);
+        let c = classify(&q);
+        let got: Vec<(&str, StatementKind)> = c.statements.iter().map(|s| (&q[s.span.clone()], s.kind.clone())).collect();
+        let want: Vec<(&str, StatementKind)> = stmts.iter().map(|(t, k)| (t.as_str(), k.clone())).collect();
+        prop_assert_eq!(got, want);
+        let expected_route = if stmts.iter().any(|(_, k)| *k == StatementKind::UserAdmin) {
+            Route::UserAdmin
+        } else if stmts.iter().any(|(_, k)| *k == StatementKind::Write) {
+            Route::Everywhere
+        } else {
+            Route::Read
+        };
+        prop_assert_eq!(c.route, expected_route);
+    }
+
+    /// The safe direction: a bare INTO in a SELECT is never a read, whatever surrounds it.
+    #[test]
+    fn select_into_is_never_a_read(before in "[a-z0-9_ ,*()+]{0,20}", after in "[a-z0-9_ ,*()+\"'.]{0,20}") {
+        let q = format!("SELECT {before} INTO {after}");
+        prop_assert_eq!(classify(&q).route, Route::Everywhere);
+    }
+}

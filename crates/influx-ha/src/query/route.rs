@@ -1,0 +1,651 @@
+//! Where a query goes, and its answer back to the client (see the [module docs](super)).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName,
+    HeaderValue,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use tokio::task::JoinSet;
+
+use super::classify::{Route, classify};
+use super::params::{Params, strip_credentials};
+use super::stream::{Outstanding, Peeked, Relayed, peek};
+use crate::backend::BackendClient;
+use crate::config::QueryConfig;
+use crate::go_json;
+use crate::http::body::BodyLimits;
+use crate::http::compat::{RequestId, X_INFLUXDB_ERROR, X_REQUEST_ID, add_common_headers};
+use crate::http::error::RequestError;
+use crate::http::{Handler, HandlerBody, HandlerFuture, ResponseBody, full};
+use crate::monitor::PassiveMarks;
+use crate::state::{Reachability, StateBoard};
+use crate::write::answer::Outcome;
+use crate::write::replica::Replica;
+
+/// Names the backend that answered (for `SHOW QUERIES` / `KILL QUERY`, and for operators).
+pub static X_INFLUX_HA_BACKEND: HeaderName = HeaderName::from_static("x-influx-ha-backend");
+/// `true` on an answer from a backend that may miss acknowledged writes (`stale_reads`).
+pub static X_INFLUX_HA_STALE: HeaderName = HeaderName::from_static("x-influx-ha-stale");
+
+/// Longest answer held in memory where one must be (5xx bodies, fan-out answers).
+const MAX_HELD_ANSWER: usize = 4 << 20;
+
+/// One backend as the read path sees it.
+#[derive(Debug)]
+struct Target {
+    /// Its client (service credentials, pool).
+    client: BackendClient,
+    /// Its write-path replica: live queue state, and where statements are queued.
+    replica: Option<Arc<Replica>>,
+    /// Requests in flight to it, answers being streamed included.
+    outstanding: Arc<AtomicUsize>,
+}
+
+/// A request as a backend gets it.
+#[derive(Debug, Clone)]
+struct Forward {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A complete answer of a backend.
+#[derive(Debug)]
+struct Held {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// The read path: a [`Handler`] for `/query`, `/api/v2/query` and `/api/v1/prom/read`.
+#[derive(Debug, Clone)]
+pub struct QueryService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Every backend, config order.
+    targets: Vec<Target>,
+    /// Reachability, divergence, peer reports.
+    board: StateBoard,
+    /// Where failures seen here are reported to the monitor.
+    marks: PassiveMarks,
+    /// `[query]`.
+    config: QueryConfig,
+    /// Request body caps (size, time).
+    limits: BodyLimits,
+    /// Rotates the starting point among equally loaded backends.
+    rotation: AtomicUsize,
+}
+
+impl QueryService {
+    /// The read path over `clients` (config order) and, when there is a write path, their
+    /// replicas (same order).
+    pub fn new(
+        clients: Vec<BackendClient>,
+        replicas: Vec<Arc<Replica>>,
+        board: StateBoard,
+        marks: PassiveMarks,
+        config: QueryConfig,
+        limits: BodyLimits,
+    ) -> Self {
+        let mut replicas = replicas.into_iter();
+        let targets = clients
+            .into_iter()
+            .map(|client| Target {
+                client,
+                replica: replicas.next(),
+                outstanding: Arc::new(AtomicUsize::new(0)),
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                targets,
+                board,
+                marks,
+                config,
+                limits,
+                rotation: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+impl Handler for QueryService {
+    fn call(&self, id: RequestId, req: Request<HandlerBody>) -> HandlerFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            match inner.answer(&id, req).await {
+                Ok(resp) => resp,
+                Err(e) => e.into_response(&id),
+            }
+        })
+    }
+}
+
+/// Reads a request body under the size and time caps.
+async fn read_request_body(
+    mut body: HandlerBody,
+    limits: &BodyLimits,
+) -> Result<Bytes, RequestError> {
+    let max = limits.max_body_bytes;
+    let collect = async move {
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| RequestError::BodyRead(e.to_string()))?;
+            if let Ok(chunk) = frame.into_data() {
+                if data.len() + chunk.len() > max {
+                    return Err(RequestError::BodyTooLarge);
+                }
+                data.extend_from_slice(&chunk);
+            }
+        }
+        Ok(Bytes::from(data))
+    };
+    match tokio::time::timeout(limits.read_timeout, collect).await {
+        Err(_) => Err(RequestError::BodyReadTimeout),
+        Ok(r) => r,
+    }
+}
+
+/// Reads a whole answer (at most [`MAX_HELD_ANSWER`]) within `timeout`.
+async fn hold(resp: Response<hyper::body::Incoming>, timeout: Duration) -> Result<Held, String> {
+    let (parts, body) = resp.into_parts();
+    let body =
+        match tokio::time::timeout(timeout, Limited::new(body, MAX_HELD_ANSWER).collect()).await {
+            Err(_) => return Err(format!("answer not complete within {timeout:?}")),
+            Ok(Err(e)) => return Err(format!("cannot read the answer: {e}")),
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+    Ok(Held {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+impl Inner {
+    async fn answer(
+        self: &Arc<Self>,
+        id: &RequestId,
+        req: Request<HandlerBody>,
+    ) -> Result<Response<ResponseBody>, RequestError> {
+        let (parts, body) = req.into_parts();
+        if parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > self.limits.max_body_bytes as u64)
+        {
+            return Err(RequestError::BodyTooLarge);
+        }
+        let body = read_request_body(body, &self.limits).await?;
+        let mut headers = HeaderMap::new();
+        for name in [ACCEPT, ACCEPT_ENCODING] {
+            for v in parts.headers.get_all(&name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        headers.insert(X_REQUEST_ID.clone(), id.header_value());
+        let path = parts.uri.path();
+
+        if path != "/query" {
+            // `/api/v2/query` and `/api/v1/prom/read`: a read, passed on as it is.
+            for name in [CONTENT_TYPE, CONTENT_ENCODING] {
+                if let Some(v) = parts.headers.get(&name) {
+                    headers.insert(name, v.clone());
+                }
+            }
+            let query = strip_credentials(parts.uri.query());
+            let path_and_query = if query.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{query}")
+            };
+            let fwd = Forward {
+                method: parts.method,
+                path_and_query,
+                headers,
+                body,
+            };
+            return self.read(id, &fwd, None).await;
+        }
+
+        let is_post = parts.method == Method::POST;
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let params = Params::parse(is_post, parts.uri.query(), content_type, &body);
+        let encoded = params.encode_for_backend();
+        let fwd = if is_post {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            Forward {
+                method: Method::POST,
+                path_and_query: "/query".to_owned(),
+                headers,
+                body: Bytes::from(encoded),
+            }
+        } else {
+            Forward {
+                method: Method::GET,
+                path_and_query: format!("/query?{encoded}"),
+                headers,
+                body: Bytes::new(),
+            }
+        };
+        let classified = classify(&params.q);
+        match classified.route {
+            Route::Read => self.read(id, &fwd, None).await,
+            Route::Kill { on } => {
+                let target = self.kill_target(on.as_deref())?;
+                self.read(id, &fwd, Some(target)).await
+            }
+            Route::Everywhere => {
+                let statements = classified.statements.len().max(1);
+                self.everywhere(id, fwd, params.get("db").to_owned(), params.q, statements)
+                    .await
+            }
+            Route::UserAdmin => self.user_admin(id, fwd).await,
+        }
+    }
+
+    fn name(&self, i: usize) -> &str {
+        self.targets[i].client.name()
+    }
+
+    // === reads ===
+
+    /// The backends a read may go to, best first, and whether they may be stale; or why none
+    /// may.
+    fn candidates(&self) -> Result<(Vec<usize>, bool), RequestError> {
+        let state = self.board.load();
+        let mut fresh = Vec::new();
+        let mut reachable = Vec::new();
+        let mut reasons = Vec::new();
+        for (i, target) in self.targets.iter().enumerate() {
+            let Some(b) = state.backends.get(i) else {
+                continue;
+            };
+            let mut b = b.clone();
+            // This node's own queue as it is now, not as of the last snapshot: a write queued
+            // a moment ago already keeps reads away.
+            if let Some(r) = &target.replica {
+                let pending = r.is_queueing() || r.queue().has_pending();
+                b.queue.records = if pending { b.queue.records.max(1) } else { 0 };
+                b.diverged = r.diverged();
+                b.maintenance = r.in_maintenance();
+            }
+            match b.freshness() {
+                Ok(()) => fresh.push(i),
+                Err(why) => {
+                    if matches!(b.reachability, Reachability::Up { .. }) && !b.maintenance {
+                        reachable.push(i);
+                    }
+                    reasons.push(why);
+                }
+            }
+        }
+        let (mut order, stale) = if !fresh.is_empty() {
+            (fresh, false)
+        } else if self.config.stale_reads && !reachable.is_empty() {
+            (reachable, true)
+        } else {
+            return Err(RequestError::Unavailable(format!(
+                "no backend can serve fresh reads: {}",
+                reasons.join("; ")
+            )));
+        };
+        let n = self.targets.len();
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        order.sort_by_key(|&i| {
+            (
+                self.targets[i].outstanding.load(Ordering::Relaxed),
+                (i + n - start) % n,
+            )
+        });
+        Ok((order, stale))
+    }
+
+    /// Sends a read to the first candidate that answers; `pinned` skips the choice.
+    async fn read(
+        &self,
+        id: &RequestId,
+        fwd: &Forward,
+        pinned: Option<usize>,
+    ) -> Result<Response<ResponseBody>, RequestError> {
+        let (order, stale) = match pinned {
+            Some(i) => (vec![i], false),
+            None => self.candidates()?,
+        };
+        let mut failures = Vec::new();
+        let mut last_5xx = None;
+        for i in order {
+            let target = &self.targets[i];
+            let outstanding = Outstanding::new(&target.outstanding);
+            let sent = target
+                .client
+                .forward(
+                    fwd.method.clone(),
+                    &fwd.path_and_query,
+                    fwd.headers.clone(),
+                    fwd.body.clone(),
+                    self.config.timeout,
+                )
+                .await;
+            let resp = match sent {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.fail(i, &mut failures, e.to_string());
+                    continue;
+                }
+            };
+            if resp.status().is_server_error() {
+                let status = resp.status();
+                match hold(resp, self.config.timeout).await {
+                    Ok(held) => last_5xx = Some((held, i)),
+                    Err(e) => tracing::debug!(error = %e, "unreadable 5xx answer"),
+                }
+                self.fail(i, &mut failures, format!("answered {status}"));
+                continue;
+            }
+            let (parts, body) = resp.into_parts();
+            let body = match peek(body).await {
+                Ok(Peeked::Complete(data)) => full(data),
+                Ok(Peeked::Partial(held, rest)) => {
+                    Relayed::new(held, rest, outstanding, (self.marks.clone(), i)).boxed()
+                }
+                Err(e) => {
+                    self.fail(i, &mut failures, format!("answer cut off: {e}"));
+                    continue;
+                }
+            };
+            return Ok(self.respond(id, parts.status, &parts.headers, body, i, stale));
+        }
+        if let Some((held, i)) = last_5xx {
+            return Ok(self.respond(id, held.status, &held.headers, full(held.body), i, stale));
+        }
+        Err(RequestError::Unavailable(format!(
+            "no backend answered the query: {}",
+            failures.join("; ")
+        )))
+    }
+
+    fn fail(&self, i: usize, failures: &mut Vec<String>, why: String) {
+        tracing::warn!(backend = self.name(i), reason = %why, "query failed on a backend: trying the next");
+        failures.push(format!("{}: {why}", self.name(i)));
+        self.marks.failure(i, why);
+    }
+
+    /// The client's answer: the backend's status, content headers and body, InfluxDB's common
+    /// headers with this request's id, and which backend answered.
+    fn respond(
+        &self,
+        id: &RequestId,
+        status: StatusCode,
+        from: &HeaderMap,
+        body: ResponseBody,
+        i: usize,
+        stale: bool,
+    ) -> Response<ResponseBody> {
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        for name in [&CONTENT_TYPE, &CONTENT_ENCODING, &X_INFLUXDB_ERROR] {
+            if let Some(v) = from.get(name) {
+                h.insert(name.clone(), v.clone());
+            }
+        }
+        add_common_headers(h, Some(id));
+        if let Ok(v) = HeaderValue::from_str(self.name(i)) {
+            h.insert(X_INFLUX_HA_BACKEND.clone(), v);
+        }
+        if stale {
+            h.insert(X_INFLUX_HA_STALE.clone(), HeaderValue::from_static("true"));
+        }
+        resp
+    }
+
+    /// The backend a `KILL QUERY` is meant for.
+    fn kill_target(&self, on: Option<&str>) -> Result<usize, RequestError> {
+        if let Some(i) = on.and_then(|on| self.targets.iter().position(|t| t.client.name() == on)) {
+            return Ok(i);
+        }
+        if self.targets.len() == 1 {
+            return Ok(0);
+        }
+        let names: Vec<&str> = self.targets.iter().map(|t| t.client.name()).collect();
+        let unknown = on.map_or(String::new(), |on| format!("there is no backend {on:?}; "));
+        Err(RequestError::Backend {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "KILL QUERY: {unknown}query ids are per backend: write KILL QUERY <id> ON \"<backend>\" with one of {} (SHOW QUERIES lists the queries of the backend named in its X-Influx-Ha-Backend header)",
+                names.join(", ")
+            )
+            .into_bytes(),
+        })
+    }
+
+    // === state-changing statements ===
+
+    /// Sends `fwd` to backend `i` and holds its whole answer; `Err` for no answer or a 5xx.
+    async fn send_held(&self, i: usize, fwd: &Forward) -> Result<Held, String> {
+        let target = &self.targets[i];
+        let _outstanding = Outstanding::new(&target.outstanding);
+        let resp = target
+            .client
+            .forward(
+                fwd.method.clone(),
+                &fwd.path_and_query,
+                fwd.headers.clone(),
+                fwd.body.clone(),
+                self.config.timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let held = hold(resp, self.config.timeout).await?;
+        if held.status.is_server_error() {
+            let text = String::from_utf8_lossy(&held.body[..held.body.len().min(256)])
+                .trim()
+                .to_owned();
+            return Err(format!("answered {}: {text}", held.status));
+        }
+        Ok(held)
+    }
+
+    /// Executes a state-changing query on every backend, queueing it for those that cannot take
+    /// it now (down, in maintenance, or with writes queued: the statement goes behind them).
+    async fn everywhere(
+        self: &Arc<Self>,
+        id: &RequestId,
+        fwd: Forward,
+        db: String,
+        q: String,
+        statements: usize,
+    ) -> Result<Response<ResponseBody>, RequestError> {
+        let state = self.board.load();
+        let fwd = Arc::new(fwd);
+        let (db, q) = (Arc::new(db), Arc::new(q));
+        let mut set = JoinSet::new();
+        for i in 0..self.targets.len() {
+            let available = state.backends.get(i).is_some_and(|b| {
+                !b.maintenance && !matches!(b.reachability, Reachability::Down { .. })
+            });
+            let (me, fwd, db, q) = (self.clone(), fwd.clone(), db.clone(), q.clone());
+            set.spawn(async move {
+                let replica = me.targets[i].replica.clone();
+                let queue_now = replica.as_ref().filter(|r| !available || r.is_queueing());
+                if let Some(r) = queue_now {
+                    return (i, Err(r.enqueue_statement(&db, &q).await));
+                }
+                match me.send_held(i, &fwd).await {
+                    Ok(held) => (i, Ok(held)),
+                    Err(why) => {
+                        me.marks.failure(i, why.clone());
+                        tracing::warn!(backend = me.name(i), reason = %why, "statement not executed: queued");
+                        match &replica {
+                            Some(r) => (i, Err(r.enqueue_statement(&db, &q).await)),
+                            None => (i, Err(Outcome::Failed(why))),
+                        }
+                    }
+                }
+            });
+        }
+        // In its own task: a client that hangs up does not stop the statement half-way.
+        let outcomes = tokio::spawn(async move {
+            let mut out: Vec<Option<Result<Held, Outcome>>> = Vec::new();
+            while let Some(joined) = set.join_next().await {
+                if let Ok((i, r)) = joined {
+                    if out.len() <= i {
+                        out.resize_with(i + 1, || None);
+                    }
+                    out[i] = Some(r);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| RequestError::Internal(format!("statement fan-out failed: {e}")))?;
+
+        let mut queued = Vec::new();
+        let mut failed = Vec::new();
+        let mut first = None;
+        for (i, o) in outcomes.into_iter().enumerate() {
+            match o {
+                Some(Ok(held)) => {
+                    if first.is_none() {
+                        first = Some((i, held));
+                    }
+                }
+                Some(Err(Outcome::Queued)) => queued.push(self.name(i).to_owned()),
+                Some(Err(other)) => failed.push(format!("{}: {other:?}", self.name(i))),
+                None => failed.push(format!("{}: task failed", self.name(i))),
+            }
+        }
+        if !queued.is_empty() {
+            tracing::info!(backends = ?queued, "state-changing statement queued");
+        }
+        if !failed.is_empty() {
+            tracing::error!(failed = ?failed, "state-changing statement neither executed nor queued");
+        }
+        if let Some((i, held)) = first {
+            return Ok(self.respond(id, held.status, &held.headers, full(held.body), i, false));
+        }
+        if queued.is_empty() {
+            return Err(RequestError::Unavailable(format!(
+                "the statement could not be executed or queued on any backend: {}",
+                failed.join("; ")
+            )));
+        }
+        // Every backend has it queued: it runs when they return.
+        let text = format!(
+            "no backend could execute this now: queued for {}; it runs, in order with the writes, when they return",
+            queued.join(", ")
+        );
+        let mut body = b"{\"results\":[".to_vec();
+        for s in 0..statements {
+            if s > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(
+                format!("{{\"statement_id\":{s},\"messages\":[{{\"level\":\"warning\",\"text\":")
+                    .as_bytes(),
+            );
+            go_json::write_string(&mut body, text.as_bytes());
+            body.extend_from_slice(b"}]}");
+        }
+        body.extend_from_slice(b"]}\n");
+        let mut resp = Response::new(full(body));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        add_common_headers(resp.headers_mut(), Some(id));
+        Ok(resp)
+    }
+
+    /// Sends user management to every backend directly; refused while one cannot take it.
+    async fn user_admin(
+        self: &Arc<Self>,
+        id: &RequestId,
+        fwd: Forward,
+    ) -> Result<Response<ResponseBody>, RequestError> {
+        let state = self.board.load();
+        let unavailable: Vec<String> = (0..self.targets.len())
+            .filter_map(|i| {
+                let b = state.backends.get(i)?;
+                match &b.reachability {
+                    Reachability::Up { .. } if !b.maintenance => None,
+                    Reachability::Up { .. } => Some(format!("{} (in maintenance)", b.name)),
+                    Reachability::Down { reason, .. } => {
+                        Some(format!("{} (down: {reason})", b.name))
+                    }
+                    Reachability::Unknown => Some(format!("{} (not checked yet)", b.name)),
+                }
+            })
+            .collect();
+        if !unavailable.is_empty() {
+            return Err(RequestError::Unavailable(format!(
+                "user management must reach every backend and is never queued: {} cannot take it now; nothing was changed",
+                unavailable.join(", ")
+            )));
+        }
+        let fwd = Arc::new(fwd);
+        let mut set = JoinSet::new();
+        for i in 0..self.targets.len() {
+            let (me, fwd) = (self.clone(), fwd.clone());
+            set.spawn(async move { (i, me.send_held(i, &fwd).await) });
+        }
+        let outcomes = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(Ok(r)) = set.join_next().await {
+                out.push(r);
+            }
+            out.sort_by_key(|(i, _)| *i);
+            out
+        })
+        .await
+        .map_err(|e| RequestError::Internal(format!("user management fan-out failed: {e}")))?;
+        let mut applied = Vec::new();
+        let mut failed = Vec::new();
+        let mut first = None;
+        for (i, r) in outcomes {
+            match r {
+                Ok(held) => {
+                    applied.push(self.name(i).to_owned());
+                    if first.is_none() {
+                        first = Some((i, held));
+                    }
+                }
+                Err(why) => {
+                    self.marks.failure(i, why.clone());
+                    failed.push(format!("{}: {why}", self.name(i)));
+                }
+            }
+        }
+        match first {
+            Some((i, held)) if failed.is_empty() => {
+                Ok(self.respond(id, held.status, &held.headers, full(held.body), i, false))
+            }
+            Some(_) => Err(RequestError::Unavailable(format!(
+                "user management was applied on {} but failed on {}; the backends now differ: send it again once they answer",
+                applied.join(", "),
+                failed.join("; ")
+            ))),
+            None => Err(RequestError::Unavailable(format!(
+                "user management failed on every backend ({}); nothing was changed",
+                failed.join("; ")
+            ))),
+        }
+    }
+}
