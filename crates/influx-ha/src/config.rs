@@ -93,6 +93,8 @@
 //! name = "relay-2"                    # backends; reads wait for their queues too
 //! url = "http://10.0.0.2:8093"        # the peer's admin address (its [admin] bind, or its
 //!                                     # main address when it has no [admin] listener)
+//! # username = "peer"                # when the peer's [auth] asks for credentials there
+//! # password = "..."
 //! ```
 //!
 //! Backends are matched across relays by `name`: every relay must give the same backend the
@@ -226,6 +228,8 @@ pub struct PeerConfig {
     pub name: String,
     /// Its admin address (`/admin/v1/queues` is fetched from there).
     pub url: BackendUrl,
+    /// Credentials for the peer's admin surface, when its `[auth]` asks for them.
+    pub credentials: Option<Credentials>,
 }
 
 /// `[http]`: the main listener.
@@ -644,6 +648,8 @@ struct RawQuery {
 struct RawPeer {
     name: Spanned<String>,
     url: Spanned<String>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<Secret>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1280,9 +1286,33 @@ impl RawConfig {
                     continue;
                 }
             };
+            let credentials = match (&p.username, &p.password) {
+                (Some(u), Some(pw)) => Some(Credentials {
+                    username: u.get_ref().clone(),
+                    password: pw.get_ref().clone(),
+                }),
+                (None, None) => None,
+                (Some(u), None) => {
+                    c.at(
+                        u,
+                        format!("peer[{i}].password"),
+                        "is required when username is set",
+                    );
+                    None
+                }
+                (None, Some(pw)) => {
+                    c.at(
+                        pw,
+                        format!("peer[{i}].username"),
+                        "is required when password is set",
+                    );
+                    None
+                }
+            };
             peers.push(PeerConfig {
                 name: name.clone(),
                 url,
+                credentials,
             });
         }
 

@@ -258,7 +258,7 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
         let peer = crate::config::BackendConfig {
             name: p.name.clone(),
             url: p.url.clone(),
-            credentials: None,
+            credentials: p.credentials.clone(),
         };
         let timeouts = Timeouts {
             connect: config.write.connect_timeout,

@@ -724,6 +724,12 @@ fn read_path_settings_and_peers() {
     assert_eq!(c.peers.len(), 1);
     assert_eq!(c.peers[0].name, "relay-2");
     assert_eq!(c.peers[0].url.to_string(), "http://127.0.0.1:8093");
+    assert_eq!(c.peers[0].credentials, None);
+    let p = problem(&with_backend(
+        "[[peer]]\nname = \"x\"\nurl = \"http://127.0.0.1:1\"\nusername = \"u\"\n",
+        "name = \"a\"\nurl = \"http://127.0.0.1:8086\"",
+    ));
+    assert_eq!(p.key, "peer[0].password");
 
     let p = problem(&with_backend(
         "[health]\nrise = 0\n",

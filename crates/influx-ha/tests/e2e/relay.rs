@@ -49,6 +49,18 @@ impl Relay {
         Relay::start_config_on(port, extra, backend_tables, log_level)
     }
 
+    /// Like [`Relay::start_urls`], listening on `port` (for relays that must know each other's
+    /// address before they start).
+    pub fn start_urls_on(port: u16, urls: &[String], extra: &str) -> Relay {
+        let mut tables = String::new();
+        for (i, url) in urls.iter().enumerate() {
+            tables.push_str(&format!(
+                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{url}\"\n\n"
+            ));
+        }
+        Relay::start_config_on(port, extra, &tables, "info")
+    }
+
     /// Like [`Relay::start_config`], listening on `port`.
     pub fn start_config_on(
         port: u16,
