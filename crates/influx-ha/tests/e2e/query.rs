@@ -296,3 +296,277 @@ fn a_peer_relays_queue_keeps_reads_away_until_it_drained() {
         r.status == 200 && r.header("x-influx-ha-stale").is_none()
     });
 }
+
+/// A multipart body with the query as the file part `q` (as `curl -F q=@file` sends it).
+fn multipart_q(boundary: &str, q: &str) -> Vec<u8> {
+    format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"db\"\r\n\r\ndb\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"q\"; filename=\"q.iql\"\r\nContent-Type: application/octet-stream\r\n\r\n{q}\r\n--{boundary}--\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn query_answers_match_influxd() {
+    let _serial = serial();
+    let bare = Influxd::start();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    let data = format!(
+        "{}s,host=x text=\"hello, \\\"world\\\"\" 1700000000000000000\n",
+        String::from_utf8_lossy(&points(0..40))
+    );
+    for i in [&bare, &a, &b] {
+        i.create_database("db");
+        assert_eq!(i.write("db", "", &data).0, 204);
+    }
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    let mut direct = bare.client();
+
+    let form_ct = ("Content-Type", "application/x-www-form-urlencoded");
+    let get = |q: &str| format!("/query?{}", form(&[("db", "db"), ("q", q)]));
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let cases: Vec<Case<'_>> = vec![
+        ("GET", "/query?q=SHOW+DATABASES".into(), vec![], vec![]),
+        ("GET", get("SHOW MEASUREMENTS"), vec![], vec![]),
+        ("GET", get("SHOW TAG KEYS; SHOW FIELD KEYS"), vec![], vec![]),
+        ("GET", get("SELECT * FROM m LIMIT 3"), vec![], vec![]),
+        ("GET", format!("{}&epoch=ms", get("SELECT * FROM m LIMIT 3")), vec![], vec![]),
+        ("GET", format!("{}&epoch=s", get("SELECT * FROM m LIMIT 3")), vec![], vec![]),
+        ("GET", format!("{}&epoch=h", get("SELECT * FROM m LIMIT 3")), vec![], vec![]),
+        ("GET", format!("{}&chunked=true&chunk_size=7", get("SELECT * FROM m")), vec![], vec![]),
+        ("GET", format!("{}&chunked=true", get("SELECT * FROM m GROUP BY host")), vec![], vec![]),
+        ("GET", format!("{}&pretty=true", get("SELECT count(v) FROM m")), vec![], vec![]),
+        ("GET", get("SELECT * FROM s"), vec![], vec![]),
+        ("GET", get("SELECT mean(v) FROM m WHERE time >= 1700000000000000000 GROUP BY time(10ns) fill(none)"), vec![], vec![]),
+        ("GET", get("EXPLAIN SELECT count(v) FROM m"), vec![], vec![]),
+        ("GET", get("SELECT count(v) FROM m"), vec![("Accept", "application/csv")], vec![]),
+        ("GET", get("SELECT count(v) FROM m"), vec![("Accept", "application/x-msgpack")], vec![]),
+        ("GET", get("SELECT * FROM m"), vec![("Accept-Encoding", "gzip")], vec![]),
+        ("GET", format!("{}&params=%7B%22h%22%3A%22h1%22%7D", get("SELECT v FROM m WHERE host = $h")), vec![], vec![]),
+        ("GET", get("SELEC"), vec![], vec![]),
+        ("GET", get("SELECT * FROM m WHERE"), vec![], vec![]),
+        ("GET", "/query?db=db".into(), vec![], vec![]),
+        ("GET", "/query?db=nosuchdb&q=SELECT+*+FROM+m".into(), vec![], vec![]),
+        ("GET", "/query?q=SELECT+*+FROM+m".into(), vec![], vec![]),
+        ("GET", format!("{}&u=nobody&p=secret", get("SELECT count(v) FROM m")), vec![], vec![]),
+        ("GET", get("KILL QUERY 999 ON \"influx-0\""), vec![], vec![]),
+        ("POST", "/query".into(), vec![form_ct], form(&[("db", "db"), ("q", "SELECT count(v) FROM m")]).into_bytes()),
+        ("POST", "/query?db=db&epoch=s".into(), vec![form_ct], form(&[("q", "SELECT v FROM m LIMIT 2")]).into_bytes()),
+        ("POST", "/query".into(), vec![("Content-Type", "multipart/form-data; boundary=XyZ")], multipart_q("XyZ", "SELECT count(v) FROM m;\nSHOW SERIES")),
+        ("POST", "/query".into(), vec![form_ct], vec![]),
+        // State-changing statements: executed on every backend, answered as influxd answers.
+        ("GET", "/query?q=CREATE+DATABASE+viaget".into(), vec![], vec![]),
+        ("POST", "/query".into(), vec![form_ct], form(&[("q", "CREATE DATABASE other; CREATE RETENTION POLICY week ON other DURATION 7d REPLICATION 1")]).into_bytes()),
+        ("POST", "/query".into(), vec![form_ct], form(&[("db", "db"), ("q", "SELECT v INTO m2 FROM m WHERE host = 'h3'")]).into_bytes()),
+        ("POST", "/query".into(), vec![form_ct], form(&[("db", "db"), ("q", "DELETE FROM m WHERE host = 'h9'")]).into_bytes()),
+        ("POST", "/query".into(), vec![form_ct], form(&[("q", "DROP DATABASE viaget")]).into_bytes()),
+        ("POST", "/query".into(), vec![form_ct], form(&[("q", "CREATE RETENTION POLICY bad ON nosuchdb DURATION 1d REPLICATION 1")]).into_bytes()),
+        ("GET", get("SELECT count(v) FROM m; SELECT count(v) FROM m2"), vec![], vec![]),
+        ("GET", "/api/v2/query".into(), vec![], vec![]),
+        ("PUT", "/query".into(), vec![], vec![]),
+    ];
+
+    let mut mismatches = Vec::new();
+    for (method, target, headers, body) in &cases {
+        let want = direct
+            .request(method, target, headers, body)
+            .expect("influxd answers");
+        let got = relay.request(method, target, headers, body);
+        let fields = |r: &Response| {
+            (
+                r.status,
+                r.body.clone(),
+                ["X-Influxdb-Error", "Content-Type", "Content-Encoding"]
+                    .map(|h| r.header(h).map(str::to_owned)),
+            )
+        };
+        if fields(&want) != fields(&got) {
+            mismatches.push(format!(
+                "{method} {target} {:?}\n  influxd:   {} {:?} {:?}\n  influx-ha: {} {:?} {:?}",
+                String::from_utf8_lossy(body),
+                want.status,
+                want.text(),
+                fields(&want).2,
+                got.status,
+                got.text(),
+                fields(&got).2,
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // The state-changing statements reached both backends.
+    for i in [&a, &b] {
+        assert_eq!(count(i, "db", "v", "m2"), 4);
+        let dbs = show(i, "SHOW DATABASES");
+        assert!(
+            dbs.contains("[\"other\"]") && !dbs.contains("viaget"),
+            "{dbs}"
+        );
+    }
+}
+
+/// A `/proc/<pid>/status` value in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+#[test]
+fn a_large_chunked_answer_streams_with_flat_memory() {
+    let _serial = serial();
+    let a = Influxd::start();
+    a.create_database("db");
+    // 20,000 points of 2 KiB each: an answer of over 40 MB.
+    let filler = "x".repeat(2048);
+    for batch in 0..20u64 {
+        let mut body = String::new();
+        for i in batch * 1000..(batch + 1) * 1000 {
+            body.push_str(&format!(
+                "big,host=h{} s=\"{filler}\",v={i}i {}\n",
+                i % 10,
+                1_700_000_000_000_000_000u64 + i
+            ));
+        }
+        assert_eq!(a.write("db", "", body).0, 204);
+    }
+    let mut relay = Relay::start(&[&a], FAST_HEALTH);
+    wait_ready(&mut relay);
+    let pid = relay.pid().expect("running");
+    // Warm up: pools, buffers and allocator arenas exist before the peak is taken.
+    let small = relay.request(
+        "GET",
+        "/query?db=db&chunked=true&chunk_size=100&q=SELECT+*+FROM+big+LIMIT+500",
+        &[],
+        b"",
+    );
+    assert_eq!(small.status, 200);
+    let peak_before = proc_kib(pid, "VmHWM");
+
+    let r = relay.request(
+        "GET",
+        "/query?db=db&chunked=true&chunk_size=500&q=SELECT+*+FROM+big",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
+    );
+    assert!(r.body.len() > 40_000_000, "{} bytes", r.body.len());
+    let chunks = r.text().matches("\"statement_id\":0").count();
+    assert!(chunks >= 40, "answered in {chunks} chunks");
+    let growth_kib = proc_kib(pid, "VmHWM").saturating_sub(peak_before);
+    assert!(
+        growth_kib < 16 * 1024,
+        "the relay's peak memory grew by {growth_kib} KiB for a {} byte answer",
+        r.body.len()
+    );
+}
+
+/// Runs a program to completion and returns its stdout; panics with its output on failure.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn the_python_client_and_the_influx_cli_work_against_influx_ha() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    let port = relay.port().to_string();
+
+    // The Python `influxdb` client (Debian python3-influxdb).
+    let script = format!(
+        r#"
+import sys
+from influxdb import InfluxDBClient
+c = InfluxDBClient(host="127.0.0.1", port={port}, username="someone", password="secret", database="pydb", timeout=60)
+print("version", c.ping())
+c.create_database("pydb")
+c.create_retention_policy("hourly", "1h", 1, database="pydb")
+points = [{{"measurement": "cpu", "tags": {{"host": "h%d" % (i % 3)}}, "time": 1700000000000000000 + i, "fields": {{"v": float(i)}}}} for i in range(30)]
+assert c.write_points(points, time_precision="n")
+print("databases", sorted(d["name"] for d in c.get_list_database()))
+print("measurements", [m["name"] for m in c.get_list_measurements()])
+rs = c.query("SELECT count(v) FROM cpu")
+print("count", list(rs.get_points())[0]["count"])
+rs = c.query("SELECT v FROM cpu WHERE host = $h", bind_params={{"h": "h1"}}, epoch="ns")
+print("h1", len(list(rs.get_points())))
+# Chunked answers in msgpack (this client's default) are more than it decodes, also from
+# influxd itself: ask for JSON, where it reads each chunk.
+j = InfluxDBClient(host="127.0.0.1", port={port}, database="pydb", headers={{"Accept": "application/json"}}, timeout=60)
+chunks = list(j.query("SELECT * FROM cpu", chunked=True, chunk_size=7))
+print("chunked", len(chunks), sum(len(list(r.get_points())) for r in chunks))
+print("rps", sorted(r["name"] for r in c.get_list_retention_policies("pydb")))
+try:
+    c.query("SELEC")
+except Exception as e:
+    print("error", e)
+"#
+    );
+    let out = run("/usr/bin/python3", &["-c", &script]);
+    for expected in [
+        "version 1.6.7~rc0",
+        "databases ['pydb']",
+        "measurements ['cpu']",
+        "count 30",
+        "h1 10",
+        "chunked 5 30",
+        "rps ['autogen', 'hourly']",
+        "error 400: {\"error\":\"error parsing query: found SELEC",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    for i in [&a, &b] {
+        assert_eq!(count(i, "pydb", "v", "cpu"), 30);
+    }
+
+    // The influx CLI (Debian influxdb-client).
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "-host",
+            "127.0.0.1",
+            "-port",
+            port.as_str(),
+            "-format",
+            "csv",
+        ];
+        all.extend_from_slice(args);
+        run("influx", &all)
+    };
+    cli(&["-execute", "CREATE DATABASE clidb"]);
+    cli(&[
+        "-database",
+        "clidb",
+        "-execute",
+        "INSERT mem,host=a used=42i 1700000000000000000",
+    ]);
+    assert!(cli(&["-execute", "SHOW DATABASES"]).contains("databases,clidb"));
+    assert!(
+        cli(&["-database", "clidb", "-execute", "SHOW MEASUREMENTS"]).contains("measurements,mem")
+    );
+    let select = cli(&["-database", "clidb", "-execute", "SELECT * FROM mem"]);
+    assert!(select.contains("mem,1700000000000000000,a,42"), "{select}");
+    for i in [&a, &b] {
+        assert_eq!(count(i, "clidb", "used", "mem"), 1);
+    }
+}

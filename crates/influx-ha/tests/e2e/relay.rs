@@ -139,6 +139,16 @@ impl Relay {
     }
 
     /// The relay's log so far.
+    /// The port of the main listener.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
     }
