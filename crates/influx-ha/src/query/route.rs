@@ -649,3 +649,142 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::backend::Timeouts;
+    use crate::config::{BackendConfig, BackendUrl, Scheme};
+    use crate::state::{BackendState, PeerReport, QueueDepth};
+
+    fn service(states: Vec<BackendState>, stale_reads: bool) -> QueryService {
+        let clients = states
+            .iter()
+            .map(|s| {
+                let config = BackendConfig {
+                    name: s.name.clone(),
+                    url: BackendUrl {
+                        scheme: Scheme::Http,
+                        host: "127.0.0.1".into(),
+                        port: 1,
+                        base_path: String::new(),
+                    },
+                    credentials: None,
+                };
+                let timeouts = Timeouts {
+                    connect: Duration::from_secs(1),
+                    request: Duration::from_secs(1),
+                };
+                BackendClient::new(&config, timeouts).expect("client")
+            })
+            .collect();
+        let n = states.len();
+        QueryService::new(
+            clients,
+            Vec::new(),
+            StateBoard::new(states),
+            PassiveMarks::new(n),
+            QueryConfig {
+                stale_reads,
+                timeout: Duration::from_secs(1),
+            },
+            BodyLimits {
+                max_body_bytes: 1 << 20,
+                read_timeout: Duration::from_secs(1),
+            },
+        )
+    }
+
+    fn up(name: &str) -> BackendState {
+        BackendState {
+            reachability: Reachability::Up {
+                since: SystemTime::UNIX_EPOCH,
+            },
+            ..BackendState::new(name, "http://127.0.0.1:1")
+        }
+    }
+
+    #[test]
+    fn reads_go_to_fresh_backends_least_outstanding_first() {
+        let mut down = BackendState::new("c", "u");
+        down.reachability = Reachability::Down {
+            since: SystemTime::UNIX_EPOCH,
+            reason: "refused".into(),
+        };
+        let s = service(vec![up("a"), up("b"), down], false);
+        let (order, stale) = s.inner.candidates().expect("fresh backends");
+        assert!(!stale);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1], "the down backend is not a candidate");
+        s.inner.targets[0].outstanding.store(3, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert_eq!(s.inner.candidates().expect("fresh").0, vec![1, 0]);
+        }
+        // Equally loaded backends take turns being first.
+        s.inner.targets[0].outstanding.store(0, Ordering::Relaxed);
+        let firsts: std::collections::BTreeSet<usize> = (0..4)
+            .map(|_| s.inner.candidates().expect("fresh").0[0])
+            .collect();
+        assert_eq!(firsts.len(), 2);
+    }
+
+    #[test]
+    fn no_fresh_backend_is_a_503_with_reasons_unless_stale_reads() {
+        let mut queued = up("a");
+        queued.queue = QueueDepth {
+            records: 4,
+            ..QueueDepth::default()
+        };
+        let mut peer_queued = up("b");
+        peer_queued.peers.push(PeerReport {
+            peer: "relay-2".into(),
+            queue: QueueDepth {
+                records: 2,
+                ..QueueDepth::default()
+            },
+            diverged: false,
+            received: SystemTime::UNIX_EPOCH,
+            reachable: false,
+        });
+        let unknown = BackendState::new("c", "u");
+        let strict = service(
+            vec![queued.clone(), peer_queued.clone(), unknown.clone()],
+            false,
+        );
+        let err = strict.inner.candidates().expect_err("none fresh");
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = err.to_string();
+        for reason in [
+            "a: catching up (4 queued writes)",
+            "b: peer relay-2 reports 2 queued writes for it",
+            "c: not checked yet",
+        ] {
+            assert!(text.contains(reason), "{text}");
+        }
+        let lenient = service(vec![queued, peer_queued, unknown], true);
+        let (mut order, stale) = lenient.inner.candidates().expect("stale reads");
+        order.sort_unstable();
+        assert_eq!((order, stale), (vec![0, 1], true));
+    }
+
+    #[test]
+    fn kill_query_needs_a_backend_name_when_there_are_several() {
+        let s = service(vec![up("a"), up("b")], false);
+        assert_eq!(s.inner.kill_target(Some("b")).expect("named"), 1);
+        let err = s.inner.kill_target(None).expect_err("ambiguous");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.to_string().contains("KILL QUERY <id> ON"), "{err}");
+        assert!(
+            s.inner
+                .kill_target(Some("zz"))
+                .expect_err("unknown")
+                .to_string()
+                .contains("there is no backend \"zz\"")
+        );
+        let single = service(vec![up("only")], false);
+        assert_eq!(single.inner.kill_target(None).expect("the only one"), 0);
+    }
+}

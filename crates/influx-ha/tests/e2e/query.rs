@@ -122,6 +122,17 @@ fn a_backend_killed_during_reads_is_invisible_to_clients() {
     }
 }
 
+/// The records a relay's queue report (`/admin/v1/queues`) shows for `backend`.
+fn queued_records(relay: &mut Relay, backend: &str) -> u64 {
+    let report = relay.get("/admin/v1/queues").expect("queue report");
+    let json: serde_json::Value = serde_json::from_slice(&report.body).expect("JSON report");
+    json["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["name"] == backend))
+        .and_then(|b| b["queue_records"].as_u64())
+        .unwrap_or_else(|| panic!("no {backend} in {}", report.text()))
+}
+
 /// `SHOW …` on one backend directly.
 fn show(i: &Influxd, q: &str) -> String {
     i.query("", q)
@@ -203,6 +214,15 @@ fn user_management_needs_every_backend_and_is_never_queued() {
         !show(&a, "SHOW USERS").contains("bob"),
         "not applied anywhere"
     );
+    let queued = relay
+        .get("/admin/v1/queue/influx-1/records")
+        .expect("queue dump");
+    assert_eq!(queued.status, 200, "{}", queued.text());
+    assert!(
+        !queued.text().contains("USER"),
+        "never queued: {}",
+        queued.text()
+    );
 
     b.restart();
     wait_until("user management accepted again", CONVERGE, || {
@@ -216,9 +236,7 @@ fn user_management_needs_every_backend_and_is_never_queued() {
     for i in [&a, &b] {
         assert!(show(i, "SHOW USERS").contains("[\"bob\",false]"));
     }
-    // Nothing was queued, and no password reached the log.
-    let queues = relay.get("/admin/v1/queues").expect("queue report").text();
-    assert!(!queues.contains("\"queue_records\":1"), "{queues}");
+    // No password reached the log.
     let log = relay.log();
     assert!(!log.contains("pw;"), "{log}");
 }
@@ -569,4 +587,52 @@ except Exception as e:
     for i in [&a, &b] {
         assert_eq!(count(i, "clidb", "used", "mem"), 1);
     }
+}
+
+#[test]
+fn a_backend_catching_up_serves_no_reads_until_in_sync() {
+    let _serial = serial();
+    let (mut a, mut b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    b.kill();
+    // 60 batches while influx-1 is down: acknowledged by influx-0, queued for influx-1.
+    for n in 0..60 {
+        let w = relay.write("db=db", &points(n * 100..(n + 1) * 100));
+        assert_eq!(w.status, 204, "batch {n}: {}", w.text());
+    }
+    wait_until("the queue report shows influx-1's queue", CONVERGE, || {
+        queued_records(&mut relay, "influx-1") > 0
+    });
+    a.kill();
+    b.restart();
+    // Only influx-1 is left, and it catches up from the queue: every read is either refused
+    // (it is catching up, or not known up yet) or sees every acknowledged point.
+    let mut refused = 0;
+    wait_until("influx-1 serves reads once in sync", CONVERGE, || {
+        let (status, n, detail) = relay_count(&mut relay, "db");
+        match status {
+            200 => {
+                assert_eq!(
+                    n, 6000,
+                    "a read saw a backend that was not in sync: {detail}"
+                );
+                true
+            }
+            503 => {
+                refused += 1;
+                false
+            }
+            other => panic!("unexpected {other}: {detail}"),
+        }
+    });
+    assert!(
+        refused > 0,
+        "reads were refused while influx-1 was down or catching up"
+    );
+    let (_, _, backend) = relay_count(&mut relay, "db");
+    assert_eq!(backend, "influx-1");
 }
