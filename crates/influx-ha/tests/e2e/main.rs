@@ -14,3 +14,4 @@ mod relay;
 mod replication;
 mod security;
 mod support;
+mod topology;
