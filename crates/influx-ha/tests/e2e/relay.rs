@@ -133,17 +133,11 @@ impl Relay {
         self.dir.path()
     }
 
-    /// The HTTP port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The relay's log so far.
     /// The port of the main listener.
     pub fn port(&self) -> u16 {
         self.port

@@ -239,4 +239,24 @@ fn two_nodes_behind_haproxy_converge_after_kill_9_of_an_influxdb_and_an_influx_h
         "{stdout}"
     );
     assert_eq!(dump(&a, "bench"), dump(&b, "bench"));
+
+    // Reads through HAProxy, on either node, see every point once the queues have drained.
+    let cpu_total = (total / SERIES * 80).to_string();
+    let mut client = HttpClient::new(([127, 0, 0, 1], lb.port).into());
+    for _ in 0..2 {
+        wait_until(
+            "a read through HAProxy seeing every point",
+            deadline,
+            || {
+                client
+                    .request(
+                        "GET",
+                        "/query?db=bench&q=SELECT+count(usage_user)+FROM+cpu",
+                        &[],
+                        b"",
+                    )
+                    .is_ok_and(|r| r.status == 200 && r.text().contains(&format!(",{cpu_total}]")))
+            },
+        );
+    }
 }
