@@ -33,6 +33,9 @@ pub static X_INFLUX_HA_BACKEND: HeaderName = HeaderName::from_static("x-influx-h
 /// `true` on an answer from a backend that may miss acknowledged writes (`stale_reads`).
 pub static X_INFLUX_HA_STALE: HeaderName = HeaderName::from_static("x-influx-ha-stale");
 
+/// How often a query waiting for a backend's answer looks whether the backend was marked down.
+const DOWN_POLL: Duration = Duration::from_millis(100);
+
 /// Longest answer held in memory where one must be (5xx bodies, fan-out answers).
 const MAX_HELD_ANSWER: usize = 4 << 20;
 
@@ -335,20 +338,10 @@ impl Inner {
         for i in order {
             let target = &self.targets[i];
             let outstanding = Outstanding::new(&target.outstanding);
-            let sent = target
-                .client
-                .forward(
-                    fwd.method.clone(),
-                    &fwd.path_and_query,
-                    fwd.headers.clone(),
-                    fwd.body.clone(),
-                    self.config.timeout,
-                )
-                .await;
-            let resp = match sent {
+            let resp = match self.send(i, fwd).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    self.fail(i, &mut failures, e.to_string());
+                    self.fail(i, &mut failures, e);
                     continue;
                 }
             };
@@ -381,6 +374,46 @@ impl Inner {
             "no backend answered the query: {}",
             failures.join("; ")
         )))
+    }
+
+    /// Sends `fwd` to backend `i` and waits for the answer's head: at most `[query] timeout`,
+    /// and no longer than the backend stays up (a stopped backend accepts connections and
+    /// never answers; once the health checks mark it down, the next one is tried).
+    async fn send(
+        &self,
+        i: usize,
+        fwd: &Forward,
+    ) -> Result<Response<hyper::body::Incoming>, String> {
+        let sent = self.targets[i].client.forward(
+            fwd.method.clone(),
+            &fwd.path_and_query,
+            fwd.headers.clone(),
+            fwd.body.clone(),
+            self.config.timeout,
+        );
+        let is_down = || {
+            self.board
+                .load()
+                .backends
+                .get(i)
+                .is_some_and(|b| matches!(b.reachability, Reachability::Down { .. }))
+        };
+        let was_down = is_down();
+        let marked_down = async {
+            if was_down {
+                return std::future::pending().await;
+            }
+            loop {
+                tokio::time::sleep(DOWN_POLL).await;
+                if is_down() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            sent = sent => sent.map_err(|e| e.to_string()),
+            () = marked_down => Err("marked down while the query waited for its answer".to_owned()),
+        }
     }
 
     fn fail(&self, i: usize, failures: &mut Vec<String>, why: String) {
@@ -444,17 +477,7 @@ impl Inner {
     async fn send_held(&self, i: usize, fwd: &Forward) -> Result<Held, String> {
         let target = &self.targets[i];
         let _outstanding = Outstanding::new(&target.outstanding);
-        let resp = target
-            .client
-            .forward(
-                fwd.method.clone(),
-                &fwd.path_and_query,
-                fwd.headers.clone(),
-                fwd.body.clone(),
-                self.config.timeout,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let resp = self.send(i, fwd).await?;
         let held = hold(resp, self.config.timeout).await?;
         if held.status.is_server_error() {
             let text = String::from_utf8_lossy(&held.body[..held.body.len().min(256)])

@@ -381,6 +381,9 @@ fn query_answers_match_influxd() {
         ("POST", "/query".into(), vec![form_ct], form(&[("q", "CREATE RETENTION POLICY bad ON nosuchdb DURATION 1d REPLICATION 1")]).into_bytes()),
         ("GET", get("SELECT count(v) FROM m; SELECT count(v) FROM m2"), vec![], vec![]),
         ("GET", "/api/v2/query".into(), vec![], vec![]),
+        ("POST", "/api/v2/query".into(), vec![("Content-Type", "application/json")], b"{}".to_vec()),
+        ("POST", "/api/v1/prom/read?db=db&u=x&p=y".into(), vec![("Content-Type", "application/x-protobuf"), ("Content-Encoding", "snappy")], b"not snappy".to_vec()),
+        ("POST", "/api/v1/prom/read".into(), vec![("Content-Encoding", "snappy")], vec![]),
         ("PUT", "/query".into(), vec![], vec![]),
     ];
 
@@ -635,4 +638,27 @@ fn a_backend_catching_up_serves_no_reads_until_in_sync() {
     );
     let (_, _, backend) = relay_count(&mut relay, "db");
     assert_eq!(backend, "influx-1");
+}
+
+#[test]
+fn a_stopped_backend_is_left_for_the_next_once_marked_down() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+        assert_eq!(i.write("db", "", points(0..100)).0, 204);
+    }
+    // A query timeout far beyond the client's 60 s: a read stuck on the stopped backend can
+    // only end in time by being moved to the other one when the health checks mark it down.
+    let mut relay = Relay::start(
+        &[&a, &b],
+        &format!("{FAST_HEALTH}[query]\ntimeout = \"1h\"\n"),
+    );
+    wait_ready(&mut relay);
+    a.stop();
+    for round in 0..40 {
+        let (status, n, detail) = relay_count(&mut relay, "db");
+        assert_eq!((status, n), (200, 100), "read {round}: {detail}");
+    }
+    a.cont();
 }
