@@ -56,6 +56,12 @@ pub enum Command {
     /// Prints points/s, latency percentiles and errors by kind at the end (--json for
     /// scripts); exits non-zero when a verified backend differs or no write succeeded.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Hinted-handoff queues: list, inspect, verify, drain, purge (running or stopped node).
+    Queue(crate::admin::cli::QueueArgs),
+    /// Dead letters (batches a backend refused for good): list, replay, purge.
+    Deadletter(crate::admin::cli::DeadletterArgs),
+    /// Backend maintenance: queue every write for it and serve no reads from it, or resume.
+    Backend(crate::admin::cli::BackendArgs),
 }
 
 /// Options of `hash-password`.

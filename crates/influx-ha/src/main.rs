@@ -5,12 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use influx_ha::admin::cli::{Operation, Target};
 use influx_ha::cli::{Cli, Command, LogFormat, describe};
 use influx_ha::config::Config;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -48,13 +50,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Queue(a) => operate(&a.target, Operation::Queue(a.command)),
+        Command::Deadletter(a) => operate(&a.target, Operation::Deadletter(a.command)),
+        Command::Backend(a) => operate(&a.target, Operation::Backend(a.command)),
         Command::Serve(arg) => {
             let config = Config::load(&arg.config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(influx_ha::node::serve(config))?;
+            runtime.block_on(influx_ha::node::serve_with_reload(
+                config,
+                Some(arg.config.clone()),
+            ))?;
             Ok(())
         }
         Command::Bench(args) => {
@@ -83,9 +91,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Runs an operator command; exits 1 when it did not reach its goal (verify not clean, drain
+/// not complete).
+fn operate(target: &Target, op: Operation) -> anyhow::Result<()> {
+    let outcome = influx_ha::admin::cli::run(target, op)?;
+    print!("{}", outcome.output);
+    if !outcome.success {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Operator commands print their result; their logs would only repeat it.
+    let level = match cli.command {
+        Command::Queue(_) | Command::Deadletter(_) | Command::Backend(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, level);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -269,7 +269,12 @@ impl Monitor {
         let now = SystemTime::now();
         let reports = &memory.reports;
         self.board.update(|state| {
-            for (i, b) in state.backends.iter_mut().enumerate() {
+            for b in state.backends.iter_mut() {
+                // By name: a config reload may have changed the board's backends while this
+                // round ran (a new monitor takes over for the new set).
+                let Some(i) = self.clients.iter().position(|c| c.name() == b.name) else {
+                    continue;
+                };
                 let Some((up, problem)) = rounds.get(i) else {
                     continue;
                 };

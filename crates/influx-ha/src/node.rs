@@ -244,14 +244,13 @@ impl<W: WriteHandler + Clone> Node<W> {
     }
 }
 
-/// `influx-ha serve`: opens the queues, binds, replicates and replays until SIGTERM/SIGINT,
-/// drains, then closes the queues durably.
-pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
-    let started = std::time::SystemTime::now();
-    let clients = backend_clients(&config)?;
-    let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
-    // The read path and the task that keeps the backends' state current.
-    let board = crate::state::StateBoard::new(crate::monitor::initial_states(&clients));
+/// The read path and the task keeping `board` current, over `replicas` (config order).
+fn read_path(
+    config: &Config,
+    replicas: &[Arc<crate::write::replica::Replica>],
+    board: &crate::state::StateBoard,
+) -> Result<(crate::query::QueryService, crate::monitor::Monitor), SetupError> {
+    let clients: Vec<BackendClient> = replicas.iter().map(|r| r.client().clone()).collect();
     let marks = crate::monitor::PassiveMarks::new(clients.len());
     let mut peers = Vec::with_capacity(config.peers.len());
     for p in &config.peers {
@@ -271,7 +270,7 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     }
     let query = crate::query::QueryService::new(
         clients.clone(),
-        replicator.replicas().to_vec(),
+        replicas.to_vec(),
         board.clone(),
         marks.clone(),
         config.query.clone(),
@@ -282,18 +281,65 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     );
     let monitor = crate::monitor::Monitor {
         board: board.clone(),
-        clients: clients.clone(),
-        replicas: replicator.replicas().to_vec(),
+        clients,
+        replicas: replicas.to_vec(),
         peers,
         marks,
         health: config.health.clone(),
     };
+    Ok((query, monitor))
+}
+
+/// Runs `monitor` until the node stops, stopping the one it replaces (a reload changed the
+/// backends: the monitor publishes the board by config position).
+fn spawn_monitor(
+    monitor: crate::monitor::Monitor,
+    stop_all: &tokio::sync::broadcast::Sender<()>,
+    current: &std::sync::Mutex<Option<tokio::sync::broadcast::Sender<()>>>,
+) -> tokio::task::JoinHandle<()> {
+    let (stop_this, _) = tokio::sync::broadcast::channel(1);
+    let mut all = crate::shutdown::Shutdown::new(stop_all.subscribe());
+    let this = crate::shutdown::Shutdown::new(stop_this.subscribe());
+    let previous = current
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .replace(stop_this);
+    if let Some(previous) = previous {
+        let _ = previous.send(());
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            () = monitor.run(this) => {}
+            () = all.recv() => {}
+        }
+    })
+}
+
+/// `influx-ha serve`: opens the queues, binds, replicates and replays until SIGTERM/SIGINT,
+/// drains, then closes the queues durably.
+pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
+    serve_with_reload(config, None).await
+}
+
+/// [`serve`], reloading the config from `config_path` on SIGHUP (see [`crate::admin::reload`]).
+pub async fn serve_with_reload(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<DrainReport, NodeError> {
+    let started = std::time::SystemTime::now();
+    let clients = backend_clients(&config)?;
+    let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
+    // The read path and the task that keeps the backends' state current.
+    let board = crate::state::StateBoard::new(crate::monitor::initial_states(&clients));
+    let (query, monitor) = read_path(&config, &replicator.replicas(), &board)?;
+    // A reload that changes the backends rebuilds both over the new set (see below).
+    let query_slot = Arc::new(crate::admin::reload::SwappableHandler::new(Arc::new(query)));
     let node = Node::bind_with(&config, |_, _| replicator.clone())
         .await?
-        .with_query(Arc::new(query));
+        .with_query(query_slot.clone());
     let (stop_monitor, _) = tokio::sync::broadcast::channel(1);
-    let monitor_task =
-        tokio::spawn(monitor.run(crate::shutdown::Shutdown::new(stop_monitor.subscribe())));
+    let current_monitor = Arc::new(std::sync::Mutex::new(None));
+    let monitor_task = spawn_monitor(monitor, &stop_monitor, &current_monitor);
     let addr = node.local_addr().unwrap_or(config.http.bind);
     tracing::info!(%addr, "listening (InfluxDB 1.6 API)");
     if let Some(admin) = node.admin_addr() {
@@ -305,7 +351,7 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     }
     let admin = crate::admin::AdminHandler::new(crate::admin::status::Sources {
         replicator: Replicator::clone(&replicator),
-        board: Some(board),
+        board: Some(board.clone()),
         node_name: config.node_name.clone(),
         health: node.health().clone(),
         data_dir: config.data_dir.clone(),
@@ -361,6 +407,52 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
     let listener_tasks = listeners.spawn(&stop_listeners);
     let (stop_replays, _) = tokio::sync::broadcast::channel(1);
     let replays = replicator.spawn_replays(&stop_replays);
+    // SIGHUP reloads the config. Parts that reload something of their own (e.g. TLS
+    // certificates) register with `reloader.on_reload(name, hook)` here.
+    let reloader = config_path.map(|path| {
+        Arc::new(crate::admin::reload::Reloader::new(
+            path,
+            config.clone(),
+            Replicator::clone(&replicator),
+            Some(board.clone()),
+            stop_replays.clone(),
+        ))
+    });
+    if let Some(r) = &reloader {
+        // Users and tokens (the `[auth]` section) change in place.
+        let guard = node.guard().clone();
+        r.on_reload(
+            "[auth]",
+            Box::new(move |config| {
+                guard.set_auth(auth_settings(config));
+                Ok(())
+            }),
+        );
+        let (board, stop_monitor) = (board.clone(), stop_monitor.clone());
+        r.on_backends_changed(Box::new(move |config, replicas| {
+            match read_path(config, replicas, &board) {
+                Ok((query, monitor)) => {
+                    query_slot.set(Arc::new(query));
+                    spawn_monitor(monitor, &stop_monitor, &current_monitor);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rebuild the read path after the reload");
+                }
+            }
+        }));
+    }
+    #[cfg(unix)]
+    let reloading = match &reloader {
+        Some(r) => {
+            use tokio::signal::unix::{SignalKind, signal};
+            let hup = signal(SignalKind::hangup()).map_err(NodeError::Signals)?;
+            Some(tokio::spawn(r.clone().run_on_sighup(
+                hup,
+                crate::shutdown::Shutdown::new(stop_replays.subscribe()),
+            )))
+        }
+        None => None,
+    };
     let sampler = tokio::spawn(
         admin
             .clone()
@@ -419,6 +511,10 @@ pub async fn serve(config: Config) -> Result<DrainReport, NodeError> {
         let _ = replay.await;
     }
     let _ = sampler.await;
+    #[cfg(unix)]
+    if let Some(task) = reloading {
+        let _ = task.await;
+    }
     replicator.close();
     tracing::info!(
         abandoned_connections = report.abandoned_connections,

@@ -28,10 +28,12 @@
 //! from sampled counters), [`page`], [`metrics`], [`ops`] (the operations, shared with the CLI
 //! on a stopped node), [`cli`] (the `queue`/`deadletter`/`backend` commands).
 
+pub mod cli;
 pub mod metrics;
 pub mod ops;
 pub mod page;
 pub mod rates;
+pub mod reload;
 pub mod status;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -162,7 +164,7 @@ impl AdminHandler {
     }
 
     fn replicas(&self) -> Arc<Vec<Arc<Replica>>> {
-        self.inner.sources.replicator.replicas_arc()
+        self.inner.sources.replicator.replicas()
     }
 
     /// Copies a replica's maintenance flag to the state board at once, so the read path stops

@@ -217,11 +217,20 @@ pub struct Verification {
 /// `queue verify NAME`; `running`: the newest segment may be being written (its tail is not
 /// counted as torn).
 pub fn verify(r: &Replica, running: bool) -> Result<Verification, OpError> {
-    let report = handoff::verify(&handoff::StdFs, r.queue().dir())
+    verify_dir(r.name(), r.queue().dir(), running)
+}
+
+/// [`verify`] of the queue in `dir` (closed, or being written when `running`).
+pub fn verify_dir(
+    backend: &str,
+    dir: &std::path::Path,
+    running: bool,
+) -> Result<Verification, OpError> {
+    let report = handoff::verify(&handoff::StdFs, dir)
         .map_err(|e| OpError::io("cannot verify the queue", e))?;
     let newest = report.segments.iter().map(|s| s.id).max();
     let mut v = Verification {
-        backend: r.name().to_owned(),
+        backend: backend.to_owned(),
         clean: true,
         segments: report.segments.len() as u64,
         valid_records: 0,

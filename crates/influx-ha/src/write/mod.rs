@@ -21,6 +21,7 @@ pub mod schema;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -67,11 +68,60 @@ pub fn queue_options(q: &QueueConfig) -> handoff::Options {
     }
 }
 
+/// Opens one backend's queues under `data_dir/<backend>/`; `all` are every configured
+/// backend (the others are where missing retention policies are copied from).
+pub fn open_replica(
+    config: &Config,
+    client: &BackendClient,
+    all: &[BackendClient],
+) -> Result<Arc<Replica>, OpenError> {
+    let dir = config.data_dir.join(client.name());
+    let peers = all
+        .iter()
+        .filter(|c| c.name() != client.name())
+        .cloned()
+        .collect();
+    let replica = Replica::open(
+        &dir,
+        client.clone(),
+        peers,
+        queue_options(&config.queue),
+        DEAD_LETTER_MAX_BYTES,
+    )
+    .map_err(|error| OpenError {
+        backend: client.name().to_owned(),
+        dir: dir.display().to_string(),
+        error,
+    })?;
+    if replica.queue().has_pending() {
+        let stats = replica.queue().stats();
+        tracing::info!(
+            backend = client.name(),
+            records = stats.depth_records,
+            bytes = stats.depth_bytes,
+            "queue holds data from before: replaying it"
+        );
+    }
+    if let Some(why) = replica.diverged() {
+        tracing::warn!(
+            backend = client.name(),
+            reason = why,
+            "backend is marked diverged"
+        );
+    }
+    Ok(Arc::new(replica))
+}
+
 /// Replicates writes to every backend.
+///
+/// Clones share one replica set, which a config reload swaps ([`Replicator::set_replicas`]):
+/// a write takes the set once (one atomic load) and fans out to exactly that set, so a write in
+/// flight during a reload completes against the backends it started with.
 #[derive(Debug, Clone)]
 pub struct Replicator {
-    replicas: Arc<Vec<Arc<Replica>>>,
-    default_consistency: Consistency,
+    replicas: Arc<ArcSwap<Vec<Arc<Replica>>>>,
+    /// The `[write] consistency` used when a request gives none (reloadable).
+    default_consistency: Arc<ArcSwap<Consistency>>,
     /// Once the level is met, how long still-running direct sends are waited for before their
     /// backends get the batch queued instead.
     grace: Duration,
@@ -90,61 +140,38 @@ impl Replicator {
         grace: Duration,
     ) -> Self {
         Replicator {
-            replicas: Arc::new(replicas),
-            default_consistency,
+            replicas: Arc::new(ArcSwap::from_pointee(replicas)),
+            default_consistency: Arc::new(ArcSwap::from_pointee(default_consistency)),
             grace,
         }
     }
 
-    pub fn replicas(&self) -> &[Arc<Replica>] {
-        &self.replicas
+    /// The current replica set, in config order.
+    pub fn replicas(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.replicas.load_full()
     }
 
-    /// The current replica set, shared.
-    pub fn replicas_arc(&self) -> Arc<Vec<Arc<Replica>>> {
-        self.replicas.clone()
+    /// Replaces the replica set (config reload); writes already fanning out keep the set they
+    /// started with.
+    pub fn set_replicas(&self, replicas: Vec<Arc<Replica>>) {
+        self.replicas.store(Arc::new(replicas));
+    }
+
+    /// The consistency level of requests that give none.
+    pub fn default_consistency(&self) -> Consistency {
+        **self.default_consistency.load()
+    }
+
+    /// Changes the default consistency level (config reload).
+    pub fn set_default_consistency(&self, level: Consistency) {
+        self.default_consistency.store(Arc::new(level));
     }
 
     /// Opens every backend's queue under `data_dir/<backend>/` (clients in config order).
     pub fn open(config: &Config, clients: &[BackendClient]) -> Result<Self, OpenError> {
-        let options = queue_options(&config.queue);
         let mut replicas = Vec::with_capacity(clients.len());
         for client in clients {
-            let dir = config.data_dir.join(client.name());
-            let peers = clients
-                .iter()
-                .filter(|c| c.name() != client.name())
-                .cloned()
-                .collect();
-            let replica = Replica::open(
-                &dir,
-                client.clone(),
-                peers,
-                options.clone(),
-                DEAD_LETTER_MAX_BYTES,
-            )
-            .map_err(|error| OpenError {
-                backend: client.name().to_owned(),
-                dir: dir.display().to_string(),
-                error,
-            })?;
-            if replica.is_queueing() {
-                let stats = replica.queue().stats();
-                tracing::info!(
-                    backend = client.name(),
-                    records = stats.depth_records,
-                    bytes = stats.depth_bytes,
-                    "queue holds data from before: replaying it"
-                );
-            }
-            if let Some(why) = replica.diverged() {
-                tracing::warn!(
-                    backend = client.name(),
-                    reason = why,
-                    "backend is marked diverged"
-                );
-            }
-            replicas.push(Arc::new(replica));
+            replicas.push(open_replica(config, client, clients)?);
         }
         Ok(Self::new(
             replicas,
@@ -159,6 +186,7 @@ impl Replicator {
         shutdown: &tokio::sync::broadcast::Sender<()>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         self.replicas
+            .load()
             .iter()
             .map(|r| tokio::spawn(r.clone().replay(Shutdown::new(shutdown.subscribe()))))
             .collect()
@@ -166,7 +194,7 @@ impl Replicator {
 
     /// Makes every queue durable and closes it (after the replay tasks ended).
     pub fn close(&self) {
-        for r in self.replicas.iter() {
+        for r in self.replicas.load().iter() {
             for (what, q) in [("queue", r.queue()), ("dead letters", r.dead_letters())] {
                 if let Err(e) = q.close() {
                     tracing::error!(backend = r.name(), what, error = %e, "closing failed");
@@ -179,11 +207,12 @@ impl Replicator {
     /// (as InfluxDB's UDP service creates its database at start).
     pub async fn ensure_database(&self, db: &str) -> Vec<Outcome> {
         let mut set = JoinSet::new();
-        for (i, r) in self.replicas.iter().enumerate() {
+        let replicas = self.replicas.load_full();
+        for (i, r) in replicas.iter().enumerate() {
             let (r, db) = (r.clone(), db.to_owned());
             set.spawn(async move { (i, r.ensure_database(&db).await) });
         }
-        collect(set, self.replicas.len()).await
+        collect(set, replicas.len()).await
     }
 
     /// Validates and replicates one write; the outcome is the client's answer.
@@ -217,7 +246,7 @@ impl Replicator {
             payload,
         });
         let fan_out = tokio::spawn(fan_out(
-            self.replicas.clone(),
+            self.replicas.load_full(),
             batch,
             consistency,
             self.grace,
@@ -231,7 +260,7 @@ impl Replicator {
 
 impl WriteHandler for Replicator {
     async fn write(&self, request: WriteRequest) -> Result<(), RequestError> {
-        let consistency = request.consistency(self.default_consistency)?;
+        let consistency = request.consistency(self.default_consistency())?;
         // The permit keeps the body's bytes counted against the in-flight cap until answered.
         let body = request.body;
         let answer = self

@@ -77,8 +77,10 @@ pub struct Replica {
     /// Operator maintenance (persisted in `dir/maintenance`): every write is queued and the
     /// replay pauses until [`Replica::resume`].
     maintenance: AtomicBool,
-    /// Wakes the replay out of a backoff or maintenance pause (resume, `queue drain`).
+    /// Wakes the replay out of a backoff or maintenance pause (resume, `queue drain`, retire).
     kick: Notify,
+    /// Removed from the config: the replay stops; what is queued stays on disk.
+    retired: AtomicBool,
     /// Whether the backend answered its last request ([`Link`] as a number): passive marking,
     /// for the status page until active health checks report.
     link: AtomicU8,
@@ -181,6 +183,7 @@ impl Replica {
             last_error: Mutex::new(None),
             maintenance: AtomicBool::new(maintenance),
             kick: Notify::new(),
+            retired: AtomicBool::new(false),
             link: AtomicU8::new(0),
             link_since_ms: AtomicU64::new(now_ms()),
             counters: Counters::default(),
@@ -307,6 +310,17 @@ impl Replica {
             self.note_error("does not answer /ping".to_owned());
         }
         self.note_link(answered);
+    }
+
+    /// Stops the replay task (the backend was removed from the config); its queue stays on
+    /// disk and is replayed if the backend is configured again.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.kick.notify_one();
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// Wakes the replay now (out of its backoff), e.g. for `queue drain`.
@@ -501,6 +515,9 @@ impl Replica {
             .map_or(1, |d| d.as_nanos() as u64);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30), seed);
         loop {
+            if self.is_retired() {
+                return;
+            }
             if self.in_maintenance() {
                 tokio::select! {
                     () = shutdown.recv() => return,
@@ -586,8 +603,9 @@ impl Replica {
                         if self.pause(&mut shutdown, delay).await {
                             return;
                         }
-                        if self.in_maintenance() {
-                            // Sent again after resume: the batch was not acknowledged.
+                        if self.in_maintenance() || self.is_retired() {
+                            // Sent again after resume (or at the next start): the batch was
+                            // not acknowledged.
                             break;
                         }
                     }
