@@ -2,6 +2,7 @@
 //! (one link step); the tests take a lock and run one at a time, since each starts several
 //! processes on a 2-core machine.
 
+mod admin;
 mod bench;
 mod compat;
 mod faults;

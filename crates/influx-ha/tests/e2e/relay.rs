@@ -128,6 +128,27 @@ impl Relay {
         }
     }
 
+    /// The config file (tests rewrite it before a SIGHUP).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// The main listener's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends `signal` (a `kill` name such as `HUP`) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("influx-ha is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// The temporary directory: config, `relay.log` and `data/` (the queues).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

@@ -1,0 +1,405 @@
+//! The operator's surface against real InfluxDB: the status page in headless Chromium, the
+//! `queue`/`backend` commands on a running node and on a stopped node's data directory,
+//! maintenance, and SIGHUP reloads adding and removing a backend under writes.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use testkit::Influxd;
+use testkit::http::HttpClient;
+
+use crate::relay::Relay;
+use crate::support::{
+    CONVERGE, assert_converged, count, points, serial, wait_until, write_batches,
+};
+
+/// A relay with a separate admin listener; returns it with the admin port.
+fn relay_with_admin(backends: &[&Influxd]) -> (Relay, u16) {
+    let admin = testkit::free_port().expect("free port");
+    let relay = Relay::start(
+        backends,
+        &format!("[admin]\nbind = \"127.0.0.1:{admin}\"\n"),
+    );
+    (relay, admin)
+}
+
+fn admin_get(port: u16, path: &str) -> testkit::http::Response {
+    let mut c = HttpClient::new(([127, 0, 0, 1], port).into());
+    c.request("GET", path, &[], b"").expect("admin request")
+}
+
+fn status(port: u16) -> String {
+    let r = admin_get(port, "/status");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// `influx-ha ARGS…`; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .args(args)
+        .output()
+        .expect("run influx-ha");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The DOM of `url` after Chromium rendered it.
+fn chromium_dom(url: &str) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run chromium ({e}): install it (Debian package chromium; scripts/test does)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The row of backend `name` in the page's DOM.
+fn backend_row<'a>(dom: &'a str, name: &str) -> &'a str {
+    let start = dom
+        .find(&format!("data-backend=\"{name}\""))
+        .unwrap_or_else(|| panic!("no row for {name} in\n{dom}"));
+    let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
+    &dom[start..end]
+}
+
+#[test]
+fn status_page_in_chromium_shows_backends_and_a_dead_one() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let mut b = Influxd::start();
+    let (mut relay, admin) = relay_with_admin(&[&a, &b]);
+    a.create_database("db");
+    b.create_database("db");
+    write_batches(&mut relay, 0, 2, "db=db", 204);
+    let url = format!("http://127.0.0.1:{admin}/");
+    wait_until("both backends up and in sync", CONVERGE, || {
+        let dom = chromium_dom(&url);
+        ["influx-0", "influx-1"].iter().all(|n| {
+            let row = backend_row(&dom, n);
+            row.contains(">up<") && row.contains(">in sync<")
+        }) && dom.contains("all backends in sync")
+    });
+
+    b.kill();
+    // Writes for the dead backend are queued; the page says it is down and catching up.
+    write_batches(&mut relay, 2, 4, "db=db", 204);
+    let mut dom = String::new();
+    wait_until("the page shows influx-1 down", CONVERGE, || {
+        dom = chromium_dom(&url);
+        backend_row(&dom, "influx-1").contains(">down<")
+    });
+    let row = backend_row(&dom, "influx-1");
+    assert!(row.contains("catching up"), "{row}");
+    assert!(row.contains("records"), "{row}");
+    assert!(backend_row(&dom, "influx-0").contains(">up<"));
+    assert!(
+        dom.contains("influx-1: down"),
+        "summary names the problem:\n{dom}"
+    );
+    assert!(!dom.contains("all backends in sync"));
+
+    // /metrics and /health agree.
+    let metrics = admin_get(admin, "/metrics").text();
+    assert!(
+        metrics.contains("influx_ha_backend_up{backend=\"influx-1\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("influx_ha_queue_records{backend=\"influx-1\"}"));
+    assert!(metrics.contains("influx_ha_http_request_duration_seconds_count{listener=\"http\",endpoint=\"write\",method=\"POST\",code=\"204\"}"), "{metrics}");
+    assert_eq!(admin_get(admin, "/health").status, 200);
+    assert_eq!(relay.get("/health").expect("health").status, 200);
+    // The admin surface is on the admin listener only.
+    assert_eq!(relay.get("/status").expect("status").status, 404);
+}
+
+#[test]
+fn maintenance_queues_writes_and_resume_delivers_them() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let b = Influxd::start();
+    let (mut relay, admin) = relay_with_admin(&[&a, &b]);
+    a.create_database("db");
+    b.create_database("db");
+    let config = relay.config_path().display().to_string();
+    write_batches(&mut relay, 0, 2, "db=db", 204);
+
+    let (code, out, err) = cli(&["backend", "maintenance", "influx-1", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("influx-1 is in maintenance"), "{out}");
+    assert!(status(admin).contains("\"sync\": \"maintenance\""));
+    write_batches(&mut relay, 2, 5, "db=db", 204);
+    assert_eq!(count(&a, "db", "v", "m"), 500);
+    assert_eq!(
+        count(&b, "db", "v", "m"),
+        200,
+        "nothing reaches a backend in maintenance"
+    );
+    let (code, out, _) = cli(&["queue", "list", "--config", &config]);
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("influx-1"))
+        .expect("row");
+    assert!(
+        line.contains("3 records") && line.contains("maintenance"),
+        "{out}"
+    );
+    // Drain refuses while the queue is held.
+    let (code, _, err) = cli(&["queue", "drain", "influx-1", "--config", &config]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in maintenance"), "{err}");
+
+    // The flag survives a restart.
+    relay.restart();
+    assert!(status(admin).contains("\"sync\": \"maintenance\""));
+    write_batches(&mut relay, 5, 6, "db=db", 204);
+
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let (code, out, err) = cli(&["backend", "resume", "influx-1", "--admin", &admin_url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&[
+        "queue", "drain", "influx-1", "--admin", &admin_url, "--wait", "120",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("delivered"), "{out}");
+    write_batches(&mut relay, 6, 7, "db=db", 204);
+    assert_converged(&a, &b, 700);
+    wait_until("influx-1 in sync", CONVERGE, || {
+        status(admin).contains("\"text\": \"all backends in sync\"")
+    });
+}
+
+#[test]
+fn cli_works_on_a_stopped_nodes_data_dir_and_not_beside_a_running_one() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let mut b = Influxd::start();
+    let mut relay = Relay::start(&[&a, &b], "");
+    a.create_database("db");
+    b.create_database("db");
+    let config = relay.config_path().display().to_string();
+    write_batches(&mut relay, 0, 1, "db=db", 204);
+    b.kill();
+    write_batches(&mut relay, 1, 4, "db=db", 204);
+    relay.terminate();
+
+    // Stopped: the data directory itself.
+    let (code, out, err) = cli(&["queue", "list", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("influx-1"))
+        .expect("row");
+    assert!(line.contains("3 records"), "{out}");
+    let (code, out, err) = cli(&["queue", "verify", "influx-1", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("influx-1: clean") && out.contains("3 valid records"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&[
+        "queue",
+        "inspect",
+        "influx-1",
+        "--records",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pending        3 records"), "{out}");
+    assert!(out.contains("# handoff write db=db"), "{out}");
+    assert!(
+        out.contains(&String::from_utf8_lossy(&points(150..151)).into_owned()),
+        "{out}"
+    );
+    // Drain delivers to the backend without the node.
+    let (code, _, err) = cli(&[
+        "queue", "drain", "influx-1", "--config", &config, "--wait", "2",
+    ]);
+    assert_eq!(code, 1, "the backend is down: {err}");
+    b.restart();
+    let (code, out, err) = cli(&[
+        "queue", "drain", "influx-1", "--config", &config, "--wait", "120",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_converged(&a, &b, 400);
+    let (code, out, _) = cli(&["queue", "purge", "influx-0", "--config", &config]);
+    assert_eq!(code, 1, "purge needs --yes: {out}");
+
+    // Something else on the node's port, no admin API: the data directory is not touched.
+    let port = relay.port();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("port free after stop");
+    let (code, _, err) = cli(&["queue", "list", "--config", &config]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("refusing to touch the data directory"),
+        "{err}"
+    );
+    drop(squatter);
+
+    // Running: the same commands go through its admin API (on the main listener here).
+    relay.restart();
+    let (code, out, err) = cli(&["queue", "list", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("influx-0") && out.contains("influx-1"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["queue", "verify", "influx-1", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Rewrites the backend tables of the config at `path` to `backends` (name, URL).
+fn set_backends(path: &std::path::Path, backends: &[(&str, String)]) {
+    let text = std::fs::read_to_string(path).expect("config");
+    let head = text.split("[[backend]]").next().expect("head").to_owned();
+    let mut out = head;
+    for (name, url) in backends {
+        out.push_str(&format!(
+            "[[backend]]\nname = \"{name}\"\nurl = \"{url}\"\n\n"
+        ));
+    }
+    std::fs::write(path, out).expect("write config");
+}
+
+#[test]
+fn reload_adds_and_removes_backends_under_writes() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let b = Influxd::start();
+    let c = Influxd::start();
+    for i in [&a, &b, &c] {
+        i.create_database("db");
+    }
+    let (relay, admin) = relay_with_admin(&[&a, &b]);
+    let port = relay.port();
+
+    // One writer, without pause, for the whole test; every answer must be 204.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let mut client = HttpClient::new(([127, 0, 0, 1], port).into());
+            let mut n = 0u64;
+            // Bounded: at most 2000 batches of 10 points.
+            while !stop.load(Ordering::SeqCst) && n < 2000 {
+                let r = client
+                    .request("POST", "/write?db=db", &[], &points(n * 10..(n + 1) * 10))
+                    .expect("write");
+                assert_eq!(r.status, 204, "batch {n}: {}", r.text());
+                n += 1;
+                written.store(n, Ordering::SeqCst);
+            }
+            n
+        })
+    };
+    let wait_batches = |more: u64| {
+        let target = written.load(Ordering::SeqCst) + more;
+        wait_until("writes go on", CONVERGE, || {
+            written.load(Ordering::SeqCst) >= target
+        });
+    };
+    wait_batches(20);
+
+    // Add influx-2.
+    set_backends(
+        relay.config_path(),
+        &[
+            ("influx-0", a.url()),
+            ("influx-1", b.url()),
+            ("influx-2", c.url()),
+        ],
+    );
+    relay.signal("HUP");
+    wait_until("influx-2 appears", CONVERGE, || {
+        status(admin).contains("\"name\": \"influx-2\"")
+    });
+    let s = status(admin);
+    assert!(s.contains("newly added"), "{s}");
+    let added_at = written.load(Ordering::SeqCst);
+    wait_batches(20);
+    wait_until("influx-2 gets new writes", CONVERGE, || {
+        count(&c, "db", "v", "m") > 0
+    });
+
+    // An invalid config is refused and changes nothing.
+    let good = std::fs::read_to_string(relay.config_path()).expect("config");
+    std::fs::write(
+        relay.config_path(),
+        format!("{good}\n[[backend]]\nname = \"x\"\n"),
+    )
+    .expect("write");
+    relay.signal("HUP");
+    wait_until("the refusal is logged", CONVERGE, || {
+        relay.log().contains("config reload refused")
+    });
+    assert!(
+        relay.log().contains("missing field `url`"),
+        "{}",
+        relay.log()
+    );
+    assert!(status(admin).contains("\"name\": \"influx-2\""));
+
+    // Remove influx-1.
+    set_backends(
+        relay.config_path(),
+        &[("influx-0", a.url()), ("influx-2", c.url())],
+    );
+    relay.signal("HUP");
+    wait_until("influx-1 is gone", CONVERGE, || {
+        !status(admin).contains("\"name\": \"influx-1\"")
+    });
+    let removed_at = written.load(Ordering::SeqCst);
+    wait_batches(20);
+    stop.store(true, Ordering::SeqCst);
+    let total = writer.join().expect("every write answered 204");
+
+    // influx-0 has everything; influx-2 everything since it was added; influx-1 nothing
+    // written after it was removed (and everything before).
+    let all = total * 10;
+    wait_until("influx-0 holds every point", CONVERGE, || {
+        count(&a, "db", "v", "m") == all
+    });
+    // Every batch started after the add reached influx-2 (directly or through its queue);
+    // the one batch that may have been in flight at the swap went to the old set.
+    let since_added = (total - added_at - 1) * 10;
+    wait_until(
+        "influx-2 holds every point written since it was added",
+        CONVERGE,
+        || count(&c, "db", "v", "m") >= since_added,
+    );
+    assert!(
+        count(&c, "db", "v", "m") < all,
+        "influx-2 was added after the first writes"
+    );
+    // A batch still queued for influx-1 when it was removed stays in its queue on disk; the
+    // one batch that may have been in flight at the swap went to the old set.
+    let on_b = count(&b, "db", "v", "m");
+    assert!(on_b > 0, "influx-1 had the writes before its removal");
+    assert!(
+        on_b <= (removed_at + 1) * 10,
+        "influx-1 got writes after it was removed ({on_b} points, removed after {removed_at} batches)"
+    );
+    assert!(relay.log().contains("config reloaded"), "{}", relay.log());
+}
