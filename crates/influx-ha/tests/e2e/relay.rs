@@ -133,11 +133,6 @@ impl Relay {
         &self.config
     }
 
-    /// The main listener's port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Sends `signal` (a `kill` name such as `HUP`) to the running process.
     pub fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("influx-ha is running");
