@@ -16,9 +16,10 @@
 //! moment ago already keeps reads away from that backend.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 
@@ -157,6 +158,74 @@ pub struct Monitor {
     pub marks: PassiveMarks,
     /// Interval, timeout, thresholds.
     pub health: HealthConfig,
+    /// Where the peers' last reports are kept across restarts (`None`: not kept).
+    pub reports_file: Option<PathBuf>,
+}
+
+/// Name of the file under `data_dir` that keeps the peers' last reports.
+pub const PEER_REPORTS_FILE: &str = "peer-reports.json";
+
+/// A peer's last report as kept on disk.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedReport {
+    /// The report.
+    report: QueueReport,
+    /// When it was received, Unix milliseconds.
+    received_unix_ms: u64,
+}
+
+/// The kept reports of the peers still configured, as unreachable until polled again.
+fn load_reports(path: &Path, peers: &[Peer]) -> HashMap<String, (QueueReport, SystemTime, bool)> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the peers' last reports");
+            return HashMap::new();
+        }
+    };
+    let saved: HashMap<String, SavedReport> = match serde_json::from_slice(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "unreadable peer reports: ignored");
+            return HashMap::new();
+        }
+    };
+    saved
+        .into_iter()
+        .filter(|(name, _)| peers.iter().any(|p| &p.name == name))
+        .map(|(name, s)| {
+            let received = UNIX_EPOCH + Duration::from_millis(s.received_unix_ms);
+            (name, (s.report, received, false))
+        })
+        .collect()
+}
+
+/// Keeps the peers' last reports (written aside, then renamed over the old file).
+fn save_reports(path: &Path, reports: &HashMap<String, (QueueReport, SystemTime, bool)>) {
+    let saved: HashMap<&str, SavedReport> = reports
+        .iter()
+        .map(|(name, (report, received, _))| {
+            let ms = received
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            (
+                name.as_str(),
+                SavedReport {
+                    report: report.clone(),
+                    received_unix_ms: ms,
+                },
+            )
+        })
+        .collect();
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec(&saved)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot keep the peers' last reports");
+    }
 }
 
 /// The board's initial state for `clients`: nothing checked yet.
@@ -181,7 +250,11 @@ impl Monitor {
         let mut memory = Memory {
             verdicts: vec![Hysteresis::default(); self.clients.len()],
             write_failures: self.replicas.iter().map(|r| write_failures(r)).collect(),
-            reports: HashMap::new(),
+            reports: self
+                .reports_file
+                .as_deref()
+                .map(|f| load_reports(f, &self.peers))
+                .unwrap_or_default(),
         };
         let mut ticker = tokio::time::interval(self.health.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,9 +296,11 @@ impl Monitor {
         while let Some(Ok((i, r))) = pings.join_next().await {
             checks[i] = r;
         }
+        let mut reports_changed = false;
         while let Some(Ok((name, r))) = polls.join_next().await {
             match r {
                 Ok(report) => {
+                    reports_changed |= memory.reports.get(&name).is_none_or(|old| old.0 != report);
                     memory
                         .reports
                         .insert(name, (report, SystemTime::now(), true));
@@ -241,6 +316,10 @@ impl Monitor {
                     }
                 }
             }
+        }
+
+        if let (true, Some(file)) = (reports_changed, &self.reports_file) {
+            save_reports(file, &memory.reports);
         }
 
         let mut rounds = Vec::with_capacity(self.clients.len());
@@ -358,6 +437,44 @@ mod tests {
         assert!(h.observe(true, 2, 3), "second good round in a row: up");
         let mut first_bad = Hysteresis::default();
         assert!(!first_bad.observe(false, 2, 2));
+    }
+
+    #[test]
+    fn peer_reports_survive_a_restart_as_unreachable() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = dir.path().join(PEER_REPORTS_FILE);
+        let report = crate::peers::parse_report(
+            br#"{"node":"r2","backends":[{"name":"a","queue_records":5,"queue_bytes":9,"oldest_age_seconds":2.5,"diverged":false,"maintenance":false}]}"#,
+        )
+        .expect("report");
+        let received = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let mut reports = HashMap::new();
+        reports.insert("relay-2".to_owned(), (report.clone(), received, true));
+        reports.insert("gone".to_owned(), (report.clone(), received, true));
+        save_reports(&file, &reports);
+        let config = crate::config::BackendConfig {
+            name: "relay-2".into(),
+            url: crate::config::BackendUrl {
+                scheme: crate::config::Scheme::Http,
+                host: "127.0.0.1".into(),
+                port: 1,
+                base_path: String::new(),
+            },
+            credentials: None,
+        };
+        let timeouts = crate::backend::Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(1),
+        };
+        let peer = Peer {
+            name: "relay-2".into(),
+            client: BackendClient::new(&config, timeouts).expect("client"),
+        };
+        let loaded = load_reports(&file, &[peer.clone()]);
+        assert_eq!(loaded.len(), 1, "only configured peers");
+        assert_eq!(loaded["relay-2"], (report, received, false));
+        std::fs::write(&file, b"{broken").expect("write");
+        assert!(load_reports(&file, &[peer]).is_empty());
     }
 
     #[test]

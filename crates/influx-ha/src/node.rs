@@ -286,6 +286,7 @@ fn read_path(
         peers,
         marks,
         health: config.health.clone(),
+        reports_file: Some(config.data_dir.join(crate::monitor::PEER_REPORTS_FILE)),
     };
     Ok((query, monitor))
 }

@@ -11,8 +11,9 @@
 //!
 //! Backends are matched across relays by their configured `name`: every relay must give a
 //! backend the same name. A peer's report counts until a newer one arrives, also while the
-//! peer cannot be reached (its last report stands); a peer never reached since this relay
-//! started has told nothing and holds nothing back. The [`crate::monitor`] task polls the
+//! peer cannot be reached (its last report stands), and across restarts of this relay (the
+//! last reports are kept in `data_dir/peer-reports.json`); a peer never reached has told
+//! nothing and holds nothing back. The [`crate::monitor`] task polls the
 //! peers at the health-check interval, so a write acknowledged by a peer can be missed by a
 //! read here for up to about two intervals (the peer's own refresh plus this poll).
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendClient;
 use crate::state::ClusterState;
@@ -55,7 +56,7 @@ pub fn queue_report(node: &str, state: &ClusterState) -> Vec<u8> {
 }
 
 /// A peer's report, as read.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueReport {
     /// The peer's `node_name`.
     pub node: String,
@@ -64,7 +65,7 @@ pub struct QueueReport {
 }
 
 /// One backend in a peer's report.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportedBackend {
     /// The backend's configured name (the key across relays).
     pub name: String,

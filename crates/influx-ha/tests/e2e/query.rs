@@ -300,6 +300,24 @@ fn a_peer_relays_queue_keeps_reads_away_until_it_drained() {
         r.status == 200 && r.header("x-influx-ha-stale") == Some("true")
     });
 
+    // relay-2 goes away with its queue, and relay-1 restarts: relay-2's last report, kept on
+    // disk, still keeps reads away from influx-1.
+    relay2.kill();
+    relay1.restart();
+    wait_until(
+        "relay-1 restarted remembers relay-2's queue",
+        CONVERGE,
+        || {
+            let r = query(
+                &mut relay1,
+                &[("db", "db"), ("q", "SELECT count(v) FROM m")],
+            );
+            assert_ne!(r.status, 200, "served from influx-1: {}", r.text());
+            r.text().contains("influx-1: peer relay-2 reports")
+        },
+    );
+    relay2.restart();
+
     proxy.set_mode(Mode::Pass);
     wait_until(
         "influx-1 serves fresh reads once relay-2 drained",
