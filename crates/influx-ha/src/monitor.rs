@@ -470,7 +470,7 @@ mod tests {
             name: "relay-2".into(),
             client: BackendClient::new(&config, timeouts).expect("client"),
         };
-        let loaded = load_reports(&file, &[peer.clone()]);
+        let loaded = load_reports(&file, std::slice::from_ref(&peer));
         assert_eq!(loaded.len(), 1, "only configured peers");
         assert_eq!(loaded["relay-2"], (report, received, false));
         std::fs::write(&file, b"{broken").expect("write");
