@@ -159,6 +159,15 @@ async fn read_request_body(
     }
 }
 
+/// What an answer to a statement says, for comparing backends: its status and whether it
+/// carries an error.
+fn verdict(held: &Held) -> (StatusCode, bool) {
+    (
+        held.status,
+        memchr::memmem::find(&held.body, b"\"error\"").is_some(),
+    )
+}
+
 /// Reads a whole answer (at most [`MAX_HELD_ANSWER`]) within `timeout`.
 async fn hold(resp: Response<hyper::body::Incoming>, timeout: Duration) -> Result<Held, String> {
     let (parts, body) = resp.into_parts();
@@ -544,14 +553,22 @@ impl Inner {
 
         let mut queued = Vec::new();
         let mut failed = Vec::new();
-        let mut first = None;
+        let mut first: Option<(usize, Held)> = None;
         for (i, o) in outcomes.into_iter().enumerate() {
             match o {
-                Some(Ok(held)) => {
-                    if first.is_none() {
-                        first = Some((i, held));
+                Some(Ok(held)) => match &first {
+                    None => first = Some((i, held)),
+                    Some((j, one)) if verdict(one) != verdict(&held) => {
+                        // Not fatal (a backend that lacks a database refuses a DELETE there),
+                        // but operators should know their schemas may now differ.
+                        tracing::error!(
+                            backend = self.name(i),
+                            other = self.name(*j),
+                            "backends answered a state-changing statement differently: they may now differ"
+                        );
                     }
-                }
+                    Some(_) => {}
+                },
                 Some(Err(Outcome::Queued)) => queued.push(self.name(i).to_owned()),
                 Some(Err(other)) => failed.push(format!("{}: {other:?}", self.name(i))),
                 None => failed.push(format!("{}: task failed", self.name(i))),
