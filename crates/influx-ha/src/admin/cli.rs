@@ -6,6 +6,10 @@
 //! there and the main port is free, the node is taken to be stopped and the data directory is
 //! worked on directly. A data directory is never touched while something listens on the
 //! node's port: two processes on one queue would corrupt it.
+//!
+//! When the node asks for credentials (`[auth]`), they come from the environment, never from
+//! the command line (where `ps` shows them): `INFLUX_HA_TOKEN`, or `INFLUX_HA_USERNAME` and
+//! `INFLUX_HA_PASSWORD`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -258,7 +262,9 @@ pub fn run(target: &Target, op: Operation) -> Result<Outcome, CliError> {
         };
         let api = Api::new(url.clone());
         match api.probe().await {
-            Ok(()) => online(&api, op).await,
+            Ok(Ok(())) => online(&api, op).await,
+            // Something answers there: a running node, never to be worked around.
+            Ok(Err(e)) => Err(e),
             Err(error) => {
                 let Some(config) = config.filter(|_| target.admin.is_none()) else {
                     return Err(CliError::Unreachable { url, error });
@@ -292,6 +298,26 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 struct Api {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// `Authorization` value from the environment, if any.
+    authorization: Option<http::HeaderValue>,
+}
+
+/// Credentials for a node with `[auth]` on, from the environment (see the module docs).
+fn authorization_from_env() -> Option<http::HeaderValue> {
+    let value = match (
+        std::env::var("INFLUX_HA_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        std::env::var("INFLUX_HA_USERNAME").ok(),
+        std::env::var("INFLUX_HA_PASSWORD").ok(),
+    ) {
+        (Some(token), _, _) => format!("Token {token}"),
+        (None, Some(user), Some(password)) => format!("Token {user}:{password}"),
+        _ => return None,
+    };
+    let mut header = http::HeaderValue::from_str(&value).ok()?;
+    header.set_sensitive(true);
+    Some(header)
 }
 
 impl Api {
@@ -301,6 +327,7 @@ impl Api {
         Self {
             base,
             client: Client::builder(TokioExecutor::new()).build(connector),
+            authorization: authorization_from_env(),
         }
     }
 
@@ -310,10 +337,14 @@ impl Api {
         path: &str,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), String> {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(http::header::USER_AGENT, "influx-ha-cli")
+            .header(http::header::USER_AGENT, "influx-ha-cli");
+        if let Some(auth) = &self.authorization {
+            req = req.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| format!("invalid URL {}{path}: {e}", self.base))?;
         let exchange = async {
@@ -340,18 +371,31 @@ impl Api {
             .map_err(|_| format!("no answer within {timeout:?}"))?
     }
 
-    /// Whether an influx-ha admin API answers (`/status` with our JSON).
-    async fn probe(&self) -> Result<(), String> {
+    /// Whether an influx-ha admin API answers (`/status` with our JSON). `Ok(Err)`: something
+    /// answers there, but not as it should (credentials needed, not influx-ha).
+    async fn probe(&self) -> Result<Result<(), CliError>, String> {
         let (status, body) = self.request(Method::GET, "/status", API_TIMEOUT).await?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let why = if self.authorization.is_some() {
+                "refused the credentials of INFLUX_HA_TOKEN or INFLUX_HA_USERNAME/INFLUX_HA_PASSWORD"
+            } else {
+                "asks for credentials: set INFLUX_HA_TOKEN, or INFLUX_HA_USERNAME and INFLUX_HA_PASSWORD"
+            };
+            return Ok(Err(CliError::Api(format!(
+                "the node at {} {why} ({status})",
+                self.base
+            ))));
+        }
         let looks_right = status.is_success()
             && serde_json::from_slice::<serde_json::Value>(&body)
                 .is_ok_and(|v| v.get("backends").is_some());
         if looks_right {
-            Ok(())
+            Ok(Ok(()))
         } else {
-            Err(format!(
-                "/status answered {status}, not an influx-ha status"
-            ))
+            Ok(Err(CliError::Api(format!(
+                "{}/status answered {status}, not an influx-ha status",
+                self.base
+            ))))
         }
     }
 

@@ -400,3 +400,232 @@ async fn dead_letters_are_listed_replayed_and_purged() {
     assert_eq!(v["records"], 1);
     assert_eq!(alpha.dead_letters().stats().depth_records, 0);
 }
+
+mod reload {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::admin::reload::{ReloadError, Reloader};
+    use crate::config::Config;
+    use crate::params::Consistency;
+    use crate::state::{BackendState, StateBoard};
+    use crate::write::Replicator;
+
+    fn text(dir: &std::path::Path, backends: &[(&str, &str)], extra: &str) -> String {
+        let mut t = format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n{extra}\n",
+            dir.join("data").display().to_string()
+        );
+        for (name, host) in backends {
+            t.push_str(&format!(
+                "[[backend]]\nname = \"{name}\"\nurl = \"http://{host}:1\"\n"
+            ));
+        }
+        t
+    }
+
+    #[tokio::test]
+    async fn adds_and_removes_backends_and_refuses_bad_configs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("influx-ha.toml");
+        let first = text(
+            dir.path(),
+            &[("alpha", "127.0.0.1"), ("beta", "127.0.0.2")],
+            "",
+        );
+        std::fs::write(&path, &first).expect("write");
+        let config = Config::from_toml(&first, "t").expect("valid");
+        let clients = crate::node::backend_clients(&config).expect("clients");
+        let replicator = Replicator::open(&config, &clients).expect("open");
+        let board = StateBoard::new(
+            clients
+                .iter()
+                .map(|c| BackendState::new(c.name(), c.url().to_string()))
+                .collect(),
+        );
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        let reloader = Reloader::new(
+            path.clone(),
+            config,
+            replicator.clone(),
+            Some(board.clone()),
+            stop.clone(),
+        );
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        reloader.on_reload(
+            "counter",
+            Box::new(move |_| {
+                s.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+        );
+        let changed = Arc::new(AtomicUsize::new(0));
+        let c = changed.clone();
+        reloader.on_backends_changed(Box::new(move |_, replicas| {
+            c.store(replicas.len(), Ordering::SeqCst);
+        }));
+        let names = |r: &Replicator| -> Vec<String> {
+            r.replicas().iter().map(|r| r.name().to_owned()).collect()
+        };
+
+        // A bad file changes nothing.
+        std::fs::write(&path, "data_dir = 3\n").expect("write");
+        let err = reloader.reload().await.expect_err("invalid");
+        assert!(matches!(err, ReloadError::Invalid(_)), "{err}");
+        assert_eq!(names(&replicator), ["alpha", "beta"]);
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+
+        // gamma added, beta removed, consistency and a listener changed.
+        let beta = replicator.replicas()[1].clone();
+        let second = text(
+            dir.path(),
+            &[("gamma", "127.0.0.3"), ("alpha", "127.0.0.1")],
+            "[write]\nconsistency = \"all\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        );
+        std::fs::write(&path, &second).expect("write");
+        let report = reloader.reload().await.expect("reloaded");
+        assert_eq!(report.added, ["gamma"]);
+        assert_eq!(report.removed, ["beta"]);
+        assert_eq!(report.restart_needed, ["[admin]"]);
+        assert_eq!(names(&replicator), ["gamma", "alpha"]);
+        assert_eq!(replicator.default_consistency(), Consistency::All);
+        let gamma = replicator.replicas()[0].clone();
+        assert!(
+            gamma
+                .diverged()
+                .expect("diverged")
+                .starts_with("newly added")
+        );
+        assert!(dir.path().join("data/gamma/diverged").exists());
+        let on_board: Vec<String> = board
+            .load()
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        assert_eq!(on_board, ["gamma", "alpha"]);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(changed.load(Ordering::SeqCst), 2);
+        assert!(
+            reloader.current().admin.is_none(),
+            "the running listener stays"
+        );
+
+        // beta is still held (here by the test, in real life by a write in flight): adding it
+        // back now would open its queue twice.
+        let third = text(
+            dir.path(),
+            &[
+                ("gamma", "127.0.0.3"),
+                ("alpha", "127.0.0.1"),
+                ("beta", "127.0.0.2"),
+            ],
+            "",
+        );
+        std::fs::write(&path, &third).expect("write");
+        let err = reloader.reload().await.expect_err("still closing");
+        assert!(
+            matches!(err, ReloadError::StillClosing(ref n) if n == "beta"),
+            "{err}"
+        );
+        drop(beta);
+        let report = reloader.reload().await.expect("reloaded");
+        assert_eq!(report.added, ["beta"]);
+
+        // A hook that refuses refuses the reload.
+        reloader.on_reload("tls", Box::new(|_| Err("cannot read cert.pem".to_owned())));
+        std::fs::write(&path, &first).expect("write");
+        let err = reloader.reload().await.expect_err("refused");
+        assert_eq!(err.to_string(), "tls: cannot read cert.pem");
+        assert_eq!(names(&replicator), ["gamma", "alpha", "beta"]);
+        let _ = stop.send(());
+    }
+}
+
+mod command_line {
+    use clap::Parser;
+
+    use crate::admin::cli::{BackendCommand, CliError, Operation, QueueCommand, Target, run};
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn operator_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "influx-ha",
+            "queue",
+            "drain",
+            "influx-a",
+            "--config",
+            "x.toml",
+            "--wait",
+            "5",
+        ])
+        .expect("valid");
+        let Command::Queue(q) = cli.command else {
+            panic!("queue command");
+        };
+        assert_eq!(
+            q.target.config.as_deref(),
+            Some(std::path::Path::new("x.toml"))
+        );
+        assert!(
+            matches!(q.command, QueueCommand::Drain { ref backend, wait: 5 } if backend == "influx-a")
+        );
+        let cli = Cli::try_parse_from([
+            "influx-ha",
+            "backend",
+            "maintenance",
+            "b",
+            "--admin",
+            "http://127.0.0.1:8093",
+        ])
+        .expect("valid");
+        assert!(matches!(cli.command, Command::Backend(ref b)
+            if matches!(b.command, BackendCommand::Maintenance { .. })
+            && b.target.admin.as_deref() == Some("http://127.0.0.1:8093")));
+        for ok in [
+            &["influx-ha", "queue", "list", "-c", "x"][..],
+            &["influx-ha", "queue", "inspect", "a", "--records", "-c", "x"],
+            &["influx-ha", "queue", "verify", "a", "-c", "x"],
+            &["influx-ha", "queue", "purge", "a", "--yes", "-c", "x"],
+            &[
+                "influx-ha",
+                "deadletter",
+                "list",
+                "--records",
+                "a",
+                "-c",
+                "x",
+            ],
+            &["influx-ha", "deadletter", "replay", "a", "-c", "x"],
+            &["influx-ha", "deadletter", "purge", "a", "--yes", "-c", "x"],
+            &["influx-ha", "backend", "resume", "a", "-c", "x"],
+        ] {
+            Cli::try_parse_from(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        assert!(
+            Cli::try_parse_from(["influx-ha", "queue", "drain"]).is_err(),
+            "backend required"
+        );
+    }
+
+    #[test]
+    fn purges_need_confirmation_and_a_target_is_required() {
+        let none = Target {
+            config: None,
+            admin: None,
+        };
+        let err = run(
+            &none,
+            Operation::Queue(QueueCommand::Purge {
+                backend: "a".into(),
+                yes: false,
+            }),
+        )
+        .expect_err("not confirmed");
+        assert!(matches!(err, CliError::NotConfirmed(_)), "{err}");
+        let err = run(&none, Operation::Queue(QueueCommand::List)).expect_err("no target");
+        assert!(matches!(err, CliError::NoTarget), "{err}");
+    }
+}
