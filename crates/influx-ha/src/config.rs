@@ -20,7 +20,8 @@
 //! # body_read_timeout = "60s"
 //! # drain_timeout = "30s"            # SIGTERM: time given to in-flight requests
 //!
-//! [admin]                             # optional
+//! [admin]                             # optional: /, /status, /metrics, /admin/v1/… here
+//!                                     # (without it they are on the main listener)
 //! bind = "127.0.0.1:8093"
 //!
 //! [[udp]]                             # any number; one datagram = a batch of lines

@@ -97,14 +97,15 @@ pub fn render(s: &NodeStatus) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>influx-ha: {}</title><style>{STYLE}</style></head><body>\n",
-        escape(if s.summary.ok {
+         <title>influx-ha {}: {}</title><style>{STYLE}</style></head><body>\n",
+        escape(&s.node_name),
+        if s.summary.ok {
             "all in sync"
         } else {
             "attention"
-        })
+        }
     );
-    let _ = writeln!(h, "<h1>influx-ha</h1>");
+    let _ = writeln!(h, "<h1>influx-ha {}</h1>", escape(&s.node_name));
     let class = if s.summary.ok { "ok" } else { "bad" };
     let _ = write!(h, "<div id=\"summary\" class=\"summary {class}\">");
     if s.summary.problems.is_empty() {

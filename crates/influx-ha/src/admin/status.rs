@@ -47,6 +47,8 @@ pub struct Sources {
 pub struct NodeStatus {
     /// Version of influx-ha.
     pub version: &'static str,
+    /// This relay's name (`node_name`).
+    pub node_name: String,
     /// When the process started, Unix seconds.
     pub started_at: u64,
     /// Seconds since then.
@@ -505,6 +507,7 @@ pub fn collect(
     let summary = summarize(&backends, &health, &listener_list);
     NodeStatus {
         version: env!("CARGO_PKG_VERSION"),
+        node_name: sources.node_name.clone(),
         started_at: unix_secs(sources.started),
         uptime_seconds: now
             .duration_since(sources.started)

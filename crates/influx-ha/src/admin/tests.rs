@@ -80,6 +80,7 @@ async fn status_json_shows_queued_backends_and_why() {
     assert_eq!(headers["content-type"], "application/json");
     let v = json(&body);
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["node_name"], "node-1");
     assert!(v["uptime_seconds"].as_u64().expect("uptime") >= 90);
     assert_eq!(v["backends"][0]["name"], "alpha");
     assert_eq!(v["backends"][0]["sync"], "in_sync");
@@ -219,6 +220,7 @@ async fn page_shows_every_backend_with_its_state_and_escapes() {
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     assert!(page.contains("<meta http-equiv=\"refresh\""), "{page}");
+    assert!(page.contains("<h1>influx-ha node-1</h1>"), "{page}");
     assert!(page.contains("data-backend=\"alpha\""));
     assert!(page.contains("data-backend=\"beta\""));
     assert!(page.contains("in sync"));
