@@ -11,7 +11,7 @@
 //! read as a comment, a backslash before a character that line protocol escapes (the parser
 //! would take it as an escape), NaN and infinities.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 /// Why a converted point cannot be written as line protocol.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -128,10 +128,8 @@ pub fn write_point(
     out.push(b'=');
     push_float(out, value);
     out.push(b' ');
-    let mut ts = String::with_capacity(20);
-    let _ = write!(ts, "{unix_nanos}");
-    out.extend_from_slice(ts.as_bytes());
-    out.push(b'\n');
+    // Writing into a Vec cannot fail.
+    let _ = writeln!(out, "{unix_nanos}");
     Ok(())
 }
 
@@ -139,9 +137,8 @@ pub fn write_point(
 /// round-tripping form, with an exponent for very large or small values), never an integer
 /// literal: `1` would be read as a float anyway, since there is no `i` suffix.
 pub fn push_float(out: &mut Vec<u8>, value: f64) {
-    let mut s = String::with_capacity(24);
-    let _ = write!(s, "{value:?}");
-    out.extend_from_slice(s.as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{value:?}");
 }
 
 /// Now, in nanoseconds since the Unix epoch (what a point without a timestamp gets).

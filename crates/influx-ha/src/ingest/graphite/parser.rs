@@ -19,6 +19,8 @@
 //!   infinity is an error. The timestamp is in seconds, fractions allowed; absent or `-1`
 //!   means now; outside 1901-12-13..2038-01-19 it is refused.
 
+use std::borrow::Cow;
+
 use crate::ingest::points::{Unwritable, write_point};
 
 /// 1.6's default separator for joined parts.
@@ -63,7 +65,7 @@ pub enum Parsed {
 }
 
 /// What a template makes of a path: measurement, tags, field (empty: none).
-type Applied = (String, Vec<(String, String)>, String);
+type Applied<'a> = (Cow<'a, str>, Vec<(&'a str, Cow<'a, str>)>, Cow<'a, str>);
 
 /// One pattern with its own tags.
 #[derive(Debug, Clone)]
@@ -71,6 +73,8 @@ struct Template {
     parts: Vec<String>,
     tags: Vec<(String, String)>,
     separator: String,
+    /// Both `measurement*` and `field*`: every path it matches is refused (as 1.6 does).
+    wildcards_clash: bool,
 }
 
 impl Template {
@@ -85,10 +89,13 @@ impl Template {
                 "no measurement specified for template {pattern:?}"
             )));
         }
+        let wildcards_clash =
+            parts.iter().any(|p| p == "measurement*") && parts.iter().any(|p| p == "field*");
         Ok(Self {
             parts,
             tags,
             separator: separator.to_owned(),
+            wildcards_clash,
         })
     }
 
@@ -98,63 +105,72 @@ impl Template {
             parts: vec!["measurement*".to_owned()],
             tags: Vec::new(),
             separator: DEFAULT_SEPARATOR.to_owned(),
+            wildcards_clash: false,
         }
     }
 
-    /// Measurement, tags and field from `path`.
-    fn apply(&self, path: &str) -> Result<Applied, LineError> {
-        let fields: Vec<&str> = path.split('.').collect();
-        let mut tags: Vec<(String, Vec<&str>)> = Vec::new();
-        fn push<'a>(tags: &mut Vec<(String, Vec<&'a str>)>, key: &str, value: &'a str) {
-            match tags.iter_mut().find(|(k, _)| k == key) {
-                Some((_, values)) => values.push(value),
-                None => tags.push((key.to_owned(), vec![value])),
+    /// Measurement, tags and field from the parts of a path. Borrowed where a single part
+    /// is the whole answer (the common case), joined with the separator where several are.
+    fn apply<'a>(&'a self, path: &str, fields: &[&'a str]) -> Result<Applied<'a>, LineError> {
+        let mut tags: Vec<(&'a str, Cow<'a, str>)> = Vec::with_capacity(self.parts.len() + 4);
+        let separator = self.separator.as_str();
+        let mut push = |key: &'a str, value: &'a str| match tags.iter_mut().find(|(k, _)| *k == key)
+        {
+            Some((_, joined)) => {
+                let j = joined.to_mut();
+                j.push_str(separator);
+                j.push_str(value);
             }
-        }
+            None => tags.push((key, Cow::Borrowed(value))),
+        };
         for (k, v) in &self.tags {
-            push(&mut tags, k, v);
+            push(k, v);
         }
-        let measurement_wildcard = self.parts.iter().any(|p| p == "measurement*");
-        let field_wildcard = self.parts.iter().any(|p| p == "field*");
-        if measurement_wildcard && field_wildcard {
+        if self.wildcards_clash {
             return Err(LineError::Template(format!(
                 "either 'field*' or 'measurement*' can be used in each template (but not both together): {:?}",
-                self.parts.join(&self.separator)
+                self.parts.join(separator)
             )));
         }
-        let mut measurement: Vec<&str> = Vec::new();
-        let mut field = String::new();
+        let mut measurement: Option<Cow<'a, str>> = None;
+        let mut join_measurement = |value: &'a str| match &mut measurement {
+            None => measurement = Some(Cow::Borrowed(value)),
+            Some(m) => {
+                let m = m.to_mut();
+                m.push_str(separator);
+                m.push_str(value);
+            }
+        };
+        let mut field: Cow<'a, str> = Cow::Borrowed("");
         for (i, part) in self.parts.iter().enumerate() {
             let Some(&value) = fields.get(i) else {
                 continue;
             };
             match part.as_str() {
-                "measurement" => measurement.push(value),
+                "measurement" => join_measurement(value),
                 "field" => {
                     if !field.is_empty() {
                         return Err(LineError::Template(format!(
                             "'field' can only be used once in each template: {path:?}"
                         )));
                     }
-                    field = value.to_owned();
+                    field = Cow::Borrowed(value);
                 }
                 "field*" => {
-                    field = fields[i..].join(&self.separator);
+                    field = Cow::Owned(fields[i..].join(separator));
                     break;
                 }
                 "measurement*" => {
-                    measurement.extend_from_slice(&fields[i..]);
+                    for &v in &fields[i..] {
+                        join_measurement(v);
+                    }
                     break;
                 }
                 "" => {}
-                tag => push(&mut tags, tag, value),
+                tag => push(tag, value),
             }
         }
-        let tags = tags
-            .into_iter()
-            .map(|(k, values)| (k, values.join(&self.separator)))
-            .collect();
-        Ok((measurement.join(&self.separator), tags, field))
+        Ok((measurement.unwrap_or_default(), tags, field))
     }
 }
 
@@ -351,14 +367,14 @@ impl GraphiteParser {
             return Err(LineError::Fields(line.to_owned()));
         }
         let path = fields[0];
-        let index = self
-            .root
-            .search(&path.split('.').collect::<Vec<_>>())
-            .unwrap_or(self.default);
-        let (mut measurement, mut tags, field) = self.templates[index].apply(path)?;
-        if measurement.is_empty() {
-            path.clone_into(&mut measurement);
-        }
+        let parts: Vec<&str> = path.split('.').collect();
+        let index = self.root.search(&parts).unwrap_or(self.default);
+        let (measurement, mut tags, field) = self.templates[index].apply(path, &parts)?;
+        let measurement = if measurement.is_empty() {
+            path
+        } else {
+            &measurement
+        };
         let value: f64 = fields[1].parse().map_err(|_| LineError::Value {
             name: path.to_owned(),
             value: fields[1].to_owned(),
@@ -384,13 +400,12 @@ impl GraphiteParser {
         }
         for (k, v) in &self.tags {
             if !tags.iter().any(|(key, _)| key == k) {
-                tags.push((k.clone(), v.clone()));
+                tags.push((k, Cow::Borrowed(v)));
             }
         }
-        let mut refs: Vec<(&str, &str)> =
-            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut refs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_ref())).collect();
         let field = if field.is_empty() { "value" } else { &field };
-        write_point(out, &measurement, &mut refs, field, value, nanos)?;
+        write_point(out, measurement, &mut refs, field, value, nanos)?;
         Ok(Parsed::Point)
     }
 }
