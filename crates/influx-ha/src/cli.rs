@@ -62,6 +62,61 @@ pub enum Command {
     Deadletter(crate::admin::cli::DeadletterArgs),
     /// Backend maintenance: queue every write for it and serve no reads from it, or resume.
     Backend(crate::admin::cli::BackendArgs),
+    /// Compare the backends' data without reading it all: counts per database, retention
+    /// policy, measurement and shard-group window, then per series where they differ.
+    ///
+    /// Prints the schema differences and a table of the differing windows. Exit status: 0 the
+    /// backends match, 1 they differ, 2 verify could not run. Safe on a running cluster: small
+    /// aggregate queries, paced by --rate.
+    Verify(VerifyArgs),
+    /// Copy what differs (verify's pieces) from the most complete backend to the others, with
+    /// the schema (databases, retention policies, continuous queries); verify again; clear the
+    /// backends' diverged flags when everything matches.
+    ///
+    /// Idempotent: stopped at any point, it is simply run again. Exit status as verify's,
+    /// for the state after the repair.
+    Repair(RepairArgs),
+}
+
+/// What `verify` compares and how gently.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The node's config: backends, their service credentials, data_dir.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this database (default: every database but _internal).
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Only data from this time on: RFC 3339 (2024-05-01T00:00:00Z), a date, a duration
+    /// before now (7d) or nanoseconds since the epoch.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only data before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// At most this many requests a second, over every backend (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub rate: u32,
+    /// Deadline of one request to a backend, e.g. 60s.
+    #[arg(long, value_name = "DURATION", default_value = "120s")]
+    pub timeout: String,
+}
+
+/// What `repair` does besides verify's arguments.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// What to compare.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// Points read per SELECT.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    pub chunk: usize,
+    /// Verify-and-copy rounds at most.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub passes: u32,
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// Options of `hash-password`.

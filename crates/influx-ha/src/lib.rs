@@ -48,6 +48,8 @@
 //! - **Admin surface** ([`admin`]): status page, `/status`, `/metrics`, admin API on the
 //!   `[admin]` listener ([`http::Surface::Admin`]) or on the main one, through the same seam;
 //!   `/ping` and `/health` are served on both.
+//! - **Healing** ([`repair`]): `influx-ha verify` and `influx-ha repair` compare the backends
+//!   with aggregates and copy back only what differs; they clear the diverged flag.
 //!
 //! Tools: [`bench`](mod@bench) is `influx-ha bench`, the load generator and convergence check.
 #![forbid(unsafe_code)]
@@ -67,6 +69,7 @@ pub mod node;
 pub mod params;
 pub mod peers;
 pub mod query;
+pub mod repair;
 pub mod server;
 pub mod shutdown;
 pub mod state;

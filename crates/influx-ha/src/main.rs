@@ -23,6 +23,34 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
+/// Exit status of verify and repair when verify could not run (1 means "backends differ").
+const EXIT_TROUBLE: u8 = 2;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs verify or repair: 0 the backends match, 1 they differ, 2 it could not run.
+fn heal(
+    config: &std::path::Path,
+    job: impl AsyncFnOnce(Config) -> Result<bool, influx_ha::repair::RepairError>,
+) -> ExitCode {
+    let outcome = Config::load(config)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| Ok(runtime()?.block_on(job(c))?));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("influx-ha: {e:#}");
+            ExitCode::from(EXIT_TROUBLE)
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(arg) => {
@@ -88,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Verify(_) | Command::Repair(_) => Ok(()),
     }
 }
 
@@ -106,10 +135,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Operator commands print their result; their logs would only repeat it.
     let level = match cli.command {
-        Command::Queue(_) | Command::Deadletter(_) | Command::Backend(_) => "warn",
+        Command::Queue(_)
+        | Command::Deadletter(_)
+        | Command::Backend(_)
+        | Command::Verify(_)
+        | Command::Repair(_) => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, level);
+    match &cli.command {
+        Command::Verify(args) => {
+            return heal(&args.config.config, async |c| {
+                influx_ha::repair::command::verify_command(&c, args).await
+            });
+        }
+        Command::Repair(args) => {
+            return heal(&args.verify.config.config, async |c| {
+                influx_ha::repair::command::repair_command(&c, args).await
+            });
+        }
+        _ => {}
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

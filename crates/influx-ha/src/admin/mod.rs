@@ -20,6 +20,7 @@
 //! | `/admin/v1/deadletter/NAME/purge` | POST | drop them |
 //! | `/admin/v1/backend/NAME/maintenance` | POST | queue everything for it, serve no reads |
 //! | `/admin/v1/backend/NAME/resume` | POST | end maintenance: its queue drains |
+//! | `/admin/v1/backend/NAME/clear-diverged` | POST | `?verified_from=` Unix ms: a verify begun then found it identical (409 if data was dropped since) |
 //!
 //! `/ping` and `/health` are answered by the HTTP service itself, on both listeners.
 //! Errors are JSON `{"error": "…"}` with 400, 404, 405, 409 or 500.
@@ -180,6 +181,19 @@ impl AdminHandler {
         }
     }
 
+    /// Copies a replica's diverged flag to the state board at once, so the read path serves
+    /// from it again as soon as verify found it identical.
+    fn publish_diverged(&self, r: &Replica) {
+        if let Some(board) = &self.inner.sources.board {
+            let (name, why) = (r.name().to_owned(), r.diverged());
+            board.update(|s| {
+                if let Some(b) = s.backends.iter_mut().find(|b| b.name == name) {
+                    b.diverged = why.clone();
+                }
+            });
+        }
+    }
+
     async fn answer(self, req: Request<HandlerBody>) -> Response<ResponseBody> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -307,6 +321,23 @@ impl AdminHandler {
                     self.publish_maintenance(r);
                     Ok(json(StatusCode::OK, &d))
                 })
+            }
+            ["backend", name, "clear-diverged"] if post => {
+                match params
+                    .non_empty("verified_from")
+                    .map(|v| v.parse::<u64>())
+                {
+                    Some(Ok(from)) => ops::find(&replicas, name).and_then(|r| {
+                        let d = ops::clear_diverged(r, from)?;
+                        self.publish_diverged(r);
+                        Ok(json(StatusCode::OK, &d))
+                    }),
+                    _ => Err(ops::OpError {
+                        status: 400,
+                        message: "verified_from (Unix milliseconds when the verify began) is required"
+                            .to_owned(),
+                    }),
+                }
             }
             ["queue" | "deadletter"] | ["queue" | "deadletter", _] | [_, _, "records"] => {
                 Ok(method_not_allowed("GET, HEAD"))

@@ -274,6 +274,25 @@ impl BackendClient {
         .await
     }
 
+    /// `POST /query?epoch=ns` with `q` (and `db` when given) form-encoded: for reads whose
+    /// timestamps must come back exactly, as integers of nanoseconds (verify and repair).
+    pub async fn select(&self, q: &str, db: Option<&str>) -> Result<BackendAnswer, SendError> {
+        let mut form = String::with_capacity(q.len() + 16);
+        form.push_str("q=");
+        encode_component(q, &mut form);
+        if let Some(db) = db {
+            form.push_str("&db=");
+            encode_component(db, &mut form);
+        }
+        self.send(
+            Method::POST,
+            "/query?epoch=ns",
+            Some("application/x-www-form-urlencoded"),
+            Bytes::from(form),
+        )
+        .await
+    }
+
     /// `GET /ping`: 204 when the backend is up.
     pub async fn ping(&self) -> Result<BackendAnswer, SendError> {
         self.send(Method::GET, "/ping", None, Bytes::new()).await

@@ -54,7 +54,13 @@ pub struct OpenError {
 
 /// The queue options of `[queue]`.
 pub fn queue_options(q: &QueueConfig) -> handoff::Options {
+    let defaults = handoff::Options::default();
     handoff::Options {
+        // A record never spans segments: small segments cap the record size (a larger write
+        // is refused by the queue, and its backend marked diverged).
+        max_record_bytes: defaults
+            .max_record_bytes
+            .min(q.segment_bytes.saturating_sub(16)),
         segment_bytes: q.segment_bytes,
         max_bytes: q.max_bytes,
         max_age: Some(q.max_age),
@@ -64,7 +70,7 @@ pub fn queue_options(q: &QueueConfig) -> handoff::Options {
             FsyncPolicy::Interval(d) => handoff::FsyncPolicy::Interval(d),
             FsyncPolicy::Never => handoff::FsyncPolicy::Never,
         },
-        ..handoff::Options::default()
+        ..defaults
     }
 }
 

@@ -72,6 +72,9 @@ pub struct Replica {
     mode: Mutex<Mode>,
     /// Why this backend may miss data (persisted in `dir/diverged`); `None` when in sync.
     diverged: Mutex<Option<String>>,
+    /// When data was last dropped for this backend (Unix ms; 0: not since the start): a
+    /// verify that began before it cannot clear the flag.
+    diverged_marked_ms: AtomicU64,
     /// The last delivery problem, for operators.
     last_error: Mutex<Option<String>>,
     /// Operator maintenance (persisted in `dir/maintenance`): every write is queued and the
@@ -169,7 +172,7 @@ impl Replica {
             .map(|s| s.trim().to_owned());
         let maintenance = dir.join(MAINTENANCE_FILE).exists();
         let queueing = queue.has_pending() || maintenance;
-        Ok(Replica {
+        let replica = Replica {
             client,
             peers,
             queue,
@@ -180,6 +183,7 @@ impl Replica {
                 appends_in_flight: 0,
             }),
             diverged: Mutex::new(diverged),
+            diverged_marked_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             maintenance: AtomicBool::new(maintenance),
             kick: Notify::new(),
@@ -187,7 +191,13 @@ impl Replica {
             link: AtomicU8::new(0),
             link_since_ms: AtomicU64::new(now_ms()),
             counters: Counters::default(),
-        })
+        };
+        // Records found corrupt or expired while opening are gone: the replay would notice
+        // only once new data arrives.
+        if replica.queue.take_dropped() {
+            replica.mark_diverged("its queue dropped records at start (corrupt or expired)");
+        }
+        Ok(replica)
     }
 
     pub fn name(&self) -> &str {
@@ -224,6 +234,7 @@ impl Replica {
     /// repair clear it.
     pub fn mark_diverged(&self, reason: &str) {
         let mut d = lock(&self.diverged);
+        self.diverged_marked_ms.store(now_ms(), Ordering::SeqCst);
         if d.is_none() {
             tracing::error!(
                 backend = self.name(),
@@ -235,6 +246,34 @@ impl Replica {
             }
             *d = Some(reason.to_owned());
         }
+    }
+
+    /// Clears the diverged flag (and its file) after a verify that began at `verified_from_ms`
+    /// (Unix ms) found this backend identical to the others. Refused when data was dropped
+    /// for it since then, which that verify could not see. Returns the reason it had.
+    pub fn clear_diverged(&self, verified_from_ms: u64) -> Result<Option<String>, String> {
+        let mut d = lock(&self.diverged);
+        let marked = self.diverged_marked_ms.load(Ordering::SeqCst);
+        if marked > verified_from_ms {
+            return Err(format!(
+                "data was dropped for {} after the verify began; verify again",
+                self.name()
+            ));
+        }
+        match std::fs::remove_file(self.dir.join(DIVERGED_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove the diverged flag: {e}")),
+        }
+        let was = d.take();
+        if let Some(why) = &was {
+            tracing::info!(
+                backend = self.name(),
+                was = %why,
+                "verified identical to the other backends: no longer diverged"
+            );
+        }
+        Ok(was)
     }
 
     fn note_error(&self, error: String) {

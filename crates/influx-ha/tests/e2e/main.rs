@@ -12,6 +12,7 @@ mod protocols;
 mod proxy;
 mod query;
 mod relay;
+mod repair;
 mod replication;
 mod security;
 mod support;

@@ -144,6 +144,11 @@ impl Relay {
         assert!(status.success(), "kill -{signal}");
     }
 
+    /// The relay's `data_dir` (queues and flags, one folder per backend `influx-<i>`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The temporary directory: config, `relay.log` and `data/` (the queues).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

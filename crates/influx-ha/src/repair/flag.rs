@@ -1,0 +1,95 @@
+//! Clearing a backend's diverged flag once verify found it identical: through the admin API
+//! of the node when it runs (`POST /admin/v1/backend/NAME/clear-diverged`, which refuses if
+//! data was dropped after the verify began), or by removing `data_dir/NAME/diverged` when the
+//! node is stopped.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::RepairError;
+use crate::config::{BackendConfig, Config};
+use crate::http::query::encode_component;
+use crate::write::replica::DIVERGED_FILE;
+
+/// How long the node gets to answer.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the node's admin API answers: `[admin] bind`, else the main listener; a wildcard
+/// address is reached on loopback.
+pub fn admin_addr(config: &Config) -> SocketAddr {
+    let mut addr = config.admin.as_ref().map_or(config.http.bind, |a| a.bind);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    addr
+}
+
+/// Clears `backend`'s diverged flag on the node of `config`, after a verify that began at
+/// `verified_from_ms` (Unix ms) found the backends identical. Returns what was done, in words.
+pub async fn clear(
+    config: &Config,
+    backend: &BackendConfig,
+    verified_from_ms: u64,
+) -> Result<String, RepairError> {
+    let addr = admin_addr(config);
+    let mut path = String::from("/admin/v1/backend/");
+    encode_component(&backend.name, &mut path);
+    let uri = format!("http://{addr}{path}/clear-diverged?verified_from={verified_from_ms}");
+    let failed = |message: String| RepairError::Flag {
+        backend: backend.name.clone(),
+        message,
+    };
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(&uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| failed(e.to_string()))?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let sent = tokio::time::timeout(TIMEOUT, client.request(req)).await;
+    match sent {
+        Err(_) => Err(failed(format!("the node at {addr} did not answer within {TIMEOUT:?}"))),
+        Ok(Err(e)) if e.is_connect() => {
+            // No node running with this config: the flag file is ours to remove.
+            let file = config.queue_dir(backend).join(DIVERGED_FILE);
+            match std::fs::remove_file(&file) {
+                Ok(()) => Ok(format!(
+                    "{}: no node answers at {addr}; removed {}",
+                    backend.name,
+                    file.display()
+                )),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(format!("{}: not diverged", backend.name))
+                }
+                Err(e) => Err(failed(format!("cannot remove {}: {e}", file.display()))),
+            }
+        }
+        Ok(Err(e)) => Err(failed(format!("admin API at {addr}: {e}"))),
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+                .await
+                .map_err(|_| failed("the answer did not arrive".to_owned()))?
+                .map_err(|e| failed(e.to_string()))?
+                .to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if status.is_success() {
+                let message = json["message"].as_str().unwrap_or("cleared");
+                Ok(format!("node at {addr}: {message}"))
+            } else {
+                let message = json["error"]
+                    .as_str()
+                    .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_owned);
+                Err(failed(format!("node at {addr} answered {status}: {message}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! InfluxQL text and InfluxDB `/query` answers, as verify and repair need them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub use crate::write::schema::quote_ident;
+
+/// Quotes an InfluxQL string literal (`'…'`, with `\` and `'` escaped).
+pub fn quote_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// `"db"."rp"."measurement"`.
+pub fn qualified(db: &str, rp: &str, measurement: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        quote_ident(db),
+        quote_ident(rp),
+        quote_ident(measurement)
+    )
+}
+
+/// A `WHERE` condition that selects exactly one series: every tag key the measurement has,
+/// equal to the series' value, or to `''` for the keys the series lacks (InfluxDB 1.x reads
+/// `tag = ''` as "has no such tag"). `tags` holds every key, as `GROUP BY *` reports them.
+pub fn series_condition(tags: &BTreeMap<String, String>) -> Option<String> {
+    let parts: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| format!("{} = {}", quote_ident(k), quote_string(v)))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" AND "))
+}
+
+/// One series of an answer.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Series {
+    /// Measurement (or `databases`, `measurements` … for SHOW statements).
+    #[serde(default)]
+    pub name: String,
+    /// Tags of the series (`GROUP BY`); an empty value means the series lacks the tag.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Column names; `time` first for SELECT.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Rows, one value per column (`null` where a point has no such field).
+    #[serde(default)]
+    pub values: Vec<Vec<serde_json::Value>>,
+}
+
+impl Series {
+    /// Index of column `name`.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == name)
+    }
+
+    /// The text values of column `name` (SHOW statements).
+    pub fn texts(&self, name: &str) -> Vec<String> {
+        let Some(i) = self.column(name) else {
+            return Vec::new();
+        };
+        self.values
+            .iter()
+            .filter_map(|row| row.get(i).and_then(|v| v.as_str()).map(str::to_owned))
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Answer {
+    #[serde(default)]
+    results: Vec<StatementResult>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatementResult {
+    #[serde(default)]
+    series: Vec<Series>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// The series of the first statement of an answer, or the error InfluxDB gave.
+pub fn parse_answer(body: &[u8]) -> Result<Vec<Series>, String> {
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))?;
+    if let Some(e) = answer.error {
+        return Err(e);
+    }
+    let Some(first) = answer.results.into_iter().next() else {
+        return Ok(Vec::new());
+    };
+    if let Some(e) = first.error {
+        return Err(e);
+    }
+    Ok(first.series)
+}

@@ -1,0 +1,248 @@
+//! `influx-ha verify` and `influx-ha repair` against real InfluxDB: a backend that lost data
+//! (its queue overflowed while it was down) is marked diverged, found, repaired to exactly the
+//! same points (field types included) and cleared; a repair killed midway and run again ends
+//! identical; verify of identical backends sends few queries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use testkit::Influxd;
+
+use crate::relay::Relay;
+use crate::support::{CONVERGE, TS, count, dump, serial, wait_until};
+
+/// Points `range` of measurement `disk use` with every field type and names that need
+/// escaping: integers, floats that are whole numbers, strings with quotes and backslashes,
+/// booleans; 10 series.
+fn typed_points(range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut body = String::new();
+    for i in range {
+        body.push_str(&format!(
+            "disk\\ use,host=h{},mount=/a\\,b\\=c free={i}i,ratio={},label=\"say \\\"{i}\\\" \\\\ ok\",ok={} {}\n",
+            i % 10,
+            i % 7,
+            i % 2 == 0,
+            TS + i * 1000
+        ));
+    }
+    body.into_bytes()
+}
+
+/// `count(free)` of the typed points.
+fn typed_count(influxd: &Influxd) -> u64 {
+    count(influxd, "db", "free", "\"disk use\"")
+}
+
+fn field_keys(influxd: &Influxd) -> String {
+    influxd.query("db", "SHOW FIELD KEYS")
+}
+
+/// Runs `influx-ha <args>` to completion.
+fn influx_ha(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run influx-ha")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A config for verify/repair over `backends` (no node runs with it).
+fn config_for(dir: &Path, backends: &[&Influxd]) -> PathBuf {
+    let port = testkit::free_port().expect("free port");
+    let mut text = format!(
+        "data_dir = {:?}\n\n[http]\nbind = \"127.0.0.1:{port}\"\n\n",
+        dir.join("data")
+    );
+    for (i, b) in backends.iter().enumerate() {
+        text.push_str(&format!(
+            "[[backend]]\nname = \"influx-{i}\"\nurl = \"{}\"\n\n",
+            b.url()
+        ));
+    }
+    let path = dir.join("influx-ha.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The relay's admin view of one backend's queue entry.
+fn queue_entry(relay: &mut Relay, backend: &str) -> serde_json::Value {
+    let r = relay.get("/admin/v1/queue").expect("admin API answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list: serde_json::Value = serde_json::from_str(&r.text()).expect("JSON");
+    list.as_array()
+        .and_then(|l| l.iter().find(|e| e["backend"] == backend).cloned())
+        .unwrap_or_else(|| panic!("no queue entry for {backend} in {list}"))
+}
+
+#[test]
+fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical() {
+    let _serial = serial();
+    let (a, mut b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    // A queue that holds a few batches only.
+    let mut relay = Relay::start(
+        &[&a, &b],
+        "[queue]\nmax_bytes = \"8KiB\"\nsegment_bytes = \"4KiB\"\n",
+    );
+    let flag = relay.data_dir().join("influx-1").join("diverged");
+    let write = |relay: &mut Relay, from: u64, to: u64| {
+        for n in from..to {
+            let r = relay.write("db=db", &typed_points(n * 50..(n + 1) * 50));
+            assert_eq!(r.status, 204, "batch {n}: {}\n{}", r.text(), relay.log());
+        }
+    };
+    write(&mut relay, 0, 4);
+    b.kill();
+    write(&mut relay, 4, 24);
+    b.restart();
+    write(&mut relay, 24, 28);
+    let total = 28 * 50;
+
+    // What fitted in the queue is delivered; the rest is gone and the flag says so.
+    wait_until("the queue of influx-1 drained", CONVERGE, || {
+        queue_entry(&mut relay, "influx-1")["queue"]["records"] == 0
+    });
+    let entry = queue_entry(&mut relay, "influx-1");
+    let why = entry["diverged"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("queue"), "{entry}");
+    assert!(flag.exists(), "{}", flag.display());
+    assert_eq!(queue_entry(&mut relay, "influx-0")["diverged"], serde_json::Value::Null);
+    assert_eq!(typed_count(&a), total);
+    let before = typed_count(&b);
+    assert!(before < total, "influx-1 holds {before} of {total}");
+
+    let config = relay.config_path().to_str().expect("utf-8 path").to_owned();
+    let out = influx_ha(&["verify", "--config", &config, "--rate", "0"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("backends differ"), "{report}");
+    assert!(report.contains("disk use"), "{report}");
+    assert!(flag.exists(), "verify alone leaves a differing backend diverged");
+
+    let out = influx_ha(&["repair", "--config", &config, "--rate", "0", "--chunk", "64"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("backends match"), "{report}");
+    assert!(report.contains("no longer diverged"), "{report}");
+
+    assert_eq!(typed_count(&b), total);
+    assert_eq!(dump(&a, "db"), dump(&b, "db"));
+    // Integers stay integers, whole floats stay floats.
+    let keys = field_keys(&b);
+    assert_eq!(field_keys(&a), keys);
+    for expected in [
+        r#"["free","integer"]"#,
+        r#"["ratio","float"]"#,
+        r#"["label","string"]"#,
+        r#"["ok","boolean"]"#,
+    ] {
+        assert!(keys.contains(expected), "{expected} in {keys}");
+    }
+    // Cleared through the running node's admin API: state and file.
+    assert!(!flag.exists(), "{}", flag.display());
+    assert_eq!(queue_entry(&mut relay, "influx-1")["diverged"], serde_json::Value::Null);
+    assert!(relay.log().contains("no longer diverged"), "{}", relay.log());
+}
+
+#[test]
+fn a_repair_killed_midway_and_run_again_ends_identical() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    // A backend with an empty disk: the database, its data and a retention policy are missing.
+    a.create_database("db");
+    let created = a.query(
+        "db",
+        "CREATE RETENTION POLICY \"short\" ON \"db\" DURATION 30000d REPLICATION 1 SHARD DURATION 2h",
+    );
+    assert!(!created.contains("error"), "{created}");
+    let total = 4000;
+    for n in 0..total / 500 {
+        let (status, body) = a.write("db", "n", typed_points(n * 500..(n + 1) * 500));
+        assert_eq!(status, 204, "{body}");
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config_for(dir.path(), &[&a, &b]);
+    let config = config.to_str().expect("utf-8 path");
+
+    // Slow on purpose (4 requests a second, 100 points each) so that it is killed midway.
+    let mut repair: Child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .args(["repair", "--config", config, "--rate", "4", "--chunk", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start repair");
+    wait_until("the first copied points on influx-1", CONVERGE, || {
+        b.query("", "SHOW DATABASES").contains("\"db\"") && typed_count(&b) > 0
+    });
+    repair.kill().expect("kill -9 the repair");
+    let status = repair.wait().expect("reap the repair");
+    assert!(!status.success(), "the repair was killed, not finished");
+    let partial = typed_count(&b);
+    assert!(partial < total, "{partial} of {total} copied before the kill");
+
+    let out = influx_ha(&["repair", "--config", config, "--rate", "0"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(typed_count(&b), total);
+    assert_eq!(dump(&a, "db"), dump(&b, "db"));
+    assert_eq!(field_keys(&a), field_keys(&b));
+    let rps = b.query("db", "SHOW RETENTION POLICIES ON \"db\"");
+    assert!(rps.contains(r#"["short","720000h0m0s","2h0m0s",1,false]"#), "{rps}");
+
+    let out = influx_ha(&["verify", "--config", config]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn verify_of_identical_backends_reports_no_difference_and_reads_little() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for db in ["db", "other"] {
+        a.create_database(db);
+        b.create_database(db);
+    }
+    for n in 0..10 {
+        let body = typed_points(n * 500..(n + 1) * 500);
+        for i in [&a, &b] {
+            assert_eq!(i.write("db", "n", &body).0, 204);
+            assert_eq!(i.write("other", "n", crate::support::points(n * 500..(n + 1) * 500)).0, 204);
+        }
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config_for(dir.path(), &[&a, &b]);
+    let out = influx_ha(&["verify", "--config", config.to_str().expect("utf-8 path")]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("backends match"), "{report}");
+    assert!(report.contains(" 0 differ, 0 schema differences"), "{report}");
+    // Per backend: SHOW DATABASES, SHOW CONTINUOUS QUERIES, and per database its retention
+    // policies and one count per retention policy; 10,000 points are not read.
+    let queries: u64 = report
+        .split(" queries in ")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no query count in {report}"));
+    assert!(queries <= 2 * (2 + 2 * 2), "{queries} queries:\n{report}");
+
+    // One point missing on one backend is found, in the right window and series.
+    let (status, _) = a.write("db", "n", b"disk\\ use,host=h1 free=1i 1700000000000000001\n");
+    assert_eq!(status, 204);
+    let out = influx_ha(&["verify", "--config", config.to_str().expect("utf-8 path")]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("1 differ"), "{report}");
+    assert!(report.contains("2023-11-09T00:00:00Z"), "{report}");
+}
