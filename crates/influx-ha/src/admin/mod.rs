@@ -323,10 +323,7 @@ impl AdminHandler {
                 })
             }
             ["backend", name, "clear-diverged"] if post => {
-                match params
-                    .non_empty("verified_from")
-                    .map(|v| v.parse::<u64>())
-                {
+                match params.non_empty("verified_from").map(|v| v.parse::<u64>()) {
                     Some(Ok(from)) => ops::find(&replicas, name).and_then(|r| {
                         let d = ops::clear_diverged(r, from)?;
                         self.publish_diverged(r);
@@ -334,8 +331,9 @@ impl AdminHandler {
                     }),
                     _ => Err(ops::OpError {
                         status: 400,
-                        message: "verified_from (Unix milliseconds when the verify began) is required"
-                            .to_owned(),
+                        message:
+                            "verified_from (Unix milliseconds when the verify began) is required"
+                                .to_owned(),
                     }),
                 }
             }

@@ -392,10 +392,12 @@ pub fn resume(r: &Replica) -> Result<Done, OpError> {
 /// `backend clear-diverged NAME`: a verify that began at `verified_from_ms` (Unix ms) found
 /// the backend identical to the others; refused (409) if data was dropped for it since.
 pub fn clear_diverged(r: &Replica, verified_from_ms: u64) -> Result<Done, OpError> {
-    let was = r.clear_diverged(verified_from_ms).map_err(|message| OpError {
-        status: 409,
-        message,
-    })?;
+    let was = r
+        .clear_diverged(verified_from_ms)
+        .map_err(|message| OpError {
+            status: 409,
+            message,
+        })?;
     let message = match was {
         Some(why) => format!("{} is no longer diverged (it was: {why})", r.name()),
         None => format!("{} was not diverged", r.name()),

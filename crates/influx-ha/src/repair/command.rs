@@ -41,8 +41,8 @@ fn prepare(config: &Config, args: &VerifyArgs) -> Result<Run, RepairError> {
             "verify and repair compare backends: the config has fewer than two".to_owned(),
         ));
     }
-    let request = parse_duration(&args.timeout)
-        .map_err(|e| RepairError::Usage(format!("--timeout: {e}")))?;
+    let request =
+        parse_duration(&args.timeout).map_err(|e| RepairError::Usage(format!("--timeout: {e}")))?;
     let timeouts = Timeouts {
         connect: config.write.connect_timeout,
         request,

@@ -129,7 +129,13 @@ impl Conn {
     }
 
     /// Writes line protocol (nanosecond timestamps) into `db`.`rp`.
-    pub async fn write(&self, db: &str, rp: &str, body: String, points: u64) -> Result<(), RepairError> {
+    pub async fn write(
+        &self,
+        db: &str,
+        rp: &str,
+        body: String,
+        points: u64,
+    ) -> Result<(), RepairError> {
         self.pacer.wait().await;
         self.traffic.writes.fetch_add(1, Ordering::Relaxed);
         let answer = self

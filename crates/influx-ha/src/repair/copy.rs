@@ -11,12 +11,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
+use super::RepairError;
 use super::conn::{Conn, Traffic, answer_too_long};
 use super::influxql::{qualified, quote_ident, series_condition};
 use super::progress::Progress;
 use super::rebuild::{FieldType, SeriesWriter};
 use super::verify::{Report, Scope, Unit, WindowDiff, schema_statement, verify};
-use super::RepairError;
 
 /// How a repair runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,9 +157,7 @@ async fn copy_unit(
         }
         if points > 0 {
             for &t in &targets {
-                conns[t]
-                    .write(&w.db, &w.rp, body.clone(), points)
-                    .await?;
+                conns[t].write(&w.db, &w.rp, body.clone(), points).await?;
             }
             progress.points(points * targets.len() as u64);
         }

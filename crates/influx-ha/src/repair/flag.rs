@@ -56,7 +56,9 @@ pub async fn clear(
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let sent = tokio::time::timeout(TIMEOUT, client.request(req)).await;
     match sent {
-        Err(_) => Err(failed(format!("the node at {addr} did not answer within {TIMEOUT:?}"))),
+        Err(_) => Err(failed(format!(
+            "the node at {addr} did not answer within {TIMEOUT:?}"
+        ))),
         Ok(Err(e)) if e.is_connect() => {
             // No node running with this config: the flag file is ours to remove.
             let file = config.queue_dir(backend).join(DIVERGED_FILE);
@@ -85,10 +87,13 @@ pub async fn clear(
                 let message = json["message"].as_str().unwrap_or("cleared");
                 Ok(format!("node at {addr}: {message}"))
             } else {
-                let message = json["error"]
-                    .as_str()
-                    .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_owned);
-                Err(failed(format!("node at {addr} answered {status}: {message}")))
+                let message = json["error"].as_str().map_or_else(
+                    || String::from_utf8_lossy(&body).into_owned(),
+                    str::to_owned,
+                );
+                Err(failed(format!(
+                    "node at {addr} answered {status}: {message}"
+                )))
             }
         }
     }

@@ -58,7 +58,14 @@ fn field_types_survive_the_json_round_trip() {
             ("s", FieldType::String),
             ("whole", FieldType::Float),
         ]),
-        json!([1_700_000_000_000_000_123_i64, true, 1.5, -9_223_372_036_854_775_807_i64, "x", 2]),
+        json!([
+            1_700_000_000_000_000_123_i64,
+            true,
+            1.5,
+            -9_223_372_036_854_775_807_i64,
+            "x",
+            2
+        ]),
     )
     .expect("rebuilds");
     // The float 2.0 comes back from JSON as `2`: it must not become an integer field.
@@ -75,7 +82,10 @@ fn names_and_strings_are_escaped_as_influxdb_does() {
         "disk use,x",
         &tags(&[("mount point", "/a,b=c"), ("k=v", "x y")]),
         &["time", "free bytes", "note"],
-        &types(&[("free bytes", FieldType::Integer), ("note", FieldType::String)]),
+        &types(&[
+            ("free bytes", FieldType::Integer),
+            ("note", FieldType::String),
+        ]),
         json!([-5, 7, "say \"hi\" \\ bye\nnext"]),
     )
     .expect("rebuilds");
@@ -109,7 +119,15 @@ fn rows_without_fields_are_skipped_and_bad_values_named() {
 
 #[test]
 fn extreme_floats_round_trip() {
-    for f in [1e300, -2.5e-300, 1e21, 0.1, f64::MAX, f64::MIN_POSITIVE, 0.0] {
+    for f in [
+        1e300,
+        -2.5e-300,
+        1e21,
+        0.1,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        0.0,
+    ] {
         let line = rebuild(
             "m",
             &tags(&[]),
@@ -202,7 +220,10 @@ fn answers_and_their_errors() {
 fn times_on_the_command_line_and_in_reports() {
     let now = 1_700_000_000_000_000_000;
     assert_eq!(parse_time("2023-11-14T22:13:20Z", 0), Ok(now));
-    assert_eq!(parse_time("2023-11-14T22:13:20.5Z", 0), Ok(now + 500_000_000));
+    assert_eq!(
+        parse_time("2023-11-14T22:13:20.5Z", 0),
+        Ok(now + 500_000_000)
+    );
     assert_eq!(parse_time("1970-01-02", 0), Ok(86_400_000_000_000));
     assert_eq!(parse_time("1h", now), Ok(now - 3_600_000_000_000));
     assert_eq!(parse_time("-5", now), Ok(-5));

@@ -21,10 +21,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::RepairError;
 use super::conn::{Conn, Traffic, answer_too_long};
 use super::influxql::{Series, qualified, quote_ident};
 use super::timespec::{MAX_TIME, MIN_TIME, format_span, format_time};
-use super::RepairError;
 use crate::write::schema::{RetentionPolicy, parse_go_duration};
 
 /// Into how many pieces a differing window is cut, per series.
@@ -196,10 +196,9 @@ impl Report {
                     rp.name,
                     names(missing)
                 ),
-                SchemaDiff::RetentionPolicySettings { db, rp, detail } => writeln!(
-                    s,
-                    "retention policy {rp:?} on {db:?} differs: {detail}"
-                ),
+                SchemaDiff::RetentionPolicySettings { db, rp, detail } => {
+                    writeln!(s, "retention policy {rp:?} on {db:?} differs: {detail}")
+                }
                 SchemaDiff::ContinuousQuery {
                     db, name, missing, ..
                 } => writeln!(
@@ -331,16 +330,14 @@ async fn show_continuous_queries(
     Ok(out)
 }
 
-async fn show_retention_policies(
-    c: &Conn,
-    db: &str,
-) -> Result<Vec<RetentionPolicy>, RepairError> {
+async fn show_retention_policies(c: &Conn, db: &str) -> Result<Vec<RetentionPolicy>, RepairError> {
     let q = format!("SHOW RETENTION POLICIES ON {}", quote_ident(db));
     let series = c.select(&q, None).await?;
     let mut out = Vec::new();
     for s in &series {
         let col = |name: &str| s.column(name);
-        let (Some(n), Some(d), Some(sg)) = (col("name"), col("duration"), col("shardGroupDuration"))
+        let (Some(n), Some(d), Some(sg)) =
+            (col("name"), col("duration"), col("shardGroupDuration"))
         else {
             continue;
         };
@@ -668,9 +665,11 @@ pub async fn verify(
 /// to run it in, statement, backends). `None` for differences repair reports but leaves alone.
 pub fn schema_statement(d: &SchemaDiff) -> Option<(Option<&str>, String, &[usize])> {
     match d {
-        SchemaDiff::Database { db, missing } => {
-            Some((None, format!("CREATE DATABASE {}", quote_ident(db)), missing))
-        }
+        SchemaDiff::Database { db, missing } => Some((
+            None,
+            format!("CREATE DATABASE {}", quote_ident(db)),
+            missing,
+        )),
         SchemaDiff::RetentionPolicy { db, rp, missing } => Some((
             None,
             crate::write::schema::create_statement(db, rp),

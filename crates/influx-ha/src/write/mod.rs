@@ -54,11 +54,10 @@ pub struct OpenError {
 
 /// The queue options of `[queue]`.
 pub fn queue_options(q: &QueueConfig) -> handoff::Options {
-    let defaults = handoff::Options::default();
     handoff::Options {
         // A record never spans segments: small segments cap the record size (a larger write
         // is refused by the queue, and its backend marked diverged).
-        max_record_bytes: defaults
+        max_record_bytes: handoff::Options::default()
             .max_record_bytes
             .min(q.segment_bytes.saturating_sub(16)),
         segment_bytes: q.segment_bytes,
@@ -70,7 +69,6 @@ pub fn queue_options(q: &QueueConfig) -> handoff::Options {
             FsyncPolicy::Interval(d) => handoff::FsyncPolicy::Interval(d),
             FsyncPolicy::Never => handoff::FsyncPolicy::Never,
         },
-        ..defaults
     }
 }
 

@@ -117,7 +117,10 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
     let why = entry["diverged"].as_str().unwrap_or_default().to_owned();
     assert!(why.contains("queue"), "{entry}");
     assert!(flag.exists(), "{}", flag.display());
-    assert_eq!(queue_entry(&mut relay, "influx-0")["diverged"], serde_json::Value::Null);
+    assert_eq!(
+        queue_entry(&mut relay, "influx-0")["diverged"],
+        serde_json::Value::Null
+    );
     assert_eq!(typed_count(&a), total);
     let before = typed_count(&b);
     assert!(before < total, "influx-1 holds {before} of {total}");
@@ -128,9 +131,14 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("backends differ"), "{report}");
     assert!(report.contains("disk use"), "{report}");
-    assert!(flag.exists(), "verify alone leaves a differing backend diverged");
+    assert!(
+        flag.exists(),
+        "verify alone leaves a differing backend diverged"
+    );
 
-    let out = influx_ha(&["repair", "--config", &config, "--rate", "0", "--chunk", "64"]);
+    let out = influx_ha(&[
+        "repair", "--config", &config, "--rate", "0", "--chunk", "64",
+    ]);
     let report = text(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(report.contains("backends match"), "{report}");
@@ -151,8 +159,15 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
     }
     // Cleared through the running node's admin API: state and file.
     assert!(!flag.exists(), "{}", flag.display());
-    assert_eq!(queue_entry(&mut relay, "influx-1")["diverged"], serde_json::Value::Null);
-    assert!(relay.log().contains("no longer diverged"), "{}", relay.log());
+    assert_eq!(
+        queue_entry(&mut relay, "influx-1")["diverged"],
+        serde_json::Value::Null
+    );
+    assert!(
+        relay.log().contains("no longer diverged"),
+        "{}",
+        relay.log()
+    );
 }
 
 #[test]
@@ -177,7 +192,9 @@ fn a_repair_killed_midway_and_run_again_ends_identical() {
 
     // Slow on purpose (4 requests a second, 100 points each) so that it is killed midway.
     let mut repair: Child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
-        .args(["repair", "--config", config, "--rate", "4", "--chunk", "100"])
+        .args([
+            "repair", "--config", config, "--rate", "4", "--chunk", "100",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -190,7 +207,10 @@ fn a_repair_killed_midway_and_run_again_ends_identical() {
     let status = repair.wait().expect("reap the repair");
     assert!(!status.success(), "the repair was killed, not finished");
     let partial = typed_count(&b);
-    assert!(partial < total, "{partial} of {total} copied before the kill");
+    assert!(
+        partial < total,
+        "{partial} of {total} copied before the kill"
+    );
 
     let out = influx_ha(&["repair", "--config", config, "--rate", "0"]);
     let report = text(&out);
@@ -199,7 +219,10 @@ fn a_repair_killed_midway_and_run_again_ends_identical() {
     assert_eq!(dump(&a, "db"), dump(&b, "db"));
     assert_eq!(field_keys(&a), field_keys(&b));
     let rps = b.query("db", "SHOW RETENTION POLICIES ON \"db\"");
-    assert!(rps.contains(r#"["short","720000h0m0s","2h0m0s",1,false]"#), "{rps}");
+    assert!(
+        rps.contains(r#"["short","720000h0m0s","2h0m0s",1,false]"#),
+        "{rps}"
+    );
 
     let out = influx_ha(&["verify", "--config", config]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -217,7 +240,11 @@ fn verify_of_identical_backends_reports_no_difference_and_reads_little() {
         let body = typed_points(n * 500..(n + 1) * 500);
         for i in [&a, &b] {
             assert_eq!(i.write("db", "n", &body).0, 204);
-            assert_eq!(i.write("other", "n", crate::support::points(n * 500..(n + 1) * 500)).0, 204);
+            assert_eq!(
+                i.write("other", "n", crate::support::points(n * 500..(n + 1) * 500))
+                    .0,
+                204
+            );
         }
     }
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -226,7 +253,10 @@ fn verify_of_identical_backends_reports_no_difference_and_reads_little() {
     let report = text(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(report.contains("backends match"), "{report}");
-    assert!(report.contains(" 0 differ, 0 schema differences"), "{report}");
+    assert!(
+        report.contains(" 0 differ, 0 schema differences"),
+        "{report}"
+    );
     // Per backend: SHOW DATABASES, SHOW CONTINUOUS QUERIES, and per database its retention
     // policies and one count per retention policy; 10,000 points are not read.
     let queries: u64 = report
@@ -238,7 +268,11 @@ fn verify_of_identical_backends_reports_no_difference_and_reads_little() {
     assert!(queries <= 2 * (2 + 2 * 2), "{queries} queries:\n{report}");
 
     // One point missing on one backend is found, in the right window and series.
-    let (status, _) = a.write("db", "n", b"disk\\ use,host=h1 free=1i 1700000000000000001\n");
+    let (status, _) = a.write(
+        "db",
+        "n",
+        b"disk\\ use,host=h1 free=1i 1700000000000000001\n",
+    );
     assert_eq!(status, 204);
     let out = influx_ha(&["verify", "--config", config.to_str().expect("utf-8 path")]);
     let report = text(&out);
