@@ -519,6 +519,9 @@ impl Replica {
             }
             Err(e) => {
                 self.mark_diverged(&format!("its queue refused a record: {e}"));
+                // With nothing queued the replay never wakes to leave queueing mode: leave it
+                // here, or the backend would stay out of reads and off direct writes for good.
+                self.leave_queueing_if_drained();
                 Outcome::Failed(format!("{}: queue: {e}", self.name()))
             }
         }

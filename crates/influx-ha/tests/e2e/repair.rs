@@ -74,6 +74,29 @@ fn config_for(dir: &Path, backends: &[&Influxd]) -> PathBuf {
     path
 }
 
+/// The relay's `/status` entry of one backend.
+fn status_of(relay: &mut Relay, backend: &str) -> serde_json::Value {
+    let r = relay.get("/status").expect("status answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status: serde_json::Value = serde_json::from_str(&r.text()).expect("JSON");
+    status["backends"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["name"] == backend).cloned())
+        .unwrap_or_else(|| panic!("no backend {backend} in {status}"))
+}
+
+/// A read through the relay: its status and the backend that answered it.
+fn read(relay: &mut Relay) -> (u16, String) {
+    let r = relay
+        .get("/query?db=db&q=SELECT%20count(free)%20FROM%20%22disk%20use%22")
+        .expect("query answers");
+    let backend = r
+        .header("X-Influx-Ha-Backend")
+        .unwrap_or_default()
+        .to_owned();
+    (r.status, backend)
+}
+
 /// The relay's admin view of one backend's queue entry.
 fn queue_entry(relay: &mut Relay, backend: &str) -> serde_json::Value {
     let r = relay.get("/admin/v1/queue").expect("admin API answers");
@@ -93,7 +116,7 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
     // A queue that holds a few batches only.
     let mut relay = Relay::start(
         &[&a, &b],
-        "[queue]\nmax_bytes = \"8KiB\"\nsegment_bytes = \"4KiB\"\n",
+        "[queue]\nmax_bytes = \"16KiB\"\nsegment_bytes = \"16KiB\"\n",
     );
     let flag = relay.data_dir().join("influx-1").join("diverged");
     let write = |relay: &mut Relay, from: u64, to: u64| {
@@ -114,8 +137,12 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
         queue_entry(&mut relay, "influx-1")["queue"]["records"] == 0
     });
     let entry = queue_entry(&mut relay, "influx-1");
+    // Some batches were queued and delivered, the rest refused by the full queue.
+    let totals = status_of(&mut relay, "influx-1")["totals"].clone();
+    assert!(totals["queued"].as_u64() > Some(0), "{totals}");
+    assert!(totals["replayed_batches"].as_u64() > Some(0), "{totals}");
     let why = entry["diverged"].as_str().unwrap_or_default().to_owned();
-    assert!(why.contains("queue"), "{entry}");
+    assert!(why.contains("queue full"), "{entry}");
     assert!(flag.exists(), "{}", flag.display());
     assert_eq!(
         queue_entry(&mut relay, "influx-0")["diverged"],
@@ -124,6 +151,23 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
     assert_eq!(typed_count(&a), total);
     let before = typed_count(&b);
     assert!(before < total, "influx-1 holds {before} of {total}");
+
+    // A diverged backend serves no reads.
+    let status = status_of(&mut relay, "influx-1");
+    assert_eq!(status["fresh"], false, "{status}");
+    let reason = status["not_fresh_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("diverged"), "{status}");
+    // With influx-0 unavailable too, no read is served rather than one from influx-1.
+    a.stop();
+    wait_until("influx-0 seen down", CONVERGE, || {
+        status_of(&mut relay, "influx-0")["reachability"] == "down"
+    });
+    let (status, backend) = read(&mut relay);
+    assert_eq!(status, 503, "answered by {backend:?}");
+    a.cont();
+    wait_until("influx-0 seen up", CONVERGE, || {
+        status_of(&mut relay, "influx-0")["reachability"] == "up"
+    });
 
     let config = relay.config_path().to_str().expect("utf-8 path").to_owned();
     let out = influx_ha(&["verify", "--config", &config, "--rate", "0"]);
@@ -168,6 +212,24 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
         "{}",
         relay.log()
     );
+    // And it serves reads again.
+    wait_until("influx-1 fresh again", CONVERGE, || {
+        status_of(&mut relay, "influx-1")["fresh"] == true
+    });
+    a.stop();
+    let mut last = (0, String::new());
+    let deadline = std::time::Instant::now() + CONVERGE;
+    while last != (200, "influx-1".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never reached influx-1: last {last:?}, {}\n{}",
+            status_of(&mut relay, "influx-1"),
+            status_of(&mut relay, "influx-0")
+        );
+        last = read(&mut relay);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    a.cont();
 }
 
 #[test]
