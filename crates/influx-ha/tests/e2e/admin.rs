@@ -403,3 +403,48 @@ fn reload_adds_and_removes_backends_under_writes() {
     );
     assert!(relay.log().contains("config reloaded"), "{}", relay.log());
 }
+
+#[test]
+fn cli_presents_a_token_to_a_node_with_auth() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let (code, out, err) = cli(&["new-token"]);
+    assert_eq!(code, 0, "{err}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token      = "))
+        .expect("token line")
+        .trim()
+        .to_owned();
+    let hash_line = out
+        .lines()
+        .find(|l| l.starts_with("token_hash"))
+        .expect("token_hash line");
+    let admin = testkit::free_port().expect("free port");
+    let relay = Relay::start(
+        &[&a],
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:{admin}\"\n[auth]\nenabled = true\n[[auth.token]]\nname = \"ops\"\n{hash_line}\n"
+        ),
+    );
+    let config = relay.config_path().display().to_string();
+    let (code, _, err) = cli(&["queue", "list", "--config", &config]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("asks for credentials: set INFLUX_HA_TOKEN"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .args(["queue", "list", "--config", &config])
+        .env("INFLUX_HA_TOKEN", &token)
+        .output()
+        .expect("run influx-ha");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("influx-0"), "{stdout}");
+    assert!(!relay.log().contains(&token), "the token is never logged");
+}
