@@ -303,7 +303,7 @@ struct Api {
 }
 
 /// Credentials for a node with `[auth]` on, from the environment (see the module docs).
-fn authorization_from_env() -> Option<http::HeaderValue> {
+pub(crate) fn authorization_from_env() -> Option<http::HeaderValue> {
     let value = match (
         std::env::var("INFLUX_HA_TOKEN")
             .ok()

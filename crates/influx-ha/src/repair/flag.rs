@@ -1,7 +1,8 @@
 //! Clearing a backend's diverged flag once verify found it identical: through the admin API
 //! of the node when it runs (`POST /admin/v1/backend/NAME/clear-diverged`, which refuses if
 //! data was dropped after the verify began), or by removing `data_dir/NAME/diverged` when the
-//! node is stopped.
+//! node is stopped. A node with `[auth]` gets the credentials of `INFLUX_HA_TOKEN` or
+//! `INFLUX_HA_USERNAME`/`INFLUX_HA_PASSWORD`, as the other operator commands.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -48,9 +49,13 @@ pub async fn clear(
         backend: backend.name.clone(),
         message,
     };
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(&uri)
+    let mut req = Request::builder().method(Method::POST).uri(&uri);
+    // A node with [auth] asks for an admin's credentials, taken from the environment as the
+    // other operator commands take them (INFLUX_HA_TOKEN, or INFLUX_HA_USERNAME/PASSWORD).
+    if let Some(auth) = crate::admin::cli::authorization_from_env() {
+        req = req.header(http::header::AUTHORIZATION, auth);
+    }
+    let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|e| failed(e.to_string()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();

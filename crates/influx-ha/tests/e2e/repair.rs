@@ -5,11 +5,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use testkit::http::HttpClient;
 
 use testkit::Influxd;
 
 use crate::relay::Relay;
-use crate::support::{CONVERGE, TS, count, dump, serial, wait_until};
+use crate::support::{CONVERGE, TS, count, dump, points, serial, wait_until};
 
 /// Points `range` of measurement `disk use` with every field type and names that need
 /// escaping: integers, floats that are whole numbers, strings with quotes and backslashes,
@@ -47,7 +51,7 @@ fn influx_ha(args: &[&str]) -> Output {
         .expect("run influx-ha")
 }
 
-fn text(out: &Output) -> String {
+fn text_of(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         out.status.code(),
@@ -171,7 +175,7 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
 
     let config = relay.config_path().to_str().expect("utf-8 path").to_owned();
     let out = influx_ha(&["verify", "--config", &config, "--rate", "0"]);
-    let report = text(&out);
+    let report = text_of(&out);
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("backends differ"), "{report}");
     assert!(report.contains("disk use"), "{report}");
@@ -183,7 +187,7 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
     let out = influx_ha(&[
         "repair", "--config", &config, "--rate", "0", "--chunk", "64",
     ]);
-    let report = text(&out);
+    let report = text_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(report.contains("backends match"), "{report}");
     assert!(report.contains("no longer diverged"), "{report}");
@@ -275,7 +279,7 @@ fn a_repair_killed_midway_and_run_again_ends_identical() {
     );
 
     let out = influx_ha(&["repair", "--config", config, "--rate", "0"]);
-    let report = text(&out);
+    let report = text_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert_eq!(typed_count(&b), total);
     assert_eq!(dump(&a, "db"), dump(&b, "db"));
@@ -287,7 +291,7 @@ fn a_repair_killed_midway_and_run_again_ends_identical() {
     );
 
     let out = influx_ha(&["verify", "--config", config]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
 }
 
 #[test]
@@ -302,17 +306,13 @@ fn verify_of_identical_backends_reports_no_difference_and_reads_little() {
         let body = typed_points(n * 500..(n + 1) * 500);
         for i in [&a, &b] {
             assert_eq!(i.write("db", "n", &body).0, 204);
-            assert_eq!(
-                i.write("other", "n", crate::support::points(n * 500..(n + 1) * 500))
-                    .0,
-                204
-            );
+            assert_eq!(i.write("other", "n", points(n * 500..(n + 1) * 500)).0, 204);
         }
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = config_for(dir.path(), &[&a, &b]);
     let out = influx_ha(&["verify", "--config", config.to_str().expect("utf-8 path")]);
-    let report = text(&out);
+    let report = text_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(report.contains("backends match"), "{report}");
     assert!(
@@ -337,8 +337,118 @@ fn verify_of_identical_backends_reports_no_difference_and_reads_little() {
     );
     assert_eq!(status, 204);
     let out = influx_ha(&["verify", "--config", config.to_str().expect("utf-8 path")]);
-    let report = text(&out);
+    let report = text_of(&out);
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("1 differ"), "{report}");
     assert!(report.contains("2023-11-09T00:00:00Z"), "{report}");
+}
+
+#[test]
+fn a_backend_added_by_reload_is_backfilled_under_writes_and_then_serves_reads() {
+    let _serial = serial();
+    let (a, b, c) = (Influxd::start(), Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    let port = relay.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let mut client = HttpClient::new(([127, 0, 0, 1], port).into());
+            let mut n = 0u64;
+            // Bounded: at most 3000 batches of 10 points.
+            while !stop.load(Ordering::SeqCst) && n < 3000 {
+                let r = client
+                    .request("POST", "/write?db=db", &[], &points(n * 10..(n + 1) * 10))
+                    .expect("write");
+                assert_eq!(r.status, 204, "batch {n}: {}", r.text());
+                n += 1;
+                written.store(n, Ordering::SeqCst);
+            }
+            n
+        })
+    };
+    let wait_batches = |more: u64| {
+        let target = written.load(Ordering::SeqCst) + more;
+        wait_until("writes go on", CONVERGE, || {
+            written.load(Ordering::SeqCst) >= target
+        });
+    };
+    wait_batches(30);
+
+    // influx-2 joins with an empty disk: diverged, no reads, new writes flow to it.
+    let config = relay.config_path().to_owned();
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[[backend]]\nname = \"influx-2\"\nurl = \"{}\"\n",
+            c.url()
+        ),
+    )
+    .expect("write config");
+    relay.signal("HUP");
+    wait_until("influx-2 added", CONVERGE, || {
+        relay
+            .get("/status")
+            .is_ok_and(|r| r.text().contains("\"name\": \"influx-2\""))
+    });
+    let status = status_of(&mut relay, "influx-2");
+    assert!(
+        status["diverged_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("newly added")),
+        "{status}"
+    );
+    assert_eq!(status["fresh"], false, "{status}");
+    wait_until("influx-2 gets new writes", CONVERGE, || {
+        count(&c, "db", "v", "m") > 0
+    });
+
+    // Backfilled while the writes go on.
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let before = written.load(Ordering::SeqCst);
+    let out = influx_ha(&["repair", "--config", &config, "--rate", "0"]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        text_of(&out)
+    );
+    assert!(
+        count(&c, "db", "v", "m") >= before * 10,
+        "influx-2 holds what was written before the repair began\n{}",
+        text_of(&out)
+    );
+    wait_batches(10);
+    stop.store(true, Ordering::SeqCst);
+    let total = writer.join().expect("every write answered 204") * 10;
+
+    // Once the writes stop, a last repair finds at most what was in flight and clears the
+    // flag if the first could not.
+    for (name, i) in [("influx-0", &a), ("influx-1", &b)] {
+        wait_until(&format!("{name} holds every point"), CONVERGE, || {
+            count(i, "db", "v", "m") == total
+        });
+    }
+    let out = influx_ha(&["repair", "--config", &config, "--rate", "0"]);
+    let report = text_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    // Cleared by this repair, or by the first one if it already found everything identical.
+    assert!(
+        relay.log().contains("no longer diverged"),
+        "{report}\n{}",
+        relay.log()
+    );
+    assert_eq!(
+        status_of(&mut relay, "influx-2")["diverged_reason"],
+        serde_json::Value::Null
+    );
+    assert_eq!(count(&c, "db", "v", "m"), total);
+    assert_eq!(dump(&a, "db"), dump(&c, "db"));
+    assert_eq!(dump(&b, "db"), dump(&c, "db"));
+    wait_until("influx-2 fresh", CONVERGE, || {
+        status_of(&mut relay, "influx-2")["fresh"] == true
+    });
 }
