@@ -364,25 +364,25 @@ pub fn render(
     let lines = counter_family(
         &mut r,
         "listener_lines",
-        "Lines received by a UDP/TCP listener",
+        "Lines (or points) received by a listener (UDP, TCP, Graphite, OpenTSDB, Prometheus remote write)",
         None,
     );
     let bad = counter_family(
         &mut r,
         "listener_bad_lines",
-        "Lines a UDP/TCP listener refused",
+        "Lines (or points) a listener refused",
         None,
     );
     let bytes = counter_family(
         &mut r,
         "listener_received",
-        "Bytes received by a UDP/TCP listener",
+        "Bytes received by a listener",
         Some(Unit::Bytes),
     );
     let failures = counter_family(
         &mut r,
         "listener_write_failures",
-        "Batches of a UDP/TCP listener that could not be stored",
+        "Batches of a listener that could not be stored",
         None,
     );
     let dropped = counter_family(
@@ -402,7 +402,7 @@ pub fn render(
         bad.get_or_create(&labels).inc_by(c.bad_lines);
         bytes.get_or_create(&labels).inc_by(c.bytes);
         failures.get_or_create(&labels).inc_by(c.write_failures);
-        if l.kind == "udp" {
+        if l.kind.ends_with("udp") {
             dropped
                 .get_or_create(&labels)
                 .inc_by(c.dropped_datagrams + c.oversize_datagrams);

@@ -457,12 +457,15 @@ pub fn collect(
         .collect();
     for l in listeners {
         let c = l.counters.snapshot();
-        let udp = l.kind == "udp";
+        // `udp` and `graphite-udp` receive datagrams; the others are connection-based.
+        let udp = l.kind.ends_with("udp");
+        // Prometheus remote write and OpenTSDB's /api/put are HTTP requests.
+        let http = matches!(l.kind, "prometheus" | "opentsdb");
         listener_list.push(ListenerStatus {
             kind: l.kind,
             addr: l.addr.to_string(),
             requests_per_second: None,
-            requests: None,
+            requests: http.then_some(c.requests),
             database: Some(l.database.clone()),
             lines_per_second: rate(format!("l/{}/{}/lines", l.kind, l.addr)),
             bytes_per_second: rate(format!("l/{}/{}/bytes", l.kind, l.addr)),
@@ -470,7 +473,7 @@ pub fn collect(
             bad_lines: Some(c.bad_lines),
             write_failures: Some(c.write_failures),
             dropped_datagrams: udp.then_some(c.dropped_datagrams + c.oversize_datagrams),
-            open_connections: (!udp).then_some(c.open_connections),
+            open_connections: (!udp && l.kind != "prometheus").then_some(c.open_connections),
         });
     }
 

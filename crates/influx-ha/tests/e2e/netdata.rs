@@ -172,7 +172,7 @@ fn netdata_metrics_reach_both_backends_over_graphite_and_opentsdb() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
     let [graphite, opentsdb] = [0, 1].map(|_| testkit::free_port().expect("free port"));
-    let relay = Relay::start(
+    let mut relay = Relay::start(
         &[&a, &b],
         &format!(
             "[[graphite]]\nbind = \"127.0.0.1:{graphite}\"\ndatabase = \"netdata\"\n\
@@ -203,6 +203,14 @@ fn netdata_metrics_reach_both_backends_over_graphite_and_opentsdb() {
                 std::thread::sleep(Duration::from_millis(250));
             }
         }
+    }
+    // The listeners show in the metrics with what they received.
+    let metrics = relay.get("/metrics").expect("metrics").text();
+    for kind in ["graphite-tcp", "opentsdb", "prometheus"] {
+        assert!(
+            metrics.contains(&format!("kind=\"{kind}\"")),
+            "no {kind} listener in /metrics:\n{metrics}"
+        );
     }
     let fields = a.query("netdata", "SHOW FIELD KEYS FROM \"system.cpu\"");
     assert!(
