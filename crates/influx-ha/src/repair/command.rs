@@ -79,10 +79,31 @@ async fn clear_flags(config: &Config, scope: &Scope, report: &Report) -> Result<
         );
         return Ok(());
     }
+    let mut first_error = None;
     for b in &config.backends {
-        println!("{}", flag::clear(config, b, report.started_ms).await?);
+        let mut outcomes = vec![flag::clear(config, b, report.started_ms).await];
+        for peer in &config.peers {
+            outcomes.push(
+                flag::clear_on_peer(
+                    peer,
+                    &b.name,
+                    report.started_ms,
+                    config.write.connect_timeout,
+                )
+                .await,
+            );
+        }
+        for outcome in outcomes {
+            match outcome {
+                Ok(done) => println!("{done}"),
+                Err(e) => {
+                    println!("{e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// `influx-ha verify`: prints the report; `Ok(true)` when the backends match.

@@ -1,7 +1,7 @@
 //! Clearing a backend's diverged flag once verify found it identical: through the admin API
 //! of the node when it runs (`POST /admin/v1/backend/NAME/clear-diverged`, which refuses if
 //! data was dropped after the verify began), or by removing `data_dir/NAME/diverged` when the
-//! node is stopped. A node with `[auth]` gets the credentials of `INFLUX_HA_TOKEN` or
+//! node is stopped; then on every `[[peer]]` relay, which keeps its own flag. A node with `[auth]` gets the credentials of `INFLUX_HA_TOKEN` or
 //! `INFLUX_HA_USERNAME`/`INFLUX_HA_PASSWORD`, as the other operator commands.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -14,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::RepairError;
-use crate::config::{BackendConfig, Config};
+use crate::backend::{BackendClient, Timeouts};
+use crate::config::{BackendConfig, Config, PeerConfig};
 use crate::http::query::encode_component;
 use crate::write::replica::DIVERGED_FILE;
 
@@ -42,9 +43,10 @@ pub async fn clear(
     verified_from_ms: u64,
 ) -> Result<String, RepairError> {
     let addr = admin_addr(config);
-    let mut path = String::from("/admin/v1/backend/");
-    encode_component(&backend.name, &mut path);
-    let uri = format!("http://{addr}{path}/clear-diverged?verified_from={verified_from_ms}");
+    let uri = format!(
+        "http://{addr}{}",
+        clear_path(&backend.name, verified_from_ms)
+    );
     let failed = |message: String| RepairError::Flag {
         backend: backend.name.clone(),
         message,
@@ -80,26 +82,75 @@ pub async fn clear(
             }
         }
         Ok(Err(e)) => Err(failed(format!("admin API at {addr}: {e}"))),
-        Ok(Ok(resp)) => {
-            let status = resp.status();
-            let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
-                .await
-                .map_err(|_| failed("the answer did not arrive".to_owned()))?
-                .map_err(|e| failed(e.to_string()))?
-                .to_bytes();
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            if status.is_success() {
-                let message = json["message"].as_str().unwrap_or("cleared");
-                Ok(format!("node at {addr}: {message}"))
-            } else {
-                let message = json["error"].as_str().map_or_else(
-                    || String::from_utf8_lossy(&body).into_owned(),
-                    str::to_owned,
-                );
-                Err(failed(format!(
-                    "node at {addr} answered {status}: {message}"
-                )))
-            }
-        }
+        Ok(Ok(resp)) => read_answer(resp, &format!("node at {addr}"), failed).await,
     }
+}
+
+/// The clear-diverged path of `backend` on an admin API.
+fn clear_path(backend: &str, verified_from_ms: u64) -> String {
+    let mut path = String::from("/admin/v1/backend/");
+    encode_component(backend, &mut path);
+    format!("{path}/clear-diverged?verified_from={verified_from_ms}")
+}
+
+/// Reads a clear-diverged answer: the `message` of a 2xx, else the error.
+async fn read_answer(
+    resp: http::Response<hyper::body::Incoming>,
+    who: &str,
+    failed: impl Fn(String) -> RepairError,
+) -> Result<String, RepairError> {
+    let status = resp.status();
+    let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+        .await
+        .map_err(|_| failed("the answer did not arrive".to_owned()))?
+        .map_err(|e| failed(e.to_string()))?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() {
+        let message = json["message"].as_str().unwrap_or("cleared");
+        Ok(format!("{who}: {message}"))
+    } else {
+        let message = json["error"].as_str().map_or_else(
+            || String::from_utf8_lossy(&body).into_owned(),
+            str::to_owned,
+        );
+        Err(failed(format!("{who} answered {status}: {message}")))
+    }
+}
+
+/// Clears `backend`'s diverged flag on a peer relay (`[[peer]]`, with its credentials): each
+/// relay keeps its own flag and reports it to the others, whose reads avoid the backend while
+/// any peer says it diverged.
+pub async fn clear_on_peer(
+    peer: &PeerConfig,
+    backend: &str,
+    verified_from_ms: u64,
+    connect_timeout: Duration,
+) -> Result<String, RepairError> {
+    let failed = |message: String| RepairError::Flag {
+        backend: backend.to_owned(),
+        message: format!("peer {}: {message}", peer.name),
+    };
+    let client = BackendClient::new(
+        &BackendConfig {
+            name: peer.name.clone(),
+            url: peer.url.clone(),
+            credentials: peer.credentials.clone(),
+        },
+        Timeouts {
+            connect: connect_timeout,
+            request: TIMEOUT,
+        },
+    )?;
+    let resp = client
+        .forward(
+            Method::POST,
+            &clear_path(backend, verified_from_ms),
+            http::HeaderMap::new(),
+            Bytes::new(),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    read_answer(resp, &format!("peer {}", peer.name), failed).await
 }

@@ -452,3 +452,48 @@ fn a_backend_added_by_reload_is_backfilled_under_writes_and_then_serves_reads() 
         status_of(&mut relay, "influx-2")["fresh"] == true
     });
 }
+
+#[test]
+fn repair_clears_the_flag_on_the_peer_relays_too() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    let mut other = Relay::start(&[&a, &b], "");
+    let mut relay = Relay::start(
+        &[&a, &b],
+        &format!("[[peer]]\nname = \"other\"\nurl = \"{}\"\n", other.url()),
+    );
+    for n in 0..5 {
+        let r = relay.write("db=db", &typed_points(n * 50..(n + 1) * 50));
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    // The other relay dropped its queue for influx-1: it marks it diverged and says so to
+    // its peers, whose reads then avoid influx-1 too.
+    let r = other.request("POST", "/admin/v1/queue/influx-1/purge", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until("the peer's report reaches the relay", CONVERGE, || {
+        status_of(&mut relay, "influx-1")["fresh"] == false
+    });
+    let reason = status_of(&mut relay, "influx-1")["not_fresh_reason"].clone();
+    assert!(
+        reason.as_str().is_some_and(|r| r.contains("other")),
+        "{reason}"
+    );
+
+    let config = relay.config_path().to_str().expect("utf-8 path").to_owned();
+    let out = influx_ha(&["repair", "--config", &config, "--rate", "0"]);
+    let report = text_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("peer other: influx-1 is no longer diverged"),
+        "{report}"
+    );
+    assert_eq!(
+        status_of(&mut other, "influx-1")["diverged_reason"],
+        serde_json::Value::Null
+    );
+    wait_until("influx-1 fresh again on the relay", CONVERGE, || {
+        status_of(&mut relay, "influx-1")["fresh"] == true
+    });
+}
