@@ -66,8 +66,21 @@ fn wait_same(relay: &Relay, reference: &Influxd, db: &str, replicas: &[&Influxd]
     }
 }
 
+/// Connects to a listener, waiting for it to be bound: a node binds its protocol listeners
+/// after its HTTP listener answers, once it has created their databases.
+fn connect(port: u16) -> TcpStream {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) => assert!(Instant::now() < deadline, "connecting to port {port}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn send_tcp(port: u16, data: &[u8]) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut s = connect(port);
     s.write_all(data).expect("send");
     s.shutdown(std::net::Shutdown::Write).expect("close");
     let mut rest = Vec::new();
@@ -332,7 +345,7 @@ const PUT_BODIES: &[&str] = &[
 ];
 
 fn telnet(port: u16, data: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut s = connect(port);
     s.write_all(data).expect("send");
     s.shutdown(std::net::Shutdown::Write).expect("close");
     let mut answer = Vec::new();
