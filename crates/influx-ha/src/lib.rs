@@ -33,7 +33,8 @@
 //!   [`http::WriteHandler`] seam → [`write`](mod@write): `lineproto` validation, fan-out to
 //!   every backend over [`backend::BackendClient::write`], consistency levels and the answer
 //!   table, the `handoff` queues under `data_dir/<backend>/` and their replay. The UDP and TCP
-//!   line-protocol listeners ([`ingest`]) feed the same replicator.
+//!   line-protocol listeners and the Graphite, OpenTSDB and Prometheus remote-write
+//!   conversions ([`ingest`]) feed the same replicator.
 //! - **Backend state**: [`state`] holds every backend's reachability, queue depth, divergence
 //!   and peer reports as one lock-free snapshot ([`state::StateBoard`]).
 //! - **Read path** ([`query`]): `/query` (and `/api/v2/query`, `/api/v1/prom/read`) plugged

@@ -1,5 +1,5 @@
-//! The UDP and TCP line-protocol listeners (`[[udp]]`, `[[tcp]]`): they feed the same write
-//! path as `POST /write`, for the listener's database.
+//! The listeners besides HTTP: UDP and TCP line protocol (`[[udp]]`, `[[tcp]]`), Graphite and
+//! OpenTSDB; they feed the same write path as `POST /write`, for the listener's database.
 //!
 //! - [`udp`]: each datagram is a batch of lines, as InfluxDB 1.x's UDP service reads it.
 //!   Datagrams that arrive while a batch is being replicated are gathered into the next one.
@@ -12,6 +12,15 @@
 //! There is nobody to answer: refused lines and failed writes are counted in [`Counters`] and
 //! logged at most once per [`LOG_INTERVAL`] per kind, with a short sample, never a whole payload.
 //! Writes use the configured default consistency (`[write] consistency`).
+//!
+//! Collector protocols, converted to line protocol exactly as InfluxDB 1.6's own services
+//! convert them and then fed through the same listeners and checks ([`TextProtocol`] is the
+//! seam; [`points`] writes converted points as lines 1.6 reads back identically):
+//!
+//! - [`graphite`]: `[[graphite]]`, plaintext over TCP or UDP with InfluxDB 1.x's templates;
+//! - [`opentsdb`]: `[[opentsdb]]`, telnet `put` and HTTP `/api/put` on one port;
+//! - [`promwrite`]: Prometheus remote write, served on the main HTTP listener
+//!   (`/api/v1/prom/write`); its counters show with the listeners' ([`Listeners::stats`]).
 
 pub mod graphite;
 pub mod opentsdb;

@@ -52,7 +52,7 @@ pub async fn bind<S: Sink>(
     Ok(listener)
 }
 
-/// The protocol of an OpenTSDB listener; shares the listener's [`Feed`] (counters, sink).
+/// The protocol of an OpenTSDB listener; shares the listener's feed (counters, sink).
 pub struct OpenTsdb<S> {
     feed: Arc<Feed<S>>,
     limits: BodyLimits,
