@@ -276,6 +276,49 @@ async fn maintenance_queues_everything_and_resume_clears_the_flag() {
 }
 
 #[tokio::test]
+async fn clear_diverged_needs_a_verify_begun_after_the_last_drop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    let alpha = replicator.replicas()[0].clone();
+    let flag = dir.path().join("alpha/diverged");
+    let (status, _, _) = call(&admin, "POST", "/admin/v1/queue/alpha/purge").await;
+    assert_eq!(status, 200);
+    assert!(flag.exists() && alpha.diverged().is_some());
+    let now_ms = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis()
+    };
+
+    // Without the time the verify began: refused.
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/backend/alpha/clear-diverged").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("verified_from"), "{body}");
+    // A verify that began before the drop cannot have seen it.
+    let uri = format!(
+        "/admin/v1/backend/alpha/clear-diverged?verified_from={}",
+        1000
+    );
+    let (status, body, _) = call(&admin, "POST", &uri).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(flag.exists() && alpha.diverged().is_some());
+    // One begun after it (or in the same millisecond) clears the flag and its file.
+    let uri = format!(
+        "/admin/v1/backend/alpha/clear-diverged?verified_from={}",
+        now_ms()
+    );
+    let (status, body, _) = call(&admin, "POST", &uri).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("no longer diverged"), "{body}");
+    assert!(!flag.exists() && alpha.diverged().is_none());
+    let (_, body, _) = call(&admin, "POST", &uri).await;
+    assert!(body.contains("was not diverged"), "{body}");
+    let (status, _, _) = call(&admin, "GET", &uri).await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
 async fn queue_api_lists_inspects_dumps_verifies_and_purges() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (admin, replicator) = setup(dir.path());

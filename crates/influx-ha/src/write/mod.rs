@@ -371,3 +371,6 @@ async fn collect(mut set: JoinSet<(usize, Outcome)>, n: usize) -> Vec<Outcome> {
         .map(|o| o.unwrap_or_else(|| Outcome::Failed("task failed".to_owned())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
