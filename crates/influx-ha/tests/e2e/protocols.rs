@@ -266,6 +266,7 @@ fn prometheus_remote_write_stores_what_influxd_stores() {
         ("db=prom", b"definitely not snappy".to_vec()),
         ("", body.clone()),
         ("db=prom&consistency=bogus", body.clone()),
+        ("db=nosuchdb", body.clone()),
     ] {
         let want = prom_write(&mut reference_client, query, &body);
         let got = prom_write_relay(&mut relay, query, &body);
