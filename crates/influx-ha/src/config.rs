@@ -19,10 +19,14 @@
 //! # header_read_timeout = "30s"     # also closes keep-alive connections idle this long
 //! # body_read_timeout = "60s"
 //! # drain_timeout = "30s"            # SIGTERM: time given to in-flight requests
+//! # tls_cert = "/etc/influx-ha/cert.pem"  # HTTPS: PEM chain, leaf first (both or neither;
+//! # tls_key = "/etc/influx-ha/key.pem"    # re-read on SIGHUP)
 //!
 //! [admin]                             # optional: /, /status, /metrics, /admin/v1/… here
 //!                                     # (without it they are on the main listener)
 //! bind = "127.0.0.1:8093"
+//! # tls_cert = "…"                    # as in [http]
+//! # tls_key = "…"
 //!
 //! [[udp]]                             # any number; one datagram = a batch of lines
 //! bind = "0.0.0.0:8089"
@@ -32,6 +36,8 @@
 //! [[tcp]]                             # any number; newline-delimited lines per connection
 //! bind = "0.0.0.0:8094"
 //! database = "telegraf"               # created on every backend at start
+//! # max_connections = 1024           # more clients wait in the kernel's backlog
+//! # idle_timeout = "5m"              # a connection silent this long is closed
 //!
 //! [[graphite]]                        # any number; Graphite plaintext `path value [timestamp]`
 //! bind = "0.0.0.0:2003"
@@ -78,6 +84,7 @@
 //! url = "http://10.0.0.1:8086"
 //! # username = "relay"               # service credentials for this backend
 //! # password = "..."
+//! # ca_file = "/etc/influx-ha/ca.pem" # https:// only: trust these CAs, not the system's
 //!
 //! [auth]                              # optional: relay-level authentication, off by default
 //! enabled = true                      # InfluxDB's auth-enabled: 401 without good credentials
@@ -116,8 +123,9 @@ pub use self::protocols::{
     OpentsdbConfig,
 };
 
-pub use self::security::AuthConfig;
+pub use self::security::{AuthConfig, RateLimit, RateLimitKey};
 pub use crate::params::{Consistency, Precision};
+pub use crate::tls::TlsFiles;
 use crate::units::{ByteSize, HumanDuration};
 
 /// InfluxDB 1.6's default `max-body-size`.
@@ -146,6 +154,10 @@ pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Default free-disk floor under which queues stop accepting appends.
 pub const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
+/// Default cap on open connections of one `[[tcp]]` listener.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+/// Default time a `[[tcp]]` connection may stay silent before it is closed.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest backend name (it is a directory name).
 pub const MAX_BACKEND_NAME_LEN: usize = 64;
 /// Default period of the active health checks and of peer polls.
@@ -251,6 +263,10 @@ pub struct HttpConfig {
     pub body_read_timeout: Duration,
     /// After SIGTERM: time in-flight requests get to finish before the process exits anyway.
     pub drain_timeout: Duration,
+    /// `tls_cert` and `tls_key`: serve HTTPS instead of HTTP.
+    pub tls: Option<TlsFiles>,
+    /// `rate_limit`: a token bucket per client address or user; past it 503 + Retry-After.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `[admin]`: the separate admin listener.
@@ -258,6 +274,8 @@ pub struct HttpConfig {
 pub struct AdminConfig {
     /// Address to listen on (loopback is the sensible choice).
     pub bind: SocketAddr,
+    /// `tls_cert` and `tls_key`: serve HTTPS instead of HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// `[[udp]]`: one UDP line-protocol listener: each datagram is a batch of lines, written at the
@@ -281,6 +299,10 @@ pub struct TcpConfig {
     pub bind: SocketAddr,
     /// Database every line is written to; created on every backend at start.
     pub database: String,
+    /// Open connections at most; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// `[write]`: the write path.
@@ -339,6 +361,8 @@ pub struct BackendConfig {
     pub url: BackendUrl,
     /// Service credentials influx-ha uses for this backend (never the client's).
     pub credentials: Option<Credentials>,
+    /// For `https://`: PEM CA certificates to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Service credentials for one backend.
@@ -663,12 +687,17 @@ struct RawHttp {
     header_read_timeout: Option<Spanned<HumanDuration>>,
     body_read_timeout: Option<Spanned<HumanDuration>>,
     drain_timeout: Option<HumanDuration>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    rate_limit: Option<Spanned<security::RawRateLimit>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: Spanned<String>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -685,6 +714,8 @@ struct RawUdp {
 struct RawTcp {
     bind: Spanned<String>,
     database: Spanned<String>,
+    max_connections: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -721,6 +752,7 @@ struct RawBackend {
     url: Spanned<String>,
     username: Option<Spanned<String>>,
     password: Option<Spanned<Secret>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 /// Collects problems while validating.
@@ -976,11 +1008,18 @@ impl RawConfig {
             header_read_timeout,
             body_read_timeout,
             drain_timeout,
+            tls: security::tls_files(&mut c, &self.http.tls_cert, &self.http.tls_key, "http"),
+            rate_limit: self
+                .http
+                .rate_limit
+                .as_ref()
+                .map(|r| security::rate_limit(&mut c, r)),
         };
 
         // [admin]
         let admin = self.admin.as_ref().map(|a| AdminConfig {
             bind: c.bind(&a.bind, "admin.bind").unwrap_or(placeholder),
+            tls: security::tls_files(&mut c, &a.tls_cert, &a.tls_key, "admin"),
         });
 
         // [[udp]] and [[tcp]]
@@ -1005,6 +1044,21 @@ impl RawConfig {
                     .bind(&t.bind, &format!("tcp[{i}].bind"))
                     .unwrap_or(placeholder),
                 database: c.database(&t.database, &format!("tcp[{i}].database")),
+                max_connections: match &t.max_connections {
+                    None => DEFAULT_TCP_MAX_CONNECTIONS,
+                    Some(v) => match usize::try_from(*v.get_ref()) {
+                        Ok(n) if n >= 1 => n,
+                        _ => {
+                            c.at(v, format!("tcp[{i}].max_connections"), "must be at least 1");
+                            DEFAULT_TCP_MAX_CONNECTIONS
+                        }
+                    },
+                },
+                idle_timeout: c.positive(
+                    &t.idle_timeout,
+                    &format!("tcp[{i}].idle_timeout"),
+                    DEFAULT_TCP_IDLE_TIMEOUT,
+                ),
             })
             .collect();
 
@@ -1206,10 +1260,24 @@ impl RawConfig {
                     None
                 }
             };
+            let ca_file = b.ca_file.as_ref().map(|f| {
+                if url.scheme != Scheme::Https {
+                    c.at(
+                        f,
+                        format!("backend[{i}].ca_file"),
+                        "only applies to https:// backends",
+                    );
+                }
+                if f.get_ref().trim().is_empty() {
+                    c.at(f, format!("backend[{i}].ca_file"), "must not be empty");
+                }
+                PathBuf::from(f.get_ref())
+            });
             backends.push(BackendConfig {
                 name: name.clone(),
                 url,
                 credentials,
+                ca_file,
             });
         }
 
@@ -1352,5 +1420,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "influx-ha".to_owned())
 }
 
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;

@@ -74,5 +74,6 @@ pub mod repair;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod tls;
 pub mod units;
 pub mod write;

@@ -14,6 +14,7 @@ use crate::http::body::{BodyLimits, InflightBytes};
 use crate::http::guard::{AuthSettings, Guard};
 use crate::http::{Handler, HttpService, NotReplicating, RequestObserver, Surface, WriteHandler};
 use crate::server::{self, DrainReport, ServerOptions};
+use crate::tls::ServerTls;
 use crate::write::Replicator;
 
 /// Why a node could not start.
@@ -35,6 +36,14 @@ pub enum NodeError {
     /// A backend's queue could not be opened.
     #[error(transparent)]
     Queue(#[from] crate::write::OpenError),
+    /// A listener's certificate or key cannot be used.
+    #[error("{what} listener TLS: {error}")]
+    Tls {
+        /// Which listener.
+        what: &'static str,
+        /// Why.
+        error: crate::tls::TlsError,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -66,6 +75,69 @@ pub struct Node<W> {
     backends: Vec<BackendClient>,
     /// Authentication of both listeners (swappable on reload).
     guard: Guard,
+    /// The listeners' TLS certificates (reloadable).
+    tls: ListenerTls,
+}
+
+/// The TLS side of the listeners; [`ListenerTls::reload`] is what a config reload calls.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerTls {
+    /// The main listener's, when `[http] tls_cert` is set.
+    pub main: Option<Arc<ServerTls>>,
+    /// The admin listener's, when `[admin] tls_cert` is set.
+    pub admin: Option<Arc<ServerTls>>,
+}
+
+impl ListenerTls {
+    /// Loads the certificates `config` names.
+    pub fn load(config: &Config) -> Result<Self, NodeError> {
+        let load = |what, files: Option<&crate::tls::TlsFiles>| {
+            files
+                .map(|f| ServerTls::new(f.clone()).map(Arc::new))
+                .transpose()
+                .map_err(|error| NodeError::Tls { what, error })
+        };
+        Ok(Self {
+            main: load("http", config.http.tls.as_ref())?,
+            admin: load("admin", config.admin.as_ref().and_then(|a| a.tls.as_ref()))?,
+        })
+    }
+
+    /// Reads the certificate and key files again (those `config` names) for new connections.
+    /// A listener started without TLS stays without (that needs a restart). On error nothing
+    /// changes, and the message says which file is wrong.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let pairs = [
+            (&self.main, config.http.tls.as_ref(), "http"),
+            (
+                &self.admin,
+                config.admin.as_ref().and_then(|a| a.tls.as_ref()),
+                "admin",
+            ),
+        ];
+        // Check every new certificate first, so that a bad one changes nothing at all.
+        for (tls, files, what) in &pairs {
+            if let (Some(_), Some(files)) = (tls, files) {
+                crate::tls::server_config(files).map_err(|e| format!("{what} listener: {e}"))?;
+            }
+        }
+        for (tls, files, what) in pairs {
+            if let Some(tls) = tls {
+                tls.reload(files)
+                    .map_err(|e| format!("{what} listener: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a config reload (SIGHUP) applies of the security settings: the listeners'
+/// certificates, then the users and tokens of `[auth]`. Returns why not when a certificate
+/// cannot be used (then nothing changed).
+pub fn reload_security(tls: &ListenerTls, guard: &Guard, config: &Config) -> Result<(), String> {
+    tls.reload(config)?;
+    guard.set_auth(auth_settings(config));
+    Ok(())
 }
 
 /// The backend clients of a config, in config order.
@@ -112,6 +184,7 @@ impl<W: WriteHandler + Clone> Node<W> {
         F: FnOnce(&[BackendClient], &Health) -> W,
     {
         let backends = backend_clients(config)?;
+        let tls = ListenerTls::load(config)?;
         let main = bind("http", config.http.bind).await?;
         let admin = match &config.admin {
             Some(a) => Some(bind("admin", a.bind).await?),
@@ -143,7 +216,13 @@ impl<W: WriteHandler + Clone> Node<W> {
             health,
             backends,
             guard: Guard::new(auth_settings(config)),
+            tls,
         })
+    }
+
+    /// The listeners' TLS certificates (for [`reload_security`]).
+    pub fn listener_tls(&self) -> &ListenerTls {
+        &self.tls
     }
 
     /// Answers `/query` and `/api/v2/query` with `handler` (501 without one).
@@ -215,17 +294,26 @@ impl<W: WriteHandler + Clone> Node<W> {
             with_admin: self.admin.is_none(),
         });
         let admin_service = self.service(Surface::Admin);
-        let main = server::run(
+        let main = server::run_with_tls(
             self.main,
             main_service,
             self.options,
+            self.tls.main.clone(),
             stopped(stop_rx.clone()),
         );
+        let admin_tls = self.tls.admin.clone();
         let admin = async {
             match self.admin {
-                Some(l) => {
-                    Some(server::run(l, admin_service, self.options, stopped(stop_rx)).await)
-                }
+                Some(l) => Some(
+                    server::run_with_tls(
+                        l,
+                        admin_service,
+                        self.options,
+                        admin_tls,
+                        stopped(stop_rx),
+                    )
+                    .await,
+                ),
                 None => None,
             }
         };

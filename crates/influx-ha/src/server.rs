@@ -7,6 +7,9 @@
 //! - Each connection is served by hyper-util's auto builder (HTTP/1.1, and h2c for clients that
 //!   ask for it), with a header read timeout against slow-loris clients, and header names
 //!   written in Go's canonical case (`X-Influxdb-Version`).
+//! - TLS (optional, [`run_with_tls`]): the handshake runs in the connection's task, within the
+//!   header read timeout, with the listener's current certificate ([`ServerTls`], reloadable).
+//! - Each request carries the client's address ([`ClientAddr`]) in its extensions.
 //! - Shutdown: the loop stops accepting and drops the listener, every connection is told to
 //!   finish its in-flight request and close ([`Shutdown`]), and [`run`] waits until all of them
 //!   ended or the drain period is over.
@@ -23,8 +26,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
+use crate::http::guard::ClientAddr;
 use crate::http::{HttpService, WriteHandler};
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
 
 /// Connection-level settings of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,18 @@ pub async fn run<W: WriteHandler>(
     listener: TcpListener,
     service: Arc<HttpService<W>>,
     options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> DrainReport {
+    run_with_tls(listener, service, options, None, shutdown).await
+}
+
+/// [`run`], with TLS on every connection when `tls` is given: the handshake happens in the
+/// connection's task and must finish within `header_read_timeout`.
+pub async fn run_with_tls<W: WriteHandler>(
+    listener: TcpListener,
+    service: Arc<HttpService<W>>,
+    options: ServerOptions,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) -> DrainReport {
     let local = listener
@@ -83,8 +100,9 @@ pub async fn run<W: WriteHandler>(
                 shutdown: Shutdown::new(notify_shutdown.subscribe()),
                 _complete: complete_tx.clone(),
                 _permit: permit,
+                handshake_timeout: options.header_read_timeout,
             };
-            tokio::spawn(task.run(stream, peer));
+            tokio::spawn(task.run(stream, peer, tls.clone()));
         }
     };
     tokio::select! {
@@ -141,16 +159,38 @@ struct ConnectionTask<W> {
     _complete: mpsc::Sender<()>,
     /// The connection slot, released when the task ends.
     _permit: OwnedSemaphorePermit,
+    /// Time a TLS client gets to finish its handshake.
+    handshake_timeout: Duration,
 }
 
 impl<W: WriteHandler> ConnectionTask<W> {
-    async fn run(mut self, stream: TcpStream, peer: SocketAddr) {
+    async fn run(mut self, stream: TcpStream, peer: SocketAddr, tls: Option<Arc<ServerTls>>) {
+        let Some(tls) = tls else {
+            return self.serve(stream, peer).await;
+        };
+        let handshake = tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream));
+        let result = tokio::select! {
+            r = handshake => r,
+            () = self.shutdown.recv() => return,
+        };
+        match result {
+            Ok(Ok(stream)) => self.serve(stream, peer).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake not finished in time; closed"),
+        }
+    }
+
+    async fn serve<I>(mut self, io: I, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let service = self.service.clone();
-        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let service = service.clone();
+            req.extensions_mut().insert(ClientAddr(peer));
             async move { Ok::<_, Infallible>(service.handle(req).await) }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(stream), svc);
+        let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         let mut conn = std::pin::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,

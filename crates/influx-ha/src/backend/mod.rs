@@ -11,7 +11,8 @@
 //!   except db, rp, precision and the body.
 //! - Answers are classified in one place, [`classify`] (see [`classify`] for the table).
 //!
-//! TLS (`https://` backends) is not built yet: [`BackendClient::new`] refuses them.
+//! - TLS: `https://` backends are reached over rustls (ring), verified against the system's
+//!   trust store or the backend's `ca_file` ([`crate::tls::client_config`]); HTTP/1.1 only.
 
 mod classify;
 
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -56,6 +58,14 @@ pub enum SetupError {
         name: String,
         /// What is missing.
         message: &'static str,
+    },
+    /// TLS to an `https://` backend cannot be set up (unreadable `ca_file`, no system roots).
+    #[error("backend {name}: {error}")]
+    Tls {
+        /// The backend.
+        name: String,
+        /// Why.
+        error: crate::tls::TlsError,
     },
 }
 
@@ -171,8 +181,8 @@ pub struct BackendClient {
     url: BackendUrl,
     /// Basic auth of the service user, marked sensitive; `None` without credentials.
     authorization: Option<HeaderValue>,
-    /// The connection pool.
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// The connection pool (TLS for `https://` backends).
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// Deadlines.
     timeouts: Timeouts,
 }
@@ -191,16 +201,25 @@ impl fmt::Debug for BackendClient {
 impl BackendClient {
     /// Builds the client of one configured backend.
     pub fn new(config: &BackendConfig, timeouts: Timeouts) -> Result<Self, SetupError> {
-        if config.url.scheme == Scheme::Https {
-            return Err(SetupError::Unsupported {
-                name: config.name.clone(),
-                message: "https:// backends need TLS, which influx-ha does not have yet",
-            });
+        let tls = match config.url.scheme {
+            Scheme::Https => crate::tls::client_config(config.ca_file.as_deref()),
+            Scheme::Http => crate::tls::no_tls_client_config(),
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        .map_err(|error| SetupError::Tls {
+            name: config.name.clone(),
+            error,
+        })?;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(timeouts.connect));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        // The TLS layer takes https:// URLs; plain ones pass through it untouched.
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())

@@ -134,6 +134,7 @@ fn backend_config(addr: SocketAddr, credentials: bool) -> BackendConfig {
             username: "relay".to_owned(),
             password: Secret::new("hunter2"),
         }),
+        ca_file: None,
     }
 }
 
@@ -404,11 +405,14 @@ async fn oversized_answer_is_retryable() {
 }
 
 #[test]
-fn https_is_refused_until_tls_exists() {
+fn an_unreadable_ca_file_is_a_setup_error_naming_backend_and_file() {
     let mut config = backend_config(SocketAddr::from(([127, 0, 0, 1], 1)), false);
     config.url.scheme = Scheme::Https;
-    let err = BackendClient::new(&config, TIMEOUTS).expect_err("https");
-    assert!(err.to_string().contains("TLS"), "{err}");
+    config.ca_file = Some("/nonexistent/ca.pem".into());
+    let err = BackendClient::new(&config, TIMEOUTS).expect_err("missing CA file");
+    let text = err.to_string();
+    assert!(text.contains("influx-a"), "{text}");
+    assert!(text.contains("/nonexistent/ca.pem"), "{text}");
 }
 
 #[test]

@@ -1,7 +1,12 @@
-//! The security sections of the config: `[auth]` with its users and tokens.
+//! The security parts of the config: `[auth]` with its users and tokens, the TLS files of
+//! the listeners, and `[http] rate_limit`.
+
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::tls::TlsFiles;
 
 use super::Checker;
 use crate::auth::password::{HashError, PasswordHash, parse_token_hash};
@@ -121,4 +126,103 @@ impl RawAuth {
 
 fn hash_message(e: &HashError) -> String {
     e.to_string()
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKey {
+    /// The client's IP address (behind a proxy every client shares the proxy's).
+    Address,
+    /// The authenticated user or token name; the address when authentication is off.
+    User,
+}
+
+/// `[http] rate_limit`: a token bucket per client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second a client may make on average.
+    pub requests_per_second: f64,
+    /// Requests a client may make at once after being idle.
+    pub burst: u32,
+    /// What a client is.
+    pub per: RateLimitKey,
+}
+
+// The rate is checked to be finite and positive: equality is total on what validation keeps.
+impl Eq for RateLimit {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    requests_per_second: f64,
+    burst: Option<i64>,
+    per: Option<RateLimitKey>,
+}
+
+pub(super) fn rate_limit(c: &mut Checker<'_>, raw: &Spanned<RawRateLimit>) -> RateLimit {
+    let r = raw.get_ref();
+    let mut rps = r.requests_per_second;
+    if !rps.is_finite() || rps <= 0.0 {
+        c.at(
+            raw,
+            "http.rate_limit.requests_per_second",
+            "must be a number larger than zero",
+        );
+        rps = 1.0;
+    }
+    let default_burst = rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+    let burst = match r.burst {
+        None => default_burst,
+        Some(b) => match u32::try_from(b) {
+            Ok(b) if b >= 1 => b,
+            _ => {
+                c.at(raw, "http.rate_limit.burst", "must be at least 1");
+                default_burst
+            }
+        },
+    };
+    RateLimit {
+        requests_per_second: rps,
+        burst,
+        per: r.per.unwrap_or(RateLimitKey::Address),
+    }
+}
+
+/// `tls_cert` and `tls_key` of a listener: both or neither.
+pub(super) fn tls_files(
+    c: &mut Checker<'_>,
+    cert: &Option<Spanned<String>>,
+    key: &Option<Spanned<String>>,
+    section: &str,
+) -> Option<TlsFiles> {
+    let mut non_empty = |v: &Spanned<String>, name: &str| {
+        if v.get_ref().trim().is_empty() {
+            c.at(v, format!("{section}.{name}"), "must not be empty");
+        }
+        PathBuf::from(v.get_ref())
+    };
+    match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: non_empty(cert, "tls_cert"),
+            key: non_empty(key, "tls_key"),
+        }),
+        (Some(cert), None) => {
+            c.at(
+                cert,
+                format!("{section}.tls_key"),
+                "is required when tls_cert is set",
+            );
+            None
+        }
+        (None, Some(key)) => {
+            c.at(
+                key,
+                format!("{section}.tls_cert"),
+                "is required when tls_key is set",
+            );
+            None
+        }
+    }
 }

@@ -60,11 +60,11 @@ name = "influx-b"
 url = "https://influx-b.example.com:8086/prefix/"
 "#;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_toml(text, "test.toml")
 }
 
-fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: &str) -> Vec<Problem> {
     match parse(text) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
         other => panic!("expected validation problems, got {other:?}"),
@@ -72,7 +72,7 @@ fn problems(text: &str) -> Vec<Problem> {
 }
 
 /// The single problem of an invalid config.
-fn problem(text: &str) -> Problem {
+pub(super) fn problem(text: &str) -> Problem {
     let mut p = problems(text);
     assert_eq!(p.len(), 1, "{p:?}");
     p.remove(0)
@@ -130,7 +130,8 @@ fn full_config() {
     assert_eq!(
         c.admin,
         Some(AdminConfig {
-            bind: "127.0.0.1:8093".parse().expect("addr")
+            bind: "127.0.0.1:8093".parse().expect("addr"),
+            tls: None,
         })
     );
     assert_eq!(c.udp.len(), 2);

@@ -20,6 +20,11 @@ use http::{Request, Uri};
 use super::error::RequestError;
 use crate::auth::{Authenticator, Principal};
 
+/// The address of the client a request came from (set by the server in the request's
+/// extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Where a request arrived, for deciding what it must present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {

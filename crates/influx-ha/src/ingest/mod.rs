@@ -545,6 +545,8 @@ impl<S: Sink + Clone> Listeners<S> {
         for t in &config.tcp {
             let defaults = tcp::TcpOptions::default();
             let options = tcp::TcpOptions {
+                max_connections: t.max_connections,
+                idle_timeout: t.idle_timeout,
                 max_line_bytes: max_body,
                 max_batch_bytes: defaults.max_batch_bytes.min(max_body),
                 drain_timeout: config.http.drain_timeout,

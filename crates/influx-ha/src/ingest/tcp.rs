@@ -416,6 +416,8 @@ mod tests {
         let config = TcpConfig {
             bind: "127.0.0.1:0".parse().expect("addr"),
             database: "tcpdb".into(),
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
         };
         let recorder = Recorder::default();
         let l = TcpLineListener::bind(&config, recorder.clone(), options)

@@ -20,6 +20,9 @@ pub struct Relay {
     client: HttpClient,
     /// `RUST_LOG` of the process.
     log_level: &'static str,
+    /// Whether the main listener speaks TLS (readiness is then its listening socket; the
+    /// plain-HTTP helpers cannot be used).
+    tls: bool,
 }
 
 impl Relay {
@@ -88,6 +91,11 @@ impl Relay {
             port,
             child: None,
             log_level,
+            // Keys before the first table header of `extra` belong to [http].
+            tls: extra
+                .lines()
+                .take_while(|l| !l.trim_start().starts_with('['))
+                .any(|l| l.trim_start().starts_with("tls_cert")),
         };
         relay.launch();
         relay
@@ -113,7 +121,12 @@ impl Relay {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.get("/ping").is_ok_and(|r| r.status == 204) {
+            let ready = if self.tls {
+                std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                self.get("/ping").is_ok_and(|r| r.status == 204)
+            };
+            if ready {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -169,6 +182,7 @@ impl Relay {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The relay's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
     }

@@ -420,3 +420,250 @@ fn client_credentials_never_reach_logs_queues_or_backends() {
         }
     }
 }
+
+// === TLS ===
+
+/// A test CA and a certificate for `localhost` and 127.0.0.1 it signed, as PEM files.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "influx-ha e2e CA");
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write PEM");
+        p
+    };
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        cert: write("cert.pem", leaf.pem()),
+        key: write("key.pem", leaf_key.serialize_pem()),
+        _dir: dir,
+    }
+}
+
+/// One HTTPS request trusting only `ca`; returns the status and body.
+fn https(
+    port: u16,
+    ca: &Path,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Full};
+    let config = influx_ha::tls::client_config(Some(ca)).map_err(|e| e.to_string())?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, Full<bytes::Bytes>>(connector);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost:{port}{target}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+            .await
+            .map_err(|_| "timeout".to_owned())?
+            .map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+}
+
+/// The Python `influxdb` client (Debian's python3-influxdb) over TLS, as user `admin`: pings,
+/// writes `lines` to `db`, prints the server version. `ca` None: the system trust store.
+fn python_client(port: u16, ca: Option<&Path>, lines: &[String]) -> (bool, String) {
+    let script = r#"
+import sys, influxdb
+port, ca, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+c = influxdb.InfluxDBClient(host='localhost', port=port, ssl=True, username=user,
+                            password=password, verify_ssl=(ca if ca else True),
+                            database='db', timeout=30)
+try:
+    version = c.ping()
+    c.write(sys.argv[5:], params={'db': 'db', 'precision': 'n'}, protocol='line')
+except Exception as e:
+    print('refused:', type(e).__name__, e)
+    sys.exit(3)
+print('version', version)
+"#;
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(ca.map_or(String::new(), |p| p.display().to_string()))
+        .args(["admin", CLIENT_PASSWORD])
+        .args(lines);
+    let out = cmd.output().expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_client_trusting_the_ca_writes_over_tls() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    let pki = pki();
+    let extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n\n{}",
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+        auth_section(None)
+    );
+    let tables = format!(
+        "[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n[[backend]]\nname = \"b\"\nurl = \"{}\"\n\n",
+        a.url(),
+        b.url()
+    );
+    let relay = Relay::start_config(&extra, &tables, "info");
+    let port = relay.port();
+
+    // The real Python client, trusting the test CA, with credentials in the URL.
+    let lines: Vec<String> = (0..10)
+        .map(|i| format!("tls,h=h{i} v={i}i {}", 1_700_000_000_000_000_000u64 + i))
+        .collect();
+    let (ok, out) = python_client(port, Some(&pki.ca), &lines);
+    assert!(ok, "{out}\n{}", relay.log());
+    assert!(out.contains("version 1.6.7~rc0"), "{out}");
+    for (name, i) in [("a", &a), ("b", &b)] {
+        wait_until(
+            &format!("10 points on {name}"),
+            crate::support::CONVERGE,
+            || count(i, "db", "v", "tls") == 10,
+        );
+    }
+    // The same client trusting only the system's CAs refuses the certificate.
+    let (ok, out) = python_client(port, None, &lines);
+    assert!(!ok && out.contains("SSL"), "{out}");
+
+    // Plain HTTP on the TLS port gets nothing useful; HTTPS with the CA does.
+    let mut plain = testkit::HttpClient::new(([127, 0, 0, 1], port).into());
+    assert!(
+        plain
+            .request("GET", "/ping", &[], b"")
+            .map_or(true, |r| r.status != 204),
+        "plain HTTP must not be served on a TLS listener"
+    );
+    let (status, _) = https(port, &pki.ca, "GET", "/ping", b"").expect("https /ping");
+    assert_eq!(status, 204);
+    let (status, body) = https(port, &pki.ca, "POST", "/write?db=db", b"x v=1").expect("https");
+    assert_eq!(status, 401, "{body}");
+}
+
+#[test]
+fn a_backend_behind_tls_receives_every_write() {
+    let _serial = serial();
+    let pki = pki();
+    let secure = Influxd::start_with_options(Options {
+        https: Some((pki.cert.clone(), pki.key.clone())),
+        ..Options::default()
+    });
+    let plain = Influxd::start();
+    plain.create_database("db");
+    let (status, body) = https(
+        secure.port(),
+        &pki.ca,
+        "POST",
+        "/query",
+        b"q=CREATE+DATABASE+db",
+    )
+    .expect("create the database over https");
+    assert_eq!(status, 200, "{body}");
+    let tables = format!(
+        "[[backend]]\nname = \"secure\"\nurl = \"https://127.0.0.1:{}\"\nca_file = {:?}\n\n[[backend]]\nname = \"plain\"\nurl = \"{}\"\n\n",
+        secure.port(),
+        pki.ca.display().to_string(),
+        plain.url()
+    );
+    let mut relay = Relay::start_config("", &tables, "info");
+    for n in 0..5u64 {
+        // consistency=all: 204 only once the TLS backend acknowledged.
+        let body = format!("sec,h=x v={n}i {}", 1_700_000_000_000_000_000u64 + n);
+        let r = relay.write("db=db&consistency=all", body.as_bytes());
+        assert_eq!(r.status, 204, "{}\n{}", r.text(), relay.log());
+    }
+    let (status, body) = https(
+        secure.port(),
+        &pki.ca,
+        "POST",
+        "/query",
+        b"db=db&epoch=ns&q=SELECT+count(v)+FROM+sec",
+    )
+    .expect("query over https");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"values\":[[0,5]]"), "{body}");
+    assert_eq!(count(&plain, "db", "v", "sec"), 5);
+}
+
+/// A backend whose certificate is not signed by the configured CA gets nothing (the write is
+/// queued for it), and the relay says why.
+#[test]
+fn a_backend_with_an_untrusted_certificate_is_not_written_to() {
+    let _serial = serial();
+    let (pki, other) = (pki(), pki());
+    let secure = Influxd::start_with_options(Options {
+        https: Some((pki.cert.clone(), pki.key.clone())),
+        ..Options::default()
+    });
+    let tables = format!(
+        "[[backend]]\nname = \"secure\"\nurl = \"https://127.0.0.1:{}\"\nca_file = {:?}\n\n",
+        secure.port(),
+        other.ca.display().to_string(),
+    );
+    let mut relay = Relay::start_config("", &tables, "info");
+    let r = relay.write("db=db", b"m v=1 1700000000000000000");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "{\"error\":\"write failed: hinted handoff queue not empty\"}\n"
+    );
+    wait_until(
+        "the relay logs the certificate error",
+        crate::support::CONVERGE,
+        || {
+            let log = relay.log();
+            log.contains("UnknownIssuer") || log.contains("invalid peer certificate")
+        },
+    );
+}
