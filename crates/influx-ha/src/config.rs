@@ -21,6 +21,9 @@
 //! # drain_timeout = "30s"            # SIGTERM: time given to in-flight requests
 //! # tls_cert = "/etc/influx-ha/cert.pem"  # HTTPS: PEM chain, leaf first (both or neither;
 //! # tls_key = "/etc/influx-ha/key.pem"    # re-read on SIGHUP)
+//! # rate_limit = { requests_per_second = 100, burst = 200, per = "address" }
+//! #                                  # token bucket per client ("address" or "user"); past
+//! #                                  # it 503 + Retry-After; burst defaults to the rate
 //!
 //! [admin]                             # optional: /, /status, /metrics, /admin/v1/… here
 //!                                     # (without it they are on the main listener)
@@ -97,12 +100,14 @@
 //! [[auth.token]]                      # any number; `Authorization: Token TOKEN`
 //! name = "grafana"                    # shown in logs instead of the token
 //! token_hash = "$sha256$…"            # from `influx-ha new-token`
+//!
 //! [[peer]]                            # any number: the other relays writing to the same
 //! name = "relay-2"                    # backends; reads wait for their queues too
 //! url = "http://10.0.0.2:8093"        # the peer's admin address (its [admin] bind, or its
 //!                                     # main address when it has no [admin] listener)
-//! # username = "peer"                # when the peer's [auth] asks for credentials there
+//! # username = "peer"                # a user of the peer's [auth], when it has auth on
 //! # password = "..."
+//! # ca_file = "/etc/influx-ha/ca.pem" # https:// peers: trust these CAs, not the system's
 //! ```
 //!
 //! Backends are matched across relays by `name`: every relay must give the same backend the
@@ -241,8 +246,10 @@ pub struct PeerConfig {
     pub name: String,
     /// Its admin address (`/admin/v1/queues` is fetched from there).
     pub url: BackendUrl,
-    /// Credentials for the peer's admin surface, when its `[auth]` asks for them.
+    /// A user of the peer's `[auth]`, sent as Basic auth, when the peer asks for credentials.
     pub credentials: Option<Credentials>,
+    /// For `https://`: PEM CA certificates to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[http]`: the main listener.
@@ -675,6 +682,7 @@ struct RawPeer {
     url: Spanned<String>,
     username: Option<Spanned<String>>,
     password: Option<Spanned<Secret>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1260,19 +1268,7 @@ impl RawConfig {
                     None
                 }
             };
-            let ca_file = b.ca_file.as_ref().map(|f| {
-                if url.scheme != Scheme::Https {
-                    c.at(
-                        f,
-                        format!("backend[{i}].ca_file"),
-                        "only applies to https:// backends",
-                    );
-                }
-                if f.get_ref().trim().is_empty() {
-                    c.at(f, format!("backend[{i}].ca_file"), "must not be empty");
-                }
-                PathBuf::from(f.get_ref())
-            });
+            let ca_file = security::ca_file(&mut c, &b.ca_file, &url, &format!("backend[{i}]"));
             backends.push(BackendConfig {
                 name: name.clone(),
                 url,
@@ -1341,47 +1337,20 @@ impl RawConfig {
                 );
             }
             let url = match parse_backend_url(p.url.get_ref().trim()) {
-                Ok(url) if url.scheme == Scheme::Https => {
-                    c.at(
-                        &p.url,
-                        format!("peer[{i}].url"),
-                        "https:// peers need TLS, which influx-ha does not have yet",
-                    );
-                    url
-                }
                 Ok(url) => url,
                 Err(msg) => {
                     c.at(&p.url, format!("peer[{i}].url"), msg);
                     continue;
                 }
             };
-            let credentials = match (&p.username, &p.password) {
-                (Some(u), Some(pw)) => Some(Credentials {
-                    username: u.get_ref().clone(),
-                    password: pw.get_ref().clone(),
-                }),
-                (None, None) => None,
-                (Some(u), None) => {
-                    c.at(
-                        u,
-                        format!("peer[{i}].password"),
-                        "is required when username is set",
-                    );
-                    None
-                }
-                (None, Some(pw)) => {
-                    c.at(
-                        pw,
-                        format!("peer[{i}].username"),
-                        "is required when password is set",
-                    );
-                    None
-                }
-            };
+            let credentials =
+                security::credentials(&mut c, &p.username, &p.password, &format!("peer[{i}]"));
+            let ca_file = security::ca_file(&mut c, &p.ca_file, &url, &format!("peer[{i}]"));
             peers.push(PeerConfig {
                 name: name.clone(),
                 url,
                 credentials,
+                ca_file,
             });
         }
 

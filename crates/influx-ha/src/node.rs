@@ -132,11 +132,12 @@ impl ListenerTls {
 }
 
 /// What a config reload (SIGHUP) applies of the security settings: the listeners'
-/// certificates, then the users and tokens of `[auth]`. Returns why not when a certificate
+/// certificates, then the users and tokens of `[auth]` and `[http] rate_limit`. Returns why not when a certificate
 /// cannot be used (then nothing changed).
 pub fn reload_security(tls: &ListenerTls, guard: &Guard, config: &Config) -> Result<(), String> {
     tls.reload(config)?;
     guard.set_auth(auth_settings(config));
+    guard.set_rate_limit(config.http.rate_limit);
     Ok(())
 }
 
@@ -215,7 +216,11 @@ impl<W: WriteHandler + Clone> Node<W> {
             },
             health,
             backends,
-            guard: Guard::new(auth_settings(config)),
+            guard: {
+                let guard = Guard::new(auth_settings(config));
+                guard.set_rate_limit(config.http.rate_limit);
+                guard
+            },
             tls,
         })
     }
@@ -346,6 +351,7 @@ fn read_path(
             name: p.name.clone(),
             url: p.url.clone(),
             credentials: p.credentials.clone(),
+            ca_file: p.ca_file.clone(),
         };
         let timeouts = Timeouts {
             connect: config.write.connect_timeout,

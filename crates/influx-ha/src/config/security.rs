@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use crate::tls::TlsFiles;
 
-use super::Checker;
+use super::{BackendUrl, Checker, Credentials, Scheme, Secret};
 use crate::auth::password::{HashError, PasswordHash, parse_token_hash};
 use crate::auth::{Token, User};
 
@@ -221,6 +221,60 @@ pub(super) fn tls_files(
                 key,
                 format!("{section}.tls_cert"),
                 "is required when tls_key is set",
+            );
+            None
+        }
+    }
+}
+
+/// `ca_file` of an `https://` backend or peer (`key` such as `backend[0]`).
+pub(super) fn ca_file(
+    c: &mut Checker<'_>,
+    raw: &Option<Spanned<String>>,
+    url: &BackendUrl,
+    key: &str,
+) -> Option<PathBuf> {
+    let f = raw.as_ref()?;
+    if url.scheme != Scheme::Https {
+        c.at(f, format!("{key}.ca_file"), "only applies to https:// URLs");
+    }
+    if f.get_ref().trim().is_empty() {
+        c.at(f, format!("{key}.ca_file"), "must not be empty");
+    }
+    Some(PathBuf::from(f.get_ref()))
+}
+
+/// `username` and `password` of a peer: both or neither.
+pub(super) fn credentials(
+    c: &mut Checker<'_>,
+    username: &Option<Spanned<String>>,
+    password: &Option<Spanned<Secret>>,
+    key: &str,
+) -> Option<Credentials> {
+    match (username, password) {
+        (None, None) => None,
+        (Some(u), Some(p)) => {
+            if u.get_ref().is_empty() {
+                c.at(u, format!("{key}.username"), "must not be empty");
+            }
+            Some(Credentials {
+                username: u.get_ref().clone(),
+                password: p.get_ref().clone(),
+            })
+        }
+        (Some(u), None) => {
+            c.at(
+                u,
+                format!("{key}.password"),
+                "is required when username is set",
+            );
+            None
+        }
+        (None, Some(p)) => {
+            c.at(
+                p,
+                format!("{key}.username"),
+                "is required when password is set",
             );
             None
         }

@@ -112,6 +112,12 @@ pub enum RequestError {
     /// (and, as 1.6.7 answers it, no `X-Influxdb-Error` header).
     #[error("{0}")]
     Unauthorized(crate::auth::AuthError),
+    /// The client's `rate_limit` bucket is empty: 503 with `Retry-After` in seconds.
+    #[error("rate limit exceeded: retry after {retry_after_secs}s")]
+    RateLimited {
+        /// Seconds until the client has a token again.
+        retry_after_secs: u64,
+    },
 }
 
 impl From<GzipError> for RequestError {
@@ -136,9 +142,10 @@ impl RequestError {
             Self::LevelNotMet | Self::QueuedOnly | Self::Timeout | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Self::BodyReadTimeout | Self::Overloaded(_) | Self::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::BodyReadTimeout
+            | Self::Overloaded(_)
+            | Self::Unavailable(_)
+            | Self::RateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound | Self::InvalidBucket(_) => StatusCode::NOT_FOUND,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -198,7 +205,11 @@ impl RequestError {
             h.insert(X_INFLUXDB_ERROR.clone(), header);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            let secs = match self {
+                Self::RateLimited { retry_after_secs } => retry_after_secs,
+                _ => u64::from(RETRY_AFTER_SECS),
+            };
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body is not read: the connection cannot be reused.

@@ -6,6 +6,10 @@
 //! `/api/v1/prom/write`, `/query`, `/api/v2/query`, `/api/v1/prom/read` and the admin surface
 //! do (on the separate admin listener too, unless `[auth] admin_listener = false`).
 //!
+//! Rate limits (`[http] rate_limit`, main listener only) are taken here too: per address
+//! before the credentials are checked (a client guessing passwords is slowed down as well),
+//! per user after. See [`super::limit`].
+//!
 //! Whatever the outcome, the request that goes on carries no `Authorization` header and no
 //! `u`/`p` query parameters: handlers cannot forward, log or queue what they never see. The
 //! authenticated [`Principal`] travels in the request's extensions.
@@ -18,7 +22,9 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri};
 
 use super::error::RequestError;
+use super::limit::{ClientKey, RateLimiter, retry_after_secs};
 use crate::auth::{Authenticator, Principal};
+use crate::config::{RateLimit, RateLimitKey};
 
 /// The address of the client a request came from (set by the server in the request's
 /// extensions).
@@ -45,6 +51,8 @@ pub struct Guard {
 struct GuardInner {
     /// `None`: authentication is off. Swapped whole by [`Guard::set_auth`] (config reload).
     auth: ArcSwapOption<AuthSettings>,
+    /// `None`: no rate limit. Swapped whole by [`Guard::set_rate_limit`].
+    limiter: ArcSwapOption<RateLimiter>,
 }
 
 /// What `[auth]` asks for.
@@ -70,6 +78,18 @@ impl Guard {
         self.inner.auth.store(auth.map(Arc::new));
     }
 
+    /// Replaces the rate limit (for a config reload); a new limit starts with full buckets,
+    /// an unchanged one keeps them.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        let current = self.inner.limiter.load();
+        if current.as_ref().map(|l| l.limit) == limit {
+            return;
+        }
+        self.inner
+            .limiter
+            .store(limit.map(|l| Arc::new(RateLimiter::new(l))));
+    }
+
     /// Whether authentication is on.
     pub fn auth_enabled(&self) -> bool {
         self.inner.auth.load().is_some()
@@ -91,6 +111,16 @@ impl Guard {
         entry: Entry,
         req: Request<B>,
     ) -> Result<Request<B>, RequestError> {
+        let limiter = match entry {
+            Entry::Main => self.inner.limiter.load_full(),
+            Entry::AdminListener => None,
+        };
+        let addr = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+        if let (Some(l), Some(addr)) = (&limiter, addr)
+            && l.limit.per == RateLimitKey::Address
+        {
+            take(l, ClientKey::Addr(addr))?;
+        }
         let auth = self.inner.auth.load_full();
         let principal = match auth {
             Some(auth) if entry == Entry::Main || auth.admin_listener => Some(
@@ -101,12 +131,27 @@ impl Guard {
             ),
             _ => None,
         };
+        if let Some(l) = limiter.filter(|l| l.limit.per == RateLimitKey::User) {
+            match (&principal, addr) {
+                (Some(p), _) => take(&l, ClientKey::User(p.name.clone()))?,
+                (None, Some(addr)) => take(&l, ClientKey::Addr(addr))?,
+                (None, None) => {}
+            }
+        }
         let mut req = strip_credentials(req);
         if let Some(p) = principal {
             req.extensions_mut().insert::<Principal>(p);
         }
         Ok(req)
     }
+}
+
+fn take(limiter: &RateLimiter, key: ClientKey) -> Result<(), RequestError> {
+    limiter
+        .take(key, std::time::Instant::now())
+        .map_err(|wait| RequestError::RateLimited {
+            retry_after_secs: retry_after_secs(wait),
+        })
 }
 
 /// Removes `Authorization` and the `u`/`p` query parameters.

@@ -30,6 +30,7 @@ pub mod compat;
 pub mod error;
 pub mod guard;
 pub mod gzip;
+pub mod limit;
 pub mod query;
 
 use std::fmt::Display;

@@ -644,3 +644,55 @@ async fn what_needs_credentials() {
     let off = guarded(false, Surface::Admin);
     assert_eq!(call(&off, "GET", "/status", b"").await.status, 200);
 }
+
+#[tokio::test]
+async fn rate_limits_answer_503_with_retry_after_per_client() {
+    use crate::config::{RateLimit, RateLimitKey};
+    let svc = service(Recorder::default(), Surface::Main { with_admin: true });
+    svc.guard.set_rate_limit(Some(RateLimit {
+        requests_per_second: 0.01,
+        burst: 2,
+        per: RateLimitKey::Address,
+    }));
+    let from = |ip: [u8; 4], method: &str, uri: &str| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(Bytes::from_static(b"m v=1")))
+            .expect("request");
+        req.extensions_mut()
+            .insert(guard::ClientAddr(std::net::SocketAddr::from((ip, 5000))));
+        req
+    };
+    let status = |r: &Response<ResponseBody>| r.status().as_u16();
+    for _ in 0..2 {
+        let r = svc
+            .clone()
+            .handle(from([10, 0, 0, 1], "POST", "/write?db=x"))
+            .await;
+        assert_eq!(status(&r), 204);
+    }
+    let r = svc
+        .clone()
+        .handle(from([10, 0, 0, 1], "POST", "/write?db=x"))
+        .await;
+    assert_eq!(status(&r), 503);
+    assert_eq!(r.headers()["retry-after"], "100");
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(
+        &body[..],
+        b"{\"error\":\"rate limit exceeded: retry after 100s\"}\n"
+    );
+    // /ping and /health are never limited; another address has its own bucket.
+    let r = svc
+        .clone()
+        .handle(from([10, 0, 0, 1], "GET", "/ping"))
+        .await;
+    assert_eq!(status(&r), 204);
+    let r = svc
+        .clone()
+        .handle(from([10, 0, 0, 2], "POST", "/write?db=x"))
+        .await;
+    assert_eq!(status(&r), 204);
+    assert_eq!(svc.writer.seen.lock().expect("not poisoned").len(), 3);
+}

@@ -712,6 +712,7 @@ mod tests {
                         base_path: String::new(),
                     },
                     credentials: None,
+                    ca_file: None,
                 };
                 let timeouts = Timeouts {
                     connect: Duration::from_secs(1),

@@ -667,3 +667,84 @@ fn a_backend_with_an_untrusted_certificate_is_not_written_to() {
         },
     );
 }
+
+// === Protection ===
+
+#[test]
+fn rate_limits_answer_503_with_retry_after_never_4xx() {
+    let _serial = serial();
+    let a = Influxd::start();
+    a.create_database("db");
+    let tables = format!("[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n", a.url());
+    // One token per 100 s after a burst of 3: the 4th request is limited whatever the
+    // machine's speed.
+    let mut relay = Relay::start_config(
+        "rate_limit = { requests_per_second = 0.01, burst = 3 }\n",
+        &tables,
+        "info",
+    );
+    let mut statuses = Vec::new();
+    for n in 0..6u64 {
+        let body = format!("rl v={n}i {}", 1_700_000_000_000_000_000u64 + n);
+        let r = relay.write("db=db", body.as_bytes());
+        if r.status == 503 {
+            let retry: u64 = r
+                .header("retry-after")
+                .expect("Retry-After on 503")
+                .parse()
+                .expect("seconds");
+            assert!((1..=100).contains(&retry), "Retry-After {retry}");
+            assert!(r.text().contains("rate limit exceeded"), "{}", r.text());
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [204, 204, 204, 503, 503, 503]);
+    // What was accepted is stored; /ping and /health are never limited.
+    assert_eq!(count(&a, "db", "v", "rl"), 3);
+    assert_eq!(relay.get("/ping").expect("ping").status, 204);
+    assert_eq!(relay.get("/health").expect("health").status, 200);
+}
+
+#[test]
+fn rate_limits_per_user_keep_users_apart() {
+    let _serial = serial();
+    let a = Influxd::start();
+    a.create_database("db");
+    let tables = format!("[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n", a.url());
+    let extra = format!(
+        "rate_limit = {{ requests_per_second = 0.01, burst = 2, per = \"user\" }}\n\n{}",
+        auth_section(None)
+    );
+    let mut relay = Relay::start_config(&extra, &tables, "info");
+    let user = basic("admin", CLIENT_PASSWORD);
+    let token = format!("Token {}", TOKEN.0);
+    let write = |relay: &mut Relay, auth: &str, n: u64| {
+        let body = format!("ru v={n}i {}", 1_700_000_000_000_000_000u64 + n);
+        relay
+            .request(
+                "POST",
+                "/write?db=db",
+                &[("Authorization", auth)],
+                body.as_bytes(),
+            )
+            .status
+    };
+    assert_eq!(
+        [
+            write(&mut relay, &user, 0),
+            write(&mut relay, &user, 1),
+            write(&mut relay, &user, 2)
+        ],
+        [204, 204, 503]
+    );
+    // The token holder, from the same address, has a bucket of its own.
+    assert_eq!(
+        [
+            write(&mut relay, &token, 3),
+            write(&mut relay, &token, 4),
+            write(&mut relay, &token, 5)
+        ],
+        [204, 204, 503]
+    );
+    assert_eq!(count(&a, "db", "v", "ru"), 4);
+}
