@@ -131,6 +131,32 @@ impl ListenerTls {
     }
 }
 
+/// Whether a change of `[http]` needs a restart: anything but the rate limit and the
+/// certificate files of a listener that already has TLS ([`reload_security`] applies those).
+pub fn http_needs_restart(
+    old: &crate::config::HttpConfig,
+    new: &crate::config::HttpConfig,
+) -> bool {
+    let mut applied = new.clone();
+    applied.rate_limit = old.rate_limit;
+    if old.tls.is_some() && new.tls.is_some() {
+        applied.tls = old.tls.clone();
+    }
+    applied != *old
+}
+
+/// [`http_needs_restart`] for `[admin]`.
+pub fn admin_needs_restart(
+    old: Option<&crate::config::AdminConfig>,
+    new: Option<&crate::config::AdminConfig>,
+) -> bool {
+    match (old, new) {
+        (Some(old), Some(new)) => old.bind != new.bind || old.tls.is_some() != new.tls.is_some(),
+        (None, None) => false,
+        _ => true,
+    }
+}
+
 /// What a config reload (SIGHUP) applies of the security settings: the listeners'
 /// certificates, then the users and tokens of `[auth]` and `[http] rate_limit`. Returns why not when a certificate
 /// cannot be used (then nothing changed).
@@ -514,14 +540,12 @@ pub async fn serve_with_reload(
         ))
     });
     if let Some(r) = &reloader {
-        // Users and tokens (the `[auth]` section) change in place.
-        let guard = node.guard().clone();
+        // Certificates, users and tokens (`[auth]`) and the rate limit change in place; a
+        // certificate that cannot be used refuses the whole reload.
+        let (guard, tls) = (node.guard().clone(), node.listener_tls().clone());
         r.on_reload(
-            "[auth]",
-            Box::new(move |config| {
-                guard.set_auth(auth_settings(config));
-                Ok(())
-            }),
+            "TLS certificates, [auth], rate_limit",
+            Box::new(move |config| reload_security(&tls, &guard, config)),
         );
         let (board, stop_monitor) = (board.clone(), stop_monitor.clone());
         r.on_backends_changed(Box::new(move |config, replicas| {

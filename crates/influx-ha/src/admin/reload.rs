@@ -180,8 +180,15 @@ impl Reloader {
 
         for (key, changed) in [
             ("data_dir", new.data_dir != old.data_dir),
-            ("[http]", new.http != old.http),
-            ("[admin]", new.admin != old.admin),
+            // Certificates and the rate limit are applied in place (node::reload_security).
+            (
+                "[http]",
+                crate::node::http_needs_restart(&old.http, &new.http),
+            ),
+            (
+                "[admin]",
+                crate::node::admin_needs_restart(old.admin.as_ref(), new.admin.as_ref()),
+            ),
             ("[[udp]]", new.udp != old.udp),
             ("[[tcp]]", new.tcp != old.tcp),
             (

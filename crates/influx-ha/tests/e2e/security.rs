@@ -8,7 +8,7 @@ use std::path::Path;
 use testkit::{Influxd, Options, form};
 
 use crate::relay::Relay;
-use crate::support::{count, serial, wait_until};
+use crate::support::{CONVERGE, count, serial, wait_until};
 
 /// The client's password: must never appear in logs or data.
 const CLIENT_PASSWORD: &str = "client-Pw-7f3a9";
@@ -747,4 +747,72 @@ fn rate_limits_per_user_keep_users_apart() {
         [204, 204, 503]
     );
     assert_eq!(count(&a, "db", "v", "ru"), 4);
+}
+
+#[test]
+fn sighup_reloads_certificates_users_and_keeps_a_working_certificate() {
+    let _serial = serial();
+    let a = Influxd::start();
+    a.create_database("db");
+    let (first, second) = (pki(), pki());
+    let files = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    let install = |p: &Pki| {
+        std::fs::copy(&p.cert, &cert).expect("copy cert");
+        std::fs::copy(&p.key, &key).expect("copy key");
+    };
+    install(&first);
+    let top = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let tables = format!("[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n", a.url());
+    let relay = Relay::start_config(&format!("{top}{}", auth_section(None)), &tables, "info");
+    let port = relay.port();
+    let write = |ca: &Path, user: &str, password: &str| {
+        let target = format!("/write?db=db&{}", form(&[("u", user), ("p", password)]));
+        https(port, ca, "POST", &target, b"re v=1 1700000000000000000")
+    };
+    assert_eq!(
+        write(&first.ca, "admin", CLIENT_PASSWORD),
+        Ok((204, String::new()))
+    );
+    assert_eq!(write(&first.ca, "second", "pw-2").map(|r| r.0), Ok(401));
+
+    // A renewed certificate (from another CA) and a new user: SIGHUP applies both.
+    install(&second);
+    let config = std::fs::read_to_string(relay.config_path()).expect("config");
+    let new_user = format!(
+        "[[auth.user]]\nname = \"second\"\npassword_hash = \"{}\"\n\n",
+        hash_password("pw-2")
+    );
+    let config = config.replacen("[[auth.token]]", &format!("{new_user}[[auth.token]]"), 1);
+    std::fs::write(relay.config_path(), config).expect("write config");
+    relay.signal("HUP");
+    wait_until("the new certificate is served", CONVERGE, || {
+        https(port, &second.ca, "GET", "/ping", b"").is_ok_and(|r| r.0 == 204)
+    });
+    assert!(
+        https(port, &first.ca, "GET", "/ping", b"").is_err(),
+        "the old certificate is no longer served"
+    );
+    assert_eq!(write(&second.ca, "second", "pw-2").map(|r| r.0), Ok(204));
+
+    // A key that cannot be used: the reload is refused and the running certificate stays.
+    std::fs::write(&key, "not a key").expect("write key");
+    relay.signal("HUP");
+    wait_until("the refusal is logged", CONVERGE, || {
+        relay.log().contains("config reload refused")
+    });
+    assert!(relay.log().contains("key.pem"), "{}", relay.log());
+    assert_eq!(
+        write(&second.ca, "admin", CLIENT_PASSWORD).map(|r| r.0),
+        Ok(204)
+    );
+    assert_eq!(
+        count(&a, "db", "v", "re"),
+        1,
+        "the same point, written three times"
+    );
 }
