@@ -461,6 +461,7 @@ mod tests {
                 base_path: String::new(),
             },
             credentials: None,
+            ca_file: None,
         };
         let timeouts = crate::backend::Timeouts {
             connect: Duration::from_secs(1),
