@@ -136,6 +136,7 @@ pub async fn clear_on_peer(
             name: peer.name.clone(),
             url: peer.url.clone(),
             credentials: peer.credentials.clone(),
+            ca_file: peer.ca_file.clone(),
         },
         Timeouts {
             connect: connect_timeout,
