@@ -13,6 +13,12 @@
 //! incomplete past `max_body_bytes` closes its connection (logged and counted). At the end of
 //! the stream the unterminated last line is taken as a line; a partial line left at an idle
 //! timeout, an error or shutdown is discarded and counted.
+//!
+//! The same listener serves the text protocols ([`TextProtocol`]: Graphite, OpenTSDB telnet):
+//! their lines end at their newline (no quoting), are converted to line protocol before the
+//! same validation, and what the protocol answers (`version`, `stats`) is written back. A
+//! protocol may first look at a new connection and take it ([`TextProtocol::sniff`]: OpenTSDB's
+//! HTTP API on the telnet port).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
