@@ -195,6 +195,11 @@ fn series_conditions_pin_one_series() {
         series_key("m", &tags(&[("b", "2"), ("a", "1"), ("c", "")])),
         "m,a=1,b=2"
     );
+    assert_ne!(
+        series_key("m", &tags(&[("a", "1,b=2")])),
+        series_key("m", &tags(&[("a", "1"), ("b", "2")]))
+    );
+    assert_eq!(series_key("m x", &tags(&[("k", "v w")])), "m\\ x,k=v\\ w");
 }
 
 #[test]

@@ -24,6 +24,7 @@ use std::time::Duration;
 use super::RepairError;
 use super::conn::{Conn, Traffic, answer_too_long};
 use super::influxql::{Series, qualified, quote_ident};
+use super::rebuild::{escape_key, escape_measurement};
 use super::timespec::{MAX_TIME, MIN_TIME, format_span, format_time};
 use crate::write::schema::{RetentionPolicy, parse_go_duration};
 
@@ -292,9 +293,14 @@ fn row_counts(series: &Series, row: &[serde_json::Value]) -> Option<(i64, Counts
 /// The series key for people and for matching series across backends: the measurement and
 /// the tags with a value, sorted.
 pub fn series_key(measurement: &str, tags: &BTreeMap<String, String>) -> String {
-    let mut key = measurement.to_owned();
+    // Escaped as in line protocol, so that `a=1,b=2` and `a=1\,b\=2` stay two series.
+    let mut key = String::with_capacity(measurement.len() + 16 * tags.len());
+    escape_measurement(measurement, &mut key);
     for (k, v) in tags.iter().filter(|(_, v)| !v.is_empty()) {
-        let _ = write!(key, ",{k}={v}");
+        key.push(',');
+        escape_key(k, &mut key);
+        key.push('=');
+        escape_key(v, &mut key);
     }
     key
 }
