@@ -528,6 +528,15 @@ pub fn collect(
     }
 }
 
+/// `1 write`, `3 writes` (queue records are batches of writes).
+fn writes(n: u64) -> String {
+    if n == 1 {
+        "1 write".to_owned()
+    } else {
+        format!("{n} writes")
+    }
+}
+
 /// The verdict: what is wrong, most urgent first, in words an operator acts on.
 fn summarize(
     backends: &[BackendStatus],
@@ -548,14 +557,25 @@ fn summarize(
         }
         match b.sync {
             SyncState::Maintenance => problems.push(format!(
-                "{}: in maintenance ({} writes queued)",
-                b.name, b.queue.records
-            )),
-            SyncState::Diverged => problems.push(format!(
-                "{}: diverged ({})",
+                "{}: in maintenance ({} queued)",
                 b.name,
-                b.diverged_reason.as_deref().unwrap_or("")
+                writes(b.queue.records)
             )),
+            SyncState::Diverged => {
+                problems.push(format!(
+                    "{}: diverged ({})",
+                    b.name,
+                    b.diverged_reason.as_deref().unwrap_or("")
+                ));
+                if b.queue.records > 0 {
+                    problems.push(format!(
+                        "{}: {} queued ({})",
+                        b.name,
+                        writes(b.queue.records),
+                        human_size(b.queue.bytes)
+                    ));
+                }
+            }
             SyncState::CatchingUp => {
                 let eta = match b.catch_up_seconds {
                     Some(s) => format!(
@@ -565,9 +585,9 @@ fn summarize(
                     None => String::new(),
                 };
                 problems.push(format!(
-                    "{}: catching up ({} writes, {} queued{})",
+                    "{}: catching up ({}, {} queued{})",
                     b.name,
-                    b.queue.records,
+                    writes(b.queue.records),
                     human_size(b.queue.bytes),
                     eta
                 ));

@@ -109,7 +109,7 @@ async fn status_json_shows_queued_backends_and_why() {
     assert_eq!(v["summary"]["ok"], false);
     let summary = v["summary"]["text"].as_str().expect("text");
     assert!(summary.contains("alpha: down"), "{summary}");
-    assert!(summary.contains("beta: catching up (1 writes"), "{summary}");
+    assert!(summary.contains("beta: catching up (1 write,"), "{summary}");
 }
 
 #[tokio::test]
@@ -236,6 +236,8 @@ async fn page_shows_every_backend_with_its_state_and_escapes() {
     );
     assert!(page.contains("catching up"), "{page}");
     assert!(page.contains(">diverged<"), "{page}");
+    // Diverged and queued: both are said.
+    assert!(page.contains("beta: 1 write queued"), "{page}");
     assert!(page.contains("refused &lt;script&gt;alert(1)&lt;/script&gt; &amp; more"));
     assert!(!page.contains("<script>"), "{page}");
 }
