@@ -14,9 +14,10 @@ use crate::write::Replicator;
 
 /// A replicator over two backends that refuse connections (nothing listens on port 1), so
 /// every write ends up queued; no replay task runs, so queues stay as the test leaves them.
+/// The free-disk floor is low so that a busy shared disk does not refuse the appends.
 fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
     let text = format!(
-        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"alpha\"\nurl = \"http://127.0.0.1:1\"\n[[backend]]\nname = \"beta\"\nurl = \"http://127.0.0.2:1\"\n",
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[queue]\nmin_free_disk = \"1MiB\"\n[[backend]]\nname = \"alpha\"\nurl = \"http://127.0.0.1:1\"\n[[backend]]\nname = \"beta\"\nurl = \"http://127.0.0.2:1\"\n",
         dir.display().to_string()
     );
     let config = Config::from_toml(&text, "test").expect("valid config");
@@ -460,7 +461,7 @@ mod reload {
 
     fn text(dir: &std::path::Path, backends: &[(&str, &str)], extra: &str) -> String {
         let mut t = format!(
-            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n{extra}\n",
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[queue]\nmin_free_disk = \"1MiB\"\n{extra}\n",
             dir.join("data").display().to_string()
         );
         for (name, host) in backends {
