@@ -9,11 +9,16 @@
 //! - Every byte held counts against [`InflightBytes`]; a request that would exceed it is
 //!   answered 503 with `Retry-After` at once, before its body is read when the length is known.
 //!   The permit travels with the body ([`RequestBody`]) until the write is answered.
+//! - Large bodies arrive in many chunks and are joined into one buffer of their declared
+//!   length. Those buffers come from, and go back to, a small pool ([`BodyPool`]) instead of
+//!   the allocator: with bodies of a megabyte or more arriving on many connections, glibc's
+//!   heap otherwise keeps freed body buffers in fragmented arenas and the process grows to
+//!   about twice the bodies it really holds.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http_body_util::BodyExt;
@@ -32,6 +37,111 @@ pub struct BodyLimits {
     pub read_timeout: Duration,
 }
 
+// === impl BodyPool ===
+
+/// Buffers smaller than this are left to the allocator (it handles them well).
+const MIN_POOLED: usize = 256 << 10;
+/// The pool keeps at most this many bytes of idle buffers.
+const MAX_POOL_BYTES: usize = 64 << 20;
+
+/// Recycled buffers for joining large request bodies (see the module docs).
+#[derive(Debug, Clone)]
+pub struct BodyPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    /// Idle buffers, empty, with their capacity.
+    idle: Mutex<Vec<Vec<u8>>>,
+    /// Most idle bytes kept; buffers returned past it are freed.
+    max_idle_bytes: usize,
+}
+
+/// A pooled buffer lent to a [`Bytes`]; goes back to the pool when the last clone is dropped.
+struct Lent {
+    buf: Vec<u8>,
+    pool: Arc<PoolInner>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut idle = self
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let held: usize = idle.iter().map(Vec::capacity).sum();
+        if held + buf.capacity() <= self.pool.max_idle_bytes {
+            idle.push(buf);
+        }
+    }
+}
+
+impl BodyPool {
+    /// A pool keeping at most `max_idle_bytes` of idle buffers.
+    pub fn new(max_idle_bytes: usize) -> Self {
+        Self {
+            inner: Arc::new(PoolInner {
+                idle: Mutex::new(Vec::new()),
+                max_idle_bytes,
+            }),
+        }
+    }
+
+    /// An empty buffer with room for `n` bytes: an idle one of at most twice that size when
+    /// there is one (the smallest that fits), else a new one.
+    fn take(&self, n: usize) -> Vec<u8> {
+        if n >= MIN_POOLED {
+            let mut idle = self
+                .inner
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let best = idle
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= n && b.capacity() / 2 <= n)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                return idle.swap_remove(i);
+            }
+        }
+        Vec::with_capacity(n)
+    }
+
+    /// Freezes `buf` into [`Bytes`] that return it to the pool once dropped (small buffers
+    /// are handed over to `Bytes` as they are).
+    fn freeze(&self, buf: Vec<u8>) -> Bytes {
+        if buf.capacity() < MIN_POOLED {
+            return Bytes::from(buf);
+        }
+        Bytes::from_owner(Lent {
+            buf,
+            pool: self.inner.clone(),
+        })
+    }
+
+    /// Bytes held by idle buffers.
+    pub fn idle_bytes(&self) -> usize {
+        let idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        idle.iter().map(Vec::capacity).sum()
+    }
+}
+
 // === impl InflightBytes ===
 
 /// A cap on request-body bytes held in memory at once, over all requests.
@@ -39,6 +149,8 @@ pub struct BodyLimits {
 pub struct InflightBytes {
     semaphore: Arc<Semaphore>,
     capacity: usize,
+    /// Where large bodies are joined (idle buffers: at most half the cap, at most 64 MiB).
+    pool: BodyPool,
 }
 
 /// Bytes counted against [`InflightBytes`]; released when dropped.
@@ -61,7 +173,13 @@ impl InflightBytes {
         Self {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
+            pool: BodyPool::new((capacity / 2).min(MAX_POOL_BYTES)),
         }
+    }
+
+    /// The pool large bodies are joined in.
+    pub fn pool(&self) -> &BodyPool {
+        &self.pool
     }
 
     /// The cap.
@@ -187,7 +305,7 @@ where
 {
     let mut body = std::pin::pin!(body);
     let mut first: Option<Bytes> = None;
-    let mut buf: Option<BytesMut> = None;
+    let mut buf: Option<Vec<u8>> = None;
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| RequestError::BodyRead(e.to_string()))?;
@@ -213,7 +331,9 @@ where
                     Some(n) => usize::try_from(n).unwrap_or(max),
                     None => (f.len() + chunk.len()).max(64 * 1024),
                 };
-                let mut b = BytesMut::with_capacity(size.min(max).max(f.len() + chunk.len()));
+                let mut b = inflight
+                    .pool()
+                    .take(size.min(max).max(f.len() + chunk.len()));
                 b.extend_from_slice(&f);
                 b.extend_from_slice(&chunk);
                 buf = Some(b);
@@ -222,7 +342,7 @@ where
         }
     }
     Ok(match (first, buf) {
-        (_, Some(b)) => b.freeze(),
+        (_, Some(b)) => inflight.pool().freeze(b),
         (Some(f), None) => f,
         (None, None) => Bytes::new(),
     })
@@ -320,6 +440,49 @@ mod tests {
             .expect("valid");
         assert_eq!(got.data, "cpu v=1 1\ncpu v=2 2\n");
         assert_eq!(inflight.in_use(), 20);
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_joined_in_recycled_buffers() {
+        let inflight = InflightBytes::new(1 << 24);
+        let line: &'static [u8] = b"cpu,host=a usage_user=12.5,usage_idle=80 1700000000000000000\n";
+        let chunk: &'static [u8] = line.repeat(4096).leak();
+        let len = (chunk.len() * 2).to_string();
+        for round in 0..3 {
+            let body = chunks::body(vec![chunk, chunk]);
+            let got = read_body(
+                body,
+                &headers(&[("content-length", &len)]),
+                &limits(1 << 24),
+                &inflight,
+            )
+            .await
+            .expect("valid");
+            assert_eq!(got.data.len(), chunk.len() * 2);
+            assert_eq!(&got.data[..chunk.len()], chunk);
+            assert_eq!(&got.data[chunk.len()..], chunk);
+            let copy = got.data.clone();
+            drop(got);
+            if round == 0 {
+                assert_eq!(inflight.pool().idle_bytes(), 0, "still lent to a clone");
+            }
+            drop(copy);
+            // Back in the pool; the next body takes it again instead of allocating.
+            assert!(inflight.pool().idle_bytes() >= chunk.len() * 2);
+            assert!(
+                inflight.pool().idle_bytes() < chunk.len() * 4,
+                "one buffer, reused"
+            );
+        }
+        // Small bodies never enter the pool.
+        let pool = BodyPool::new(1 << 20);
+        drop(pool.freeze(pool.take(100)));
+        assert_eq!(pool.idle_bytes(), 0);
+        // Idle buffers are capped.
+        let pool = BodyPool::new(MIN_POOLED);
+        let (a, b) = (pool.take(MIN_POOLED), pool.take(MIN_POOLED));
+        drop((pool.freeze(a), pool.freeze(b)));
+        assert_eq!(pool.idle_bytes(), MIN_POOLED);
     }
 
     #[tokio::test]
