@@ -361,6 +361,11 @@ impl Monitor {
                     (Reachability::Up { since }, true) => Reachability::Up { since: *since },
                     (_, true) => {
                         tracing::info!(backend = %b.name, "backend is up");
+                        // Its replay may sit in a backoff of up to 30 s from the outage:
+                        // start catching up now.
+                        if let Some(r) = self.replicas.get(i) {
+                            r.kick();
+                        }
                         Reachability::Up { since: now }
                     }
                     (Reachability::Down { since, .. }, false) => Reachability::Down {
