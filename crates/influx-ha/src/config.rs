@@ -16,7 +16,8 @@
 //! # max_body_bytes = 25000000        # 413 past this, before and after gzip inflation
 //! # max_inflight_bytes = "128MiB"    # request bodies held at once; past it: 503
 //! # max_connections = 10000
-//! # header_read_timeout = "30s"     # also closes keep-alive connections idle this long
+//! # header_read_timeout = "30s"     # request headers (and TLS handshake) within this; also
+//! #                                  # closes connections idle this long (HTTP/1 and h2)
 //! # body_read_timeout = "60s"
 //! # drain_timeout = "30s"            # SIGTERM: time given to in-flight requests
 //! # tls_cert = "/etc/influx-ha/cert.pem"  # HTTPS: PEM chain, leaf first (both or neither;

@@ -9,6 +9,10 @@
 //!   written in Go's canonical case (`X-Influxdb-Version`).
 //! - TLS (optional, [`run_with_tls`]): the handshake runs in the connection's task, within the
 //!   header read timeout, with the listener's current certificate ([`ServerTls`], reloadable).
+//! - Idle connections: with no request in flight, a connection must deliver the next request's
+//!   headers within the header read timeout, whatever it trickles meanwhile ([`idle`]); this
+//!   also bounds the protocol sniffing and HTTP/2 connections, which hyper's own header
+//!   timeout does not cover.
 //! - Each request carries the client's address ([`ClientAddr`]) in its extensions.
 //! - Shutdown: the loop stops accepting and drops the listener, every connection is told to
 //!   finish its in-flight request and close ([`Shutdown`]), and [`run`] waits until all of them
@@ -26,6 +30,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
+use self::idle::{Activity, IdleTimeout, TrackedBody};
 use crate::http::guard::ClientAddr;
 use crate::http::{HttpService, WriteHandler};
 use crate::shutdown::Shutdown;
@@ -173,8 +178,10 @@ struct ConnectionTask<W> {
 
 impl<W: WriteHandler> ConnectionTask<W> {
     async fn run(mut self, stream: TcpStream, peer: SocketAddr, tls: Option<Arc<ServerTls>>) {
+        let activity = Activity::new();
+        let stream = IdleTimeout::new(stream, activity.clone(), self.handshake_timeout);
         let Some(tls) = tls else {
-            return self.serve(stream, peer).await;
+            return self.serve(stream, peer, activity).await;
         };
         let handshake = tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream));
         let result = tokio::select! {
@@ -182,13 +189,13 @@ impl<W: WriteHandler> ConnectionTask<W> {
             () = self.shutdown.recv() => return,
         };
         match result {
-            Ok(Ok(stream)) => self.serve(stream, peer).await,
+            Ok(Ok(stream)) => self.serve(stream, peer, activity).await,
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not finished in time; closed"),
         }
     }
 
-    async fn serve<I>(mut self, io: I, peer: SocketAddr)
+    async fn serve<I>(mut self, io: I, peer: SocketAddr, activity: Arc<Activity>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -196,7 +203,12 @@ impl<W: WriteHandler> ConnectionTask<W> {
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let service = service.clone();
             req.extensions_mut().insert(ClientAddr(peer));
-            async move { Ok::<_, Infallible>(service.handle(req).await) }
+            // In flight from its head until its answer is sent: never idle meanwhile.
+            let in_flight = activity.start();
+            async move {
+                let resp = service.handle(req).await;
+                Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, in_flight)))
+            }
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         let mut conn = std::pin::pin!(conn);
@@ -213,5 +225,6 @@ impl<W: WriteHandler> ConnectionTask<W> {
     }
 }
 
+mod idle;
 #[cfg(test)]
 mod tests;

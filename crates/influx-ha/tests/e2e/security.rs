@@ -816,3 +816,198 @@ fn sighup_reloads_certificates_users_and_keeps_a_working_certificate() {
         "the same point, written three times"
     );
 }
+
+/// Per connection of an [`Attack`]: its kind, whether the server closed it, what it received.
+type AttackState = std::sync::Arc<std::sync::Mutex<Vec<(String, bool, Vec<u8>)>>>;
+
+/// Connections that misbehave on purpose, driven by one thread: each sends its first part at
+/// once, then each second the next byte of the rest (nothing for `silent`). Records what each received and
+/// whether the server closed it.
+struct Attack {
+    closed: AttackState,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Attack {
+    fn start(port: u16, scripts: Vec<(&'static str, Vec<u8>, Vec<u8>)>) -> Attack {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let mut conns = Vec::new();
+        for (kind, at_once, script) in scripts {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(&at_once).expect("first part");
+            s.set_nonblocking(true).expect("nonblocking");
+            conns.push((kind, script, s, 0usize));
+        }
+        let closed = std::sync::Arc::new(std::sync::Mutex::new(
+            conns
+                .iter()
+                .map(|(k, ..)| ((*k).to_owned(), false, Vec::new()))
+                .collect::<Vec<_>>(),
+        ));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (state, stopping) = (closed.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                for (i, (_, script, s, next)) in conns.iter_mut().enumerate() {
+                    let mut st = state.lock().expect("state");
+                    if st[i].1 {
+                        continue;
+                    }
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => {
+                                st[i].1 = true;
+                                break;
+                            }
+                            Ok(n) => st[i].2.extend_from_slice(&buf[..n]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(_) => {
+                                st[i].1 = true;
+                                break;
+                            }
+                        }
+                    }
+                    if !st[i].1 && *next < script.len() {
+                        if s.write(&script[*next..*next + 1]).is_err() {
+                            st[i].1 = true;
+                        }
+                        *next += 1;
+                    }
+                }
+                // The attack's own pace (one byte per second), not a wait for a condition.
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+        Attack {
+            closed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.closed
+            .lock()
+            .expect("state")
+            .iter()
+            .filter(|c| !c.1)
+            .count()
+    }
+
+    fn received(&self, kind: &str) -> Vec<String> {
+        self.closed
+            .lock()
+            .expect("state")
+            .iter()
+            .filter(|c| c.0 == kind)
+            .map(|c| String::from_utf8_lossy(&c.2).into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Attack {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn slowloris_clients_cannot_hold_the_node() {
+    let _serial = serial();
+    let a = Influxd::start();
+    a.create_database("db");
+    let tables = format!("[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n", a.url());
+    let mut relay = Relay::start_config(
+        "header_read_timeout = \"2s\"\nbody_read_timeout = \"4s\"\n",
+        &tables,
+        "info",
+    );
+    let headers_forever = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec();
+    let h2_preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let slow_head =
+        b"POST /write?db=db HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    let mut scripts: Vec<(&'static str, Vec<u8>, Vec<u8>)> = Vec::new();
+    for _ in 0..30 {
+        scripts.push(("headers", Vec::new(), headers_forever.clone()));
+    }
+    for _ in 0..10 {
+        scripts.push(("silent", Vec::new(), Vec::new()));
+        scripts.push(("h2-preface", Vec::new(), h2_preface.clone()));
+    }
+    for _ in 0..5 {
+        scripts.push(("slow-body", slow_head.clone(), vec![b'x'; 200]));
+    }
+    let total = scripts.len();
+    let attack = Attack::start(relay.port(), scripts);
+    assert_eq!(attack.open(), total);
+
+    // Meanwhile the node serves others.
+    for n in 0..5u64 {
+        assert_eq!(relay.get("/ping").expect("ping").status, 204);
+        let body = format!("sl v={n}i {}", 1_700_000_000_000_000_000u64 + n);
+        let r = relay.write("db=db", body.as_bytes());
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    // And closes every one of them.
+    wait_until("every slow connection is closed", CONVERGE, || {
+        attack.open() == 0
+    });
+    for answer in attack.received("slow-body") {
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("timeout reading request body"), "{answer}");
+    }
+    for kind in ["headers", "silent", "h2-preface"] {
+        for answer in attack.received(kind) {
+            assert!(!answer.contains("204"), "{kind}: {answer}");
+        }
+    }
+    assert_eq!(count(&a, "db", "v", "sl"), 5);
+
+    // An idle keep-alive connection is closed too.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", relay.port())).expect("connect");
+    use std::io::{Read, Write};
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    idle.set_read_timeout(Some(CONVERGE)).expect("timeout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match idle.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 204"), "{seen}");
+}
+
+#[test]
+fn connections_past_max_connections_wait_until_slow_ones_are_cut() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let tables = format!("[[backend]]\nname = \"a\"\nurl = \"{}\"\n\n", a.url());
+    let mut relay = Relay::start_config(
+        "header_read_timeout = \"2s\"\nmax_connections = 8\n",
+        &tables,
+        "info",
+    );
+    // Eight silent connections take every slot.
+    let attack = Attack::start(
+        relay.port(),
+        (0..8).map(|_| ("silent", Vec::new(), Vec::new())).collect(),
+    );
+    // This one waits in the kernel's backlog and is served once they are cut.
+    assert_eq!(
+        relay.get("/ping").expect("served after the cut").status,
+        204
+    );
+    wait_until("the silent connections are closed", CONVERGE, || {
+        attack.open() == 0
+    });
+}
