@@ -10,6 +10,10 @@
 //! When the node asks for credentials (`[auth]`), they come from the environment, never from
 //! the command line (where `ps` shows them): `INFLUX_HA_TOKEN`, or `INFLUX_HA_USERNAME` and
 //! `INFLUX_HA_PASSWORD`.
+//!
+//! A node whose admin surface is served over TLS (`tls_cert` on `[admin]`, or on `[http]`
+//! without `[admin]`) is reached over `https://`, trusting the system's CAs, or only the PEM
+//! certificates of `INFLUX_HA_CA_FILE` when it is set.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -254,13 +258,20 @@ pub fn run(target: &Target, op: Operation) -> Result<Outcome, CliError> {
         };
         let url = match (&target.admin, &config) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
-            (None, Some(c)) => format!(
-                "http://{}",
-                reachable(c.admin.as_ref().map_or(c.http.bind, |a| a.bind))
-            ),
+            (None, Some(c)) => {
+                let tls = match &c.admin {
+                    Some(a) => a.tls.is_some(),
+                    None => c.http.tls.is_some(),
+                };
+                format!(
+                    "{}://{}",
+                    if tls { "https" } else { "http" },
+                    reachable(c.admin.as_ref().map_or(c.http.bind, |a| a.bind))
+                )
+            }
             (None, None) => return Err(CliError::NoTarget),
         };
-        let api = Api::new(url.clone());
+        let api = Api::new(url.clone())?;
         match api.probe().await {
             Ok(Ok(())) => online(&api, op).await,
             // Something answers there: a running node, never to be worked around.
@@ -297,7 +308,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 /// A small client of the admin API.
 struct Api {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// `Authorization` value from the environment, if any.
     authorization: Option<http::HeaderValue>,
 }
@@ -321,14 +332,27 @@ pub(crate) fn authorization_from_env() -> Option<http::HeaderValue> {
 }
 
 impl Api {
-    fn new(base: String) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(API_TIMEOUT));
-        Self {
+    fn new(base: String) -> Result<Self, CliError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(API_TIMEOUT));
+        http.enforce_http(false);
+        let ca_file = std::env::var_os("INFLUX_HA_CA_FILE").map(PathBuf::from);
+        let tls = if base.starts_with("https://") {
+            crate::tls::client_config(ca_file.as_deref())
+        } else {
+            crate::tls::no_tls_client_config()
+        }
+        .map_err(|e| CliError::Api(format!("TLS to the admin API: {e}")))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Self {
             base,
             client: Client::builder(TokioExecutor::new()).build(connector),
             authorization: authorization_from_env(),
-        }
+        })
     }
 
     async fn request(

@@ -1011,3 +1011,51 @@ fn connections_past_max_connections_wait_until_slow_ones_are_cut() {
         attack.open() == 0
     });
 }
+
+#[test]
+fn the_queue_commands_reach_an_admin_listener_behind_tls() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let pki = pki();
+    let admin_port = testkit::free_port().expect("port");
+    let extra = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin_port}\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}",
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+        auth_section(None)
+    );
+    let tables = format!(
+        "[[backend]]\nname = \"influx-a\"\nurl = \"{}\"\n\n",
+        a.url()
+    );
+    let relay = Relay::start_config(&extra, &tables, "info");
+    let run = |ca: Option<&Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_influx-ha"));
+        cmd.args(["queue", "list", "--config"])
+            .arg(relay.config_path())
+            .env("INFLUX_HA_TOKEN", &TOKEN.0)
+            .env_remove("INFLUX_HA_CA_FILE");
+        if let Some(ca) = ca {
+            cmd.env("INFLUX_HA_CA_FILE", ca);
+        }
+        let out = cmd.output().expect("run influx-ha");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = run(Some(&pki.ca));
+    assert!(ok, "{out}\n{}", relay.log());
+    assert!(out.contains("influx-a"), "{out}");
+    // Without the CA the certificate is refused, and the running node's data is left alone.
+    let (ok, out) = run(None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("certificate") || out.contains("https"),
+        "{out}"
+    );
+}
