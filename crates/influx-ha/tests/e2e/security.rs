@@ -537,8 +537,34 @@ print('version', version)
     (out.status.success(), text)
 }
 
+/// The Python `influxdb` client over TLS trusting `ca`, as user `admin`: runs `q` on `db` and
+/// prints the first point of the answer.
+fn python_query(port: u16, ca: &Path, q: &str) -> (bool, String) {
+    let script = r#"
+import sys, influxdb
+port, ca, user, password, q = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+c = influxdb.InfluxDBClient(host='localhost', port=port, ssl=True, username=user,
+                            password=password, verify_ssl=ca, database='db', timeout=30)
+print('point', list(c.query(q, epoch='ns').get_points())[0])
+"#;
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(ca)
+        .args(["admin", CLIENT_PASSWORD, q])
+        .output()
+        .expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[test]
-fn a_client_trusting_the_ca_writes_over_tls() {
+fn a_client_trusting_the_ca_writes_and_queries_over_tls() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
     for i in [&a, &b] {
@@ -573,6 +599,10 @@ fn a_client_trusting_the_ca_writes_over_tls() {
             || count(i, "db", "v", "tls") == 10,
         );
     }
+    // And reads them back through influx-ha, over TLS.
+    let (ok, out) = python_query(port, &pki.ca, "SELECT count(v) FROM tls");
+    assert!(ok, "{out}\n{}", relay.log());
+    assert!(out.contains("'count': 10"), "{out}");
     // The same client trusting only the system's CAs refuses the certificate.
     let (ok, out) = python_client(port, None, &lines);
     assert!(!ok && out.contains("SSL"), "{out}");
