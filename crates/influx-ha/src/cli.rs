@@ -195,11 +195,11 @@ pub fn describe(config: &Config, origin: &str) -> String {
     );
     let a = &config.auth;
     let _ = writeln!(s);
-    let _ = writeln!(s, "authentication");
+    let _ = writeln!(s, "security");
     if a.enabled {
         let _ = writeln!(
             s,
-            "  on: {} user(s), {} token(s); admin listener {}",
+            "  authentication on: {} user(s), {} token(s); admin listener {}",
             a.users.len(),
             a.tokens.len(),
             if a.admin_listener {
@@ -209,7 +209,32 @@ pub fn describe(config: &Config, origin: &str) -> String {
             }
         );
     } else {
-        let _ = writeln!(s, "  off: every client is accepted");
+        let _ = writeln!(s, "  authentication off: every client is accepted");
+    }
+    let tls = |t: &Option<crate::tls::TlsFiles>| {
+        t.as_ref().map_or("plain HTTP".to_owned(), |f| {
+            format!("TLS, certificate {}", f.cert.display())
+        })
+    };
+    let _ = writeln!(s, "  http listener: {}", tls(&config.http.tls));
+    if let Some(admin) = &config.admin {
+        let _ = writeln!(s, "  admin listener: {}", tls(&admin.tls));
+    }
+    match &config.http.rate_limit {
+        Some(r) => {
+            let per = match r.per {
+                crate::config::RateLimitKey::Address => "address",
+                crate::config::RateLimitKey::User => "user",
+            };
+            let _ = writeln!(
+                s,
+                "  rate limit: {} requests/s, burst {}, per {per} (503 + Retry-After past it)",
+                r.requests_per_second, r.burst
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  rate limit: none");
+        }
     }
     let w = &config.write;
     let _ = writeln!(s);
