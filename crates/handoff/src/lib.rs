@@ -231,6 +231,28 @@ pub struct Options {
     pub fsync: FsyncPolicy,
 }
 
+/// The part of [`Options`] that can change on a running queue ([`Queue::set_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`Options::max_bytes`].
+    pub max_bytes: u64,
+    /// See [`Options::max_age`].
+    pub max_age: Option<Duration>,
+    /// See [`Options::min_free_bytes`].
+    pub min_free_bytes: u64,
+}
+
+impl Limits {
+    /// The limits `options` set.
+    pub fn of(options: &Options) -> Self {
+        Self {
+            max_bytes: options.max_bytes,
+            max_age: options.max_age,
+            min_free_bytes: options.min_free_bytes,
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {

@@ -19,7 +19,9 @@ use crate::failpoint;
 use crate::format::{self, FRAME_HEADER_LEN, KIND_SCHEMA, SEGMENT_HEADER_LEN};
 use crate::fs::{Filesystem, FsFile, StdFs, read_exact_at};
 use crate::segment::{self, FrameRead, SegReader};
-use crate::{Batch, BatchKind, Clock, Error, FsyncPolicy, Options, Record, Stats, SystemClock};
+use crate::{
+    Batch, BatchKind, Clock, Error, FsyncPolicy, Limits, Options, Record, Stats, SystemClock,
+};
 
 pub(crate) const CURSOR_FILE: &str = "cursor";
 pub(crate) const CURSOR_TMP: &str = "cursor.tmp";
@@ -192,6 +194,9 @@ pub(crate) struct Inner {
     pub clock: Arc<dyn Clock>,
     pub dir: PathBuf,
     pub opts: Options,
+    /// The limits an operator may change on a running queue ([`Queue::set_limits`]); they
+    /// override the ones in `opts`.
+    limits: Mutex<Limits>,
     pub state: Mutex<State>,
     /// Signalled after the writer publishes (blocking waiters).
     data_cv: Condvar,
@@ -310,6 +315,7 @@ impl Queue {
             fs,
             clock,
             dir,
+            limits: Mutex::new(Limits::of(&opts)),
             opts,
             state: Mutex::new(rec.state),
             data_cv: Condvar::new(),
@@ -572,6 +578,19 @@ impl Queue {
     }
 
     /// Snapshot of gauges and counters.
+    /// The limits in force: those of the [`Options`] it was opened with, or the last
+    /// [`Queue::set_limits`].
+    pub fn limits(&self) -> Limits {
+        *lock(&self.inner.limits)
+    }
+
+    /// Changes `max_bytes`, `max_age` and `min_free_bytes` of a running queue (a config
+    /// reload). Takes effect from the next append group and the next read; nothing already
+    /// queued is dropped by a smaller `max_bytes`, only later appends are refused.
+    pub fn set_limits(&self, limits: Limits) {
+        *lock(&self.inner.limits) = limits;
+    }
+
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
         let (depth_records, depth_bytes, segments, disk_bytes, oldest) = {
@@ -659,7 +678,7 @@ impl Queue {
     // --- reader internals ---
 
     fn cutoff(&self) -> Option<u64> {
-        let age = self.inner.opts.max_age?;
+        let age = lock(&self.inner.limits).max_age?;
         let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         Some(self.inner.clock.now_ms().saturating_sub(ms))
     }
@@ -1357,7 +1376,7 @@ impl Writer {
             }
             return;
         }
-        let o = &inner.opts;
+        let o = *lock(&inner.limits);
         let pending_before = {
             let st = lock(&inner.state);
             st.write_bytes.saturating_sub(st.ack.bytes)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::{Error, Stats};
+use crate::{Error, Limits, Stats};
 
 #[test]
 fn append_read_ack_in_order_and_merge() {
@@ -209,6 +209,32 @@ fn max_bytes_refuses_with_typed_error_and_counts() {
     // Consuming makes room again.
     drain_ids(&q, 1 << 20);
     append_id(&q, "a", 99).unwrap();
+}
+
+#[test]
+fn limits_change_on_a_running_queue() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(q.limits(), Limits::of(&small_opts()));
+    append_id(&q, "a", 0).unwrap();
+    // A smaller max_bytes keeps what is queued and refuses what would go past it.
+    let pending = q.stats().depth_bytes;
+    q.set_limits(Limits {
+        max_bytes: pending,
+        ..q.limits()
+    });
+    match append_id(&q, "a", 1) {
+        Err(Error::Full { max, .. }) => assert_eq!(max, pending),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(q.stats().depth_bytes, pending);
+    // A larger one takes appends again.
+    q.set_limits(Limits {
+        max_bytes: 1 << 20,
+        ..q.limits()
+    });
+    append_id(&q, "a", 2).unwrap();
+    assert_eq!(drain_ids(&q, 1 << 20).len(), 2);
 }
 
 #[test]

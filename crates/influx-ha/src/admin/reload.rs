@@ -10,12 +10,15 @@
 //!   finish against the set they started with; their queue stays on disk (replayed if the
 //!   backend is configured again);
 //! - `[write] consistency` (the default level of HTTP writes);
+//! - `[queue] max_bytes`, `max_age` and `min_free_disk`, on every backend's queue (a smaller
+//!   `max_bytes` drops nothing already queued: later appends are refused until it drains);
 //! - whatever the [`ReloadHook`]s registered with [`Reloader::on_reload`] apply (TLS
 //!   certificates, for example).
 //!
 //! - `[auth]` users and tokens (a hook registered by `serve`).
 //!
-//! Everything else (listen addresses and listeners, `[http]` limits, `[queue]` limits, backend
+//! Everything else (listen addresses and listeners, `[http]` body limits, `[queue]` fsync and
+//! segment size, backend
 //! URLs and credentials, `data_dir`, backend timeouts, `node_name`, `[health]`, `[query]`,
 //! `[[peer]]`) needs a restart: the reload logs which keys changed and keeps the running
 //! values. When backends change, the read path and the health checks are rebuilt over the new
@@ -196,7 +199,12 @@ impl Reloader {
                 new.write.backend_timeout != old.write.backend_timeout
                     || new.write.connect_timeout != old.write.connect_timeout,
             ),
-            ("[queue]", new.queue != old.queue),
+            // max_bytes, max_age and min_free_disk are applied to the running queues.
+            (
+                "[queue] fsync/segment_bytes",
+                new.queue.fsync != old.queue.fsync
+                    || new.queue.segment_bytes != old.queue.segment_bytes,
+            ),
             ("[[opentsdb]]", new.opentsdb != old.opentsdb),
             (
                 "[[graphite]]",
@@ -293,6 +301,10 @@ impl Reloader {
             .filter(|r| !new.backends.iter().any(|b| b.name == r.name()))
             .cloned()
             .collect();
+        let limits = handoff::Limits::of(&crate::write::queue_options(&new.queue));
+        for r in &next {
+            r.queue().set_limits(limits);
+        }
         self.replicator.set_replicas(next);
         self.replicator
             .set_default_consistency(new.write.consistency);
@@ -337,7 +349,8 @@ impl Reloader {
         effective.opentsdb = old.opentsdb.clone();
         effective.write.backend_timeout = old.write.backend_timeout;
         effective.write.connect_timeout = old.write.connect_timeout;
-        effective.queue = old.queue.clone();
+        effective.queue.fsync = old.queue.fsync;
+        effective.queue.segment_bytes = old.queue.segment_bytes;
         effective.node_name.clone_from(&old.node_name);
         effective.health = old.health.clone();
         effective.query = old.query.clone();

@@ -461,7 +461,7 @@ mod reload {
 
     fn text(dir: &std::path::Path, backends: &[(&str, &str)], extra: &str) -> String {
         let mut t = format!(
-            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[queue]\nmin_free_disk = \"1MiB\"\n{extra}\n",
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[queue]\nmin_free_disk = \"1MiB\"\nsegment_bytes = \"1MiB\"\n{extra}\n",
             dir.join("data").display().to_string()
         );
         for (name, host) in backends {
@@ -524,12 +524,16 @@ mod reload {
         assert_eq!(names(&replicator), ["alpha", "beta"]);
         assert_eq!(seen.load(Ordering::SeqCst), 0);
 
-        // gamma added, beta removed, consistency and a listener changed.
+        // gamma added, beta removed, consistency, queue limits and a listener changed.
         let beta = replicator.replicas()[1].clone();
         let second = text(
             dir.path(),
             &[("gamma", "127.0.0.3"), ("alpha", "127.0.0.1")],
             "[write]\nconsistency = \"all\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        )
+        .replace(
+            "[queue]\n",
+            "[queue]\nmax_bytes = \"5MiB\"\nmax_age = \"1h\"\n",
         );
         std::fs::write(&path, &second).expect("write");
         let report = reloader.reload().await.expect("reloaded");
@@ -538,6 +542,12 @@ mod reload {
         assert_eq!(report.restart_needed, ["[admin]"]);
         assert_eq!(names(&replicator), ["gamma", "alpha"]);
         assert_eq!(replicator.default_consistency(), Consistency::All);
+        for r in replicator.replicas().iter() {
+            let limits = r.queue().limits();
+            assert_eq!(limits.max_bytes, 5 << 20, "{}", r.name());
+            assert_eq!(limits.max_age, Some(std::time::Duration::from_secs(3600)));
+            assert_eq!(limits.min_free_bytes, 1 << 20);
+        }
         let gamma = replicator.replicas()[0].clone();
         assert!(
             gamma
