@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::backend::{BackendClient, SetupError, Timeouts};
 use crate::config::Config;
 use crate::health::Health;
-use crate::http::body::{BodyLimits, InflightBytes};
+use crate::http::body::{BodyLimits, InflightBytes, SharedLimits};
 use crate::http::guard::{AuthSettings, Guard};
 use crate::http::{Handler, HttpService, NotReplicating, RequestObserver, Surface, WriteHandler};
 use crate::server::{self, DrainReport, ServerOptions};
@@ -55,8 +55,8 @@ pub struct Node<W> {
     main: TcpListener,
     /// The separate admin listener, when configured.
     admin: Option<TcpListener>,
-    /// Body caps of both listeners.
-    limits: BodyLimits,
+    /// Body caps of both listeners (and of the read path's form bodies); reloadable.
+    limits: SharedLimits,
     /// In-flight body bytes, shared by both listeners.
     inflight: InflightBytes,
     /// Where checked writes go.
@@ -131,7 +131,8 @@ impl ListenerTls {
     }
 }
 
-/// Whether a change of `[http]` needs a restart: anything but the rate limit and the
+/// Whether a change of `[http]` needs a restart: anything but the rate limit, the body limits
+/// ([`SharedLimits`], applied by a reload hook of `serve`) and the
 /// certificate files of a listener that already has TLS ([`reload_security`] applies those).
 pub fn http_needs_restart(
     old: &crate::config::HttpConfig,
@@ -139,6 +140,8 @@ pub fn http_needs_restart(
 ) -> bool {
     let mut applied = new.clone();
     applied.rate_limit = old.rate_limit;
+    applied.max_body_bytes = old.max_body_bytes;
+    applied.body_read_timeout = old.body_read_timeout;
     if old.tls.is_some() && new.tls.is_some() {
         applied.tls = old.tls.clone();
     }
@@ -219,10 +222,7 @@ impl<W: WriteHandler + Clone> Node<W> {
         };
         let health = Health::new();
         let writer = make_writer(&backends, &health);
-        let limits = BodyLimits {
-            max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
-            read_timeout: config.http.body_read_timeout,
-        };
+        let limits = SharedLimits::new(BodyLimits::of(&config.http));
         let inflight = InflightBytes::new(
             usize::try_from(config.http.max_inflight_bytes).unwrap_or(usize::MAX),
         );
@@ -256,6 +256,13 @@ impl<W: WriteHandler + Clone> Node<W> {
         &self.tls
     }
 
+    /// Body limits shared with others who read request bodies (the read path), so that a
+    /// reload changes them everywhere at once.
+    pub fn with_limits(mut self, limits: SharedLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Answers `/query` and `/api/v2/query` with `handler` (501 without one).
     pub fn with_query(mut self, handler: Arc<dyn Handler>) -> Self {
         self.query = Some(handler);
@@ -277,7 +284,7 @@ impl<W: WriteHandler + Clone> Node<W> {
     fn service(&self, surface: Surface) -> Arc<HttpService<W>> {
         Arc::new(HttpService {
             surface,
-            limits: self.limits,
+            limits: self.limits.clone(),
             inflight: self.inflight.clone(),
             health: self.health.clone(),
             writer: self.writer.clone(),
@@ -368,6 +375,7 @@ fn read_path(
     config: &Config,
     replicas: &[Arc<crate::write::replica::Replica>],
     board: &crate::state::StateBoard,
+    limits: &SharedLimits,
 ) -> Result<(crate::query::QueryService, crate::monitor::Monitor), SetupError> {
     let clients: Vec<BackendClient> = replicas.iter().map(|r| r.client().clone()).collect();
     let marks = crate::monitor::PassiveMarks::new(clients.len());
@@ -394,10 +402,7 @@ fn read_path(
         board.clone(),
         marks.clone(),
         config.query.clone(),
-        BodyLimits {
-            max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
-            read_timeout: config.http.body_read_timeout,
-        },
+        limits.clone(),
     );
     let monitor = crate::monitor::Monitor {
         board: board.clone(),
@@ -452,11 +457,13 @@ pub async fn serve_with_reload(
     let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
     // The read path and the task that keeps the backends' state current.
     let board = crate::state::StateBoard::new(crate::monitor::initial_states(&clients));
-    let (query, monitor) = read_path(&config, &replicator.replicas(), &board)?;
+    let limits = SharedLimits::new(BodyLimits::of(&config.http));
+    let (query, monitor) = read_path(&config, &replicator.replicas(), &board, &limits)?;
     // A reload that changes the backends rebuilds both over the new set (see below).
     let query_slot = Arc::new(crate::admin::reload::SwappableHandler::new(Arc::new(query)));
     let node = Node::bind_with(&config, |_, _| replicator.clone())
         .await?
+        .with_limits(limits.clone())
         .with_query(query_slot.clone());
     let (stop_monitor, _) = tokio::sync::broadcast::channel(1);
     let current_monitor = Arc::new(std::sync::Mutex::new(None));
@@ -547,9 +554,18 @@ pub async fn serve_with_reload(
             "TLS certificates, [auth], rate_limit",
             Box::new(move |config| reload_security(&tls, &guard, config)),
         );
+        let body_limits = limits.clone();
+        r.on_reload(
+            "[http] max_body_bytes, body_read_timeout",
+            Box::new(move |config| {
+                body_limits.set(BodyLimits::of(&config.http));
+                Ok(())
+            }),
+        );
+        let body_limits = limits.clone();
         let (board, stop_monitor) = (board.clone(), stop_monitor.clone());
         r.on_backends_changed(Box::new(move |config, replicas| {
-            match read_path(config, replicas, &board) {
+            match read_path(config, replicas, &board, &body_limits) {
                 Ok((query, monitor)) => {
                     query_slot.set(Arc::new(query));
                     spawn_monitor(monitor, &stop_monitor, &current_monitor);

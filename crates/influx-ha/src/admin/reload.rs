@@ -17,8 +17,10 @@
 //!
 //! - `[auth]` users and tokens (a hook registered by `serve`).
 //!
-//! Everything else (listen addresses and listeners, `[http]` body limits, `[queue]` fsync and
-//! segment size, backend
+//! - `[http] max_body_bytes` and `body_read_timeout` (a hook registered by `serve`).
+//!
+//! Everything else (listen addresses and listeners, the other `[http]` keys, `[queue]` fsync
+//! and segment size, backend
 //! URLs and credentials, `data_dir`, backend timeouts, `node_name`, `[health]`, `[query]`,
 //! `[[peer]]`) needs a restart: the reload logs which keys changed and keeps the running
 //! values. When backends change, the read path and the health checks are rebuilt over the new
@@ -341,7 +343,14 @@ impl Reloader {
         // What stays as it runs until a restart.
         let mut effective = new;
         effective.data_dir = old.data_dir.clone();
+        // Applied by a hook of `serve`: the body limits; the rest of [http] needs a restart.
+        let (max_body_bytes, body_read_timeout) = (
+            effective.http.max_body_bytes,
+            effective.http.body_read_timeout,
+        );
         effective.http = old.http.clone();
+        effective.http.max_body_bytes = max_body_bytes;
+        effective.http.body_read_timeout = body_read_timeout;
         effective.admin = old.admin.clone();
         effective.udp = old.udp.clone();
         effective.tcp = old.tcp.clone();

@@ -37,6 +37,38 @@ pub struct BodyLimits {
     pub read_timeout: Duration,
 }
 
+impl BodyLimits {
+    /// The limits `[http]` sets.
+    pub fn of(http: &crate::config::HttpConfig) -> Self {
+        Self {
+            max_body_bytes: usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX),
+            read_timeout: http.body_read_timeout,
+        }
+    }
+}
+
+/// [`BodyLimits`] that a config reload changes while requests are being served; every request
+/// reads them once, when its body starts.
+#[derive(Debug, Clone)]
+pub struct SharedLimits(Arc<arc_swap::ArcSwap<BodyLimits>>);
+
+impl SharedLimits {
+    /// Starts with `limits`.
+    pub fn new(limits: BodyLimits) -> Self {
+        Self(Arc::new(arc_swap::ArcSwap::from_pointee(limits)))
+    }
+
+    /// The limits in force.
+    pub fn get(&self) -> BodyLimits {
+        **self.0.load()
+    }
+
+    /// Replaces the limits for requests whose bodies start from now on.
+    pub fn set(&self, limits: BodyLimits) {
+        self.0.store(Arc::new(limits));
+    }
+}
+
 // === impl BodyPool ===
 
 /// Buffers smaller than this are left to the allocator (it handles them well).

@@ -45,7 +45,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
 use tokio::time::Instant;
 
-use self::body::{BodyLimits, InflightBytes, RequestBody, read_body};
+use self::body::{InflightBytes, RequestBody, SharedLimits, read_body};
 use self::compat::{RequestId, add_common_headers};
 use self::error::{ALLOW_PING, ALLOW_QUERY, ALLOW_WRITE, ALLOW_WRITE_V2, RequestError};
 
@@ -194,8 +194,8 @@ pub enum Surface {
 pub struct HttpService<W> {
     /// Which endpoints this listener serves.
     pub surface: Surface,
-    /// Body size and time limits.
-    pub limits: BodyLimits,
+    /// Body size and time limits (a config reload may change them).
+    pub limits: SharedLimits,
     /// Cap on request-body bytes held at once (shared by all listeners).
     pub inflight: InflightBytes,
     /// Readiness reported by `/health`.
@@ -422,7 +422,7 @@ impl<W: WriteHandler> HttpService<W> {
             return Err(RequestError::DatabaseRequired);
         }
         let (parts, body) = req.into_parts();
-        let body = read_body(body, &parts.headers, &self.limits, &self.inflight).await?;
+        let body = read_body(body, &parts.headers, &self.limits.get(), &self.inflight).await?;
         let (db, rp, precision, consistency) = request_fields;
         self.writer
             .write(WriteRequest {
@@ -453,9 +453,10 @@ impl<W: WriteHandler> HttpService<W> {
             return Err(RequestError::DatabaseRequired);
         }
         let (parts, body) = req.into_parts();
-        let body = read_body(body, &parts.headers, &self.limits, &self.inflight).await?;
+        let limits = self.limits.get();
+        let body = read_body(body, &parts.headers, &limits, &self.inflight).await?;
         // Protobuf inflates a few times over: allow that much, not more.
-        let max_decoded = self.limits.max_body_bytes.saturating_mul(8);
+        let max_decoded = limits.max_body_bytes.saturating_mul(8);
         let mut converted = crate::ingest::promwrite::receive(&db, &body.data, max_decoded)?;
         let lines = Bytes::from(std::mem::take(&mut converted.lines));
         let written = self

@@ -34,10 +34,10 @@ impl WriteHandler for Recorder {
 fn service<W: WriteHandler>(writer: W, surface: Surface) -> Arc<HttpService<W>> {
     Arc::new(HttpService {
         surface,
-        limits: BodyLimits {
+        limits: body::SharedLimits::new(body::BodyLimits {
             max_body_bytes: 1000,
             read_timeout: Duration::from_secs(5),
-        },
+        }),
         inflight: InflightBytes::new(10_000),
         health: Health::new(),
         writer,
@@ -367,10 +367,10 @@ async fn unbuilt_endpoints_answer_501() {
 async fn overload_answers_503_not_4xx() {
     let svc = Arc::new(HttpService {
         surface: Surface::Main { with_admin: false },
-        limits: BodyLimits {
+        limits: body::SharedLimits::new(body::BodyLimits {
             max_body_bytes: 100,
             read_timeout: Duration::from_secs(5),
-        },
+        }),
         inflight: InflightBytes::new(100),
         health: Health::new(),
         writer: Recorder::default(),
@@ -480,10 +480,10 @@ impl Handler for Echo {
 async fn query_and_admin_paths_reach_their_handlers() {
     let mut main = HttpService {
         surface: Surface::Main { with_admin: true },
-        limits: BodyLimits {
+        limits: body::SharedLimits::new(body::BodyLimits {
             max_body_bytes: 1000,
             read_timeout: Duration::from_secs(5),
-        },
+        }),
         inflight: InflightBytes::new(10_000),
         health: Health::new(),
         writer: NotReplicating,
@@ -497,7 +497,7 @@ async fn query_and_admin_paths_reach_their_handlers() {
         admin: main.admin.clone(),
         observer: None,
         surface: main.surface,
-        limits: main.limits,
+        limits: main.limits.clone(),
         inflight: main.inflight.clone(),
         health: main.health.clone(),
         writer: NotReplicating,
@@ -695,4 +695,18 @@ async fn rate_limits_answer_503_with_retry_after_per_client() {
         .await;
     assert_eq!(status(&r), 204);
     assert_eq!(svc.writer.seen.lock().expect("not poisoned").len(), 3);
+}
+
+#[tokio::test]
+async fn body_limits_change_for_the_next_request() {
+    let svc = main_service(Recorder::default());
+    let body: &'static [u8] = b"cpu value=1 1\ncpu value=2 2\ncpu value=3 3\n";
+    assert_eq!(call(&svc, "POST", "/write?db=x", body).await.status, 204);
+    svc.limits.set(body::BodyLimits {
+        max_body_bytes: 10,
+        ..svc.limits.get()
+    });
+    let a = call(&svc, "POST", "/write?db=x", body).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(svc.writer.seen.lock().expect("not poisoned").len(), 1);
 }

@@ -19,7 +19,7 @@ use super::stream::{Outstanding, Peeked, Relayed, peek};
 use crate::backend::BackendClient;
 use crate::config::QueryConfig;
 use crate::go_json;
-use crate::http::body::BodyLimits;
+use crate::http::body::{BodyLimits, SharedLimits};
 use crate::http::compat::{RequestId, X_INFLUXDB_ERROR, X_REQUEST_ID, add_common_headers};
 use crate::http::error::RequestError;
 use crate::http::{Handler, HandlerBody, HandlerFuture, ResponseBody, full};
@@ -83,8 +83,8 @@ struct Inner {
     marks: PassiveMarks,
     /// `[query]`.
     config: QueryConfig,
-    /// Request body caps (size, time).
-    limits: BodyLimits,
+    /// Request body caps (size, time), as a config reload leaves them.
+    limits: SharedLimits,
     /// Rotates the starting point among equally loaded backends.
     rotation: AtomicUsize,
 }
@@ -98,7 +98,7 @@ impl QueryService {
         board: StateBoard,
         marks: PassiveMarks,
         config: QueryConfig,
-        limits: BodyLimits,
+        limits: SharedLimits,
     ) -> Self {
         let mut replicas = replicas.into_iter();
         let targets = clients
@@ -191,15 +191,16 @@ impl Inner {
         req: Request<HandlerBody>,
     ) -> Result<Response<ResponseBody>, RequestError> {
         let (parts, body) = req.into_parts();
+        let limits = self.limits.get();
         if parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > self.limits.max_body_bytes as u64)
+            .is_some_and(|n| n > limits.max_body_bytes as u64)
         {
             return Err(RequestError::BodyTooLarge);
         }
-        let body = read_request_body(body, &self.limits).await?;
+        let body = read_request_body(body, &limits).await?;
         let mut headers = HeaderMap::new();
         for name in [ACCEPT, ACCEPT_ENCODING] {
             for v in parts.headers.get_all(&name) {
@@ -731,10 +732,10 @@ mod tests {
                 stale_reads,
                 timeout: Duration::from_secs(1),
             },
-            BodyLimits {
+            SharedLimits::new(BodyLimits {
                 max_body_bytes: 1 << 20,
                 read_timeout: Duration::from_secs(1),
-            },
+            }),
         )
     }
 

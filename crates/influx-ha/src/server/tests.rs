@@ -5,7 +5,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::*;
 use crate::health::Health;
-use crate::http::body::{BodyLimits, InflightBytes};
+use crate::http::body::{BodyLimits, InflightBytes, SharedLimits};
 use crate::http::error::RequestError;
 use crate::http::{NotReplicating, Surface, WriteRequest};
 
@@ -20,10 +20,10 @@ fn options(drain: Duration) -> ServerOptions {
 fn service<W: WriteHandler>(writer: W) -> Arc<HttpService<W>> {
     Arc::new(HttpService {
         surface: Surface::Main { with_admin: true },
-        limits: BodyLimits {
+        limits: SharedLimits::new(BodyLimits {
             max_body_bytes: 1 << 20,
             read_timeout: Duration::from_secs(5),
-        },
+        }),
         inflight: InflightBytes::new(1 << 24),
         health: Health::new(),
         writer,

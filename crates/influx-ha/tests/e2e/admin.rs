@@ -405,6 +405,35 @@ fn reload_adds_and_removes_backends_under_writes() {
 }
 
 #[test]
+fn reload_changes_the_body_limit() {
+    let _serial = serial();
+    let a = Influxd::start();
+    a.create_database("db");
+    let (mut relay, _admin) = relay_with_admin(&[&a]);
+    let body = points(0..50);
+    assert!(body.len() > 1000, "the body is larger than the new limit");
+    let w = relay.write("db=db", &body);
+    assert_eq!(w.status, 204, "{}", w.text());
+
+    let config = std::fs::read_to_string(relay.config_path()).expect("config");
+    let limited = config.replacen("[http]\n", "[http]\nmax_body_bytes = 1000\n", 1);
+    assert_ne!(config, limited, "the config has an [http] table");
+    std::fs::write(relay.config_path(), limited).expect("write");
+    relay.signal("HUP");
+    wait_until("the reload is logged", CONVERGE, || {
+        relay.log().contains("config reloaded")
+    });
+    let w = relay.write("db=db", &body);
+    assert_eq!(w.status, 413, "{}", w.text());
+    assert!(
+        !relay.log().contains("only after a restart"),
+        "applied, not reported as needing a restart: {}",
+        relay.log()
+    );
+    assert_eq!(count(&a, "db", "v", "m"), 50);
+}
+
+#[test]
 fn cli_presents_a_token_to_a_node_with_auth() {
     let _serial = serial();
     let a = Influxd::start();
