@@ -277,25 +277,21 @@ impl BackendClient {
     /// `POST /query` with `q` (and `db` when given) form-encoded: for statements such as
     /// `CREATE DATABASE` that the write path sends to every backend.
     pub async fn query(&self, q: &str, db: Option<&str>) -> Result<BackendAnswer, SendError> {
-        let mut form = String::with_capacity(q.len() + 16);
-        form.push_str("q=");
-        encode_component(q, &mut form);
-        if let Some(db) = db {
-            form.push_str("&db=");
-            encode_component(db, &mut form);
-        }
-        self.send(
-            Method::POST,
-            "/query",
-            Some("application/x-www-form-urlencoded"),
-            Bytes::from(form),
-        )
-        .await
+        self.post_query("/query", q, db).await
     }
 
     /// `POST /query?epoch=ns` with `q` (and `db` when given) form-encoded: for reads whose
     /// timestamps must come back exactly, as integers of nanoseconds (verify and repair).
     pub async fn select(&self, q: &str, db: Option<&str>) -> Result<BackendAnswer, SendError> {
+        self.post_query("/query?epoch=ns", q, db).await
+    }
+
+    async fn post_query(
+        &self,
+        path: &str,
+        q: &str,
+        db: Option<&str>,
+    ) -> Result<BackendAnswer, SendError> {
         let mut form = String::with_capacity(q.len() + 16);
         form.push_str("q=");
         encode_component(q, &mut form);
@@ -305,7 +301,7 @@ impl BackendClient {
         }
         self.send(
             Method::POST,
-            "/query?epoch=ns",
+            path,
             Some("application/x-www-form-urlencoded"),
             Bytes::from(form),
         )
