@@ -3,15 +3,13 @@
 //! maintenance, and SIGHUP reloads adding and removing a backend under writes.
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use testkit::Influxd;
 use testkit::http::HttpClient;
 
 use crate::relay::Relay;
 use crate::support::{
-    CONVERGE, assert_converged, count, points, serial, wait_until, write_batches,
+    CONVERGE, ContinuousWriter, assert_converged, count, points, serial, wait_until, write_batches,
 };
 
 /// A relay with a separate admin listener; returns it with the admin port.
@@ -295,32 +293,8 @@ fn reload_adds_and_removes_backends_under_writes() {
     let port = relay.port();
 
     // One writer, without pause, for the whole test; every answer must be 204.
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, written) = (stop.clone(), written.clone());
-        std::thread::spawn(move || {
-            let mut client = HttpClient::new(([127, 0, 0, 1], port).into());
-            let mut n = 0u64;
-            // Bounded: at most 2000 batches of 10 points.
-            while !stop.load(Ordering::SeqCst) && n < 2000 {
-                let r = client
-                    .request("POST", "/write?db=db", &[], &points(n * 10..(n + 1) * 10))
-                    .expect("write");
-                assert_eq!(r.status, 204, "batch {n}: {}", r.text());
-                n += 1;
-                written.store(n, Ordering::SeqCst);
-            }
-            n
-        })
-    };
-    let wait_batches = |more: u64| {
-        let target = written.load(Ordering::SeqCst) + more;
-        wait_until("writes go on", CONVERGE, || {
-            written.load(Ordering::SeqCst) >= target
-        });
-    };
-    wait_batches(20);
+    let writer = ContinuousWriter::start(port, 2000);
+    writer.wait_batches(20);
 
     // Add influx-2.
     set_backends(
@@ -337,8 +311,8 @@ fn reload_adds_and_removes_backends_under_writes() {
     });
     let s = status(admin);
     assert!(s.contains("newly added"), "{s}");
-    let added_at = written.load(Ordering::SeqCst);
-    wait_batches(20);
+    let added_at = writer.written();
+    writer.wait_batches(20);
     wait_until("influx-2 gets new writes", CONVERGE, || {
         count(&c, "db", "v", "m") > 0
     });
@@ -370,10 +344,9 @@ fn reload_adds_and_removes_backends_under_writes() {
     wait_until("influx-1 is gone", CONVERGE, || {
         !status(admin).contains("\"name\": \"influx-1\"")
     });
-    let removed_at = written.load(Ordering::SeqCst);
-    wait_batches(20);
-    stop.store(true, Ordering::SeqCst);
-    let total = writer.join().expect("every write answered 204");
+    let removed_at = writer.written();
+    writer.wait_batches(20);
+    let total = writer.stop();
 
     // influx-0 has everything; influx-2 everything since it was added; influx-1 nothing
     // written after it was removed (and everything before).

@@ -5,15 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use testkit::http::HttpClient;
 
 use testkit::Influxd;
 
 use crate::relay::Relay;
-use crate::support::{CONVERGE, TS, count, dump, points, serial, wait_until};
+use crate::support::{CONVERGE, ContinuousWriter, TS, count, dump, points, serial, wait_until};
 
 /// Points `range` of measurement `disk use` with every field type and names that need
 /// escaping: integers, floats that are whole numbers, strings with quotes and backslashes,
@@ -351,32 +347,8 @@ fn a_backend_added_by_reload_is_backfilled_under_writes_and_then_serves_reads() 
     b.create_database("db");
     let mut relay = Relay::start(&[&a, &b], "");
     let port = relay.port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, written) = (stop.clone(), written.clone());
-        std::thread::spawn(move || {
-            let mut client = HttpClient::new(([127, 0, 0, 1], port).into());
-            let mut n = 0u64;
-            // Bounded: at most 3000 batches of 10 points.
-            while !stop.load(Ordering::SeqCst) && n < 3000 {
-                let r = client
-                    .request("POST", "/write?db=db", &[], &points(n * 10..(n + 1) * 10))
-                    .expect("write");
-                assert_eq!(r.status, 204, "batch {n}: {}", r.text());
-                n += 1;
-                written.store(n, Ordering::SeqCst);
-            }
-            n
-        })
-    };
-    let wait_batches = |more: u64| {
-        let target = written.load(Ordering::SeqCst) + more;
-        wait_until("writes go on", CONVERGE, || {
-            written.load(Ordering::SeqCst) >= target
-        });
-    };
-    wait_batches(30);
+    let writer = ContinuousWriter::start(port, 3000);
+    writer.wait_batches(30);
 
     // influx-2 joins with an empty disk: diverged, no reads, new writes flow to it.
     let config = relay.config_path().to_owned();
@@ -409,7 +381,7 @@ fn a_backend_added_by_reload_is_backfilled_under_writes_and_then_serves_reads() 
 
     // Backfilled while the writes go on.
     let config = config.to_str().expect("utf-8 path").to_owned();
-    let before = written.load(Ordering::SeqCst);
+    let before = writer.written();
     let out = influx_ha(&["repair", "--config", &config, "--rate", "0"]);
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
@@ -421,9 +393,8 @@ fn a_backend_added_by_reload_is_backfilled_under_writes_and_then_serves_reads() 
         "influx-2 holds what was written before the repair began\n{}",
         text_of(&out)
     );
-    wait_batches(10);
-    stop.store(true, Ordering::SeqCst);
-    let total = writer.join().expect("every write answered 204") * 10;
+    writer.wait_batches(10);
+    let total = writer.stop() * 10;
 
     // Once the writes stop, a last repair finds at most what was in flight and clears the
     // flag if the first could not.

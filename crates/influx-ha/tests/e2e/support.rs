@@ -95,3 +95,58 @@ fn number_after(json: &str, marker: &str) -> Option<f64> {
 pub fn dump(influxd: &Influxd, db: &str) -> String {
     influxd.query(db, "SELECT * FROM /.*/ GROUP BY *")
 }
+
+/// A thread writing batches of 10 points (`points(n * 10..)`, database `db`) to a relay
+/// without pause until stopped or `max_batches` were written; every answer must be 204.
+pub struct ContinuousWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl ContinuousWriter {
+    /// Starts writing to the relay listening on `port`.
+    pub fn start(port: u16, max_batches: u64) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread = {
+            let (stop, written) = (stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut client = testkit::http::HttpClient::new(([127, 0, 0, 1], port).into());
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) && n < max_batches {
+                    let r = client
+                        .request("POST", "/write?db=db", &[], &points(n * 10..(n + 1) * 10))
+                        .expect("write");
+                    assert_eq!(r.status, 204, "batch {n}: {}", r.text());
+                    n += 1;
+                    written.store(n, Ordering::SeqCst);
+                }
+                n
+            })
+        };
+        Self {
+            stop,
+            written,
+            thread,
+        }
+    }
+
+    /// Batches answered so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `more` batches beyond the current count were answered.
+    pub fn wait_batches(&self, more: u64) {
+        let target = self.written() + more;
+        wait_until("writes go on", CONVERGE, || self.written() >= target);
+    }
+
+    /// Stops the writer and returns how many batches were answered (all 204).
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("every write answered 204")
+    }
+}
