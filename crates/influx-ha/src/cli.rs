@@ -182,8 +182,9 @@ pub fn describe(config: &Config, origin: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "  in flight      {} of request bodies at once (503 past it)",
-        format_size(h.max_inflight_bytes)
+        "  in flight      {} of request bodies at once (past it a request waits up to {}, then 503)",
+        format_size(h.max_inflight_bytes),
+        format_duration(h.inflight_wait)
     );
     let _ = writeln!(s, "  connections    {}", h.max_connections);
     let _ = writeln!(

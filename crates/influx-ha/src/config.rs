@@ -14,7 +14,8 @@
 //! [http]
 //! bind = "0.0.0.0:8086"
 //! # max_body_bytes = 25000000        # 413 past this, before and after gzip inflation
-//! # max_inflight_bytes = "128MiB"    # request bodies held at once; past it: 503
+//! # max_inflight_bytes = "32MiB"     # request bodies held at once (at least max_body_bytes);
+//! # inflight_wait = "5s"             # past it a request waits this long for room, then 503
 //! # max_connections = 10000
 //! # header_read_timeout = "30s"     # request headers (and TLS handshake) within this; also
 //! #                                  # closes connections idle this long (HTTP/1 and h2)
@@ -136,8 +137,12 @@ use crate::units::{ByteSize, HumanDuration};
 
 /// InfluxDB 1.6's default `max-body-size`.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 25_000_000;
-/// Default cap on request-body bytes held in memory at once, over all requests.
-pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 128 << 20;
+/// Default cap on request-body bytes held in memory at once, over all requests. Bodies are
+/// held from their first byte until they are answered; at the backends' pace, a few megabytes
+/// keep every core busy, so the cap bounds memory without costing throughput.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 32 << 20;
+/// Default time a request waits for room under the in-flight cap before it gets 503.
+pub const DEFAULT_INFLIGHT_WAIT: Duration = Duration::from_secs(5);
 /// Default cap on open client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time a client gets to send its request headers.
@@ -260,8 +265,10 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// Largest request body, compressed and after inflation; past it: 413.
     pub max_body_bytes: u64,
-    /// Request-body bytes held at once over all requests; past it: 503 with Retry-After.
+    /// Request-body bytes held at once over all requests; past it a request waits for room.
     pub max_inflight_bytes: u64,
+    /// How long a request waits for room under `max_inflight_bytes`; then 503 + Retry-After.
+    pub inflight_wait: Duration,
     /// Open client connections; further clients wait in the kernel's accept backlog.
     pub max_connections: usize,
     /// Time a client gets to send the request headers (slow-loris protection); it also closes
@@ -692,6 +699,7 @@ struct RawHttp {
     bind: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<ByteSize>>,
     max_inflight_bytes: Option<Spanned<ByteSize>>,
+    inflight_wait: Option<HumanDuration>,
     max_connections: Option<Spanned<i64>>,
     header_read_timeout: Option<Spanned<HumanDuration>>,
     body_read_timeout: Option<Spanned<HumanDuration>>,
@@ -1013,6 +1021,10 @@ impl RawConfig {
             bind: http_bind,
             max_body_bytes,
             max_inflight_bytes,
+            inflight_wait: self
+                .http
+                .inflight_wait
+                .map_or(DEFAULT_INFLIGHT_WAIT, |d| d.0),
             max_connections,
             header_read_timeout,
             body_read_timeout,

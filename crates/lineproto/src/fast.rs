@@ -394,9 +394,12 @@ fn is_time(key: &[u8]) -> bool {
 }
 
 /// `a <= b` for tag keys, deciding on the first two bytes when they differ (they nearly always
-/// do) without a call to `memcmp`.
+/// do) without a call to `memcmp`; `b` is empty before a line's first tag.
 #[inline(always)]
 fn key_not_after(a: &[u8], b: &[u8]) -> bool {
+    if b.is_empty() {
+        return a.is_empty();
+    }
     let head = |k: &[u8]| {
         u16::from_be_bytes([
             k.first().copied().unwrap_or(0),
@@ -428,6 +431,18 @@ mod tests {
                 assert_eq!(bit(block.delim), matches!(b, b'=' | b' ' | b','), "{b}");
                 assert_eq!(bit(block.nondigit), !b.is_ascii_digit(), "{b}");
                 assert_eq!(bit(block.stop), matches!(b, b'\n' | b'"' | b'\\'), "{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_order_matches_slice_order() {
+        let keys: [&[u8]; 9] = [
+            b"", b"a", b"ab", b"abc", b"abd", b"b", b"ba", b"host", b"hosts",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(key_not_after(a, b), a <= b, "{a:?} {b:?}");
             }
         }
     }

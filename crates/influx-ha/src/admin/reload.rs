@@ -17,7 +17,8 @@
 //!
 //! - `[auth]` users and tokens (a hook registered by `serve`).
 //!
-//! - `[http] max_body_bytes` and `body_read_timeout` (a hook registered by `serve`).
+//! - `[http] max_body_bytes`, `body_read_timeout` and `inflight_wait` (a hook registered by
+//!   `serve`).
 //!
 //! Everything else (listen addresses and listeners, the other `[http]` keys, `[queue]` fsync
 //! and segment size, backend
@@ -344,13 +345,15 @@ impl Reloader {
         let mut effective = new;
         effective.data_dir = old.data_dir.clone();
         // Applied by a hook of `serve`: the body limits; the rest of [http] needs a restart.
-        let (max_body_bytes, body_read_timeout) = (
+        let (max_body_bytes, body_read_timeout, inflight_wait) = (
             effective.http.max_body_bytes,
             effective.http.body_read_timeout,
+            effective.http.inflight_wait,
         );
         effective.http = old.http.clone();
         effective.http.max_body_bytes = max_body_bytes;
         effective.http.body_read_timeout = body_read_timeout;
+        effective.http.inflight_wait = inflight_wait;
         effective.admin = old.admin.clone();
         effective.udp = old.udp.clone();
         effective.tcp = old.tcp.clone();

@@ -15,6 +15,7 @@ data_dir = "/var/lib/influx-ha"     # hinted-handoff queues live here, one folde
 bind = "0.0.0.0:8086"
 max_body_bytes = 25000000
 max_inflight_bytes = "256MiB"
+inflight_wait = "250ms"
 max_connections = 500
 header_read_timeout = "10s"
 body_read_timeout = "1m"
@@ -99,6 +100,7 @@ fn minimal_config_gets_defaults() {
     );
     assert_eq!(c.http.max_body_bytes, 25_000_000);
     assert_eq!(c.http.max_inflight_bytes, DEFAULT_MAX_INFLIGHT_BYTES);
+    assert_eq!(c.http.inflight_wait, DEFAULT_INFLIGHT_WAIT);
     assert_eq!(c.http.max_connections, DEFAULT_MAX_CONNECTIONS);
     assert_eq!(c.http.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
     assert_eq!(c.admin, None);
@@ -123,6 +125,7 @@ fn minimal_config_gets_defaults() {
 fn full_config() {
     let c = parse(FULL).expect("valid");
     assert_eq!(c.http.max_inflight_bytes, 256 << 20);
+    assert_eq!(c.http.inflight_wait, Duration::from_millis(250));
     assert_eq!(c.http.max_connections, 500);
     assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
     assert_eq!(c.http.body_read_timeout, Duration::from_secs(60));

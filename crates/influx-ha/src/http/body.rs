@@ -6,9 +6,12 @@
 //! - `Content-Encoding: gzip` (exactly that value, as 1.6 compares it) is inflated after the
 //!   compressed body was read, through the same limit ([`super::gzip`]): a gzip bomb gets 413
 //!   after at most `max_body_bytes` of output.
-//! - Every byte held counts against [`InflightBytes`]; a request that would exceed it is
-//!   answered 503 with `Retry-After` at once, before its body is read when the length is known.
-//!   The permit travels with the body ([`RequestBody`]) until the write is answered.
+//! - Every byte held counts against [`InflightBytes`]. A request that would exceed it waits,
+//!   before its body is read when the length is known, for up to `inflight_wait` (first come,
+//!   first served), and is answered 503 with `Retry-After` if there is still no room. While it
+//!   waits its body stays in the kernel's socket buffers and the client's, so the relay's
+//!   memory stays bounded however many clients send at once. The permit travels with the body
+//!   ([`RequestBody`]) until the write is answered.
 //! - Large bodies arrive in many chunks and are joined into one buffer of their declared
 //!   length. Those buffers come from, and go back to, a small pool ([`BodyPool`]) instead of
 //!   the allocator: with bodies of a megabyte or more arriving on many connections, glibc's
@@ -35,6 +38,8 @@ pub struct BodyLimits {
     pub max_body_bytes: usize,
     /// Time allowed to receive the whole body.
     pub read_timeout: Duration,
+    /// Time a request may wait for room under `max_inflight_bytes` before it gets 503.
+    pub inflight_wait: Duration,
 }
 
 impl BodyLimits {
@@ -43,6 +48,7 @@ impl BodyLimits {
         Self {
             max_body_bytes: usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX),
             read_timeout: http.body_read_timeout,
+            inflight_wait: http.inflight_wait,
         }
     }
 }
@@ -181,7 +187,9 @@ impl BodyPool {
 pub struct InflightBytes {
     semaphore: Arc<Semaphore>,
     capacity: usize,
-    /// Where large bodies are joined (idle buffers: at most half the cap, at most 64 MiB).
+    /// Where large bodies are joined. Idle buffers are kept up to the cap (at most 64 MiB):
+    /// a new buffer is made only when no idle one fits, so buffers lent and idle together stay
+    /// near the most bodies ever held at once, which the cap bounds.
     pool: BodyPool,
 }
 
@@ -205,7 +213,7 @@ impl InflightBytes {
         Self {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
-            pool: BodyPool::new((capacity / 2).min(MAX_POOL_BYTES)),
+            pool: BodyPool::new(capacity.min(MAX_POOL_BYTES)),
         }
     }
 
@@ -226,26 +234,69 @@ impl InflightBytes {
 
     /// Takes `n` more bytes into `permit`, or fails at once when that would pass the cap.
     pub fn try_grow(&self, permit: &mut InflightPermit, n: usize) -> Result<(), RequestError> {
+        self.grow_within(permit, n, None)
+    }
+
+    /// Takes `n` more bytes into `permit`, waiting up to `wait` for requests ahead to release
+    /// theirs (in arrival order, so that a large body is not starved by small ones).
+    pub async fn grow(
+        &self,
+        permit: &mut InflightPermit,
+        n: usize,
+        wait: Duration,
+    ) -> Result<(), RequestError> {
+        match self.grow_within(permit, n, None) {
+            Err(RequestError::Overloaded(_)) if !wait.is_zero() && n <= self.capacity => {}
+            done => return done,
+        }
+        let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
+        let acquire = self.semaphore.clone().acquire_many_owned(n32);
+        let more = match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(more)) => Some(more),
+            Ok(Err(_closed)) => return Err(RequestError::Unavailable("shutting down".to_owned())),
+            Err(_elapsed) => return Err(self.overloaded(Some(wait))),
+        };
+        self.grow_within(permit, n, more)
+    }
+
+    /// Merges `acquired` (or `n` bytes taken now without waiting) into `permit`.
+    fn grow_within(
+        &self,
+        permit: &mut InflightPermit,
+        n: usize,
+        acquired: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), RequestError> {
         if n == 0 {
             return Ok(());
         }
-        let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
-        match self.semaphore.clone().try_acquire_many_owned(n32) {
-            Ok(more) => {
-                match &mut permit.permit {
-                    Some(p) => p.merge(more),
-                    None => permit.permit = Some(more),
+        let more = match acquired {
+            Some(more) => more,
+            None => {
+                let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
+                match self.semaphore.clone().try_acquire_many_owned(n32) {
+                    Ok(more) => more,
+                    Err(TryAcquireError::NoPermits) => return Err(self.overloaded(None)),
+                    Err(TryAcquireError::Closed) => {
+                        return Err(RequestError::Unavailable("shutting down".to_owned()));
+                    }
                 }
-                Ok(())
             }
-            Err(TryAcquireError::NoPermits) => Err(RequestError::Overloaded(format!(
-                "too many request bytes in flight (limit {} bytes); retry later",
-                self.capacity
-            ))),
-            Err(TryAcquireError::Closed) => {
-                Err(RequestError::Unavailable("shutting down".to_owned()))
-            }
+        };
+        match &mut permit.permit {
+            Some(p) => p.merge(more),
+            None => permit.permit = Some(more),
         }
+        Ok(())
+    }
+
+    fn overloaded(&self, waited: Option<Duration>) -> RequestError {
+        let waited = waited.map_or(String::new(), |w| {
+            format!(" for {}", crate::units::format_duration(w))
+        });
+        RequestError::Overloaded(format!(
+            "too many request bytes in flight (limit {} bytes){waited}; retry later",
+            self.capacity
+        ))
     }
 }
 
@@ -296,10 +347,12 @@ where
     }
     let mut permit = InflightPermit::default();
     if let Some(n) = declared {
-        // Known length: count it before reading, so an overloaded relay refuses early.
-        inflight.try_grow(&mut permit, n as usize)?;
+        // Known length: count it before reading, so that a waiting body stays in the socket.
+        inflight
+            .grow(&mut permit, n as usize, limits.inflight_wait)
+            .await?;
     }
-    let collect = collect_capped(body, max, declared, inflight, &mut permit);
+    let collect = collect_capped(body, max, declared, inflight, limits, &mut permit);
     let raw = match tokio::time::timeout(limits.read_timeout, collect).await {
         Ok(result) => result?,
         Err(_) => return Err(RequestError::BodyReadTimeout),
@@ -315,7 +368,9 @@ where
     drop(raw);
     drop(permit);
     let mut inflated_permit = InflightPermit::default();
-    inflight.try_grow(&mut inflated_permit, inflated.len())?;
+    inflight
+        .grow(&mut inflated_permit, inflated.len(), limits.inflight_wait)
+        .await?;
     Ok(RequestBody {
         data: Bytes::from(inflated),
         permit: inflated_permit,
@@ -329,6 +384,7 @@ async fn collect_capped<B>(
     max: usize,
     declared: Option<u64>,
     inflight: &InflightBytes,
+    limits: &BodyLimits,
     permit: &mut InflightPermit,
 ) -> Result<Bytes, RequestError>
 where
@@ -352,7 +408,9 @@ where
             return Err(RequestError::BodyTooLarge);
         }
         if declared.is_none() {
-            inflight.try_grow(permit, chunk.len())?;
+            inflight
+                .grow(permit, chunk.len(), limits.inflight_wait)
+                .await?;
         }
         // The common single-chunk body is kept without a copy.
         match (&mut first, &mut buf) {
@@ -398,6 +456,7 @@ mod tests {
         BodyLimits {
             max_body_bytes: max,
             read_timeout: Duration::from_secs(5),
+            inflight_wait: Duration::from_secs(1),
         }
     }
 
@@ -579,8 +638,9 @@ mod tests {
             .expect("at the limit");
     }
 
-    #[tokio::test]
-    async fn inflight_cap_answers_503() {
+    // Paused time: the wait for room elapses as soon as nothing else can run.
+    #[tokio::test(start_paused = true)]
+    async fn inflight_cap_answers_503_after_the_wait() {
         let inflight = InflightBytes::new(15);
         let first = read_body(
             Full::new(Bytes::from_static(b"0123456789")),
@@ -610,8 +670,73 @@ mod tests {
         .await
         .expect_err("over the in-flight cap");
         assert!(matches!(err, RequestError::Overloaded(_)), "{err:?}");
+        assert_eq!(
+            inflight.in_use(),
+            10,
+            "the failed chunked body released its part"
+        );
         drop(first);
         assert_eq!(inflight.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waits_for_room_then_is_read() {
+        let inflight = InflightBytes::new(15);
+        let first = read_body(
+            Full::new(Bytes::from_static(b"0123456789")),
+            &headers(&[("content-length", "10")]),
+            &limits(100),
+            &inflight,
+        )
+        .await
+        .expect("fits");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting = {
+            let inflight = inflight.clone();
+            tokio::spawn(async move {
+                let body = Full::new(Bytes::from_static(b"abcdefghij"));
+                let h = headers(&[("content-length", "10")]);
+                let mut l = limits(100);
+                l.inflight_wait = Duration::from_secs(3600);
+                let read = read_body(body, &h, &l, &inflight);
+                tokio::pin!(read);
+                // Still waiting after the other body's holder had every chance to run.
+                tokio::select! {
+                    biased;
+                    _ = rx => {}
+                    _ = &mut read => panic!("read while the cap was full"),
+                }
+                read.await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the second body waits for room");
+        drop(first);
+        tx.send(()).expect("waiter alive");
+        let second = waiting
+            .await
+            .expect("task")
+            .expect("read once room was made");
+        assert_eq!(second.data, "abcdefghij");
+        assert_eq!(inflight.in_use(), 10);
+        drop(second);
+        assert_eq!(inflight.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_cap_is_refused_without_waiting() {
+        let inflight = InflightBytes::new(5);
+        let mut l = limits(100);
+        l.inflight_wait = Duration::from_secs(3600);
+        let err = read_body(
+            Full::new(Bytes::from_static(b"0123456789")),
+            &headers(&[("content-length", "10")]),
+            &l,
+            &inflight,
+        )
+        .await
+        .expect_err("can never fit");
+        assert!(matches!(err, RequestError::Overloaded(_)), "{err:?}");
     }
 
     #[tokio::test]

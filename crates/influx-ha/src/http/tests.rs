@@ -37,6 +37,7 @@ fn service<W: WriteHandler>(writer: W, surface: Surface) -> Arc<HttpService<W>> 
         limits: body::SharedLimits::new(body::BodyLimits {
             max_body_bytes: 1000,
             read_timeout: Duration::from_secs(5),
+            inflight_wait: Duration::from_secs(1),
         }),
         inflight: InflightBytes::new(10_000),
         health: Health::new(),
@@ -370,6 +371,7 @@ async fn overload_answers_503_not_4xx() {
         limits: body::SharedLimits::new(body::BodyLimits {
             max_body_bytes: 100,
             read_timeout: Duration::from_secs(5),
+            inflight_wait: Duration::ZERO,
         }),
         inflight: InflightBytes::new(100),
         health: Health::new(),
@@ -483,6 +485,7 @@ async fn query_and_admin_paths_reach_their_handlers() {
         limits: body::SharedLimits::new(body::BodyLimits {
             max_body_bytes: 1000,
             read_timeout: Duration::from_secs(5),
+            inflight_wait: Duration::from_secs(1),
         }),
         inflight: InflightBytes::new(10_000),
         health: Health::new(),

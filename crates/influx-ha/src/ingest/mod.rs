@@ -615,6 +615,7 @@ impl<S: Sink + Clone> Listeners<S> {
             let limits = crate::http::body::BodyLimits {
                 max_body_bytes: max_body,
                 read_timeout: config.http.body_read_timeout,
+                inflight_wait: config.http.inflight_wait,
             };
             tcp.push(
                 opentsdb::bind(o.bind, &o.database, sink.clone(), tcp_options, limits)

@@ -735,6 +735,7 @@ mod tests {
             SharedLimits::new(BodyLimits {
                 max_body_bytes: 1 << 20,
                 read_timeout: Duration::from_secs(1),
+                inflight_wait: Duration::from_secs(1),
             }),
         )
     }

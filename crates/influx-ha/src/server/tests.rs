@@ -23,6 +23,7 @@ fn service<W: WriteHandler>(writer: W) -> Arc<HttpService<W>> {
         limits: SharedLimits::new(BodyLimits {
             max_body_bytes: 1 << 20,
             read_timeout: Duration::from_secs(5),
+            inflight_wait: Duration::from_secs(1),
         }),
         inflight: InflightBytes::new(1 << 24),
         health: Health::new(),

@@ -26,6 +26,10 @@ const MAX_REPLAY_BATCH: usize = 4 << 20;
 
 /// How deep a batch refused as too large is split before it is dead-lettered.
 const MAX_SPLIT_DEPTH: u32 = 16;
+/// Insured direct sends still running for one backend past which it goes behind its queue.
+/// Each holds its body in memory until the backend answers or the send times out, outside
+/// `max_inflight_bytes` (the client was answered); a backend this far behind is not keeping up.
+pub(crate) const MAX_LATE_SENDS: usize = 4;
 
 /// A validated write, shared by every backend's delivery.
 #[derive(Debug)]
@@ -45,6 +49,8 @@ struct Mode {
     queueing: bool,
     /// Appends submitted and not yet complete.
     appends_in_flight: usize,
+    /// Insured direct sends still running (see [`MAX_LATE_SENDS`]).
+    late_sends: usize,
 }
 
 /// Counters for the status page and metrics.
@@ -180,7 +186,7 @@ impl Replica {
             dir: dir.to_owned(),
             mode: Mutex::new(Mode {
                 queueing,
-                appends_in_flight: 0,
+                ..Mode::default()
             }),
             diverged: Mutex::new(diverged),
             diverged_marked_ms: AtomicU64::new(0),
@@ -457,9 +463,11 @@ impl Replica {
             () = forced => {
                 self.counters.insured.fetch_add(1, Ordering::Relaxed);
                 let outcome = self.append(batch).await;
+                self.start_late_send();
                 let me = self.clone();
                 tokio::spawn(async move {
                     let outcome = classify(&send.await);
+                    lock(&me.mode).late_sends -= 1;
                     if !outcome.is_ok() && !matches!(outcome, WriteOutcome::PartialWrite { .. }) {
                         me.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
                         me.note_error(describe(&outcome));
@@ -497,6 +505,26 @@ impl Replica {
                 self.enqueue(batch).await
             }
         }
+    }
+
+    /// Counts an insured send that goes on after its answer; past [`MAX_LATE_SENDS`] later
+    /// writes go behind the queue, so that a stalled backend cannot pile bodies up in memory.
+    fn start_late_send(&self) {
+        let mut m = lock(&self.mode);
+        m.late_sends += 1;
+        if m.late_sends > MAX_LATE_SENDS && !m.queueing {
+            m.queueing = true;
+            tracing::warn!(
+                backend = self.name(),
+                late_sends = m.late_sends,
+                "backend is not keeping up: writes go behind the queue"
+            );
+        }
+    }
+
+    /// Insured direct sends still running.
+    pub fn late_sends(&self) -> usize {
+        lock(&self.mode).late_sends
     }
 
     /// Appends the batch to the queue without changing the mode.

@@ -23,6 +23,7 @@ async fn start() -> Running {
         BodyLimits {
             max_body_bytes: 1 << 20,
             read_timeout: Duration::from_secs(20),
+            inflight_wait: Duration::from_secs(1),
         },
     )
     .await
