@@ -107,6 +107,13 @@
 //! batch end and persists it (temp file, fsync, rename, directory fsync under `always`; without
 //! fsyncs otherwise), then deletes segments entirely behind it.
 //!
+//! [`Queue::next_batch_after`] reads the batch that follows a pending one without touching the
+//! cursor, so that a consumer can read batch N+1 while batch N is in flight. It never skips:
+//! if the record right after N is corrupt or expired it returns `None`, and the cursor reader
+//! skips and counts it once N is acknowledged. A batch read ahead is acknowledged after N like
+//! any other ([`Queue::is_next`] tells whether it still starts at the cursor, e.g. after a
+//! purge); `ack` refuses it otherwise.
+//!
 //! ## Delete flow
 //!
 //! After an ack moves the cursor past the end of a sealed segment, the cursor is normalised to

@@ -486,55 +486,65 @@ impl Queue {
             end: next.0,
         };
         batch.first_ts_ms = next.1;
-        if let BatchKind::Write {
-            db,
-            rp,
-            precision,
-            payload,
-        } = &mut batch.kind
-        {
-            // Bounded: each iteration consumes one frame within published data, or stops.
-            while payload.len() < max_batch_bytes {
-                let mut p = batch.end;
-                let Some(m) = lock(&self.inner.state).settle(&mut p) else {
-                    break;
-                };
-                let Ok(reader) = self.reader_for(&mut rs, p.seg) else {
-                    break;
-                };
-                // Stop before reading (and CRC-ing) a record that cannot fit anyway: with the
-                // same key its payload length follows from the frame length.
-                if let Ok(Some(len)) = reader.peek_body_len(p.off, m.end) {
-                    let key = format::BODY_FIXED_LEN + db.len() + rp.len() + precision.len();
-                    if payload.len() + (len as usize).saturating_sub(key) > max_batch_bytes {
-                        break;
-                    }
-                }
-                let Ok(FrameRead::Valid { body, next }) = reader.read_frame(p.off, m.end) else {
-                    break;
-                };
-                let Some(d) = format::decode_body(body) else {
-                    break;
-                };
-                let added = d.payload.len()
-                    + usize::from(!d.payload.is_empty() && !d.payload.ends_with(b"\n"));
-                let fits = payload.len() + added <= max_batch_bytes;
-                let expired = cutoff.is_some_and(|c| d.ts_ms < c);
-                if d.kind == KIND_SCHEMA
-                    || d.db != db.as_str()
-                    || d.rp != rp.as_str()
-                    || d.precision != precision.as_str()
-                    || !fits
-                    || expired
-                {
-                    break;
-                }
-                push_payload(payload, d.payload);
-                batch.records += 1;
-                batch.end = advance(p, next, &m);
-            }
-        }
+        self.merge_following(&mut rs, cutoff, &mut batch, max_batch_bytes);
         Ok(Some(batch))
+    }
+
+    /// Reads the batch that follows `after` (a batch from [`Queue::next_batch`] or from this
+    /// function, not yet acknowledged) without moving the cursor: so that it can be read
+    /// while `after` is being delivered. Acknowledge it with [`Queue::ack`] after `after`.
+    ///
+    /// Returns `None` when nothing deliverable starts right after `after`: nothing published
+    /// there yet, `after` is no longer pending (acknowledged, or the queue was purged), or
+    /// the record there cannot be delivered (corrupt, expired). Such records are skipped and
+    /// counted only by [`Queue::next_batch`], from the cursor, once `after` is acknowledged;
+    /// so a batch read ahead never makes a record be skipped or acknowledged twice.
+    pub fn next_batch_after(
+        &self,
+        after: &Batch,
+        max_batch_bytes: usize,
+    ) -> Result<Option<Batch>, Error> {
+        let mut rs = lock(&self.inner.read);
+        if after.end.bytes <= rs.cursor.bytes {
+            return Ok(None);
+        }
+        let cutoff = self.cutoff();
+        let mut start = after.end;
+        let Some(m) = lock(&self.inner.state).settle(&mut start) else {
+            return Ok(None);
+        };
+        let frame = match self.reader_for(&mut rs, start.seg) {
+            Ok(r) => r.read_frame(start.off, m.end).map(|f| match f {
+                FrameRead::Valid { body, next } => format::decode_body(body)
+                    .filter(|d| !cutoff.is_some_and(|c| d.ts_ms < c))
+                    .map(|d| (owned(&d), d.ts_ms, next)),
+                FrameRead::Corrupt | FrameRead::End => None,
+            }),
+            Err(e) => Err(e),
+        };
+        let (kind, first_ts_ms, next) = match frame {
+            Ok(Some(read)) => read,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                rs.seg = None;
+                return Err(Error::io(self.inner.seg_path(start.seg), e));
+            }
+        };
+        let mut batch = Batch {
+            kind,
+            records: 1,
+            first_ts_ms,
+            start,
+            end: advance(start, next, &m),
+        };
+        self.merge_following(&mut rs, cutoff, &mut batch, max_batch_bytes);
+        Ok(Some(batch))
+    }
+
+    /// Whether `batch` starts at the cursor: what [`Queue::ack`] accepts now. False for a
+    /// batch read ahead whose predecessor was not acknowledged, or after a purge.
+    pub fn is_next(&self, batch: &Batch) -> bool {
+        lock(&self.inner.read).cursor == batch.start
     }
 
     /// Acknowledges a batch from [`Queue::next_batch`]: the cursor moves past it and is persisted
@@ -681,6 +691,66 @@ impl Queue {
         let age = lock(&self.inner.limits).max_age?;
         let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         Some(self.inner.clock.now_ms().saturating_sub(ms))
+    }
+
+    /// Merges into a write batch the following write records with the same db/rp/precision
+    /// while its payload stays within `max_batch_bytes`; stops at anything else (a schema
+    /// record, another key, an expired, corrupt or unreadable record, unpublished data).
+    fn merge_following(
+        &self,
+        rs: &mut ReadState,
+        cutoff: Option<u64>,
+        batch: &mut Batch,
+        max_batch_bytes: usize,
+    ) {
+        if let BatchKind::Write {
+            db,
+            rp,
+            precision,
+            payload,
+        } = &mut batch.kind
+        {
+            // Bounded: each iteration consumes one frame within published data, or stops.
+            while payload.len() < max_batch_bytes {
+                let mut p = batch.end;
+                let Some(m) = lock(&self.inner.state).settle(&mut p) else {
+                    break;
+                };
+                let Ok(reader) = self.reader_for(rs, p.seg) else {
+                    break;
+                };
+                // Stop before reading (and CRC-ing) a record that cannot fit anyway: with the
+                // same key its payload length follows from the frame length.
+                if let Ok(Some(len)) = reader.peek_body_len(p.off, m.end) {
+                    let key = format::BODY_FIXED_LEN + db.len() + rp.len() + precision.len();
+                    if payload.len() + (len as usize).saturating_sub(key) > max_batch_bytes {
+                        break;
+                    }
+                }
+                let Ok(FrameRead::Valid { body, next }) = reader.read_frame(p.off, m.end) else {
+                    break;
+                };
+                let Some(d) = format::decode_body(body) else {
+                    break;
+                };
+                let added = d.payload.len()
+                    + usize::from(!d.payload.is_empty() && !d.payload.ends_with(b"\n"));
+                let fits = payload.len() + added <= max_batch_bytes;
+                let expired = cutoff.is_some_and(|c| d.ts_ms < c);
+                if d.kind == KIND_SCHEMA
+                    || d.db != db.as_str()
+                    || d.rp != rp.as_str()
+                    || d.precision != precision.as_str()
+                    || !fits
+                    || expired
+                {
+                    break;
+                }
+                push_payload(payload, d.payload);
+                batch.records += 1;
+                batch.end = advance(p, next, &m);
+            }
+        }
     }
 
     pub(crate) fn publish_ack(&self, p: Pos) {

@@ -185,6 +185,40 @@ pub fn split_point(body: &[u8]) -> Option<usize> {
     split
 }
 
+/// The lines of `body` as InfluxDB's scanner splits them (a `\n` inside a quoted string value
+/// does not end a line), each with its terminating `\n` (the last one may have none), blank
+/// and comment lines included: concatenated, they give `body` back. For regrouping the lines
+/// of a validated payload, e.g. by [`series::measurement`].
+pub fn lines(body: &[u8]) -> Lines<'_> {
+    Lines {
+        index: fast::Index::new(body),
+        body,
+        pos: 0,
+    }
+}
+
+/// Iterator returned by [`lines`].
+pub struct Lines<'a> {
+    index: fast::Index<'a>,
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.pos >= self.body.len() {
+            return None;
+        }
+        let start = self.pos;
+        let (end, _) = self.index.line_end(start);
+        // Every step takes at least one byte: `end` is at or after `start`.
+        self.pos = (end + 1).min(self.body.len());
+        Some(&self.body[start..self.pos])
+    }
+}
+
 /// The length of the prefix of `buf` made of complete lines, for reading line protocol from a
 /// stream: each line of the prefix is ended by a `\n` that ends it as InfluxDB's scanner reads
 /// `buf` (a `\n` inside a quoted string value does not), and that no data arriving after `buf`

@@ -313,6 +313,44 @@ fn split_point_keeps_lines_whole() {
 }
 
 #[test]
+fn lines_split_as_the_scanner_does_and_give_the_body_back() {
+    let body: &[u8] = b"a s=\"x\ny\" 1\n\n# c\nb\\ c,t=\\, v=2 2\nc v=3 3";
+    let got: Vec<&[u8]> = lines(body).collect();
+    assert_eq!(
+        got,
+        vec![
+            &b"a s=\"x\ny\" 1\n"[..],
+            b"\n",
+            b"# c\n",
+            b"b\\ c,t=\\, v=2 2\n",
+            b"c v=3 3"
+        ]
+    );
+    assert_eq!(got.concat(), body);
+    assert_eq!(lines(b"").count(), 0);
+    // Lines longer than the index window and many short ones.
+    let long = format!("m s=\"{}\" 1\n", "x".repeat(200_000));
+    let mut body = long.clone().into_bytes();
+    for i in 0..10_000 {
+        body.extend_from_slice(format!("n v={i} {i}\n").as_bytes());
+    }
+    body.extend_from_slice(long.as_bytes());
+    let got: Vec<&[u8]> = lines(&body).collect();
+    assert_eq!(got.len(), 10_002);
+    assert_eq!(got[0], long.as_bytes());
+    assert_eq!(got[10_001], long.as_bytes());
+    assert_eq!(got.concat(), body);
+    // The same ends as the reference scanner.
+    let ends: Vec<usize> = lines(&body)
+        .scan(0, |at, l| {
+            *at += l.len();
+            Some(*at - 1)
+        })
+        .collect();
+    assert_eq!(ends, scanned_line_ends(&body));
+}
+
+#[test]
 fn values_the_storage_engine_cannot_read_are_refused() {
     // Found by the oracle: influxd 1.6.7 parses these, then its engine answers 500 for the whole
     // request. The field walker reads the key as `\\="` and the value as `t"` (or `1"`).

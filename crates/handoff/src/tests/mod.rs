@@ -6,6 +6,7 @@ mod basic;
 mod crash;
 mod faults;
 mod model;
+mod read_ahead;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

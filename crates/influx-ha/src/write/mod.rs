@@ -12,9 +12,11 @@
 //!
 //! - [`answer`]: the answer table as a pure function.
 //! - [`replica`]: one backend with its queue, direct delivery, and the replay task.
+//! - [`lanes`]: a queued batch split by measurement into lanes the replay sends concurrently.
 
 pub mod answer;
 pub mod backoff;
+pub mod lanes;
 pub mod replica;
 pub mod schema;
 
