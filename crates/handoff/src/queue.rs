@@ -516,7 +516,7 @@ impl Queue {
         let frame = match self.reader_for(&mut rs, start.seg) {
             Ok(r) => r.read_frame(start.off, m.end).map(|f| match f {
                 FrameRead::Valid { body, next } => format::decode_body(body)
-                    .filter(|d| !cutoff.is_some_and(|c| d.ts_ms < c))
+                    .filter(|d| cutoff.is_none_or(|c| d.ts_ms >= c))
                     .map(|d| (owned(&d), d.ts_ms, next)),
                 FrameRead::Corrupt | FrameRead::End => None,
             }),

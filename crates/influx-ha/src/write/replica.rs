@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use super::answer::Outcome;
 use super::backoff::Backoff;
+use super::lanes;
 use super::schema::{self, quote_ident};
 use crate::backend::{BackendClient, WriteOutcome, classify};
 use crate::shutdown::Shutdown;
@@ -63,6 +64,8 @@ pub struct Counters {
     /// Batches appended because the direct send was slower than the consistency level needed.
     pub insured: AtomicU64,
     pub replay_errors: AtomicU64,
+    /// Replayed batches that had been read from disk while the one before was being sent.
+    pub read_ahead: AtomicU64,
     pub dead_lettered: AtomicU64,
 }
 
@@ -153,6 +156,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Step {
     Delivered,
     Retry(String),
+}
+
+/// A batch read from the queue, its write payload split into lanes.
+struct Head {
+    /// For [`Queue::ack`]; a write's payload is moved out into `lanes`.
+    batch: handoff::Batch,
+    /// The write lanes not yet delivered; empty for a statement.
+    lanes: Vec<Bytes>,
+}
+
+impl Head {
+    fn of(mut batch: handoff::Batch) -> Head {
+        let lanes = match &mut batch.kind {
+            BatchKind::Write { payload, .. } => {
+                let payload = Bytes::from(std::mem::take(payload));
+                lanes::split(&payload, lanes::REPLAY_LANES)
+            }
+            BatchKind::Schema { .. } => Vec::new(),
+        };
+        Head { batch, lanes }
+    }
 }
 
 impl Replica {
@@ -579,11 +603,21 @@ impl Replica {
     }
 
     /// Drains the queue into the backend until shutdown, in order, retrying with backoff.
+    ///
+    /// Batches go strictly one after the other: the next is sent only once the backend
+    /// accepted every lane of this one and it is acknowledged in the queue. Within a batch the
+    /// lanes (measurements, see [`lanes`]) are sent concurrently, and only the lanes not yet
+    /// delivered are sent again after a failure. While a batch is sent, the next one is read
+    /// from disk (and split), and used only if it still follows the cursor once this one is
+    /// acknowledged: after a purge, a failed ack or a failed read it is read again from the
+    /// cursor.
     pub async fn replay(self: Arc<Self>, mut shutdown: Shutdown) {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30), seed);
+        // The batch read while the previous one was sent.
+        let mut ahead: Option<Head> = None;
         loop {
             if self.is_retired() {
                 return;
@@ -595,51 +629,70 @@ impl Replica {
                 }
                 continue;
             }
-            tokio::select! {
-                () = shutdown.recv() => return,
-                () = self.queue.wait_for_data() => {}
-                () = self.kick.notified() => continue,
-            }
-            if self.in_maintenance() {
-                continue;
-            }
-            let me = self.clone();
-            let next =
-                tokio::task::spawn_blocking(move || me.queue.next_batch(MAX_REPLAY_BATCH)).await;
-            if self.queue.take_dropped() {
-                self.mark_diverged("its queue dropped records (expired, corrupt or unreadable)");
-            }
-            let batch = match next {
-                Ok(Ok(Some(batch))) => batch,
-                Ok(Ok(None)) => {
-                    self.leave_queueing_if_drained();
-                    continue;
+            let mut head = match ahead.take() {
+                Some(head) if self.queue.is_next(&head.batch) => {
+                    self.counters.read_ahead.fetch_add(1, Ordering::Relaxed);
+                    head
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(backend = self.name(), error = %e, "cannot read the queue");
-                    self.note_error(format!("queue read: {e}"));
-                    if self.pause(&mut shutdown, backoff.next_delay()).await {
-                        return;
+                _ => {
+                    tokio::select! {
+                        () = shutdown.recv() => return,
+                        () = self.queue.wait_for_data() => {}
+                        () = self.kick.notified() => continue,
                     }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(backend = self.name(), error = %e, "queue reader task failed");
-                    continue;
+                    if self.in_maintenance() {
+                        continue;
+                    }
+                    let me = self.clone();
+                    let next = tokio::task::spawn_blocking(move || {
+                        me.queue
+                            .next_batch(MAX_REPLAY_BATCH)
+                            .map(|b| b.map(Head::of))
+                    })
+                    .await;
+                    self.note_dropped();
+                    match next {
+                        Ok(Ok(Some(head))) => head,
+                        Ok(Ok(None)) => {
+                            self.leave_queueing_if_drained();
+                            continue;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(backend = self.name(), error = %e, "cannot read the queue");
+                            self.note_error(format!("queue read: {e}"));
+                            if self.pause(&mut shutdown, backoff.next_delay()).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(backend = self.name(), error = %e, "queue reader task failed");
+                            continue;
+                        }
+                    }
                 }
             };
 
+            // Whatever else dropped records meanwhile (a refused append) is seen per batch too.
+            self.note_dropped();
+            // The payload was moved into the lanes: this copy is small.
+            let (me, current) = (self.clone(), head.batch.clone());
+            let mut reading = Some(tokio::task::spawn_blocking(move || {
+                me.queue
+                    .next_batch_after(&current, MAX_REPLAY_BATCH)
+                    .map(|b| b.map(Head::of))
+            }));
             loop {
                 // At shutdown the batch stays unacknowledged: it is sent again at the next
                 // start, and a stalled backend does not hold the shutdown up.
                 let step = tokio::select! {
                     () = shutdown.recv() => return,
-                    step = self.send_queued(&batch.kind) => step,
+                    step = self.send_head(&mut head) => step,
                 };
                 match step {
                     Step::Delivered => {
                         let me = self.clone();
-                        let b = batch.clone();
+                        let b = head.batch.clone();
                         let acked =
                             match tokio::task::spawn_blocking(move || me.queue.ack(&b)).await {
                                 Ok(acked) => acked.map_err(|e| e.to_string()),
@@ -649,8 +702,9 @@ impl Replica {
                             // The queue may be empty now: only this task leaves queueing mode.
                             Ok(()) => self.leave_queueing_if_drained(),
                             Err(why) => {
-                                // The batch will be read and sent again (a harmless duplicate);
-                                // back off so that a failing disk does not turn into a busy loop.
+                                // What follows is read again from the cursor (what was read
+                                // ahead is dropped); back off so that a failing disk does not
+                                // turn into a busy loop.
                                 tracing::error!(backend = self.name(), error = %why, "cannot acknowledge in the queue");
                                 self.note_error(format!("queue ack: {why}"));
                                 if self.pause(&mut shutdown, backoff.next_delay()).await {
@@ -663,6 +717,20 @@ impl Replica {
                             .replayed_batches
                             .fetch_add(1, Ordering::Relaxed);
                         backoff.reset();
+                        if let Some(read) = reading.take() {
+                            ahead = tokio::select! {
+                                () = shutdown.recv() => return,
+                                read = read => match read {
+                                    Ok(Ok(next)) => next,
+                                    // Read again from the cursor, which reports the error.
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(backend = self.name(), error = %e, "reading ahead failed");
+                                        None
+                                    }
+                                    Err(_) => None,
+                                },
+                            };
+                        }
                         break;
                     }
                     Step::Retry(why) => {
@@ -684,6 +752,13 @@ impl Replica {
         }
     }
 
+    /// Marks the backend diverged if its queue dropped records since the last look.
+    fn note_dropped(&self) {
+        if self.queue.take_dropped() {
+            self.mark_diverged("its queue dropped records (expired, corrupt or unreadable)");
+        }
+    }
+
     /// Sleeps (or until kicked), or returns true at shutdown.
     async fn pause(&self, shutdown: &mut Shutdown, delay: Duration) -> bool {
         tokio::select! {
@@ -693,18 +768,13 @@ impl Replica {
         }
     }
 
-    /// One delivery attempt of a queued batch, with DESIGN.md §3's handling of each answer.
-    async fn send_queued(&self, kind: &BatchKind) -> Step {
-        match kind {
+    /// One delivery attempt of the batch at the head of the queue, with DESIGN.md §3's
+    /// handling of each answer: a statement, or the write lanes not yet delivered.
+    async fn send_head(self: &Arc<Self>, head: &mut Head) -> Step {
+        match &head.batch.kind {
             BatchKind::Write {
-                db,
-                rp,
-                precision,
-                payload,
-            } => {
-                let payload = Bytes::copy_from_slice(payload);
-                self.send_write(db, rp, precision, payload, 0).await
-            }
+                db, rp, precision, ..
+            } => self.send_lanes(db, rp, precision, &mut head.lanes).await,
             BatchKind::Schema { db, statement } => {
                 match self
                     .client
@@ -720,6 +790,53 @@ impl Replica {
                     Err(e) => Step::Retry(format!("statement: {e}")),
                 }
             }
+        }
+    }
+
+    /// Sends the lanes concurrently, each with the full answer handling of [`Self::send_write`];
+    /// removes the delivered ones from `lanes`. Delivered when none is left.
+    async fn send_lanes(
+        self: &Arc<Self>,
+        db: &str,
+        rp: &str,
+        precision: &str,
+        lanes: &mut Vec<Bytes>,
+    ) -> Step {
+        if let [only] = lanes.as_slice() {
+            let step = self.send_write(db, rp, precision, only.clone(), 0).await;
+            if matches!(step, Step::Delivered) {
+                lanes.clear();
+            }
+            return step;
+        }
+        let total = lanes.len();
+        let mut sends = tokio::task::JoinSet::new();
+        for (i, lane) in lanes.iter().enumerate() {
+            let (me, lane) = (self.clone(), lane.clone());
+            let (db, rp, precision) = (db.to_owned(), rp.to_owned(), precision.to_owned());
+            sends.spawn(async move { (i, me.send_write(&db, &rp, &precision, lane, 0).await) });
+        }
+        let mut delivered = vec![false; total];
+        let mut failed = Vec::new();
+        while let Some(joined) = sends.join_next().await {
+            match joined {
+                Ok((i, Step::Delivered)) => delivered[i] = true,
+                Ok((_, Step::Retry(why))) => failed.push(why),
+                Err(e) => failed.push(format!("replay lane task failed: {e}")),
+            }
+        }
+        let mut i = 0;
+        lanes.retain(|_| {
+            i += 1;
+            !delivered[i - 1]
+        });
+        match failed.first() {
+            _ if lanes.is_empty() => Step::Delivered,
+            Some(why) => Step::Retry(format!(
+                "{why} ({} of {total} lanes to send again)",
+                lanes.len()
+            )),
+            None => Step::Retry(format!("{} of {total} lanes not delivered", lanes.len())),
         }
     }
 

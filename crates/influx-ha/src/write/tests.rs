@@ -1,6 +1,12 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::Replicator;
+use super::answer::Outcome;
+use super::replica::{Batch, Replica};
 use crate::config::Config;
 use crate::params::Consistency;
 
@@ -99,4 +105,268 @@ async fn a_backend_with_too_many_late_sends_goes_behind_its_queue() {
     }
     assert_eq!(slow.queue().stats().depth_records, max as u64 + 3);
     assert!(!replicas[0].is_queueing());
+}
+
+/// What the fake backend of the replay tests saw and how it answers.
+#[derive(Default)]
+struct FakeBackend {
+    /// `/write` bodies in the order they arrived.
+    writes: std::sync::Mutex<Vec<Bytes>>,
+    /// Requests in progress, and the most seen at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Hold each write until another one is in progress too (or a generous deadline), so that
+    /// concurrent sends are seen as such; off once two were seen together.
+    hold_for_a_pair: AtomicBool,
+    /// Answer 500 to the first write holding a line of measurement `b`.
+    fail_b_once: AtomicBool,
+    /// Writes whose batch tag (`batch=N`) arrived before both lanes of every earlier batch
+    /// had been answered with success.
+    overtaken: AtomicUsize,
+    /// Answered writes per batch tag.
+    answered: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
+}
+
+/// The `batch=N` tag of the first line of a body (0 without one).
+fn batch_tag(body: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(body);
+    text.split_once("batch=")
+        .and_then(|(_, rest)| rest.split([' ', ',']).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl FakeBackend {
+    async fn write(&self, body: Bytes) -> http::Response<http_body_util::Full<Bytes>> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let batch = batch_tag(&body);
+        {
+            // Every earlier batch (two lanes each) must have been answered completely.
+            let answered = self.answered.lock().expect("not poisoned");
+            if (1..batch).any(|b| answered.get(&b).copied().unwrap_or(0) < 2) {
+                self.overtaken.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.writes.lock().expect("not poisoned").push(body.clone());
+        if self.hold_for_a_pair.load(Ordering::SeqCst) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while self.in_flight.load(Ordering::SeqCst) < 2
+                && self.hold_for_a_pair.load(Ordering::SeqCst)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            self.hold_for_a_pair.store(false, Ordering::SeqCst);
+        }
+        let has_b = lineproto::lines(&body).any(|l| l.starts_with(b"b,"));
+        let fail = has_b && self.fail_b_once.swap(false, Ordering::SeqCst);
+        *self
+            .answered
+            .lock()
+            .expect("not poisoned")
+            .entry(batch)
+            .or_default() += usize::from(!fail);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut resp = http::Response::new(http_body_util::Full::new(if fail {
+            Bytes::from_static(b"{\"error\":\"timeout\"}")
+        } else {
+            Bytes::new()
+        }));
+        *resp.status_mut() = if fail {
+            http::StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            http::StatusCode::NO_CONTENT
+        };
+        resp
+    }
+}
+
+/// Serves `fake` on a free loopback port: `/write` as above, anything else 204.
+async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let fake = fake.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let fake = fake.clone();
+                    async move {
+                        let is_write = req.uri().path() == "/write";
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let resp = if is_write {
+                            fake.write(body).await
+                        } else {
+                            let mut r =
+                                http::Response::new(http_body_util::Full::new(Bytes::new()));
+                            *r.status_mut() = http::StatusCode::NO_CONTENT;
+                            r
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One backend at `addr` with its queue under `dir`, not replaying yet.
+fn one_backend(dir: &std::path::Path, addr: std::net::SocketAddr) -> Arc<Replica> {
+    let text = format!(
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"alpha\"\nurl = \"http://{addr}\"\n",
+        dir.display().to_string()
+    );
+    let config = Config::from_toml(&text, "test").expect("valid config");
+    let clients = crate::node::backend_clients(&config).expect("clients");
+    super::open_replica(&config, &clients[0], &clients).expect("queue opens")
+}
+
+/// A write to `db` of `lines` lines for each of measurements `a` and `b`, tagged `batch`,
+/// interleaved, large enough to be split into lanes.
+fn two_measurements(db: &str, batch: u64, lines: usize) -> Batch {
+    let mut payload = Vec::new();
+    for i in 0..lines {
+        for m in ["a", "b"] {
+            payload.extend_from_slice(
+                format!("{m},batch={batch},host=h{i} v={i}i,s=\"padding padding padding\" {i}\n")
+                    .as_bytes(),
+            );
+        }
+    }
+    assert!(payload.len() > super::lanes::MIN_SPLIT_BYTES);
+    Batch {
+        db: db.to_owned(),
+        rp: String::new(),
+        precision: "n",
+        payload: Bytes::from(payload),
+    }
+}
+
+/// Polls `done` every 10 ms for up to 60 s.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The lines of measurement `m` in `bodies`, in order.
+fn lines_of(bodies: &[Bytes], m: &str) -> Vec<Vec<u8>> {
+    let prefix = format!("{m},");
+    bodies
+        .iter()
+        .flat_map(|b| lineproto::lines(b).map(<[u8]>::to_vec).collect::<Vec<_>>())
+        .filter(|l| l.starts_with(prefix.as_bytes()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_go_concurrently_a_failed_lane_alone_is_sent_again_and_the_batch_acked_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    fake.hold_for_a_pair.store(true, Ordering::SeqCst);
+    fake.fail_b_once.store(true, Ordering::SeqCst);
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let batch = two_measurements("db", 1, 1000);
+    assert!(matches!(replica.enqueue(&batch).await, Outcome::Queued));
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        replica
+            .clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    wait_until("the batch is delivered", || {
+        !replica.queue().has_pending() && !replica.is_queueing()
+    })
+    .await;
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+
+    assert_eq!(
+        fake.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "lanes sent together"
+    );
+    let writes = fake.writes.lock().expect("not poisoned").clone();
+    // a once; b twice (failed, then sent again alone).
+    assert_eq!(writes.len(), 3, "{} writes", writes.len());
+    for w in &writes {
+        assert!(
+            lines_of(std::slice::from_ref(w), "a").is_empty()
+                || lines_of(std::slice::from_ref(w), "b").is_empty(),
+            "one measurement per lane"
+        );
+    }
+    let sent_a = lines_of(&writes, "a");
+    let sent_b = lines_of(&writes, "b");
+    let queued = std::slice::from_ref(&batch.payload);
+    assert_eq!(sent_a, lines_of(queued, "a"), "a sent once, in order");
+    assert_eq!(sent_b.len(), 2000, "b sent twice");
+    assert_eq!(sent_b[..1000], lines_of(queued, "b")[..], "in order");
+    assert_eq!(sent_b[1000..], lines_of(queued, "b")[..], "in order");
+    let stats = replica.queue().stats();
+    assert_eq!((stats.acked_batches, stats.depth_records), (1, 0));
+    assert_eq!(replica.counters.replayed_batches.load(Ordering::SeqCst), 1);
+    assert_eq!(replica.counters.replay_errors.load(Ordering::SeqCst), 1);
+    assert!(replica.diverged().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_sent_one_after_the_other_with_the_next_read_ahead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    // Different databases: the queue does not merge them, each is a batch of two lanes.
+    let batches: Vec<Batch> = (1..=6)
+        .map(|n| two_measurements(&format!("db{n}"), n, 800))
+        .collect();
+    for b in &batches {
+        assert!(matches!(replica.enqueue(b).await, Outcome::Queued));
+    }
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        replica
+            .clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    wait_until("every batch is delivered", || {
+        !replica.queue().has_pending() && !replica.is_queueing()
+    })
+    .await;
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+
+    assert_eq!(
+        fake.overtaken.load(Ordering::SeqCst),
+        0,
+        "a batch overtook one before it"
+    );
+    let writes = fake.writes.lock().expect("not poisoned").clone();
+    assert_eq!(writes.len(), 12, "two lanes per batch, each once");
+    let order: Vec<u64> = writes.iter().map(|w| batch_tag(w)).collect();
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(order, sorted, "batches in queue order");
+    let all: Vec<Bytes> = batches.iter().map(|b| b.payload.clone()).collect();
+    assert_eq!(lines_of(&writes, "a"), lines_of(&all, "a"));
+    assert_eq!(lines_of(&writes, "b"), lines_of(&all, "b"));
+    let stats = replica.queue().stats();
+    assert_eq!((stats.acked_batches, stats.depth_records), (6, 0));
+    // Everything was queued before the replay began: each batch after the first was read
+    // while the one before it was sent.
+    assert_eq!(replica.counters.read_ahead.load(Ordering::SeqCst), 5);
 }
