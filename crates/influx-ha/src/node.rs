@@ -311,6 +311,11 @@ impl<W: WriteHandler + Clone> Node<W> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The cap on request-body bytes in flight, with its counters.
+    pub fn inflight(&self) -> &InflightBytes {
+        &self.inflight
+    }
+
     /// Readiness, shared with `/health`.
     pub fn health(&self) -> &Health {
         &self.health
@@ -485,6 +490,7 @@ pub async fn serve_with_reload(
         data_dir: config.data_dir.clone(),
         started,
         http_listeners,
+        inflight: Some(node.inflight().clone()),
     });
     let node = node
         .with_admin(Arc::new(admin.clone()))

@@ -188,6 +188,37 @@ pub fn render(
         g.get_or_create(&vec![]).set(free as f64);
     }
 
+    if let Some(b) = &status.request_bodies {
+        let held = gauge_family(
+            &mut r,
+            "http_inflight",
+            "Request-body bytes held in memory (or reserved by requests waiting for room)",
+            Some(Unit::Bytes),
+        );
+        held.get_or_create(&vec![]).set(b.in_flight_bytes as f64);
+        let cap = gauge_family(
+            &mut r,
+            "http_inflight_limit",
+            "[http] max_inflight_bytes",
+            Some(Unit::Bytes),
+        );
+        cap.get_or_create(&vec![]).set(b.max_inflight_bytes as f64);
+        let waits = counter_family(
+            &mut r,
+            "http_inflight_waits",
+            "Requests that waited for room under max_inflight_bytes",
+            None,
+        );
+        waits.get_or_create(&vec![]).inc_by(b.waited);
+        let refusals = counter_family(
+            &mut r,
+            "http_inflight_refusals",
+            "Requests answered 503 after inflight_wait without room",
+            None,
+        );
+        refusals.get_or_create(&vec![]).inc_by(b.refused);
+    }
+
     let up = gauge_family(
         &mut r,
         "backend_up",

@@ -40,6 +40,8 @@ pub struct Sources {
     pub started: SystemTime,
     /// The HTTP listeners: (`http` or `admin`, address).
     pub http_listeners: Vec<(&'static str, String)>,
+    /// The cap on request bodies in memory (`[http] max_inflight_bytes`).
+    pub inflight: Option<crate::http::body::InflightBytes>,
 }
 
 /// The whole node, as `/status` answers it.
@@ -67,6 +69,21 @@ pub struct NodeStatus {
     pub listeners: Vec<ListenerStatus>,
     /// Peer relays, as last heard of.
     pub peers: Vec<PeerStatus>,
+    /// Request bodies held in memory against `[http] max_inflight_bytes`.
+    pub request_bodies: Option<BodiesStatus>,
+}
+
+/// Request bodies in memory against their cap.
+#[derive(Debug, Clone, Serialize)]
+pub struct BodiesStatus {
+    /// Bytes held (or reserved by requests waiting for room) now.
+    pub in_flight_bytes: u64,
+    /// `[http] max_inflight_bytes`.
+    pub max_inflight_bytes: u64,
+    /// Requests that waited for room since start: the cap was reached.
+    pub waited: u64,
+    /// Requests answered 503 after `inflight_wait` without room since start.
+    pub refused: u64,
 }
 
 /// The verdict at the top of the page.
@@ -525,6 +542,12 @@ pub fn collect(
         backends,
         listeners: listener_list,
         peers,
+        request_bodies: sources.inflight.as_ref().map(|i| BodiesStatus {
+            in_flight_bytes: i.in_use() as u64,
+            max_inflight_bytes: i.capacity() as u64,
+            waited: i.waited(),
+            refused: i.refused(),
+        }),
     }
 }
 

@@ -31,6 +31,7 @@ fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
         data_dir: config.data_dir.clone(),
         started: SystemTime::now() - Duration::from_secs(90),
         http_listeners: vec![("http", "127.0.0.1:8086".to_owned())],
+        inflight: None,
     });
     (admin, replicator)
 }

@@ -18,6 +18,7 @@
 //!   heap otherwise keeps freed body buffers in fragmented arenas and the process grows to
 //!   about twice the bodies it really holds.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -187,6 +188,8 @@ impl BodyPool {
 pub struct InflightBytes {
     semaphore: Arc<Semaphore>,
     capacity: usize,
+    /// Requests that had to wait for room, and those refused (503) for want of it.
+    waits: Arc<[AtomicU64; 2]>,
     /// Where large bodies are joined. Idle buffers are kept up to the cap (at most 64 MiB):
     /// a new buffer is made only when no idle one fits, so buffers lent and idle together stay
     /// near the most bodies ever held at once, which the cap bounds.
@@ -200,6 +203,13 @@ pub struct InflightPermit {
 }
 
 impl InflightPermit {
+    fn merge(&mut self, more: OwnedSemaphorePermit) {
+        match &mut self.permit {
+            Some(p) => p.merge(more),
+            None => self.permit = Some(more),
+        }
+    }
+
     /// Bytes this permit holds.
     pub fn bytes(&self) -> usize {
         self.permit.as_ref().map_or(0, |p| p.num_permits())
@@ -213,6 +223,7 @@ impl InflightBytes {
         Self {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
+            waits: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             pool: BodyPool::new(capacity.min(MAX_POOL_BYTES)),
         }
     }
@@ -227,14 +238,29 @@ impl InflightBytes {
         self.capacity
     }
 
-    /// Bytes held right now.
+    /// Bytes held right now (including what requests waiting for room have reserved).
     pub fn in_use(&self) -> usize {
         self.capacity - self.semaphore.available_permits()
     }
 
+    /// Requests that waited for room since start.
+    pub fn waited(&self) -> u64 {
+        self.waits[0].load(Ordering::Relaxed)
+    }
+
+    /// Requests answered 503 for want of room since start.
+    pub fn refused(&self) -> u64 {
+        self.waits[1].load(Ordering::Relaxed)
+    }
+
     /// Takes `n` more bytes into `permit`, or fails at once when that would pass the cap.
     pub fn try_grow(&self, permit: &mut InflightPermit, n: usize) -> Result<(), RequestError> {
-        self.grow_within(permit, n, None)
+        if n == 0 {
+            return Ok(());
+        }
+        let more = self.take_now(n)?.ok_or_else(|| self.refuse(None))?;
+        permit.merge(more);
+        Ok(())
     }
 
     /// Takes `n` more bytes into `permit`, waiting up to `wait` for requests ahead to release
@@ -245,51 +271,44 @@ impl InflightBytes {
         n: usize,
         wait: Duration,
     ) -> Result<(), RequestError> {
-        match self.grow_within(permit, n, None) {
-            Err(RequestError::Overloaded(_)) if !wait.is_zero() && n <= self.capacity => {}
-            done => return done,
-        }
-        let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
-        let acquire = self.semaphore.clone().acquire_many_owned(n32);
-        let more = match tokio::time::timeout(wait, acquire).await {
-            Ok(Ok(more)) => Some(more),
-            Ok(Err(_closed)) => return Err(RequestError::Unavailable("shutting down".to_owned())),
-            Err(_elapsed) => return Err(self.overloaded(Some(wait))),
-        };
-        self.grow_within(permit, n, more)
-    }
-
-    /// Merges `acquired` (or `n` bytes taken now without waiting) into `permit`.
-    fn grow_within(
-        &self,
-        permit: &mut InflightPermit,
-        n: usize,
-        acquired: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), RequestError> {
         if n == 0 {
             return Ok(());
         }
-        let more = match acquired {
-            Some(more) => more,
-            None => {
-                let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
-                match self.semaphore.clone().try_acquire_many_owned(n32) {
-                    Ok(more) => more,
-                    Err(TryAcquireError::NoPermits) => return Err(self.overloaded(None)),
-                    Err(TryAcquireError::Closed) => {
-                        return Err(RequestError::Unavailable("shutting down".to_owned()));
-                    }
-                }
-            }
-        };
-        match &mut permit.permit {
-            Some(p) => p.merge(more),
-            None => permit.permit = Some(more),
+        if let Some(more) = self.take_now(n)? {
+            permit.merge(more);
+            return Ok(());
         }
-        Ok(())
+        if wait.is_zero() || n > self.capacity {
+            return Err(self.refuse(None));
+        }
+        self.waits[0].fetch_add(1, Ordering::Relaxed);
+        let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
+        let acquire = self.semaphore.clone().acquire_many_owned(n32);
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(more)) => {
+                permit.merge(more);
+                Ok(())
+            }
+            Ok(Err(_closed)) => Err(RequestError::Unavailable("shutting down".to_owned())),
+            Err(_elapsed) => Err(self.refuse(Some(wait))),
+        }
     }
 
-    fn overloaded(&self, waited: Option<Duration>) -> RequestError {
+    /// `n` (> 0) bytes if there is room for them now, `None` if not.
+    fn take_now(&self, n: usize) -> Result<Option<OwnedSemaphorePermit>, RequestError> {
+        let n32 = u32::try_from(n).map_err(|_| RequestError::BodyTooLarge)?;
+        match self.semaphore.clone().try_acquire_many_owned(n32) {
+            Ok(more) => Ok(Some(more)),
+            Err(TryAcquireError::NoPermits) => Ok(None),
+            Err(TryAcquireError::Closed) => {
+                Err(RequestError::Unavailable("shutting down".to_owned()))
+            }
+        }
+    }
+
+    /// Counts a refusal and says why.
+    fn refuse(&self, waited: Option<Duration>) -> RequestError {
+        self.waits[1].fetch_add(1, Ordering::Relaxed);
         let waited = waited.map_or(String::new(), |w| {
             format!(" for {}", crate::units::format_duration(w))
         });

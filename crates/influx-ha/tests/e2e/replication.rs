@@ -274,3 +274,47 @@ fn a_missing_retention_policy_is_copied_from_a_healthy_backend() {
     assert_eq!(r.status, 204, "{}", r.text());
     assert_short_converged(&a, &b, 100);
 }
+
+#[test]
+fn writers_past_the_inflight_cap_wait_their_turn_and_nothing_is_lost() {
+    let _serial = serial();
+    let (a, b) = two_backends("db");
+    // Room for about two bodies of 2,000 points (75-80 KB each) at a time; eight writers.
+    let extra = "max_body_bytes = 160000\nmax_inflight_bytes = 160000\ninflight_wait = \"300s\"\n";
+    let mut relay = Relay::start(&[&a, &b], extra);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], relay.port()));
+    let (writers, per_writer, batch) = (8u64, 5u64, 2000u64);
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut client = testkit::HttpClient::new(addr);
+                client.set_timeout(std::time::Duration::from_secs(300));
+                for k in 0..per_writer {
+                    let n = w * per_writer + k;
+                    let body = points(n * batch..(n + 1) * batch);
+                    let r = client
+                        .request("POST", "/write?db=db", &[], &body)
+                        .expect("write");
+                    assert_eq!(r.status, 204, "writer {w}, batch {k}: {}", r.text());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("writer");
+    }
+    assert_converged(&a, &b, writers * per_writer * batch);
+
+    let status: serde_json::Value =
+        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("json");
+    let bodies = &status["request_bodies"];
+    assert_eq!(bodies["max_inflight_bytes"], 160000, "{bodies}");
+    assert!(bodies["waited"].as_u64().expect("waited") > 0, "{bodies}");
+    assert_eq!(bodies["refused"], 0, "{bodies}");
+    assert_eq!(bodies["in_flight_bytes"], 0, "{bodies}");
+    let metrics = relay.get("/metrics").expect("metrics").text();
+    assert!(
+        metrics.contains("influx_ha_http_inflight_limit_bytes 160000"),
+        "{metrics}"
+    );
+}
