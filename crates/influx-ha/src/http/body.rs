@@ -78,6 +78,17 @@ impl SharedLimits {
 
 // === impl BodyPool ===
 
+/// `n` rounded up to a multiple of an eighth of its highest power of two (less than 12.5%
+/// more). Bodies
+/// from one kind of agent differ by a few percent in size; buffers made exactly to size would
+/// each be a little too small for the next larger body, so the pool would fill with buffers
+/// nobody can reuse while new ones are allocated.
+fn size_class(n: usize) -> usize {
+    let highest_bit = 1usize << (usize::BITS - 1 - n.max(1).leading_zeros());
+    let step = (highest_bit / 8).max(1);
+    n.div_ceil(step).saturating_mul(step)
+}
+
 /// Buffers smaller than this are left to the allocator (it handles them well).
 const MIN_POOLED: usize = 256 << 10;
 /// The pool keeps at most this many bytes of idle buffers.
@@ -137,7 +148,7 @@ impl BodyPool {
     }
 
     /// An empty buffer with room for `n` bytes: an idle one of at most twice that size when
-    /// there is one (the smallest that fits), else a new one.
+    /// there is one (the smallest that fits), else a new one of `n`'s [`size_class`].
     fn take(&self, n: usize) -> Vec<u8> {
         if n >= MIN_POOLED {
             let mut idle = self
@@ -154,6 +165,7 @@ impl BodyPool {
             if let Some(i) = best {
                 return idle.swap_remove(i);
             }
+            return Vec::with_capacity(size_class(n));
         }
         Vec::with_capacity(n)
     }
@@ -610,6 +622,24 @@ mod tests {
         assert_eq!(got.data, "cpu v=1 1\ncpu v=2 2\ncpu v=3 3\n");
         assert_eq!(got.permit.bytes(), 30);
         assert_eq!(inflight.in_use(), 30);
+    }
+
+    #[test]
+    fn size_classes_round_up_by_at_most_an_eighth() {
+        for n in [
+            MIN_POOLED,
+            1_300_000,
+            1_352_233,
+            1_400_000,
+            25_000_000,
+            (1 << 20) + 1,
+        ] {
+            let c = size_class(n);
+            assert!(c >= n && c - n <= n / 8, "{n} -> {c}");
+        }
+        // Telegraf-sized bodies a few percent apart share one class.
+        assert_eq!(size_class(1_352_233), size_class(1_400_000));
+        assert_eq!(size_class(1 << 20), 1 << 20);
     }
 
     #[tokio::test]
