@@ -2,7 +2,8 @@
 //! influx-ha each replicating to both, a real HAProxy in front balancing roundrobin with health
 //! checks on `/health`. `influx-ha bench` writes through HAProxy and retries failed batches as
 //! Telegraf does; meanwhile one InfluxDB and one influx-ha are killed with SIGKILL and later
-//! restarted. Both InfluxDB must end up holding exactly the points that were acknowledged.
+//! restarted. Both InfluxDB must end up holding exactly the points that were acknowledged, and
+//! reads through HAProxy (the two nodes peers of each other) must see all of them.
 
 use std::fs;
 use std::io::Read as _;
@@ -134,8 +135,18 @@ fn two_nodes_behind_haproxy_converge_after_kill_9_of_an_influxdb_and_an_influx_h
     let mut b = Influxd::start();
     a.create_database("bench");
     b.create_database("bench");
-    let mut node_a = Relay::start(&[&a, &b], "[write]\nconsistency = \"any\"\n");
-    let node_b = Relay::start(&[&a, &b], "[write]\nconsistency = \"any\"\n");
+    // Peers of each other, as in examples/two-node: a read goes only to an InfluxDB for which
+    // neither node holds a queue.
+    let port = || testkit::free_port().expect("free port");
+    let (pa, pb) = (port(), port());
+    let config = |peer: &str, peer_port: u16| {
+        format!(
+            "[write]\nconsistency = \"any\"\n[[peer]]\nname = \"{peer}\"\nurl = \"http://127.0.0.1:{peer_port}\"\n"
+        )
+    };
+    let backends = [a.url(), b.url()];
+    let mut node_a = Relay::start_urls_on(pa, &backends, &config("node-b", pb));
+    let node_b = Relay::start_urls_on(pb, &backends, &config("node-a", pa));
     let lb = Haproxy::start(&[node_a.port(), node_b.port()]);
 
     // The writer: 51,000 points at 5,000 points/s through HAProxy, each failed batch retried.
