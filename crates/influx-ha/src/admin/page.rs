@@ -179,6 +179,20 @@ pub fn render(s: &NodeStatus) -> String {
         );
     }
     let _ = writeln!(h, "</table>");
+    if let Some(b) = &s.request_bodies {
+        let _ = writeln!(
+            h,
+            "<p class=\"meta\" id=\"bodies\">request bodies in memory: {} of {} · {} requests waited for room · {}</p>",
+            escape(&human_size(b.in_flight_bytes)),
+            escape(&human_size(b.max_inflight_bytes)),
+            b.waited,
+            if b.refused == 0 {
+                "none refused".to_owned()
+            } else {
+                format!("<b>{} refused (503)</b>", b.refused)
+            },
+        );
+    }
 
     let _ = writeln!(h, "<h2>Peers</h2>");
     if s.peers.is_empty() {

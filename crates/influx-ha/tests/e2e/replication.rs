@@ -317,4 +317,9 @@ fn writers_past_the_inflight_cap_wait_their_turn_and_nothing_is_lost() {
         metrics.contains("influx_ha_http_inflight_limit_bytes 160000"),
         "{metrics}"
     );
+    let page = relay.get("/").expect("status page").text();
+    assert!(
+        page.contains("requests waited for room · none refused"),
+        "{page}"
+    );
 }
