@@ -342,8 +342,9 @@ pub(crate) fn parse_indexed(
     })
 }
 
-/// Whether `body[s..e]` is a field value that is certainly valid: a boolean spelling, an `i`
-/// integer short enough not to overflow, or a short decimal float without exponent.
+/// Whether `body[s..e]` is a field value that is certainly valid: a short decimal float without
+/// exponent, an `i` integer short enough not to overflow, or a boolean spelling. Decided from
+/// the value's non-digit bits, so that the common numbers take no per-byte look.
 #[inline(always)]
 fn value_ok(ix: &Index<'_>, s: usize, e: usize) -> bool {
     let body = ix.body;
@@ -352,39 +353,35 @@ fn value_ok(ix: &Index<'_>, s: usize, e: usize) -> bool {
         // Floats of 25 characters and more, and long integers, need `exact`'s range checks.
         return false;
     }
-    match body[s] {
-        b't' | b'f' | b'T' | b'F' => matches!(
-            &body[s..e],
-            b"t" | b"T"
-                | b"f"
-                | b"F"
-                | b"true"
-                | b"True"
-                | b"TRUE"
-                | b"false"
-                | b"False"
-                | b"FALSE"
-        ),
-        first => {
-            let negative = first == b'-';
-            let mut nondigits = ix.nondigits(s, len) & !u64::from(negative);
-            let last = 1u64 << (len - 1);
-            let signs = usize::from(negative);
-            if nondigits & last != 0 && body[e - 1] == b'i' {
-                // 18 digits cannot overflow int64; longer ones go to `exact`.
-                nondigits &= !last;
-                let digits = len - 1 - signs;
-                nondigits == 0 && (1..=18).contains(&digits)
-            } else if nondigits == 0 {
-                len > signs
-            } else {
-                // One decimal point and at least one digit.
-                nondigits & (nondigits - 1) == 0
-                    && body[s + nondigits.trailing_zeros() as usize] == b'.'
-                    && len > signs + 1
-            }
-        }
+    let nondigits = ix.nondigits(s, len);
+    if nondigits == 0 {
+        return true;
     }
+    let sign = usize::from(body[s] == b'-');
+    let rest = nondigits & !(sign as u64);
+    if rest == 0 {
+        return len > sign;
+    }
+    if rest & (rest - 1) != 0 {
+        return is_bool(&body[s..e]);
+    }
+    // One non-digit besides the sign: a decimal point, the integer suffix, or a letter.
+    let at = rest.trailing_zeros() as usize;
+    match body[s + at] {
+        b'.' => len > sign + 1,
+        // 18 digits cannot overflow int64; longer ones go to `exact`.
+        b'i' if at == len - 1 => (1..=18).contains(&(len - 1 - sign)),
+        _ => is_bool(&body[s..e]),
+    }
+}
+
+/// The spellings of a boolean field value.
+#[inline(always)]
+fn is_bool(value: &[u8]) -> bool {
+    matches!(
+        value,
+        b"t" | b"T" | b"f" | b"F" | b"true" | b"True" | b"TRUE" | b"false" | b"False" | b"FALSE"
+    )
 }
 
 /// Whether a key is `time`, without a call to `memcmp`.
@@ -431,6 +428,58 @@ mod tests {
                 assert_eq!(bit(block.delim), matches!(b, b'=' | b' ' | b','), "{b}");
                 assert_eq!(bit(block.nondigit), !b.is_ascii_digit(), "{b}");
                 assert_eq!(bit(block.stop), matches!(b, b'\n' | b'"' | b'\\'), "{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn field_values_take_the_fast_path_only_where_exact_agrees() {
+        let fast_ones = [
+            "0",
+            "-1",
+            "1.5",
+            "-.5",
+            "5.",
+            ".5",
+            "1i",
+            "-1i",
+            "123456789012345678i",
+            "t",
+            "F",
+            "true",
+            "FALSE",
+        ];
+        let exact_ones = [
+            "-",
+            ".",
+            "-.",
+            "-i",
+            "i",
+            "1.2.3",
+            "--1",
+            "+1",
+            "1-",
+            "1i1",
+            "tr",
+            "-t",
+            "1e5",
+            "1234567890123456789i",
+            "-1234567890123456789i",
+            "1.5i",
+            "ti",
+        ];
+        for (values, fast_expected) in [(&fast_ones[..], true), (&exact_ones[..], false)] {
+            for v in values {
+                let line = format!("m f={v} 1");
+                let ix = Index::new(line.as_bytes());
+                let limits = TimeLimits::new(Precision::Nanoseconds);
+                let fast = parse_indexed(&ix, 0, line.len(), &limits).is_some();
+                assert_eq!(fast, fast_expected, "{line}");
+                let exact = crate::exact::parse_point(line.as_bytes(), Precision::Nanoseconds);
+                assert!(
+                    !fast || exact.is_ok(),
+                    "{line}: fast accepts what exact refuses"
+                );
             }
         }
     }
