@@ -40,36 +40,10 @@ async fn a_refused_append_marks_the_backend_diverged_and_does_not_leave_it_queue
     }
 }
 
-/// An HTTP server answering 204 to everything, on a free loopback port.
-async fn answers_204() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper::service::service_fn(
-                |req: http::Request<hyper::body::Incoming>| async move {
-                    use http_body_util::BodyExt;
-                    let _ = req.into_body().collect().await;
-                    let mut resp = http::Response::new(http_body_util::Full::new(Bytes::new()));
-                    *resp.status_mut() = http::StatusCode::NO_CONTENT;
-                    Ok::<_, std::convert::Infallible>(resp)
-                },
-            );
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-            );
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_backend_with_too_many_late_sends_goes_behind_its_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fast = answers_204().await;
+    let fast = serve(Arc::new(FakeBackend::default())).await;
     // Accepts connections in the kernel's backlog and never answers: a stalled backend.
     let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let text = format!(
@@ -256,6 +230,22 @@ fn two_measurements(db: &str, batch: u64, lines: usize) -> Batch {
 }
 
 /// Polls `done` every 10 ms for up to 60 s.
+/// Runs the replica's replay until its queue is empty and it is back on direct writes.
+async fn replay_until_drained(replica: &Arc<Replica>) {
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        replica
+            .clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    wait_until("the queue is drained", || {
+        !replica.queue().has_pending() && !replica.is_queueing()
+    })
+    .await;
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done() {
@@ -283,18 +273,7 @@ async fn lanes_go_concurrently_a_failed_lane_alone_is_sent_again_and_the_batch_a
     let replica = one_backend(dir.path(), serve(fake.clone()).await);
     let batch = two_measurements("db", 1, 1000);
     assert!(matches!(replica.enqueue(&batch).await, Outcome::Queued));
-    let (stop, _) = tokio::sync::broadcast::channel(1);
-    let replay = tokio::spawn(
-        replica
-            .clone()
-            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
-    );
-    wait_until("the batch is delivered", || {
-        !replica.queue().has_pending() && !replica.is_queueing()
-    })
-    .await;
-    let _ = stop.send(());
-    replay.await.expect("replay ends");
+    replay_until_drained(&replica).await;
 
     assert_eq!(
         fake.max_in_flight.load(Ordering::SeqCst),
@@ -337,18 +316,7 @@ async fn batches_are_sent_one_after_the_other_with_the_next_read_ahead() {
     for b in &batches {
         assert!(matches!(replica.enqueue(b).await, Outcome::Queued));
     }
-    let (stop, _) = tokio::sync::broadcast::channel(1);
-    let replay = tokio::spawn(
-        replica
-            .clone()
-            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
-    );
-    wait_until("every batch is delivered", || {
-        !replica.queue().has_pending() && !replica.is_queueing()
-    })
-    .await;
-    let _ = stop.send(());
-    replay.await.expect("replay ends");
+    replay_until_drained(&replica).await;
 
     assert_eq!(
         fake.overtaken.load(Ordering::SeqCst),
