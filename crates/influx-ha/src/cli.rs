@@ -275,12 +275,14 @@ pub fn describe(config: &Config, origin: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "  each: at most {}, records kept {}, fsync {}, segments of {}, appends stop below {} free disk",
+        "  each: at most {}, records kept {}, fsync {}, segments of {}, appends stop below {} free disk; replayed {} request{} at a time",
         format_size(q.max_bytes),
         format_duration(q.max_age),
         q.fsync,
         format_size(q.segment_bytes),
-        format_size(q.min_free_disk)
+        format_size(q.min_free_disk),
+        q.replay_lanes,
+        if q.replay_lanes == 1 { "" } else { "s" }
     );
     let hc = &config.health;
     let _ = writeln!(s);

@@ -71,6 +71,8 @@
 //! # fsync_interval = "1s"            # with fsync = "interval"
 //! # segment_bytes = "64MiB"
 //! # min_free_disk = "1GiB"
+//! # replay_lanes = 2                 # a replayed batch is sent as this many requests at once,
+//! #                                  # split by measurement (1: strictly one request at a time)
 //!
 //! [health]                            # active checks: GET /ping on every backend
 //! # interval = "1s"                  # also how often peers are asked for their queues
@@ -143,6 +145,11 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 25_000_000;
 pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 32 << 20;
 /// Default time a request waits for room under the in-flight cap before it gets 503.
 pub const DEFAULT_INFLIGHT_WAIT: Duration = Duration::from_secs(5);
+/// Default concurrent requests per replayed batch: InfluxDB on the small machines this is built
+/// for has two cores.
+pub const DEFAULT_REPLAY_LANES: usize = 2;
+/// Most concurrent requests per replayed batch.
+pub const MAX_REPLAY_LANES: usize = 16;
 /// Default cap on open client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time a client gets to send its request headers.
@@ -365,6 +372,8 @@ pub struct QueueConfig {
     pub segment_bytes: u64,
     /// Appends are refused while the file system has less free space than this.
     pub min_free_disk: u64,
+    /// Concurrent requests per replayed batch (its measurements split between them).
+    pub replay_lanes: usize,
 }
 
 /// `[[backend]]`: one InfluxDB.
@@ -760,6 +769,7 @@ struct RawQueue {
     fsync_interval: Option<Spanned<HumanDuration>>,
     segment_bytes: Option<Spanned<ByteSize>>,
     min_free_disk: Option<ByteSize>,
+    replay_lanes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1205,12 +1215,27 @@ impl RawConfig {
                 n
             }
         };
+        let replay_lanes = match &q.replay_lanes {
+            None => DEFAULT_REPLAY_LANES,
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n @ 1..=MAX_REPLAY_LANES) => n,
+                _ => {
+                    c.at(
+                        v,
+                        "queue.replay_lanes",
+                        format!("must be between 1 and {MAX_REPLAY_LANES}"),
+                    );
+                    DEFAULT_REPLAY_LANES
+                }
+            },
+        };
         let queue = QueueConfig {
             max_bytes,
             max_age,
             fsync,
             segment_bytes,
             min_free_disk: q.min_free_disk.map_or(DEFAULT_MIN_FREE_DISK, |v| v.0),
+            replay_lanes,
         };
 
         // [[backend]]

@@ -19,6 +19,7 @@
 //!
 //! - `[http] max_body_bytes`, `body_read_timeout` and `inflight_wait` (a hook registered by
 //!   `serve`).
+//! - `[queue] replay_lanes`, for the batches each replay reads from then on.
 //!
 //! Everything else (listen addresses and listeners, the other `[http]` keys, `[queue]` fsync
 //! and segment size, backend
@@ -307,6 +308,7 @@ impl Reloader {
         let limits = handoff::Limits::of(&crate::write::queue_options(&new.queue));
         for r in &next {
             r.queue().set_limits(limits);
+            r.set_replay_lanes(new.queue.replay_lanes);
         }
         self.replicator.set_replicas(next);
         self.replicator

@@ -49,6 +49,7 @@ fsync = "interval"
 fsync_interval = "250ms"
 segment_bytes = "32MiB"
 min_free_disk = "2GiB"
+replay_lanes = 4
 
 [[backend]]
 name = "influx-a"
@@ -150,6 +151,7 @@ fn full_config() {
     );
     assert_eq!(c.queue.segment_bytes, 32 << 20);
     assert_eq!(c.queue.min_free_disk, 2 << 30);
+    assert_eq!(c.queue.replay_lanes, 4);
     let a = &c.backends[0];
     let creds = a.credentials.as_ref().expect("credentials");
     assert_eq!(creds.username, "relay");
@@ -486,6 +488,20 @@ fn listener_databases_must_not_be_empty() {
     assert_eq!(p.key, "tcp[0].database");
     let err = parse_error(&with_backend("[[tcp]]\nbind = \"0.0.0.0:1\"", b));
     assert!(err.contains("missing field `database`"), "{err}");
+}
+
+#[test]
+fn replay_lanes_are_checked() {
+    let b = "name = \"a\"\nurl = \"http://h:1\"";
+    let c = parse(&with_backend("", b)).expect("valid");
+    assert_eq!(c.queue.replay_lanes, DEFAULT_REPLAY_LANES);
+    let c = parse(&with_backend("[queue]\nreplay_lanes = 1", b)).expect("valid");
+    assert_eq!(c.queue.replay_lanes, 1);
+    for bad in ["0", "17", "-1"] {
+        let p = problem(&with_backend(&format!("[queue]\nreplay_lanes = {bad}"), b));
+        assert_eq!(p.key, "queue.replay_lanes", "{bad}");
+        assert_eq!(p.line, Some(3), "{bad}");
+    }
 }
 
 #[test]

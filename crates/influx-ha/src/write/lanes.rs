@@ -12,10 +12,6 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-/// How many concurrent requests the replay sends per batch at most: InfluxDB on the small
-/// machines this is built for has two cores.
-pub const REPLAY_LANES: usize = 2;
-
 /// Payloads smaller than this go as one request: splitting them saves less than the extra
 /// request costs.
 pub const MIN_SPLIT_BYTES: usize = 64 << 10;

@@ -99,6 +99,7 @@ pub fn open_replica(
         dir: dir.display().to_string(),
         error,
     })?;
+    replica.set_replay_lanes(config.queue.replay_lanes);
     if replica.queue().has_pending() {
         let stats = replica.queue().stats();
         tracing::info!(

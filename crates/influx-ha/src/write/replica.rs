@@ -6,7 +6,7 @@
 //! is in flight: so a write never overtakes older data queued for the same backend.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -98,6 +98,8 @@ pub struct Replica {
     link: AtomicU8,
     /// When `link` last changed, Unix milliseconds.
     link_since_ms: AtomicU64,
+    /// `[queue] replay_lanes`: concurrent requests per replayed batch (changed by a reload).
+    replay_lanes: AtomicUsize,
     pub counters: Counters,
 }
 
@@ -167,11 +169,11 @@ struct Head {
 }
 
 impl Head {
-    fn of(mut batch: handoff::Batch) -> Head {
+    fn of(mut batch: handoff::Batch, lanes: usize) -> Head {
         let lanes = match &mut batch.kind {
             BatchKind::Write { payload, .. } => {
                 let payload = Bytes::from(std::mem::take(payload));
-                lanes::split(&payload, lanes::REPLAY_LANES)
+                lanes::split(&payload, lanes)
             }
             BatchKind::Schema { .. } => Vec::new(),
         };
@@ -220,6 +222,7 @@ impl Replica {
             retired: AtomicBool::new(false),
             link: AtomicU8::new(0),
             link_since_ms: AtomicU64::new(now_ms()),
+            replay_lanes: AtomicUsize::new(crate::config::DEFAULT_REPLAY_LANES),
             counters: Counters::default(),
         };
         // Records found corrupt or expired while opening are gone: the replay would notice
@@ -546,6 +549,16 @@ impl Replica {
         }
     }
 
+    /// Concurrent requests per replayed batch.
+    pub fn replay_lanes(&self) -> usize {
+        self.replay_lanes.load(Ordering::Relaxed)
+    }
+
+    /// Sets `[queue] replay_lanes` (at least 1) for the batches read from now on.
+    pub fn set_replay_lanes(&self, lanes: usize) {
+        self.replay_lanes.store(lanes.max(1), Ordering::Relaxed);
+    }
+
     /// Insured direct sends still running.
     pub fn late_sends(&self) -> usize {
         lock(&self.mode).late_sends
@@ -643,11 +656,11 @@ impl Replica {
                     if self.in_maintenance() {
                         continue;
                     }
-                    let me = self.clone();
+                    let (me, lanes) = (self.clone(), self.replay_lanes());
                     let next = tokio::task::spawn_blocking(move || {
                         me.queue
                             .next_batch(MAX_REPLAY_BATCH)
-                            .map(|b| b.map(Head::of))
+                            .map(|b| b.map(|b| Head::of(b, lanes)))
                     })
                     .await;
                     self.note_dropped();
@@ -676,11 +689,11 @@ impl Replica {
             // Whatever else dropped records meanwhile (a refused append) is seen per batch too.
             self.note_dropped();
             // The payload was moved into the lanes: this copy is small.
-            let (me, current) = (self.clone(), head.batch.clone());
+            let (me, current, lanes) = (self.clone(), head.batch.clone(), self.replay_lanes());
             let mut reading = Some(tokio::task::spawn_blocking(move || {
                 me.queue
                     .next_batch_after(&current, MAX_REPLAY_BATCH)
-                    .map(|b| b.map(Head::of))
+                    .map(|b| b.map(|b| Head::of(b, lanes)))
             }));
             loop {
                 // At shutdown the batch stays unacknowledged: it is sent again at the next

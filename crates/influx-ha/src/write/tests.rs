@@ -230,6 +230,27 @@ fn two_measurements(db: &str, batch: u64, lines: usize) -> Batch {
 }
 
 /// Polls `done` every 10 ms for up to 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replay_lane_sends_each_batch_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    replica.set_replay_lanes(1);
+    let batches: Vec<Batch> = (1..=3)
+        .map(|n| two_measurements(&format!("db{n}"), n, 800))
+        .collect();
+    for b in &batches {
+        assert!(matches!(replica.enqueue(b).await, Outcome::Queued));
+    }
+    replay_until_drained(&replica).await;
+    let writes = fake.writes.lock().expect("not poisoned").clone();
+    assert_eq!(writes.len(), 3, "one request per batch");
+    for (w, b) in writes.iter().zip(&batches) {
+        assert_eq!(w, &b.payload, "the batch as queued");
+    }
+    assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.
 async fn replay_until_drained(replica: &Arc<Replica>) {
     let (stop, _) = tokio::sync::broadcast::channel(1);
