@@ -297,6 +297,12 @@ pub fn render(
         "Queued batches the backend acknowledged",
         None,
     );
+    let read_ahead = counter_family(
+        &mut r,
+        "backend_replay_read_ahead_batches",
+        "Replayed batches read from disk while the batch before was being sent",
+        None,
+    );
     let replay_errors = counter_family(
         &mut r,
         "backend_replay_errors",
@@ -371,6 +377,7 @@ pub fn render(
         queued.get_or_create(&l).inc_by(t.queued);
         insured.get_or_create(&l).inc_by(t.insured);
         replayed.get_or_create(&l).inc_by(t.replayed_batches);
+        read_ahead.get_or_create(&l).inc_by(t.read_ahead);
         replay_errors.get_or_create(&l).inc_by(t.replay_errors);
         dead.get_or_create(&l).inc_by(t.dead_lettered);
     }

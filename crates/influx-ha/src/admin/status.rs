@@ -224,6 +224,8 @@ pub struct BackendTotals {
     pub insured: u64,
     /// Queued batches it acknowledged.
     pub replayed_batches: u64,
+    /// Of those, read from disk while the batch before was being sent.
+    pub read_ahead: u64,
     /// Replay attempts that failed (retried).
     pub replay_errors: u64,
     /// Batches it refused for good, kept as dead letters.
@@ -322,6 +324,7 @@ fn totals(r: &Replica) -> BackendTotals {
         queued: c.queued.load(Relaxed),
         insured: c.insured.load(Relaxed),
         replayed_batches: c.replayed_batches.load(Relaxed),
+        read_ahead: c.read_ahead.load(Relaxed),
         replay_errors: c.replay_errors.load(Relaxed),
         dead_lettered: c.dead_lettered.load(Relaxed),
     }
