@@ -10,8 +10,9 @@
 //!   before its body is read when the length is known, for up to `inflight_wait` (first come,
 //!   first served), and is answered 503 with `Retry-After` if there is still no room. While it
 //!   waits its body stays in the kernel's socket buffers and the client's, so the relay's
-//!   memory stays bounded however many clients send at once. The permit travels with the body
-//!   ([`RequestBody`]) until the write is answered.
+//!   memory stays bounded however many clients send at once. A gzip body's inflated bytes are
+//!   counted once inflated, without waiting (503 if there is no room). The permit travels with
+//!   the body ([`RequestBody`]) until the write is answered.
 //! - Large bodies arrive in many chunks and are joined into one buffer of their declared
 //!   length. Those buffers come from, and go back to, a small pool ([`BodyPool`]) instead of
 //!   the allocator: with bodies of a megabyte or more arriving on many connections, glibc's
@@ -79,10 +80,9 @@ impl SharedLimits {
 // === impl BodyPool ===
 
 /// `n` rounded up to a multiple of an eighth of its highest power of two (less than 12.5%
-/// more). Bodies
-/// from one kind of agent differ by a few percent in size; buffers made exactly to size would
-/// each be a little too small for the next larger body, so the pool would fill with buffers
-/// nobody can reuse while new ones are allocated.
+/// more). Bodies from one kind of agent differ by a few percent in size; buffers made exactly
+/// to size would each be a little too small for the next larger body, so the pool would fill
+/// with buffers nobody can reuse while new ones are allocated.
 fn size_class(n: usize) -> usize {
     let highest_bit = 1usize << (usize::BITS - 1 - n.max(1).leading_zeros());
     let step = (highest_bit / 8).max(1);
@@ -398,10 +398,10 @@ where
     // The compressed bytes are gone: release them before counting the inflated ones.
     drop(raw);
     drop(permit);
+    // The inflated bytes are in memory already: they are counted, or refused, without waiting
+    // (a wait would hold them uncounted).
     let mut inflated_permit = InflightPermit::default();
-    inflight
-        .grow(&mut inflated_permit, inflated.len(), limits.inflight_wait)
-        .await?;
+    inflight.try_grow(&mut inflated_permit, inflated.len())?;
     Ok(RequestBody {
         data: Bytes::from(inflated),
         permit: inflated_permit,
