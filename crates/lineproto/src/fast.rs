@@ -10,7 +10,7 @@
 //! valid or not, answers `None` and goes to [`crate::exact`], which alone produces error
 //! messages. Property tests hold this module to "`Some` only where `exact` agrees".
 
-use wide::u8x16;
+use wide::i8x16;
 
 use crate::exact::PointInfo;
 use crate::precision::Precision;
@@ -34,17 +34,16 @@ impl Block {
         let (lanes, _) = bytes.as_chunks::<16>();
         let mut block = Block::default();
         for (k, lane) in lanes.iter().enumerate() {
-            let v = u8x16::new(*lane);
-            let delim = v.simd_eq(u8x16::splat(b'='))
-                | v.simd_eq(u8x16::splat(b' '))
-                | v.simd_eq(u8x16::splat(b','));
-            let digit = v.max(u8x16::splat(b'0')).min(u8x16::splat(b'9')).simd_eq(v);
-            let stop = v.simd_eq(u8x16::splat(b'\n'))
-                | v.simd_eq(u8x16::splat(b'"'))
-                | v.simd_eq(u8x16::splat(b'\\'));
+            let v = i8x16::new(lane.map(|b| b as i8));
+            let is = |c: u8| v.simd_eq(i8x16::splat(c as i8));
+            let delim = is(b'=') | is(b' ') | is(b',');
+            // `'0'..='9'` moved to the bottom of the signed range, so that one signed compare
+            // finds the non-digits (SSE2 has no unsigned byte compare).
+            let nondigit = (v + i8x16::splat(0x50)).simd_gt(i8x16::splat(-119));
+            let stop = is(b'\n') | is(b'"') | is(b'\\');
             let shift = 16 * k;
             block.delim |= u64::from(delim.to_bitmask()) << shift;
-            block.nondigit |= u64::from(!digit.to_bitmask() & 0xffff) << shift;
+            block.nondigit |= u64::from(nondigit.to_bitmask()) << shift;
             block.stop |= u64::from(stop.to_bitmask()) << shift;
         }
         block
@@ -144,17 +143,25 @@ impl<'a> Index<'a> {
     }
 }
 
-/// Successive delimiter positions from a starting point: one bit operation per token.
-struct Delims<'i, 'a> {
-    ix: &'i Index<'a>,
-    block: usize,
-    /// Body position of bit 0 of `bits`.
+/// Successive delimiter positions of one line, one bit operation per token. The delimiter word
+/// and the non-digit word of the current block are held here, so that neither a token nor a
+/// field value lying in that block reads the index again.
+struct Cursor<'i> {
+    /// The blocks after the current one.
+    rest: std::slice::Iter<'i, Block>,
+    /// Body position of bit 0 of the current block.
     block_start: usize,
+    /// Delimiters of the current block not yet returned.
     bits: u64,
+    /// Non-digits of the current block.
+    nondigit: u64,
+    /// What [`Cursor::next`] answers once the window holds no further delimiter: the line's end,
+    /// which callers treat like any position at or past it.
+    end: usize,
 }
 
-impl Delims<'_, '_> {
-    /// The next delimiter position, or the window's end.
+impl Cursor<'_> {
+    /// The next delimiter position (possibly past the line), or `end`.
     #[inline(always)]
     fn next(&mut self) -> usize {
         loop {
@@ -164,30 +171,27 @@ impl Delims<'_, '_> {
                 self.bits &= self.bits - 1;
                 return at;
             }
-            self.block += 1;
+            let Some(block) = self.rest.next() else {
+                // Past every block, so `block_start` exceeds any position of the line.
+                self.block_start += 64;
+                return self.end;
+            };
             self.block_start += 64;
-            match self.ix.blocks.get(self.block) {
-                Some(b) => self.bits = b.delim,
-                None => return self.ix.end,
-            }
+            self.bits = block.delim;
+            self.nondigit = block.nondigit;
         }
     }
-}
 
-impl<'a> Index<'a> {
+    /// The non-digit bits of `body[s..s + len]` (`len` at most 24), bit 0 for `s`, where
+    /// `s + len` is at or before the position [`Cursor::next`] last returned.
     #[inline(always)]
-    fn delims_from(&self, from: usize) -> Delims<'_, 'a> {
-        let rel = from - self.base;
-        let block = rel / 64;
-        let bits = self
-            .blocks
-            .get(block)
-            .map_or(0, |b| b.delim & (!0u64 << (rel % 64)));
-        Delims {
-            ix: self,
-            block,
-            block_start: self.base + block * 64,
-            bits,
+    fn nondigits(&self, ix: &Index<'_>, s: usize, len: usize) -> u64 {
+        if s >= self.block_start {
+            // The value ends at or before a delimiter of this block (or the line's end, which
+            // is then before that delimiter): it lies in this block.
+            (self.nondigit >> (s - self.block_start)) & ((1u64 << len) - 1)
+        } else {
+            ix.nondigits(s, len)
         }
     }
 }
@@ -244,21 +248,32 @@ pub(crate) fn parse_indexed(
     e: usize,
     limits: &TimeLimits,
 ) -> Option<PointInfo> {
-    let body = ix.body;
     if e - s > MAX_FAST_LINE || e > ix.end {
         return None;
     }
-    let mut delims = ix.delims_from(s);
+    // Every position is compared with `e` before its byte is read, so reads of `line` need no
+    // bounds check.
+    let line = ix.body.get(..e)?;
+    let rel = s - ix.base;
+    let first = rel / 64;
+    let block = ix.blocks.get(first)?;
+    let mut delims = Cursor {
+        rest: ix.blocks.get(first + 1..).unwrap_or_default().iter(),
+        block_start: ix.base + first * 64,
+        bits: block.delim & (!0u64 << (rel % 64)),
+        nondigit: block.nondigit,
+        end: e,
+    };
 
     // Measurement: up to the first comma or space.
     let mut i = delims.next();
-    if i >= e || i == s || body[i] == b'=' {
+    if i >= e || i == s || line[i] == b'=' {
         return None;
     }
 
     // Tags, strictly increasing by key (so neither unsorted nor duplicated).
     let mut time_tag = false;
-    if body[i] == b',' {
+    if line[i] == b',' {
         let mut prev_key: &[u8] = &[];
         let mut tags = 0;
         loop {
@@ -269,10 +284,10 @@ pub(crate) fn parse_indexed(
             }
             let key_start = i + 1;
             i = delims.next();
-            if i >= e || body[i] != b'=' || i == key_start {
+            if i >= e || line[i] != b'=' || i == key_start {
                 return None;
             }
-            let key = &body[key_start..i];
+            let key = &line[key_start..i];
             if key_not_after(key, prev_key) {
                 return None;
             }
@@ -280,10 +295,10 @@ pub(crate) fn parse_indexed(
             prev_key = key;
             let value_start = i + 1;
             i = delims.next();
-            if i >= e || i == value_start || body[i] == b'=' {
+            if i >= e || i == value_start || line[i] == b'=' {
                 return None;
             }
-            if body[i] == b' ' {
+            if line[i] == b' ' {
                 break;
             }
         }
@@ -291,26 +306,32 @@ pub(crate) fn parse_indexed(
 
     // Fields: key=value pairs separated by commas.
     i += 1;
-    if i >= e || matches!(body[i], b' ' | b'\t' | 0) {
+    if i >= e || matches!(line[i], b' ' | b'\t' | 0) {
         return None;
     }
     let mut non_time_field = false;
     loop {
         let key_start = i;
         i = delims.next();
-        if i >= e || body[i] != b'=' || i == key_start {
+        if i >= e || line[i] != b'=' || i == key_start {
             return None;
         }
-        non_time_field |= !is_time(&body[key_start..i]);
+        non_time_field |= !is_time(&line[key_start..i]);
         let value_start = i + 1;
         i = delims.next().min(e);
-        if !value_ok(ix, value_start, i) {
+        let len = i - value_start;
+        if len == 0 || len > 24 {
+            // Floats of 25 characters and more, and long integers, need `exact`'s range checks.
             return None;
         }
-        if i == e || body[i] == b' ' {
+        let nondigits = delims.nondigits(ix, value_start, len);
+        if !value_ok(&line[value_start..i], nondigits) {
+            return None;
+        }
+        if i == e || line[i] == b' ' {
             break;
         }
-        if body[i] != b',' {
+        if line[i] != b',' {
             return None;
         }
         i += 1;
@@ -323,8 +344,8 @@ pub(crate) fn parse_indexed(
         if ts >= e || delims.next() < e {
             return None;
         }
-        let negative = body[ts] == b'-';
-        let digits = &body[ts + usize::from(negative)..e];
+        let negative = line[ts] == b'-';
+        let digits = &line[ts + usize::from(negative)..];
         let nondigits = ix.nondigits(ts, (e - ts).min(32)) & !u64::from(negative);
         if nondigits != 0 || digits.is_empty() || digits.len() > 19 {
             return None;
@@ -342,37 +363,38 @@ pub(crate) fn parse_indexed(
     })
 }
 
-/// Whether `body[s..e]` is a field value that is certainly valid: a short decimal float without
-/// exponent, an `i` integer short enough not to overflow, or a boolean spelling. Decided from
-/// the value's non-digit bits, so that the common numbers take no per-byte look.
+/// Whether `value` (1 to 24 bytes, `nondigits` its non-digit bits) is a field value that is
+/// certainly valid: a short decimal float without exponent, an `i` integer short enough not
+/// to overflow, or a boolean spelling. Decided from the non-digit bits, so that the common
+/// numbers take at most one byte read.
 #[inline(always)]
-fn value_ok(ix: &Index<'_>, s: usize, e: usize) -> bool {
-    let body = ix.body;
-    let len = e - s;
-    if len == 0 || len > 24 {
-        // Floats of 25 characters and more, and long integers, need `exact`'s range checks.
-        return false;
-    }
-    let nondigits = ix.nondigits(s, len);
+fn value_ok(value: &[u8], nondigits: u64) -> bool {
+    let len = value.len();
     if nondigits == 0 {
         return true;
     }
-    let sign = usize::from(body[s] == b'-');
-    let rest = nondigits & !(sign as u64);
+    let at = nondigits.trailing_zeros() as usize;
+    let rest = nondigits & (nondigits - 1);
     if rest == 0 {
-        return len > sign;
+        // One non-digit: a decimal point, a sign, the integer suffix, or a boolean letter.
+        return match value.get(at) {
+            Some(b'.') => len > 1,
+            Some(b'-') if at == 0 => len > 1,
+            // 18 digits cannot overflow int64; longer ones go to `exact`.
+            Some(b'i') if at == len - 1 => (2..=19).contains(&len),
+            _ => is_bool(value),
+        };
     }
-    if rest & (rest - 1) != 0 {
-        return is_bool(&body[s..e]);
+    if at == 0 && value.first() == Some(&b'-') && rest & (rest - 1) == 0 {
+        // A sign and one more non-digit: a decimal point or the integer suffix.
+        let at = rest.trailing_zeros() as usize;
+        return match value.get(at) {
+            Some(b'.') => len > 2,
+            Some(b'i') if at == len - 1 => (3..=20).contains(&len),
+            _ => false,
+        };
     }
-    // One non-digit besides the sign: a decimal point, the integer suffix, or a letter.
-    let at = rest.trailing_zeros() as usize;
-    match body[s + at] {
-        b'.' => len > sign + 1,
-        // 18 digits cannot overflow int64; longer ones go to `exact`.
-        b'i' if at == len - 1 => (1..=18).contains(&(len - 1 - sign)),
-        _ => is_bool(&body[s..e]),
-    }
+    is_bool(value)
 }
 
 /// The spellings of a boolean field value.
@@ -480,6 +502,115 @@ mod tests {
                     !fast || exact.is_ok(),
                     "{line}: fast accepts what exact refuses"
                 );
+            }
+        }
+    }
+
+    /// What the fast path and `exact` say of the line `body[s..]` (to its `\n` or the body's
+    /// end), checking that the fast path answers only where `exact` agrees.
+    fn fast_and_exact(body: &[u8], s: usize) -> (Option<PointInfo>, bool) {
+        let mut ix = Index::new(body);
+        let (e, plain) = ix.line_end(s);
+        assert!(plain, "{:?}", String::from_utf8_lossy(&body[s..e]));
+        let limits = TimeLimits::new(Precision::Nanoseconds);
+        let fast = parse_indexed(&ix, s, e, &limits);
+        let exact = crate::exact::parse_point(&body[s..e], Precision::Nanoseconds);
+        if let Some(info) = &fast {
+            assert_eq!(
+                exact.as_ref().ok(),
+                Some(info),
+                "{:?}",
+                String::from_utf8_lossy(&body[s..e])
+            );
+        }
+        (fast, exact.is_ok())
+    }
+
+    #[test]
+    fn values_at_every_offset_of_a_block_are_read_as_in_the_middle_of_one() {
+        let values = [
+            "0",
+            "38.3656",
+            "-1",
+            "-0.5",
+            "123456789012345678i",
+            "-123456789012345678i",
+            "1234567890123456789i",
+            "true",
+            "F",
+            "1.2.3",
+            "1e5",
+            "--1",
+            "1i1",
+            "-t",
+            "123456789012345678901234",
+            "1234567890123456789012345",
+        ];
+        for value in values {
+            for shift in 0..140 {
+                for ts in ["", " 1700000000000000000"] {
+                    // The line starts after a comment of `shift` bytes, so that its value and
+                    // timestamp fall on every offset of a block and across block ends.
+                    let line = format!("cpu,host=a,region=eu f=1,g={value},h=2{ts}");
+                    let body = format!("#{}\n{line}", "x".repeat(shift));
+                    let start = shift + 2;
+                    let (fast, _) = fast_and_exact(body.as_bytes(), start);
+                    let expected = fast_and_exact(line.as_bytes(), 0).0;
+                    assert_eq!(fast, expected, "{line} after {shift}");
+                    // The value last on the line, at the body's end without a `\n`.
+                    let line = format!("cpu,host=a f=1,g={value}");
+                    let body = format!("#{}\n{line}", "x".repeat(shift));
+                    let (fast, _) = fast_and_exact(body.as_bytes(), start);
+                    assert_eq!(fast, fast_and_exact(line.as_bytes(), 0).0, "{line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn common_lines_take_the_fast_path_wherever_they_lie() {
+        let lines = [
+            "cpu,cpu=cpu0,dc=dc0,host=host-00000 usage_user=38.3656,usage_steal=0,n=-1.5 1700000000000000000",
+            "mem,host=h total=34359738368i,used=-17179869184i,ok=true,p=12.5",
+            "m f=1",
+            "m,a=b f=1 -1",
+        ];
+        for line in lines {
+            for shift in 0..140 {
+                let body = format!("#{}\n{line}\n", "x".repeat(shift));
+                let (fast, exact_ok) = fast_and_exact(body.as_bytes(), shift + 2);
+                assert!(exact_ok, "{line}");
+                assert!(fast.is_some(), "{line} after {shift} bytes goes to exact");
+            }
+        }
+    }
+
+    #[test]
+    fn lines_across_the_window_end_are_read_whole() {
+        let line = "cpu,host=a,region=eu usage=38.3656,n=12i,ok=t 1700000000000000000\n";
+        for shift in 0..line.len() + 70 {
+            let mut body = "#".repeat(shift);
+            body.push('\n');
+            while body.len() < WINDOW + 2 * line.len() {
+                body.push_str(line);
+            }
+            let fast = crate::validate_with(body.as_bytes(), Precision::Nanoseconds, 0, true);
+            let exact = crate::validate_with(body.as_bytes(), Precision::Nanoseconds, 0, false);
+            assert_eq!(fast.points(), exact.points(), "{shift}");
+            assert_eq!(fast.rejected(), exact.rejected(), "{shift}");
+            assert_eq!(fast.points(), (body.len() - shift - 1) / line.len());
+            // The fast path took every line, the one across the window's end included.
+            let mut ix = Index::new(body.as_bytes());
+            let limits = TimeLimits::new(Precision::Nanoseconds);
+            let mut pos = shift + 1;
+            while pos < body.len() {
+                let (end, plain) = ix.line_end(pos);
+                assert!(plain);
+                assert!(
+                    parse_indexed(&ix, pos, end, &limits).is_some(),
+                    "{shift} {pos}"
+                );
+                pos = end + 1;
             }
         }
     }

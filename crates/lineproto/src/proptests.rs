@@ -179,8 +179,16 @@ fn same_outcome(a: &Validated<'_>, b: &Validated<'_>) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// 4,000 cases per property, or `PROPTEST_CASES` for a longer run.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn fast_path_agrees_with_the_ported_parser(body in body(), p in precision()) {
