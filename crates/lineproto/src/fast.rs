@@ -30,6 +30,7 @@ struct Block {
 }
 
 impl Block {
+    #[inline(always)]
     fn of(bytes: &[u8; 64]) -> Self {
         let (lanes, _) = bytes.as_chunks::<16>();
         let mut block = Block::default();
@@ -241,7 +242,8 @@ const MAX_FAST_LINE: usize = 60_000;
 
 /// Validates the plain line `body[s..e]` (leading whitespace skipped) through the index. `None`
 /// means "ask `exact`", not "invalid".
-#[inline]
+// Not inlined: in the caller's loop its state would not fit in registers and be spilled.
+#[inline(never)]
 pub(crate) fn parse_indexed(
     ix: &Index<'_>,
     s: usize,
