@@ -457,6 +457,23 @@ mod tests {
     }
 
     #[test]
+    fn block_masks_classify_every_byte_value_at_every_lane() {
+        for rotation in [0u8, 1, 17, 63] {
+            for quarter in 0..4u8 {
+                let bytes: [u8; 64] =
+                    std::array::from_fn(|k| (k as u8).wrapping_add(rotation) % 64 + 64 * quarter);
+                let block = Block::of(&bytes);
+                for (k, &b) in bytes.iter().enumerate() {
+                    let bit = |m: u64| m >> k & 1 == 1;
+                    assert_eq!(bit(block.delim), matches!(b, b'=' | b' ' | b','), "{b}");
+                    assert_eq!(bit(block.nondigit), !b.is_ascii_digit(), "{b}");
+                    assert_eq!(bit(block.stop), matches!(b, b'\n' | b'"' | b'\\'), "{b}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn field_values_take_the_fast_path_only_where_exact_agrees() {
         let fast_ones = [
             "0",
