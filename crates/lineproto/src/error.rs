@@ -55,6 +55,10 @@ pub enum ParseError {
     /// A line without timestamp whose last byte is `\`: the timestamp influx-ha appends would
     /// be escaped into the field value, so the line cannot be stamped.
     Unstampable,
+    /// A line without timestamp that runs on past a line break (InfluxDB's line splitter took
+    /// a quote for an open string) where a timestamp appended at its end would not be read as
+    /// its timestamp: every backend would stamp it with its own clock.
+    UnstampableAcrossLines,
 }
 
 impl ParseError {
@@ -130,6 +134,11 @@ impl ParseError {
             Self::Unstampable => {
                 "a line without timestamp cannot end in a backslash: the timestamp added at \
                  ingest would be escaped; send a timestamp"
+            }
+            Self::UnstampableAcrossLines => {
+                "a line without timestamp runs on past a line break (a quote InfluxDB reads as \
+                 an open string): the timestamp added at ingest would not be read as one; close \
+                 the quote or send a timestamp"
             }
         };
         out.extend_from_slice(text.as_bytes());

@@ -133,6 +133,13 @@ fn validate_with(
             Ok(info) if !info.has_timestamp && line.last() == Some(&b'\\') => {
                 Reason::Parse(ParseError::Unstampable)
             }
+            Ok(info)
+                if !info.has_timestamp
+                    && line.contains(&b'\n')
+                    && !stamp_is_read(line, &stamp, precision) =>
+            {
+                Reason::Parse(ParseError::UnstampableAcrossLines)
+            }
             Ok(info) => {
                 v.points += 1;
                 if !info.has_timestamp {
@@ -161,6 +168,17 @@ fn validate_with(
         }
     }
     v
+}
+
+/// Whether `line` (parsed without a timestamp) takes `stamp` (` <ts>\n`) appended at its end
+/// as its timestamp. Only asked for lines that span a line break: there InfluxDB's line
+/// splitter may have taken a quote for an open string, and the appended digits would then not
+/// be read as the timestamp.
+fn stamp_is_read(line: &[u8], stamp: &[u8], precision: Precision) -> bool {
+    let mut stamped = Vec::with_capacity(line.len() + stamp.len());
+    stamped.extend_from_slice(line);
+    stamped.extend_from_slice(stamp.strip_suffix(b"\n").unwrap_or(stamp));
+    matches!(exact::parse_point(&stamped, precision), Ok(info) if info.has_timestamp)
 }
 
 /// A byte offset near the middle of `body` that splits it into two non-empty runs of whole

@@ -287,6 +287,32 @@ fn lines_that_crash_influxdb_are_refused_and_never_forwarded() {
 }
 
 #[test]
+fn a_line_running_past_a_line_break_is_stamped_only_where_the_stamp_is_read() {
+    // A leading space makes InfluxDB's line splitter take the quote in the measurement for an
+    // open string, so the line runs on past the `\n`: appended digits would not be read as the
+    // timestamp, and every backend would stamp the point with its own clock.
+    let body = b" /=m=\"cpwe u\xf1erce=332 \n\n";
+    let v = validate(body, Precision::Microseconds, NOW);
+    assert_eq!(v.points(), 0);
+    assert_eq!(
+        v.rejected()[0].reason(),
+        &Reason::Parse(ParseError::UnstampableAcrossLines)
+    );
+    assert!(
+        v.output().is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(v.output())
+    );
+    // A string value holding a line break is stamped after it, and the stamp is read back.
+    let v = validate(b"m s=\"a\nb\"\n", Precision::Nanoseconds, NOW);
+    assert_eq!(v.points(), 1);
+    assert_eq!(v.output(), b"m s=\"a\nb\" 1700000000123456789\n");
+    let again = validate(v.output(), Precision::Nanoseconds, NOW + 1);
+    assert!(again.is_unchanged());
+    assert_eq!(again.points(), 1);
+}
+
+#[test]
 fn a_line_ending_in_a_backslash_cannot_be_stamped() {
     // (A backslash before a newline would join the lines, so the line is last.)
     let v = validate(b"c v=1\nb b=\"x\"\\", Precision::Nanoseconds, NOW);
