@@ -687,26 +687,28 @@ mod tests {
             .expect("at the limit");
     }
 
+    /// A 10-byte body with its `Content-Length`.
+    async fn ten_bytes(
+        inflight: &InflightBytes,
+        limits: &BodyLimits,
+    ) -> Result<RequestBody, RequestError> {
+        read_body(
+            Full::new(Bytes::from_static(b"0123456789")),
+            &headers(&[("content-length", "10")]),
+            limits,
+            inflight,
+        )
+        .await
+    }
+
     // Paused time: the wait for room elapses as soon as nothing else can run.
     #[tokio::test(start_paused = true)]
     async fn inflight_cap_answers_503_after_the_wait() {
         let inflight = InflightBytes::new(15);
-        let first = read_body(
-            Full::new(Bytes::from_static(b"0123456789")),
-            &headers(&[("content-length", "10")]),
-            &limits(100),
-            &inflight,
-        )
-        .await
-        .expect("fits");
-        let err = read_body(
-            Full::new(Bytes::from_static(b"0123456789")),
-            &headers(&[("content-length", "10")]),
-            &limits(100),
-            &inflight,
-        )
-        .await
-        .expect_err("over the in-flight cap");
+        let first = ten_bytes(&inflight, &limits(100)).await.expect("fits");
+        let err = ten_bytes(&inflight, &limits(100))
+            .await
+            .expect_err("over the in-flight cap");
         assert!(matches!(err, RequestError::Overloaded(_)), "{err:?}");
         assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         // Chunked bodies are counted as they arrive.
@@ -731,14 +733,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_waits_for_room_then_is_read() {
         let inflight = InflightBytes::new(15);
-        let first = read_body(
-            Full::new(Bytes::from_static(b"0123456789")),
-            &headers(&[("content-length", "10")]),
-            &limits(100),
-            &inflight,
-        )
-        .await
-        .expect("fits");
+        let first = ten_bytes(&inflight, &limits(100)).await.expect("fits");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let waiting = {
             let inflight = inflight.clone();
@@ -777,14 +772,7 @@ mod tests {
         let inflight = InflightBytes::new(5);
         let mut l = limits(100);
         l.inflight_wait = Duration::from_secs(3600);
-        let err = read_body(
-            Full::new(Bytes::from_static(b"0123456789")),
-            &headers(&[("content-length", "10")]),
-            &l,
-            &inflight,
-        )
-        .await
-        .expect_err("can never fit");
+        let err = ten_bytes(&inflight, &l).await.expect_err("can never fit");
         assert!(matches!(err, RequestError::Overloaded(_)), "{err:?}");
     }
 
