@@ -10,46 +10,12 @@
 //! valid or not, answers `None` and goes to [`crate::exact`], which alone produces error
 //! messages. Property tests hold this module to "`Some` only where `exact` agrees".
 
-use wide::i8x16;
-
+use crate::classify::{Block, classify};
 use crate::exact::PointInfo;
 use crate::precision::Precision;
 
 /// Bytes indexed at a time. Lines longer than a window go to `exact`.
 const WINDOW: usize = 64 * 1024;
-
-/// The masks of 64 bytes: bit `k` describes byte `k`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Block {
-    /// `=`, space or comma.
-    delim: u64,
-    /// Not an ASCII digit.
-    nondigit: u64,
-    /// `\n`, `"` or `\`: where a plain line ends, or where it turns out not to be plain.
-    stop: u64,
-}
-
-impl Block {
-    #[inline(always)]
-    fn of(bytes: &[u8; 64]) -> Self {
-        let (lanes, _) = bytes.as_chunks::<16>();
-        let mut block = Block::default();
-        for (k, lane) in lanes.iter().enumerate() {
-            let v = i8x16::new(lane.map(|b| b as i8));
-            let is = |c: u8| v.simd_eq(i8x16::splat(c as i8));
-            let delim = is(b'=') | is(b' ') | is(b',');
-            // `'0'..='9'` moved to the bottom of the signed range, so that one signed compare
-            // finds the non-digits (SSE2 has no unsigned byte compare).
-            let nondigit = (v + i8x16::splat(0x50)).simd_gt(i8x16::splat(-119));
-            let stop = is(b'\n') | is(b'"') | is(b'\\');
-            let shift = 16 * k;
-            block.delim |= u64::from(delim.to_bitmask()) << shift;
-            block.nondigit |= u64::from(nondigit.to_bitmask()) << shift;
-            block.stop |= u64::from(stop.to_bitmask()) << shift;
-        }
-        block
-    }
-}
 
 /// Bitmask index of a window `[base, end)` of the body.
 pub(crate) struct Index<'a> {
@@ -77,12 +43,12 @@ impl<'a> Index<'a> {
         self.end = (at + WINDOW).min(self.body.len());
         self.blocks.clear();
         let (chunks, rest) = self.body[at..self.end].as_chunks::<64>();
-        self.blocks.extend(chunks.iter().map(Block::of));
+        classify(chunks, &mut self.blocks);
         if !rest.is_empty() {
             // Zero padding matches no mask but `nondigit`, and lookups stop at `end` anyway.
             let mut padded = [0u8; 64];
             padded[..rest.len()].copy_from_slice(rest);
-            self.blocks.push(Block::of(&padded));
+            classify(&[padded], &mut self.blocks);
         }
     }
 
@@ -437,41 +403,6 @@ fn key_not_after(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn block_masks_match_bytewise_classification() {
-        let mut bytes = [0u8; 64];
-        for (k, b) in bytes.iter_mut().enumerate() {
-            *b = (k as u8).wrapping_mul(37).wrapping_add(7);
-        }
-        for round in 0..4u8 {
-            let shifted = bytes.map(|b| b.wrapping_add(round.wrapping_mul(64)));
-            let block = Block::of(&shifted);
-            for (k, &b) in shifted.iter().enumerate() {
-                let bit = |m: u64| m >> k & 1 == 1;
-                assert_eq!(bit(block.delim), matches!(b, b'=' | b' ' | b','), "{b}");
-                assert_eq!(bit(block.nondigit), !b.is_ascii_digit(), "{b}");
-                assert_eq!(bit(block.stop), matches!(b, b'\n' | b'"' | b'\\'), "{b}");
-            }
-        }
-    }
-
-    #[test]
-    fn block_masks_classify_every_byte_value_at_every_lane() {
-        for rotation in [0u8, 1, 17, 63] {
-            for quarter in 0..4u8 {
-                let bytes: [u8; 64] =
-                    std::array::from_fn(|k| (k as u8).wrapping_add(rotation) % 64 + 64 * quarter);
-                let block = Block::of(&bytes);
-                for (k, &b) in bytes.iter().enumerate() {
-                    let bit = |m: u64| m >> k & 1 == 1;
-                    assert_eq!(bit(block.delim), matches!(b, b'=' | b' ' | b','), "{b}");
-                    assert_eq!(bit(block.nondigit), !b.is_ascii_digit(), "{b}");
-                    assert_eq!(bit(block.stop), matches!(b, b'\n' | b'"' | b'\\'), "{b}");
-                }
-            }
-        }
-    }
 
     #[test]
     fn field_values_take_the_fast_path_only_where_exact_agrees() {

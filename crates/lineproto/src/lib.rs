@@ -21,11 +21,14 @@
 //! Layout:
 //! - [`exact`](crate::exact) (private): the original parser ported function by function; the
 //!   definition of valid and the source of every error message.
+//! - `classify` (private): the bitmasks of 64-byte blocks, with the widest SIMD the CPU has.
 //! - `fast` (private): a SIMD-indexed accept path for the plain lines agents send, and line
 //!   splitting; anything it is unsure of goes to `exact`.
 //! - [`Validated`]: the outcome for one body; [`series`]: measurement and series key of a line.
-#![forbid(unsafe_code)]
+// `unsafe` only where `classify` calls CPU-specific SIMD instructions.
+#![deny(unsafe_code)]
 
+mod classify;
 mod error;
 mod exact;
 use exact::PointInfo;
