@@ -56,13 +56,13 @@ fn best() -> Classify {
             return x86::avx2;
         }
     }
-    sse2
+    portable
 }
 
 /// Every implementation this CPU can run, with its name, for the tests.
 #[cfg(test)]
 pub(crate) fn available() -> Vec<(&'static str, Classify)> {
-    let mut all: Vec<(&'static str, Classify)> = vec![("sse2", sse2)];
+    let mut all: Vec<(&'static str, Classify)> = vec![("portable", portable)];
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -75,8 +75,8 @@ pub(crate) fn available() -> Vec<(&'static str, Classify)> {
     all
 }
 
-/// 16 bytes at a time through `wide` (SSE2 on x86-64, NEON or scalar elsewhere).
-fn sse2(chunks: &[[u8; 64]], out: &mut Vec<Block>) {
+/// 16 bytes at a time through `wide`: SSE2 on x86-64 (its baseline), NEON or scalar elsewhere.
+fn portable(chunks: &[[u8; 64]], out: &mut Vec<Block>) {
     out.extend(chunks.iter().map(|bytes| {
         let (lanes, _) = bytes.as_chunks::<16>();
         let mut block = Block::default();
