@@ -49,10 +49,10 @@ pub(crate) fn classify(chunks: &[[u8; 64]], out: &mut Vec<Block>) {
 fn best() -> Classify {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512bw") {
+        if x86::has_avx512bw() {
             return x86::avx512bw;
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if x86::has_avx2() {
             return x86::avx2;
         }
     }
@@ -65,10 +65,10 @@ pub(crate) fn available() -> Vec<(&'static str, Classify)> {
     let mut all: Vec<(&'static str, Classify)> = vec![("portable", portable)];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if x86::has_avx2() {
             all.push(("avx2", x86::avx2));
         }
-        if std::arch::is_x86_feature_detected!("avx512bw") {
+        if x86::has_avx512bw() {
             all.push(("avx512bw", x86::avx512bw));
         }
     }
@@ -103,15 +103,23 @@ mod x86 {
 
     use super::Block;
 
+    pub(super) fn has_avx512bw() -> bool {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+    }
+
+    pub(super) fn has_avx2() -> bool {
+        is_x86_feature_detected!("avx2")
+    }
+
     pub(super) fn avx512bw(chunks: &[[u8; 64]], out: &mut Vec<Block>) {
         out.reserve(chunks.len());
-        // SAFETY: chosen only where `is_x86_feature_detected!("avx512bw")` held.
+        // SAFETY: chosen only where `has_avx512bw` held.
         unsafe { avx512bw_blocks(chunks, out) }
     }
 
     pub(super) fn avx2(chunks: &[[u8; 64]], out: &mut Vec<Block>) {
         out.reserve(chunks.len());
-        // SAFETY: chosen only where `is_x86_feature_detected!("avx2")` held.
+        // SAFETY: chosen only where `has_avx2` held.
         unsafe { avx2_blocks(chunks, out) }
     }
 
