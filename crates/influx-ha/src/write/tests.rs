@@ -229,6 +229,18 @@ fn two_measurements(db: &str, batch: u64, lines: usize) -> Batch {
     }
 }
 
+/// Queues `count` batches from [`two_measurements`], each to a database of its own (`db1`, …) so
+/// that the queue does not merge them, and returns them in queue order.
+async fn queue_separate_batches(replica: &Replica, count: u64) -> Vec<Batch> {
+    let batches: Vec<Batch> = (1..=count)
+        .map(|n| two_measurements(&format!("db{n}"), n, 800))
+        .collect();
+    for b in &batches {
+        assert!(matches!(replica.enqueue(b).await, Outcome::Queued));
+    }
+    batches
+}
+
 /// Polls `done` every 10 ms for up to 60 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replay_lane_sends_each_batch_whole() {
@@ -236,12 +248,7 @@ async fn one_replay_lane_sends_each_batch_whole() {
     let fake = Arc::new(FakeBackend::default());
     let replica = one_backend(dir.path(), serve(fake.clone()).await);
     replica.set_replay_lanes(1);
-    let batches: Vec<Batch> = (1..=3)
-        .map(|n| two_measurements(&format!("db{n}"), n, 800))
-        .collect();
-    for b in &batches {
-        assert!(matches!(replica.enqueue(b).await, Outcome::Queued));
-    }
+    let batches = queue_separate_batches(&replica, 3).await;
     replay_until_drained(&replica).await;
     let writes = fake.writes.lock().expect("not poisoned").clone();
     assert_eq!(writes.len(), 3, "one request per batch");
@@ -330,13 +337,8 @@ async fn batches_are_sent_one_after_the_other_with_the_next_read_ahead() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeBackend::default());
     let replica = one_backend(dir.path(), serve(fake.clone()).await);
-    // Different databases: the queue does not merge them, each is a batch of two lanes.
-    let batches: Vec<Batch> = (1..=6)
-        .map(|n| two_measurements(&format!("db{n}"), n, 800))
-        .collect();
-    for b in &batches {
-        assert!(matches!(replica.enqueue(b).await, Outcome::Queued));
-    }
+    // Each is a batch of two lanes.
+    let batches = queue_separate_batches(&replica, 6).await;
     replay_until_drained(&replica).await;
 
     assert_eq!(
