@@ -6,9 +6,9 @@
 //! payload: behind the backend's queue while the queue holds data, otherwise directly, falling
 //! back to the queue on a retryable failure. Once the level is met, backends still in flight
 //! after a grace (as long again as the level took, at least 50 ms) get the batch appended to
-//! their queue while their direct send goes on; the answer goes out when every backend has
-//! acknowledged, queued, refused or failed. The fan-out runs in its own task, so a client
-//! that hangs up does not cut a replication short.
+//! their queue while their direct send goes on, and go behind it; the answer goes out when
+//! every backend has acknowledged, queued, refused or failed. The fan-out runs in its own
+//! task, so a client that hangs up does not cut a replication short.
 //!
 //! - [`answer`]: the answer table as a pure function.
 //! - [`replica`]: one backend with its queue, direct delivery, and the replay task.

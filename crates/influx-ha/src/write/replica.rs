@@ -27,11 +27,6 @@ const MAX_REPLAY_BATCH: usize = 4 << 20;
 
 /// How deep a batch refused as too large is split before it is dead-lettered.
 const MAX_SPLIT_DEPTH: u32 = 16;
-/// Insured direct sends still running for one backend past which it goes behind its queue.
-/// Each holds its body in memory until the backend answers or the send times out, outside
-/// `max_inflight_bytes` (the client was answered); a backend this far behind is not keeping up.
-pub(crate) const MAX_LATE_SENDS: usize = 4;
-
 /// A validated write, shared by every backend's delivery.
 #[derive(Debug)]
 pub struct Batch {
@@ -50,8 +45,6 @@ struct Mode {
     queueing: bool,
     /// Appends submitted and not yet complete.
     appends_in_flight: usize,
-    /// Insured direct sends still running (see [`MAX_LATE_SENDS`]).
-    late_sends: usize,
 }
 
 /// Counters for the status page and metrics.
@@ -100,6 +93,9 @@ pub struct Replica {
     link_since_ms: AtomicU64,
     /// `[queue] replay_lanes`: concurrent requests per replayed batch (changed by a reload).
     replay_lanes: AtomicUsize,
+    /// Insured direct sends still running: the replay waits for none to be, so that what was
+    /// queued after an insured write never reaches the backend before that write's own send.
+    late_sends: watch::Sender<usize>,
     pub counters: Counters,
 }
 
@@ -223,6 +219,7 @@ impl Replica {
             link: AtomicU8::new(0),
             link_since_ms: AtomicU64::new(now_ms()),
             replay_lanes: AtomicUsize::new(crate::config::DEFAULT_REPLAY_LANES),
+            late_sends: watch::Sender::new(0),
             counters: Counters::default(),
         };
         // Records found corrupt or expired while opening are gone: the replay would notice
@@ -461,10 +458,11 @@ impl Replica {
 
     /// Delivers one write: directly, or behind the queue while it holds data. When `force`
     /// turns true (the consistency level is met and this backend is slower) the batch is
-    /// appended to the queue so that the client can be answered, while the direct send goes on
-    /// in the background: a backend that is merely slow under load stays on direct writes (the
-    /// queued copy is replayed later, a harmless duplicate), one whose send then fails switches
-    /// to queueing.
+    /// queued so that the client can be answered, while the direct send goes on in the
+    /// background. The backend then goes behind its queue: a client that writes the same point
+    /// again once answered must not have that write reach this backend first, so later writes
+    /// line up behind the insured one, and the replay starts only once the direct send is over
+    /// (replaying the insured copy after it is a duplicate with the same values, in order).
     pub async fn deliver(
         self: &Arc<Self>,
         batch: &Arc<Batch>,
@@ -489,17 +487,19 @@ impl Replica {
             r = &mut send => r,
             () = forced => {
                 self.counters.insured.fetch_add(1, Ordering::Relaxed);
-                let outcome = self.append(batch).await;
-                self.start_late_send();
+                // Counted before the record is appended: a replay that reads the record
+                // also sees that its send is still running.
+                self.late_sends.send_modify(|n| *n += 1);
+                let outcome = self.enqueue(batch).await;
                 let me = self.clone();
                 tokio::spawn(async move {
                     let outcome = classify(&send.await);
-                    lock(&me.mode).late_sends -= 1;
+                    me.late_sends.send_modify(|n| *n -= 1);
+                    me.note_link(!matches!(outcome, WriteOutcome::Retryable { .. }));
                     if !outcome.is_ok() && !matches!(outcome, WriteOutcome::PartialWrite { .. }) {
                         me.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
                         me.note_error(describe(&outcome));
-                        lock(&me.mode).queueing = true;
-                        tracing::warn!(backend = me.name(), outcome = ?outcome, "slow direct write failed: writes go behind the queue");
+                        tracing::warn!(backend = me.name(), outcome = ?outcome, "slow direct write failed: the replay delivers it");
                     }
                 });
                 return outcome;
@@ -534,21 +534,6 @@ impl Replica {
         }
     }
 
-    /// Counts an insured send that goes on after its answer; past [`MAX_LATE_SENDS`] later
-    /// writes go behind the queue, so that a stalled backend cannot pile bodies up in memory.
-    fn start_late_send(&self) {
-        let mut m = lock(&self.mode);
-        m.late_sends += 1;
-        if m.late_sends > MAX_LATE_SENDS && !m.queueing {
-            m.queueing = true;
-            tracing::warn!(
-                backend = self.name(),
-                late_sends = m.late_sends,
-                "backend is not keeping up: writes go behind the queue"
-            );
-        }
-    }
-
     /// Concurrent requests per replayed batch.
     pub fn replay_lanes(&self) -> usize {
         self.replay_lanes.load(Ordering::Relaxed)
@@ -561,7 +546,21 @@ impl Replica {
 
     /// Insured direct sends still running.
     pub fn late_sends(&self) -> usize {
-        lock(&self.mode).late_sends
+        *self.late_sends.borrow()
+    }
+
+    /// Replays waiting in [`Self::wait_for_late_sends`].
+    #[cfg(test)]
+    pub(super) fn late_send_waiters(&self) -> usize {
+        self.late_sends.receiver_count()
+    }
+
+    /// Until no insured direct send is running: a record queued after an insured one must not
+    /// reach the backend before that one's direct send, which may still land.
+    async fn wait_for_late_sends(&self) {
+        let mut late = self.late_sends.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = late.wait_for(|n| *n == 0).await;
     }
 
     /// Appends the batch to the queue without changing the mode.
@@ -688,6 +687,12 @@ impl Replica {
 
             // Whatever else dropped records meanwhile (a refused append) is seen per batch too.
             self.note_dropped();
+            // After the read: every insured record in the batch counted its send before it was
+            // appended, so none of them is still being sent once this returns.
+            tokio::select! {
+                () = shutdown.recv() => return,
+                () = self.wait_for_late_sends() => {}
+            }
             // The payload was moved into the lanes: this copy is small.
             let (me, current, lanes) = (self.clone(), head.batch.clone(), self.replay_lanes());
             let mut reading = Some(tokio::task::spawn_blocking(move || {

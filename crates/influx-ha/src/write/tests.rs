@@ -40,45 +40,95 @@ async fn a_refused_append_marks_the_backend_diverged_and_does_not_leave_it_queue
     }
 }
 
-#[tokio::test]
-async fn a_backend_with_too_many_late_sends_goes_behind_its_queue() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A fast fake backend and a slow one (stalling its writes until told), replicated to.
+async fn fast_and_slow(dir: &std::path::Path) -> (Replicator, Arc<FakeBackend>) {
     let fast = serve(Arc::new(FakeBackend::default())).await;
-    // Accepts connections in the kernel's backlog and never answers: a stalled backend.
-    let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let slow = Arc::new(FakeBackend::default());
+    slow.stall.store(true, Ordering::SeqCst);
     let text = format!(
-        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"fast\"\nurl = \"http://{fast}\"\n[[backend]]\nname = \"stalled\"\nurl = \"http://{}\"\n",
-        dir.path().display().to_string(),
-        stalled.local_addr().expect("addr"),
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"fast\"\nurl = \"http://{fast}\"\n[[backend]]\nname = \"slow\"\nurl = \"http://{}\"\n",
+        dir.display().to_string(),
+        serve(slow.clone()).await,
     );
     let config = Config::from_toml(&text, "test").expect("valid config");
     let clients = crate::node::backend_clients(&config).expect("clients");
-    let replicator = Replicator::open(&config, &clients).expect("queues open");
+    (
+        Replicator::open(&config, &clients).expect("queues open"),
+        slow,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insured_backend_goes_behind_its_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (replicator, slow_fake) = fast_and_slow(dir.path()).await;
     let replicas = replicator.replicas();
     let slow = &replicas[1];
-    let max = super::replica::MAX_LATE_SENDS;
-    for i in 0..max + 3 {
+    for i in 0..3 {
         let body = Bytes::from(format!("m v={i} {i}\n"));
         replicator
             .replicate("db".into(), None, "", Consistency::One, body)
             .await
             .expect("the fast backend takes it");
-        let insured = slow
-            .counters
-            .insured
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if i < max {
-            assert!(!slow.is_queueing(), "write {i}: queueing too early");
-            assert_eq!(insured, i as u64 + 1, "write {i} was insured");
-        } else {
-            // Past the cap nothing more is sent directly: the copies wait in the queue.
-            assert!(slow.is_queueing(), "write {i}: still sending directly");
-            assert_eq!(insured, max as u64 + 1, "write {i}");
-            assert_eq!(slow.late_sends(), max + 1);
-        }
+        // Only the first write was sent to it; the others went straight to the queue.
+        assert!(slow.is_queueing(), "write {i}: still sending directly");
+        assert_eq!(
+            slow.counters.insured.load(Ordering::Relaxed),
+            1,
+            "write {i}"
+        );
+        assert_eq!(slow.late_sends(), 1, "write {i}");
     }
-    assert_eq!(slow.queue().stats().depth_records, max as u64 + 3);
+    assert_eq!(slow.queue().stats().depth_records, 3);
     assert!(!replicas[0].is_queueing());
+    slow_fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the late send ends", || slow.late_sends() == 0).await;
+    assert_eq!(slow_fake.writes.lock().expect("not poisoned").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_after_an_insured_write_is_not_overtaken_by_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (replicator, slow_fake) = fast_and_slow(dir.path()).await;
+    let replicas = replicator.replicas();
+    let slow = &replicas[1];
+    // A client writes a point, is answered while the slow backend still has it in flight,
+    // then writes the same point with another value.
+    for v in [1, 2] {
+        let body = Bytes::from(format!("m v={v} 1\n"));
+        replicator
+            .replicate("db".into(), None, "", Consistency::One, body)
+            .await
+            .expect("the fast backend takes it");
+    }
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        slow.clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    // The replay has read the queue and waits for the first write's own send, or it has sent
+    // the queue while that send is still stalled at the backend.
+    wait_until("the replay waits or sends", || {
+        slow.late_send_waiters() > 0 || slow_fake.writes.lock().expect("not poisoned").len() > 1
+    })
+    .await;
+    assert_eq!(
+        slow_fake.writes.lock().expect("not poisoned").len(),
+        1,
+        "the replay sent while the insured write was still in flight"
+    );
+    slow_fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the queue is drained", || {
+        !slow.queue().has_pending() && !slow.is_queueing()
+    })
+    .await;
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+    let writes = slow_fake.writes.lock().expect("not poisoned").clone();
+    let last = writes.last().expect("writes arrived");
+    // The insured copy comes again (the same value, before the rewrite), then the rewrite.
+    assert_eq!(writes[0], Bytes::from_static(b"m v=1 1\n"));
+    assert!(last.ends_with(b"m v=2 1\n"), "{last:?}");
 }
 
 /// What the fake backend of the replay tests saw and how it answers.
@@ -89,6 +139,8 @@ struct FakeBackend {
     /// Requests in progress, and the most seen at once.
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Hold each write while set.
+    stall: AtomicBool,
     /// Hold each write until another one is in progress too (or a generous deadline), so that
     /// concurrent sends are seen as such; off once two were seen together.
     hold_for_a_pair: AtomicBool,
@@ -122,6 +174,10 @@ impl FakeBackend {
             }
         }
         self.writes.lock().expect("not poisoned").push(body.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.stall.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         if self.hold_for_a_pair.load(Ordering::SeqCst) {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             while self.in_flight.load(Ordering::SeqCst) < 2
