@@ -24,7 +24,16 @@ pub(crate) const MAX_BODY_LEN: u64 = 1 << 30;
 pub(crate) const CURSOR_LEN: usize = 32;
 
 pub(crate) const KIND_WRITE: u8 = 1;
+/// A statement alone: the payload is its text.
 pub(crate) const KIND_SCHEMA: u8 = 2;
+/// A statement with the request's other parameters: the payload is the statement's length
+/// (u32 LE), the statement, then the parameters, form-encoded.
+pub(crate) const KIND_SCHEMA_PARAMS: u8 = 3;
+
+/// Whether records of `kind` hold a statement (never merged with others).
+pub(crate) fn is_schema(kind: u8) -> bool {
+    kind == KIND_SCHEMA || kind == KIND_SCHEMA_PARAMS
+}
 
 /// The segment header bytes.
 pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
@@ -63,6 +72,7 @@ fn crc(len_bytes: [u8; 4], body: &[u8]) -> u32 {
 
 /// Encodes one record into a complete frame (header + body).
 pub(crate) fn encode_frame(rec: &Record<'_>, ts_ms: u64) -> Result<Vec<u8>, Error> {
+    let with_params;
     let (kind, db, rp, precision, payload) = match rec {
         Record::Write {
             db,
@@ -70,7 +80,27 @@ pub(crate) fn encode_frame(rec: &Record<'_>, ts_ms: u64) -> Result<Vec<u8>, Erro
             precision,
             payload,
         } => (KIND_WRITE, *db, *rp, *precision, *payload),
-        Record::Schema { db, statement } => (KIND_SCHEMA, *db, "", "", statement.as_bytes()),
+        Record::Schema {
+            db,
+            statement,
+            params: "",
+        } => (KIND_SCHEMA, *db, "", "", statement.as_bytes()),
+        Record::Schema {
+            db,
+            statement,
+            params,
+        } => {
+            let len = u32::try_from(statement.len()).map_err(|_| Error::RecordTooLarge {
+                size: statement.len() as u64,
+                max: MAX_BODY_LEN,
+            })?;
+            let mut p = Vec::with_capacity(4 + statement.len() + params.len());
+            p.extend_from_slice(&len.to_le_bytes());
+            p.extend_from_slice(statement.as_bytes());
+            p.extend_from_slice(params.as_bytes());
+            with_params = p;
+            (KIND_SCHEMA_PARAMS, *db, "", "", with_params.as_slice())
+        }
     };
     let mut f = encode_head(kind, ts_ms, db, rp, precision, payload)?;
     f.extend_from_slice(payload);
@@ -169,7 +199,7 @@ pub(crate) struct Decoded<'a> {
 pub(crate) fn decode_body(body: &[u8]) -> Option<Decoded<'_>> {
     let fixed = body.get(..BODY_FIXED_LEN)?;
     let kind = fixed[0];
-    if kind != KIND_WRITE && kind != KIND_SCHEMA {
+    if kind != KIND_WRITE && !is_schema(kind) {
         return None;
     }
     let ts_ms = body_ts(fixed)?;
@@ -186,17 +216,39 @@ pub(crate) fn decode_body(body: &[u8]) -> Option<Decoded<'_>> {
     let rp = std::str::from_utf8(take(rp_len)?).ok()?;
     let precision = std::str::from_utf8(take(p_len)?).ok()?;
     let payload = body.get(at..)?;
-    if kind == KIND_SCHEMA && std::str::from_utf8(payload).is_err() {
-        return None;
-    }
-    Some(Decoded {
+    let d = Decoded {
         kind,
         ts_ms,
         db,
         rp,
         precision,
         payload,
-    })
+    };
+    if is_schema(kind) && d.statement().is_none() {
+        return None;
+    }
+    Some(d)
+}
+
+impl<'a> Decoded<'a> {
+    /// A schema record's statement and other parameters (form-encoded, empty for none);
+    /// `None` for a write or a malformed statement.
+    pub(crate) fn statement(&self) -> Option<(&'a str, &'a str)> {
+        match self.kind {
+            KIND_SCHEMA => Some((std::str::from_utf8(self.payload).ok()?, "")),
+            KIND_SCHEMA_PARAMS => {
+                let (len, rest) = self.payload.split_first_chunk::<4>()?;
+                let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+                let statement = rest.get(..len)?;
+                let params = rest.get(len..)?;
+                Some((
+                    std::str::from_utf8(statement).ok()?,
+                    std::str::from_utf8(params).ok()?,
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Encodes the cursor file.
@@ -261,13 +313,42 @@ mod tests {
             &Record::Schema {
                 db: "x",
                 statement: "CREATE DATABASE x",
+                params: "",
             },
             7,
         )
         .expect("encode");
         let d = decode_body(&f[FRAME_HEADER_LEN as usize..]).expect("decode");
+        // Without parameters, the record is written as before they existed.
         assert_eq!(d.kind, KIND_SCHEMA);
         assert_eq!(d.payload, b"CREATE DATABASE x");
+        assert_eq!(d.statement(), Some(("CREATE DATABASE x", "")));
+    }
+
+    #[test]
+    fn schema_with_parameters_roundtrip() {
+        let rec = Record::Schema {
+            db: "x",
+            statement: "DELETE FROM m WHERE host = $h",
+            params: "rp=short&params=%7B%22h%22%3A%22a%22%7D",
+        };
+        let f = encode_frame(&rec, 7).expect("encode");
+        let body = &f[FRAME_HEADER_LEN as usize..];
+        let d = decode_body(body).expect("decode");
+        assert_eq!(d.kind, KIND_SCHEMA_PARAMS);
+        assert_eq!(
+            d.statement(),
+            Some((
+                "DELETE FROM m WHERE host = $h",
+                "rp=short&params=%7B%22h%22%3A%22a%22%7D"
+            ))
+        );
+        // A statement length past the payload is malformed, not a panic.
+        let mut bad = body.to_vec();
+        let at = BODY_FIXED_LEN + 1;
+        bad[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_body(&bad).is_none());
+        assert!(decode_body(&bad[..BODY_FIXED_LEN + 1 + 3]).is_none());
     }
 
     #[test]

@@ -201,8 +201,13 @@ pub enum Record<'a> {
         precision: &'a str,
         payload: &'a [u8],
     },
-    /// A schema statement (e.g. `CREATE DATABASE x`) that must reach the backend in order.
-    Schema { db: &'a str, statement: &'a str },
+    /// A schema statement (e.g. `CREATE DATABASE x`) that must reach the backend in order,
+    /// with the request's other parameters (`rp`, bound `params`, …) form-encoded, or empty.
+    Schema {
+        db: &'a str,
+        statement: &'a str,
+        params: &'a str,
+    },
 }
 
 /// When appends are made durable.
@@ -426,8 +431,12 @@ pub enum BatchKind {
         precision: String,
         payload: Vec<u8>,
     },
-    /// One schema statement.
-    Schema { db: String, statement: String },
+    /// One schema statement, with its request's other parameters (form-encoded, or empty).
+    Schema {
+        db: String,
+        statement: String,
+        params: String,
+    },
 }
 
 /// A point-in-time snapshot of the queue's gauges and counters (counters since open).

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::format::{self, KIND_SCHEMA, SEGMENT_HEADER_LEN};
+use crate::format::{self, SEGMENT_HEADER_LEN};
 use crate::fs::{Filesystem, read_exact_at};
 use crate::queue::{CURSOR_FILE, parse_segment_name, push_payload};
 use crate::segment::{self, SegReader};
@@ -187,7 +187,7 @@ impl Queue {
     /// ```text
     /// # handoff write db=<db> rp=<rp> precision=<p> ts_ms=<t>
     /// <payload lines>
-    /// # handoff schema db=<db> ts_ms=<t>: <statement>
+    /// # handoff schema db=<db>[ params=<form-encoded parameters>] ts_ms=<t>: <statement>
     /// ```
     pub fn drain_to(&self, out: &mut dyn Write) -> Result<DrainReport, Error> {
         let mut rep = DrainReport::default();
@@ -195,9 +195,14 @@ impl Queue {
         let mut buf = Vec::new();
         self.for_each_pending(
             |d| {
-                if d.kind == KIND_SCHEMA {
-                    let stmt = String::from_utf8_lossy(d.payload).replace(['\n', '\r'], " ");
-                    writeln!(out, "# handoff schema db={} ts_ms={}: {stmt}", d.db, d.ts_ms)?;
+                if let Some((statement, params)) = d.statement() {
+                    let stmt = statement.replace(['\n', '\r'], " ");
+                    let params = if params.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" params={params}")
+                    };
+                    writeln!(out, "# handoff schema db={}{params} ts_ms={}: {stmt}", d.db, d.ts_ms)?;
                     rep.statements += 1;
                 } else {
                     writeln!(out, "# handoff write db={} rp={} precision={} ts_ms={}", d.db, d.rp, d.precision, d.ts_ms)?;

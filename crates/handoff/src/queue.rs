@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::failpoint;
-use crate::format::{self, FRAME_HEADER_LEN, KIND_SCHEMA, SEGMENT_HEADER_LEN};
+use crate::format::{self, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::fs::{Filesystem, FsFile, StdFs, read_exact_at};
 use crate::segment::{self, FrameRead, SegReader};
 use crate::{
@@ -365,7 +365,9 @@ impl Queue {
     pub fn append(&self, rec: &Record<'_>) -> Appending {
         let payload_len = match rec {
             Record::Write { payload, .. } => payload.len(),
-            Record::Schema { statement, .. } => statement.len(),
+            Record::Schema {
+                statement, params, ..
+            } => statement.len() + params.len(),
         };
         let res = self.check(payload_len).and_then(|ts| {
             let head = format::encode_frame(rec, ts)?;
@@ -737,7 +739,7 @@ impl Queue {
                     + usize::from(!d.payload.is_empty() && !d.payload.ends_with(b"\n"));
                 let fits = payload.len() + added <= max_batch_bytes;
                 let expired = cutoff.is_some_and(|c| d.ts_ms < c);
-                if d.kind == KIND_SCHEMA
+                if format::is_schema(d.kind)
                     || d.db != db.as_str()
                     || d.rp != rp.as_str()
                     || d.precision != precision.as_str()
@@ -1069,10 +1071,11 @@ fn break_out(rs: &mut ReadState, pos: Pos, q: &Queue) {
 }
 
 fn owned(d: &format::Decoded<'_>) -> BatchKind {
-    if d.kind == KIND_SCHEMA {
+    if let Some((statement, params)) = d.statement() {
         BatchKind::Schema {
             db: d.db.to_owned(),
-            statement: String::from_utf8_lossy(d.payload).into_owned(),
+            statement: statement.to_owned(),
+            params: params.to_owned(),
         }
     } else {
         let mut payload = Vec::with_capacity(d.payload.len() + 1);

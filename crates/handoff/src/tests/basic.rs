@@ -23,6 +23,7 @@ fn append_read_ack_in_order_and_merge() {
     q.append(&Record::Schema {
         db: "b",
         statement: "CREATE DATABASE b",
+        params: "",
     })
     .wait()
     .unwrap();
@@ -50,7 +51,8 @@ fn append_read_ack_in_order_and_merge() {
         b2.kind,
         BatchKind::Schema {
             db: "b".into(),
-            statement: "CREATE DATABASE b".into()
+            statement: "CREATE DATABASE b".into(),
+            params: String::new(),
         }
     );
     q.ack(&b2).unwrap();
@@ -342,6 +344,7 @@ fn drain_and_purge_operator_functions() {
     q.append(&Record::Schema {
         db: "a",
         statement: "CREATE RETENTION POLICY x\nON a",
+        params: "",
     })
     .wait()
     .unwrap();

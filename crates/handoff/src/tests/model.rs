@@ -113,12 +113,15 @@ proptest! {
                     if !norm.ends_with(b"\n") { norm.push(b'\n'); }
                     model.push_back(MRec { kind: BatchKind::Write { db, rp, precision: "ms".into(), payload: norm }, frame });
                 }
-                Op::Schema { db } => {
-                    let db = format!("db{db}");
+                Op::Schema { db: n } => {
+                    let db = format!("db{n}");
                     let statement = format!("CREATE DATABASE {db}");
-                    queue.append(&Record::Schema { db: &db, statement: &statement }).wait().unwrap();
-                    let frame = (12 + 14 + db.len() + statement.len()) as u64;
-                    model.push_back(MRec { kind: BatchKind::Schema { db, statement }, frame });
+                    // Both encodings: without parameters, and with them (length-prefixed).
+                    let params = if n == 0 { String::new() } else { format!("rp=r{n}&params=%7B%7D") };
+                    queue.append(&Record::Schema { db: &db, statement: &statement, params: &params }).wait().unwrap();
+                    let prefix = if params.is_empty() { 0 } else { 4 };
+                    let frame = (12 + 14 + db.len() + prefix + statement.len() + params.len()) as u64;
+                    model.push_back(MRec { kind: BatchKind::Schema { db, statement, params }, frame });
                 }
                 Op::Next { limit, ack } => {
                     let got = queue.next_batch(limit).unwrap();

@@ -79,6 +79,7 @@ fn data_published_later_is_read_ahead_and_schema_stays_a_batch_of_its_own() {
     q.append(&Record::Schema {
         db: "a",
         statement: "CREATE DATABASE a",
+        params: "",
     })
     .wait()
     .unwrap();

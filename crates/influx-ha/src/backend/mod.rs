@@ -277,13 +277,24 @@ impl BackendClient {
     /// `POST /query` with `q` (and `db` when given) form-encoded: for statements such as
     /// `CREATE DATABASE` that the write path sends to every backend.
     pub async fn query(&self, q: &str, db: Option<&str>) -> Result<BackendAnswer, SendError> {
-        self.post_query("/query", q, db).await
+        self.post_query("/query", q, db, "").await
+    }
+
+    /// [`Self::query`] with a client request's other parameters (`rp`, bound `params`, …),
+    /// already form-encoded, as a queued statement carries them.
+    pub async fn query_with(
+        &self,
+        q: &str,
+        db: Option<&str>,
+        params: &str,
+    ) -> Result<BackendAnswer, SendError> {
+        self.post_query("/query", q, db, params).await
     }
 
     /// `POST /query?epoch=ns` with `q` (and `db` when given) form-encoded: for reads whose
     /// timestamps must come back exactly, as integers of nanoseconds (verify and repair).
     pub async fn select(&self, q: &str, db: Option<&str>) -> Result<BackendAnswer, SendError> {
-        self.post_query("/query?epoch=ns", q, db).await
+        self.post_query("/query?epoch=ns", q, db, "").await
     }
 
     async fn post_query(
@@ -291,13 +302,18 @@ impl BackendClient {
         path: &str,
         q: &str,
         db: Option<&str>,
+        params: &str,
     ) -> Result<BackendAnswer, SendError> {
-        let mut form = String::with_capacity(q.len() + 16);
+        let mut form = String::with_capacity(q.len() + params.len() + 16);
         form.push_str("q=");
         encode_component(q, &mut form);
         if let Some(db) = db {
             form.push_str("&db=");
             encode_component(db, &mut form);
+        }
+        if !params.is_empty() {
+            form.push('&');
+            form.push_str(params);
         }
         self.send(
             Method::POST,

@@ -90,18 +90,31 @@ impl Params {
             out.push_str("q=");
             encode_component(&self.q, &mut out);
         }
+        self.encode_pairs(&["q"], &mut out);
+        out
+    }
+
+    /// The parameters other than `q` and `db` (`rp`, bound `params`, …), form-encoded as a
+    /// backend gets them: what a queued statement carries besides its text and database.
+    pub fn encode_others(&self) -> String {
+        let mut out = String::new();
+        self.encode_pairs(&["q", "db"], &mut out);
+        out
+    }
+
+    /// Appends every pair but the client's credentials and the keys in `skip`.
+    fn encode_pairs(&self, skip: &[&str], out: &mut String) {
         for (k, v) in &self.pairs {
-            if k == "q" || CREDENTIALS.contains(&k.as_str()) {
+            if skip.contains(&k.as_str()) || CREDENTIALS.contains(&k.as_str()) {
                 continue;
             }
             if !out.is_empty() {
                 out.push('&');
             }
-            encode_component(k, &mut out);
+            encode_component(k, out);
             out.push('=');
-            encode_component(v, &mut out);
+            encode_component(v, out);
         }
-        out
     }
 }
 
@@ -227,6 +240,25 @@ mod tests {
         assert_eq!(
             p.encode_for_backend(),
             "q=SELECT%20%2A%20FROM%20m&db=x&epoch=ms"
+        );
+    }
+
+    #[test]
+    fn a_queued_statement_keeps_every_parameter_but_q_db_and_credentials() {
+        let p = Params::parse(
+            true,
+            Some("rp=short&u=alice"),
+            "application/x-www-form-urlencoded",
+            b"q=DELETE+FROM+m+WHERE+host+%3D+%24h&db=x&params=%7B%22h%22%3A%22a+b%22%7D&p=secret",
+        );
+        assert_eq!(p.q, "DELETE FROM m WHERE host = $h");
+        assert_eq!(
+            p.encode_others(),
+            "params=%7B%22h%22%3A%22a%20b%22%7D&rp=short"
+        );
+        assert_eq!(
+            Params::parse(false, Some("q=x&db=y"), "", b"").encode_others(),
+            ""
         );
     }
 

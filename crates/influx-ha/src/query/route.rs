@@ -59,6 +59,26 @@ struct Forward {
     body: Bytes,
 }
 
+/// A state-changing request as a backend's queue keeps it when the backend cannot take it now.
+#[derive(Debug)]
+struct QueuedStatement {
+    /// The default database (`db`).
+    db: String,
+    /// The statement text (`q`).
+    q: String,
+    /// Every other parameter but the client's credentials (`rp`, bound `params`, …),
+    /// form-encoded: replayed as they came.
+    others: String,
+}
+
+impl QueuedStatement {
+    async fn enqueue(&self, replica: &Replica) -> Outcome {
+        replica
+            .enqueue_statement(&self.db, &self.q, &self.others)
+            .await
+    }
+}
+
 /// A complete answer of a backend.
 #[derive(Debug)]
 struct Held {
@@ -268,8 +288,12 @@ impl Inner {
             }
             Route::Everywhere => {
                 let statements = classified.statements.len().max(1);
-                self.everywhere(id, fwd, params.get("db").to_owned(), params.q, statements)
-                    .await
+                let queued = QueuedStatement {
+                    db: params.get("db").to_owned(),
+                    others: params.encode_others(),
+                    q: params.q,
+                };
+                self.everywhere(id, fwd, queued, statements).await
             }
             Route::UserAdmin => self.user_admin(id, fwd).await,
         }
@@ -504,24 +528,23 @@ impl Inner {
         self: &Arc<Self>,
         id: &RequestId,
         fwd: Forward,
-        db: String,
-        q: String,
+        queued: QueuedStatement,
         statements: usize,
     ) -> Result<Response<ResponseBody>, RequestError> {
         let state = self.board.load();
         let fwd = Arc::new(fwd);
-        let (db, q) = (Arc::new(db), Arc::new(q));
+        let queued = Arc::new(queued);
         let mut set = JoinSet::new();
         for i in 0..self.targets.len() {
             let available = state.backends.get(i).is_some_and(|b| {
                 !b.maintenance && !matches!(b.reachability, Reachability::Down { .. })
             });
-            let (me, fwd, db, q) = (self.clone(), fwd.clone(), db.clone(), q.clone());
+            let (me, fwd, queued) = (self.clone(), fwd.clone(), queued.clone());
             set.spawn(async move {
                 let replica = me.targets[i].replica.clone();
                 let queue_now = replica.as_ref().filter(|r| !available || r.is_queueing());
                 if let Some(r) = queue_now {
-                    return (i, Err(r.enqueue_statement(&db, &q).await));
+                    return (i, Err(queued.enqueue(r).await));
                 }
                 match me.send_held(i, &fwd).await {
                     Ok(held) => (i, Ok(held)),
@@ -529,7 +552,7 @@ impl Inner {
                         me.marks.failure(i, why.clone());
                         tracing::warn!(backend = me.name(i), reason = %why, "statement not executed: queued");
                         match &replica {
-                            Some(r) => (i, Err(r.enqueue_statement(&db, &q).await)),
+                            Some(r) => (i, Err(queued.enqueue(r).await)),
                             None => (i, Err(Outcome::Failed(why))),
                         }
                     }

@@ -438,11 +438,11 @@ impl Replica {
                     };
                     self.enqueue(&b).await
                 }
-                BatchKind::Schema { db, statement } => {
-                    lock(&self.mode).queueing = true;
-                    self.track(|q| q.append(&Record::Schema { db, statement }))
-                        .await
-                }
+                BatchKind::Schema {
+                    db,
+                    statement,
+                    params,
+                } => self.enqueue_statement(db, statement, params).await,
             };
             if let Outcome::Failed(why) = outcome {
                 return Err(format!("cannot queue a dead letter: {why}"));
@@ -793,10 +793,14 @@ impl Replica {
             BatchKind::Write {
                 db, rp, precision, ..
             } => self.send_lanes(db, rp, precision, &mut head.lanes).await,
-            BatchKind::Schema { db, statement } => {
+            BatchKind::Schema {
+                db,
+                statement,
+                params,
+            } => {
                 match self
                     .client
-                    .query(statement, (!db.is_empty()).then_some(db.as_str()))
+                    .query_with(statement, (!db.is_empty()).then_some(db.as_str()), params)
                     .await
                 {
                     Ok(answer) if answer.status.is_success() => Step::Delivered,
@@ -1010,15 +1014,21 @@ impl Replica {
             return Outcome::Acked;
         }
         let statement = format!("CREATE DATABASE {}", quote_ident(db));
-        self.enqueue_statement("", &statement).await
+        self.enqueue_statement("", &statement, "").await
     }
 
-    /// Queues a state-changing statement (run with `db` as its default database) in order with
-    /// the writes, entering queueing mode first: the replay executes it before any write
-    /// accepted after it.
-    pub async fn enqueue_statement(&self, db: &str, statement: &str) -> Outcome {
+    /// Queues a state-changing statement (run with `db` as its default database and the
+    /// request's other parameters `params`, form-encoded) in order with the writes, entering
+    /// queueing mode first: the replay executes it before any write accepted after it.
+    pub async fn enqueue_statement(&self, db: &str, statement: &str, params: &str) -> Outcome {
         lock(&self.mode).queueing = true;
-        self.track(|q| q.append(&Record::Schema { db, statement }))
-            .await
+        self.track(|q| {
+            q.append(&Record::Schema {
+                db,
+                statement,
+                params,
+            })
+        })
+        .await
     }
 }

@@ -136,6 +136,8 @@ async fn a_rewrite_after_an_insured_write_is_not_overtaken_by_it() {
 struct FakeBackend {
     /// `/write` bodies in the order they arrived.
     writes: std::sync::Mutex<Vec<Bytes>>,
+    /// `/query` bodies in the order they arrived.
+    queries: std::sync::Mutex<Vec<Bytes>>,
     /// Requests in progress, and the most seen at once.
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -235,6 +237,7 @@ async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
                         let resp = if is_write {
                             fake.write(body).await
                         } else {
+                            fake.queries.lock().expect("not poisoned").push(body);
                             let mut r =
                                 http::Response::new(http_body_util::Full::new(Bytes::new()));
                             *r.status_mut() = http::StatusCode::NO_CONTENT;
@@ -312,6 +315,26 @@ async fn one_replay_lane_sends_each_batch_whole() {
         assert_eq!(w, &b.payload, "the batch as queued");
     }
     assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_statement_is_replayed_with_its_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let params = "params=%7B%22h%22%3A%22a%22%7D&rp=short";
+    let queued = replica
+        .enqueue_statement("x", "DELETE FROM m WHERE host = $h", params)
+        .await;
+    assert!(matches!(queued, Outcome::Queued), "{queued:?}");
+    replay_until_drained(&replica).await;
+    let queries = fake.queries.lock().expect("not poisoned").clone();
+    assert_eq!(
+        queries,
+        [Bytes::from(format!(
+            "q=DELETE%20FROM%20m%20WHERE%20host%20%3D%20%24h&db=x&{params}"
+        ))]
+    );
 }
 
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.

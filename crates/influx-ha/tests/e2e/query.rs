@@ -158,11 +158,24 @@ fn statements_while_a_backend_is_down_reach_it_before_the_writes_that_follow() {
     let w = relay.write("db=newdb&rp=short", &points(0..200));
     assert_eq!(w.status, 204, "{}", w.text());
     assert_eq!(count(&a, "newdb", "v", "\"short\".\"m\""), 200);
+    // A statement with bound parameters is queued with them: 20 of the 200 points go.
+    let r = query(
+        &mut relay,
+        &[
+            ("db", "newdb"),
+            ("q", "DELETE FROM m WHERE host = $h"),
+            ("params", "{\"h\":\"h3\"}"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(count(&a, "newdb", "v", "\"short\".\"m\""), 180);
 
     b.restart();
-    wait_until("the writes reach the returning backend", CONVERGE, || {
-        b.ping() && count(&b, "newdb", "v", "\"short\".\"m\"") == 200
-    });
+    wait_until(
+        "the writes and the delete reach the returning backend",
+        CONVERGE,
+        || b.ping() && count(&b, "newdb", "v", "\"short\".\"m\"") == 180,
+    );
     assert!(show(&b, "SHOW DATABASES").contains("[\"lonely\"]"));
     let rps = show(&b, "SHOW RETENTION POLICIES ON newdb");
     assert!(
