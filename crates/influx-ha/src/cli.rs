@@ -310,6 +310,31 @@ pub fn describe(config: &Config, origin: &str) -> String {
     for p in &config.peers {
         let _ = writeln!(s, "  peer           {}  {}/admin/v1/queues", p.name, p.url);
     }
+    let _ = writeln!(s);
+    match &config.anti_entropy {
+        None => {
+            let _ = writeln!(s, "anti-entropy     off");
+        }
+        Some(a) => {
+            let _ = writeln!(
+                s,
+                "anti-entropy     every {}: verify from {} to {} ago, {}, {}",
+                format_duration(a.check_interval),
+                format_duration(a.window),
+                format_duration(a.settle),
+                if a.auto_repair {
+                    "copy what differs back"
+                } else {
+                    "report what differs"
+                },
+                if a.rate == 0 {
+                    "requests not paced".to_owned()
+                } else {
+                    format!("at most {} requests/s", a.rate)
+                }
+            );
+        }
+    }
     s
 }
 
@@ -380,6 +405,7 @@ url = "http://10.0.0.2:8086"
             "health checks  GET /ping every 1s, timeout 1s; down after 2 failures, up after 2 good checks",
             "stale reads    off",
             "peers          none",
+            "anti-entropy     off",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
         }

@@ -112,6 +112,13 @@
 //! # username = "peer"                # a user of the peer's [auth], when it has auth on
 //! # password = "..."
 //! # ca_file = "/etc/influx-ha/ca.pem" # https:// peers: trust these CAs, not the system's
+//!
+//! [anti_entropy]                      # optional: compares the backends in the background
+//! # check_interval = "1h"            # how often
+//! # window = "24h"                   # how far back each check looks
+//! # settle = "1m"                    # the most recent span it leaves out (writes on their way)
+//! # auto_repair = true               # copy what differs back (false: only report it)
+//! # rate = 20                        # requests a second at most, over every backend
 //! ```
 //!
 //! Backends are matched across relays by `name`: every relay must give the same backend the
@@ -126,7 +133,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod anti_entropy;
 mod protocols;
+pub use self::anti_entropy::AntiEntropyConfig;
 pub use self::protocols::{
     DEFAULT_GRAPHITE_DATABASE, DEFAULT_OPENTSDB_DATABASE, GraphiteConfig, GraphiteProtocol,
     OpentsdbConfig,
@@ -225,6 +234,8 @@ pub struct Config {
     /// The other relays writing to the same backends (`[[peer]]`): a backend one of them
     /// still has queued writes for serves no reads.
     pub peers: Vec<PeerConfig>,
+    /// The background comparison of the backends (`[anti_entropy]`); off without it.
+    pub anti_entropy: Option<AntiEntropyConfig>,
 }
 
 /// `[health]`: active checks of every backend, with hysteresis so that a flapping backend
@@ -674,6 +685,7 @@ struct RawConfig {
     query: RawQuery,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    anti_entropy: Option<anti_entropy::RawAntiEntropy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1392,6 +1404,8 @@ impl RawConfig {
             });
         }
 
+        let anti_entropy = self.anti_entropy.as_ref().map(|a| a.validate(&mut c));
+
         if !c.problems.is_empty() {
             c.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             return Err(c.problems);
@@ -1412,6 +1426,7 @@ impl RawConfig {
             health,
             query,
             peers,
+            anti_entropy,
         })
     }
 }

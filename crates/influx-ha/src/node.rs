@@ -482,6 +482,10 @@ pub async fn serve_with_reload(
     if let Some(a) = node.admin_addr() {
         http_listeners.push(("admin", a.to_string()));
     }
+    let anti_entropy = config
+        .anti_entropy
+        .clone()
+        .map(|c| Arc::new(crate::repair::background::AntiEntropyStats::new(c)));
     let admin = crate::admin::AdminHandler::new(crate::admin::status::Sources {
         replicator: Replicator::clone(&replicator),
         board: Some(board.clone()),
@@ -491,6 +495,7 @@ pub async fn serve_with_reload(
         started,
         http_listeners,
         inflight: Some(node.inflight().clone()),
+        anti_entropy: anti_entropy.clone(),
     });
     let node = node
         .with_admin(Arc::new(admin.clone()))
@@ -594,6 +599,14 @@ pub async fn serve_with_reload(
         }
         None => None,
     };
+    let anti_entropy_task = anti_entropy.map(|stats| {
+        tokio::spawn(crate::repair::background::run(
+            stats,
+            Replicator::clone(&replicator),
+            board.clone(),
+            crate::shutdown::Shutdown::new(stop_replays.subscribe()),
+        ))
+    });
     let sampler = tokio::spawn(
         admin
             .clone()
@@ -652,6 +665,9 @@ pub async fn serve_with_reload(
         let _ = replay.await;
     }
     let _ = sampler.await;
+    if let Some(task) = anti_entropy_task {
+        let _ = task.await;
+    }
     #[cfg(unix)]
     if let Some(task) = reloading {
         let _ = task.await;

@@ -219,6 +219,40 @@ pub fn render(
         refusals.get_or_create(&vec![]).inc_by(b.refused);
     }
 
+    if let Some(a) = &status.anti_entropy {
+        for (name, help, value) in [
+            (
+                "anti_entropy_checks",
+                "Anti-entropy checks that compared the backends",
+                a.checks,
+            ),
+            (
+                "anti_entropy_differences",
+                "Of those, checks that found the backends differing",
+                a.differed,
+            ),
+            (
+                "anti_entropy_skipped",
+                "Checks not run because a backend was down, in maintenance or had writes queued",
+                a.skipped,
+            ),
+            (
+                "anti_entropy_failures",
+                "Checks that could not finish",
+                a.failed,
+            ),
+            (
+                "anti_entropy_copied_points",
+                "Points the anti-entropy repairs wrote, once per backend written to",
+                a.points_copied,
+            ),
+        ] {
+            counter_family(&mut r, name, help, None)
+                .get_or_create(&vec![])
+                .inc_by(value);
+        }
+    }
+
     let up = gauge_family(
         &mut r,
         "backend_up",

@@ -194,6 +194,35 @@ pub fn render(s: &NodeStatus) -> String {
         );
     }
 
+    if let Some(a) = &s.anti_entropy {
+        let last = a.last.as_ref().map_or_else(
+            || "no check yet".to_owned(),
+            |l| {
+                let ago = s.generated_at.saturating_sub(l.at);
+                let result = if matches!(l.result, "differs" | "failed") {
+                    format!("<b>{}</b>", l.result)
+                } else {
+                    l.result.to_owned()
+                };
+                format!(
+                    "last check {} ago: {result}: {}",
+                    human_duration(Duration::from_secs(ago)),
+                    escape(&l.detail)
+                )
+            },
+        );
+        let _ = writeln!(
+            h,
+            "<p class=\"meta\" id=\"anti-entropy\">anti-entropy every {}: {} checks, {} found differences, {} skipped, {} failed, {} points copied · {last}</p>",
+            human_duration(Duration::from_secs(a.check_interval_seconds)),
+            a.checks,
+            a.differed,
+            a.skipped,
+            a.failed,
+            a.points_copied,
+        );
+    }
+
     let _ = writeln!(h, "<h2>Peers</h2>");
     if s.peers.is_empty() {
         let _ = writeln!(

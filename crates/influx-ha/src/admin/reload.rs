@@ -24,7 +24,7 @@
 //! Everything else (listen addresses and listeners, the other `[http]` keys, `[queue]` fsync
 //! and segment size, backend
 //! URLs and credentials, `data_dir`, backend timeouts, `node_name`, `[health]`, `[query]`,
-//! `[[peer]]`) needs a restart: the reload logs which keys changed and keeps the running
+//! `[[peer]]`, `[anti_entropy]`) needs a restart: the reload logs which keys changed and keeps the running
 //! values. When backends change, the read path and the health checks are rebuilt over the new
 //! set ([`Reloader::on_backends_changed`]).
 
@@ -223,6 +223,7 @@ impl Reloader {
             ("[health]", new.health != old.health),
             ("[query]", new.query != old.query),
             ("[[peer]]", new.peers != old.peers),
+            ("[anti_entropy]", new.anti_entropy != old.anti_entropy),
         ] {
             if changed {
                 report.restart_needed.push(key.to_owned());

@@ -42,6 +42,8 @@ pub struct Sources {
     pub http_listeners: Vec<(&'static str, String)>,
     /// The cap on request bodies in memory (`[http] max_inflight_bytes`).
     pub inflight: Option<crate::http::body::InflightBytes>,
+    /// The background comparison of the backends, when `[anti_entropy]` is on.
+    pub anti_entropy: Option<std::sync::Arc<crate::repair::background::AntiEntropyStats>>,
 }
 
 /// The whole node, as `/status` answers it.
@@ -71,6 +73,8 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     /// Request bodies held in memory against `[http] max_inflight_bytes`.
     pub request_bodies: Option<BodiesStatus>,
+    /// The background comparison of the backends (`[anti_entropy]`), when on.
+    pub anti_entropy: Option<crate::repair::background::AntiEntropyStatus>,
 }
 
 /// Request bodies in memory against their cap.
@@ -551,6 +555,7 @@ pub fn collect(
             waited: i.waited(),
             refused: i.refused(),
         }),
+        anti_entropy: sources.anti_entropy.as_ref().map(|a| a.status()),
     }
 }
 

@@ -32,6 +32,7 @@ fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
         started: SystemTime::now() - Duration::from_secs(90),
         http_listeners: vec![("http", "127.0.0.1:8086".to_owned())],
         inflight: None,
+        anti_entropy: None,
     });
     (admin, replicator)
 }

@@ -242,6 +242,13 @@ impl BackendClient {
         &self.name
     }
 
+    /// This client with another deadline per request, sharing the connection pool.
+    pub fn with_request_timeout(&self, request: Duration) -> Self {
+        let mut c = self.clone();
+        c.timeouts.request = request;
+        c
+    }
+
     /// The backend's base URL.
     pub fn url(&self) -> &BackendUrl {
         &self.url

@@ -775,3 +775,71 @@ fn read_path_settings_and_peers() {
         .contains("unknown field")
     );
 }
+
+#[test]
+fn anti_entropy_is_off_without_its_table_and_checked_with_it() {
+    let b = "name = \"a\"\nurl = \"http://h:1\"";
+    assert_eq!(
+        parse(&with_backend("", b)).expect("valid").anti_entropy,
+        None
+    );
+    let on = parse(&with_backend("[anti_entropy]", b)).expect("valid");
+    assert_eq!(
+        on.anti_entropy,
+        Some(AntiEntropyConfig {
+            check_interval: Duration::from_secs(3600),
+            window: Duration::from_secs(86_400),
+            settle: Duration::from_secs(60),
+            auto_repair: true,
+            rate: 20,
+        })
+    );
+    let set = parse(&with_backend(
+        "[anti_entropy]\ncheck_interval = \"5m\"\nwindow = \"2h\"\nsettle = \"0s\"\nauto_repair = false\nrate = 0",
+        b,
+    ))
+    .expect("valid");
+    assert_eq!(
+        set.anti_entropy,
+        Some(AntiEntropyConfig {
+            check_interval: Duration::from_secs(300),
+            window: Duration::from_secs(7200),
+            settle: Duration::ZERO,
+            auto_repair: false,
+            rate: 0,
+        })
+    );
+    for (body, key, line) in [
+        ("check_interval = \"0s\"", "anti_entropy.check_interval", 3),
+        ("window = \"0s\"", "anti_entropy.window", 3),
+        ("window = \"1h\"\nsettle = \"1h\"", "anti_entropy.settle", 4),
+        // The default settle (1m) is not shorter than this window.
+        ("window = \"30s\"", "anti_entropy.window", 3),
+        ("rate = -1", "anti_entropy.rate", 3),
+    ] {
+        let p = problem(&with_backend(&format!("[anti_entropy]\n{body}"), b));
+        assert_eq!((p.key.as_str(), p.line), (key, Some(line)), "{body}: {p:?}");
+    }
+    let e = parse_error(&with_backend("[anti_entropy]\nenabled = true", b));
+    assert!(e.contains("unknown field `enabled`"), "{e}");
+}
+
+#[test]
+fn the_reference_deployment_configs_are_valid() {
+    for (name, text) in [
+        (
+            "node-a",
+            include_str!("../../../../examples/two-node/node-a.toml"),
+        ),
+        (
+            "node-b",
+            include_str!("../../../../examples/two-node/node-b.toml"),
+        ),
+    ] {
+        let c = Config::from_toml(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.node_name, name);
+        assert_eq!(c.backends.len(), 2, "{name}");
+        // The check runs on one node only.
+        assert_eq!(c.anti_entropy.is_some(), name == "node-a", "{name}");
+    }
+}

@@ -14,9 +14,12 @@
 //!   repair is simply run again.
 //! - [`flag`]: clears the diverged flag when a full verify finds no difference (admin API of
 //!   the running node, or the file of a stopped one).
+//! - [`background`]: the same, at intervals over the recent past, inside the node
+//!   (`[anti_entropy]`).
 //! - [`command`]: the two subcommands; [`progress`]: the progress bar; [`timespec`]:
 //!   `--since`/`--until` and times in the report; [`influxql`]: quoting and answers.
 
+pub mod background;
 pub mod command;
 pub mod conn;
 pub mod copy;

@@ -468,3 +468,71 @@ fn repair_clears_the_flag_on_the_peer_relays_too() {
         status_of(&mut relay, "influx-1")["fresh"] == true
     });
 }
+
+/// The node's `/status` `anti_entropy` object.
+fn anti_entropy(relay: &mut Relay) -> serde_json::Value {
+    let r = relay.get("/status").expect("status");
+    let json: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON status");
+    json["anti_entropy"].clone()
+}
+
+#[test]
+fn the_anti_entropy_check_copies_back_what_a_backend_lacks() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    let mut relay = Relay::start(
+        &[&a, &b],
+        "[health]\ninterval = \"200ms\"\n\n[anti_entropy]\ncheck_interval = \"1s\"\nwindow = \"1h\"\nsettle = \"0s\"\nrate = 0\n",
+    );
+    // Within the window: ten minutes ago and later.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let ts = now_ns - 600 * 1_000_000_000;
+    let lines = |range: std::ops::Range<u64>| {
+        range
+            .map(|i| format!("m,host=h{} v={i}i {}\n", i % 10, ts + i * 1_000_000))
+            .collect::<String>()
+    };
+    let r = relay.write("db=db", lines(0..100).as_bytes());
+    assert_eq!(r.status, 204, "{}", r.text());
+    wait_until("a check finds both backends in sync", CONVERGE, || {
+        anti_entropy(&mut relay)["last"]["result"] == "in_sync"
+    });
+    // Written to one InfluxDB behind the relay's back: no queue knows of it.
+    let (status, text) = a.write("db", "", lines(100..130));
+    assert_eq!(status, 204, "{text}");
+    wait_until(
+        "the check copied the points to the other backend",
+        CONVERGE,
+        || count(&b, "db", "v", "m") == 130,
+    );
+    assert_eq!(count(&a, "db", "v", "m"), 130);
+    assert_eq!(dump(&a, "db"), dump(&b, "db"));
+    let ae = anti_entropy(&mut relay);
+    assert!(ae["differed"].as_u64() >= Some(1), "{ae}");
+    assert!(ae["points_copied"].as_u64() >= Some(30), "{ae}");
+    let metrics = relay.get("/metrics").expect("metrics").text();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("influx_ha_anti_entropy_copied_points_total ") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    // With a backend down nothing is compared.
+    drop(b);
+    wait_until(
+        "checks are skipped while a backend is down",
+        CONVERGE,
+        || {
+            let last = &anti_entropy(&mut relay)["last"];
+            last["result"] == "skipped"
+                && last["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("influx-1"))
+        },
+    );
+}

@@ -1,0 +1,345 @@
+//! The anti-entropy check (`[anti_entropy]`): at intervals, the recent past is compared on
+//! every backend and what differs is copied back, so that replicas converge even where no
+//! queue kept the difference (a write made straight to one InfluxDB, a restored disk).
+//!
+//! A check runs only while every backend is up, out of maintenance and has nothing queued on
+//! this node or on a peer: data still on its way is not a difference. It verifies
+//! `[now - window, now - settle)` of every database as `influx-ha verify --since --until`
+//! does and, with `auto_repair`, copies what differs as `influx-ha repair` does (idempotent,
+//! paced). It never clears a diverged flag: only a verify of all time can.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::conn::{Conn, Pacer, Traffic};
+use super::progress::Progress;
+use super::timespec::{format_span, now_ns};
+use super::{RepairOptions, Report, Scope, repair, verify};
+use crate::config::AntiEntropyConfig;
+use crate::shutdown::Shutdown;
+use crate::state::{ClusterState, Reachability, StateBoard};
+use crate::write::Replicator;
+
+/// Deadline of one request of a check (as `influx-ha verify --timeout`'s default).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Counters and the last result, for `/status` and `/metrics`.
+#[derive(Debug)]
+pub struct AntiEntropyStats {
+    config: AntiEntropyConfig,
+    checks: AtomicU64,
+    skipped: AtomicU64,
+    differed: AtomicU64,
+    failed: AtomicU64,
+    points_copied: AtomicU64,
+    last: Mutex<Option<LastCheck>>,
+}
+
+/// What the last check (or skipped check) found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LastCheck {
+    /// When it ended, Unix seconds.
+    pub at: u64,
+    /// `in_sync`, `repaired`, `differs`, `skipped` or `failed`.
+    pub result: &'static str,
+    /// For people: what was compared, what differed and what was done, or why not.
+    pub detail: String,
+}
+
+/// `[anti_entropy]` in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AntiEntropyStatus {
+    pub check_interval_seconds: u64,
+    pub window_seconds: u64,
+    pub settle_seconds: u64,
+    pub auto_repair: bool,
+    /// Checks that compared the backends.
+    pub checks: u64,
+    /// Of those, checks that found a difference.
+    pub differed: u64,
+    /// Checks not run because a backend was not in sync as far as the relays know.
+    pub skipped: u64,
+    /// Checks that could not finish (a backend stopped answering, say).
+    pub failed: u64,
+    /// Points written by repairs, counted once per backend written to.
+    pub points_copied: u64,
+    pub last: Option<LastCheck>,
+}
+
+impl AntiEntropyStats {
+    pub fn new(config: AntiEntropyConfig) -> Self {
+        Self {
+            config,
+            checks: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            differed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            points_copied: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn status(&self) -> AntiEntropyStatus {
+        AntiEntropyStatus {
+            check_interval_seconds: self.config.check_interval.as_secs(),
+            window_seconds: self.config.window.as_secs(),
+            settle_seconds: self.config.settle.as_secs(),
+            auto_repair: self.config.auto_repair,
+            checks: self.checks.load(Ordering::Relaxed),
+            differed: self.differed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            points_copied: self.points_copied.load(Ordering::Relaxed),
+            last: self
+                .last
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    fn finish(&self, result: &'static str, detail: String) {
+        let counter = match result {
+            "skipped" => &self.skipped,
+            "failed" => &self.failed,
+            _ => &self.checks,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if matches!(result, "repaired" | "differs") {
+            self.differed.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
+            "in_sync" | "skipped" => tracing::debug!(result, %detail, "anti-entropy check"),
+            "repaired" => tracing::info!(result, %detail, "anti-entropy check"),
+            _ => tracing::warn!(result, %detail, "anti-entropy check"),
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(LastCheck { at, result, detail });
+    }
+}
+
+/// Why no check may run now, if so: a backend down, in maintenance, or with writes queued for
+/// it here or on a peer.
+fn not_in_sync(state: &ClusterState) -> Option<String> {
+    state.backends.iter().find_map(|b| {
+        let why = match &b.reachability {
+            Reachability::Up { .. } if b.maintenance => "in maintenance".to_owned(),
+            Reachability::Up { .. } if b.queue.is_pending() => {
+                format!("{} queued writes", b.queue.records)
+            }
+            Reachability::Up { .. } => {
+                let p = b.peers.iter().find(|p| p.queue.is_pending())?;
+                format!(
+                    "peer {} has {} queued writes for it",
+                    p.peer, p.queue.records
+                )
+            }
+            Reachability::Unknown => "not checked yet".to_owned(),
+            Reachability::Down { reason, .. } => format!("down ({reason})"),
+        };
+        Some(format!("{}: {why}", b.name))
+    })
+}
+
+/// The check's task: runs until `shutdown`.
+pub async fn run(
+    stats: Arc<AntiEntropyStats>,
+    replicator: Replicator,
+    board: StateBoard,
+    mut shutdown: Shutdown,
+) {
+    let config = stats.config.clone();
+    let mut seed = now_ns().unsigned_abs() | 1;
+    loop {
+        // Up to a tenth more, so that relays started together do not check together.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let jitter = config
+            .check_interval
+            .mul_f64((seed % 1000) as f64 / 10_000.0);
+        tokio::select! {
+            () = shutdown.recv() => return,
+            () = tokio::time::sleep(config.check_interval + jitter) => {}
+        }
+        tokio::select! {
+            () = shutdown.recv() => return,
+            () = check(&stats, &replicator, &board) => {}
+        }
+    }
+}
+
+/// One check, recorded in `stats`.
+pub async fn check(stats: &AntiEntropyStats, replicator: &Replicator, board: &StateBoard) {
+    let replicas = replicator.replicas();
+    let local_queue = replicas
+        .iter()
+        .find(|r| r.is_queueing() || r.queue().has_pending())
+        .map(|r| format!("{}: writes queued", r.name()));
+    if let Some(why) = local_queue.or_else(|| not_in_sync(&board.load())) {
+        stats.finish("skipped", why);
+        return;
+    }
+    if replicas.len() < 2 {
+        stats.finish("skipped", "fewer than two backends".to_owned());
+        return;
+    }
+    let config = &stats.config;
+    let pacer = Arc::new(Pacer::new(config.rate));
+    let traffic = Arc::new(Traffic::default());
+    let conns: Vec<Conn> = replicas
+        .iter()
+        .map(|r| {
+            Conn::new(
+                r.client().with_request_timeout(REQUEST_TIMEOUT),
+                pacer.clone(),
+                traffic.clone(),
+            )
+        })
+        .collect();
+    let now = now_ns();
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    let scope = Scope {
+        db: None,
+        since: now.saturating_sub(nanos(config.window)),
+        until: now.saturating_sub(nanos(config.settle)),
+    };
+    let span = if config.settle.is_zero() {
+        format!("the last {}", format_span(nanos(config.window)))
+    } else {
+        format!(
+            "from {} to {} ago",
+            format_span(nanos(config.window)),
+            format_span(nanos(config.settle))
+        )
+    };
+    if !config.auto_repair {
+        match verify(&conns, &traffic, &scope).await {
+            Ok(r) if r.matches() => stats.finish("in_sync", compared(&r, &span)),
+            Ok(r) => stats.finish("differs", format!("{}; {}", compared(&r, &span), found(&r))),
+            Err(e) => stats.finish("failed", e.to_string()),
+        }
+        return;
+    }
+    let progress = Progress::new(false);
+    match repair(
+        &conns,
+        &traffic,
+        &scope,
+        &RepairOptions::default(),
+        &progress,
+    )
+    .await
+    {
+        Ok(o) if o.before.matches() => stats.finish("in_sync", compared(&o.before, &span)),
+        Ok(o) => {
+            stats.points_copied.fetch_add(o.points, Ordering::Relaxed);
+            let mut detail = format!(
+                "{}; {}; copied {} points and {} schema statements in {} passes",
+                compared(&o.before, &span),
+                found(&o.before),
+                o.points,
+                o.statements,
+                o.passes
+            );
+            for f in &o.failures {
+                detail.push_str(&format!("; not copied: {f}"));
+            }
+            if o.after.matches() {
+                stats.finish("repaired", detail);
+            } else {
+                detail.push_str(&format!("; still differing: {}", found(&o.after)));
+                stats.finish("differs", detail);
+            }
+        }
+        Err(e) => stats.finish("failed", e.to_string()),
+    }
+}
+
+fn compared(r: &Report, span: &str) -> String {
+    format!("compared {} windows, {span}", r.windows_compared)
+}
+
+fn found(r: &Report) -> String {
+    format!(
+        "{} schema differences, {} windows differ ({} values missing)",
+        r.schema.len(),
+        r.windows.len(),
+        r.missing_values()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::state::{BackendState, PeerReport, QueueDepth};
+
+    fn up(name: &str) -> BackendState {
+        let mut b = BackendState::new(name, "http://127.0.0.1:1");
+        b.reachability = Reachability::Up {
+            since: SystemTime::now(),
+        };
+        b
+    }
+
+    fn cluster(backends: Vec<BackendState>) -> ClusterState {
+        ClusterState {
+            backends,
+            taken: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn checks_run_only_while_every_backend_is_up_and_has_nothing_queued() {
+        let queued = QueueDepth {
+            records: 3,
+            ..QueueDepth::default()
+        };
+        assert_eq!(not_in_sync(&cluster(vec![up("a"), up("b")])), None);
+        // Diverged is no reason to skip: the check copies what it finds.
+        let mut diverged = up("b");
+        diverged.diverged = Some("its queue overflowed".to_owned());
+        assert_eq!(not_in_sync(&cluster(vec![up("a"), diverged])), None);
+
+        let mut down = up("b");
+        down.reachability = Reachability::Down {
+            since: SystemTime::now(),
+            reason: "connection refused".to_owned(),
+        };
+        let mut maintenance = up("b");
+        maintenance.maintenance = true;
+        let mut catching_up = up("b");
+        catching_up.queue = queued;
+        let mut peer_queue = up("b");
+        peer_queue.peers.push(PeerReport {
+            peer: "relay-2".to_owned(),
+            queue: queued,
+            diverged: false,
+            received: SystemTime::now(),
+            reachable: true,
+        });
+        for (b, why) in [
+            (
+                BackendState::new("b", "http://127.0.0.1:1"),
+                "b: not checked yet",
+            ),
+            (down, "b: down (connection refused)"),
+            (maintenance, "b: in maintenance"),
+            (catching_up, "b: 3 queued writes"),
+            (peer_queue, "b: peer relay-2 has 3 queued writes for it"),
+        ] {
+            assert_eq!(
+                not_in_sync(&cluster(vec![up("a"), b])).as_deref(),
+                Some(why)
+            );
+        }
+    }
+}
