@@ -563,17 +563,16 @@ impl Replica {
         let _ = late.wait_for(|n| *n == 0).await;
     }
 
-    /// Appends the batch to the queue without changing the mode.
-    async fn append(&self, batch: &Batch) -> Outcome {
-        // The payload is shared with the queue's writer thread, not copied.
-        self.track(|q| q.append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone()))
-            .await
-    }
-
-    /// Counts an append as in flight while it completes (the replay leaves queueing mode only
-    /// when none is), and turns its result into the backend's outcome.
-    async fn track(&self, submit: impl FnOnce(&Queue) -> handoff::Appending) -> Outcome {
-        lock(&self.mode).appends_in_flight += 1;
+    /// Enters queueing mode and counts an append as in flight while it completes, under one
+    /// lock: the replay, which leaves queueing mode only when no append is in flight and the
+    /// queue is empty, cannot leave it between the two and let a later write go direct past
+    /// this record. Turns the append's result into the backend's outcome.
+    async fn queue_behind(&self, submit: impl FnOnce(&Queue) -> handoff::Appending) -> Outcome {
+        {
+            let mut m = lock(&self.mode);
+            m.queueing = true;
+            m.appends_in_flight += 1;
+        }
         let appended = submit(&self.queue).await;
         lock(&self.mode).appends_in_flight -= 1;
         match appended {
@@ -594,8 +593,11 @@ impl Replica {
     /// Appends the batch to the queue, entering queueing mode first so that later writes line up
     /// behind it.
     pub async fn enqueue(&self, batch: &Batch) -> Outcome {
-        lock(&self.mode).queueing = true;
-        self.append(batch).await
+        // The payload is shared with the queue's writer thread, not copied.
+        self.queue_behind(|q| {
+            q.append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone())
+        })
+        .await
     }
 
     /// Leaves queueing mode when nothing is queued or being queued.
@@ -1021,8 +1023,7 @@ impl Replica {
     /// request's other parameters `params`, form-encoded) in order with the writes, entering
     /// queueing mode first: the replay executes it before any write accepted after it.
     pub async fn enqueue_statement(&self, db: &str, statement: &str, params: &str) -> Outcome {
-        lock(&self.mode).queueing = true;
-        self.track(|q| {
+        self.queue_behind(|q| {
             q.append(&Record::Schema {
                 db,
                 statement,
