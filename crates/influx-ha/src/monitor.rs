@@ -236,7 +236,7 @@ pub fn initial_states(clients: &[BackendClient]) -> Vec<BackendState> {
         .collect()
 }
 
-fn depth(stats: &handoff::Stats) -> QueueDepth {
+pub(crate) fn depth(stats: &handoff::Stats) -> QueueDepth {
     QueueDepth {
         records: stats.depth_records,
         bytes: stats.depth_bytes,

@@ -13,9 +13,10 @@
 //! backend the same name. A peer's report counts until a newer one arrives, also while the
 //! peer cannot be reached (its last report stands), and across restarts of this relay (the
 //! last reports are kept in `data_dir/peer-reports.json`); a peer never reached has told
-//! nothing and holds nothing back. The [`crate::monitor`] task polls the
-//! peers at the health-check interval, so a write acknowledged by a peer can be missed by a
-//! read here for up to about two intervals (the peer's own refresh plus this poll).
+//! nothing and holds nothing back. The [`crate::monitor`] task polls the peers at the
+//! health-check interval, and a report shows the queues as they are when it is served, so a
+//! write a peer acknowledged through its queue can be missed by a read here for up to about
+//! one interval (until the next poll).
 
 use std::time::Duration;
 

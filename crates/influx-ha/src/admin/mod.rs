@@ -52,7 +52,7 @@ use crate::http::compat::{RequestId, add_common_headers};
 use crate::http::query::QueryParams;
 use crate::http::{Handler, HandlerBody, HandlerFuture, ResponseBody, full};
 use crate::ingest::ListenerStats;
-use crate::state::Reachability;
+use crate::state::{ClusterState, Reachability};
 use crate::write::replica::Replica;
 
 /// Where the admin API lives.
@@ -229,8 +229,18 @@ impl AdminHandler {
             // The queue report peer relays fetch for read freshness (DESIGN.md §5).
             crate::peers::QUEUES_PATH if get => match &self.inner.sources.board {
                 Some(board) => {
-                    let report =
-                        crate::peers::queue_report(&self.inner.sources.node_name, &board.load());
+                    // The queues as they are now, not as of the board's last round: a peer
+                    // learns of a write queued here one round sooner.
+                    let mut state = ClusterState::clone(&board.load());
+                    let replicas = self.inner.sources.replicator.replicas();
+                    for b in &mut state.backends {
+                        if let Some(r) = replicas.iter().find(|r| r.name() == b.name) {
+                            b.queue = crate::monitor::depth(&r.queue().stats());
+                            b.diverged = r.diverged();
+                            b.maintenance = r.in_maintenance();
+                        }
+                    }
+                    let report = crate::peers::queue_report(&self.inner.sources.node_name, &state);
                     let mut resp = text(StatusCode::OK, report);
                     resp.headers_mut()
                         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

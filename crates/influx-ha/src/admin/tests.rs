@@ -16,6 +16,11 @@ use crate::write::Replicator;
 /// every write ends up queued; no replay task runs, so queues stay as the test leaves them.
 /// The free-disk floor is low so that a busy shared disk does not refuse the appends.
 fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
+    setup_with_board(dir, false)
+}
+
+/// [`setup`], with a state board (as the read path keeps) when `board`; no task updates it.
+fn setup_with_board(dir: &std::path::Path, board: bool) -> (AdminHandler, Replicator) {
     let text = format!(
         "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[queue]\nmin_free_disk = \"1MiB\"\n[[backend]]\nname = \"alpha\"\nurl = \"http://127.0.0.1:1\"\n[[backend]]\nname = \"beta\"\nurl = \"http://127.0.0.2:1\"\n",
         dir.display().to_string()
@@ -23,9 +28,11 @@ fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
     let config = Config::from_toml(&text, "test").expect("valid config");
     let clients = crate::node::backend_clients(&config).expect("clients");
     let replicator = Replicator::open(&config, &clients).expect("queues open");
+    let board =
+        board.then(|| crate::state::StateBoard::new(crate::monitor::initial_states(&clients)));
     let admin = AdminHandler::new(Sources {
         replicator: replicator.clone(),
-        board: None,
+        board,
         node_name: "node-1".to_owned(),
         health: Health::new(),
         data_dir: config.data_dir.clone(),
@@ -72,6 +79,27 @@ async fn call(
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("JSON")
+}
+
+#[tokio::test]
+async fn the_queue_report_for_peers_shows_the_queues_as_they_are_now() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup_with_board(dir.path(), true);
+    let records = |text: &str| -> Vec<u64> {
+        json(text)["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| b["queue_records"].as_u64().expect("records"))
+            .collect()
+    };
+    let (status, text, _) = call(&admin, "GET", crate::peers::QUEUES_PATH).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(records(&text), [0, 0]);
+    // No monitor round has refreshed the board since: the report reads the queues.
+    write_one(&replicator, "m v=1 1\n").await;
+    let (_, text, _) = call(&admin, "GET", crate::peers::QUEUES_PATH).await;
+    assert_eq!(records(&text), [1, 1], "{text}");
 }
 
 #[tokio::test]
