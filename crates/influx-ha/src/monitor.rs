@@ -9,7 +9,8 @@
 //! - copies each backend's queue depth, dead letters, divergence flag, maintenance flag and
 //!   last error from the write path's [`Replica`];
 //! - asks every peer relay for its queue report ([`crate::peers`]) and records, per backend,
-//!   what each peer last said (an unreachable peer's last report stands).
+//!   what each peer last said (an unreachable peer's last report stands); it also asks at once
+//!   when a peer says its queues changed ([`Monitor::peers_changed`]).
 //!
 //! Readers never wait for this task: they load the board's snapshot. The read path also looks
 //! at this node's queues directly (not only at the last snapshot), so that a write queued a
@@ -160,6 +161,9 @@ pub struct Monitor {
     pub health: HealthConfig,
     /// Where the peers' last reports are kept across restarts (`None`: not kept).
     pub reports_file: Option<PathBuf>,
+    /// Rung by a peer whose queues changed (`POST /admin/v1/queues/changed`): the peers are
+    /// asked for their reports at once instead of at the next round.
+    pub peers_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Name of the file under `data_dir` that keeps the peers' last reports.
@@ -261,40 +265,30 @@ impl Monitor {
         loop {
             tokio::select! {
                 () = shutdown.recv() => return,
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => self.round(&mut memory).await,
+                () = self.peers_changed.notified() => {
+                    self.poll_peers(&mut memory).await;
+                    self.board.update(|state| {
+                        for b in state.backends.iter_mut() {
+                            b.peers = peer_states(&memory.reports, &b.name);
+                        }
+                    });
+                }
             }
-            self.round(&mut memory).await;
         }
     }
 
-    /// One round: checks, peer polls, then one new snapshot.
-    async fn round(&self, memory: &mut Memory) {
-        let timeout = self.health.timeout;
-        let mut pings = JoinSet::new();
-        for (i, client) in self.clients.iter().enumerate() {
-            let client = client.clone();
-            pings.spawn(async move {
-                let result = match tokio::time::timeout(timeout, client.ping()).await {
-                    Ok(Ok(a)) if a.status.as_u16() == 204 => Ok(()),
-                    Ok(Ok(a)) => Err(format!("/ping answered {}", a.status)),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("/ping not answered within {timeout:?}")),
-                };
-                (i, result)
-            });
-        }
+    /// Asks every peer for its report; records what came (an unreachable peer's last report
+    /// stands) and keeps the reports on disk when they changed.
+    async fn poll_peers(&self, memory: &mut Memory) {
+        let timeout = self.health.timeout.max(Duration::from_secs(1));
         let mut polls = JoinSet::new();
         for peer in &self.peers {
             let peer = peer.clone();
             polls.spawn(async move {
-                let r = fetch_report(&peer.client, timeout.max(Duration::from_secs(1))).await;
+                let r = fetch_report(&peer.client, timeout).await;
                 (peer.name, r)
             });
-        }
-        let mut checks: Vec<Result<(), String>> =
-            vec![Err("health check failed".to_owned()); self.clients.len()];
-        while let Some(Ok((i, r))) = pings.join_next().await {
-            checks[i] = r;
         }
         let mut reports_changed = false;
         while let Some(Ok((name, r))) = polls.join_next().await {
@@ -317,10 +311,36 @@ impl Monitor {
                 }
             }
         }
-
         if let (true, Some(file)) = (reports_changed, &self.reports_file) {
             save_reports(file, &memory.reports);
         }
+    }
+
+    /// One round: checks, peer polls, then one new snapshot.
+    async fn round(&self, memory: &mut Memory) {
+        let timeout = self.health.timeout;
+        let mut pings = JoinSet::new();
+        for (i, client) in self.clients.iter().enumerate() {
+            let client = client.clone();
+            pings.spawn(async move {
+                let result = match tokio::time::timeout(timeout, client.ping()).await {
+                    Ok(Ok(a)) if a.status.as_u16() == 204 => Ok(()),
+                    Ok(Ok(a)) => Err(format!("/ping answered {}", a.status)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("/ping not answered within {timeout:?}")),
+                };
+                (i, result)
+            });
+        }
+        // The peers are asked while the pings are out.
+        let polled = self.poll_peers(memory);
+        let mut checks: Vec<Result<(), String>> =
+            vec![Err("health check failed".to_owned()); self.clients.len()];
+        let ((), ()) = tokio::join!(polled, async {
+            while let Some(Ok((i, r))) = pings.join_next().await {
+                checks[i] = r;
+            }
+        });
 
         let mut rounds = Vec::with_capacity(self.clients.len());
         for (i, check) in checks.into_iter().enumerate() {
@@ -390,30 +410,39 @@ impl Monitor {
                         b.last_error = r.last_error();
                     }
                 }
-                b.peers = reports
-                    .iter()
-                    .filter_map(|(peer, (report, received, reachable))| {
-                        let rb = report.backends.iter().find(|rb| rb.name == b.name)?;
-                        Some(PeerReport {
-                            peer: peer.clone(),
-                            queue: QueueDepth {
-                                records: rb.queue_records,
-                                bytes: rb.queue_bytes,
-                                oldest_age: rb
-                                    .oldest_age_seconds
-                                    .filter(|s| s.is_finite() && *s >= 0.0)
-                                    .map(Duration::from_secs_f64),
-                            },
-                            diverged: rb.diverged,
-                            received: *received,
-                            reachable: *reachable,
-                        })
-                    })
-                    .collect();
-                b.peers.sort_by(|x, y| x.peer.cmp(&y.peer));
+                b.peers = peer_states(reports, &b.name);
             }
         });
     }
+}
+
+/// What every peer last said about `backend`, by peer name.
+fn peer_states(
+    reports: &HashMap<String, (QueueReport, SystemTime, bool)>,
+    backend: &str,
+) -> Vec<PeerReport> {
+    let mut peers: Vec<PeerReport> = reports
+        .iter()
+        .filter_map(|(peer, (report, received, reachable))| {
+            let rb = report.backends.iter().find(|rb| rb.name == backend)?;
+            Some(PeerReport {
+                peer: peer.clone(),
+                queue: QueueDepth {
+                    records: rb.queue_records,
+                    bytes: rb.queue_bytes,
+                    oldest_age: rb
+                        .oldest_age_seconds
+                        .filter(|s| s.is_finite() && *s >= 0.0)
+                        .map(Duration::from_secs_f64),
+                },
+                diverged: rb.diverged,
+                received: *received,
+                reachable: *reachable,
+            })
+        })
+        .collect();
+    peers.sort_by(|x, y| x.peer.cmp(&y.peer));
+    peers
 }
 
 /// Failed direct writes plus failed replays of a replica so far.

@@ -376,14 +376,8 @@ impl<W: WriteHandler + Clone> Node<W> {
 }
 
 /// The read path and the task keeping `board` current, over `replicas` (config order).
-fn read_path(
-    config: &Config,
-    replicas: &[Arc<crate::write::replica::Replica>],
-    board: &crate::state::StateBoard,
-    limits: &SharedLimits,
-) -> Result<(crate::query::QueryService, crate::monitor::Monitor), SetupError> {
-    let clients: Vec<BackendClient> = replicas.iter().map(|r| r.client().clone()).collect();
-    let marks = crate::monitor::PassiveMarks::new(clients.len());
+/// A client for every `[[peer]]`'s admin address.
+fn peer_clients(config: &Config) -> Result<Vec<crate::monitor::Peer>, SetupError> {
     let mut peers = Vec::with_capacity(config.peers.len());
     for p in &config.peers {
         let peer = crate::config::BackendConfig {
@@ -401,6 +395,19 @@ fn read_path(
             client: BackendClient::new(&peer, timeouts)?,
         });
     }
+    Ok(peers)
+}
+
+fn read_path(
+    config: &Config,
+    replicas: &[Arc<crate::write::replica::Replica>],
+    board: &crate::state::StateBoard,
+    limits: &SharedLimits,
+    peers_changed: &Arc<tokio::sync::Notify>,
+) -> Result<(crate::query::QueryService, crate::monitor::Monitor), SetupError> {
+    let clients: Vec<BackendClient> = replicas.iter().map(|r| r.client().clone()).collect();
+    let marks = crate::monitor::PassiveMarks::new(clients.len());
+    let peers = peer_clients(config)?;
     let query = crate::query::QueryService::new(
         clients.clone(),
         replicas.to_vec(),
@@ -417,6 +424,7 @@ fn read_path(
         marks,
         health: config.health.clone(),
         reports_file: Some(config.data_dir.join(crate::monitor::PEER_REPORTS_FILE)),
+        peers_changed: peers_changed.clone(),
     };
     Ok((query, monitor))
 }
@@ -463,7 +471,15 @@ pub async fn serve_with_reload(
     // The read path and the task that keeps the backends' state current.
     let board = crate::state::StateBoard::new(crate::monitor::initial_states(&clients));
     let limits = SharedLimits::new(BodyLimits::of(&config.http));
-    let (query, monitor) = read_path(&config, &replicator.replicas(), &board, &limits)?;
+    // Rung when a peer tells that its queues changed: this node asks its peers at once.
+    let peers_changed = Arc::new(tokio::sync::Notify::new());
+    let (query, monitor) = read_path(
+        &config,
+        &replicator.replicas(),
+        &board,
+        &limits,
+        &peers_changed,
+    )?;
     // A reload that changes the backends rebuilds both over the new set (see below).
     let query_slot = Arc::new(crate::admin::reload::SwappableHandler::new(Arc::new(query)));
     let node = Node::bind_with(&config, |_, _| replicator.clone())
@@ -496,6 +512,7 @@ pub async fn serve_with_reload(
         http_listeners,
         inflight: Some(node.inflight().clone()),
         anti_entropy: anti_entropy.clone(),
+        peers_changed: Some(peers_changed.clone()),
     });
     let node = node
         .with_admin(Arc::new(admin.clone()))
@@ -575,8 +592,9 @@ pub async fn serve_with_reload(
         );
         let body_limits = limits.clone();
         let (board, stop_monitor) = (board.clone(), stop_monitor.clone());
+        let peers_changed_hook = peers_changed.clone();
         r.on_backends_changed(Box::new(move |config, replicas| {
-            match read_path(config, replicas, &board, &body_limits) {
+            match read_path(config, replicas, &board, &body_limits, &peers_changed_hook) {
                 Ok((query, monitor)) => {
                     query_slot.set(Arc::new(query));
                     spawn_monitor(monitor, &stop_monitor, &current_monitor);
@@ -598,6 +616,16 @@ pub async fn serve_with_reload(
             )))
         }
         None => None,
+    };
+    // Peers learn at once when this node's queues change, rather than at their next poll.
+    let tell_peers = if config.peers.is_empty() {
+        None
+    } else {
+        Some(tokio::spawn(crate::peers::tell_changes(
+            Replicator::clone(&replicator),
+            peer_clients(&config)?,
+            crate::shutdown::Shutdown::new(stop_replays.subscribe()),
+        )))
     };
     let anti_entropy_task = anti_entropy.map(|stats| {
         tokio::spawn(crate::repair::background::run(
@@ -666,6 +694,9 @@ pub async fn serve_with_reload(
     }
     let _ = sampler.await;
     if let Some(task) = anti_entropy_task {
+        let _ = task.await;
+    }
+    if let Some(task) = tell_peers {
         let _ = task.await;
     }
     #[cfg(unix)]

@@ -14,9 +14,13 @@
 //! peer cannot be reached (its last report stands), and across restarts of this relay (the
 //! last reports are kept in `data_dir/peer-reports.json`); a peer never reached has told
 //! nothing and holds nothing back. The [`crate::monitor`] task polls the peers at the
-//! health-check interval, and a report shows the queues as they are when it is served, so a
-//! write a peer acknowledged through its queue can be missed by a read here for up to about
-//! one interval (until the next poll).
+//! health-check interval, and a report shows the queues as they are when it is served.
+//!
+//! Between polls, a relay whose queues change (a backend's queue starts or stops holding
+//! records, a backend turns diverged or goes into maintenance) tells its peers at once
+//! (`POST /admin/v1/queues/changed`, [`tell_changes`]), and they poll it then. So a write a
+//! peer acknowledged through its queue is missed by a read here only for the few
+//! milliseconds that takes (or until the next poll, when the peer cannot be told).
 
 use std::time::Duration;
 
@@ -26,10 +30,17 @@ use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendClient;
+use crate::monitor::Peer;
+use crate::shutdown::Shutdown;
 use crate::state::ClusterState;
+use crate::write::Replicator;
 
 /// Where the report is served on the admin surface.
 pub const QUEUES_PATH: &str = "/admin/v1/queues";
+/// Where a peer says that its queues changed (`POST`, no body): poll it now.
+pub const CHANGED_PATH: &str = "/admin/v1/queues/changed";
+/// How often this node looks whether its queues changed, to tell its peers.
+const CHANGE_CHECK: Duration = Duration::from_millis(20);
 
 /// Largest report read from a peer.
 const MAX_REPORT_BYTES: usize = 1 << 20;
@@ -82,6 +93,69 @@ pub struct ReportedBackend {
     #[serde(default)]
     pub maintenance: bool,
 }
+
+/// What peers are told about, per backend in config order: whether records are queued for it,
+/// whether it diverged, whether it is in maintenance.
+fn queue_states(replicator: &Replicator) -> Vec<(String, bool, bool, bool)> {
+    replicator
+        .replicas()
+        .iter()
+        .map(|r| {
+            (
+                r.name().to_owned(),
+                r.queue().has_pending(),
+                r.diverged().is_some(),
+                r.in_maintenance(),
+            )
+        })
+        .collect()
+}
+
+/// Tells every peer when this node's queues change, until `shutdown`: the peers then poll
+/// this node's report. A peer that cannot be told learns at its next poll.
+pub async fn tell_changes(replicator: Replicator, peers: Vec<Peer>, mut shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(CHANGE_CHECK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            () = shutdown.recv() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = queue_states(&replicator);
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        last = Some(now);
+        for peer in &peers {
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                let told = peer
+                    .client
+                    .forward(
+                        Method::POST,
+                        CHANGED_PATH,
+                        http::HeaderMap::new(),
+                        Bytes::new(),
+                        TELL_TIMEOUT,
+                    )
+                    .await;
+                match told {
+                    Ok(resp) if resp.status().is_success() => {}
+                    Ok(resp) => {
+                        tracing::debug!(peer = %peer.name, status = %resp.status(), "peer not told of a queue change");
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.name, error = %e, "peer not told of a queue change");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// How long telling a peer may take.
+const TELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads a report.
 pub fn parse_report(body: &[u8]) -> Result<QueueReport, String> {

@@ -44,6 +44,8 @@ pub struct Sources {
     pub inflight: Option<crate::http::body::InflightBytes>,
     /// The background comparison of the backends, when `[anti_entropy]` is on.
     pub anti_entropy: Option<std::sync::Arc<crate::repair::background::AntiEntropyStats>>,
+    /// Rung when a peer says its queues changed (with the read path's monitor).
+    pub peers_changed: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// The whole node, as `/status` answers it.

@@ -40,6 +40,7 @@ fn setup_with_board(dir: &std::path::Path, board: bool) -> (AdminHandler, Replic
         http_listeners: vec![("http", "127.0.0.1:8086".to_owned())],
         inflight: None,
         anti_entropy: None,
+        peers_changed: None,
     });
     (admin, replicator)
 }

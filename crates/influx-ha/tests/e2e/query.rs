@@ -254,6 +254,60 @@ fn user_management_needs_every_backend_and_is_never_queued() {
 }
 
 #[test]
+fn a_peer_tells_of_its_queue_at_once_and_of_its_drain() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    // relay-2 reaches influx-1 through a proxy that refuses connections. relay-1 checks its
+    // backends and polls relay-2 once at start and then only every hour: what it learns of
+    // relay-2's queue after that, relay-2 told it.
+    let proxy = FaultProxy::start(b.addr());
+    proxy.set_mode(Mode::Refuse);
+    let port = |_| testkit::free_port().expect("free port");
+    let (p1, p2): (u16, u16) = (port(1), port(2));
+    let peer = |name: &str, port: u16| {
+        format!("[[peer]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}\"\n")
+    };
+    let mut relay2 = Relay::start_urls_on(
+        p2,
+        &[a.url(), proxy.url()],
+        &format!("{FAST_HEALTH}{}", peer("relay-1", p1)),
+    );
+    wait_ready(&mut relay2);
+    let mut relay1 = Relay::start_urls_on(
+        p1,
+        &[a.url(), b.url()],
+        &format!(
+            "[health]\ninterval = \"1h\"\nrise = 1\nfall = 1\n{}",
+            peer("relay-2", p2)
+        ),
+    );
+    wait_ready(&mut relay1);
+    wait_until("reads on relay-1 reach influx-1", CONVERGE, || {
+        relay_count(&mut relay1, "db").2 == "influx-1"
+    });
+
+    let w = relay2.write("db=db", &points(0..300));
+    assert_eq!(w.status, 204, "{}", w.text());
+    wait_until("relay-1 was told of relay-2's queue", CONVERGE, || {
+        relay1
+            .get("/status")
+            .is_ok_and(|r| r.text().contains("relay-2 reports"))
+    });
+    for _ in 0..20 {
+        let (status, n, backend) = relay_count(&mut relay1, "db");
+        assert_eq!((status, n, backend.as_str()), (200, 300, "influx-0"));
+    }
+
+    proxy.set_mode(Mode::Pass);
+    wait_until("relay-1 was told that relay-2 drained", CONVERGE, || {
+        relay_count(&mut relay1, "db") == (200, 300, "influx-1".to_owned())
+    });
+}
+
+#[test]
 fn a_peer_relays_queue_keeps_reads_away_until_it_drained() {
     let _serial = serial();
     let (mut a, b) = (Influxd::start(), Influxd::start());
