@@ -229,3 +229,59 @@ fn a_gzip_bomb_is_refused_and_the_relay_keeps_serving() {
     write_batches(&mut relay, 0, 5, "db=db", 204);
     assert_converged(&a, &b, 500);
 }
+
+/// The value of field `v` of the one point of `m` in `db`, as `influxd` stores it.
+fn stored_v(influxd: &Influxd) -> Option<f64> {
+    let json: serde_json::Value =
+        serde_json::from_str(&influxd.query("db", "SELECT v FROM m")).ok()?;
+    let values = json["results"][0]["series"][0]["values"].as_array()?;
+    match values.as_slice() {
+        [only] => only[1].as_f64(),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_point_rewritten_while_its_first_write_is_stalled_on_one_backend_ends_rewritten_on_both() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    let proxy = FaultProxy::start(b.addr());
+    // A direct send to B may take as long as the stall: it must still be running when the
+    // rewrite arrives, and land after it has been answered.
+    let mut relay = Relay::start_urls(
+        &[a.url(), proxy.url()],
+        "[write]\nbackend_timeout = \"60s\"\n",
+    );
+    let r = relay.write("db=db", b"warm v=0 1\n");
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    proxy.set_mode(Mode::Stall);
+    // consistency=one: A's answer is enough, B's copy is insured in its queue while its
+    // direct send hangs in the proxy.
+    let r = relay.write("db=db", b"m v=1 1700000000000000000\n");
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = relay.write("db=db", b"m v=2 1700000000000000000\n");
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(stored_v(&a), Some(2.0));
+
+    // The stalled send lands first, then the queue: the insured copy, then the rewrite.
+    proxy.set_mode(Mode::Pass);
+    wait_until("b holds the rewritten value", CONVERGE, || {
+        stored_v(&b) == Some(2.0)
+    });
+    wait_until("b's queue is drained", CONVERGE, || {
+        let status = relay.get("/status").expect("status").text();
+        !status.contains("catching_up")
+    });
+    assert_eq!(stored_v(&b), Some(2.0));
+    assert_eq!(stored_v(&a), Some(2.0));
+    // The case this is about did happen: B's first copy was insured.
+    let status: serde_json::Value =
+        serde_json::from_slice(&relay.get("/status").expect("status").body).expect("JSON");
+    assert!(
+        status["backends"][1]["totals"]["insured"].as_u64() >= Some(1),
+        "{status}"
+    );
+}
