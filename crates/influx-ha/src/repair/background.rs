@@ -263,16 +263,25 @@ pub async fn check(stats: &AntiEntropyStats, replicator: &Replicator, board: &St
 }
 
 fn compared(r: &Report, span: &str) -> String {
-    format!("compared {} windows, {span}", r.windows_compared)
+    format!("compared {}, {span}", count(r.windows_compared, "window"))
 }
 
 fn found(r: &Report) -> String {
     format!(
-        "{} schema differences, {} windows differ ({} values missing)",
-        r.schema.len(),
-        r.windows.len(),
-        r.missing_values()
+        "{} and {} differing ({} missing)",
+        count(r.schema.len() as u64, "schema difference"),
+        count(r.windows.len() as u64, "window"),
+        count(r.missing_values(), "value")
     )
+}
+
+/// `1 window`, `3 windows`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 #[cfg(test)]

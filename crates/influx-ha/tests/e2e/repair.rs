@@ -536,3 +536,33 @@ fn the_anti_entropy_check_copies_back_what_a_backend_lacks() {
         },
     );
 }
+
+#[test]
+fn without_auto_repair_the_anti_entropy_check_only_reports() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    b.create_database("db");
+    let mut relay = Relay::start(
+        &[&a, &b],
+        "[health]\ninterval = \"200ms\"\n\n[anti_entropy]\ncheck_interval = \"1s\"\nwindow = \"1h\"\nsettle = \"0s\"\nauto_repair = false\nrate = 0\n",
+    );
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        - 600 * 1_000_000_000;
+    let (status, text) = a.write("db", "", format!("m,host=h1 v=1i {ts}\n"));
+    assert_eq!(status, 204, "{text}");
+    wait_until("a check reports the difference", CONVERGE, || {
+        anti_entropy(&mut relay)["last"]["result"] == "differs"
+    });
+    let ae = anti_entropy(&mut relay);
+    let detail = ae["last"]["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        detail.contains("0 schema differences and 1 window differing (1 value missing)"),
+        "{ae}"
+    );
+    assert_eq!(ae["points_copied"], 0, "{ae}");
+    assert_eq!(count(&b, "db", "v", "m"), 0, "nothing was copied");
+}
