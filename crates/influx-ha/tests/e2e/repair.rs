@@ -476,22 +476,34 @@ fn anti_entropy(relay: &mut Relay) -> serde_json::Value {
     json["anti_entropy"].clone()
 }
 
-#[test]
-fn the_anti_entropy_check_copies_back_what_a_backend_lacks() {
-    let _serial = serial();
+/// A and B with database `db`, and a relay checking them every second over the last hour.
+fn anti_entropy_setup(auto_repair: bool) -> (Influxd, Influxd, Relay) {
     let (a, b) = (Influxd::start(), Influxd::start());
     a.create_database("db");
     b.create_database("db");
-    let mut relay = Relay::start(
+    let relay = Relay::start(
         &[&a, &b],
-        "[health]\ninterval = \"200ms\"\n\n[anti_entropy]\ncheck_interval = \"1s\"\nwindow = \"1h\"\nsettle = \"0s\"\nrate = 0\n",
+        &format!(
+            "[health]\ninterval = \"200ms\"\n\n[anti_entropy]\ncheck_interval = \"1s\"\nwindow = \"1h\"\nsettle = \"0s\"\nauto_repair = {auto_repair}\nrate = 0\n"
+        ),
     );
-    // Within the window: ten minutes ago and later.
-    let now_ns = std::time::SystemTime::now()
+    (a, b, relay)
+}
+
+/// Ten minutes ago, in nanoseconds: inside the checks' window.
+fn ten_minutes_ago_ns() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
-        .as_nanos() as u64;
-    let ts = now_ns - 600 * 1_000_000_000;
+        .as_nanos() as u64
+        - 600 * 1_000_000_000
+}
+
+#[test]
+fn the_anti_entropy_check_copies_back_what_a_backend_lacks() {
+    let _serial = serial();
+    let (a, b, mut relay) = anti_entropy_setup(true);
+    let ts = ten_minutes_ago_ns();
     let lines = |range: std::ops::Range<u64>| {
         range
             .map(|i| format!("m,host=h{} v={i}i {}\n", i % 10, ts + i * 1_000_000))
@@ -540,18 +552,8 @@ fn the_anti_entropy_check_copies_back_what_a_backend_lacks() {
 #[test]
 fn without_auto_repair_the_anti_entropy_check_only_reports() {
     let _serial = serial();
-    let (a, b) = (Influxd::start(), Influxd::start());
-    a.create_database("db");
-    b.create_database("db");
-    let mut relay = Relay::start(
-        &[&a, &b],
-        "[health]\ninterval = \"200ms\"\n\n[anti_entropy]\ncheck_interval = \"1s\"\nwindow = \"1h\"\nsettle = \"0s\"\nauto_repair = false\nrate = 0\n",
-    );
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64
-        - 600 * 1_000_000_000;
+    let (a, b, mut relay) = anti_entropy_setup(false);
+    let ts = ten_minutes_ago_ns();
     let (status, text) = a.write("db", "", format!("m,host=h1 v=1i {ts}\n"));
     assert_eq!(status, 204, "{text}");
     wait_until("a check reports the difference", CONVERGE, || {
