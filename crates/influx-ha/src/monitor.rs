@@ -240,7 +240,16 @@ pub fn initial_states(clients: &[BackendClient]) -> Vec<BackendState> {
         .collect()
 }
 
-pub(crate) fn depth(stats: &handoff::Stats) -> QueueDepth {
+/// What the write path knows of a backend, copied onto its state: divergence, maintenance,
+/// queue and dead letters.
+pub(crate) fn copy_replica_state(b: &mut BackendState, r: &Replica) {
+    b.diverged = r.diverged();
+    b.maintenance = r.in_maintenance();
+    b.queue = depth(&r.queue().stats());
+    b.dead_letters = depth(&r.dead_letters().stats());
+}
+
+fn depth(stats: &handoff::Stats) -> QueueDepth {
     QueueDepth {
         records: stats.depth_records,
         bytes: stats.depth_bytes,
@@ -402,10 +411,7 @@ impl Monitor {
                     b.last_error = Some(p.clone());
                 }
                 if let Some(r) = self.replicas.get(i) {
-                    b.diverged = r.diverged();
-                    b.maintenance = r.in_maintenance();
-                    b.queue = depth(&r.queue().stats());
-                    b.dead_letters = depth(&r.dead_letters().stats());
+                    copy_replica_state(b, r);
                     if problem.is_none() && b.last_error.is_none() {
                         b.last_error = r.last_error();
                     }

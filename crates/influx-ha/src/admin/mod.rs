@@ -236,9 +236,7 @@ impl AdminHandler {
                     let replicas = self.inner.sources.replicator.replicas();
                     for b in &mut state.backends {
                         if let Some(r) = replicas.iter().find(|r| r.name() == b.name) {
-                            b.queue = crate::monitor::depth(&r.queue().stats());
-                            b.diverged = r.diverged();
-                            b.maintenance = r.in_maintenance();
+                            crate::monitor::copy_replica_state(b, r);
                         }
                     }
                     let report = crate::peers::queue_report(&self.inner.sources.node_name, &state);

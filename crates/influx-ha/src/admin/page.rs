@@ -199,10 +199,11 @@ pub fn render(s: &NodeStatus) -> String {
             || "no check yet".to_owned(),
             |l| {
                 let ago = s.generated_at.saturating_sub(l.at);
-                let result = if matches!(l.result, "differs" | "failed") {
-                    format!("<b>{}</b>", l.result)
+                use crate::repair::background::CheckResult;
+                let result = if matches!(l.result, CheckResult::Differs | CheckResult::Failed) {
+                    format!("<b>{}</b>", l.result.as_str())
                 } else {
-                    l.result.to_owned()
+                    l.result.as_str().to_owned()
                 };
                 format!(
                     "last check {} ago: {result}: {}",

@@ -38,13 +38,40 @@ pub struct AntiEntropyStats {
     last: Mutex<Option<LastCheck>>,
 }
 
+/// How a check ended.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckResult {
+    /// The backends matched.
+    InSync,
+    /// They differed, and the repair made them match.
+    Repaired,
+    /// They differ (reported only, or the repair left differences).
+    Differs,
+    /// Not run: a backend was not in sync as far as the relays know.
+    Skipped,
+    /// It could not finish.
+    Failed,
+}
+
+impl CheckResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::InSync => "in_sync",
+            CheckResult::Repaired => "repaired",
+            CheckResult::Differs => "differs",
+            CheckResult::Skipped => "skipped",
+            CheckResult::Failed => "failed",
+        }
+    }
+}
+
 /// What the last check (or skipped check) found.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LastCheck {
     /// When it ended, Unix seconds.
     pub at: u64,
-    /// `in_sync`, `repaired`, `differs`, `skipped` or `failed`.
-    pub result: &'static str,
+    pub result: CheckResult,
     /// For people: what was compared, what differed and what was done, or why not.
     pub detail: String,
 }
@@ -101,20 +128,25 @@ impl AntiEntropyStats {
         }
     }
 
-    fn finish(&self, result: &'static str, detail: String) {
+    fn finish(&self, result: CheckResult, detail: String) {
         let counter = match result {
-            "skipped" => &self.skipped,
-            "failed" => &self.failed,
-            _ => &self.checks,
+            CheckResult::Skipped => &self.skipped,
+            CheckResult::Failed => &self.failed,
+            CheckResult::InSync | CheckResult::Repaired | CheckResult::Differs => &self.checks,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if matches!(result, "repaired" | "differs") {
+        if matches!(result, CheckResult::Repaired | CheckResult::Differs) {
             self.differed.fetch_add(1, Ordering::Relaxed);
         }
+        let name = result.as_str();
         match result {
-            "in_sync" | "skipped" => tracing::debug!(result, %detail, "anti-entropy check"),
-            "repaired" => tracing::info!(result, %detail, "anti-entropy check"),
-            _ => tracing::warn!(result, %detail, "anti-entropy check"),
+            CheckResult::InSync | CheckResult::Skipped => {
+                tracing::debug!(result = name, %detail, "anti-entropy check");
+            }
+            CheckResult::Repaired => tracing::info!(result = name, %detail, "anti-entropy check"),
+            CheckResult::Differs | CheckResult::Failed => {
+                tracing::warn!(result = name, %detail, "anti-entropy check");
+            }
         }
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -183,11 +215,11 @@ pub async fn check(stats: &AntiEntropyStats, replicator: &Replicator, board: &St
         .find(|r| r.is_queueing() || r.queue().has_pending())
         .map(|r| format!("{}: writes queued", r.name()));
     if let Some(why) = local_queue.or_else(|| not_in_sync(&board.load())) {
-        stats.finish("skipped", why);
+        stats.finish(CheckResult::Skipped, why);
         return;
     }
     if replicas.len() < 2 {
-        stats.finish("skipped", "fewer than two backends".to_owned());
+        stats.finish(CheckResult::Skipped, "fewer than two backends".to_owned());
         return;
     }
     let config = &stats.config;
@@ -221,9 +253,12 @@ pub async fn check(stats: &AntiEntropyStats, replicator: &Replicator, board: &St
     };
     if !config.auto_repair {
         match verify(&conns, &traffic, &scope).await {
-            Ok(r) if r.matches() => stats.finish("in_sync", compared(&r, &span)),
-            Ok(r) => stats.finish("differs", format!("{}; {}", compared(&r, &span), found(&r))),
-            Err(e) => stats.finish("failed", e.to_string()),
+            Ok(r) if r.matches() => stats.finish(CheckResult::InSync, compared(&r, &span)),
+            Ok(r) => stats.finish(
+                CheckResult::Differs,
+                format!("{}; {}", compared(&r, &span), found(&r)),
+            ),
+            Err(e) => stats.finish(CheckResult::Failed, e.to_string()),
         }
         return;
     }
@@ -237,7 +272,9 @@ pub async fn check(stats: &AntiEntropyStats, replicator: &Replicator, board: &St
     )
     .await
     {
-        Ok(o) if o.before.matches() => stats.finish("in_sync", compared(&o.before, &span)),
+        Ok(o) if o.before.matches() => {
+            stats.finish(CheckResult::InSync, compared(&o.before, &span))
+        }
         Ok(o) => {
             stats.points_copied.fetch_add(o.points, Ordering::Relaxed);
             let mut detail = format!(
@@ -252,13 +289,13 @@ pub async fn check(stats: &AntiEntropyStats, replicator: &Replicator, board: &St
                 detail.push_str(&format!("; not copied: {f}"));
             }
             if o.after.matches() {
-                stats.finish("repaired", detail);
+                stats.finish(CheckResult::Repaired, detail);
             } else {
                 detail.push_str(&format!("; still differing: {}", found(&o.after)));
-                stats.finish("differs", detail);
+                stats.finish(CheckResult::Differs, detail);
             }
         }
-        Err(e) => stats.finish("failed", e.to_string()),
+        Err(e) => stats.finish(CheckResult::Failed, e.to_string()),
     }
 }
 
