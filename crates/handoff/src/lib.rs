@@ -105,7 +105,10 @@
 //! a batch on its own, so statements reach the backend in order with the writes. Without an
 //! [`Queue::ack`], the next call returns the same batch again. `ack` moves the cursor to the
 //! batch end and persists it (temp file, fsync, rename, directory fsync under `always`; without
-//! fsyncs otherwise), then deletes segments entirely behind it.
+//! fsyncs otherwise), then deletes segments entirely behind it. [`Queue::ack_first`] moves it
+//! past the batch's first record only, for a consumer that delivered that record by other
+//! means: an append completes with the record's [`RecordId`], which [`Batch::first_record`]
+//! names.
 //!
 //! [`Queue::next_batch_after`] reads the batch that follows a pending one without touching the
 //! cursor, so that a consumer can read batch N+1 while batch N is in flight. It never skips:
@@ -418,7 +421,31 @@ pub struct Batch {
     /// Append time of its first record (Unix ms).
     pub first_ts_ms: u64,
     pub(crate) start: queue::Pos,
+    /// Where its first record ends (`end` when it holds one record).
+    pub(crate) first_end: queue::Pos,
     pub(crate) end: queue::Pos,
+}
+
+impl Batch {
+    /// The record it starts with.
+    pub fn first_record(&self) -> RecordId {
+        RecordId::new(self.start.seg, self.start.off)
+    }
+}
+
+/// Where a record lies in its queue, as [`Appending`] reports it once appended: compare it
+/// with [`Batch::first_record`]. No two records appended while a [`Queue`] is open share one
+/// (segment ids only grow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordId {
+    seg: u64,
+    off: u64,
+}
+
+impl RecordId {
+    pub(crate) fn new(seg: u64, off: u64) -> Self {
+        Self { seg, off }
+    }
 }
 
 /// The content of a [`Batch`].

@@ -20,7 +20,8 @@ use crate::format::{self, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::fs::{Filesystem, FsFile, StdFs, read_exact_at};
 use crate::segment::{self, FrameRead, SegReader};
 use crate::{
-    Batch, BatchKind, Clock, Error, FsyncPolicy, Limits, Options, Record, Stats, SystemClock,
+    Batch, BatchKind, Clock, Error, FsyncPolicy, Limits, Options, Record, RecordId, Stats,
+    SystemClock,
 };
 
 pub(crate) const CURSOR_FILE: &str = "cursor";
@@ -156,11 +157,11 @@ struct Req {
     payload: Option<Bytes>,
     ts: u64,
     /// Completion; always `Some` once submitted.
-    tx: Option<oneshot::Sender<Result<(), Error>>>,
+    tx: Option<oneshot::Sender<Result<RecordId, Error>>>,
 }
 
 impl Req {
-    fn complete(self, res: Result<(), Error>) {
+    fn complete(self, res: Result<RecordId, Error>) {
         if let Some(tx) = self.tx {
             // The appender may have stopped waiting; the outcome stands either way.
             let _ = tx.send(res);
@@ -252,11 +253,11 @@ pub struct Appending {
 #[derive(Debug)]
 enum AppendingState {
     Failed(Option<Error>),
-    Waiting(oneshot::Receiver<Result<(), Error>>),
+    Waiting(oneshot::Receiver<Result<RecordId, Error>>),
 }
 
-impl From<Result<oneshot::Receiver<Result<(), Error>>, Error>> for Appending {
-    fn from(r: Result<oneshot::Receiver<Result<(), Error>>, Error>) -> Self {
+impl From<Result<oneshot::Receiver<Result<RecordId, Error>>, Error>> for Appending {
+    fn from(r: Result<oneshot::Receiver<Result<RecordId, Error>>, Error>) -> Self {
         match r {
             Ok(rx) => Appending {
                 state: AppendingState::Waiting(rx),
@@ -269,9 +270,9 @@ impl From<Result<oneshot::Receiver<Result<(), Error>>, Error>> for Appending {
 }
 
 impl Appending {
-    /// Blocks until the append completes. Panics if called on a tokio runtime thread (use
-    /// `.await` there).
-    pub fn wait(self) -> Result<(), Error> {
+    /// Blocks until the append completes, with where the record lies. Panics if called on a
+    /// tokio runtime thread (use `.await` there).
+    pub fn wait(self) -> Result<RecordId, Error> {
         match self.state {
             AppendingState::Failed(e) => Err(e.unwrap_or(Error::Closed)),
             AppendingState::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(Error::Closed)),
@@ -280,7 +281,7 @@ impl Appending {
 }
 
 impl Future for Appending {
-    type Output = Result<(), Error>;
+    type Output = Result<RecordId, Error>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.state {
             AppendingState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(Error::Closed))),
@@ -413,7 +414,7 @@ impl Queue {
         Ok(inner.clock.now_ms())
     }
 
-    fn submit(&self, mut req: Req) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+    fn submit(&self, mut req: Req) -> Result<oneshot::Receiver<Result<RecordId, Error>>, Error> {
         let inner = &self.inner;
         let max = inner.opts.max_record_bytes;
         if req.len() > max {
@@ -485,6 +486,7 @@ impl Queue {
             records: 1,
             first_ts_ms: 0,
             start,
+            first_end: next.0,
             end: next.0,
         };
         batch.first_ts_ms = next.1;
@@ -532,12 +534,14 @@ impl Queue {
                 return Err(Error::io(self.inner.seg_path(start.seg), e));
             }
         };
+        let first_end = advance(start, next, &m);
         let mut batch = Batch {
             kind,
             records: 1,
             first_ts_ms,
             start,
-            end: advance(start, next, &m),
+            first_end,
+            end: first_end,
         };
         self.merge_following(&mut rs, cutoff, &mut batch, max_batch_bytes);
         Ok(Some(batch))
@@ -552,13 +556,24 @@ impl Queue {
     /// Acknowledges a batch from [`Queue::next_batch`]: the cursor moves past it and is persisted
     /// (fsynced under [`FsyncPolicy::Always`]); fully consumed segments are deleted.
     pub fn ack(&self, batch: &Batch) -> Result<(), Error> {
+        self.ack_to(batch.start, batch.end, batch.records)
+    }
+
+    /// Acknowledges only the first record of a batch from [`Queue::next_batch`], delivered by
+    /// other means; the rest is read again by the next [`Queue::next_batch`].
+    pub fn ack_first(&self, batch: &Batch) -> Result<(), Error> {
+        self.ack_to(batch.start, batch.first_end, 1)
+    }
+
+    /// Moves the cursor from `start` (where it must be) to `end`, past `records` records.
+    fn ack_to(&self, start: Pos, end: Pos, records: u64) -> Result<(), Error> {
         let mut rs = lock(&self.inner.read);
-        if rs.cursor != batch.start {
+        if rs.cursor != start {
             return Err(Error::StaleBatch);
         }
-        rs.cursor = batch.end;
-        self.publish_ack(batch.end);
-        bump(&self.inner.c.acked_records, batch.records);
+        rs.cursor = end;
+        self.publish_ack(end);
+        bump(&self.inner.c.acked_records, records);
         bump(&self.inner.c.acked_batches, 1);
         let durable = self.inner.opts.fsync == FsyncPolicy::Always;
         self.persist_cursor(&mut rs, durable)?;
@@ -1497,9 +1512,9 @@ impl Writer {
             return;
         }
         match self.write_group(inner, &accepted) {
-            Ok(()) => {
-                for r in accepted {
-                    r.complete(Ok(()));
+            Ok(ids) => {
+                for (r, id) in accepted.into_iter().zip(ids) {
+                    r.complete(Ok(id));
                 }
             }
             Err(e) => {
@@ -1511,13 +1526,15 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, inner: &Inner, reqs: &[Req]) -> Result<(), Error> {
+    /// Writes `reqs` as one group; returns where each record lies, in order.
+    fn write_group(&mut self, inner: &Inner, reqs: &[Req]) -> Result<Vec<RecordId>, Error> {
         let (mut w_index, mut w_bytes) = {
             let st = lock(&inner.state);
             (st.write_index, st.write_bytes)
         };
         let mut rotated: Vec<WSeg> = Vec::new();
         let mut staging: Vec<u8> = Vec::new();
+        let mut ids = Vec::with_capacity(reqs.len());
         let res = (|| -> Result<(), Error> {
             for r in reqs {
                 let flen = r.len();
@@ -1535,6 +1552,7 @@ impl Writer {
                 let Some(c) = self.cur.as_mut() else {
                     return Err(Error::Closed);
                 };
+                ids.push(RecordId::new(c.id, c.len));
                 if flen >= STAGING as u64 {
                     flush(inner, c, &mut staging)?;
                     let path = inner.seg_path(c.id);
@@ -1610,7 +1628,7 @@ impl Writer {
         }
         inner.data_cv.notify_all();
         inner.watch.send_replace(w_bytes);
-        Ok(())
+        Ok(ids)
     }
 
     /// After a failed write or fsync: seal every segment this group touched at its last

@@ -193,7 +193,7 @@ fn max_bytes_refuses_with_typed_error_and_counts() {
     let mut full = 0;
     for i in 0..10 {
         match append_id(&q, "a", i) {
-            Ok(()) => ok += 1,
+            Ok(_) => ok += 1,
             Err(Error::Full { max, .. }) => {
                 assert_eq!(max, 200);
                 full += 1;

@@ -5,6 +5,7 @@
 mod basic;
 mod crash;
 mod faults;
+mod first_record;
 mod model;
 mod read_ahead;
 
@@ -43,7 +44,7 @@ pub(crate) fn line(i: u64) -> Vec<u8> {
     format!("m,id={i} v=1i\n").into_bytes()
 }
 
-pub(crate) fn append_id(q: &Queue, db: &str, i: u64) -> Result<(), crate::Error> {
+pub(crate) fn append_id(q: &Queue, db: &str, i: u64) -> Result<crate::RecordId, crate::Error> {
     let p = line(i);
     q.append(&Record::Write {
         db,

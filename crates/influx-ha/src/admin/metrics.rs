@@ -325,6 +325,12 @@ pub fn render(
         "Batches queued because the direct send was slower than the consistency level needed",
         None,
     );
+    let insured_skipped = counter_family(
+        &mut r,
+        "backend_insured_skipped_batches",
+        "Insured batches acknowledged in the queue without a replay: their direct send succeeded first",
+        None,
+    );
     let replayed = counter_family(
         &mut r,
         "backend_replayed_batches",
@@ -410,6 +416,7 @@ pub fn render(
         }
         queued.get_or_create(&l).inc_by(t.queued);
         insured.get_or_create(&l).inc_by(t.insured);
+        insured_skipped.get_or_create(&l).inc_by(t.insured_skipped);
         replayed.get_or_create(&l).inc_by(t.replayed_batches);
         read_ahead.get_or_create(&l).inc_by(t.read_ahead);
         replay_errors.get_or_create(&l).inc_by(t.replay_errors);

@@ -228,6 +228,8 @@ pub struct BackendTotals {
     pub queued: u64,
     /// Of those, appended because the direct send was slower than the level needed.
     pub insured: u64,
+    /// Of those, acknowledged without a replay because their direct send succeeded first.
+    pub insured_skipped: u64,
     /// Queued batches it acknowledged.
     pub replayed_batches: u64,
     /// Of those, read from disk while the batch before was being sent.
@@ -329,6 +331,7 @@ fn totals(r: &Replica) -> BackendTotals {
         direct_failed: c.direct_failed.load(Relaxed),
         queued: c.queued.load(Relaxed),
         insured: c.insured.load(Relaxed),
+        insured_skipped: c.insured_skipped.load(Relaxed),
         replayed_batches: c.replayed_batches.load(Relaxed),
         read_ahead: c.read_ahead.load(Relaxed),
         replay_errors: c.replay_errors.load(Relaxed),

@@ -5,13 +5,14 @@
 //! found the mode on) and left only by the replay task, when the queue is empty and no append
 //! is in flight: so a write never overtakes older data queued for the same backend.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use handoff::{BatchKind, Queue, Record};
+use handoff::{BatchKind, Queue, Record, RecordId};
 use http::StatusCode;
 use tokio::sync::{Notify, watch};
 
@@ -24,6 +25,10 @@ use crate::shutdown::Shutdown;
 
 /// Largest batch the replay sends at once (bytes of line protocol).
 const MAX_REPLAY_BATCH: usize = 4 << 20;
+
+/// Insured records whose own send succeeded kept for the replay to skip; past this the oldest
+/// is forgotten (and simply replayed: a duplicate, harmless).
+const MAX_DELIVERED_INSURED: usize = 8;
 
 /// How deep a batch refused as too large is split before it is dead-lettered.
 const MAX_SPLIT_DEPTH: u32 = 16;
@@ -56,6 +61,8 @@ pub struct Counters {
     pub replayed_batches: AtomicU64,
     /// Batches appended because the direct send was slower than the consistency level needed.
     pub insured: AtomicU64,
+    /// Of those, acknowledged in the queue without a replay because their direct send succeeded.
+    pub insured_skipped: AtomicU64,
     pub replay_errors: AtomicU64,
     /// Replayed batches that had been read from disk while the one before was being sent.
     pub read_ahead: AtomicU64,
@@ -96,6 +103,9 @@ pub struct Replica {
     /// Insured direct sends still running: the replay waits for none to be, so that what was
     /// queued after an insured write never reaches the backend before that write's own send.
     late_sends: watch::Sender<usize>,
+    /// Insured records that were the first in the queue and whose direct send then succeeded:
+    /// the replay acknowledges such a record without sending it again.
+    delivered_insured: Mutex<VecDeque<RecordId>>,
     pub counters: Counters,
 }
 
@@ -220,6 +230,7 @@ impl Replica {
             link_since_ms: AtomicU64::new(now_ms()),
             replay_lanes: AtomicUsize::new(crate::config::DEFAULT_REPLAY_LANES),
             late_sends: watch::Sender::new(0),
+            delivered_insured: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
         };
         // Records found corrupt or expired while opening are gone: the replay would notice
@@ -490,10 +501,14 @@ impl Replica {
                 // Counted before the record is appended: a replay that reads the record
                 // also sees that its send is still running.
                 self.late_sends.send_modify(|n| *n += 1);
-                let outcome = self.enqueue(batch).await;
+                let (outcome, first) = self.enqueue_insured(batch).await;
                 let me = self.clone();
                 tokio::spawn(async move {
                     let outcome = classify(&send.await);
+                    if let (WriteOutcome::Ok, Some(id)) = (&outcome, first) {
+                        // Before the count drops: the replay looks once no send is running.
+                        me.note_delivered_insured(id);
+                    }
                     me.late_sends.send_modify(|n| *n -= 1);
                     me.note_link(!matches!(outcome, WriteOutcome::Retryable { .. }));
                     if !outcome.is_ok() && !matches!(outcome, WriteOutcome::PartialWrite { .. }) {
@@ -555,6 +570,23 @@ impl Replica {
         self.late_sends.receiver_count()
     }
 
+    /// Remembers an insured record that was the first in the queue and whose direct send
+    /// succeeded, for the replay to skip.
+    fn note_delivered_insured(&self, id: RecordId) {
+        let mut delivered = lock(&self.delivered_insured);
+        if delivered.len() == MAX_DELIVERED_INSURED {
+            delivered.pop_front();
+        }
+        delivered.push_back(id);
+    }
+
+    /// Whether the record `id` was noted by [`Self::note_delivered_insured`] (forgotten now).
+    fn take_delivered_insured(&self, id: RecordId) -> bool {
+        let mut delivered = lock(&self.delivered_insured);
+        let found = delivered.iter().position(|d| *d == id);
+        found.and_then(|i| delivered.remove(i)).is_some()
+    }
+
     /// Until no insured direct send is running: a record queued after an insured one must not
     /// reach the backend before that one's direct send, which may still land.
     async fn wait_for_late_sends(&self) {
@@ -573,19 +605,53 @@ impl Replica {
             m.queueing = true;
             m.appends_in_flight += 1;
         }
-        let appended = submit(&self.queue).await;
+        self.appended(submit(&self.queue).await).0
+    }
+
+    /// Appends an insured batch like [`Self::enqueue`]. When nothing was queued or being
+    /// queued, the record is submitted under the mode lock, so that it is the queue's first and
+    /// nothing appended later goes before it; its id is then returned: should its direct send
+    /// succeed, the replay may skip it, as nothing can reach the backend before it. (Only then:
+    /// a record behind others must be replayed after them even though it already arrived.)
+    async fn enqueue_insured(&self, batch: &Batch) -> (Outcome, Option<RecordId>) {
+        let submit = |q: &Queue| {
+            q.append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone())
+        };
+        let first = {
+            let mut m = lock(&self.mode);
+            let first = !m.queueing && m.appends_in_flight == 0;
+            m.queueing = true;
+            m.appends_in_flight += 1;
+            // Submitting only encodes and hands the record to the queue's writer thread.
+            first.then(|| submit(&self.queue))
+        };
+        let is_first = first.is_some();
+        let appended = match first {
+            Some(appending) => appending.await,
+            None => submit(&self.queue).await,
+        };
+        let (outcome, id) = self.appended(appended);
+        (outcome, id.filter(|_| is_first))
+    }
+
+    /// Ends an append counted by [`Self::queue_behind`] or [`Self::enqueue_insured`]: the
+    /// backend's outcome, and the record's id when it was appended.
+    fn appended(&self, appended: Result<RecordId, handoff::Error>) -> (Outcome, Option<RecordId>) {
         lock(&self.mode).appends_in_flight -= 1;
         match appended {
-            Ok(()) => {
+            Ok(id) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
-                Outcome::Queued
+                (Outcome::Queued, Some(id))
             }
             Err(e) => {
                 self.mark_diverged(&format!("its queue refused a record: {e}"));
                 // With nothing queued the replay never wakes to leave queueing mode: leave it
                 // here, or the backend would stay out of reads and off direct writes for good.
                 self.leave_queueing_if_drained();
-                Outcome::Failed(format!("{}: queue: {e}", self.name()))
+                (
+                    Outcome::Failed(format!("{}: queue: {e}", self.name())),
+                    None,
+                )
             }
         }
     }
@@ -694,6 +760,24 @@ impl Replica {
             tokio::select! {
                 () = shutdown.recv() => return,
                 () = self.wait_for_late_sends() => {}
+            }
+            if self.take_delivered_insured(head.batch.first_record()) {
+                // Its own send got it there first, before anything queued after it: only
+                // the record itself is acknowledged, the rest of the batch is read again.
+                let (me, b) = (self.clone(), head.batch.clone());
+                match tokio::task::spawn_blocking(move || me.queue.ack_first(&b)).await {
+                    Ok(Ok(())) => {
+                        self.counters
+                            .insured_skipped
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.leave_queueing_if_drained();
+                    }
+                    // Replayed instead, like any other record.
+                    failed => {
+                        tracing::debug!(backend = self.name(), outcome = ?failed, "cannot skip a delivered insured record");
+                    }
+                }
+                continue;
             }
             // The payload was moved into the lanes: this copy is small.
             let (me, current, lanes) = (self.clone(), head.batch.clone(), self.replay_lanes());
@@ -948,7 +1032,7 @@ impl Replica {
             })
             .await;
         match kept {
-            Ok(()) => self.mark_diverged(&format!("dead letters: the backend refused a batch: {why}")),
+            Ok(_) => self.mark_diverged(&format!("dead letters: the backend refused a batch: {why}")),
             Err(e) => self.mark_diverged(&format!(
                 "the backend refused a batch ({why}) and the dead-letter store could not keep it: {e}"
             )),

@@ -125,10 +125,90 @@ async fn a_rewrite_after_an_insured_write_is_not_overtaken_by_it() {
     let _ = stop.send(());
     replay.await.expect("replay ends");
     let writes = slow_fake.writes.lock().expect("not poisoned").clone();
-    let last = writes.last().expect("writes arrived");
-    // The insured copy comes again (the same value, before the rewrite), then the rewrite.
-    assert_eq!(writes[0], Bytes::from_static(b"m v=1 1\n"));
-    assert!(last.ends_with(b"m v=2 1\n"), "{last:?}");
+    // The insured write's own send got there first: the replay skipped its copy and sent only
+    // the rewrite.
+    assert_eq!(
+        writes,
+        [
+            Bytes::from_static(b"m v=1 1\n"),
+            Bytes::from_static(b"m v=2 1\n")
+        ]
+    );
+    assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 1);
+}
+
+/// Runs the slow backend's replay until its queue is drained.
+async fn drain(slow: &Arc<Replica>) {
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        slow.clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    wait_until("the queue is drained", || {
+        !slow.queue().has_pending() && !slow.is_queueing()
+    })
+    .await;
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_insured_record_is_skipped_once_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (replicator, slow_fake) = fast_and_slow(dir.path()).await;
+    let replicator = Arc::new(replicator);
+    let slow = replicator.replicas()[1].clone();
+    // Two writes in flight to the slow backend at once, both insured: only the one appended
+    // first may be skipped, the other lies behind it and must come again after it.
+    let writes: Vec<_> = [1, 2]
+        .map(|v| {
+            let r = replicator.clone();
+            tokio::spawn(async move {
+                let body = Bytes::from(format!("m,w={v} v={v} 1\n"));
+                r.replicate("db".into(), None, "", Consistency::One, body)
+                    .await
+            })
+        })
+        .into_iter()
+        .collect();
+    for w in writes {
+        w.await.expect("task").expect("the fast backend takes it");
+    }
+    assert_eq!(slow.counters.insured.load(Ordering::Relaxed), 2);
+    slow_fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the late sends end", || slow.late_sends() == 0).await;
+    drain(&slow).await;
+    let got = slow_fake.writes.lock().expect("not poisoned").clone();
+    assert_eq!(got.len(), 3, "{got:?}");
+    // The replayed one is the second append: after both direct sends, a duplicate of one.
+    assert!(got[..2].contains(&got[2]), "{got:?}");
+    assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insured_record_whose_send_failed_is_replayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (replicator, slow_fake) = fast_and_slow(dir.path()).await;
+    let slow = replicator.replicas()[1].clone();
+    slow_fake.fail_b_once.store(true, Ordering::SeqCst);
+    replicator
+        .replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::One,
+            Bytes::from_static(b"b,t=1 v=1 1\n"),
+        )
+        .await
+        .expect("the fast backend takes it");
+    slow_fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the late send ends", || slow.late_sends() == 0).await;
+    drain(&slow).await;
+    let got = slow_fake.writes.lock().expect("not poisoned").clone();
+    // Refused with a 500 the first time, so delivered by the replay.
+    let line = Bytes::from_static(b"b,t=1 v=1 1\n");
+    assert_eq!(got, [line.clone(), line]);
+    assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 0);
 }
 
 /// What the fake backend of the replay tests saw and how it answers.
