@@ -83,16 +83,20 @@ pub fn decide(
         .filter(|o| matches!(o, Outcome::Queued))
         .count();
 
-    if acked == 0 && queued == 0 {
-        if let Some(Outcome::Refused { status, message }) = outcomes
+    // Every backend that answered refused (the others could only queue): InfluxDB's own answer,
+    // as one InfluxDB would give it. What was queued meets the same refusal in the replay,
+    // which keeps it as a dead letter unless another backend has the database after all.
+    if acked == 0
+        && let Some(Outcome::Refused { status, message }) = outcomes
             .iter()
             .find(|o| matches!(o, Outcome::Refused { .. }))
-        {
-            return Err(RequestError::Backend {
-                status: *status,
-                message: message.clone(),
-            });
-        }
+    {
+        return Err(RequestError::Backend {
+            status: *status,
+            message: message.clone(),
+        });
+    }
+    if acked == 0 && queued == 0 {
         let reasons: Vec<&str> = outcomes
             .iter()
             .filter_map(|o| match o {
@@ -205,13 +209,27 @@ mod tests {
             status: StatusCode::NOT_FOUND,
             message: b"database not found: \"x\"".to_vec(),
         };
+        let passed_through = Err(RequestError::Backend {
+            status: StatusCode::NOT_FOUND,
+            message: b"database not found: \"x\"".to_vec(),
+        });
         assert_eq!(
-            decide(Consistency::One, &[not_found.clone(), not_found], &r),
-            Err(RequestError::Backend {
-                status: StatusCode::NOT_FOUND,
-                message: b"database not found: \"x\"".to_vec()
-            })
+            decide(
+                Consistency::One,
+                &[not_found.clone(), not_found.clone()],
+                &r
+            ),
+            passed_through
         );
+        // A backend that could only queue does not turn the refusal into a success.
+        for level in [Consistency::Any, Consistency::One, Consistency::All] {
+            assert_eq!(
+                decide(level, &[not_found.clone(), Queued], &r),
+                passed_through
+            );
+        }
+        // Once a backend stored it, the refusing one is settled apart (queued or diverged).
+        assert_eq!(decide(Consistency::One, &[Acked, not_found], &r), Ok(()));
         // A full queue never blocks the answer once the level is met.
         assert_eq!(decide(Consistency::One, &[Acked, failed()], &r), Ok(()));
     }

@@ -109,6 +109,19 @@ pub struct Replica {
     pub counters: Counters,
 }
 
+/// What the other backends know of a database a backend lacks (or of its retention policy).
+enum PeerSchema {
+    /// `from` has it, with these retention policies.
+    Has {
+        from: String,
+        policies: Vec<schema::RetentionPolicy>,
+    },
+    /// Every other backend answered that it lacks it too (or there is none).
+    NoneHas,
+    /// None has it, and some could not be asked: why.
+    Unknown(String),
+}
+
 /// Whether a backend answered the last request sent to it (passive reachability).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -972,18 +985,16 @@ impl Replica {
                         .await;
                     Step::Delivered
                 }
-                WriteOutcome::DatabaseNotFound { .. } => match self.create_database(db).await {
-                    Ok(()) => {
-                        let rps = self.copy_retention_policies(db).await;
-                        Step::Retry(format!("database {db:?} was missing: created ({rps})"))
-                    }
-                    Err(e) => Step::Retry(format!("database {db:?} missing and not created: {e}")),
-                },
-                WriteOutcome::RetentionPolicyNotFound { message } => Step::Retry(format!(
-                    "{}: {}",
-                    String::from_utf8_lossy(&message),
-                    self.copy_retention_policies(db).await
-                )),
+                WriteOutcome::DatabaseNotFound { message } => {
+                    let message = String::from_utf8_lossy(&message);
+                    self.create_missing_schema(db, rp, precision, &payload, &message, true)
+                        .await
+                }
+                WriteOutcome::RetentionPolicyNotFound { message } => {
+                    let message = String::from_utf8_lossy(&message);
+                    self.create_missing_schema(db, rp, precision, &payload, &message, false)
+                        .await
+                }
                 WriteOutcome::AuthFailed { status, .. } => Step::Retry(format!(
                     "backend refused the service credentials ({status}); check username/password"
                 )),
@@ -1017,21 +1028,81 @@ impl Replica {
         })
     }
 
+    /// The replay's answer to a backend lacking the database (`missing_db`) or the retention
+    /// policy of a batch: created from another backend that has it, then the batch sent again;
+    /// kept as a dead letter when every other backend lacks it too (it was refused everywhere,
+    /// as the client was told: nothing is missing, so the backend is not diverged); retried
+    /// while no other backend can tell.
+    async fn create_missing_schema(
+        &self,
+        db: &str,
+        rp: &str,
+        precision: &str,
+        payload: &[u8],
+        message: &str,
+        missing_db: bool,
+    ) -> Step {
+        match self.schema_on_peers(db, rp).await {
+            PeerSchema::Has { from, policies } => {
+                if missing_db && let Err(e) = self.create_database(db).await {
+                    return Step::Retry(format!("{message}: not created: {e}"));
+                }
+                let created = self.create_retention_policies(db, &policies, &from).await;
+                Step::Retry(format!("{message}: created from {from} ({created})"))
+            }
+            PeerSchema::NoneHas => {
+                let why = format!("{message} (and on every other backend)");
+                tracing::warn!(backend = self.name(), reason = %why, bytes = payload.len(), "batch refused everywhere: dead-lettered");
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.keep_dead_letter(db, rp, precision, payload).await {
+                    tracing::error!(backend = self.name(), error = %e, "the dead-letter store could not keep a batch refused everywhere");
+                }
+                Step::Delivered
+            }
+            PeerSchema::Unknown(why) => Step::Retry(format!(
+                "{message}: no other backend could tell whether it should exist ({why})"
+            )),
+        }
+    }
+
+    /// Whether another backend has `db` (and the retention policy `rp`, or a default one when
+    /// `rp` is empty), with that backend's retention policies of `db`.
+    async fn schema_on_peers(&self, db: &str, rp: &str) -> PeerSchema {
+        let mut unknown = Vec::new();
+        for peer in &self.peers {
+            match schema::retention_policies(peer, db).await {
+                Ok(policies)
+                    if policies.iter().any(|p| {
+                        if rp.is_empty() {
+                            p.default
+                        } else {
+                            p.name == rp
+                        }
+                    }) =>
+                {
+                    return PeerSchema::Has {
+                        from: peer.name().to_owned(),
+                        policies,
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.starts_with("database not found") => {}
+                Err(e) => unknown.push(format!("{}: {e}", peer.name())),
+            }
+        }
+        if unknown.is_empty() {
+            PeerSchema::NoneHas
+        } else {
+            PeerSchema::Unknown(unknown.join("; "))
+        }
+    }
+
     /// Keeps a batch the backend refused, for operators, and marks the backend diverged.
     async fn dead_letter(&self, db: &str, rp: &str, precision: &str, payload: &[u8], why: &[u8]) {
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let why = String::from_utf8_lossy(why);
         tracing::error!(backend = self.name(), reason = %why, bytes = payload.len(), "batch refused by the backend: dead-lettered");
-        let kept = self
-            .dead_letters
-            .append(&Record::Write {
-                db,
-                rp,
-                precision,
-                payload,
-            })
-            .await;
-        match kept {
+        match self.keep_dead_letter(db, rp, precision, payload).await {
             Ok(_) => self.mark_diverged(&format!("dead letters: the backend refused a batch: {why}")),
             Err(e) => self.mark_diverged(&format!(
                 "the backend refused a batch ({why}) and the dead-letter store could not keep it: {e}"
@@ -1039,46 +1110,55 @@ impl Replica {
         }
     }
 
-    /// Creates on this backend the retention policies `db` has on the first other backend that
-    /// answers, with their real durations. Says what happened, for the replay's log line.
-    async fn copy_retention_policies(&self, db: &str) -> String {
-        for peer in &self.peers {
-            let rps = match schema::retention_policies(peer, db).await {
-                Ok(rps) if !rps.is_empty() => rps,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::debug!(backend = self.name(), peer = peer.name(), error = %e, "no retention policies from this peer");
-                    continue;
-                }
-            };
-            let mut failed = Vec::new();
-            for rp in &rps {
-                let statement = schema::create_statement(db, rp);
-                match self.client.query(&statement, None).await {
-                    Ok(a)
-                        if a.status.is_success()
-                            && !a.body.windows(8).any(|w| w == b"\"error\"") => {}
-                    Ok(a) => {
-                        failed.push(format!("{}: {}", rp.name, String::from_utf8_lossy(&a.body)))
-                    }
-                    Err(e) => failed.push(format!("{}: {e}", rp.name)),
-                }
-            }
-            tracing::info!(
-                backend = self.name(),
+    /// Appends a refused batch to the dead-letter store.
+    async fn keep_dead_letter(
+        &self,
+        db: &str,
+        rp: &str,
+        precision: &str,
+        payload: &[u8],
+    ) -> Result<RecordId, handoff::Error> {
+        self.dead_letters
+            .append(&Record::Write {
                 db,
-                from = peer.name(),
-                policies = rps.len(),
-                failed = failed.len(),
-                "copied retention policies"
-            );
-            return if failed.is_empty() {
-                format!("retention policies copied from {}", peer.name())
-            } else {
-                format!("retention policies not all created: {}", failed.join("; "))
-            };
+                rp,
+                precision,
+                payload,
+            })
+            .await
+    }
+
+    /// Creates on this backend the retention policies `policies` of `db` (read from the
+    /// backend `from`), with their real durations. Says what happened, for the replay's log.
+    async fn create_retention_policies(
+        &self,
+        db: &str,
+        policies: &[schema::RetentionPolicy],
+        from: &str,
+    ) -> String {
+        let mut failed = Vec::new();
+        for rp in policies {
+            let statement = schema::create_statement(db, rp);
+            match self.client.query(&statement, None).await {
+                Ok(a) if a.status.is_success() && !a.body.windows(8).any(|w| w == b"\"error\"") => {
+                }
+                Ok(a) => failed.push(format!("{}: {}", rp.name, String::from_utf8_lossy(&a.body))),
+                Err(e) => failed.push(format!("{}: {e}", rp.name)),
+            }
         }
-        "no other backend could tell the retention policies".to_owned()
+        tracing::info!(
+            backend = self.name(),
+            db,
+            from,
+            policies = policies.len(),
+            failed = failed.len(),
+            "copied retention policies"
+        );
+        if failed.is_empty() {
+            "retention policies copied".to_owned()
+        } else {
+            format!("retention policies not all created: {}", failed.join("; "))
+        }
     }
 
     async fn create_database(&self, db: &str) -> Result<(), String> {

@@ -211,6 +211,46 @@ fn a_database_missing_everywhere_is_a_404_and_nothing_is_queued() {
     assert!(!b.query("", "SHOW DATABASES").contains("nosuchdb"));
 }
 
+#[test]
+fn a_write_refused_everywhere_while_a_backend_is_down_neither_succeeds_nor_holds_its_queue() {
+    let _serial = serial();
+    let (a, mut b) = two_backends("db");
+    let mut relay = Relay::start(&[&a, &b], "");
+    b.kill();
+    write_batches(&mut relay, 0, 3, "db=db", 204);
+    // a refuses, b could only queue: the client hears what one InfluxDB would answer.
+    let r = relay.write("db=nosuchdb", &points(0..10));
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "{\"error\":\"database not found: \\\"nosuchdb\\\"\"}\n"
+    );
+    let r = relay.write("db=db&rp=nosuchrp", &points(0..10));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text().contains("retention policy not found"),
+        "{}",
+        r.text()
+    );
+    write_batches(&mut relay, 3, 6, "db=db", 204);
+
+    // b's queue gets past both refused records: they are kept as dead letters, what came after
+    // them is delivered, and nothing is created that a lacks.
+    b.restart();
+    assert_converged(&a, &b, 600);
+    assert!(!b.query("", "SHOW DATABASES").contains("nosuchdb"));
+    assert!(
+        !b.query("", "SHOW RETENTION POLICIES ON \"db\"")
+            .contains("nosuchrp")
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    let entry = &status["backends"][1];
+    assert_eq!(entry["dead_letters"]["records"], 2, "{entry}");
+    // Nothing is missing from b that another backend has: it stays fresh.
+    assert_eq!(entry["diverged_reason"], serde_json::Value::Null, "{entry}");
+}
+
 /// Points with timestamps of the last hour, for retention policies shorter than `TS` is old.
 fn recent_points(n: u64) -> Vec<u8> {
     let now = std::time::SystemTime::now()
