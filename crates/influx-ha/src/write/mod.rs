@@ -32,6 +32,7 @@ use self::answer::{Outcome, Refusals, decide, level_met};
 use self::replica::{Batch, Replica};
 use crate::backend::BackendClient;
 use crate::config::{Config, FsyncPolicy, QueueConfig};
+use crate::http::body::InflightPermit;
 use crate::http::error::RequestError;
 use crate::http::{WriteHandler, WriteRequest};
 use crate::params::Consistency;
@@ -231,14 +232,38 @@ impl Replicator {
         consistency: Consistency,
         data: Bytes,
     ) -> Result<(), RequestError> {
+        let uncounted = InflightPermit::default();
+        self.replicate_checked(db, rp, precision, Ok(consistency), data, uncounted)
+            .await
+    }
+
+    /// [`Self::replicate`] with the request's consistency level as parsed: an invalid one is
+    /// answered where 1.6 checks it, after a body without a single point was refused. `permit`
+    /// keeps the body counted against the in-flight cap until every backend has its copy,
+    /// also when the client is gone before (the delivery goes on without it).
+    async fn replicate_checked(
+        &self,
+        db: String,
+        rp: Option<String>,
+        precision: &str,
+        consistency: Result<Consistency, RequestError>,
+        data: Bytes,
+        permit: InflightPermit,
+    ) -> Result<(), RequestError> {
         let precision = lineproto::Precision::from_v1_param(precision);
         let v = lineproto::validate(&data, precision, unix_nanos());
+        if v.points() == 0
+            && v.dropped() == 0
+            && let Some(m) = v.influx_error()
+        {
+            return Err(RequestError::Unparsable(m));
+        }
+        let consistency = consistency?;
         if v.points() == 0 {
-            return match v.influx_error() {
-                None => Ok(()),
-                Some(m) if v.dropped() > 0 => Err(RequestError::PartialWrite(m)),
-                Some(m) => Err(RequestError::Unparsable(m)),
-            };
+            // Nothing to store (an empty body), or only points the storage layer drops.
+            return v
+                .influx_error()
+                .map_or(Ok(()), |m| Err(RequestError::PartialWrite(m)));
         }
         let refusals = Refusals::of(&v);
         let payload = if v.is_unchanged() {
@@ -252,12 +277,12 @@ impl Replicator {
             precision: precision.v1_param(),
             payload,
         });
-        let fan_out = tokio::spawn(fan_out(
-            self.replicas.load_full(),
-            batch,
-            consistency,
-            self.grace,
-        ));
+        let delivery = fan_out(self.replicas.load_full(), batch, consistency, self.grace);
+        let fan_out = tokio::spawn(async move {
+            let outcomes = delivery.await;
+            drop(permit);
+            outcomes
+        });
         let outcomes = fan_out
             .await
             .map_err(|e| RequestError::Internal(format!("replication task failed: {e}")))?;
@@ -267,20 +292,17 @@ impl Replicator {
 
 impl WriteHandler for Replicator {
     async fn write(&self, request: WriteRequest) -> Result<(), RequestError> {
-        let consistency = request.consistency(self.default_consistency())?;
-        // The permit keeps the body's bytes counted against the in-flight cap until answered.
+        let consistency = request.consistency(self.default_consistency());
         let body = request.body;
-        let answer = self
-            .replicate(
-                request.db,
-                request.rp,
-                &request.precision,
-                consistency,
-                body.data.clone(),
-            )
-            .await;
-        drop(body);
-        answer
+        self.replicate_checked(
+            request.db,
+            request.rp,
+            &request.precision,
+            consistency,
+            body.data,
+            body.permit,
+        )
+        .await
     }
 }
 

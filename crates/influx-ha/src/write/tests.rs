@@ -520,3 +520,32 @@ async fn batches_are_sent_one_after_the_other_with_the_next_read_ahead() {
     // while the one before it was sent.
     assert_eq!(replica.counters.read_ahead.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_is_gone_stays_counted_in_flight_until_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (replicator, slow_fake) = fast_and_slow(dir.path()).await;
+    let replicator = Arc::new(replicator);
+    let inflight = crate::http::body::InflightBytes::new(1 << 20);
+    let body = Bytes::from_static(b"m v=1 1\n");
+    let mut permit = crate::http::body::InflightPermit::default();
+    inflight
+        .try_grow(&mut permit, body.len())
+        .expect("room for the body");
+    // consistency=all waits for the stalled backend; the client gives up meanwhile.
+    let r = replicator.clone();
+    let request = tokio::spawn(async move {
+        r.replicate_checked("db".into(), None, "", Ok(Consistency::All), body, permit)
+            .await
+    });
+    wait_until("the slow backend has the write", || {
+        !slow_fake.writes.lock().expect("not poisoned").is_empty()
+    })
+    .await;
+    request.abort();
+    assert!(request.await.is_err(), "the request was cancelled");
+    // The delivery goes on, and its body still counts against the cap.
+    assert_eq!(inflight.in_use(), 8);
+    slow_fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the delivery ends", || inflight.in_use() == 0).await;
+}

@@ -62,6 +62,26 @@ fn write_answers_match_influxd() {
             vec![],
             b"cpu v=1".to_vec(),
         ),
+        // 1.6 checks the level after parsing: a body without a point is refused first, an
+        // empty one is not.
+        (
+            "POST",
+            "/write?db=db&consistency=bogus".into(),
+            vec![],
+            b"garbage".to_vec(),
+        ),
+        (
+            "POST",
+            "/write?db=db&consistency=bogus".into(),
+            vec![],
+            vec![],
+        ),
+        (
+            "POST",
+            "/write?db=db&consistency=bogus".into(),
+            vec![],
+            format!("ok v=1 {ts}\nbad v=\n").into_bytes(),
+        ),
         (
             "POST",
             "/write?db=db&consistency=all".into(),
