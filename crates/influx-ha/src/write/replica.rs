@@ -902,7 +902,15 @@ impl Replica {
                     .query_with(statement, (!db.is_empty()).then_some(db.as_str()), params)
                     .await
                 {
-                    Ok(answer) if answer.status.is_success() => Step::Delivered,
+                    Ok(answer) if answer.status.is_success() => {
+                        // InfluxQL reports a failed statement inside a 200.
+                        if let Some(error) = schema::statement_error(&answer.body) {
+                            self.mark_diverged(&format!(
+                                "a queued statement failed: {statement}: {error}"
+                            ));
+                        }
+                        Step::Delivered
+                    }
                     Ok(answer) if answer.status.is_client_error() => {
                         self.mark_diverged(&format!("a queued statement was refused: {statement}"));
                         Step::Delivered
@@ -1140,8 +1148,7 @@ impl Replica {
         for rp in policies {
             let statement = schema::create_statement(db, rp);
             match self.client.query(&statement, None).await {
-                Ok(a) if a.status.is_success() && !a.body.windows(8).any(|w| w == b"\"error\"") => {
-                }
+                Ok(a) if a.status.is_success() && schema::statement_error(&a.body).is_none() => {}
                 Ok(a) => failed.push(format!("{}: {}", rp.name, String::from_utf8_lossy(&a.body))),
                 Err(e) => failed.push(format!("{}: {e}", rp.name)),
             }

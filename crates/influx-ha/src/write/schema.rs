@@ -63,6 +63,19 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     (any && number.is_empty()).then_some(total)
 }
 
+/// The first error an InfluxQL answer reports: a statement that failed is answered 200 with
+/// `results[i].error`. `None` for a body that is not JSON.
+pub fn statement_error(body: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if let Some(error) = json["error"].as_str() {
+        return Some(error.to_owned());
+    }
+    json["results"]
+        .as_array()?
+        .iter()
+        .find_map(|r| r["error"].as_str().map(str::to_owned))
+}
+
 /// `SHOW RETENTION POLICIES ON db` on `client`.
 pub async fn retention_policies(
     client: &BackendClient,
@@ -135,6 +148,26 @@ pub fn create_statement(db: &str, rp: &RetentionPolicy) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_errors_are_read_from_any_result() {
+        assert_eq!(
+            statement_error(br#"{"results":[{"statement_id":0}]}"#),
+            None
+        );
+        assert_eq!(
+            statement_error(
+                br#"{"results":[{"statement_id":0},{"statement_id":1,"error":"retention policy conflicts with an existing policy"}]}"#
+            )
+            .as_deref(),
+            Some("retention policy conflicts with an existing policy")
+        );
+        assert_eq!(
+            statement_error(br#"{"error":"error parsing query: x"}"#).as_deref(),
+            Some("error parsing query: x")
+        );
+        assert_eq!(statement_error(b""), None);
+    }
 
     #[test]
     fn go_durations() {

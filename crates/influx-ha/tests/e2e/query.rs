@@ -185,8 +185,40 @@ fn statements_while_a_backend_is_down_reach_it_before_the_writes_that_follow() {
     // The statements were replayed before the writes: the write replay never found the
     // database or the retention policy missing, and nothing diverged.
     let log = relay.log();
-    assert!(!log.contains("was missing"), "{log}");
+    assert!(!log.contains("created from"), "{log}");
     assert!(!log.contains("diverged"), "{log}");
+}
+
+#[test]
+fn a_queued_statement_that_fails_on_its_backend_marks_it_diverged() {
+    let _serial = serial();
+    let (a, mut b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    // b has the policy already, with another duration: the statement cannot apply there.
+    show(
+        &b,
+        "CREATE RETENTION POLICY r ON db DURATION 2d REPLICATION 1",
+    );
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    b.kill();
+    let q = "CREATE RETENTION POLICY r ON db DURATION 1d REPLICATION 1";
+    let r = query(&mut relay, &[("q", q)]);
+    assert_eq!(r.text(), "{\"results\":[{\"statement_id\":0}]}\n");
+    b.restart();
+    // influxd answers the replayed statement 200 with the error inside.
+    wait_until("b is marked diverged", CONVERGE, || {
+        let status = relay.get("/status").expect("status").text();
+        let json: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+        json["backends"][1]["diverged_reason"]
+            .as_str()
+            .is_some_and(|why| {
+                why.contains("a queued statement failed") && why.contains("already exists")
+            })
+    });
+    assert_eq!(queued_records(&mut relay, "influx-1"), 0);
 }
 
 #[test]
