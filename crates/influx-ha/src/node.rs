@@ -703,6 +703,17 @@ pub async fn serve_with_reload(
     if let Some(task) = reloading {
         let _ = task.await;
     }
+    // A client that hung up leaves its write's fan-out running: it may still append to the
+    // queues, which must stay open until it is over (it ends within the backend timeout).
+    let abandoned_writes = replicator
+        .wait_for_deliveries(config.http.drain_timeout)
+        .await;
+    if abandoned_writes > 0 {
+        tracing::warn!(
+            writes = abandoned_writes,
+            "writes still being delivered at shutdown: their queue appends fail"
+        );
+    }
     replicator.close();
     tracing::info!(
         abandoned_connections = report.abandoned_connections,

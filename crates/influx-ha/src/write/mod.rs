@@ -133,6 +133,25 @@ pub struct Replicator {
     /// Once the level is met, how long still-running direct sends are waited for before their
     /// backends get the batch queued instead.
     grace: Duration,
+    /// Fan-outs running (also those whose client is gone): shutdown waits for them before it
+    /// closes the queues they may still append to.
+    deliveries: Arc<watch::Sender<usize>>,
+}
+
+/// One running fan-out, counted in [`Replicator::deliveries`] while it lives.
+struct Delivering(Arc<watch::Sender<usize>>);
+
+impl Delivering {
+    fn start(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Delivering(count.clone())
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 fn unix_nanos() -> i64 {
@@ -151,6 +170,7 @@ impl Replicator {
             replicas: Arc::new(ArcSwap::from_pointee(replicas)),
             default_consistency: Arc::new(ArcSwap::from_pointee(default_consistency)),
             grace,
+            deliveries: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -201,6 +221,13 @@ impl Replicator {
     }
 
     /// Makes every queue durable and closes it (after the replay tasks ended).
+    /// Waits until no fan-out is running, for at most `limit`; returns how many still are.
+    pub async fn wait_for_deliveries(&self, limit: Duration) -> usize {
+        let mut running = self.deliveries.subscribe();
+        let _ = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
+        *self.deliveries.borrow()
+    }
+
     pub fn close(&self) {
         for r in self.replicas.load().iter() {
             for (what, q) in [("queue", r.queue()), ("dead letters", r.dead_letters())] {
@@ -278,9 +305,10 @@ impl Replicator {
             payload,
         });
         let delivery = fan_out(self.replicas.load_full(), batch, consistency, self.grace);
+        let running = Delivering::start(&self.deliveries);
         let fan_out = tokio::spawn(async move {
             let outcomes = delivery.await;
-            drop(permit);
+            drop((permit, running));
             outcomes
         });
         let outcomes = fan_out

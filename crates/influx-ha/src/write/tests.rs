@@ -522,7 +522,7 @@ async fn batches_are_sent_one_after_the_other_with_the_next_read_ahead() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_client_is_gone_stays_counted_in_flight_until_delivered() {
+async fn a_write_whose_client_is_gone_stays_counted_until_delivered_and_shutdown_waits_for_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (replicator, slow_fake) = fast_and_slow(dir.path()).await;
     let replicator = Arc::new(replicator);
@@ -544,8 +544,13 @@ async fn a_write_whose_client_is_gone_stays_counted_in_flight_until_delivered() 
     .await;
     request.abort();
     assert!(request.await.is_err(), "the request was cancelled");
-    // The delivery goes on, and its body still counts against the cap.
+    // The delivery goes on, and its body still counts against the cap; a shutdown would wait
+    // for it before closing the queues.
     assert_eq!(inflight.in_use(), 8);
+    let waited = Duration::from_millis(50);
+    assert_eq!(replicator.wait_for_deliveries(waited).await, 1);
     slow_fake.stall.store(false, Ordering::SeqCst);
     wait_until("the delivery ends", || inflight.in_use() == 0).await;
+    let limit = Duration::from_secs(60);
+    assert_eq!(replicator.wait_for_deliveries(limit).await, 0);
 }
