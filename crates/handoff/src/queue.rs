@@ -27,6 +27,8 @@ use crate::{
 pub(crate) const CURSOR_FILE: &str = "cursor";
 pub(crate) const CURSOR_TMP: &str = "cursor.tmp";
 const SEGMENT_EXT: &str = ".hseg";
+/// The most a record (frame header and body) can hold whatever the options say.
+const MAX_BODY_LEN_AS_RECORD: u64 = format::MAX_BODY_LEN + FRAME_HEADER_LEN;
 /// Small frames are coalesced into one `write` up to this size.
 const STAGING: usize = 256 * 1024;
 
@@ -396,6 +398,20 @@ impl Queue {
             })
         });
         Appending::from(res)
+    }
+
+    /// The longest payload one write record with these `db`, `rp` and `precision` can hold
+    /// ([`Options::max_record_bytes`] less the record's own fields): a longer one must be
+    /// appended as several records.
+    pub fn max_write_payload(&self, db: &str, rp: &str, precision: &str) -> usize {
+        let fields = format::BODY_FIXED_LEN + db.len() + rp.len() + precision.len();
+        let max = self
+            .inner
+            .opts
+            .max_record_bytes
+            .min(MAX_BODY_LEN_AS_RECORD)
+            .saturating_sub(FRAME_HEADER_LEN + fields as u64);
+        usize::try_from(max).unwrap_or(usize::MAX)
     }
 
     /// Checks that an append may proceed and returns its timestamp.

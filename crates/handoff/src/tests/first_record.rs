@@ -68,3 +68,29 @@ fn ack_first_of_a_single_record_batch_acknowledges_it_whole() {
     let q = open_sim(&fs, small_opts());
     assert!(q.next_batch(TWO_RECORDS).unwrap().is_none());
 }
+
+#[test]
+fn the_longest_write_payload_fills_a_record_exactly() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    let max = q.max_write_payload("a", "autogen", "ns");
+    assert!(max > 0 && max < 280, "{max}");
+    let fits = vec![b'x'; max];
+    let longer = vec![b'x'; max + 1];
+    for (payload, ok) in [(fits, true), (longer, false)] {
+        let appended = q
+            .append(&Record::Write {
+                db: "a",
+                rp: "autogen",
+                precision: "ns",
+                payload: &payload,
+            })
+            .wait();
+        assert_eq!(
+            appended.is_ok(),
+            ok,
+            "{} bytes: {appended:?}",
+            payload.len()
+        );
+    }
+}

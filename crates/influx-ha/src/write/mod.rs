@@ -58,8 +58,8 @@ pub struct OpenError {
 /// The queue options of `[queue]`.
 pub fn queue_options(q: &QueueConfig) -> handoff::Options {
     handoff::Options {
-        // A record never spans segments: small segments cap the record size (a larger write
-        // is refused by the queue, and its backend marked diverged).
+        // A record never spans segments: small segments cap the record size (a longer write
+        // is queued as several records, cut at line ends).
         max_record_bytes: handoff::Options::default()
             .max_record_bytes
             .min(q.segment_bytes.saturating_sub(16)),

@@ -150,6 +150,22 @@ fn describe(outcome: &WriteOutcome) -> String {
     }
 }
 
+/// `payload` in pieces of at most `max` bytes, each of whole lines (a `\n` inside a quoted
+/// string does not end one). A line longer than `max` stays whole, with what follows it.
+fn split_at_lines(payload: &Bytes, max: usize) -> Vec<Bytes> {
+    let mut pieces = Vec::new();
+    let mut rest = payload.clone();
+    while rest.len() > max {
+        let whole = lineproto::complete_lines(&rest[..max]);
+        if whole == 0 {
+            break;
+        }
+        pieces.push(rest.split_to(whole));
+    }
+    pieces.push(rest);
+    pieces
+}
+
 /// The `'static` spelling of a v1 precision read back from a queue.
 fn static_precision(p: &str) -> &'static str {
     match p {
@@ -612,13 +628,25 @@ impl Replica {
     /// lock: the replay, which leaves queueing mode only when no append is in flight and the
     /// queue is empty, cannot leave it between the two and let a later write go direct past
     /// this record. Turns the append's result into the backend's outcome.
-    async fn queue_behind(&self, submit: impl FnOnce(&Queue) -> handoff::Appending) -> Outcome {
+    async fn queue_behind(
+        &self,
+        submit: impl FnOnce(&Queue) -> Vec<handoff::Appending>,
+    ) -> Outcome {
         {
             let mut m = lock(&self.mode);
             m.queueing = true;
             m.appends_in_flight += 1;
         }
-        self.appended(submit(&self.queue).await).0
+        let mut appended = Ok(None);
+        // Every append is awaited, also after one failed: none is left in flight uncounted.
+        for appending in submit(&self.queue) {
+            match (appending.await, &appended) {
+                (Ok(id), Ok(None)) => appended = Ok(Some(id)),
+                (Err(e), Ok(_)) => appended = Err(e),
+                _ => {}
+            }
+        }
+        self.appended(appended).0
     }
 
     /// Appends an insured batch like [`Self::enqueue`]. When nothing was queued or being
@@ -627,6 +655,9 @@ impl Replica {
     /// succeed, the replay may skip it, as nothing can reach the backend before it. (Only then:
     /// a record behind others must be replayed after them even though it already arrived.)
     async fn enqueue_insured(&self, batch: &Batch) -> (Outcome, Option<RecordId>) {
+        if batch.payload.len() > self.max_record_payload(batch) {
+            return (self.enqueue(batch).await, None);
+        }
         let submit = |q: &Queue| {
             q.append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone())
         };
@@ -643,18 +674,21 @@ impl Replica {
             Some(appending) => appending.await,
             None => submit(&self.queue).await,
         };
-        let (outcome, id) = self.appended(appended);
+        let (outcome, id) = self.appended(appended.map(Some));
         (outcome, id.filter(|_| is_first))
     }
 
-    /// Ends an append counted by [`Self::queue_behind`] or [`Self::enqueue_insured`]: the
-    /// backend's outcome, and the record's id when it was appended.
-    fn appended(&self, appended: Result<RecordId, handoff::Error>) -> (Outcome, Option<RecordId>) {
+    /// Ends the appends counted by [`Self::queue_behind`] or [`Self::enqueue_insured`]: the
+    /// backend's outcome, and the (first) record's id when appended.
+    fn appended(
+        &self,
+        appended: Result<Option<RecordId>, handoff::Error>,
+    ) -> (Outcome, Option<RecordId>) {
         lock(&self.mode).appends_in_flight -= 1;
         match appended {
             Ok(id) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
-                (Outcome::Queued, Some(id))
+                (Outcome::Queued, id)
             }
             Err(e) => {
                 self.mark_diverged(&format!("its queue refused a record: {e}"));
@@ -670,13 +704,24 @@ impl Replica {
     }
 
     /// Appends the batch to the queue, entering queueing mode first so that later writes line up
-    /// behind it.
+    /// behind it. A payload longer than a record holds (ingest stamps can make a body's lines
+    /// several times longer) goes as several records, cut at line ends.
     pub async fn enqueue(&self, batch: &Batch) -> Outcome {
+        let pieces = split_at_lines(&batch.payload, self.max_record_payload(batch));
         // The payload is shared with the queue's writer thread, not copied.
         self.queue_behind(|q| {
-            q.append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone())
+            pieces
+                .into_iter()
+                .map(|piece| q.append_write(&batch.db, &batch.rp, batch.precision, piece))
+                .collect()
         })
         .await
+    }
+
+    /// The longest payload one queue record holds for `batch`'s database, policy and precision.
+    fn max_record_payload(&self, batch: &Batch) -> usize {
+        self.queue
+            .max_write_payload(&batch.db, &batch.rp, batch.precision)
     }
 
     /// Leaves queueing mode when nothing is queued or being queued.
@@ -1195,11 +1240,11 @@ impl Replica {
     /// queueing mode first: the replay executes it before any write accepted after it.
     pub async fn enqueue_statement(&self, db: &str, statement: &str, params: &str) -> Outcome {
         self.queue_behind(|q| {
-            q.append(&Record::Schema {
+            vec![q.append(&Record::Schema {
                 db,
                 statement,
                 params,
-            })
+            })]
         })
         .await
     }

@@ -338,8 +338,17 @@ async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
 
 /// One backend at `addr` with its queue under `dir`, not replaying yet.
 fn one_backend(dir: &std::path::Path, addr: std::net::SocketAddr) -> Arc<Replica> {
+    one_backend_with(dir, addr, "")
+}
+
+/// [`one_backend`] with more config (`[queue]` keys, say).
+fn one_backend_with(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    extra: &str,
+) -> Arc<Replica> {
     let text = format!(
-        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"alpha\"\nurl = \"http://{addr}\"\n",
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n{extra}\n[[backend]]\nname = \"alpha\"\nurl = \"http://{addr}\"\n",
         dir.display().to_string()
     );
     let config = Config::from_toml(&text, "test").expect("valid config");
@@ -553,4 +562,45 @@ async fn a_write_whose_client_is_gone_stays_counted_until_delivered_and_shutdown
     wait_until("the delivery ends", || inflight.in_use() == 0).await;
     let limit = Duration::from_secs(60);
     assert_eq!(replicator.wait_for_deliveries(limit).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_longer_than_a_queue_record_is_queued_in_pieces_of_whole_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    let replica = one_backend_with(
+        dir.path(),
+        serve(fake.clone()).await,
+        "[queue]\nsegment_bytes = \"4KiB\"",
+    );
+    // About 20 KB, with quoted line breaks that a cut must not fall on.
+    let mut payload = String::new();
+    for i in 0..1000 {
+        payload.push_str(&format!("m,host=h{i} v={i}i 1\n"));
+        if i % 97 == 0 {
+            payload.push_str(&format!("m,host=q{i} s=\"two\nlines\" 1\n"));
+        }
+    }
+    let batch = Batch {
+        db: "db".into(),
+        rp: String::new(),
+        precision: "n",
+        payload: Bytes::from(payload.clone()),
+    };
+    let queued = replica.enqueue(&batch).await;
+    assert!(matches!(queued, Outcome::Queued), "{queued:?}");
+    assert!(replica.diverged().is_none());
+    let records = replica.queue().stats().depth_records;
+    // Each record holds less than a 4 KiB segment.
+    assert!(
+        records > 1 && records as usize * 4096 >= payload.len(),
+        "{records} records"
+    );
+    replay_until_drained(&replica).await;
+    let writes = fake.writes.lock().expect("not poisoned").clone();
+    let mut got: Vec<&[u8]> = writes.iter().flat_map(|w| lineproto::lines(w)).collect();
+    let mut sent: Vec<&[u8]> = lineproto::lines(payload.as_bytes()).collect();
+    got.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(got, sent);
 }
