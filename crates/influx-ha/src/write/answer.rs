@@ -30,6 +30,16 @@ impl Outcome {
         matches!(self, Self::Acked | Self::AckedPartial(_))
     }
 
+    /// Points of the batch the backend did not store, when it answered and says how many
+    /// (`dropped=N` ends InfluxDB's partial-write message).
+    pub fn dropped(&self) -> Option<usize> {
+        match self {
+            Self::Acked => Some(0),
+            Self::AckedPartial(message) => dropped_count(message),
+            _ => None,
+        }
+    }
+
     /// Whether the batch will reach this backend without the client's help.
     pub fn is_stored(&self) -> bool {
         self.is_acked() || matches!(self, Self::Queued)
@@ -140,16 +150,21 @@ fn merge_partial(theirs: &[u8], refused: &Refusals) -> Vec<u8> {
     let Some(reason) = &refused.drop_reason else {
         return theirs.to_vec();
     };
-    let their_dropped = theirs
-        .rsplit(|&c| c == b'=')
-        .next()
-        .and_then(|n| std::str::from_utf8(n).ok())
-        .and_then(|n| n.trim().parse::<usize>().ok())
-        .unwrap_or(0);
+    let their_dropped = dropped_count(theirs).unwrap_or(0);
     let mut out = b"partial write: ".to_vec();
     out.extend_from_slice(reason);
     out.extend_from_slice(format!(" dropped={}", refused.dropped + their_dropped).as_bytes());
     out
+}
+
+/// The `N` of the `dropped=N` that ends a partial-write message.
+fn dropped_count(message: &[u8]) -> Option<usize> {
+    let at = memchr::memmem::rfind(message, b"dropped=")?;
+    std::str::from_utf8(&message[at + b"dropped=".len()..])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -162,6 +177,18 @@ mod tests {
 
     fn failed() -> Outcome {
         Outcome::Failed("influx-a: queue full".to_owned())
+    }
+
+    #[test]
+    fn dropped_points_are_read_from_partial_writes() {
+        let partial = |m: &str| Outcome::AckedPartial(m.as_bytes().to_vec());
+        assert_eq!(Outcome::Acked.dropped(), Some(0));
+        assert_eq!(
+            partial("partial write: field type conflict: input field \"v\" on measurement \"m\" is type float, already exists as type integer dropped=12").dropped(),
+            Some(12)
+        );
+        assert_eq!(partial("partial write").dropped(), None);
+        assert_eq!(Outcome::Queued.dropped(), None);
     }
 
     #[test]

@@ -386,9 +386,22 @@ async fn fan_out(
 
 /// A backend that refused what another stored must not silently miss it. A missing database
 /// or retention policy is queued (the replay creates the database, then delivers); any other
-/// refusal marks the backend diverged. When every backend refused, the client gets the refusal
-/// and nothing is queued, as with InfluxDB itself.
+/// refusal marks the backend diverged, as does storing fewer of the points than another
+/// backend did (a partial write where another wrote more: a field type only it has, say).
+/// When every backend refused, the client gets the refusal and nothing is queued, as with
+/// InfluxDB itself.
 async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mut [Outcome]) {
+    let fewest_dropped = outcomes.iter().filter_map(Outcome::dropped).min();
+    for (replica, outcome) in replicas.iter().zip(outcomes.iter()) {
+        if let Outcome::AckedPartial(message) = outcome
+            && outcome.dropped() > fewest_dropped
+        {
+            replica.mark_diverged(&format!(
+                "stored fewer points of a write than another backend: {}",
+                String::from_utf8_lossy(message)
+            ));
+        }
+    }
     if !outcomes
         .iter()
         .any(|o| matches!(o, Outcome::Acked | Outcome::AckedPartial(_)))

@@ -251,6 +251,29 @@ fn a_write_refused_everywhere_while_a_backend_is_down_neither_succeeds_nor_holds
     assert_eq!(entry["diverged_reason"], serde_json::Value::Null, "{entry}");
 }
 
+#[test]
+fn a_backend_that_stores_fewer_points_of_a_write_than_another_is_marked_diverged() {
+    let _serial = serial();
+    let (a, b) = two_backends("db");
+    // Only b has m.v as an integer: a float value is a field type conflict there alone.
+    assert_eq!(b.write("db", "", b"m v=1i 1\n").0, 204);
+    let mut relay = Relay::start(&[&a, &b], "");
+    let r = relay.write("db=db", b"m v=1.5 2\nn v=1 2\n");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("field type conflict"), "{}", r.text());
+    assert_eq!(count(&a, "db", "v", "m"), 1);
+    let status: serde_json::Value =
+        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    let why = status["backends"][1]["diverged_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("stored fewer points"), "{status}");
+    assert_eq!(
+        status["backends"][0]["diverged_reason"],
+        serde_json::Value::Null
+    );
+}
+
 /// Points with timestamps of the last hour, for retention policies shorter than `TS` is old.
 fn recent_points(n: u64) -> Vec<u8> {
     let now = std::time::SystemTime::now()
