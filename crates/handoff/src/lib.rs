@@ -191,7 +191,7 @@ use std::time::Duration;
 pub use bytes::Bytes;
 pub use fs::{Filesystem, FsFile, StdFs};
 pub use ops::{DrainReport, Inspection, SegmentInfo, SegmentVerify, VerifyReport, inspect, verify};
-pub use queue::{Appending, Queue};
+pub use queue::{Appending, PreparedAppend, Queue};
 
 /// One record to append. Borrowed: the frame is encoded (copied) during [`Queue::append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -243,6 +243,21 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// A record encoded for [`Queue::submit_prepared`] (or why it cannot be appended).
+pub struct PreparedAppend(Result<Req, Error>);
+
+impl std::fmt::Debug for PreparedAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(req) => f
+                .debug_struct("PreparedAppend")
+                .field("len", &req.len())
+                .finish(),
+            Err(e) => f.debug_tuple("PreparedAppend").field(e).finish(),
+        }
+    }
+}
+
 // === impl Appending ===
 
 /// An append in flight. `.await` it from async code, or [`Appending::wait`] from a thread that
@@ -388,16 +403,34 @@ impl Queue {
     /// thread (the CRC is still computed now, on the caller's thread). Otherwise the same as
     /// [`Queue::append`] with [`Record::Write`].
     pub fn append_write(&self, db: &str, rp: &str, precision: &str, payload: Bytes) -> Appending {
-        let res = self.check(payload.len()).and_then(|ts| {
+        self.submit_prepared(self.prepare_write(db, rp, precision, payload))
+    }
+
+    /// The first half of [`Queue::append_write`]: the record encoded and its CRC computed, not
+    /// yet handed to the writer. Records are appended in the order they are submitted with
+    /// [`Queue::submit_prepared`], which is quick enough to call under a caller's lock.
+    pub fn prepare_write(
+        &self,
+        db: &str,
+        rp: &str,
+        precision: &str,
+        payload: Bytes,
+    ) -> PreparedAppend {
+        let req = self.check(payload.len()).and_then(|ts| {
             let head = format::encode_head(format::KIND_WRITE, ts, db, rp, precision, &payload)?;
-            self.submit(Req {
+            Ok(Req {
                 head,
                 payload: Some(payload),
                 ts,
                 tx: None,
             })
         });
-        Appending::from(res)
+        PreparedAppend(req)
+    }
+
+    /// Hands a record from [`Queue::prepare_write`] to the writer.
+    pub fn submit_prepared(&self, prepared: PreparedAppend) -> Appending {
+        Appending::from(prepared.0.and_then(|req| self.submit(req)))
     }
 
     /// The longest payload one write record with these `db`, `rp` and `precision` can hold

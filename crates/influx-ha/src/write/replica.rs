@@ -649,31 +649,27 @@ impl Replica {
         self.appended(appended).0
     }
 
-    /// Appends an insured batch like [`Self::enqueue`]. When nothing was queued or being
-    /// queued, the record is submitted under the mode lock, so that it is the queue's first and
-    /// nothing appended later goes before it; its id is then returned: should its direct send
-    /// succeed, the replay may skip it, as nothing can reach the backend before it. (Only then:
-    /// a record behind others must be replayed after them even though it already arrived.)
+    /// Appends an insured batch like [`Self::enqueue`], submitted under the mode lock: when
+    /// nothing was queued or being queued, it is then the queue's first record and nothing
+    /// appended later goes before it. Only then is its id returned: should its direct send
+    /// succeed, the replay may skip it, as nothing can reach the backend before it. (A record
+    /// behind others must be replayed after them even though it already arrived.)
     async fn enqueue_insured(&self, batch: &Batch) -> (Outcome, Option<RecordId>) {
         if batch.payload.len() > self.max_record_payload(batch) {
             return (self.enqueue(batch).await, None);
         }
-        let submit = |q: &Queue| {
-            q.append_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone())
-        };
-        let first = {
+        // Encoded (and its CRC computed) before the lock: under it, only handed over.
+        let prepared =
+            self.queue
+                .prepare_write(&batch.db, &batch.rp, batch.precision, batch.payload.clone());
+        let (appending, is_first) = {
             let mut m = lock(&self.mode);
             let first = !m.queueing && m.appends_in_flight == 0;
             m.queueing = true;
             m.appends_in_flight += 1;
-            // Submitting only encodes and hands the record to the queue's writer thread.
-            first.then(|| submit(&self.queue))
+            (self.queue.submit_prepared(prepared), first)
         };
-        let is_first = first.is_some();
-        let appended = match first {
-            Some(appending) => appending.await,
-            None => submit(&self.queue).await,
-        };
+        let appended = appending.await;
         let (outcome, id) = self.appended(appended.map(Some));
         (outcome, id.filter(|_| is_first))
     }
