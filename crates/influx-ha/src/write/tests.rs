@@ -137,21 +137,6 @@ async fn a_rewrite_after_an_insured_write_is_not_overtaken_by_it() {
     assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 1);
 }
 
-/// Runs the slow backend's replay until its queue is drained.
-async fn drain(slow: &Arc<Replica>) {
-    let (stop, _) = tokio::sync::broadcast::channel(1);
-    let replay = tokio::spawn(
-        slow.clone()
-            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
-    );
-    wait_until("the queue is drained", || {
-        !slow.queue().has_pending() && !slow.is_queueing()
-    })
-    .await;
-    let _ = stop.send(());
-    replay.await.expect("replay ends");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_first_insured_record_is_skipped_once_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -177,7 +162,7 @@ async fn only_the_first_insured_record_is_skipped_once_delivered() {
     assert_eq!(slow.counters.insured.load(Ordering::Relaxed), 2);
     slow_fake.stall.store(false, Ordering::SeqCst);
     wait_until("the late sends end", || slow.late_sends() == 0).await;
-    drain(&slow).await;
+    replay_until_drained(&slow).await;
     let got = slow_fake.writes.lock().expect("not poisoned").clone();
     assert_eq!(got.len(), 3, "{got:?}");
     // The replayed one is the second append: after both direct sends, a duplicate of one.
@@ -203,7 +188,7 @@ async fn an_insured_record_whose_send_failed_is_replayed() {
         .expect("the fast backend takes it");
     slow_fake.stall.store(false, Ordering::SeqCst);
     wait_until("the late send ends", || slow.late_sends() == 0).await;
-    drain(&slow).await;
+    replay_until_drained(&slow).await;
     let got = slow_fake.writes.lock().expect("not poisoned").clone();
     // Refused with a 500 the first time, so delivered by the replay.
     let line = Bytes::from_static(b"b,t=1 v=1 1\n");
