@@ -256,7 +256,7 @@ fn prom_run(points: usize) {
     let start = Instant::now();
     let mut converted = 0;
     for body in &requests {
-        let req = promwrite::decode(body, 64 << 20).expect("decodes");
+        let req = promwrite::decode(body, promwrite::Limits::of(64 << 20)).expect("decodes");
         let c = promwrite::convert(&req);
         let v = lineproto::validate(&c.lines, Precision::Nanoseconds, 0);
         converted += v.points();

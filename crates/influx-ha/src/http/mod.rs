@@ -455,9 +455,8 @@ impl<W: WriteHandler> HttpService<W> {
         let (parts, body) = req.into_parts();
         let limits = self.limits.get();
         let body = read_body(body, &parts.headers, &limits, &self.inflight).await?;
-        // Protobuf inflates a few times over: allow that much, not more.
-        let max_decoded = limits.max_body_bytes.saturating_mul(8);
-        let mut converted = crate::ingest::promwrite::receive(&db, &body.data, max_decoded)?;
+        let expand = crate::ingest::promwrite::Limits::of(limits.max_body_bytes);
+        let mut converted = crate::ingest::promwrite::receive(&db, &body.data, expand)?;
         let lines = Bytes::from(std::mem::take(&mut converted.lines));
         let written = self
             .writer

@@ -15,6 +15,12 @@
 //!
 //! Messages are hand-written [`prost`] structs (field numbers of Prometheus' `remote.proto`);
 //! fields Prometheus added later (metadata, exemplars, histograms) are skipped by the decoder.
+//!
+//! A small body can expand a lot: every label of a series is written again for each of its
+//! samples, and an empty label takes 2 bytes on the wire but a struct of 48 in memory. Before
+//! decoding, a walk over the wire format ([`expansion`]) bounds both: a request whose decoded
+//! structs would pass 8 × `max_body_bytes` or whose line protocol would pass `max_body_bytes`
+//! is refused with 413 (InfluxDB 1.6.7 has no such bound).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -80,22 +86,151 @@ pub enum DecodeError {
     /// Inflates past the limit.
     #[error("snappy: decoded block is too large")]
     TooLarge,
+    /// Would decode, or convert, to more than the limits allow.
+    #[error("request expands past the body limit")]
+    Expands,
     /// Not a `WriteRequest`.
     #[error("proto: {0}")]
     Proto(String),
 }
 
+/// How far a request may expand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the snappy-decoded protobuf, and of the structs decoded from it.
+    pub max_decoded: usize,
+    /// Bytes of the line protocol it converts to.
+    pub max_lines: usize,
+}
+
+impl Limits {
+    /// The limits for a relay whose `max_body_bytes` is `max_body`.
+    pub fn of(max_body: usize) -> Self {
+        Limits {
+            // Protobuf inflates a few times over: allow that much, not more.
+            max_decoded: max_body.saturating_mul(8),
+            max_lines: max_body,
+        }
+    }
+}
+
 /// Decodes a request body.
-pub fn decode(body: &[u8], max_decoded: usize) -> Result<WriteRequest, DecodeError> {
+pub fn decode(body: &[u8], limits: Limits) -> Result<WriteRequest, DecodeError> {
     let len = snap::raw::decompress_len(body).map_err(|_| DecodeError::Snappy)?;
-    if len > max_decoded {
+    if len > limits.max_decoded {
         return Err(DecodeError::TooLarge);
     }
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|_| DecodeError::Snappy)?;
+    // A malformed body is left to the decoder, which names what is wrong.
+    if let Some(e) = expansion(&raw)
+        && (e.structs > limits.max_decoded || e.lines > limits.max_lines)
+    {
+        return Err(DecodeError::Expands);
+    }
     <WriteRequest as prost::Message>::decode(raw.as_slice())
         .map_err(|e| DecodeError::Proto(e.to_string()))
+}
+
+/// What decoding and converting a `WriteRequest` builds, bounded from above.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expansion {
+    /// Bytes of the decoded structs and their strings.
+    pub structs: usize,
+    /// Bytes of line protocol.
+    pub lines: usize,
+}
+
+/// Bytes a point's line takes besides its labels: measurement separator, `value=` with the
+/// longest float, the timestamp, spaces and newline.
+const LINE_OVERHEAD: usize = 64;
+
+/// Reads the protobuf wire format of a `WriteRequest` without decoding it: per series, its
+/// labels' bytes and its samples. `None` when it is malformed.
+pub fn expansion(raw: &[u8]) -> Option<Expansion> {
+    use std::mem::size_of;
+    let mut total = Expansion::default();
+    for (tag, series) in fields(raw)? {
+        let Field::Bytes(series) = series else {
+            continue;
+        };
+        if tag != 1 {
+            continue;
+        }
+        let (mut labels, mut label_bytes, mut samples) = (0usize, 0usize, 0usize);
+        for (tag, field) in fields(series)? {
+            match (tag, field) {
+                (1, Field::Bytes(label)) => {
+                    labels += 1;
+                    label_bytes += label.len();
+                }
+                (2, Field::Bytes(_)) => samples += 1,
+                _ => {}
+            }
+        }
+        total.structs = total
+            .structs
+            .saturating_add(size_of::<TimeSeries>())
+            .saturating_add(labels.saturating_mul(size_of::<Label>()))
+            .saturating_add(label_bytes)
+            .saturating_add(samples.saturating_mul(size_of::<Sample>()));
+        // Each label as `,name=value` (escapes can double its bytes).
+        let line = label_bytes.saturating_mul(2).saturating_add(LINE_OVERHEAD);
+        total.lines = total.lines.saturating_add(samples.saturating_mul(line));
+    }
+    Some(total)
+}
+
+/// One field of a protobuf message: a length-delimited payload, or a scalar (skipped).
+enum Field<'a> {
+    Bytes(&'a [u8]),
+    Scalar,
+}
+
+/// The fields of a message, as (field number, field); `None` when malformed.
+fn fields(mut buf: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let field = match key & 7 {
+            0 => {
+                varint(&mut buf)?;
+                Field::Scalar
+            }
+            1 => {
+                buf = buf.get(8..)?;
+                Field::Scalar
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let (bytes, rest) = (buf.get(..len)?, buf.get(len..)?);
+                buf = rest;
+                Field::Bytes(bytes)
+            }
+            5 => {
+                buf = buf.get(4..)?;
+                Field::Scalar
+            }
+            _ => return None,
+        };
+        out.push((key >> 3, field));
+    }
+    Some(out)
+}
+
+/// Reads a base-128 varint off the front of `buf`.
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// What a request became.
@@ -189,11 +324,11 @@ pub fn stats(http: SocketAddr) -> ListenerStats {
 
 /// Decodes and converts one request body, counting it; the body refused as a whole is a 400
 /// with the decoder's text (logged with its size, never its content).
-pub fn receive(db: &str, body: &[u8], max_decoded: usize) -> Result<Converted, RequestError> {
+pub fn receive(db: &str, body: &[u8], limits: Limits) -> Result<Converted, RequestError> {
     let s = global();
     add(&s.counters.requests, 1);
     add(&s.counters.bytes, body.len());
-    let req = match decode(body, max_decoded) {
+    let req = match decode(body, limits) {
         Ok(r) => r,
         Err(e) => {
             add(&s.counters.bad_requests, 1);
@@ -206,7 +341,10 @@ pub fn receive(db: &str, body: &[u8], max_decoded: usize) -> Result<Converted, R
                     "Prometheus remote write refused"
                 );
             }
-            return Err(RequestError::Unparsable(e.to_string().into_bytes()));
+            return Err(match e {
+                DecodeError::Expands => RequestError::BodyTooLarge,
+                e => RequestError::Unparsable(e.to_string().into_bytes()),
+            });
         }
     };
     let c = convert(&req);

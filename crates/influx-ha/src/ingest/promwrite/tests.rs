@@ -18,6 +18,14 @@ fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
     }
 }
 
+/// Limits of `n` bytes for both the decoded request and its line protocol.
+fn limits(n: usize) -> Limits {
+    Limits {
+        max_decoded: n,
+        max_lines: n,
+    }
+}
+
 fn body(req: &WriteRequest) -> Vec<u8> {
     snap::raw::Encoder::new()
         .compress_vec(&req.encode_to_vec())
@@ -39,7 +47,7 @@ fn series_become_points_as_1_6_7_writes_them() {
             series(&[("zone", "x y"), ("empty", "")], &[(-2.0, 5)]),
         ],
     };
-    let decoded = decode(&body(&req), 1 << 20).expect("decodes");
+    let decoded = decode(&body(&req), limits(1 << 20)).expect("decodes");
     // NaN is not equal to itself: compare the encodings.
     assert_eq!(decoded.encode_to_vec(), req.encode_to_vec());
     let c = convert(&decoded);
@@ -76,22 +84,79 @@ fn refused_samples_leave_the_others() {
 #[test]
 fn bad_bodies_are_named() {
     assert_eq!(
-        decode(b"not snappy at all", 1 << 20),
+        decode(b"not snappy at all", limits(1 << 20)),
         Err(DecodeError::Snappy)
     );
     let big = WriteRequest {
         timeseries: vec![series(&[("__name__", &"x".repeat(5000))], &[(1.0, 1)])],
     };
-    assert_eq!(decode(&body(&big), 1000), Err(DecodeError::TooLarge));
+    assert_eq!(
+        decode(&body(&big), limits(1000)),
+        Err(DecodeError::TooLarge)
+    );
     let garbage = snap::raw::Encoder::new()
         .compress_vec(b"\xff\xff\xff")
         .expect("compress");
     assert!(matches!(
-        decode(&garbage, 1 << 20),
+        decode(&garbage, limits(1 << 20)),
         Err(DecodeError::Proto(_))
     ));
     assert_eq!(
-        decode(&body(&WriteRequest::default()), 10),
+        decode(&body(&WriteRequest::default()), limits(10)),
         Ok(WriteRequest::default())
     );
+}
+
+#[test]
+fn requests_that_expand_past_the_limits_are_refused_before_decoding() {
+    // One long label repeated for every one of many samples: small on the wire, huge as lines.
+    let many_samples: Vec<(f64, i64)> = (0..20_000).map(|i| (0.0, i)).collect();
+    let long_label = "x".repeat(2000);
+    let wide = WriteRequest {
+        timeseries: vec![series(
+            &[("__name__", "m"), ("a", &long_label)],
+            &many_samples,
+        )],
+    };
+    let wire = wide.encode_to_vec().len();
+    assert!(wire < 1 << 20, "{wire}");
+    assert_eq!(
+        decode(&body(&wide), Limits::of(1 << 20)),
+        Err(DecodeError::Expands)
+    );
+    // Empty labels: two bytes each on the wire, a struct of 48 decoded.
+    let empty_labels: Vec<(&str, &str)> = vec![("", ""); 200_000];
+    let many = WriteRequest {
+        timeseries: vec![series(&empty_labels, &[])],
+    };
+    let limit = Limits {
+        max_decoded: 1 << 20,
+        max_lines: 1 << 20,
+    };
+    assert_eq!(decode(&body(&many), limit), Err(DecodeError::Expands));
+    // Through the endpoint's entry: 413.
+    assert_eq!(
+        receive("db", &body(&wide), Limits::of(1 << 20)).map(|_| ()),
+        Err(RequestError::BodyTooLarge)
+    );
+}
+
+#[test]
+fn the_expansion_bounds_what_decoding_and_converting_build() {
+    let req = WriteRequest {
+        timeseries: vec![
+            series(
+                &[("__name__", "cpu"), ("host", "a"), ("q", "x y,z=\\\"")],
+                &[(1.5, 1), (-2.0, 2)],
+            ),
+            series(&[("__name__", "mem")], &[(f64::MAX, 3)]),
+            series(&[], &[(0.1, 4)]),
+        ],
+    };
+    let e = expansion(&req.encode_to_vec()).expect("well formed");
+    let c = convert(&req);
+    assert!(e.lines >= c.lines.len(), "{e:?} < {}", c.lines.len());
+    assert!(e.structs > 0);
+    assert_eq!(expansion(b"\x0a\x05ab"), None, "a length past the end");
+    assert_eq!(decode(&body(&req), Limits::of(1 << 20)).map(|_| ()), Ok(()));
 }
