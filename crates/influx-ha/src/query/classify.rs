@@ -200,14 +200,23 @@ impl<'a> Scanner<'a> {
                 Token::Punct(other)
             }
         };
+        // InfluxQL reads a `/` where an operand is expected as the start of a regex (a field,
+        // a call argument, a dimension, a source, a match), and after an operand as division.
         self.regex_allowed = match &token {
-            Token::Word(r) => self.q[r.clone()].eq_ignore_ascii_case(b"FROM"),
-            Token::Punct(b',') | Token::RegexOp => true,
-            _ => false,
+            Token::Word(r) => OPERAND_KEYWORDS
+                .iter()
+                .any(|k| self.q[r.clone()].eq_ignore_ascii_case(k)),
+            Token::RegexOp => true,
+            Token::Punct(b')') => false,
+            Token::Punct(_) => true,
+            Token::Quoted(_) | Token::Str | Token::Regex | Token::Semicolon => false,
         };
         Some((start, token))
     }
 }
+
+/// Keywords an operand follows (any other word is an operand itself).
+const OPERAND_KEYWORDS: [&[u8]; 6] = [b"SELECT", b"FROM", b"WHERE", b"BY", b"AND", b"OR"];
 
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80

@@ -107,6 +107,39 @@ fn splits_on_semicolons_outside_quotes_and_comments() {
     );
     // Division is not a regex.
     assert_eq!(texts("SELECT a/2;SELECT b"), vec!["SELECT a/2", "SELECT b"]);
+    assert_eq!(
+        texts("SELECT (a) / 2, \"b\" / 'c';SELECT b"),
+        vec!["SELECT (a) / 2, \"b\" / 'c'", "SELECT b"]
+    );
+}
+
+#[test]
+fn a_regex_is_read_wherever_influxql_expects_an_operand() {
+    // Each hides a quote in a regex: read as a string, it would swallow the statement after it.
+    for (q, regex) in [
+        ("SELECT v FROM m GROUP BY /x'/", "/x'/"),
+        ("SELECT /x'/ FROM m", "/x'/"),
+        ("SELECT top(/x'/, 1) FROM m", "/x'/"),
+        ("SELECT v FROM m GROUP BY time(1m), /x'/", "/x'/"),
+        ("SELECT v FROM db.rp./x'/", "/x'/"),
+        ("SELECT v FROM m WHERE a = /x'/ AND /y'/ =~ b", "/y'/"),
+    ] {
+        let query = format!("{q}; DROP MEASUREMENT m -- '");
+        assert_eq!(texts(&query), vec![q, "DROP MEASUREMENT m"], "{query}");
+        assert!(q.contains(regex));
+        assert_eq!(classify(&query).route, Route::Everywhere, "{query}");
+    }
+    // A write hidden behind one is a write, and a password behind one is never queued.
+    assert_eq!(
+        kinds("SELECT /x'/ INTO m2 FROM m -- '"),
+        vec![StatementKind::Write]
+    );
+    assert_eq!(
+        kinds("SELECT * INTO a FROM b GROUP BY /x'/; CREATE USER u WITH PASSWORD 's' -- '"),
+        vec![StatementKind::Write, StatementKind::UserAdmin]
+    );
+    // `into` inside a regex is not INTO.
+    assert_eq!(kinds("SELECT /into/ FROM m"), vec![StatementKind::Read]);
     assert!(split("").is_empty());
     assert!(split(" ; -- only a comment").is_empty());
     // Unterminated quotes run to the end.
