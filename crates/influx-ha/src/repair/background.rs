@@ -2,8 +2,11 @@
 //! every backend and what differs is copied back, so that replicas converge even where no
 //! queue kept the difference (a write made straight to one InfluxDB, a restored disk).
 //!
-//! A check runs only while every backend is up, out of maintenance and has nothing queued on
-//! this node or on a peer: data still on its way is not a difference. It verifies
+//! A check runs only while every backend is up, out of maintenance, not diverged and has
+//! nothing queued on this node or on a peer: data still on its way is not a difference, and a
+//! diverged backend may hold what the others deleted (a queued DELETE that failed on it), which
+//! copying "the most complete" backend would bring back everywhere: its repair is the
+//! operator's (`influx-ha repair`, which clears the flag). It verifies
 //! `[now - window, now - settle)` of every database as `influx-ha verify --since --until`
 //! does and, with `auto_repair`, copies what differs as `influx-ha repair` does (idempotent,
 //! paced). It never clears a diverged flag: only a verify of all time can.
@@ -156,12 +159,17 @@ impl AntiEntropyStats {
     }
 }
 
-/// Why no check may run now, if so: a backend down, in maintenance, or with writes queued for
-/// it here or on a peer.
+/// Why no check may run now, if so: a backend down, in maintenance, diverged (here or on a
+/// peer), or with writes queued for it here or on a peer.
 fn not_in_sync(state: &ClusterState) -> Option<String> {
     state.backends.iter().find_map(|b| {
         let why = match &b.reachability {
             Reachability::Up { .. } if b.maintenance => "in maintenance".to_owned(),
+            Reachability::Up { .. }
+                if b.diverged.is_some() || b.peers.iter().any(|p| p.diverged) =>
+            {
+                "diverged: run influx-ha repair".to_owned()
+            }
             Reachability::Up { .. } if b.queue.is_pending() => {
                 format!("{} queued writes", b.queue.records)
             }
@@ -350,10 +358,16 @@ mod tests {
             ..QueueDepth::default()
         };
         assert_eq!(not_in_sync(&cluster(vec![up("a"), up("b")])), None);
-        // Diverged is no reason to skip: the check copies what it finds.
         let mut diverged = up("b");
-        diverged.diverged = Some("its queue overflowed".to_owned());
-        assert_eq!(not_in_sync(&cluster(vec![up("a"), diverged])), None);
+        diverged.diverged = Some("a queued statement failed".to_owned());
+        let mut diverged_on_peer = up("b");
+        diverged_on_peer.peers.push(PeerReport {
+            peer: "relay-2".to_owned(),
+            queue: QueueDepth::default(),
+            diverged: true,
+            received: SystemTime::now(),
+            reachable: true,
+        });
 
         let mut down = up("b");
         down.reachability = Reachability::Down {
@@ -379,6 +393,8 @@ mod tests {
             ),
             (down, "b: down (connection refused)"),
             (maintenance, "b: in maintenance"),
+            (diverged, "b: diverged: run influx-ha repair"),
+            (diverged_on_peer, "b: diverged: run influx-ha repair"),
             (catching_up, "b: 3 queued writes"),
             (peer_queue, "b: peer relay-2 has 3 queued writes for it"),
         ] {
