@@ -200,7 +200,11 @@ impl<S: Sink> HttpSide<S> {
             let side = side.clone();
             async move { Ok::<_, std::convert::Infallible>(side.handle(req).await) }
         });
+        // Without a timer hyper applies no header timeout at all: a client that sends half a
+        // request head, or keeps a connection idle, would hold its slot for good.
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.limits.read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         tokio::select! {

@@ -14,6 +14,11 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(Duration::from_secs(20)).await
+}
+
+/// A listener whose HTTP side gives a request `read_timeout` to arrive.
+async fn start_with(read_timeout: Duration) -> Running {
     let recorder = Recorder::default();
     let l = bind(
         "127.0.0.1:0".parse().expect("addr"),
@@ -22,7 +27,7 @@ async fn start() -> Running {
         TcpOptions::default(),
         BodyLimits {
             max_body_bytes: 1 << 20,
-            read_timeout: Duration::from_secs(20),
+            read_timeout,
             inflight_wait: Duration::from_secs(1),
         },
     )
@@ -120,4 +125,26 @@ fn request_lines_are_told_from_telnet_lines() {
     assert!(!is_request_line(b"put sys.cpu 1356998400 1 host=a"));
     assert!(!is_request_line(b"PUT x"));
     assert!(!is_request_line(b"version"));
+}
+
+#[tokio::test]
+async fn an_http_client_that_stops_mid_head_or_idles_is_disconnected() {
+    let r = start_with(Duration::from_millis(300)).await;
+    let ping = b"POST /api/metadata/put HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    for request in [&b"GET /api/put HTTP/1.1\r\nHost: x\r\n"[..], &ping[..]] {
+        let mut c = TcpStream::connect(r.addr).await.expect("connect");
+        c.write_all(request).await.expect("send");
+        // Never half-closed: only the server's timeout can end the connection.
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut answer))
+            .await
+            .expect("the connection was closed by the server")
+            .expect("read");
+        if request == &ping[..] {
+            let text = String::from_utf8_lossy(&answer);
+            assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+        }
+    }
+    let _ = r.stop.send(());
+    r.task.await.expect("listener ends");
 }
