@@ -87,6 +87,12 @@ pub enum ReloadError {
     /// An added backend's queue could not be opened.
     #[error("{0}")]
     Queue(#[from] crate::write::OpenError),
+    /// The new body limit does not fit the in-flight cap that runs until a restart: no
+    /// request that large could ever be read.
+    #[error(
+        "[http] max_body_bytes = {body} is above the running max_inflight_bytes = {inflight}, which changes only at a restart: restart to apply both"
+    )]
+    BodyOverInflight { body: u64, inflight: u64 },
     /// A backend removed moments ago is added again while its queue is still closing.
     #[error(
         "backend {0} was removed moments ago and its queue is still in use: reload again shortly"
@@ -183,6 +189,12 @@ impl Reloader {
         let _one_at_a_time = self.running.lock().await;
         let new = Config::load(&self.path)?;
         let old = self.current();
+        if new.http.max_body_bytes > old.http.max_inflight_bytes {
+            return Err(ReloadError::BodyOverInflight {
+                body: new.http.max_body_bytes,
+                inflight: old.http.max_inflight_bytes,
+            });
+        }
         let mut report = ReloadReport::default();
 
         for (key, changed) in [

@@ -555,6 +555,23 @@ mod reload {
         assert_eq!(names(&replicator), ["alpha", "beta"]);
         assert_eq!(seen.load(Ordering::SeqCst), 0);
 
+        // A body limit above the running in-flight cap (which needs a restart) could never
+        // be met: refused, though the file is valid on its own.
+        let bigger = text(
+            dir.path(),
+            &[("alpha", "127.0.0.1"), ("beta", "127.0.0.2")],
+            "",
+        )
+        .replace(
+            "[http]\n",
+            "[http]\nmax_body_bytes = \"64MiB\"\nmax_inflight_bytes = \"128MiB\"\n",
+        );
+        assert!(Config::from_toml(&bigger, "t").is_ok());
+        std::fs::write(&path, &bigger).expect("write");
+        let err = reloader.reload().await.expect_err("body over the cap");
+        assert!(matches!(err, ReloadError::BodyOverInflight { .. }), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+
         // gamma added, beta removed, consistency, queue limits and a listener changed.
         let beta = replicator.replicas()[1].clone();
         let second = text(
