@@ -19,7 +19,7 @@ pub mod credentials;
 pub mod input;
 pub mod password;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -35,8 +35,13 @@ use self::password::{PasswordHash, token_digest};
 
 /// Password verifications that may run at once (each keeps a core busy).
 pub const VERIFY_CONCURRENCY: usize = 1;
-/// Remembered verification results; the memory is cleared when it is full.
+/// Remembered verification results of each kind (passwords that matched, and those that did
+/// not); each memory is cleared when it is full. They are apart so that a stream of wrong
+/// passwords never evicts the right ones, which would then wait for a slow verification again.
 pub const CACHE_ENTRIES: usize = 4096;
+/// How long a request waits for a verification slot before it gets 503 (retry later): a
+/// queue of slow verifications must not hold every client's request.
+pub const VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A configured user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +84,9 @@ pub enum AuthError {
     /// Unknown user, wrong password or unknown token.
     #[error("authorization failed")]
     Failed,
+    /// No verification slot came free in time (answered 503, not 401).
+    #[error("too many password verifications at once; retry later")]
+    Busy,
 }
 
 /// Who a request was authenticated as.
@@ -98,7 +106,7 @@ pub struct Authenticator {
     /// outside it).
     cache_key: hmac::Key,
     /// HMAC(user, password) → whether it matched.
-    cache: Mutex<HashMap<[u8; 32], bool>>,
+    cache: Mutex<Memory>,
     /// Bounds the CPU spent on password hashing.
     verify_slots: Arc<Semaphore>,
     /// Refused requests so far (for metrics).
@@ -132,7 +140,7 @@ impl Authenticator {
                 .map(|t| (t.digest, Arc::from(t.name.as_str())))
                 .collect(),
             cache_key,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Memory::default()),
             verify_slots: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
             failures: AtomicU64::new(0),
         }
@@ -182,8 +190,9 @@ impl Authenticator {
                 Err(AuthError::Failed)
             };
         }
-        let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
-            return Err(AuthError::Failed);
+        let slot = tokio::time::timeout(VERIFY_WAIT, self.verify_slots.clone().acquire_owned());
+        let Ok(Ok(_slot)) = slot.await else {
+            return Err(AuthError::Busy);
         };
         // Another request may have verified the same pair while this one waited.
         let ok = match self.remembered(&key) {
@@ -218,23 +227,41 @@ impl Authenticator {
     }
 
     fn remembered(&self, key: &[u8; 32]) -> Option<bool> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .copied()
-    }
-
-    fn remember(&self, key: [u8; 32], ok: bool) {
-        let mut cache = self
+        let memory = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
+        if memory.matched.contains(key) {
+            Some(true)
+        } else if memory.refused.contains(key) {
+            Some(false)
+        } else {
+            None
         }
-        cache.insert(key, ok);
     }
+
+    fn remember(&self, key: [u8; 32], ok: bool) {
+        let mut memory = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let kind = if ok {
+            &mut memory.matched
+        } else {
+            &mut memory.refused
+        };
+        if kind.len() >= CACHE_ENTRIES {
+            kind.clear();
+        }
+        kind.insert(key);
+    }
+}
+
+/// Verification results remembered, by keyed digest of user and password.
+#[derive(Default)]
+struct Memory {
+    matched: HashSet<[u8; 32]>,
+    refused: HashSet<[u8; 32]>,
 }
 
 #[cfg(test)]

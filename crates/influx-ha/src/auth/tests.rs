@@ -108,8 +108,13 @@ async fn verification_results_are_remembered_without_the_password() {
         );
     }
     let cache = a.cache.lock().expect("not poisoned");
-    assert_eq!(cache.len(), 2, "one entry per (user, password) pair");
-    for key in cache.keys() {
+    let (matched, refused) = (&cache.matched, &cache.refused);
+    assert_eq!(
+        (matched.len(), refused.len()),
+        (1, 1),
+        "one entry per (user, password) pair"
+    );
+    for key in matched.iter().chain(refused) {
         assert!(
             !key.windows(6).any(|w| w == b"s3cret"),
             "the memory holds HMACs, not passwords"
@@ -137,4 +142,38 @@ async fn a_password_for_another_user_does_not_match() {
         Err(AuthError::Failed)
     );
     assert!(a.authenticate(&none, Some("u=b&p=pb")).await.is_ok());
+}
+
+#[tokio::test]
+async fn wrong_passwords_never_evict_the_right_ones_from_memory() {
+    let a = Authenticator::new(&[], &[]);
+    let right = a.cache_key_of("telegraf", b"s3cret");
+    a.remember(right, true);
+    for i in 0..CACHE_ENTRIES + 10 {
+        let wrong = a.cache_key_of("telegraf", format!("guess {i}").as_bytes());
+        a.remember(wrong, false);
+    }
+    assert_eq!(a.remembered(&right), Some(true));
+    assert_eq!(a.remembered(&a.cache_key_of("telegraf", b"guess 0")), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_get_a_verification_slot_is_told_to_retry() {
+    let users = [User {
+        name: "telegraf".to_owned(),
+        password_hash: PasswordHash::new(b"s3cret", MIN_ITERATIONS).expect("hash"),
+    }];
+    let a = Authenticator::new(&users, &[]);
+    // Every slot is taken by verifications that do not end.
+    let _held = a
+        .verify_slots
+        .clone()
+        .acquire_many_owned(VERIFY_CONCURRENCY as u32)
+        .await
+        .expect("slots");
+    let none = HeaderMap::new();
+    assert_eq!(
+        a.authenticate(&none, Some("u=telegraf&p=s3cret")).await,
+        Err(AuthError::Busy)
+    );
 }

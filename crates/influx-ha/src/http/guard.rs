@@ -23,7 +23,7 @@ use http::{Request, Uri};
 
 use super::error::RequestError;
 use super::limit::{ClientKey, RateLimiter, retry_after_secs};
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::config::{RateLimit, RateLimitKey};
 
 /// The address of the client a request came from (set by the server in the request's
@@ -127,7 +127,10 @@ impl Guard {
                 auth.authenticator
                     .authenticate(req.headers(), req.uri().query())
                     .await
-                    .map_err(RequestError::Unauthorized)?,
+                    .map_err(|e| match e {
+                        AuthError::Busy => RequestError::Overloaded(e.to_string()),
+                        e => RequestError::Unauthorized(e),
+                    })?,
             ),
             _ => None,
         };
