@@ -260,11 +260,19 @@ enum Read {
     Failed(std::io::Error),
 }
 
+/// A buffer with no complete line up to this size is scanned again at every newline.
+const RESCAN_FREELY: usize = 64 * 1024;
+
 impl<S: Sink> Connection<S> {
     async fn serve(self, mut stream: TcpStream, mut shutdown: Shutdown) {
         let mut buf = BytesMut::new();
         // Up to here `buf` is known to hold no complete line (only a `\n` can complete one).
         let mut scanned = 0;
+        // The length `buf` had when a scan last found no complete line in it (0: none since).
+        // Line protocol is scanned from the start of the line (a quote can hide a newline), so
+        // past `RESCAN_FREELY` the next scan waits until `buf` has doubled: a line that never
+        // ends costs linear time, not a whole rescan for every newline that arrives.
+        let mut stuck_at = 0usize;
         loop {
             let read = self.read(&mut stream, &mut buf, &mut shutdown).await;
             let eof = match read {
@@ -272,9 +280,15 @@ impl<S: Sink> Connection<S> {
                 Read::Eof => true,
                 Read::Idle => {
                     tracing::debug!(peer = %self.peer, "idle TCP connection closed");
+                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
+                        .await;
                     return self.discard(&buf, "idle connection closed");
                 }
-                Read::Shutdown => return self.discard(&buf, "shutting down"),
+                Read::Shutdown => {
+                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
+                        .await;
+                    return self.discard(&buf, "shutting down");
+                }
                 Read::Failed(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "TCP read failed");
                     return self.discard(&buf, "connection failed");
@@ -288,15 +302,15 @@ impl<S: Sink> Connection<S> {
                 }
                 return;
             }
-            if buf[scanned..].contains(&b'\n') {
-                let n = match self.text {
-                    // Text protocols have no quoting: a line ends at its newline.
-                    Some(_) => buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1),
-                    None => lineproto::complete_lines(&buf),
-                };
+            let rescan = stuck_at <= RESCAN_FREELY || buf.len() >= stuck_at.saturating_mul(2);
+            if rescan && buf[scanned..].contains(&b'\n') {
+                let n = self.complete(&buf);
                 if n > 0 {
                     let lines = buf.split_to(n).freeze();
                     self.write(lines, &mut stream, &mut shutdown).await;
+                    stuck_at = 0;
+                } else {
+                    stuck_at = buf.len();
                 }
             }
             scanned = buf.len();
@@ -384,6 +398,30 @@ impl<S: Sink> Connection<S> {
         self.feed.deliver(data, Some(shutdown)).await;
     }
 
+    /// How many bytes at the start of `buf` are complete lines.
+    fn complete(&self, buf: &[u8]) -> usize {
+        match self.text {
+            // Text protocols have no quoting: a line ends at its newline.
+            Some(_) => buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1),
+            None => lineproto::complete_lines(buf),
+        }
+    }
+
+    /// Writes the complete lines `buf` still holds (a scan may have been put off), leaving
+    /// the incomplete rest.
+    async fn write_complete(
+        &self,
+        buf: &mut BytesMut,
+        stream: &mut TcpStream,
+        shutdown: &mut Shutdown,
+    ) {
+        let n = self.complete(buf);
+        if n > 0 {
+            let lines = buf.split_to(n).freeze();
+            self.write(lines, stream, shutdown).await;
+        }
+    }
+
     fn discard(&self, tail: &[u8], why: &'static str) {
         if !tail.is_empty() {
             self.feed.discard(tail, why);
@@ -469,6 +507,39 @@ mod tests {
         assert_eq!(&batches[2].2[..], b"c s=\"one\ntwo\" 3\n");
         assert!(batches.iter().all(|(db, _, _)| db == "tcpdb"));
         assert_eq!(r.counters.snapshot().lines, 3);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_long_line_held_open_by_a_quote_is_written_once_it_ends_or_at_idle() {
+        let r = start(TcpOptions {
+            idle_timeout: Duration::from_secs(2),
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut c = connect(r.addr).await;
+        // Past the size scanned at every newline: many string fields, each with a newline
+        // inside, sent one by one.
+        let mut sent = b"m ".to_vec();
+        c.write_all(b"m ").await.expect("write");
+        for i in 0..20_000 {
+            let field = format!("f{i}=\"a\nb\",");
+            c.write_all(field.as_bytes()).await.expect("write");
+            sent.extend_from_slice(field.as_bytes());
+        }
+        c.write_all(b"g=1 1\n").await.expect("write");
+        sent.extend_from_slice(b"g=1 1\n");
+        assert!(sent.len() > 2 * RESCAN_FREELY);
+        // Kept open: the line is written when a scan comes, at the latest when the connection
+        // is closed for being idle.
+        eventually("the long line", || {
+            r.recorder.batches.lock().expect("lock").len() == 1
+        })
+        .await;
+        let batches = r.recorder.batches.lock().expect("lock").clone();
+        assert_eq!(&batches[0].2[..], &sent[..]);
+        assert_eq!(r.counters.snapshot().lines, 1);
+        drop(c);
         r.stop().await;
     }
 
