@@ -298,6 +298,56 @@ impl BackendClient {
         self.post_query("/query", q, db, params).await
     }
 
+    /// Runs one statement queued earlier (`POST /query`, form-encoded `q`, `db` and the
+    /// request's other parameters) and returns its status with the first `keep` bytes of its
+    /// answer: enough to read an error, without holding a large result (the rest is not read).
+    /// `timeout` bounds the exchange up to those bytes: a statement may take long (a
+    /// `SELECT … INTO` backfill), and InfluxDB stops one whose client hangs up.
+    pub async fn run_statement(
+        &self,
+        q: &str,
+        db: Option<&str>,
+        params: &str,
+        timeout: Duration,
+        keep: usize,
+    ) -> Result<(StatusCode, Bytes), SendError> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let exchange = async {
+            let resp = self
+                .forward(
+                    Method::POST,
+                    "/query",
+                    headers,
+                    query_form(q, db, params),
+                    timeout,
+                )
+                .await?;
+            let (parts, body) = resp.into_parts();
+            let mut body = std::pin::pin!(body);
+            let mut first = Vec::new();
+            while first.len() < keep {
+                match body.frame().await {
+                    None => break,
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            first.extend_from_slice(&data[..data.len().min(keep - first.len())]);
+                        }
+                    }
+                    Some(Err(e)) => return Err(SendError::Answer(chain(&e))),
+                }
+            }
+            Ok((parts.status, Bytes::from(first)))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Timeout(timeout)),
+        }
+    }
+
     /// `POST /query?epoch=ns` with `q` (and `db` when given) form-encoded: for reads whose
     /// timestamps must come back exactly, as integers of nanoseconds (verify and repair).
     pub async fn select(&self, q: &str, db: Option<&str>) -> Result<BackendAnswer, SendError> {
@@ -311,22 +361,11 @@ impl BackendClient {
         db: Option<&str>,
         params: &str,
     ) -> Result<BackendAnswer, SendError> {
-        let mut form = String::with_capacity(q.len() + params.len() + 16);
-        form.push_str("q=");
-        encode_component(q, &mut form);
-        if let Some(db) = db {
-            form.push_str("&db=");
-            encode_component(db, &mut form);
-        }
-        if !params.is_empty() {
-            form.push('&');
-            form.push_str(params);
-        }
         self.send(
             Method::POST,
             path,
             Some("application/x-www-form-urlencoded"),
-            Bytes::from(form),
+            query_form(q, db, params),
         )
         .await
     }
@@ -425,6 +464,22 @@ impl BackendClient {
             Err(_) => Err(SendError::Timeout(self.timeouts.request)),
         }
     }
+}
+
+/// The form of a `/query` request: `q`, `db` when given, then `params` (already encoded).
+fn query_form(q: &str, db: Option<&str>, params: &str) -> Bytes {
+    let mut form = String::with_capacity(q.len() + params.len() + 16);
+    form.push_str("q=");
+    encode_component(q, &mut form);
+    if let Some(db) = db {
+        form.push_str("&db=");
+        encode_component(db, &mut form);
+    }
+    if !params.is_empty() {
+        form.push('&');
+        form.push_str(params);
+    }
+    Bytes::from(form)
 }
 
 #[cfg(test)]

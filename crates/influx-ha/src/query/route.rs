@@ -188,6 +188,23 @@ fn verdict(held: &Held) -> (StatusCode, bool) {
     )
 }
 
+/// Why a statement sent to a backend has no held answer.
+enum Unheld {
+    /// It did not run there (no connection, no answer, a 5xx): queued for the replay.
+    NotRun(String),
+    /// The backend answered (the statement ran) but the answer could not be read whole.
+    RanUnread { status: StatusCode, why: String },
+}
+
+impl std::fmt::Display for Unheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unheld::NotRun(why) => f.write_str(why),
+            Unheld::RanUnread { status, why } => write!(f, "answered {status}, then {why}"),
+        }
+    }
+}
+
 /// Reads a whole answer (at most [`MAX_HELD_ANSWER`]) within `timeout`.
 async fn hold(resp: Response<hyper::body::Incoming>, timeout: Duration) -> Result<Held, String> {
     let (parts, body) = resp.into_parts();
@@ -508,16 +525,19 @@ impl Inner {
     // === state-changing statements ===
 
     /// Sends `fwd` to backend `i` and holds its whole answer; `Err` for no answer or a 5xx.
-    async fn send_held(&self, i: usize, fwd: &Forward) -> Result<Held, String> {
+    async fn send_held(&self, i: usize, fwd: &Forward) -> Result<Held, Unheld> {
         let target = &self.targets[i];
         let _outstanding = Outstanding::new(&target.outstanding);
-        let resp = self.send(i, fwd).await?;
-        let held = hold(resp, self.config.timeout).await?;
+        let resp = self.send(i, fwd).await.map_err(Unheld::NotRun)?;
+        let status = resp.status();
+        let held = hold(resp, self.config.timeout)
+            .await
+            .map_err(|why| Unheld::RanUnread { status, why })?;
         if held.status.is_server_error() {
             let text = String::from_utf8_lossy(&held.body[..held.body.len().min(256)])
                 .trim()
                 .to_owned();
-            return Err(format!("answered {}: {text}", held.status));
+            return Err(Unheld::NotRun(format!("answered {}: {text}", held.status)));
         }
         Ok(held)
     }
@@ -548,7 +568,12 @@ impl Inner {
                 }
                 match me.send_held(i, &fwd).await {
                     Ok(held) => (i, Ok(held)),
-                    Err(why) => {
+                    // It ran there: queueing it would run it again.
+                    Err(Unheld::RanUnread { status, why }) => {
+                        tracing::warn!(backend = me.name(i), %status, reason = %why, "statement executed, its answer not held");
+                        (i, Err(Outcome::Acked))
+                    }
+                    Err(Unheld::NotRun(why)) => {
                         me.marks.failure(i, why.clone());
                         tracing::warn!(backend = me.name(i), reason = %why, "statement not executed: queued");
                         match &replica {
@@ -577,6 +602,7 @@ impl Inner {
 
         let mut queued = Vec::new();
         let mut failed = Vec::new();
+        let mut ran_unread = Vec::new();
         let mut first: Option<(usize, Held)> = None;
         for (i, o) in outcomes.into_iter().enumerate() {
             match o {
@@ -594,6 +620,7 @@ impl Inner {
                     Some(_) => {}
                 },
                 Some(Err(Outcome::Queued)) => queued.push(self.name(i).to_owned()),
+                Some(Err(Outcome::Acked)) => ran_unread.push(self.name(i).to_owned()),
                 Some(Err(other)) => failed.push(format!("{}: {other:?}", self.name(i))),
                 None => failed.push(format!("{}: task failed", self.name(i))),
             }
@@ -606,6 +633,14 @@ impl Inner {
         }
         if let Some((i, held)) = first {
             return Ok(self.respond(id, held.status, &held.headers, full(held.body), i, false));
+        }
+        if !ran_unread.is_empty() {
+            // Not 503: a client that retried would run the statements again.
+            return Err(RequestError::Internal(format!(
+                "the statements ran on {} but no answer could be held (longer than {} bytes or slower than the query timeout); split reads from state-changing statements",
+                ran_unread.join(", "),
+                MAX_HELD_ANSWER
+            )));
         }
         if queued.is_empty() {
             return Err(RequestError::Unavailable(format!(
@@ -691,7 +726,8 @@ impl Inner {
                         first = Some((i, held));
                     }
                 }
-                Err(why) => {
+                Err(unheld) => {
+                    let why = unheld.to_string();
                     self.marks.failure(i, why.clone());
                     failed.push(format!("{}: {why}", self.name(i)));
                 }

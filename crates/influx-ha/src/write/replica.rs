@@ -30,6 +30,13 @@ const MAX_REPLAY_BATCH: usize = 4 << 20;
 /// is forgotten (and simply replayed: a duplicate, harmless).
 const MAX_DELIVERED_INSURED: usize = 8;
 
+/// How long a replayed statement may run (a `SELECT … INTO` backfill takes a while; InfluxDB
+/// stops a statement whose client hangs up, so a short deadline would retry it for ever).
+const STATEMENT_REPLAY_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bytes of a replayed statement's answer read: its error, if any, comes first; rows are not
+/// needed.
+const STATEMENT_ANSWER_KEPT: usize = 64 * 1024;
+
 /// How deep a batch refused as too large is split before it is dead-lettered.
 const MAX_SPLIT_DEPTH: u32 = 16;
 /// A validated write, shared by every backend's delivery.
@@ -938,25 +945,29 @@ impl Replica {
                 statement,
                 params,
             } => {
-                match self
-                    .client
-                    .query_with(statement, (!db.is_empty()).then_some(db.as_str()), params)
-                    .await
-                {
-                    Ok(answer) if answer.status.is_success() => {
+                let db = (!db.is_empty()).then_some(db.as_str());
+                let run = self.client.run_statement(
+                    statement,
+                    db,
+                    params,
+                    STATEMENT_REPLAY_TIMEOUT,
+                    STATEMENT_ANSWER_KEPT,
+                );
+                match run.await {
+                    Ok((status, body)) if status.is_success() => {
                         // InfluxQL reports a failed statement inside a 200.
-                        if let Some(error) = schema::statement_error(&answer.body) {
+                        if let Some(error) = schema::statement_error(&body) {
                             self.mark_diverged(&format!(
                                 "a queued statement failed: {statement}: {error}"
                             ));
                         }
                         Step::Delivered
                     }
-                    Ok(answer) if answer.status.is_client_error() => {
+                    Ok((status, _)) if status.is_client_error() => {
                         self.mark_diverged(&format!("a queued statement was refused: {statement}"));
                         Step::Delivered
                     }
-                    Ok(answer) => Step::Retry(format!("statement answered {}", answer.status)),
+                    Ok((status, _)) => Step::Retry(format!("statement answered {status}")),
                     Err(e) => Step::Retry(format!("statement: {e}")),
                 }
             }

@@ -190,6 +190,52 @@ fn statements_while_a_backend_is_down_reach_it_before_the_writes_that_follow() {
 }
 
 #[test]
+fn a_statement_whose_answer_is_too_long_to_hold_ran_and_is_not_queued_to_run_again() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    // An answer of more than 4 MiB on both.
+    let body: Vec<u8> = (0..60_000u64)
+        .flat_map(|i| {
+            let pad = "x".repeat(100);
+            format!(
+                "big,host=h{} v={i}i,s=\"{pad}\" {}\n",
+                i % 50,
+                1_700_000_000_000_000_000 + i
+            )
+            .into_bytes()
+        })
+        .collect();
+    for i in [&a, &b] {
+        i.create_database("db");
+        assert_eq!(i.write("db", "", &body).0, 204);
+    }
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    let r = query(
+        &mut relay,
+        &[
+            ("db", "db"),
+            ("q", "CREATE DATABASE made; SELECT * FROM big"),
+        ],
+    );
+    let text = r.text();
+    let start = &text[..text.len().min(300)];
+    assert_eq!(r.status, 500, "{start}");
+    assert!(text.contains("ran on"), "{start}");
+    for i in [&a, &b] {
+        assert!(show(i, "SHOW DATABASES").contains("[\"made\"]"));
+    }
+    // Nothing waits to run it again, and both backends stay fresh.
+    assert_eq!(queued_records(&mut relay, "influx-0"), 0);
+    assert_eq!(queued_records(&mut relay, "influx-1"), 0);
+    let status: serde_json::Value =
+        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    for backend in status["backends"].as_array().expect("backends") {
+        assert_eq!(backend["queue"]["records"], 0, "{backend}");
+    }
+}
+
+#[test]
 fn a_queued_statement_that_fails_on_its_backend_marks_it_diverged() {
     let _serial = serial();
     let (a, mut b) = (Influxd::start(), Influxd::start());
