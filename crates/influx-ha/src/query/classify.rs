@@ -227,11 +227,42 @@ pub fn split(q: &str) -> Vec<Range<usize>> {
     statements(q).into_iter().map(|(span, _)| span).collect()
 }
 
-/// Statements with their tokens.
-fn statements(q: &str) -> Vec<(Range<usize>, Vec<Token>)> {
+/// What classifying a statement needs of its tokens, gathered as they are scanned: a query
+/// of millions of tokens is not held token by token.
+#[derive(Debug, Default)]
+struct Summary {
+    /// Its first two tokens.
+    head: Vec<Token>,
+    /// Whether `INTO` is among its words.
+    into: bool,
+    /// The token after its first `ON`, once seen.
+    after_on: Option<Option<Token>>,
+    /// The last token was that first `ON`.
+    on_just_seen: bool,
+}
+
+impl Summary {
+    fn add(&mut self, q: &str, token: Token) {
+        if self.on_just_seen {
+            self.on_just_seen = false;
+            self.after_on = Some(Some(token.clone()));
+        }
+        if self.after_on.is_none() && is(q, Some(&token), "ON") {
+            self.after_on = Some(None);
+            self.on_just_seen = true;
+        }
+        self.into |= is(q, Some(&token), "INTO");
+        if self.head.len() < 2 {
+            self.head.push(token);
+        }
+    }
+}
+
+/// Statements with the summary of their tokens.
+fn statements(q: &str) -> Vec<(Range<usize>, Summary)> {
     let mut out = Vec::new();
     let mut scanner = Scanner::new(q);
-    let mut tokens = Vec::new();
+    let mut summary = Summary::default();
     let mut first: Option<usize> = None;
     let mut last_end = 0;
     loop {
@@ -239,7 +270,7 @@ fn statements(q: &str) -> Vec<(Range<usize>, Vec<Token>)> {
         match next {
             Some((_, Token::Semicolon)) | None => {
                 if let Some(start) = first.take() {
-                    out.push((start..last_end, std::mem::take(&mut tokens)));
+                    out.push((start..last_end, std::mem::take(&mut summary)));
                 }
                 // A new statement starts: a `/` at its start is not a regex.
                 scanner.regex_allowed = false;
@@ -250,7 +281,7 @@ fn statements(q: &str) -> Vec<(Range<usize>, Vec<Token>)> {
             Some((start, token)) => {
                 first.get_or_insert(start);
                 last_end = scanner.pos;
-                tokens.push(token);
+                summary.add(q, token);
             }
         }
     }
@@ -267,15 +298,14 @@ fn is(q: &str, token: Option<&Token>, keyword: &str) -> bool {
     word(q, token).is_some_and(|w| w.eq_ignore_ascii_case(keyword))
 }
 
-/// Classifies one statement from its tokens.
-fn kind(q: &str, tokens: &[Token]) -> StatementKind {
-    let t = |i: usize| tokens.get(i);
+/// Classifies one statement from the summary of its tokens.
+fn kind(q: &str, summary: &Summary) -> StatementKind {
+    let t = |i: usize| summary.head.get(i);
     let Some(first) = word(q, t(0)) else {
         return StatementKind::Read;
     };
-    let has_into = || tokens.iter().any(|tok| is(q, Some(tok), "INTO"));
     match first.to_ascii_uppercase().as_str() {
-        "SELECT" | "EXPLAIN" if has_into() => StatementKind::Write,
+        "SELECT" | "EXPLAIN" if summary.into => StatementKind::Write,
         "SELECT" | "EXPLAIN" => StatementKind::Read,
         "SHOW" if is(q, t(1), "QUERIES") => StatementKind::ShowQueries,
         "SHOW" => StatementKind::Read,
@@ -283,14 +313,11 @@ fn kind(q: &str, tokens: &[Token]) -> StatementKind {
         "CREATE" | "DROP" | "ALTER" | "DELETE" => StatementKind::Write,
         "SET" | "GRANT" | "REVOKE" => StatementKind::UserAdmin,
         "KILL" => {
-            let on = tokens
-                .iter()
-                .position(|tok| is(q, Some(tok), "ON"))
-                .and_then(|i| match tokens.get(i + 1) {
-                    Some(Token::Word(r) | Token::Quoted(r)) => q.get(r.clone()),
-                    _ => None,
-                })
-                .map(|host| host.replace("\\\"", "\"").replace("\\\\", "\\"));
+            let on = match &summary.after_on {
+                Some(Some(Token::Word(r) | Token::Quoted(r))) => q.get(r.clone()),
+                _ => None,
+            }
+            .map(|host| host.replace("\\\"", "\"").replace("\\\\", "\\"));
             StatementKind::KillQuery { on }
         }
         _ => StatementKind::Read,
@@ -301,8 +328,8 @@ fn kind(q: &str, tokens: &[Token]) -> StatementKind {
 pub fn classify(q: &str) -> Classified {
     let statements: Vec<Statement> = statements(q)
         .into_iter()
-        .map(|(span, tokens)| Statement {
-            kind: kind(q, &tokens),
+        .map(|(span, summary)| Statement {
+            kind: kind(q, &summary),
             span,
         })
         .collect();
