@@ -12,10 +12,16 @@
 //! "failed":N,"success":M}`, as OpenTSDB answers them. A body that is not a JSON object or
 //! array gets InfluxDB's 400 texts (`expected JSON array or hash`, `json array decode error`,
 //! `json object decode error`).
+//!
+//! An array is converted point by point as it is read, so that a body of many tiny points
+//! (`[{},{},…]`) never becomes a vector of them; `?details` lists the first
+//! [`MAX_DETAILED`] dropped points (`failed` counts them all).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ingest::points::write_point;
 
@@ -56,6 +62,9 @@ pub struct Dropped {
     pub error: String,
 }
 
+/// Dropped points kept for `?details` and the log; beyond them only counted.
+pub const MAX_DETAILED: usize = 1000;
+
 /// What a body became.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Converted {
@@ -64,25 +73,14 @@ pub struct Converted {
     /// Points written to `lines`.
     pub points: usize,
     /// Points dropped.
+    pub failed: usize,
+    /// The first [`MAX_DETAILED`] of them.
     pub dropped: Vec<Dropped>,
 }
 
-/// Decodes and converts a body.
-pub fn convert(body: &[u8]) -> Result<Converted, BodyError> {
-    // Go's decoder skips leading white space before the first value; the peek that chooses
-    // between object and array does not.
-    let points: Vec<DataPoint> = match body.first() {
-        None => return Err(BodyError::Empty),
-        Some(b'[') => first_value(body).ok_or(BodyError::Array)?,
-        Some(b'{') => vec![first_value(body).ok_or(BodyError::Object)?],
-        Some(_) => return Err(BodyError::NotJson),
-    };
-    let mut c = Converted {
-        lines: Vec::with_capacity(points.len() * 64),
-        ..Converted::default()
-    };
-    let mut tags: Vec<(&str, &str)> = Vec::new();
-    for p in &points {
+impl Converted {
+    /// Converts one point (or counts it dropped).
+    fn add(&mut self, p: DataPoint) {
         let ts = p.timestamp;
         let nanos = if ts < 10_000_000_000 {
             ts.checked_mul(1_000_000_000)
@@ -91,32 +89,70 @@ pub fn convert(body: &[u8]) -> Result<Converted, BodyError> {
                 .checked_mul(1_000_000_000)
                 .and_then(|s| s.checked_add((ts % 1000) * 1000))
         };
-        tags.clear();
-        if let Some(t) = &p.tags {
-            tags.extend(t.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        }
+        let mut tags: Vec<(&str, &str)> = p
+            .tags
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let written = match nanos {
             None => Err("time outside range".to_owned()),
-            Some(nanos) => write_point(&mut c.lines, &p.metric, &mut tags, "value", p.value, nanos)
-                .map_err(|e| e.to_string()),
+            Some(nanos) => write_point(
+                &mut self.lines,
+                &p.metric,
+                &mut tags,
+                "value",
+                p.value,
+                nanos,
+            )
+            .map_err(|e| e.to_string()),
         };
+        drop(tags);
         match written {
-            Ok(()) => c.points += 1,
-            Err(error) => c.dropped.push(Dropped {
-                point: p.clone(),
-                error,
-            }),
+            Ok(()) => self.points += 1,
+            Err(error) => {
+                self.failed += 1;
+                if self.dropped.len() < MAX_DETAILED {
+                    self.dropped.push(Dropped { point: p, error });
+                }
+            }
         }
+    }
+}
+
+/// Decodes and converts a body.
+pub fn convert(body: &[u8]) -> Result<Converted, BodyError> {
+    let mut c = Converted::default();
+    // Go's decoder skips leading white space before the first value; the peek that chooses
+    // between object and array does not. Only the first value is read.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match body.first() {
+        None => return Err(BodyError::Empty),
+        Some(b'[') => de
+            .deserialize_seq(Points(&mut c))
+            .map_err(|_| BodyError::Array)?,
+        Some(b'{') => c.add(DataPoint::deserialize(&mut de).map_err(|_| BodyError::Object)?),
+        Some(_) => return Err(BodyError::NotJson),
     }
     Ok(c)
 }
 
-/// The first JSON value of `body` (what follows it is ignored, as by Go's decoder).
-fn first_value<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Option<T> {
-    serde_json::Deserializer::from_slice(body)
-        .into_iter::<T>()
-        .next()?
-        .ok()
+/// Converts the points of an array as they are read.
+struct Points<'c>(&'c mut Converted);
+
+impl<'de> Visitor<'de> for Points<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of data points")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(p) = seq.next_element::<DataPoint>()? {
+            self.0.add(p);
+        }
+        Ok(())
+    }
 }
 
 /// `?summary` / `?details` answer bodies, as OpenTSDB words them.
@@ -143,7 +179,7 @@ pub fn summary(c: &Converted, details: bool) -> Vec<u8> {
                 })
                 .collect()
         }),
-        failed: c.dropped.len(),
+        failed: c.failed,
         success: c.points,
     };
     serde_json::to_vec(&s).unwrap_or_default()
@@ -155,6 +191,27 @@ mod tests {
 
     fn text(c: &Converted) -> String {
         String::from_utf8(c.lines.clone()).expect("utf-8")
+    }
+
+    #[test]
+    fn many_dropped_points_are_counted_and_only_the_first_kept() {
+        let n = 100_000;
+        let mut body = b"[".to_vec();
+        for i in 0..n {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{}");
+        }
+        body.push(b']');
+        let c = convert(&body).expect("valid");
+        assert_eq!((c.points, c.failed, c.dropped.len()), (0, n, MAX_DETAILED));
+        let answer: serde_json::Value = serde_json::from_slice(&summary(&c, true)).expect("JSON");
+        assert_eq!(answer["failed"], n);
+        assert_eq!(
+            answer["errors"].as_array().map(Vec::len),
+            Some(MAX_DETAILED)
+        );
     }
 
     #[test]

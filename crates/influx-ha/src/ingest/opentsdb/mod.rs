@@ -276,7 +276,7 @@ impl<S: Sink> HttpSide<S> {
         };
         if let Some(first) = converted.dropped.first() {
             self.feed.refused(
-                converted.dropped.len(),
+                converted.failed,
                 first.point.metric.as_bytes(),
                 &first.error,
             );
