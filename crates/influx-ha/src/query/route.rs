@@ -603,28 +603,23 @@ impl Inner {
         let mut queued = Vec::new();
         let mut failed = Vec::new();
         let mut ran_unread = Vec::new();
+        let mut verdicts = Vec::new();
         let mut first: Option<(usize, Held)> = None;
         for (i, o) in outcomes.into_iter().enumerate() {
             match o {
-                Some(Ok(held)) => match &first {
-                    None => first = Some((i, held)),
-                    Some((j, one)) if verdict(one) != verdict(&held) => {
-                        // Not fatal (a backend that lacks a database refuses a DELETE there),
-                        // but operators should know their schemas may now differ.
-                        tracing::error!(
-                            backend = self.name(i),
-                            other = self.name(*j),
-                            "backends answered a state-changing statement differently: they may now differ"
-                        );
+                Some(Ok(held)) => {
+                    verdicts.push((i, verdict(&held)));
+                    if first.is_none() {
+                        first = Some((i, held));
                     }
-                    Some(_) => {}
-                },
+                }
                 Some(Err(Outcome::Queued)) => queued.push(self.name(i).to_owned()),
                 Some(Err(Outcome::Acked)) => ran_unread.push(self.name(i).to_owned()),
                 Some(Err(other)) => failed.push(format!("{}: {other:?}", self.name(i))),
                 None => failed.push(format!("{}: task failed", self.name(i))),
             }
         }
+        self.flag_refusals(&verdicts);
         if !queued.is_empty() {
             tracing::info!(backends = ?queued, "state-changing statement queued");
         }
@@ -671,6 +666,31 @@ impl Inner {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         add_common_headers(resp.headers_mut(), Some(id));
         Ok(resp)
+    }
+
+    /// Where one backend ran state-changing statements cleanly (2xx, no error) and another
+    /// refused or failed them, the other may now hold what the first dropped, or lack what it
+    /// created: it is marked diverged (out of reads until a repair).
+    fn flag_refusals(&self, verdicts: &[(usize, (StatusCode, bool))]) {
+        let clean = |(status, error): &(StatusCode, bool)| status.is_success() && !error;
+        let Some(&(ran, _)) = verdicts.iter().find(|(_, v)| clean(v)) else {
+            return;
+        };
+        for (i, v) in verdicts.iter().filter(|(_, v)| !clean(v)) {
+            tracing::error!(
+                backend = self.name(*i),
+                other = self.name(ran),
+                status = %v.0,
+                "a backend refused state-changing statements another ran: marked diverged"
+            );
+            if let Some(replica) = &self.targets[*i].replica {
+                replica.mark_diverged(&format!(
+                    "it refused state-changing statements {} ran (answered {})",
+                    self.name(ran),
+                    v.0
+                ));
+            }
+        }
     }
 
     /// Sends user management to every backend directly; refused while one cannot take it.

@@ -236,6 +236,31 @@ fn a_statement_whose_answer_is_too_long_to_hold_ran_and_is_not_queued_to_run_aga
 }
 
 #[test]
+fn a_backend_that_refuses_a_statement_another_ran_is_marked_diverged() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    // Only a has the database: a DELETE in it runs there and fails on b.
+    a.create_database("only");
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    let r = query(&mut relay, &[("db", "only"), ("q", "DELETE FROM m")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status: serde_json::Value =
+        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    let why = status["backends"][1]["diverged_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("refused state-changing statements"),
+        "{status}"
+    );
+    assert_eq!(
+        status["backends"][0]["diverged_reason"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
 fn a_queued_statement_that_fails_on_its_backend_marks_it_diverged() {
     let _serial = serial();
     let (a, mut b) = (Influxd::start(), Influxd::start());
