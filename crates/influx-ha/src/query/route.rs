@@ -604,12 +604,21 @@ impl Inner {
         let mut failed = Vec::new();
         let mut ran_unread = Vec::new();
         let mut verdicts = Vec::new();
+        // The answer given: a fresh backend's (a query may mix reads in), else the first.
         let mut first: Option<(usize, Held)> = None;
+        // The board as the statements started, and what this node's queues know since.
+        let fresh = |i: usize| {
+            let live = self.targets[i]
+                .replica
+                .as_ref()
+                .is_none_or(|r| r.diverged().is_none() && !r.is_queueing());
+            live && state.backends.get(i).is_some_and(|b| b.is_fresh())
+        };
         for (i, o) in outcomes.into_iter().enumerate() {
             match o {
                 Some(Ok(held)) => {
                     verdicts.push((i, verdict(&held)));
-                    if first.is_none() {
+                    if first.as_ref().is_none_or(|(j, _)| !fresh(*j) && fresh(i)) {
                         first = Some((i, held));
                     }
                 }
@@ -627,7 +636,8 @@ impl Inner {
             tracing::error!(failed = ?failed, "state-changing statement neither executed nor queued");
         }
         if let Some((i, held)) = first {
-            return Ok(self.respond(id, held.status, &held.headers, full(held.body), i, false));
+            let stale = !fresh(i);
+            return Ok(self.respond(id, held.status, &held.headers, full(held.body), i, stale));
         }
         if !ran_unread.is_empty() {
             // Not 503: a client that retried would run the statements again.

@@ -239,15 +239,15 @@ fn a_statement_whose_answer_is_too_long_to_hold_ran_and_is_not_queued_to_run_aga
 fn a_backend_that_refuses_a_statement_another_ran_is_marked_diverged() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
-    // Only a has the database: a DELETE in it runs there and fails on b.
-    a.create_database("only");
+    // Only b has the database: a DELETE in it runs there and fails on a.
+    b.create_database("only");
     let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
     wait_ready(&mut relay);
     let r = query(&mut relay, &[("db", "only"), ("q", "DELETE FROM m")]);
     assert_eq!(r.status, 200, "{}", r.text());
     let status: serde_json::Value =
         serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
-    let why = status["backends"][1]["diverged_reason"]
+    let why = status["backends"][0]["diverged_reason"]
         .as_str()
         .unwrap_or_default();
     assert!(
@@ -255,9 +255,20 @@ fn a_backend_that_refuses_a_statement_another_ran_is_marked_diverged() {
         "{status}"
     );
     assert_eq!(
-        status["backends"][0]["diverged_reason"],
+        status["backends"][1]["diverged_reason"],
         serde_json::Value::Null
     );
+    // A query that mixes a read in is answered by the backend that is still fresh, though
+    // both run it and a comes first.
+    let r = query(&mut relay, &[("q", "CREATE DATABASE more; SHOW DATABASES")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-influx-ha-backend"),
+        Some("influx-1"),
+        "{}",
+        relay.log()
+    );
+    assert!(r.text().contains("[\"only\"]"), "{}", r.text());
 }
 
 #[test]
