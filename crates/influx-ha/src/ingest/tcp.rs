@@ -273,6 +273,7 @@ impl<S: Sink> Connection<S> {
         // past `RESCAN_FREELY` the next scan waits until `buf` has doubled: a line that never
         // ends costs linear time, not a whole rescan for every newline that arrives.
         let mut stuck_at = 0usize;
+        let mut newline_pending = false;
         loop {
             let read = self.read(&mut stream, &mut buf, &mut shutdown).await;
             let eof = match read {
@@ -302,18 +303,31 @@ impl<S: Sink> Connection<S> {
                 }
                 return;
             }
+            // A newline not yet scanned for stays pending while a scan is put off.
+            newline_pending |= buf[scanned..].contains(&b'\n');
+            scanned = buf.len();
             let rescan = stuck_at <= RESCAN_FREELY || buf.len() >= stuck_at.saturating_mul(2);
-            if rescan && buf[scanned..].contains(&b'\n') {
+            if newline_pending && rescan {
+                newline_pending = false;
                 let n = self.complete(&buf);
                 if n > 0 {
                     let lines = buf.split_to(n).freeze();
                     self.write(lines, &mut stream, &mut shutdown).await;
                     stuck_at = 0;
+                    scanned = buf.len();
                 } else {
                     stuck_at = buf.len();
                 }
             }
-            scanned = buf.len();
+            if buf.len() > self.options.max_line_bytes && newline_pending {
+                // Complete lines may wait behind a put-off scan: they go before the limit is
+                // judged on what is left.
+                newline_pending = false;
+                stuck_at = 0;
+                self.write_complete(&mut buf, &mut stream, &mut shutdown)
+                    .await;
+                scanned = buf.len();
+            }
             if buf.len() > self.options.max_line_bytes {
                 add(&self.feed.counters.closed_for_long_lines, 1);
                 add(&self.feed.counters.bad_lines, 1);
@@ -539,6 +553,43 @@ mod tests {
         let batches = r.recorder.batches.lock().expect("lock").clone();
         assert_eq!(&batches[0].2[..], &sent[..]);
         assert_eq!(r.counters.snapshot().lines, 1);
+        drop(c);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn complete_lines_behind_a_put_off_scan_are_written_before_the_length_limit() {
+        let r = start(TcpOptions {
+            max_line_bytes: 300_000,
+            // Small reads, so that many scans are put off.
+            read_bytes: 4096,
+            max_batch_bytes: 4096,
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut c = connect(r.addr).await;
+        // A long line that stays incomplete for a while (its scans are put off), then short
+        // ones that take what the connection sent past the limit: every line arrives.
+        c.write_all(b"m ").await.expect("write");
+        let mut long = 2;
+        for i in 0..21_500 {
+            let field = format!("f{i}=\"a\nb\",");
+            c.write_all(field.as_bytes()).await.expect("write");
+            long += field.len();
+        }
+        c.write_all(b"g=1 1\n").await.expect("write");
+        assert!(long > 4 * RESCAN_FREELY && long < 300_000, "{long}");
+        let short = 30_000;
+        for i in 0..short {
+            c.write_all(format!("n v={i} 1\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        eventually("every line", || {
+            r.counters.snapshot().lines == 1 + short as u64
+        })
+        .await;
+        assert_eq!(r.counters.snapshot().closed_for_long_lines, 0);
         drop(c);
         r.stop().await;
     }

@@ -123,10 +123,10 @@ pub fn decode(body: &[u8], limits: Limits) -> Result<WriteRequest, DecodeError> 
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|_| DecodeError::Snappy)?;
-    // A malformed body is left to the decoder, which names what is wrong.
-    if let Some(e) = expansion(&raw)
-        && (e.structs > limits.max_decoded || e.lines > limits.max_lines)
-    {
+    // A body the walk cannot read is refused before prost, which would build every field it
+    // read before it met the fault.
+    let e = expansion(&raw).ok_or_else(|| DecodeError::Proto("malformed message".to_owned()))?;
+    if e.structs > limits.max_decoded || e.lines > limits.max_lines {
         return Err(DecodeError::Expands);
     }
     <WriteRequest as prost::Message>::decode(raw.as_slice())
@@ -146,21 +146,19 @@ pub struct Expansion {
 /// longest float, the timestamp, spaces and newline.
 const LINE_OVERHEAD: usize = 64;
 
-/// Reads the protobuf wire format of a `WriteRequest` without decoding it: per series, its
-/// labels' bytes and its samples. `None` when it is malformed.
+/// Reads the protobuf wire format of a `WriteRequest` without decoding it (and without
+/// allocating): per series, its labels' bytes and its samples. `None` when it is malformed.
 pub fn expansion(raw: &[u8]) -> Option<Expansion> {
     use std::mem::size_of;
     let mut total = Expansion::default();
-    for (tag, series) in fields(raw)? {
-        let Field::Bytes(series) = series else {
+    for field in Fields(raw) {
+        let (tag, series) = field?;
+        let (1, Field::Bytes(series)) = (tag, series) else {
             continue;
         };
-        if tag != 1 {
-            continue;
-        }
         let (mut labels, mut label_bytes, mut samples) = (0usize, 0usize, 0usize);
-        for (tag, field) in fields(series)? {
-            match (tag, field) {
+        for field in Fields(series) {
+            match field? {
                 (1, Field::Bytes(label)) => {
                     labels += 1;
                     label_bytes += label.len();
@@ -188,35 +186,52 @@ enum Field<'a> {
     Scalar,
 }
 
-/// The fields of a message, as (field number, field); `None` when malformed.
-fn fields(mut buf: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let key = varint(&mut buf)?;
+/// The fields of a message, as (field number, field); an item `None` when malformed (and
+/// nothing after it).
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Option<(u64, Field<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let field = self.read();
+        if field.is_none() {
+            self.0 = &[];
+        }
+        Some(field)
+    }
+}
+
+impl<'a> Fields<'a> {
+    fn read(&mut self) -> Option<(u64, Field<'a>)> {
+        let buf = &mut self.0;
+        let key = varint(buf)?;
         let field = match key & 7 {
             0 => {
-                varint(&mut buf)?;
+                varint(buf)?;
                 Field::Scalar
             }
             1 => {
-                buf = buf.get(8..)?;
+                *buf = buf.get(8..)?;
                 Field::Scalar
             }
             2 => {
-                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let len = usize::try_from(varint(buf)?).ok()?;
                 let (bytes, rest) = (buf.get(..len)?, buf.get(len..)?);
-                buf = rest;
+                *buf = rest;
                 Field::Bytes(bytes)
             }
             5 => {
-                buf = buf.get(4..)?;
+                *buf = buf.get(4..)?;
                 Field::Scalar
             }
             _ => return None,
         };
-        out.push((key >> 3, field));
+        Some((key >> 3, field))
     }
-    Some(out)
 }
 
 /// Reads a base-128 varint off the front of `buf`.

@@ -158,5 +158,26 @@ fn the_expansion_bounds_what_decoding_and_converting_build() {
     assert!(e.lines >= c.lines.len(), "{e:?} < {}", c.lines.len());
     assert!(e.structs > 0);
     assert_eq!(expansion(b"\x0a\x05ab"), None, "a length past the end");
+    // Many empty labels, then a field prost cannot read: refused before prost builds them.
+    let mut series = Vec::new();
+    for _ in 0..100_000 {
+        series.extend_from_slice(b"\x0a\x00");
+    }
+    let mut raw = vec![0x0a];
+    let mut len = series.len();
+    while len >= 0x80 {
+        raw.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    raw.push(len as u8);
+    raw.extend_from_slice(&series);
+    raw.push(0x0f);
+    let compressed = snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .expect("compress");
+    assert!(matches!(
+        decode(&compressed, Limits::of(1 << 20)),
+        Err(DecodeError::Proto(_))
+    ));
     assert_eq!(decode(&body(&req), Limits::of(1 << 20)).map(|_| ()), Ok(()));
 }
