@@ -179,13 +179,24 @@ async fn read_request_body(
     }
 }
 
-/// What an answer to a statement says, for comparing backends: its status and whether it
-/// carries an error.
-fn verdict(held: &Held) -> (StatusCode, bool) {
-    (
-        held.status,
-        memchr::memmem::find(&held.body, b"\"error\"").is_some(),
-    )
+/// What an answer to a statement says, for comparing backends: its status and the first error
+/// it reports.
+struct Verdict {
+    status: StatusCode,
+    error: Option<String>,
+}
+
+impl Verdict {
+    fn of(held: &Held) -> Self {
+        Verdict {
+            status: held.status,
+            error: crate::write::schema::statement_error(&held.body),
+        }
+    }
+
+    fn is_clean(&self) -> bool {
+        self.status.is_success() && self.error.is_none()
+    }
 }
 
 /// Why a statement sent to a backend has no held answer.
@@ -530,15 +541,22 @@ impl Inner {
         let _outstanding = Outstanding::new(&target.outstanding);
         let resp = self.send(i, fwd).await.map_err(Unheld::NotRun)?;
         let status = resp.status();
+        if status.is_server_error() {
+            // Whatever its body says, it did not run: queued for the replay.
+            let held = hold(resp, self.config.timeout).await;
+            let text = held.map_or_else(
+                |why| why,
+                |h| {
+                    String::from_utf8_lossy(&h.body[..h.body.len().min(256)])
+                        .trim()
+                        .to_owned()
+                },
+            );
+            return Err(Unheld::NotRun(format!("answered {status}: {text}")));
+        }
         let held = hold(resp, self.config.timeout)
             .await
             .map_err(|why| Unheld::RanUnread { status, why })?;
-        if held.status.is_server_error() {
-            let text = String::from_utf8_lossy(&held.body[..held.body.len().min(256)])
-                .trim()
-                .to_owned();
-            return Err(Unheld::NotRun(format!("answered {}: {text}", held.status)));
-        }
         Ok(held)
     }
 
@@ -617,7 +635,7 @@ impl Inner {
         for (i, o) in outcomes.into_iter().enumerate() {
             match o {
                 Some(Ok(held)) => {
-                    verdicts.push((i, verdict(&held)));
+                    verdicts.push((i, Verdict::of(&held)));
                     if first.as_ref().is_none_or(|(j, _)| !fresh(*j) && fresh(i)) {
                         first = Some((i, held));
                     }
@@ -679,25 +697,29 @@ impl Inner {
     }
 
     /// Where one backend ran state-changing statements cleanly (2xx, no error) and another
-    /// refused or failed them, the other may now hold what the first dropped, or lack what it
-    /// created: it is marked diverged (out of reads until a repair).
-    fn flag_refusals(&self, verdicts: &[(usize, (StatusCode, bool))]) {
-        let clean = |(status, error): &(StatusCode, bool)| status.is_success() && !error;
-        let Some(&(ran, _)) = verdicts.iter().find(|(_, v)| clean(v)) else {
+    /// refused them for lacking what they name (a database, a retention policy, a
+    /// measurement: `… not found`), the other differs: it is marked diverged (out of reads
+    /// until a repair). Other refusals (a policy that already exists with other settings) do
+    /// not say which backend holds the data, and are only logged.
+    fn flag_refusals(&self, verdicts: &[(usize, Verdict)]) {
+        let Some((ran, _)) = verdicts.iter().find(|(_, v)| v.is_clean()) else {
             return;
         };
-        for (i, v) in verdicts.iter().filter(|(_, v)| !clean(v)) {
+        for (i, v) in verdicts.iter().filter(|(_, v)| !v.is_clean()) {
+            let why = v.error.as_deref().unwrap_or("");
+            let lacks = why.contains("not found");
             tracing::error!(
                 backend = self.name(*i),
-                other = self.name(ran),
-                status = %v.0,
-                "a backend refused state-changing statements another ran: marked diverged"
+                other = self.name(*ran),
+                status = %v.status,
+                error = why,
+                diverged = lacks,
+                "a backend refused state-changing statements another ran"
             );
-            if let Some(replica) = &self.targets[*i].replica {
+            if lacks && let Some(replica) = &self.targets[*i].replica {
                 replica.mark_diverged(&format!(
-                    "it refused state-changing statements {} ran (answered {})",
-                    self.name(ran),
-                    v.0
+                    "it refused state-changing statements {} ran: {why}",
+                    self.name(*ran)
                 ));
             }
         }

@@ -220,7 +220,6 @@ impl Replicator {
             .collect()
     }
 
-    /// Makes every queue durable and closes it (after the replay tasks ended).
     /// Waits until no fan-out is running, for at most `limit`; returns how many still are.
     pub async fn wait_for_deliveries(&self, limit: Duration) -> usize {
         let mut running = self.deliveries.subscribe();
@@ -228,6 +227,7 @@ impl Replicator {
         *self.deliveries.borrow()
     }
 
+    /// Makes every queue durable and closes it (after the replay tasks ended).
     pub fn close(&self) {
         for r in self.replicas.load().iter() {
             for (what, q) in [("queue", r.queue()), ("dead letters", r.dead_letters())] {

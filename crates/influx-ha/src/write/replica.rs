@@ -158,18 +158,23 @@ fn describe(outcome: &WriteOutcome) -> String {
 }
 
 /// `payload` in pieces of at most `max` bytes, each of whole lines (a `\n` inside a quoted
-/// string does not end one). A line longer than `max` stays whole, with what follows it.
-fn split_at_lines(payload: &Bytes, max: usize) -> Vec<Bytes> {
+/// string does not end one). A line longer than `max` is a piece of its own (the queue
+/// refuses it), and the lines after it are cut as before.
+pub(super) fn split_at_lines(payload: &Bytes, max: usize) -> Vec<Bytes> {
     let mut pieces = Vec::new();
     let mut rest = payload.clone();
     while rest.len() > max {
-        let whole = lineproto::complete_lines(&rest[..max]);
+        let mut whole = lineproto::complete_lines(&rest[..max]);
         if whole == 0 {
-            break;
+            // The first line alone is longer than `max`: up to its end.
+            whole = lineproto::lines(&rest)
+                .next()
+                .map_or(rest.len(), <[u8]>::len);
         }
         pieces.push(rest.split_to(whole));
     }
     pieces.push(rest);
+    pieces.retain(|p| !p.is_empty());
     pieces
 }
 

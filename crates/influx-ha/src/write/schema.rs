@@ -64,9 +64,12 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 }
 
 /// The first error an InfluxQL answer reports: a statement that failed is answered 200 with
-/// `results[i].error`. `None` for a body that is not JSON.
+/// `results[i].error`. An answer that is not one JSON document (cut short, or chunked into
+/// several) is searched for its first `"error":"…"` member instead.
 pub fn statement_error(body: &[u8]) -> Option<String> {
-    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return first_error_member(body);
+    };
     if let Some(error) = json["error"].as_str() {
         return Some(error.to_owned());
     }
@@ -74,6 +77,14 @@ pub fn statement_error(body: &[u8]) -> Option<String> {
         .as_array()?
         .iter()
         .find_map(|r| r["error"].as_str().map(str::to_owned))
+}
+
+/// The string value of the first `"error":` member in `body`, read as a JSON string.
+fn first_error_member(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"error\":";
+    let at = memchr::memmem::find(body, KEY)? + KEY.len();
+    let mut values = serde_json::Deserializer::from_slice(&body[at..]).into_iter::<String>();
+    values.next()?.ok()
 }
 
 /// `SHOW RETENTION POLICIES ON db` on `client`.
@@ -167,6 +178,20 @@ mod tests {
             Some("error parsing query: x")
         );
         assert_eq!(statement_error(b""), None);
+        // Cut short, or chunked into several documents.
+        assert_eq!(
+            statement_error(
+                br#"{"results":[{"statement_id":0,"error":"database not found: x"}]}{"res"#
+            )
+            .as_deref(),
+            Some("database not found: x")
+        );
+        assert_eq!(
+            statement_error(
+                br#"{"results":[{"statement_id":0,"series":[{"name":"m","values":[[1,"#
+            ),
+            None
+        );
     }
 
     #[test]

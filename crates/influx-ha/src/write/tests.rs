@@ -589,3 +589,19 @@ async fn a_payload_longer_than_a_queue_record_is_queued_in_pieces_of_whole_lines
     sent.sort_unstable();
     assert_eq!(got, sent);
 }
+
+#[test]
+fn a_line_longer_than_a_record_is_cut_out_alone_and_the_rest_still_cut() {
+    let long = format!("m s=\"{}\" 1\n", "x".repeat(100));
+    let payload = Bytes::from(format!("a v=1 1\n{long}b v=2 2\nc v=3 3\n"));
+    let pieces = super::replica::split_at_lines(&payload, 20);
+    let texts: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
+    assert_eq!(
+        texts,
+        [
+            &b"a v=1 1\n"[..],
+            long.as_bytes(),
+            &b"b v=2 2\nc v=3 3\n"[..]
+        ]
+    );
+}
