@@ -170,6 +170,9 @@ impl ClusterState {
 #[derive(Debug, Clone)]
 pub struct StateBoard {
     current: Arc<ArcSwap<ClusterState>>,
+    /// Held while a snapshot is built and published: the monitor, the admin API and a reload
+    /// all update the board, and none may publish over a change it did not see.
+    writing: Arc<std::sync::Mutex<()>>,
 }
 
 impl StateBoard {
@@ -180,6 +183,7 @@ impl StateBoard {
                 backends,
                 taken: SystemTime::now(),
             })),
+            writing: Arc::new(std::sync::Mutex::new(())),
         }
     }
 
@@ -188,9 +192,13 @@ impl StateBoard {
         self.current.load_full()
     }
 
-    /// Publishes a new snapshot built from the current one by `change` (the board's single
-    /// writer calls this; concurrent writers would lose updates).
+    /// Publishes a new snapshot built from the current one by `change`, one writer at a time.
+    /// Readers never wait.
     pub fn update(&self, change: impl FnOnce(&mut ClusterState)) {
+        let _one_writer = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = ClusterState::clone(&self.current.load());
         change(&mut next);
         next.taken = SystemTime::now();
@@ -257,5 +265,24 @@ mod tests {
         board.update(|s| s.backends[1].maintenance = true);
         assert!(!before.backends[1].maintenance);
         assert!(board.load().backend("b").is_some_and(|b| b.maintenance));
+    }
+
+    #[test]
+    fn concurrent_writers_lose_no_update() {
+        let board = StateBoard::new(vec![up("a")]);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let board = board.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        board.update(|s| s.backends[0].queue.records += 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("writer");
+        }
+        assert_eq!(board.load().backends[0].queue.records, 4000);
     }
 }
