@@ -341,7 +341,7 @@ impl Inner {
         let mut reachable = Vec::new();
         let mut reasons = Vec::new();
         for (i, target) in self.targets.iter().enumerate() {
-            let Some(b) = state.backends.get(i) else {
+            let Some(b) = state.backend(self.name(i)) else {
                 continue;
             };
             let mut b = b.clone();
@@ -574,7 +574,7 @@ impl Inner {
         let queued = Arc::new(queued);
         let mut set = JoinSet::new();
         for i in 0..self.targets.len() {
-            let available = state.backends.get(i).is_some_and(|b| {
+            let available = state.backend(self.name(i)).is_some_and(|b| {
                 !b.maintenance && !matches!(b.reachability, Reachability::Down { .. })
             });
             let (me, fwd, queued) = (self.clone(), fwd.clone(), queued.clone());
@@ -630,7 +630,7 @@ impl Inner {
                 .replica
                 .as_ref()
                 .is_none_or(|r| r.diverged().is_none() && !r.is_queueing());
-            live && state.backends.get(i).is_some_and(|b| b.is_fresh())
+            live && state.backend(self.name(i)).is_some_and(|b| b.is_fresh())
         };
         for (i, o) in outcomes.into_iter().enumerate() {
             match o {
@@ -734,7 +734,7 @@ impl Inner {
         let state = self.board.load();
         let unavailable: Vec<String> = (0..self.targets.len())
             .filter_map(|i| {
-                let b = state.backends.get(i)?;
+                let b = state.backend(self.name(i))?;
                 match &b.reachability {
                     Reachability::Up { .. } if !b.maintenance => None,
                     Reachability::Up { .. } => Some(format!("{} (in maintenance)", b.name)),
