@@ -279,8 +279,7 @@ fn a_point_rewritten_while_its_first_write_is_stalled_on_one_backend_ends_rewrit
     assert_eq!(stored_v(&b), Some(2.0));
     assert_eq!(stored_v(&a), Some(2.0));
     // The case this is about did happen: B's first copy was insured, then not replayed.
-    let status: serde_json::Value =
-        serde_json::from_slice(&relay.get("/status").expect("status").body).expect("JSON");
+    let status = relay.status_json();
     let totals = &status["backends"][1]["totals"];
     assert!(totals["insured"].as_u64() >= Some(1), "{status}");
     assert!(totals["insured_skipped"].as_u64() >= Some(1), "{status}");

@@ -228,8 +228,7 @@ fn a_statement_whose_answer_is_too_long_to_hold_ran_and_is_not_queued_to_run_aga
     // Nothing waits to run it again, and both backends stay fresh.
     assert_eq!(queued_records(&mut relay, "influx-0"), 0);
     assert_eq!(queued_records(&mut relay, "influx-1"), 0);
-    let status: serde_json::Value =
-        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    let status = relay.status_json();
     for backend in status["backends"].as_array().expect("backends") {
         assert_eq!(backend["queue"]["records"], 0, "{backend}");
     }
@@ -245,8 +244,7 @@ fn a_backend_that_refuses_a_statement_another_ran_is_marked_diverged() {
     wait_ready(&mut relay);
     let r = query(&mut relay, &[("db", "only"), ("q", "DELETE FROM m")]);
     assert_eq!(r.status, 200, "{}", r.text());
-    let status: serde_json::Value =
-        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    let status = relay.status_json();
     let why = status["backends"][0]["diverged_reason"]
         .as_str()
         .unwrap_or_default();

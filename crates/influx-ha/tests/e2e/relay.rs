@@ -226,6 +226,13 @@ impl Relay {
         self.client.request("GET", target, &[], b"")
     }
 
+    /// `GET /status`, parsed.
+    pub fn status_json(&mut self) -> serde_json::Value {
+        let r = self.get("/status").expect("status answers");
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).expect("JSON status")
+    }
+
     /// `POST /write?…` with `query` (e.g. `db=x&precision=s`).
     pub fn write(&mut self, query: &str, body: &[u8]) -> Response {
         self.client

@@ -243,8 +243,7 @@ fn a_write_refused_everywhere_while_a_backend_is_down_neither_succeeds_nor_holds
         !b.query("", "SHOW RETENTION POLICIES ON \"db\"")
             .contains("nosuchrp")
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    let status = relay.status_json();
     let entry = &status["backends"][1];
     assert_eq!(entry["dead_letters"]["records"], 2, "{entry}");
     // Nothing is missing from b that another backend has: it stays fresh.
@@ -262,8 +261,7 @@ fn a_backend_that_stores_fewer_points_of_a_write_than_another_is_marked_diverged
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("field type conflict"), "{}", r.text());
     assert_eq!(count(&a, "db", "v", "m"), 1);
-    let status: serde_json::Value =
-        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("JSON");
+    let status = relay.status_json();
     let why = status["backends"][1]["diverged_reason"]
         .as_str()
         .unwrap_or_default();
@@ -368,8 +366,7 @@ fn writers_past_the_inflight_cap_wait_their_turn_and_nothing_is_lost() {
     }
     assert_converged(&a, &b, writers * per_writer * batch);
 
-    let status: serde_json::Value =
-        serde_json::from_str(&relay.get("/status").expect("status").text()).expect("json");
+    let status = relay.status_json();
     let bodies = &status["request_bodies"];
     assert_eq!(bodies["max_inflight_bytes"], 160000, "{bodies}");
     assert!(bodies["waited"].as_u64().expect("waited") > 0, "{bodies}");
