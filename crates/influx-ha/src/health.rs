@@ -4,8 +4,12 @@
 //! condition the write path reports and clears (for example: no queue can take data). Draining
 //! wins, so a node going down never looks healthy again.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::write::Replicator;
 
 /// Shared readiness of the node; cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +70,91 @@ impl Health {
     }
 }
 
+/// How often [`watch_storage`] looks at the disk and the queues.
+pub const STORAGE_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Why the queues cannot take data, if they cannot: the data directory's filesystem has less
+/// than `floor` bytes free (`free` unknown counts as enough), or every one of `queues` queues
+/// is degraded (an fsync failed). Such a node may still store a write on the backends that
+/// answer, but any backend that fails would miss it, so load balancers should send writes to
+/// another node.
+pub fn storage_problem(
+    free: Option<u64>,
+    floor: u64,
+    queues: usize,
+    degraded: usize,
+) -> Option<String> {
+    if let Some(free) = free
+        && floor > 0
+        && free < floor
+    {
+        return Some(format!(
+            "the data directory has {} free, below [queue] min_free_disk = {}: writes for a backend that fails cannot be queued",
+            crate::admin::page::human_size(free),
+            crate::units::format_size(floor)
+        ));
+    }
+    if queues > 0 && degraded == queues {
+        return Some(
+            "every backend's queue is degraded (an fsync failed): writes for a backend that fails cannot be queued; restart once the disk is fine"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+/// Keeps `health` in step with [`storage_problem`] for the queues of `replicator` under
+/// `data_dir`, every [`STORAGE_CHECK_PERIOD`] until `shutdown`. The floor is read from the
+/// queues, so a reloaded `min_free_disk` counts from the next check.
+pub async fn watch_storage(
+    health: Health,
+    replicator: Replicator,
+    data_dir: std::path::PathBuf,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    let mut tick = tokio::time::interval(STORAGE_CHECK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.recv() => return,
+            _ = tick.tick() => {}
+        }
+        let problem = check_storage(&replicator, &data_dir);
+        if problem == reported {
+            continue;
+        }
+        match &problem {
+            Some(reason) => {
+                tracing::error!(reason = %reason, "/health answers 503");
+                health.set_unavailable(reason.clone());
+            }
+            None => {
+                tracing::info!("queues can take data again: /health answers 200");
+                health.set_available();
+            }
+        }
+        reported = problem;
+    }
+}
+
+fn check_storage(replicator: &Replicator, data_dir: &Path) -> Option<String> {
+    use handoff::Filesystem;
+    let replicas = replicator.replicas();
+    let floor = replicas
+        .iter()
+        .map(|r| r.queue().limits().min_free_bytes)
+        .max()
+        .unwrap_or(0);
+    let degraded = replicas.iter().filter(|r| r.queue().is_degraded()).count();
+    let free = if floor > 0 {
+        handoff::StdFs.available_space(data_dir).ok()
+    } else {
+        None
+    };
+    storage_problem(free, floor, replicas.len(), degraded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +169,25 @@ mod tests {
         assert_eq!(h.status(), Err("shutting down".to_owned()));
         h.set_available();
         assert_eq!(h.status(), Err("shutting down".to_owned()));
+    }
+
+    #[test]
+    fn storage_problems_are_named() {
+        assert_eq!(storage_problem(Some(10), 0, 2, 0), None);
+        assert_eq!(storage_problem(Some(10), 10, 2, 0), None);
+        assert_eq!(storage_problem(None, 10, 2, 0), None);
+        assert_eq!(storage_problem(Some(10), 10, 2, 1), None);
+        assert_eq!(storage_problem(Some(10), 10, 0, 0), None);
+        let low = storage_problem(Some(9), 10, 2, 0).unwrap_or_default();
+        assert!(
+            low.contains("below [queue] min_free_disk = 10 bytes"),
+            "{low}"
+        );
+        let degraded = storage_problem(Some(10), 10, 2, 2).unwrap_or_default();
+        assert!(
+            degraded.starts_with("every backend's queue is degraded"),
+            "{degraded}"
+        );
     }
 
     #[test]

@@ -635,6 +635,13 @@ pub async fn serve_with_reload(
             crate::shutdown::Shutdown::new(stop_replays.subscribe()),
         ))
     });
+    // `/health` turns 503 while no queue could keep a write for a backend that fails.
+    let storage_watch = tokio::spawn(crate::health::watch_storage(
+        node.health().clone(),
+        Replicator::clone(&replicator),
+        config.data_dir.clone(),
+        crate::shutdown::Shutdown::new(stop_replays.subscribe()),
+    ));
     let sampler = tokio::spawn(
         admin
             .clone()
@@ -693,6 +700,7 @@ pub async fn serve_with_reload(
         let _ = replay.await;
     }
     let _ = sampler.await;
+    let _ = storage_watch.await;
     if let Some(task) = anti_entropy_task {
         let _ = task.await;
     }

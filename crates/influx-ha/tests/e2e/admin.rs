@@ -407,6 +407,48 @@ fn reload_changes_the_body_limit() {
 }
 
 #[test]
+fn health_fails_while_the_disk_is_below_the_queue_floor() {
+    let _serial = serial();
+    let a = Influxd::start();
+    a.create_database("db");
+    // No filesystem here has 1000 TiB free: the queue could take no data.
+    let admin = testkit::free_port().expect("free port");
+    let mut relay = Relay::start(
+        &[&a],
+        &format!("[admin]\nbind = \"127.0.0.1:{admin}\"\n[queue]\nmin_free_disk = \"1000TiB\"\n"),
+    );
+    wait_until("/health answers 503", CONVERGE, || {
+        relay.get("/health").expect("health").status == 503
+    });
+    let health = relay.get("/health").expect("health").text();
+    assert!(health.contains("min_free_disk = 1000 TiB"), "{health}");
+    assert!(
+        status(admin).contains("node does not take writes: the data directory has"),
+        "{}",
+        status(admin)
+    );
+    // A write the backend takes directly is still stored.
+    let w = relay.write("db=db", &points(0..10));
+    assert_eq!(w.status, 204, "{}", w.text());
+
+    // A floor the disk meets, reloaded: healthy again.
+    let config = std::fs::read_to_string(relay.config_path()).expect("config");
+    let lowered = config.replacen("min_free_disk = \"1000TiB\"", "min_free_disk = \"1MiB\"", 1);
+    assert_ne!(config, lowered);
+    std::fs::write(relay.config_path(), lowered).expect("write");
+    relay.signal("HUP");
+    wait_until("/health answers 200", CONVERGE, || {
+        relay.get("/health").expect("health").status == 200
+    });
+    assert!(
+        relay.log().contains("queues can take data again"),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(count(&a, "db", "v", "m"), 10);
+}
+
+#[test]
 fn cli_presents_a_token_to_a_node_with_auth() {
     let _serial = serial();
     let a = Influxd::start();
