@@ -28,7 +28,9 @@ use crate::backend::BackendClient;
 use crate::config::HealthConfig;
 use crate::peers::{QueueReport, fetch_report};
 use crate::shutdown::Shutdown;
-use crate::state::{BackendState, PeerReport, QueueDepth, Reachability, StateBoard};
+use crate::state::{
+    BackendState, ClusterState, PeerContact, PeerReport, QueueDepth, Reachability, StateBoard,
+};
 use crate::write::replica::Replica;
 
 // === impl PassiveMarks ===
@@ -142,6 +144,8 @@ struct Memory {
     write_failures: Vec<u64>,
     /// Per peer name: its last report, when it came, and whether the last poll reached it.
     reports: HashMap<String, (QueueReport, SystemTime, bool)>,
+    /// Per peer name: why its last poll failed (absent once it answers).
+    peer_errors: HashMap<String, String>,
 }
 
 /// The task that keeps the board current.
@@ -268,6 +272,7 @@ impl Monitor {
                 .as_deref()
                 .map(|f| load_reports(f, &self.peers))
                 .unwrap_or_default(),
+            peer_errors: HashMap::new(),
         };
         let mut ticker = tokio::time::interval(self.health.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,11 +282,7 @@ impl Monitor {
                 _ = ticker.tick() => self.round(&mut memory).await,
                 () = self.peers_changed.notified() => {
                     self.poll_peers(&mut memory).await;
-                    self.board.update(|state| {
-                        for b in state.backends.iter_mut() {
-                            b.peers = peer_states(&memory.reports, &b.name);
-                        }
-                    });
+                    self.board.update(|state| self.publish_peers(state, &memory));
                 }
             }
         }
@@ -303,19 +304,24 @@ impl Monitor {
         while let Some(Ok((name, r))) = polls.join_next().await {
             match r {
                 Ok(report) => {
+                    if memory.peer_errors.remove(&name).is_some() {
+                        tracing::info!(peer = %name, "peer reached");
+                    }
                     reports_changed |= memory.reports.get(&name).is_none_or(|old| old.0 != report);
                     memory
                         .reports
                         .insert(name, (report, SystemTime::now(), true));
                 }
                 Err(e) => {
+                    let first = memory.peer_errors.insert(name.clone(), e.clone()).is_none();
                     if let Some(entry) = memory.reports.get_mut(&name) {
                         if entry.2 {
                             tracing::warn!(peer = %name, error = %e, "peer unreachable: its last queue report stands");
                         }
                         entry.2 = false;
-                    } else {
-                        tracing::debug!(peer = %name, error = %e, "peer not reached yet");
+                    } else if first {
+                        // Nothing it reports can keep reads from a backend it queues for: say so.
+                        tracing::warn!(peer = %name, error = %e, "peer never reached: its queues are unknown");
                     }
                 }
             }
@@ -375,7 +381,6 @@ impl Monitor {
         }
 
         let now = SystemTime::now();
-        let reports = &memory.reports;
         self.board.update(|state| {
             for b in state.backends.iter_mut() {
                 // By name: a config reload may have changed the board's backends while this
@@ -416,10 +421,46 @@ impl Monitor {
                         b.last_error = r.last_error();
                     }
                 }
-                b.peers = peer_states(reports, &b.name);
             }
+            self.publish_peers(state, memory);
         });
     }
+
+    /// Copies what the peers last reported onto `state`: every configured peer's contact, and
+    /// per backend the peers' queues for it and the peers that do not write to it.
+    fn publish_peers(&self, state: &mut ClusterState, memory: &Memory) {
+        state.peers = self
+            .peers
+            .iter()
+            .map(|p| {
+                let report = memory.reports.get(&p.name);
+                PeerContact {
+                    name: p.name.clone(),
+                    last_report: report.map(|r| r.1),
+                    reachable: report.is_some_and(|r| r.2),
+                    error: memory.peer_errors.get(&p.name).cloned(),
+                }
+            })
+            .collect();
+        for b in state.backends.iter_mut() {
+            b.peers = peer_states(&memory.reports, &b.name);
+            b.absent_on_peers = absent_on_peers(&memory.reports, &b.name);
+        }
+    }
+}
+
+/// The peers whose last report does not name `backend`, sorted.
+fn absent_on_peers(
+    reports: &HashMap<String, (QueueReport, SystemTime, bool)>,
+    backend: &str,
+) -> Vec<String> {
+    let mut peers: Vec<String> = reports
+        .iter()
+        .filter(|(_, (report, _, _))| !report.backends.iter().any(|rb| rb.name == backend))
+        .map(|(peer, _)| peer.clone())
+        .collect();
+    peers.sort();
+    peers
 }
 
 /// What every peer last said about `backend`, by peer name.

@@ -214,6 +214,7 @@ mod tests {
         b.diverged = Some("queue overflowed".into());
         let state = ClusterState {
             backends: vec![a, b],
+            peers: Vec::new(),
             taken: SystemTime::now(),
         };
         let text = queue_report("relay-1", &state);

@@ -63,6 +63,19 @@ pub struct PeerReport {
     pub reachable: bool,
 }
 
+/// A configured peer relay as this node last reached it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerContact {
+    /// Its name in `[[peer]]`.
+    pub name: String,
+    /// When its last report arrived (kept across restarts); `None`: never.
+    pub last_report: Option<SystemTime>,
+    /// Whether it answered the last poll.
+    pub reachable: bool,
+    /// Why the last poll failed, if it did.
+    pub error: Option<String>,
+}
+
 /// One backend as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendState {
@@ -82,6 +95,9 @@ pub struct BackendState {
     pub dead_letters: QueueDepth,
     /// What the peers last reported about it.
     pub peers: Vec<PeerReport>,
+    /// Peers whose last report does not name it: they do not write to it, so it misses the
+    /// writes they take.
+    pub absent_on_peers: Vec<String>,
     /// The last problem seen with it (health check, read, write or replay), for operators;
     /// never contains credentials.
     pub last_error: Option<String>,
@@ -99,6 +115,7 @@ impl BackendState {
             queue: QueueDepth::default(),
             dead_letters: QueueDepth::default(),
             peers: Vec::new(),
+            absent_on_peers: Vec::new(),
             last_error: None,
         }
     }
@@ -141,6 +158,12 @@ impl BackendState {
                 }
             ));
         }
+        if let Some(peer) = self.absent_on_peers.first() {
+            return Err(format!(
+                "{}: peer {peer} does not write to it (no backend of this name in its config)",
+                self.name
+            ));
+        }
         Ok(())
     }
 
@@ -155,6 +178,8 @@ impl BackendState {
 pub struct ClusterState {
     /// The backends, in config order.
     pub backends: Vec<BackendState>,
+    /// The peer relays, in config order.
+    pub peers: Vec<PeerContact>,
     /// When this snapshot was taken.
     pub taken: SystemTime,
 }
@@ -181,6 +206,7 @@ impl StateBoard {
         Self {
             current: Arc::new(ArcSwap::from_pointee(ClusterState {
                 backends,
+                peers: Vec::new(),
                 taken: SystemTime::now(),
             })),
             writing: Arc::new(std::sync::Mutex::new(())),
@@ -256,6 +282,15 @@ mod tests {
             reachable: false,
         });
         assert!(peer.freshness().expect_err("not fresh").contains("relay-2"));
+        // A peer that does not write to it: it misses what that peer takes.
+        let mut unknown = up("a");
+        unknown.absent_on_peers.push("relay-3".into());
+        assert!(
+            unknown
+                .freshness()
+                .expect_err("not fresh")
+                .contains("peer relay-3 does not write to it")
+        );
     }
 
     #[test]

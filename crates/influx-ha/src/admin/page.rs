@@ -228,7 +228,7 @@ pub fn render(s: &NodeStatus) -> String {
     if s.peers.is_empty() {
         let _ = writeln!(
             h,
-            "<p class=\"meta\" id=\"peers\">no peer relays reported</p>"
+            "<p class=\"meta\" id=\"peers\">no peer relays configured</p>"
         );
     } else {
         let _ = writeln!(
@@ -236,13 +236,22 @@ pub fn render(s: &NodeStatus) -> String {
             "<table id=\"peers\"><tr><th>peer</th><th>reachable</th><th>last report</th></tr>"
         );
         for p in &s.peers {
-            let ago = s.generated_at.saturating_sub(p.last_report);
+            let last = match p.last_report {
+                Some(t) => format!(
+                    "{} ago",
+                    human_duration(Duration::from_secs(s.generated_at.saturating_sub(t)))
+                ),
+                None => "never".to_owned(),
+            };
+            let reachable = match (&p.error, p.reachable) {
+                (_, true) => "yes".to_owned(),
+                (Some(e), false) => format!("<b>no</b><div class=\"why\">{}</div>", escape(e)),
+                (None, false) => "<b>no</b>".to_owned(),
+            };
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{} ago</td></tr>",
+                "<tr><td>{}</td><td>{reachable}</td><td>{last}</td></tr>",
                 escape(&p.name),
-                if p.reachable { "yes" } else { "<b>no</b>" },
-                human_duration(Duration::from_secs(ago)),
             );
         }
         let _ = writeln!(h, "</table>");

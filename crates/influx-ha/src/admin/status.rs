@@ -289,8 +289,10 @@ pub struct PeerStatus {
     pub name: String,
     /// Whether it answered the last poll.
     pub reachable: bool,
-    /// When its last report arrived, Unix seconds.
-    pub last_report: u64,
+    /// When its last report arrived, Unix seconds; `None`: never.
+    pub last_report: Option<u64>,
+    /// Why its last poll failed, if it did.
+    pub error: Option<String>,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -506,21 +508,21 @@ pub fn collect(
         });
     }
 
-    let mut peers: Vec<PeerStatus> = Vec::new();
-    if let Some(board) = &board {
-        for b in &board.backends {
-            for p in &b.peers {
-                match peers.iter_mut().find(|x| x.name == p.peer) {
-                    Some(x) => x.last_report = x.last_report.max(unix_secs(p.received)),
-                    None => peers.push(PeerStatus {
-                        name: p.peer.clone(),
-                        reachable: p.reachable,
-                        last_report: unix_secs(p.received),
-                    }),
-                }
-            }
-        }
-    }
+    let peers: Vec<PeerStatus> = board
+        .as_ref()
+        .map(|board| {
+            board
+                .peers
+                .iter()
+                .map(|p| PeerStatus {
+                    name: p.name.clone(),
+                    reachable: p.reachable,
+                    last_report: p.last_report.map(unix_secs),
+                    error: p.error.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
 
     let health = match sources.health.status() {
         Ok(()) => HealthStatus {
@@ -536,7 +538,7 @@ pub fn collect(
         use handoff::Filesystem;
         handoff::StdFs.available_space(&sources.data_dir).ok()
     };
-    let summary = summarize(&backends, &health, &listener_list);
+    let summary = summarize(&backends, &health, &listener_list, &peers);
     NodeStatus {
         version: env!("CARGO_PKG_VERSION"),
         node_name: sources.node_name.clone(),
@@ -578,6 +580,7 @@ fn summarize(
     backends: &[BackendStatus],
     health: &HealthStatus,
     listeners: &[ListenerStatus],
+    peers: &[PeerStatus],
 ) -> Summary {
     let mut problems = Vec::new();
     if let Some(reason) = &health.reason {
@@ -628,6 +631,11 @@ fn summarize(
                     eta
                 ));
             }
+            // In sync here, yet not fresh: a peer has a queue for it, marks it diverged or
+            // does not write to it.
+            SyncState::InSync if b.reachability == "up" && !b.fresh => {
+                problems.push(b.not_fresh_reason.clone().unwrap_or_default());
+            }
             SyncState::InSync => {}
         }
         if b.queue.degraded {
@@ -642,6 +650,19 @@ fn summarize(
                 b.name, b.dead_letters.records
             ));
         }
+    }
+    for p in peers.iter().filter(|p| !p.reachable) {
+        let error = p.error.as_deref().unwrap_or("no answer");
+        problems.push(match p.last_report {
+            Some(_) => format!(
+                "peer {}: unreachable ({error}); its last report stands",
+                p.name
+            ),
+            None => format!(
+                "peer {}: never reached ({error}); its queues are unknown",
+                p.name
+            ),
+        });
     }
     for l in listeners {
         if l.write_failures.is_some_and(|n| n > 0) {

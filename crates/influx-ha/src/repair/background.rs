@@ -347,6 +347,7 @@ mod tests {
     fn cluster(backends: Vec<BackendState>) -> ClusterState {
         ClusterState {
             backends,
+            peers: Vec::new(),
             taken: SystemTime::now(),
         }
     }

@@ -507,6 +507,84 @@ fn a_peer_relays_queue_keeps_reads_away_until_it_drained() {
     });
 }
 
+#[test]
+fn a_backend_a_peer_does_not_write_to_serves_no_reads() {
+    let _serial = serial();
+    let (mut a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    // relay-2 knows influx-0 only (say its config was not reloaded after influx-1 was
+    // added): influx-1 misses what relay-2 takes. relay-9 is configured but never answers.
+    let port = |_| testkit::free_port().expect("free port");
+    let (p1, p2, p9): (u16, u16, u16) = (port(1), port(2), port(9));
+    let _relay2 = Relay::start_urls_on(p2, &[a.url()], FAST_HEALTH);
+    let mut relay1 = Relay::start_urls_on(
+        p1,
+        &[a.url(), b.url()],
+        &format!(
+            "{FAST_HEALTH}[[peer]]\nname = \"relay-2\"\nurl = \"http://127.0.0.1:{p2}\"\n[[peer]]\nname = \"relay-9\"\nurl = \"http://127.0.0.1:{p9}\"\n"
+        ),
+    );
+    wait_ready(&mut relay1);
+    let mut status = serde_json::Value::Null;
+    wait_until("relay-1 heard from relay-2", CONVERGE, || {
+        status = relay1.status_json();
+        status["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["name"] == "relay-2" && p["reachable"] == true)
+        })
+    });
+    let backend = |status: &serde_json::Value, name: &str| {
+        status["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no backend {name} in {status}"))
+    };
+    assert_eq!(backend(&status, "influx-0")["fresh"], true, "{status}");
+    let influx1 = backend(&status, "influx-1");
+    assert_eq!(influx1["fresh"], false, "{status}");
+    assert!(
+        influx1["not_fresh_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("peer relay-2 does not write to it")),
+        "{status}"
+    );
+    // The peer never reached is listed, with why, and named in the summary.
+    let relay9 = status["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "relay-9").cloned())
+        .unwrap_or_else(|| panic!("relay-9 not listed: {status}"));
+    assert_eq!(relay9["reachable"], false, "{status}");
+    assert!(relay9["last_report"].is_null(), "{status}");
+    assert!(relay9["error"].is_string(), "{status}");
+    assert!(
+        status["summary"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("peer relay-9: never reached")),
+        "{status}"
+    );
+    assert!(
+        relay1.log().contains("peer never reached"),
+        "{}",
+        relay1.log()
+    );
+
+    // Reads go to influx-0 only; without it there is no fresh backend.
+    assert_eq!(relay_count(&mut relay1, "db").2, "influx-0");
+    a.kill();
+    wait_until("no fresh backend", CONVERGE, || {
+        let r = query(
+            &mut relay1,
+            &[("db", "db"), ("q", "SELECT count(v) FROM m")],
+        );
+        assert_ne!(r.status, 200, "served from influx-1: {}", r.text());
+        r.status == 503
+            && r.text()
+                .contains("influx-1: peer relay-2 does not write to it")
+    });
+}
+
 /// A multipart body with the query as the file part `q` (as `curl -F q=@file` sends it).
 fn multipart_q(boundary: &str, q: &str) -> Vec<u8> {
     format!(
