@@ -258,17 +258,7 @@ pub fn run(target: &Target, op: Operation) -> Result<Outcome, CliError> {
         };
         let url = match (&target.admin, &config) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
-            (None, Some(c)) => {
-                let tls = match &c.admin {
-                    Some(a) => a.tls.is_some(),
-                    None => c.http.tls.is_some(),
-                };
-                format!(
-                    "{}://{}",
-                    if tls { "https" } else { "http" },
-                    reachable(c.admin.as_ref().map_or(c.http.bind, |a| a.bind))
-                )
-            }
+            (None, Some(c)) => admin_url(c),
             (None, None) => return Err(CliError::NoTarget),
         };
         let api = Api::new(url.clone())?;
@@ -290,6 +280,55 @@ pub fn run(target: &Target, op: Operation) -> Result<Outcome, CliError> {
             }
         }
     })
+}
+
+/// Where the admin API of the node `config` describes answers: `[admin] bind`, else the main
+/// listener (a wildcard address reached on loopback), over `https://` when that listener has
+/// TLS.
+pub(crate) fn admin_url(config: &Config) -> String {
+    let tls = match &config.admin {
+        Some(a) => a.tls.is_some(),
+        None => config.http.tls.is_some(),
+    };
+    format!(
+        "{}://{}",
+        if tls { "https" } else { "http" },
+        reachable(config.admin.as_ref().map_or(config.http.bind, |a| a.bind))
+    )
+}
+
+/// A client for the admin API at `base`: TLS for `https://`, trusting the system's CAs or only
+/// those of `INFLUX_HA_CA_FILE` when it is set.
+pub(crate) fn admin_client(
+    base: &str,
+) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>, String> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(API_TIMEOUT));
+    http.enforce_http(false);
+    let ca_file = std::env::var_os("INFLUX_HA_CA_FILE").map(PathBuf::from);
+    let tls = if base.starts_with("https://") {
+        crate::tls::client_config(ca_file.as_deref())
+    } else {
+        crate::tls::no_tls_client_config()
+    }
+    .map_err(|e| format!("TLS to the admin API: {e}"))?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// An error with its sources, `a: b: c` (hyper's client errors say little on their own).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(msg, ": {s}");
+        source = s.source();
+    }
+    msg
 }
 
 /// A wildcard listen address as a client reaches it.
@@ -333,24 +372,9 @@ pub(crate) fn authorization_from_env() -> Option<http::HeaderValue> {
 
 impl Api {
     fn new(base: String) -> Result<Self, CliError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(API_TIMEOUT));
-        http.enforce_http(false);
-        let ca_file = std::env::var_os("INFLUX_HA_CA_FILE").map(PathBuf::from);
-        let tls = if base.starts_with("https://") {
-            crate::tls::client_config(ca_file.as_deref())
-        } else {
-            crate::tls::no_tls_client_config()
-        }
-        .map_err(|e| CliError::Api(format!("TLS to the admin API: {e}")))?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(Self {
+            client: admin_client(&base).map_err(CliError::Api)?,
             base,
-            client: Client::builder(TokioExecutor::new()).build(connector),
             authorization: authorization_from_env(),
         })
     }
@@ -372,15 +396,11 @@ impl Api {
             .body(Full::new(Bytes::new()))
             .map_err(|e| format!("invalid URL {}{path}: {e}", self.base))?;
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    let _ = write!(msg, ": {s}");
-                    source = s.source();
-                }
-                msg
-            })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| error_chain(&e))?;
             let status = resp.status();
             let body = resp
                 .into_body()

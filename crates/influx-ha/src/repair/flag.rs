@@ -4,14 +4,11 @@
 //! node is stopped; then on every `[[peer]]` relay, which keeps its own flag. A node with `[auth]` gets the credentials of `INFLUX_HA_TOKEN` or
 //! `INFLUX_HA_USERNAME`/`INFLUX_HA_PASSWORD`, as the other operator commands.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::RepairError;
 use crate::backend::{BackendClient, Timeouts};
@@ -22,19 +19,6 @@ use crate::write::replica::DIVERGED_FILE;
 /// How long the node gets to answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where the node's admin API answers: `[admin] bind`, else the main listener; a wildcard
-/// address is reached on loopback.
-pub fn admin_addr(config: &Config) -> SocketAddr {
-    let mut addr = config.admin.as_ref().map_or(config.http.bind, |a| a.bind);
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        });
-    }
-    addr
-}
-
 /// Clears `backend`'s diverged flag on the node of `config`, after a verify that began at
 /// `verified_from_ms` (Unix ms) found the backends identical. Returns what was done, in words.
 pub async fn clear(
@@ -42,11 +26,8 @@ pub async fn clear(
     backend: &BackendConfig,
     verified_from_ms: u64,
 ) -> Result<String, RepairError> {
-    let addr = admin_addr(config);
-    let uri = format!(
-        "http://{addr}{}",
-        clear_path(&backend.name, verified_from_ms)
-    );
+    let addr = crate::admin::cli::admin_url(config);
+    let uri = format!("{addr}{}", clear_path(&backend.name, verified_from_ms));
     let failed = |message: String| RepairError::Flag {
         backend: backend.name.clone(),
         message,
@@ -60,13 +41,15 @@ pub async fn clear(
     let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|e| failed(e.to_string()))?;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = crate::admin::cli::admin_client(&addr).map_err(failed)?;
     let sent = tokio::time::timeout(TIMEOUT, client.request(req)).await;
     match sent {
         Err(_) => Err(failed(format!(
             "the node at {addr} did not answer within {TIMEOUT:?}"
         ))),
-        Ok(Err(e)) if e.is_connect() => {
+        // A TLS handshake that failed is a connect error too: the file is removed only when
+        // the node's main port is free, as the other operator commands decide.
+        Ok(Err(e)) if e.is_connect() && std::net::TcpListener::bind(config.http.bind).is_ok() => {
             // No node running with this config: the flag file is ours to remove.
             let file = config.queue_dir(backend).join(DIVERGED_FILE);
             match std::fs::remove_file(&file) {
@@ -81,7 +64,10 @@ pub async fn clear(
                 Err(e) => Err(failed(format!("cannot remove {}: {e}", file.display()))),
             }
         }
-        Ok(Err(e)) => Err(failed(format!("admin API at {addr}: {e}"))),
+        Ok(Err(e)) => Err(failed(format!(
+            "admin API at {addr}: {}",
+            crate::admin::cli::error_chain(&e)
+        ))),
         Ok(Ok(resp)) => read_answer(resp, &format!("node at {addr}"), failed).await,
     }
 }

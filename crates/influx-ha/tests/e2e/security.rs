@@ -1089,3 +1089,63 @@ fn the_queue_commands_reach_an_admin_listener_behind_tls() {
         "{out}"
     );
 }
+
+#[test]
+fn repair_clears_a_flag_through_an_admin_listener_behind_tls() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    let pki = pki();
+    let admin_port = testkit::free_port().expect("port");
+    let extra = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin_port}\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}",
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+        auth_section(None)
+    );
+    let tables = format!(
+        "[[backend]]\nname = \"influx-a\"\nurl = \"{}\"\n\n[[backend]]\nname = \"influx-b\"\nurl = \"{}\"\n\n",
+        a.url(),
+        b.url()
+    );
+    let relay = Relay::start_config(&extra, &tables, "info");
+    let flag = relay.data_dir().join("influx-b").join("diverged");
+    let run = |args: &[&str], ca: Option<&Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_influx-ha"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(relay.config_path())
+            .env("INFLUX_HA_TOKEN", &TOKEN.0)
+            .env_remove("INFLUX_HA_CA_FILE");
+        if let Some(ca) = ca {
+            cmd.env("INFLUX_HA_CA_FILE", ca);
+        }
+        let out = cmd.output().expect("run influx-ha");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // Purging the (empty) queue marks influx-b diverged.
+    let (ok, out) = run(&["queue", "purge", "influx-b", "--yes"], Some(&pki.ca));
+    assert!(ok, "{out}\n{}", relay.log());
+    assert!(flag.exists(), "{out}");
+
+    // Without the CA the node's certificate is refused: the flag of the running node is left
+    // alone, not removed as if no node ran.
+    let (ok, out) = run(&["repair"], None);
+    assert!(!ok, "{out}");
+    assert!(out.contains("certificate"), "{out}");
+    assert!(flag.exists(), "{out}\n{}", relay.log());
+
+    // With it, the identical backends' flag is cleared through the TLS listener.
+    let (ok, out) = run(&["repair"], Some(&pki.ca));
+    assert!(ok, "{out}\n{}", relay.log());
+    assert!(!flag.exists(), "{out}");
+    let (ok, out) = run(&["queue", "list"], Some(&pki.ca));
+    assert!(ok, "{out}");
+    assert!(!out.contains("diverged"), "{out}");
+}
