@@ -43,7 +43,33 @@ pub trait Filesystem: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Bytes available to an unprivileged writer on the filesystem holding `dir`.
     fn available_space(&self, dir: &Path) -> io::Result<u64>;
+    /// Takes the exclusive lock of `dir` (which exists), held until the returned guard is
+    /// dropped; fails with [`io::ErrorKind::WouldBlock`] while another holder has it.
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock>;
 }
+
+/// A held directory lock ([`Filesystem::lock_dir`]); released when dropped.
+pub struct DirLock {
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl DirLock {
+    /// A lock held for as long as `guard` lives.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Self {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for DirLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirLock")
+    }
+}
+
+/// The file in a queue directory that [`StdFs::lock_dir`] locks.
+pub const LOCK_FILE: &str = "lock";
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
 pub(crate) fn read_exact_at(
@@ -144,5 +170,17 @@ impl Filesystem for StdFs {
     fn available_space(&self, dir: &Path) -> io::Result<u64> {
         let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        // flock: held by the open file, so a process killed with -9 releases it at once.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(io::Error::from)?;
+        Ok(DirLock::new(file))
     }
 }

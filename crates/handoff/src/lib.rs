@@ -189,7 +189,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use bytes::Bytes;
-pub use fs::{Filesystem, FsFile, StdFs};
+pub use fs::{DirLock, Filesystem, FsFile, LOCK_FILE, StdFs};
 pub use ops::{DrainReport, Inspection, SegmentInfo, SegmentVerify, VerifyReport, inspect, verify};
 pub use queue::{Appending, PreparedAppend, Queue};
 
@@ -349,6 +349,9 @@ pub enum Error {
     /// The queue was closed.
     #[error("queue closed")]
     Closed,
+    /// Another process (or another open queue of this one) has the queue's directory open.
+    #[error("{0} is in use by another process (a running node, or a queue command)")]
+    Locked(PathBuf),
     /// `ack` was given a batch that does not start at the current cursor.
     #[error("batch does not start at the current cursor (already acknowledged, or purged)")]
     StaleBatch,
@@ -400,6 +403,7 @@ impl Error {
             },
             Error::FieldTooLong { field, len } => Error::FieldTooLong { field, len: *len },
             Error::Closed => Error::Closed,
+            Error::Locked(p) => Error::Locked(p.clone()),
             Error::StaleBatch => Error::StaleBatch,
             Error::InvalidOptions(s) => Error::InvalidOptions(s.clone()),
             Error::Io { path, source } => Error::Io {

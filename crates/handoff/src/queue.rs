@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::failpoint;
 use crate::format::{self, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
-use crate::fs::{Filesystem, FsFile, StdFs, read_exact_at};
+use crate::fs::{DirLock, Filesystem, FsFile, StdFs, read_exact_at};
 use crate::segment::{self, FrameRead, SegReader};
 use crate::{
     Batch, BatchKind, Clock, Error, FsyncPolicy, Limits, Options, Record, RecordId, Stats,
@@ -213,6 +213,9 @@ pub(crate) struct Inner {
     dropped: AtomicBool,
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The directory's lock: one open queue per directory, across processes. Released by
+    /// [`Queue::close`] (or when the queue is dropped).
+    dir_lock: Mutex<Option<DirLock>>,
 }
 
 impl Inner {
@@ -327,6 +330,12 @@ impl Queue {
     ) -> Result<Queue, Error> {
         validate(&opts)?;
         let dir = dir.as_ref().to_path_buf();
+        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // Two writers of one queue would interleave appends and acknowledgements.
+        let dir_lock = fs.lock_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Locked(dir.clone()),
+            _ => Error::io(&dir, e),
+        })?;
         let rec = recover(fs.as_ref(), &dir)?;
         let (watch, _) = watch::channel(rec.state.write_bytes);
         let inner = Arc::new(Inner {
@@ -354,6 +363,7 @@ impl Queue {
             dropped: AtomicBool::new(rec.dropped),
             closed: AtomicBool::new(false),
             writer: Mutex::new(None),
+            dir_lock: Mutex::new(Some(dir_lock)),
         });
         let q = Queue {
             inner: inner.clone(),
@@ -748,6 +758,7 @@ impl Queue {
         };
         inner.data_cv.notify_all();
         inner.watch.send_modify(|_| {});
+        drop(lock(&inner.dir_lock).take());
         res
     }
 

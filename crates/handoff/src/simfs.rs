@@ -59,6 +59,8 @@ struct State {
     faults: Faults,
     /// Mutating operations performed so far.
     ops: u64,
+    /// Directories locked by [`Filesystem::lock_dir`]; a crash releases them all.
+    locked: std::collections::BTreeSet<PathBuf>,
 }
 
 /// The simulated filesystem; clones share state.
@@ -154,6 +156,7 @@ impl SimFs {
                 durable,
                 faults: Faults::default(),
                 ops: 0,
+                locked: std::collections::BTreeSet::new(),
             })),
             gate: Arc::default(),
         }
@@ -353,6 +356,23 @@ impl Filesystem for SimFs {
             }
         }
         Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<crate::fs::DirLock> {
+        /// Unlocks its directory when dropped, as closing a locked file does.
+        struct Held(Arc<Mutex<State>>, PathBuf);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                lock(&self.0).locked.remove(&self.1);
+            }
+        }
+        if !lock(&self.state).locked.insert(dir.to_owned()) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"));
+        }
+        Ok(crate::fs::DirLock::new(Held(
+            self.state.clone(),
+            dir.to_owned(),
+        )))
     }
 
     fn available_space(&self, _dir: &Path) -> io::Result<u64> {

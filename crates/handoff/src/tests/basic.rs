@@ -705,3 +705,38 @@ fn zero_copy_append_matches_copying_append() {
     drop(q);
     assert!(crate::verify(&fs, &qdir()).unwrap().is_clean());
 }
+
+#[test]
+fn a_queue_directory_is_open_in_one_queue_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), small_opts()).unwrap();
+    // Another open of the same directory (as another process would make) is refused.
+    let second = Queue::open(dir.path(), small_opts());
+    assert!(
+        matches!(second, Err(crate::Error::Locked(ref d)) if d == dir.path()),
+        "{second:?}"
+    );
+    q.close().unwrap();
+    // Closed, the directory is free; dropped without a close (a crash), too.
+    let q = Queue::open(dir.path(), small_opts()).unwrap();
+    drop(q);
+    Queue::open(dir.path(), small_opts())
+        .unwrap()
+        .close()
+        .unwrap();
+
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    let second = Queue::open_with(
+        qdir(),
+        small_opts(),
+        Arc::new(fs.clone()),
+        Arc::new(ManualClock::new(0)),
+    );
+    assert!(matches!(second, Err(crate::Error::Locked(_))), "{second:?}");
+    // A crash releases it.
+    let after_crash = fs.crash();
+    open_sim(&after_crash, small_opts()).close().unwrap();
+    q.close().unwrap();
+    open_sim(&fs, small_opts()).close().unwrap();
+}

@@ -449,6 +449,45 @@ fn health_fails_while_the_disk_is_below_the_queue_floor() {
 }
 
 #[test]
+fn a_second_node_on_the_same_data_directory_is_refused() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let relay = Relay::start(&[&a], "");
+    let config = std::fs::read_to_string(relay.config_path()).expect("config");
+    let port = testkit::free_port().expect("free port");
+    let other = config.replacen(
+        &format!("127.0.0.1:{}", relay.port()),
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
+    assert_ne!(config, other);
+    let path = relay.dir().join("second.toml");
+    std::fs::write(&path, other).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a second influx-ha");
+    let mut exited = None;
+    wait_until("the second node exits", CONVERGE, || {
+        exited = child.try_wait().expect("wait");
+        exited.is_some()
+    });
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!exited.is_some_and(|s| s.success()), "{err}");
+    assert!(err.contains("in use by another process"), "{err}");
+    // The first node is untouched.
+    let mut relay = relay;
+    let w = relay.write("db=db", &points(0..5));
+    assert!(w.status == 204 || w.status == 404, "{}", w.text());
+    assert_eq!(relay.get("/health").expect("health").status, 200);
+}
+
+#[test]
 fn cli_presents_a_token_to_a_node_with_auth() {
     let _serial = serial();
     let a = Influxd::start();
