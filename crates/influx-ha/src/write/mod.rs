@@ -16,6 +16,7 @@
 
 pub mod answer;
 pub mod backoff;
+mod flags;
 pub mod lanes;
 pub mod replica;
 pub mod schema;

@@ -323,7 +323,7 @@ impl Replica {
                 reason,
                 "backend diverged: it may miss data"
             );
-            if let Err(e) = std::fs::write(self.dir.join(DIVERGED_FILE), format!("{reason}\n")) {
+            if let Err(e) = super::flags::write(&self.dir, DIVERGED_FILE, &format!("{reason}\n")) {
                 tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
             }
             *d = Some(reason.to_owned());
@@ -342,11 +342,8 @@ impl Replica {
                 self.name()
             ));
         }
-        match std::fs::remove_file(self.dir.join(DIVERGED_FILE)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot remove the diverged flag: {e}")),
-        }
+        super::flags::remove(&self.dir, DIVERGED_FILE)
+            .map_err(|e| format!("cannot remove the diverged flag: {e}"))?;
         let was = d.take();
         if let Some(why) = &was {
             tracing::info!(
@@ -394,8 +391,9 @@ impl Replica {
     /// Puts the backend in maintenance (persisted): from now on every write is queued for it
     /// and the replay pauses. Idempotent.
     pub fn enter_maintenance(&self) -> std::io::Result<()> {
-        std::fs::write(
-            self.dir.join(MAINTENANCE_FILE),
+        super::flags::write(
+            &self.dir,
+            MAINTENANCE_FILE,
             "set by an operator: writes are queued, no reads are served\n",
         )?;
         lock(&self.mode).queueing = true;
@@ -409,11 +407,7 @@ impl Replica {
 
     /// Ends maintenance: the replay delivers the queue, then writes go direct again.
     pub fn resume(&self) -> std::io::Result<()> {
-        match std::fs::remove_file(self.dir.join(MAINTENANCE_FILE)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        super::flags::remove(&self.dir, MAINTENANCE_FILE)?;
         self.maintenance.store(false, Ordering::SeqCst);
         self.kick.notify_one();
         tracing::info!(
@@ -967,6 +961,16 @@ impl Replica {
                             ));
                         }
                         Step::Delivered
+                    }
+                    // Wrong service credentials are fixed by an operator: the statement waits,
+                    // as writes do, rather than being dropped.
+                    Ok((status, _))
+                        if status == StatusCode::UNAUTHORIZED
+                            || status == StatusCode::FORBIDDEN =>
+                    {
+                        Step::Retry(format!(
+                            "backend refused the service credentials ({status}); check username/password"
+                        ))
                     }
                     Ok((status, _)) if status.is_client_error() => {
                         self.mark_diverged(&format!("a queued statement was refused: {statement}"));

@@ -218,6 +218,8 @@ struct FakeBackend {
     overtaken: AtomicUsize,
     /// Answered writes per batch tag.
     answered: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
+    /// Answer this many of the next `/query` requests 401.
+    refuse_queries: AtomicUsize,
 }
 
 /// The `batch=N` tag of the first line of a body (0 without one).
@@ -305,7 +307,17 @@ async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
                             fake.queries.lock().expect("not poisoned").push(body);
                             let mut r =
                                 http::Response::new(http_body_util::Full::new(Bytes::new()));
-                            *r.status_mut() = http::StatusCode::NO_CONTENT;
+                            let refuse = fake
+                                .refuse_queries
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
+                            *r.status_mut() = if refuse {
+                                http::StatusCode::UNAUTHORIZED
+                            } else {
+                                http::StatusCode::NO_CONTENT
+                            };
                             r
                         };
                         Ok::<_, std::convert::Infallible>(resp)
@@ -409,6 +421,22 @@ async fn a_queued_statement_is_replayed_with_its_parameters() {
             "q=DELETE%20FROM%20m%20WHERE%20host%20%3D%20%24h&db=x&{params}"
         ))]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_statement_refused_for_credentials_waits_instead_of_being_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    fake.refuse_queries.store(2, Ordering::SeqCst);
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let queued = replica
+        .enqueue_statement("x", "CREATE DATABASE x", "")
+        .await;
+    assert!(matches!(queued, Outcome::Queued), "{queued:?}");
+    replay_until_drained(&replica).await;
+    // Refused twice (401), then run: sent three times, and nothing was dropped.
+    assert_eq!(fake.queries.lock().expect("not poisoned").len(), 3);
+    assert_eq!(replica.diverged(), None);
 }
 
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.
