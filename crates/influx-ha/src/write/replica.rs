@@ -910,9 +910,39 @@ impl Replica {
                             // not acknowledged.
                             break;
                         }
+                        if self.expire_while_retrying(&head.batch).await {
+                            break;
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// Drops what passed `max_age` at the head of the queue while a batch is retried (the
+    /// reader drops it only when it reads, and a backend that stays down would keep week-old
+    /// data until the queue is full). True when `batch` itself was dropped: the replay then
+    /// reads again from the cursor.
+    async fn expire_while_retrying(self: &Arc<Self>, batch: &handoff::Batch) -> bool {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.queue.purge_expired()).await {
+            Ok(Ok(0)) => false,
+            Ok(Ok(expired)) => {
+                tracing::warn!(
+                    backend = self.name(),
+                    records = expired,
+                    "queued writes older than max_age dropped"
+                );
+                self.note_dropped();
+                // Nothing may be left: only the replay leaves queueing mode.
+                self.leave_queueing_if_drained();
+                !self.queue.is_next(batch)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(backend = self.name(), error = %e, "cannot drop expired records");
+                false
+            }
+            Err(_) => false,
         }
     }
 

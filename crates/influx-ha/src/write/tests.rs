@@ -220,6 +220,8 @@ struct FakeBackend {
     answered: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
     /// Answer this many of the next `/query` requests 401.
     refuse_queries: AtomicUsize,
+    /// Answer every write 500.
+    fail_all: AtomicBool,
 }
 
 /// The `batch=N` tag of the first line of a body (0 without one).
@@ -271,7 +273,7 @@ impl FakeBackend {
         } else {
             Bytes::new()
         }));
-        *resp.status_mut() = if fail {
+        *resp.status_mut() = if fail || self.fail_all.load(Ordering::SeqCst) {
             http::StatusCode::INTERNAL_SERVER_ERROR
         } else {
             http::StatusCode::NO_CONTENT
@@ -437,6 +439,26 @@ async fn a_queued_statement_refused_for_credentials_waits_instead_of_being_dropp
     // Refused twice (401), then run: sent three times, and nothing was dropped.
     assert_eq!(fake.queries.lock().expect("not poisoned").len(), 3);
     assert_eq!(replica.diverged(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_writes_expire_while_the_backend_keeps_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    fake.fail_all.store(true, Ordering::SeqCst);
+    let replica = one_backend_with(
+        dir.path(),
+        serve(fake.clone()).await,
+        "[queue]\nmax_age = \"1s\"\n",
+    );
+    let batch = two_measurements("db", 1, 800);
+    assert!(matches!(replica.enqueue(&batch).await, Outcome::Queued));
+    // The replay retries the batch; past max_age it is dropped although it is being retried.
+    replay_until_drained(&replica).await;
+    assert!(!fake.writes.lock().expect("not poisoned").is_empty());
+    let why = replica.diverged().unwrap_or_default();
+    assert!(why.contains("dropped records"), "{why}");
+    assert_eq!(replica.queue().stats().expired_records, 1);
 }
 
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.
