@@ -1209,22 +1209,32 @@ impl Replica {
         }
     }
 
-    /// Appends a refused batch to the dead-letter store.
+    /// Appends a refused batch to the dead-letter store, in records of whole lines when it is
+    /// larger than one record holds (a replayed batch may be, with small segments).
     async fn keep_dead_letter(
         &self,
         db: &str,
         rp: &str,
         precision: &str,
         payload: &[u8],
-    ) -> Result<RecordId, handoff::Error> {
-        self.dead_letters
-            .append(&Record::Write {
+    ) -> Result<(), handoff::Error> {
+        let max = self.dead_letters.max_write_payload(db, rp, precision);
+        let append = |payload: &[u8]| {
+            self.dead_letters.append(&Record::Write {
                 db,
                 rp,
                 precision,
                 payload,
             })
-            .await
+        };
+        if payload.len() <= max {
+            append(payload).await?;
+            return Ok(());
+        }
+        for piece in split_at_lines(&Bytes::copy_from_slice(payload), max.max(1)) {
+            append(&piece).await?;
+        }
+        Ok(())
     }
 
     /// Creates on this backend the retention policies `policies` of `db` (read from the

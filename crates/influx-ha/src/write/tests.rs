@@ -222,6 +222,8 @@ struct FakeBackend {
     refuse_queries: AtomicUsize,
     /// Answer every write 500.
     fail_all: AtomicBool,
+    /// Answer every write 400, as a body InfluxDB cannot parse.
+    refuse_writes: AtomicBool,
 }
 
 /// The `batch=N` tag of the first line of a body (0 without one).
@@ -268,6 +270,13 @@ impl FakeBackend {
             .entry(batch)
             .or_default() += usize::from(!fail);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.refuse_writes.load(Ordering::SeqCst) {
+            let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from_static(
+                b"{\"error\":\"unable to parse 'x': bad timestamp\"}",
+            )));
+            *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+            return resp;
+        }
         let mut resp = http::Response::new(http_body_util::Full::new(if fail {
             Bytes::from_static(b"{\"error\":\"timeout\"}")
         } else {
@@ -459,6 +468,38 @@ async fn queued_writes_expire_while_the_backend_keeps_failing() {
     let why = replica.diverged().unwrap_or_default();
     assert!(why.contains("dropped records"), "{why}");
     assert_eq!(replica.queue().stats().expired_records, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_larger_than_a_record_is_kept_whole_in_the_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    fake.refuse_writes.store(true, Ordering::SeqCst);
+    // 16 KiB segments: the replay merges queued records into batches larger than one record.
+    let replica = one_backend_with(
+        dir.path(),
+        serve(fake.clone()).await,
+        "[queue]\nsegment_bytes = \"16KiB\"\n",
+    );
+    replica.set_replay_lanes(1);
+    let batch = two_measurements("db", 1, 800);
+    assert!(batch.payload.len() > 3 * 16 * 1024);
+    assert!(matches!(replica.enqueue(&batch).await, Outcome::Queued));
+    replay_until_drained(&replica).await;
+    let why = replica.diverged().unwrap_or_default();
+    assert!(
+        why.starts_with("dead letters: the backend refused a batch"),
+        "{why}"
+    );
+    // Every refused line is in the dead letters, in order.
+    let mut kept = Vec::new();
+    while let Some(b) = replica.dead_letters().next_batch(1 << 20).expect("read") {
+        if let handoff::BatchKind::Write { payload, .. } = &b.kind {
+            kept.extend_from_slice(payload);
+        }
+        replica.dead_letters().ack(&b).expect("ack");
+    }
+    assert_eq!(kept, batch.payload);
 }
 
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.
