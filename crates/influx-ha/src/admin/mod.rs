@@ -67,6 +67,30 @@ const DEFAULT_DUMP_BYTES: usize = 16 << 20;
 
 /// Default time `queue drain` waits.
 const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(60);
+/// The longest `?wait=` of a drain.
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(3600);
+/// The most `?max_bytes=` of records printed at once (they are held in memory).
+const MAX_DUMP_BYTES: u64 = 256 << 20;
+
+/// The whole number `key` of `params`, `default` when absent; 400 when it is not a number or
+/// above `max`.
+fn number_param(
+    params: &QueryParams,
+    key: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, ops::OpError> {
+    let Some(text) = params.non_empty(key) else {
+        return Ok(default);
+    };
+    match text.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(ops::OpError {
+            status: 400,
+            message: format!("{key} must be a whole number from 0 to {max}, not {text:?}"),
+        }),
+    }
+}
 
 /// The admin surface; cheap to clone.
 #[derive(Debug, Clone)]
@@ -290,36 +314,42 @@ impl AdminHandler {
             [store @ ("queue" | "deadletter"), name] if get => ops::find(&replicas, name)
                 .and_then(|r| ops::inspect(r, *store == "deadletter"))
                 .map(|i| json(StatusCode::OK, &i)),
-            [store @ ("queue" | "deadletter"), name, "records"] if get => {
-                let limit = params
-                    .non_empty("max_bytes")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(DEFAULT_DUMP_BYTES);
-                ops::find(&replicas, name)
-                    .and_then(|r| ops::dump(r, *store == "deadletter", limit))
-                    .map(|(body, truncated)| {
-                        let mut resp = text(StatusCode::OK, body);
-                        resp.headers_mut().insert(
-                            CONTENT_TYPE,
-                            HeaderValue::from_static("text/plain; charset=utf-8"),
-                        );
-                        if truncated {
-                            resp.headers_mut()
-                                .insert("X-Influx-Ha-Truncated", HeaderValue::from_static("true"));
-                        }
-                        resp
-                    })
-            }
+            [store @ ("queue" | "deadletter"), name, "records"] if get => number_param(
+                params,
+                "max_bytes",
+                DEFAULT_DUMP_BYTES as u64,
+                MAX_DUMP_BYTES,
+            )
+            .and_then(|limit| {
+                let r = ops::find(&replicas, name)?;
+                ops::dump(r, *store == "deadletter", limit as usize)
+            })
+            .map(|(body, truncated)| {
+                let mut resp = text(StatusCode::OK, body);
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                if truncated {
+                    resp.headers_mut()
+                        .insert("X-Influx-Ha-Truncated", HeaderValue::from_static("true"));
+                }
+                resp
+            }),
             ["queue", name, "verify"] if post => ops::find(&replicas, name)
                 .and_then(|r| ops::verify(r, true))
                 .map(|v| json(StatusCode::OK, &v)),
             ["queue", name, "drain"] if post => {
-                let wait = params
-                    .non_empty("wait")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map_or(DEFAULT_DRAIN_WAIT, Duration::from_secs);
-                match ops::find(&replicas, name) {
-                    Ok(r) => ops::drain(r, wait).await.map(|d| json(StatusCode::OK, &d)),
+                let wait = number_param(
+                    params,
+                    "wait",
+                    DEFAULT_DRAIN_WAIT.as_secs(),
+                    MAX_DRAIN_WAIT.as_secs(),
+                );
+                match wait.and_then(|w| Ok((w, ops::find(&replicas, name)?))) {
+                    Ok((wait, r)) => ops::drain(r, Duration::from_secs(wait))
+                        .await
+                        .map(|d| json(StatusCode::OK, &d)),
                     Err(e) => Err(e),
                 }
             }

@@ -377,6 +377,19 @@ async fn queue_api_lists_inspects_dumps_verifies_and_purges() {
     );
     let (_, _, headers) = call(&admin, "GET", "/admin/v1/queue/beta/records?max_bytes=10").await;
     assert_eq!(headers["x-influx-ha-truncated"], "true");
+    for bad in ["max_bytes=ten", "max_bytes=-1", "max_bytes=999999999999"] {
+        let (status, body, _) = call(
+            &admin,
+            "GET",
+            &format!("/admin/v1/queue/beta/records?{bad}"),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("max_bytes must be a whole number"), "{body}");
+    }
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/queue/beta/drain?wait=1m").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("wait must be a whole number"), "{body}");
 
     let (status, body, _) = call(&admin, "POST", "/admin/v1/queue/beta/verify").await;
     assert_eq!(status, 200, "{body}");
