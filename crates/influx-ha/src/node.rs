@@ -142,6 +142,7 @@ pub fn http_needs_restart(
     applied.rate_limit = old.rate_limit;
     applied.max_body_bytes = old.max_body_bytes;
     applied.body_read_timeout = old.body_read_timeout;
+    applied.inflight_wait = old.inflight_wait;
     if old.tls.is_some() && new.tls.is_some() {
         applied.tls = old.tls.clone();
     }

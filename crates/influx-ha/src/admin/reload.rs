@@ -222,15 +222,7 @@ impl Reloader {
                     || new.queue.segment_bytes != old.queue.segment_bytes,
             ),
             ("[[opentsdb]]", new.opentsdb != old.opentsdb),
-            (
-                "[[graphite]]",
-                new.graphite.len() != old.graphite.len()
-                    || new
-                        .graphite
-                        .iter()
-                        .zip(&old.graphite)
-                        .any(|(n, o)| n.bind != o.bind || n.database != o.database),
-            ),
+            ("[[graphite]]", new.graphite != old.graphite),
             ("node_name", new.node_name != old.node_name),
             ("[health]", new.health != old.health),
             ("[query]", new.query != old.query),
@@ -382,6 +374,7 @@ impl Reloader {
         effective.health = old.health.clone();
         effective.query = old.query.clone();
         effective.peers.clone_from(&old.peers);
+        effective.anti_entropy = old.anti_entropy.clone();
         for b in &mut effective.backends {
             if let Some(o) = old.backends.iter().find(|o| o.name == b.name) {
                 *b = o.clone();

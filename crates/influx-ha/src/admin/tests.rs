@@ -590,18 +590,24 @@ mod reload {
         let second = text(
             dir.path(),
             &[("gamma", "127.0.0.3"), ("alpha", "127.0.0.1")],
-            "[write]\nconsistency = \"all\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
+            "[write]\nconsistency = \"all\"\n[admin]\nbind = \"127.0.0.1:0\"\n[anti_entropy]\n",
         )
         .replace(
             "[queue]\n",
             "[queue]\nmax_bytes = \"5MiB\"\nmax_age = \"1h\"\n",
-        );
+        )
+        // Applied by the body-limits hook: not a restart of [http].
+        .replace("[http]\n", "[http]\ninflight_wait = \"3s\"\n");
         std::fs::write(&path, &second).expect("write");
         let report = reloader.reload().await.expect("reloaded");
         assert_eq!(report.added, ["gamma"]);
         assert_eq!(report.removed, ["beta"]);
-        assert_eq!(report.restart_needed, ["[admin]"]);
+        assert_eq!(report.restart_needed, ["[admin]", "[anti_entropy]"]);
         assert_eq!(names(&replicator), ["gamma", "alpha"]);
+        assert!(
+            reloader.current().anti_entropy.is_none(),
+            "the running check (none) stays until a restart"
+        );
         assert_eq!(replicator.default_consistency(), Consistency::All);
         for r in replicator.replicas().iter() {
             let limits = r.queue().limits();
@@ -651,6 +657,12 @@ mod reload {
         drop(beta);
         let report = reloader.reload().await.expect("reloaded");
         assert_eq!(report.added, ["beta"]);
+        // Back to what runs: nothing needs a restart any more.
+        assert!(
+            report.restart_needed.is_empty(),
+            "{:?}",
+            report.restart_needed
+        );
 
         // A hook that refuses refuses the reload.
         reloader.on_reload("tls", Box::new(|_| Err("cannot read cert.pem".to_owned())));

@@ -36,6 +36,18 @@ pub struct GraphiteConfig {
     pub database: String,
     /// The templates, separator and tags, checked and compiled.
     pub parser: GraphiteParser,
+    /// The separator, templates and tags as written, which tell two configs apart.
+    pub written: Vec<String>,
+}
+
+/// Equal when written the same: the compiled parser follows from the text.
+impl PartialEq for GraphiteConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.bind == other.bind
+            && self.protocol == other.protocol
+            && self.database == other.database
+            && self.written == other.written
+    }
 }
 
 /// `[[opentsdb]]`: one OpenTSDB listener, telnet `put` lines and HTTP `/api/put` on the same
@@ -134,11 +146,16 @@ pub(super) fn graphite(
                 GraphiteParser::without_templates(tags)
             }
         };
+        let mut written = vec![separator];
+        written.extend(templates);
+        written.push(String::new());
+        written.extend(g.tags.iter().map(|t| t.get_ref().clone()));
         out.push(GraphiteConfig {
             bind,
             protocol: g.protocol,
             database,
             parser,
+            written,
         });
     }
     out

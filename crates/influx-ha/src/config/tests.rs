@@ -699,6 +699,22 @@ fn graphite_and_opentsdb_listeners() {
         (GraphiteProtocol::Udp, "g")
     );
     assert_eq!(c.opentsdb[0].database, DEFAULT_OPENTSDB_DATABASE);
+    // Listeners written alike are equal; another template, separator or tag tells them apart
+    // (a reload compares them).
+    assert_ne!(c.graphite[0], c.graphite[1]);
+    let same = |extra: &str| {
+        parse(&with_backend(
+            &format!("[[graphite]]\nbind = \"127.0.0.1:2003\"\n{extra}"),
+            backend,
+        ))
+        .expect("valid")
+        .graphite
+        .remove(0)
+    };
+    assert_eq!(same("separator = \"_\"\n"), same("separator = \"_\"\n"));
+    assert_ne!(same(""), same("separator = \"_\"\n"));
+    assert_ne!(same(""), same("templates = [\"a.* .host.measurement\"]\n"));
+    assert_ne!(same(""), same("tags = [\"dc=eu\"]\n"));
 
     // A bad template names its line and says what is wrong.
     let p = problem(&with_backend(
