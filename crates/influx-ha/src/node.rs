@@ -700,6 +700,11 @@ pub async fn serve_with_reload(
     for replay in replays {
         let _ = replay.await;
     }
+    if let Some(r) = &reloader {
+        for replay in r.take_replays() {
+            let _ = replay.await;
+        }
+    }
     let _ = sampler.await;
     let _ = storage_watch.await;
     if let Some(task) = anti_entropy_task {
@@ -724,6 +729,9 @@ pub async fn serve_with_reload(
         );
     }
     replicator.close();
+    if let Some(r) = &reloader {
+        r.close_retired();
+    }
     tracing::info!(
         abandoned_connections = report.abandoned_connections,
         "stopped"

@@ -130,8 +130,26 @@ pub struct Reloader {
     applied: Mutex<Vec<AppliedHook>>,
     /// Backends removed by earlier reloads, until their queues are closed.
     retired: Mutex<Vec<std::sync::Weak<Replica>>>,
+    /// The replay tasks of backends added by reloads, joined at shutdown.
+    replays: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// The replay tasks of backends added by reloads (to be joined after `stop_replays`, before
+    /// the queues are closed).
+    pub fn take_replays(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(&mut *lock(&self.replays))
+    }
+
+    /// Closes the queues of backends removed by reloads that something still holds (at
+    /// shutdown, once no write is in flight).
+    pub fn close_retired(&self) {
+        for r in lock(&self.retired).drain(..).filter_map(|w| w.upgrade()) {
+            r.close();
+        }
+    }
 }
 
 impl std::fmt::Debug for Reloader {
@@ -165,6 +183,7 @@ impl Reloader {
             hooks: Mutex::new(Vec::new()),
             applied: Mutex::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
+            replays: Mutex::new(Vec::new()),
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -319,9 +338,12 @@ impl Reloader {
         self.replicator
             .set_default_consistency(new.write.consistency);
         for r in &added {
-            tokio::spawn(r.clone().replay(crate::shutdown::Shutdown::new(
+            let replay = tokio::spawn(r.clone().replay(crate::shutdown::Shutdown::new(
                 self.stop_replays.subscribe(),
             )));
+            let mut replays = lock(&self.replays);
+            replays.retain(|t| !t.is_finished());
+            replays.push(replay);
         }
         for r in &removed {
             // The queue closes once the last write in flight to it is done (on drop).

@@ -231,11 +231,7 @@ impl Replicator {
     /// Makes every queue durable and closes it (after the replay tasks ended).
     pub fn close(&self) {
         for r in self.replicas.load().iter() {
-            for (what, q) in [("queue", r.queue()), ("dead letters", r.dead_letters())] {
-                if let Err(e) = q.close() {
-                    tracing::error!(backend = r.name(), what, error = %e, "closing failed");
-                }
-            }
+            r.close();
         }
     }
 

@@ -427,6 +427,15 @@ impl Replica {
         self.note_link(answered);
     }
 
+    /// Closes its queue and dead letters (fsynced, cursor persisted); idempotent.
+    pub fn close(&self) {
+        for (what, q) in [("queue", &self.queue), ("dead letters", &self.dead_letters)] {
+            if let Err(e) = q.close() {
+                tracing::error!(backend = self.name(), what, error = %e, "closing failed");
+            }
+        }
+    }
+
     /// Stops the replay task (the backend was removed from the config); its queue stays on
     /// disk and is replayed if the backend is configured again.
     pub fn retire(&self) {
