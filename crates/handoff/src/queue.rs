@@ -357,6 +357,7 @@ impl Queue {
             }),
             c: Counters {
                 torn_tail_bytes: AtomicU64::new(rec.torn_tail_bytes),
+                corrupt_regions: AtomicU64::new(rec.corrupt_ends),
                 ..Counters::default()
             },
             degraded: AtomicBool::new(false),
@@ -1226,6 +1227,8 @@ struct Recovered {
     persisted: Option<(u64, u64)>,
     dropped: bool,
     torn_tail_bytes: u64,
+    /// Unreadable ends of sealed segments (not torn tails: those segments were complete).
+    corrupt_ends: u64,
 }
 
 /// Rebuilds the in-memory state from the directory. See "Crash reasoning" in the crate docs.
@@ -1234,6 +1237,7 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
     let names = fs.list_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut dropped = false;
     let mut torn_tail_bytes = 0u64;
+    let mut corrupt_ends = 0u64;
     if names.iter().any(|n| n == CURSOR_TMP) {
         let p = dir.join(CURSOR_TMP);
         if let Err(e) = fs.remove_file(&p) {
@@ -1330,7 +1334,19 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
                 "handoff: corrupt region found at open (the reader will skip it)"
             );
         }
-        if scan.valid_end < len {
+        if scan.valid_end < len && Some(id) != last {
+            // Only the newest segment is written to, so only it can have a torn tail: the end
+            // of an older one that no CRC vouches for is corruption. It is left in place (the
+            // reader stops before it) and counted.
+            error!(
+                segment = id,
+                valid = scan.valid_end,
+                len,
+                "handoff: corrupt data at the end of a sealed segment; skipping it"
+            );
+            corrupt_ends += 1;
+            dropped = true;
+        } else if scan.valid_end < len {
             torn_tail_bytes += len - scan.valid_end;
             warn!(
                 segment = id,
@@ -1415,6 +1431,7 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         persisted: cursor_file,
         dropped,
         torn_tail_bytes,
+        corrupt_ends,
     })
 }
 

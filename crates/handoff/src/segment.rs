@@ -193,6 +193,7 @@ pub(crate) fn scan(
         probe_aligned: SEGMENT_HEADER_LEN,
         ..Scan::default()
     };
+    let probe_arg = probe;
     let probe = probe.unwrap_or(SEGMENT_HEADER_LEN);
     let mut probe_done = probe <= SEGMENT_HEADER_LEN;
     let mut off = SEGMENT_HEADER_LEN;
@@ -220,6 +221,9 @@ pub(crate) fn scan(
                 off = next;
                 s.valid_end = next;
             }
+            // A header walk that lost its way may have jumped over good frames on a bad
+            // length (and past the cursor): the whole segment is scanned again with its CRCs.
+            None if !verify => return scan(r, len, true, probe_arg),
             None => match r.resync(off, len)? {
                 Some(next) => {
                     s.corrupt.push((off, next - off));

@@ -346,3 +346,27 @@ fn sizes_come_from_files_not_counters() {
     assert_eq!(q.stats().depth_records, 10);
     assert_eq!(drain_ids(&q, 1 << 20), (0..10).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_bad_length_before_the_cursor_loses_nothing_after_it() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 15);
+    // Acknowledge records 0..7: the cursor lies inside the second segment (records 5..10).
+    {
+        let q = open_sim(&fs, small_opts());
+        for _ in 0..7 {
+            let b = q.next_batch(1).unwrap().unwrap();
+            q.ack(&b).unwrap();
+        }
+        q.close().unwrap();
+    }
+    // The length of record 5 (acknowledged) now reaches into record 8, past the cursor.
+    let mut data = fs.read(&segs[1]).unwrap();
+    let rec = (data.len() - 16) / 5;
+    let bad = u32::try_from(3 * rec + rec / 2 - 12).unwrap();
+    data[16 + 4..16 + 8].copy_from_slice(&bad.to_le_bytes());
+    fs.write_durable(&segs[1], data);
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(drain_ids(&q, 1 << 20), (7..15).collect::<Vec<_>>());
+    assert!(!q.stats().dropped, "nothing after the cursor was dropped");
+}
