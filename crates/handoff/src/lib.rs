@@ -17,6 +17,8 @@
 //! <dir>/cursor                   the persisted read cursor (segment id + byte offset)
 //! <dir>/cursor.tmp               transient: the next cursor before its rename
 //! <dir>/<name>.corrupt           a segment whose header was unreadable, set aside for an operator
+//! <dir>/<name>.unreadable        a segment that could not be read at open (EIO), set aside too
+//! <dir>/lock                     locked (`flock`) by the process that has the queue open
 //! ```
 //!
 //! ## Segment format (version 1)
@@ -137,6 +139,18 @@
 //!   both are valid, the older one redelivers one batch.
 //! * Crash during segment deletion: the durable cursor already points past it; open deletes it.
 //! * A corrupt cursor file (bad CRC) restarts from the oldest segment: duplicates, no loss.
+//! * Older segments are walked by their frame headers only; a walk that meets an implausible
+//!   header (a length field gone bad can make it jump over good frames) rescans that segment
+//!   with CRC checks. Only the newest segment can have a torn tail; the unverifiable end of an
+//!   older one is counted as corrupt and left in place.
+//!
+//! ## I/O errors
+//!
+//! A read error that may pass (out of file descriptors or memory, permissions) is returned
+//! to the caller, which retries: at open it fails [`Queue::open`] with the file named, while
+//! reading it fails that read. Only an error that says the data is damaged or gone (EIO, a
+//! file removed or cut short) skips it: the rest of that segment, counted, with the `dropped`
+//! flag raised; at open the segment is set aside as `.unreadable`, never deleted.
 //!
 //! ## Limits and drops
 //!
@@ -151,7 +165,9 @@
 //!
 //! # Known limits
 //!
-//! * One process per directory: nothing stops a second [`Queue`] on the same directory.
+//! * One open queue per directory: [`Queue::open`] takes the directory's lock (`flock` on
+//!   `lock`), and a second open fails with [`Error::Locked`] until the first is closed or its
+//!   process is gone.
 //! * Resynchronisation after corruption verifies every marker candidate it meets; data built
 //!   to contain many markers with large lengths can make it slow (quadratic in the segment
 //!   size, still finite). UTF-8 payloads cannot contain the marker (0xFE is not UTF-8); the

@@ -898,8 +898,9 @@ impl Queue {
                 Err(e) => {
                     bump(&inner.c.io_errors, 1);
                     rs.seg = None;
-                    if !m.sealed {
-                        // The segment being written: nothing to skip to. Let the caller retry.
+                    if !m.sealed || !lasting(&e) {
+                        // The segment being written (nothing to skip to), or an error that may
+                        // pass (out of file descriptors, permissions): let the caller retry.
                         break_out(rs, pos, self);
                         return Err(Error::io(inner.seg_path(pos.seg), e));
                     }
@@ -1231,6 +1232,15 @@ struct Recovered {
     corrupt_ends: u64,
 }
 
+/// Whether a read error says the data is damaged or gone (EIO, a file shorter than its index
+/// or removed), so that skipping it is the only way on. Anything else may pass and is retried:
+/// skipping would lose data that is still there.
+fn lasting(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::NotFound)
+        || e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
+}
+
 /// Rebuilds the in-memory state from the directory. See "Crash reasoning" in the crate docs.
 fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -1251,7 +1261,7 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         .filter_map(|n| n.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()))
         .max()
         .unwrap_or(0);
-    let cursor_file = read_cursor(fs, dir);
+    let cursor_file = read_cursor(fs, dir)?;
     if names.iter().any(|n| n == CURSOR_FILE) && cursor_file.is_none() {
         warn!(dir = %dir.display(), "handoff: cursor file unreadable or corrupt; replaying from the oldest segment");
     }
@@ -1280,10 +1290,26 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
     let (mut index, mut bytes) = (0u64, 0u64);
     for id in ids {
         let path = dir.join(segment_name(id));
+        // A segment that cannot be read now is never skipped for an error that may pass: the
+        // cursor would move past it and the next start would delete it. Damaged, it is set
+        // aside (kept for the operator); otherwise the open fails and names it.
+        let unreadable = |e: std::io::Error, what: &str| -> Result<(), Error> {
+            if !lasting(&e) {
+                return Err(Error::io(&path, e));
+            }
+            error!(segment = id, error = %e, "handoff: cannot {what} segment; setting it aside as .unreadable");
+            let aside = dir.join(format!("{}.unreadable", segment_name(id)));
+            if let Err(e) = fs.rename(&path, &aside)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(Error::io(&path, e));
+            }
+            Ok(())
+        };
         let mut r = match fs.open_read(&path) {
             Ok(f) => SegReader::new(id, f),
             Err(e) => {
-                error!(segment = id, error = %e, "handoff: cannot open segment; skipping it");
+                unreadable(e, "open")?;
                 dropped = true;
                 continue;
             }
@@ -1291,7 +1317,7 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         let len = match r.file_len() {
             Ok(l) => l,
             Err(e) => {
-                error!(segment = id, error = %e, "handoff: cannot stat segment; skipping it");
+                unreadable(e, "stat")?;
                 dropped = true;
                 continue;
             }
@@ -1321,7 +1347,8 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         let scan = match segment::scan(&mut r, len, Some(id) == last, probe) {
             Ok(s) => s,
             Err(e) => {
-                error!(segment = id, error = %e, "handoff: read error scanning segment; skipping it");
+                drop(r);
+                unreadable(e, "scan")?;
                 dropped = true;
                 continue;
             }
@@ -1435,14 +1462,31 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
     })
 }
 
-fn read_cursor(fs: &dyn Filesystem, dir: &Path) -> Option<(u64, u64)> {
-    let f = fs.open_read(&dir.join(CURSOR_FILE)).ok()?;
+/// The persisted cursor; `Ok(None)` when there is none or it is damaged. An error that may
+/// pass fails: replaying from the oldest segment instead would deliver again what was
+/// acknowledged, statements included.
+fn read_cursor(fs: &dyn Filesystem, dir: &Path) -> Result<Option<(u64, u64)>, Error> {
+    let path = dir.join(CURSOR_FILE);
+    let passing = |e: std::io::Error| {
+        if lasting(&e) {
+            Ok(None)
+        } else {
+            Err(Error::io(&path, e))
+        }
+    };
+    let f = match fs.open_read(&path) {
+        Ok(f) => f,
+        Err(e) => return passing(e),
+    };
     let mut b = [0u8; format::CURSOR_LEN];
-    read_exact_at(f.as_ref(), &mut b, 0).ok()?;
-    if f.size().ok()? != format::CURSOR_LEN as u64 {
-        return None;
+    if let Err(e) = read_exact_at(f.as_ref(), &mut b, 0) {
+        return passing(e);
     }
-    format::decode_cursor(&b)
+    match f.size() {
+        Ok(n) if n == format::CURSOR_LEN as u64 => Ok(format::decode_cursor(&b)),
+        Ok(_) => Ok(None),
+        Err(e) => passing(e),
+    }
 }
 
 // === the writer thread ===

@@ -21,6 +21,8 @@ use crate::fs::{Filesystem, FsFile};
 const ENOSPC: i32 = 28;
 /// EIO on Linux.
 const EIO: i32 = 5;
+/// EMFILE on Linux.
+const EMFILE: i32 = 24;
 
 /// Injected faults. All default to "none".
 #[derive(Debug, Default, Clone)]
@@ -38,6 +40,8 @@ pub struct Faults {
     /// After this many mutating operations the filesystem freezes: later mutations fail with
     /// EIO and change nothing, as if the process had died there.
     pub freeze_after_ops: Option<u64>,
+    /// The next this many opens for reading fail with EMFILE (out of file descriptors).
+    pub fail_read_opens: u32,
 }
 
 #[derive(Debug, Default)]
@@ -309,8 +313,12 @@ impl Filesystem for SimFs {
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
         let inode = st.files.get(path).cloned().ok_or_else(|| not_found(path))?;
+        if st.faults.fail_read_opens > 0 {
+            st.faults.fail_read_opens -= 1;
+            return Err(io::Error::from_raw_os_error(EMFILE));
+        }
         Ok(Box::new(SimFile {
             fs: self.clone(),
             inode,

@@ -370,3 +370,47 @@ fn a_bad_length_before_the_cursor_loses_nothing_after_it() {
     assert_eq!(drain_ids(&q, 1 << 20), (7..15).collect::<Vec<_>>());
     assert!(!q.stats().dropped, "nothing after the cursor was dropped");
 }
+
+#[test]
+fn out_of_file_descriptors_is_retried_not_skipped() {
+    let fs = SimFs::new();
+    filled(&fs, 15);
+    // While reading: the batch fails, the next read gets every record.
+    let q = open_sim(&fs, small_opts());
+    fs.set_faults(crate::simfs::Faults {
+        fail_read_opens: 1,
+        ..Default::default()
+    });
+    assert!(matches!(q.next_batch(1 << 20), Err(Error::Io { .. })));
+    assert_eq!(drain_ids(&q, 1 << 20), (0..15).collect::<Vec<_>>());
+    assert!(!q.stats().dropped);
+    q.close().unwrap();
+
+    // While opening: the open fails and names the cursor, or the segment when there is no
+    // cursor; the next open has everything.
+    for (without_cursor, file) in [(false, "cursor"), (true, ".hseg")] {
+        let fs = SimFs::new();
+        filled(&fs, 15);
+        if without_cursor {
+            crate::fs::Filesystem::remove_file(&fs, &qdir().join("cursor")).unwrap();
+        }
+        fs.set_faults(crate::simfs::Faults {
+            fail_read_opens: 1,
+            ..Default::default()
+        });
+        let opened = Queue::open_with(
+            qdir(),
+            small_opts(),
+            Arc::new(fs.clone()),
+            Arc::new(crate::ManualClock::new(0)),
+        );
+        assert!(
+            matches!(&opened, Err(Error::Io { path, .. }) if path.to_string_lossy().ends_with(file)),
+            "{opened:?}"
+        );
+        drop(opened);
+        let q = open_sim(&fs, small_opts());
+        assert_eq!(drain_ids(&q, 1 << 20), (0..15).collect::<Vec<_>>());
+        assert!(!q.stats().dropped);
+    }
+}
