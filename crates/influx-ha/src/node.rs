@@ -514,6 +514,7 @@ pub async fn serve_with_reload(
         inflight: Some(node.inflight().clone()),
         anti_entropy: anti_entropy.clone(),
         peers_changed: Some(peers_changed.clone()),
+        guard: Some(node.guard().clone()),
     });
     let node = node
         .with_admin(Arc::new(admin.clone()))

@@ -188,6 +188,16 @@ pub fn render(
         g.get_or_create(&vec![]).set(free as f64);
     }
 
+    let refused = counter_family(
+        &mut r,
+        "auth_refused_requests",
+        "Requests refused for their credentials ([auth])",
+        None,
+    );
+    refused
+        .get_or_create(&vec![])
+        .inc_by(status.auth.refused_requests);
+
     if let Some(b) = &status.request_bodies {
         let held = gauge_family(
             &mut r,

@@ -46,6 +46,8 @@ pub struct Sources {
     pub anti_entropy: Option<std::sync::Arc<crate::repair::background::AntiEntropyStats>>,
     /// Rung when a peer says its queues changed (with the read path's monitor).
     pub peers_changed: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The listeners' authentication, for its counts.
+    pub guard: Option<crate::http::guard::Guard>,
 }
 
 /// The whole node, as `/status` answers it.
@@ -77,6 +79,17 @@ pub struct NodeStatus {
     pub request_bodies: Option<BodiesStatus>,
     /// The background comparison of the backends (`[anti_entropy]`), when on.
     pub anti_entropy: Option<crate::repair::background::AntiEntropyStatus>,
+    /// Authentication (`[auth]`).
+    pub auth: AuthStatus,
+}
+
+/// Authentication of requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthStatus {
+    /// Whether `[auth]` is on.
+    pub enabled: bool,
+    /// Requests refused for their credentials since start (what they sent is never logged).
+    pub refused_requests: u64,
 }
 
 /// Request bodies in memory against their cap.
@@ -563,6 +576,10 @@ pub fn collect(
             refused: i.refused(),
         }),
         anti_entropy: sources.anti_entropy.as_ref().map(|a| a.status()),
+        auth: AuthStatus {
+            enabled: sources.guard.as_ref().is_some_and(|g| g.auth_enabled()),
+            refused_requests: sources.guard.as_ref().map_or(0, |g| g.auth_failures()),
+        },
     }
 }
 

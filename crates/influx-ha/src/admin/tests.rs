@@ -41,6 +41,7 @@ fn setup_with_board(dir: &std::path::Path, board: bool) -> (AdminHandler, Replic
         inflight: None,
         anti_entropy: None,
         peers_changed: None,
+        guard: None,
     });
     (admin, replicator)
 }

@@ -53,6 +53,8 @@ struct GuardInner {
     auth: ArcSwapOption<AuthSettings>,
     /// `None`: no rate limit. Swapped whole by [`Guard::set_rate_limit`].
     limiter: ArcSwapOption<RateLimiter>,
+    /// Refusals counted by authenticators that a reload replaced.
+    replaced_failures: std::sync::atomic::AtomicU64,
 }
 
 /// What `[auth]` asks for.
@@ -75,7 +77,14 @@ impl Guard {
     /// Replaces the authentication settings (for a config reload); requests already past the
     /// check are not affected.
     pub fn set_auth(&self, auth: Option<AuthSettings>) {
-        self.inner.auth.store(auth.map(Arc::new));
+        if let Some(old) = self.inner.auth.swap(auth.map(Arc::new)) {
+            // A request still checking with the old one may count after this: a refusal or
+            // two of a reload's moment may go uncounted, never counted twice.
+            self.inner.replaced_failures.fetch_add(
+                old.authenticator.failures(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 
     /// Replaces the rate limit (for a config reload); a new limit starts with full buckets,
@@ -95,13 +104,18 @@ impl Guard {
         self.inner.auth.load().is_some()
     }
 
-    /// Requests refused for their credentials since the settings were last replaced.
+    /// Requests refused for their credentials since start.
     pub fn auth_failures(&self) -> u64 {
-        self.inner
+        let current = self
+            .inner
             .auth
             .load()
             .as_ref()
-            .map_or(0, |a| a.authenticator.failures())
+            .map_or(0, |a| a.authenticator.failures());
+        self.inner
+            .replaced_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + current
     }
 
     /// Checks a request for an endpoint that does work and strips its credentials; `Err` is

@@ -828,6 +828,16 @@ fn sighup_reloads_certificates_users_and_keeps_a_working_certificate() {
         "the old certificate is no longer served"
     );
     assert_eq!(write(&second.ca, "second", "pw-2").map(|r| r.0), Ok(204));
+    // The refusal before the reload still counts.
+    let target = format!(
+        "/status?{}",
+        form(&[("u", "admin"), ("p", CLIENT_PASSWORD)])
+    );
+    let (code, body) = https(port, &second.ca, "GET", &target, b"").expect("status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["auth"]["enabled"], true, "{status}");
+    assert_eq!(status["auth"]["refused_requests"], 1, "{status}");
 
     // A key that cannot be used: the reload is refused and the running certificate stays.
     std::fs::write(&key, "not a key").expect("write key");
