@@ -431,23 +431,27 @@ pub fn collect(
             }
             _ => None,
         };
-        // Freshness as the read path judges it, with the live values of this node.
+        // Freshness as the read path judges it: the board's reachability (a backend its health
+        // checks have not reached yet serves no reads, whatever a write saw) and this node's
+        // live queue, divergence and maintenance.
         let mut view = known.unwrap_or_else(|| {
-            crate::state::BackendState::new(name.clone(), r.client().url().to_string())
+            let mut v = crate::state::BackendState::new(name.clone(), r.client().url().to_string());
+            v.reachability = match reachability {
+                "up" => Reachability::Up {
+                    since: UNIX_EPOCH + Duration::from_secs(since.unwrap_or(0)),
+                },
+                "down" => Reachability::Down {
+                    since: UNIX_EPOCH + Duration::from_secs(since.unwrap_or(0)),
+                    reason: down_reason.clone().unwrap_or_default(),
+                },
+                _ => Reachability::Unknown,
+            };
+            v
         });
-        view.reachability = match reachability {
-            "up" => Reachability::Up {
-                since: UNIX_EPOCH + Duration::from_secs(since.unwrap_or(0)),
-            },
-            "down" => Reachability::Down {
-                since: UNIX_EPOCH + Duration::from_secs(since.unwrap_or(0)),
-                reason: down_reason.clone().unwrap_or_default(),
-            },
-            _ => Reachability::Unknown,
-        };
         view.maintenance = maintenance;
         view.diverged.clone_from(&diverged);
-        view.queue.records = q.depth_records;
+        let pending = r.is_queueing() || q.depth_records > 0;
+        view.queue.records = if pending { q.depth_records.max(1) } else { 0 };
         let freshness = view.freshness();
         backends.push(BackendStatus {
             url: r.client().url().to_string(),
