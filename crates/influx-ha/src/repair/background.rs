@@ -218,10 +218,17 @@ pub async fn run(
 /// One check, recorded in `stats`.
 pub async fn check(stats: &AntiEntropyStats, replicator: &Replicator, board: &StateBoard) {
     let replicas = replicator.replicas();
-    let local_queue = replicas
-        .iter()
-        .find(|r| r.is_queueing() || r.queue().has_pending())
-        .map(|r| format!("{}: writes queued", r.name()));
+    // This node's own state as it is now, not as of the board's last round: a backend marked
+    // diverged a moment ago (a purge) may hold what the others deleted.
+    let local_queue = replicas.iter().find_map(|r| {
+        if r.diverged().is_some() {
+            Some(format!("{}: diverged: run influx-ha repair", r.name()))
+        } else if r.is_queueing() || r.queue().has_pending() {
+            Some(format!("{}: writes queued", r.name()))
+        } else {
+            None
+        }
+    });
     if let Some(why) = local_queue.or_else(|| not_in_sync(&board.load())) {
         stats.finish(CheckResult::Skipped, why);
         return;
