@@ -651,7 +651,7 @@ async fn offline_op(
             ok(String::from_utf8_lossy(&dump).into_owned())
         }
         Operation::Deadletter(DeadletterCommand::Replay { backend }) => {
-            print_done(&ops::replay_dead_letters(&*find(&backend)?).await?)
+            print_done(&ops::replay_dead_letters(&find(&backend)?).await?)
         }
         Operation::Deadletter(DeadletterCommand::Purge { backend, .. }) => {
             print_done(&ops::purge_dead_letters(&*find(&backend)?)?)

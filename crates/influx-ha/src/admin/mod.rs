@@ -72,6 +72,24 @@ const MAX_DRAIN_WAIT: Duration = Duration::from_secs(3600);
 /// The most `?max_bytes=` of records printed at once (they are held in memory).
 const MAX_DUMP_BYTES: u64 = 256 << 20;
 
+/// Runs `op` on backend `name`'s replica on a blocking thread: queue operations read and sync
+/// files (a verify reads the whole queue), which must not hold up an async worker.
+async fn off_workers<T: Send + 'static>(
+    replicas: &[Arc<Replica>],
+    name: &str,
+    op: impl FnOnce(&Replica) -> Result<T, ops::OpError> + Send + 'static,
+) -> Result<T, ops::OpError> {
+    let r = ops::find(replicas, name)?.clone();
+    tokio::task::spawn_blocking(move || op(&r))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ops::OpError {
+                status: 500,
+                message: format!("the operation failed: {e}"),
+            })
+        })
+}
+
 /// The whole number `key` of `params`, `default` when absent; 400 when it is not a number or
 /// above `max`.
 fn number_param(
@@ -311,19 +329,27 @@ impl AdminHandler {
         let post = *method == Method::POST;
         let result: Result<Response<ResponseBody>, ops::OpError> = match parts.as_slice() {
             ["queue"] | ["deadletter"] if get => Ok(json(StatusCode::OK, &ops::list(&replicas))),
-            [store @ ("queue" | "deadletter"), name] if get => ops::find(&replicas, name)
-                .and_then(|r| ops::inspect(r, *store == "deadletter"))
-                .map(|i| json(StatusCode::OK, &i)),
-            [store @ ("queue" | "deadletter"), name, "records"] if get => number_param(
-                params,
-                "max_bytes",
-                DEFAULT_DUMP_BYTES as u64,
-                MAX_DUMP_BYTES,
-            )
-            .and_then(|limit| {
-                let r = ops::find(&replicas, name)?;
-                ops::dump(r, *store == "deadletter", limit as usize)
-            })
+            [store @ ("queue" | "deadletter"), name] if get => {
+                let dead = *store == "deadletter";
+                off_workers(&replicas, name, move |r| ops::inspect(r, dead))
+                    .await
+                    .map(|i| json(StatusCode::OK, &i))
+            }
+            [store @ ("queue" | "deadletter"), name, "records"] if get => {
+                let dead = *store == "deadletter";
+                match number_param(
+                    params,
+                    "max_bytes",
+                    DEFAULT_DUMP_BYTES as u64,
+                    MAX_DUMP_BYTES,
+                ) {
+                    Ok(limit) => {
+                        off_workers(&replicas, name, move |r| ops::dump(r, dead, limit as usize))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             .map(|(body, truncated)| {
                 let mut resp = text(StatusCode::OK, body);
                 resp.headers_mut().insert(
@@ -336,9 +362,11 @@ impl AdminHandler {
                 }
                 resp
             }),
-            ["queue", name, "verify"] if post => ops::find(&replicas, name)
-                .and_then(|r| ops::verify(r, true))
-                .map(|v| json(StatusCode::OK, &v)),
+            ["queue", name, "verify"] if post => {
+                off_workers(&replicas, name, |r| ops::verify(r, true))
+                    .await
+                    .map(|v| json(StatusCode::OK, &v))
+            }
             ["queue", name, "drain"] if post => {
                 let wait = number_param(
                     params,
@@ -353,8 +381,8 @@ impl AdminHandler {
                     Err(e) => Err(e),
                 }
             }
-            ["queue", name, "purge"] if post => ops::find(&replicas, name)
-                .and_then(|r| ops::purge(r))
+            ["queue", name, "purge"] if post => off_workers(&replicas, name, ops::purge)
+                .await
                 .map(|d| json(StatusCode::OK, &d)),
             ["deadletter", name, "replay"] if post => match ops::find(&replicas, name) {
                 Ok(r) => ops::replay_dead_letters(r)
@@ -362,9 +390,11 @@ impl AdminHandler {
                     .map(|d| json(StatusCode::OK, &d)),
                 Err(e) => Err(e),
             },
-            ["deadletter", name, "purge"] if post => ops::find(&replicas, name)
-                .and_then(|r| ops::purge_dead_letters(r))
-                .map(|d| json(StatusCode::OK, &d)),
+            ["deadletter", name, "purge"] if post => {
+                off_workers(&replicas, name, ops::purge_dead_letters)
+                    .await
+                    .map(|d| json(StatusCode::OK, &d))
+            }
             ["backend", name, action @ ("maintenance" | "resume")] if post => {
                 ops::find(&replicas, name).and_then(|r| {
                     let d = if *action == "maintenance" {

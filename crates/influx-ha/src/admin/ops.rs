@@ -328,7 +328,7 @@ pub fn purge(r: &Replica) -> Result<Done, OpError> {
 }
 
 /// `deadletter replay NAME`: moves the dead letters back into the queue.
-pub async fn replay_dead_letters(r: &Replica) -> Result<Done, OpError> {
+pub async fn replay_dead_letters(r: &Arc<Replica>) -> Result<Done, OpError> {
     let n = r
         .requeue_dead_letters()
         .await

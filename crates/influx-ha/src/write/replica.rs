@@ -468,13 +468,17 @@ impl Replica {
     /// Moves every dead letter back into the queue for delivery (the replay sends them again;
     /// what the backend still refuses returns to the dead letters). The backend stays marked
     /// diverged until verify/repair clears it. Returns the number of records moved.
-    pub async fn requeue_dead_letters(&self) -> Result<u64, String> {
+    pub async fn requeue_dead_letters(self: &Arc<Self>) -> Result<u64, String> {
         let mut moved = 0;
         loop {
-            let next = self
-                .dead_letters
-                .next_batch(MAX_REPLAY_BATCH)
-                .map_err(|e| format!("cannot read the dead letters: {e}"))?;
+            // Reading and acknowledging do file I/O (an fsync per ack): on a blocking thread.
+            let me = self.clone();
+            let next =
+                tokio::task::spawn_blocking(move || me.dead_letters.next_batch(MAX_REPLAY_BATCH))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map_err(|e| format!("cannot read the dead letters: {e}"))?;
             let Some(batch) = next else {
                 break;
             };
@@ -502,10 +506,13 @@ impl Replica {
             if let Outcome::Failed(why) = outcome {
                 return Err(format!("cannot queue a dead letter: {why}"));
             }
-            self.dead_letters
-                .ack(&batch)
+            let (me, records) = (self.clone(), batch.records);
+            tokio::task::spawn_blocking(move || me.dead_letters.ack(&batch))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
                 .map_err(|e| format!("cannot remove a requeued dead letter: {e}"))?;
-            moved += batch.records;
+            moved += records;
         }
         self.kick.notify_one();
         Ok(moved)
