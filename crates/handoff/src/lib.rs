@@ -141,8 +141,10 @@
 //! * A corrupt cursor file (bad CRC) restarts from the oldest segment: duplicates, no loss.
 //! * Older segments are walked by their frame headers only; a walk that meets an implausible
 //!   header (a length field gone bad can make it jump over good frames) rescans that segment
-//!   with CRC checks. Only the newest segment can have a torn tail; the unverifiable end of an
-//!   older one is counted as corrupt and left in place.
+//!   with CRC checks, and nothing is truncated on the walk's word. A tail after the last valid
+//!   frame is a torn write (truncated) when the walk stopped there too; when the walk had
+//!   read whole-looking frames there that failed their CRC, it is corruption: counted, the
+//!   `dropped` flag raised, left in place.
 //!
 //! ## I/O errors
 //!

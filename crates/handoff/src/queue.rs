@@ -1228,7 +1228,7 @@ struct Recovered {
     persisted: Option<(u64, u64)>,
     dropped: bool,
     torn_tail_bytes: u64,
-    /// Unreadable ends of sealed segments (not torn tails: those segments were complete).
+    /// Segment ends of records that failed their CRC (not torn writes).
     corrupt_ends: u64,
 }
 
@@ -1361,15 +1361,14 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
                 "handoff: corrupt region found at open (the reader will skip it)"
             );
         }
-        if scan.valid_end < len && Some(id) != last {
-            // Only the newest segment is written to, so only it can have a torn tail: the end
-            // of an older one that no CRC vouches for is corruption. It is left in place (the
-            // reader stops before it) and counted.
+        if scan.valid_end < len && scan.walked_to > scan.valid_end {
+            // Frames that looked whole end it, and failed their CRC: corrupt records, not a
+            // torn write. Left in place (the reader stops before them) and counted.
             error!(
                 segment = id,
                 valid = scan.valid_end,
                 len,
-                "handoff: corrupt data at the end of a sealed segment; skipping it"
+                "handoff: corrupt records at the end of a segment; skipping them"
             );
             corrupt_ends += 1;
             dropped = true;
@@ -1760,12 +1759,19 @@ impl Writer {
             error!(dir = %inner.dir.display(), error = %e, "handoff: fsync failed; queue degraded");
         }
         bump(&inner.c.io_errors, 1);
+        // Under the interval policy, published records may not be synced yet; sealed now, no
+        // interval sync will reach them. A failed fsync is not tried again (see above).
+        let sync = !matches!(e, Error::FsyncFailed(_)) && inner.opts.fsync != FsyncPolicy::Never;
         let mut st = lock(&inner.state);
         for mut s in rotated.into_iter().chain(self.cur.take()) {
             if s.len != s.published_len
                 && let Err(te) = s.file.set_len(s.published_len)
             {
                 warn!(segment = s.id, error = %te, "handoff: could not truncate unpublished bytes");
+            }
+            if sync && let Err(se) = s.file.sync_data() {
+                inner.degraded.store(true, Ordering::SeqCst);
+                error!(segment = s.id, error = %se, "handoff: fsync after a failed write failed; queue degraded");
             }
             s.len = s.published_len;
             match st.segs.get_mut(&s.id) {
