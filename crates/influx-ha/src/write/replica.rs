@@ -205,6 +205,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Step {
     Delivered,
     Retry(String),
+    /// The start of the payload was delivered (a 413 split it): only `rest` is to be sent
+    /// again, so that what the backend refused of the start is not dead-lettered twice.
+    Rest {
+        why: String,
+        rest: Bytes,
+    },
 }
 
 /// A batch read from the queue, its write payload split into lanes.
@@ -913,7 +919,8 @@ impl Replica {
                         }
                         break;
                     }
-                    Step::Retry(why) => {
+                    // `send_head` keeps what is left of a lane itself: no `Rest` reaches here.
+                    Step::Retry(why) | Step::Rest { why, .. } => {
                         self.counters.replay_errors.fetch_add(1, Ordering::Relaxed);
                         let delay = backoff.next_delay();
                         tracing::warn!(backend = self.name(), reason = %why, retry_in_ms = delay.as_millis() as u64, "replay failed");
@@ -1039,11 +1046,17 @@ impl Replica {
         lanes: &mut Vec<Bytes>,
     ) -> Step {
         if let [only] = lanes.as_slice() {
-            let step = self.send_write(db, rp, precision, only.clone(), 0).await;
-            if matches!(step, Step::Delivered) {
-                lanes.clear();
-            }
-            return step;
+            return match self.send_write(db, rp, precision, only.clone(), 0).await {
+                Step::Delivered => {
+                    lanes.clear();
+                    Step::Delivered
+                }
+                Step::Rest { why, rest } => {
+                    lanes[0] = rest;
+                    Step::Retry(why)
+                }
+                retry => retry,
+            };
         }
         let total = lanes.len();
         let mut sends = tokio::task::JoinSet::new();
@@ -1058,6 +1071,12 @@ impl Replica {
             match joined {
                 Ok((i, Step::Delivered)) => delivered[i] = true,
                 Ok((_, Step::Retry(why))) => failed.push(why),
+                Ok((i, Step::Rest { why, rest })) => {
+                    if let Some(lane) = lanes.get_mut(i) {
+                        *lane = rest;
+                    }
+                    failed.push(why);
+                }
                 Err(e) => failed.push(format!("replay lane task failed: {e}")),
             }
         }
@@ -1128,7 +1147,23 @@ impl Replica {
                     let (first, second) = (payload.slice(..mid), payload.slice(mid..));
                     match self.send_write(db, rp, precision, first, depth + 1).await {
                         Step::Delivered => {
-                            self.send_write(db, rp, precision, second, depth + 1).await
+                            match self
+                                .send_write(db, rp, precision, second.clone(), depth + 1)
+                                .await
+                            {
+                                Step::Retry(why) => Step::Rest { why, rest: second },
+                                step => step,
+                            }
+                        }
+                        Step::Rest { why, rest } => {
+                            let mut left =
+                                bytes::BytesMut::with_capacity(rest.len() + second.len());
+                            left.extend_from_slice(&rest);
+                            left.extend_from_slice(&second);
+                            Step::Rest {
+                                why,
+                                rest: left.freeze(),
+                            }
                         }
                         retry => retry,
                     }

@@ -224,6 +224,12 @@ struct FakeBackend {
     fail_all: AtomicBool,
     /// Answer every write 400, as a body InfluxDB cannot parse.
     refuse_writes: AtomicBool,
+    /// Answer 413 to writes longer than this (0: never).
+    too_large_over: AtomicUsize,
+    /// Answer 400 to writes holding this line start.
+    refuse_holding: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Answer 500 to this many of the next writes not refused otherwise.
+    fail_next: AtomicUsize,
 }
 
 /// The `batch=N` tag of the first line of a body (0 without one).
@@ -236,6 +242,34 @@ fn batch_tag(body: &[u8]) -> u64 {
 
 impl FakeBackend {
     async fn write(&self, body: Bytes) -> http::Response<http_body_util::Full<Bytes>> {
+        let over = self.too_large_over.load(Ordering::SeqCst);
+        let refused = self
+            .refuse_holding
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|m| body.windows(m.len()).any(|w| w == m.as_slice()));
+        let early = if over > 0 && body.len() > over {
+            Some(http::StatusCode::PAYLOAD_TOO_LARGE)
+        } else if refused {
+            Some(http::StatusCode::BAD_REQUEST)
+        } else if self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            Some(http::StatusCode::INTERNAL_SERVER_ERROR)
+        } else {
+            None
+        };
+        if let Some(status) = early {
+            self.writes.lock().expect("not poisoned").push(body);
+            let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from_static(
+                b"{\"error\":\"unable to parse 'x': bad timestamp\"}",
+            )));
+            *resp.status_mut() = status;
+            return resp;
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let batch = batch_tag(&body);
@@ -500,6 +534,39 @@ async fn a_refused_batch_larger_than_a_record_is_kept_whole_in_the_dead_letters(
         replica.dead_letters().ack(&b).expect("ack");
     }
     assert_eq!(kept, batch.payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_split_only_the_undelivered_half_is_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    replica.set_replay_lanes(1);
+    let batch = two_measurements("db", 1, 800);
+    // The whole batch is too large; its first half is refused (dead-lettered), its second
+    // half fails once: the retry sends the second half alone.
+    fake.too_large_over
+        .store(batch.payload.len() * 2 / 3, Ordering::SeqCst);
+    *fake.refuse_holding.lock().expect("not poisoned") = Some(b"a,batch=1,host=h0 ".to_vec());
+    fake.fail_next.store(1, Ordering::SeqCst);
+    assert!(matches!(replica.enqueue(&batch).await, Outcome::Queued));
+    replay_until_drained(&replica).await;
+    let writes = fake.writes.lock().expect("not poisoned").clone();
+    assert_eq!(
+        writes.len(),
+        4,
+        "whole (413), first half (400), second half (500, then 204)"
+    );
+    assert_eq!(writes[2], writes[3]);
+    assert_eq!(
+        [writes[1].clone(), writes[3].clone()].concat(),
+        batch.payload.to_vec()
+    );
+    assert_eq!(
+        replica.dead_letters().stats().depth_records,
+        1,
+        "dead-lettered once"
+    );
 }
 
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.
