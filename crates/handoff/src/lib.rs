@@ -141,10 +141,11 @@
 //! * A corrupt cursor file (bad CRC) restarts from the oldest segment: duplicates, no loss.
 //! * Older segments are walked by their frame headers only; a walk that meets an implausible
 //!   header (a length field gone bad can make it jump over good frames) rescans that segment
-//!   with CRC checks, and nothing is truncated on the walk's word. A tail after the last valid
-//!   frame is a torn write (truncated) when the walk stopped there too; when the walk had
-//!   read whole-looking frames there that failed their CRC, it is corruption: counted, the
-//!   `dropped` flag raised, left in place.
+//!   with CRC checks, and nothing is truncated on the walk's word. The writer syncs a segment
+//!   (unless the policy is `never`) before it creates the next one, so only the newest segment
+//!   can end in a torn write, which open truncates; the end of an older one that no CRC vouches
+//!   for is corruption: counted, the `dropped` flag raised, left in place. (In the newest
+//!   segment, records corrupted at its very end cannot be told from a torn write.)
 //!
 //! ## I/O errors
 //!

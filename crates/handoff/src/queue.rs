@@ -1361,9 +1361,10 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
                 "handoff: corrupt region found at open (the reader will skip it)"
             );
         }
-        if scan.valid_end < len && scan.walked_to > scan.valid_end {
-            // Frames that looked whole end it, and failed their CRC: corrupt records, not a
-            // torn write. Left in place (the reader stops before them) and counted.
+        if scan.valid_end < len && Some(id) != last {
+            // The writer syncs a segment before it creates the next one, so only the newest
+            // can end in a torn write: an older one's end that no CRC vouches for is corrupt
+            // records. Left in place (the reader stops before them) and counted.
             error!(
                 segment = id,
                 valid = scan.valid_end,
@@ -1665,6 +1666,11 @@ impl Writer {
                 if rotate {
                     if let Some(mut old) = self.cur.take() {
                         flush(inner, &mut old, &mut staging)?;
+                        // Durable before the next segment exists: then only the newest
+                        // segment can have a torn tail, and open tells corruption from it.
+                        if inner.opts.fsync != FsyncPolicy::Never {
+                            sync(inner, &mut old)?;
+                        }
                         rotated.push(old);
                     }
                     self.cur = Some(create_segment(inner, w_index, w_bytes)?);
@@ -1762,8 +1768,9 @@ impl Writer {
         // Under the interval policy, published records may not be synced yet; sealed now, no
         // interval sync will reach them. A failed fsync is not tried again (see above).
         let sync = !matches!(e, Error::FsyncFailed(_)) && inner.opts.fsync != FsyncPolicy::Never;
-        let mut st = lock(&inner.state);
-        for mut s in rotated.into_iter().chain(self.cur.take()) {
+        let mut sealed: Vec<WSeg> = rotated.into_iter().chain(self.cur.take()).collect();
+        // File I/O first: readers take the state lock for every look at the queue.
+        for s in &mut sealed {
             if s.len != s.published_len
                 && let Err(te) = s.file.set_len(s.published_len)
             {
@@ -1774,6 +1781,9 @@ impl Writer {
                 error!(segment = s.id, error = %se, "handoff: fsync after a failed write failed; queue degraded");
             }
             s.len = s.published_len;
+        }
+        let mut st = lock(&inner.state);
+        for s in sealed {
             match st.segs.get_mut(&s.id) {
                 Some(m) => m.sealed = true,
                 None => {

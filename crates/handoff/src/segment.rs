@@ -177,10 +177,6 @@ pub(crate) struct Scan {
     pub records_before_probe: u64,
     /// First frame boundary at or after the probe offset (or `valid_end`).
     pub probe_aligned: u64,
-    /// How far a header walk got before it was redone with CRCs (0 when it was not). Past
-    /// `valid_end`, frames that looked whole failed their CRC: corruption, not a torn write
-    /// (a torn frame stops the walk where it starts).
-    pub walked_to: u64,
 }
 
 /// Scans a segment from its header to `len`. With `verify`, every frame's CRC is checked;
@@ -227,12 +223,7 @@ pub(crate) fn scan(
             }
             // A header walk that lost its way may have jumped over good frames on a bad
             // length (and past the cursor): the whole segment is scanned again with its CRCs.
-            None if !verify => {
-                let walked_to = s.valid_end;
-                let mut verified = scan(r, len, true, probe_arg)?;
-                verified.walked_to = walked_to;
-                return Ok(verified);
-            }
+            None if !verify => return scan(r, len, true, probe_arg),
             None => match r.resync(off, len)? {
                 Some(next) => {
                     s.corrupt.push((off, next - off));

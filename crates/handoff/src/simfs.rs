@@ -42,6 +42,9 @@ pub struct Faults {
     pub freeze_after_ops: Option<u64>,
     /// The next this many opens for reading fail with EMFILE (out of file descriptors).
     pub fail_read_opens: u32,
+    /// A crash keeps each file's length but not its unsynced data, which reads as zeros (the
+    /// size reached the disk, the pages did not: what some filesystems show after a crash).
+    pub crash_keeps_length: bool,
 }
 
 #[derive(Debug, Default)]
@@ -144,7 +147,11 @@ impl SimFs {
         let st = lock(&self.state);
         let mut files = BTreeMap::new();
         for (path, inode) in &st.durable {
-            let synced = lock(inode).synced.clone();
+            let mut synced = lock(inode).synced.clone();
+            let len = lock(inode).data.len();
+            if st.faults.crash_keeps_length && len > synced.len() {
+                synced.resize(len, 0);
+            }
             files.insert(
                 path.clone(),
                 Arc::new(Mutex::new(Inode {

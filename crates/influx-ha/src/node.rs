@@ -701,11 +701,6 @@ pub async fn serve_with_reload(
     for replay in replays {
         let _ = replay.await;
     }
-    if let Some(r) = &reloader {
-        for replay in r.take_replays() {
-            let _ = replay.await;
-        }
-    }
     let _ = sampler.await;
     let _ = storage_watch.await;
     if let Some(task) = anti_entropy_task {
@@ -717,6 +712,20 @@ pub async fn serve_with_reload(
     #[cfg(unix)]
     if let Some(task) = reloading {
         let _ = task.await;
+    }
+    // Replays of backends added by reloads; one spawned by a reload that finished after the
+    // stop was sent never heard it: a few seconds, then it is stopped where it is (its batch
+    // stays queued, as at any shutdown).
+    if let Some(r) = &reloader {
+        for mut replay in r.take_replays() {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut replay)
+                .await
+                .is_err()
+            {
+                replay.abort();
+                let _ = replay.await;
+            }
+        }
     }
     // A client that hung up leaves its write's fan-out running: it may still append to the
     // queues, which must stay open until it is over (it ends within the backend timeout).

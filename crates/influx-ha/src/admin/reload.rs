@@ -303,7 +303,19 @@ impl Reloader {
                     name: b.name.clone(),
                     message: "client missing",
                 })?;
-            added.push(open_replica(&open_config, &client, &clients)?);
+            // A backend removed a moment ago may still be closing its queue (its last handle
+            // was dropped, the close has not released the directory's lock yet): wait a little.
+            let mut tries = 0;
+            let replica = loop {
+                match open_replica(&open_config, &client, &clients) {
+                    Err(e) if matches!(e.error, handoff::Error::Locked(_)) && tries < 50 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    opened => break opened?,
+                }
+            };
+            added.push(replica);
         }
 
         for (name, hook) in lock(&self.hooks).iter() {

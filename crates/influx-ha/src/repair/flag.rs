@@ -51,16 +51,17 @@ pub async fn clear(
         // the node's main port is free, as the other operator commands decide.
         Ok(Err(e)) if e.is_connect() && std::net::TcpListener::bind(config.http.bind).is_ok() => {
             // No node running with this config: the flag file is ours to remove.
-            let file = config.queue_dir(backend).join(DIVERGED_FILE);
-            match std::fs::remove_file(&file) {
+            let dir = config.queue_dir(backend);
+            let file = dir.join(DIVERGED_FILE);
+            if !file.exists() {
+                return Ok(format!("{}: not diverged", backend.name));
+            }
+            match crate::write::flags::remove(&dir, DIVERGED_FILE) {
                 Ok(()) => Ok(format!(
                     "{}: no node answers at {addr}; removed {}",
                     backend.name,
                     file.display()
                 )),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Ok(format!("{}: not diverged", backend.name))
-                }
                 Err(e) => Err(failed(format!("cannot remove {}: {e}", file.display()))),
             }
         }

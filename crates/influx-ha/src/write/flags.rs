@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Writes `dir/name` with `text` through a temporary file, fsyncs it, renames it into place
 /// and fsyncs the directory.
-pub fn write(dir: &Path, name: &str, text: &str) -> io::Result<()> {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&tmp)?;
     file.write_all(text.as_bytes())?;
@@ -19,7 +19,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> io::Result<()> {
 }
 
 /// Removes `dir/name` (absent already is fine) and fsyncs the directory.
-pub fn remove(dir: &Path, name: &str) -> io::Result<()> {
+pub(crate) fn remove(dir: &Path, name: &str) -> io::Result<()> {
     match std::fs::remove_file(dir.join(name)) {
         Ok(()) => File::open(dir)?.sync_all(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

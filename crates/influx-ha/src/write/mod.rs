@@ -16,7 +16,7 @@
 
 pub mod answer;
 pub mod backoff;
-mod flags;
+pub(crate) mod flags;
 pub mod lanes;
 pub mod replica;
 pub mod schema;

@@ -321,18 +321,24 @@ impl Replica {
     /// Records (and persists) that this backend may miss data. Never cleared here: verify and
     /// repair clear it.
     pub fn mark_diverged(&self, reason: &str) {
-        let mut d = lock(&self.diverged);
-        self.diverged_marked_ms.store(now_ms(), Ordering::SeqCst);
-        if d.is_none() {
-            tracing::error!(
-                backend = self.name(),
-                reason,
-                "backend diverged: it may miss data"
-            );
-            if let Err(e) = super::flags::write(&self.dir, DIVERGED_FILE, &format!("{reason}\n")) {
-                tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
+        {
+            let mut d = lock(&self.diverged);
+            self.diverged_marked_ms.store(now_ms(), Ordering::SeqCst);
+            if d.is_some() {
+                return;
             }
+            // Set first (reads stop at once); every look at the flag takes this lock, so the
+            // file, with its fsyncs, is written after it is released. The caller still waits
+            // for it, so that nothing acknowledges past the dropped data before it is durable.
             *d = Some(reason.to_owned());
+        }
+        tracing::error!(
+            backend = self.name(),
+            reason,
+            "backend diverged: it may miss data"
+        );
+        if let Err(e) = super::flags::write(&self.dir, DIVERGED_FILE, &format!("{reason}\n")) {
+            tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
         }
     }
 
