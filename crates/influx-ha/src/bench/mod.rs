@@ -67,7 +67,7 @@ pub enum Api {
   influx-ha bench http://127.0.0.1:8086 --duration 30s -c 16
   influx-ha bench http://127.0.0.1:8086 --points 1000000 --rate 50000
   influx-ha bench udp://127.0.0.1:8089 --duration 10s --rate 20000
-  influx-ha bench http://lb:8086 --points 200000 --verify http://a:8086 --verify http://b:8086")]
+  influx-ha bench http://lb:8086 --points 170000 --verify http://a:8086 --verify http://b:8086")]
 pub struct BenchArgs {
     /// Where to write: http://HOST:PORT (InfluxDB, influx-ha, a load balancer) or
     /// udp://HOST:PORT (a UDP line-protocol listener).
@@ -140,7 +140,7 @@ pub struct BenchArgs {
     /// Largest UDP datagram, in bytes.
     #[arg(long, default_value_t = 1400, help_heading = "Load")]
     pub udp_payload: usize,
-    /// Memory for pre-generated bodies, in MiB.
+    /// Memory for pre-generated bodies, in MiB (with --points, all of them must fit).
     #[arg(long, default_value_t = 256, help_heading = "Load")]
     pub pool_mib: u64,
     /// Threads of the generator (default 2).
@@ -289,6 +289,20 @@ fn authorization(args: &BenchArgs) -> Result<Option<HeaderValue>, BenchError> {
     Ok(Some(value))
 }
 
+/// `Authorization` for `/query` (database creation, verification): Basic with `--auth`, which
+/// every 1.x `/query` takes whatever the write API.
+fn query_authorization(args: &BenchArgs) -> Result<Option<HeaderValue>, BenchError> {
+    let Some(auth) = &args.auth else {
+        return Ok(None);
+    };
+    let Some((user, password)) = auth.split_once(':') else {
+        return Err(BenchError::Usage("--auth must be USER:PASSWORD".to_owned()));
+    };
+    let mut value = crate::backend::basic_auth(user, password);
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
 /// Runs the load (and the verification) that `args` describe. Must run inside a tokio runtime.
 pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let shape = Shape {
@@ -334,8 +348,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         )));
     }
     let client = http_client(args.concurrency as usize);
+    let query_auth = query_authorization(&args)?;
     for url in &args.verify {
-        verify::create_database(&client, url, &args.db).await?;
+        verify::create_database(&client, url, &args.db, query_auth.as_ref()).await?;
     }
     let (protocol, target_text) = match &target {
         Target::Http { base } => {
@@ -355,7 +370,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                     .to_owned(),
             ));
         };
-        verify::create_database(&client, base, &args.db).await?;
+        verify::create_database(&client, base, &args.db, query_auth.as_ref()).await?;
     }
 
     let mut setup = Setup {
@@ -384,9 +399,14 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         let want = verify::expected(&workload, args.offset..end);
         let range = (workload.timestamp(args.offset), workload.timestamp(end - 1));
         for url in &args.verify {
+            let scope = verify::Scope {
+                db: &args.db,
+                rp: args.rp.as_deref(),
+                auth: query_auth.as_ref(),
+            };
             report
                 .verify
-                .push(verify_until(&client, url, &args, range, &want).await);
+                .push(verify_until(&client, url, &args, scope, range, &want).await);
         }
     }
     Ok(report)
@@ -397,13 +417,14 @@ async fn verify_until(
     client: &HttpClient,
     url: &str,
     args: &BenchArgs,
+    scope: verify::Scope<'_>,
     range: (i64, i64),
     want: &verify::Totals,
 ) -> verify::BackendCheck {
     let started = Instant::now();
     let deadline = started + args.verify_timeout;
     loop {
-        let result = verify::check(client, url, &args.db, range, want).await;
+        let result = verify::check(client, url, scope, range, want).await;
         let done = Instant::now() >= deadline;
         match result {
             Ok(mut c) if c.exact || done => {
@@ -440,12 +461,12 @@ async fn write_load(
     let fit = ((args.pool_mib << 20) / batch_bytes.max(1)).max(1);
     let needed = end.map(|e| (e - args.offset).div_ceil(args.batch));
     let batches = needed.map_or(fit, |n| n.min(fit));
+    // --points writes each point once: every batch must be generated, none sent twice.
     if let Some(n) = needed
         && n > batches
-        && !args.verify.is_empty()
     {
         return Err(BenchError::Usage(format!(
-            "--verify needs every batch generated ({n} of about {} each); raise --pool-mib \
+            "--points needs every batch generated ({n} of about {} each); raise --pool-mib \
              to at least {} or write fewer --points",
             crate::units::format_size(batch_bytes),
             (n.saturating_mul(batch_bytes) >> 20) + 1

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Uri};
+use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -100,19 +100,36 @@ pub struct BackendCheck {
     pub waited_s: f64,
 }
 
+/// Where the points were written, and the credentials to read them with.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The database.
+    pub db: &'a str,
+    /// The retention policy (`None`: the database's default).
+    pub rp: Option<&'a str>,
+    /// `Authorization` for `/query`.
+    pub auth: Option<&'a HeaderValue>,
+}
+
 /// Queries `url` and compares with `want`.
 pub async fn check(
     client: &HttpClient,
     url: &str,
-    db: &str,
+    scope: Scope<'_>,
     time_range: (i64, i64),
     want: &Totals,
 ) -> Result<BackendCheck, BenchError> {
+    let mut from = String::new();
+    if let Some(rp) = scope.rp {
+        quote_ident(rp, &mut from);
+        from.push('.');
+    }
+    from.push_str("/.*/");
     let q = format!(
-        "SELECT count(*), sum(*) FROM /.*/ WHERE time >= {} AND time <= {} GROUP BY *",
+        "SELECT count(*), sum(*) FROM {from} WHERE time >= {} AND time <= {} GROUP BY *",
         time_range.0, time_range.1
     );
-    let body = query(client, url, db, &q).await?;
+    let body = query(client, url, scope.db, &q, scope.auth).await?;
     let found = parse_totals(&body).map_err(|message| BenchError::Verify {
         url: url.to_owned(),
         message,
@@ -121,10 +138,15 @@ pub async fn check(
 }
 
 /// `CREATE DATABASE db` on `url` (harmless when it exists).
-pub async fn create_database(client: &HttpClient, url: &str, db: &str) -> Result<(), BenchError> {
+pub async fn create_database(
+    client: &HttpClient,
+    url: &str,
+    db: &str,
+    auth: Option<&HeaderValue>,
+) -> Result<(), BenchError> {
     let mut q = String::from("CREATE DATABASE ");
     quote_ident(db, &mut q);
-    let body = post_query(client, url, &q).await?;
+    let body = post_query(client, url, &q, auth).await?;
     if let Some(e) = first_error(&body) {
         return Err(BenchError::Verify {
             url: url.to_owned(),
@@ -145,18 +167,29 @@ fn quote_ident(name: &str, out: &mut String) {
     out.push('"');
 }
 
-async fn query(client: &HttpClient, url: &str, db: &str, q: &str) -> Result<Json, BenchError> {
+async fn query(
+    client: &HttpClient,
+    url: &str,
+    db: &str,
+    q: &str,
+    auth: Option<&HeaderValue>,
+) -> Result<Json, BenchError> {
     let mut path = String::from("/query?db=");
     encode_component(db, &mut path);
     path.push_str("&q=");
     encode_component(q, &mut path);
-    exchange(client, url, Method::GET, &path, Bytes::new()).await
+    exchange(client, url, Method::GET, &path, Bytes::new(), auth).await
 }
 
-async fn post_query(client: &HttpClient, url: &str, q: &str) -> Result<Json, BenchError> {
+async fn post_query(
+    client: &HttpClient,
+    url: &str,
+    q: &str,
+    auth: Option<&HeaderValue>,
+) -> Result<Json, BenchError> {
     let mut form = String::from("q=");
     encode_component(q, &mut form);
-    exchange(client, url, Method::POST, "/query", Bytes::from(form)).await
+    exchange(client, url, Method::POST, "/query", Bytes::from(form), auth).await
 }
 
 async fn exchange(
@@ -165,6 +198,7 @@ async fn exchange(
     method: Method,
     path: &str,
     body: Bytes,
+    auth: Option<&HeaderValue>,
 ) -> Result<Json, BenchError> {
     let fail = |message: String| BenchError::Verify {
         url: url.to_owned(),
@@ -174,6 +208,9 @@ async fn exchange(
         .parse()
         .map_err(|e| fail(format!("invalid URL: {e}")))?;
     let mut req = Request::builder().method(method).uri(uri);
+    if let Some(auth) = auth {
+        req = req.header(http::header::AUTHORIZATION, auth.clone());
+    }
     if !body.is_empty() {
         req = req.header(
             http::header::CONTENT_TYPE,

@@ -65,6 +65,14 @@ fn bench_writes_exactly_what_verify_expects_and_catches_differences() {
         "4 of the 10 series are cpu ones"
     );
 
+    // --points writes each point once: a pool too small to hold them all is refused, not
+    // cycled over.
+    let mut small = vec![url.as_str(), "--points", "1000000", "--pool-mib", "1"];
+    small.extend_from_slice(SHAPE);
+    let out = bench(&small);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("raise --pool-mib"), "{}", text(&out));
+
     // A second run extends the set; together they verify as one range.
     let mut more = vec![url.as_str(), "--points", "500", "--offset", "1000"];
     more.extend_from_slice(SHAPE);
@@ -150,5 +158,46 @@ fn bench_through_the_relay_reaches_both_backends() {
         2,
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn verify_reads_with_the_credentials_and_in_the_retention_policy_written_to() {
+    let _serial = serial();
+    let influxd = Influxd::start_with_options(testkit::Options {
+        admin: Some(("admin".to_owned(), "pw".to_owned())),
+        ..testkit::Options::default()
+    });
+    influxd.create_database("bench");
+    influxd.query(
+        "bench",
+        "CREATE RETENTION POLICY r1 ON bench DURATION INF REPLICATION 1",
+    );
+    let url = influxd.url();
+    let mut args = vec![
+        url.as_str(),
+        "--points",
+        "1000",
+        "--rp",
+        "r1",
+        "--auth",
+        "admin:pw",
+        "--json",
+        "--verify",
+        &url,
+    ];
+    args.extend_from_slice(SHAPE);
+    let out = bench(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["verify"][0]["exact"], true, "{report}");
+    assert_eq!(report["verify"][0]["points_found"], 1000, "{report}");
+    // Nothing went to the default retention policy, which verify does not read.
+    assert!(
+        !influxd
+            .query("bench", "SELECT count(*) FROM autogen./.*/")
+            .contains("values"),
+        "{}",
+        influxd.query("bench", "SELECT count(*) FROM autogen./.*/")
     );
 }

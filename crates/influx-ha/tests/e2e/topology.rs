@@ -32,7 +32,12 @@ impl Haproxy {
     /// HAProxy in front of `servers` (ports), as `examples/two-node/haproxy.cfg` with faster
     /// checks.
     fn start(servers: &[u16]) -> Haproxy {
-        let found = Command::new("haproxy").arg("-v").output();
+        // Debian installs it in /usr/sbin, which is not on an ordinary user's PATH.
+        let haproxy = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("haproxy");
+        let found = Command::new(haproxy).arg("-v").output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
             "haproxy is not installed: the topology test needs it (Debian package `haproxy`; \
@@ -61,7 +66,7 @@ impl Haproxy {
         let path = dir.path().join("haproxy.cfg");
         fs::write(&path, config).expect("write haproxy.cfg");
         let log = fs::File::create(dir.path().join("haproxy.log")).expect("log file");
-        let child = Command::new("haproxy")
+        let child = Command::new(haproxy)
             .arg("-db")
             .arg("-f")
             .arg(&path)
