@@ -172,6 +172,24 @@ pub fn describe(config: &Config, origin: &str) -> String {
             t.bind, t.database
         );
     }
+    for g in &config.graphite {
+        let protocol = match g.protocol {
+            crate::config::GraphiteProtocol::Tcp => "tcp",
+            crate::config::GraphiteProtocol::Udp => "udp",
+        };
+        let _ = writeln!(
+            s,
+            "  graphite {} {}  database {:?} (Graphite plaintext; database created at start)",
+            protocol, g.bind, g.database
+        );
+    }
+    for o in &config.opentsdb {
+        let _ = writeln!(
+            s,
+            "  opentsdb {}  database {:?} (telnet put lines and HTTP /api/put; database created at start)",
+            o.bind, o.database
+        );
+    }
     let h = &config.http;
     let _ = writeln!(s);
     let _ = writeln!(s, "limits");
@@ -377,6 +395,10 @@ bind = "127.0.0.1:8093"
 [[udp]]
 bind = "0.0.0.0:8089"
 database = "telegraf"
+[[graphite]]
+bind = "0.0.0.0:2003"
+[[opentsdb]]
+bind = "0.0.0.0:4242"
 [write]
 consistency = "quorum"
 [[backend]]
@@ -397,6 +419,8 @@ url = "http://10.0.0.2:8086"
             "http   0.0.0.0:8086",
             "admin  127.0.0.1:8093",
             "udp    0.0.0.0:8089  database \"telegraf\", precision ns (line protocol; database created at start)",
+            "graphite tcp 0.0.0.0:2003  database \"graphite\"",
+            "opentsdb 0.0.0.0:4242  database \"opentsdb\"",
             "consistency    quorum",
             "influx-a  http://10.0.0.1:8086  service credentials set",
             "b         http://10.0.0.2:8086  no credentials",
