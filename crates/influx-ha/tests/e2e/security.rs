@@ -1052,11 +1052,9 @@ fn connections_past_max_connections_wait_until_slow_ones_are_cut() {
     });
 }
 
-#[test]
-fn the_queue_commands_reach_an_admin_listener_behind_tls() {
-    let _serial = serial();
-    let a = Influxd::start();
-    let pki = pki();
+/// A relay whose admin listener has TLS from `pki` and `[auth]` on, in front of `backends`
+/// (named `influx-a`, `influx-b`, …).
+fn relay_with_tls_admin(pki: &Pki, backends: &[&Influxd]) -> Relay {
     let admin_port = testkit::free_port().expect("port");
     let extra = format!(
         "[admin]\nbind = \"127.0.0.1:{admin_port}\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}",
@@ -1064,35 +1062,53 @@ fn the_queue_commands_reach_an_admin_listener_behind_tls() {
         pki.key.display().to_string(),
         auth_section(None)
     );
-    let tables = format!(
-        "[[backend]]\nname = \"influx-a\"\nurl = \"{}\"\n\n",
-        a.url()
-    );
-    let relay = Relay::start_config(&extra, &tables, "info");
-    let run = |ca: Option<&Path>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_influx-ha"));
-        cmd.args(["queue", "list", "--config"])
-            .arg(relay.config_path())
-            .env("INFLUX_HA_TOKEN", &TOKEN.0)
-            .env_remove("INFLUX_HA_CA_FILE");
-        if let Some(ca) = ca {
-            cmd.env("INFLUX_HA_CA_FILE", ca);
-        }
-        let out = cmd.output().expect("run influx-ha");
-        (
-            out.status.success(),
+    let tables: String = backends
+        .iter()
+        .zip('a'..)
+        .map(|(b, n)| {
             format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
-    let (ok, out) = run(Some(&pki.ca));
+                "[[backend]]\nname = \"influx-{n}\"\nurl = \"{}\"\n\n",
+                b.url()
+            )
+        })
+        .collect();
+    Relay::start_config(&extra, &tables, "info")
+}
+
+/// `influx-ha ARGS --config <relay's>` with the token of `[auth]`, trusting `ca` (or the
+/// system's CAs); returns whether it succeeded and what it printed.
+fn cli_with_token(relay: &Relay, args: &[&str], ca: Option<&Path>) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_influx-ha"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(relay.config_path())
+        .env("INFLUX_HA_TOKEN", &TOKEN.0)
+        .env_remove("INFLUX_HA_CA_FILE");
+    if let Some(ca) = ca {
+        cmd.env("INFLUX_HA_CA_FILE", ca);
+    }
+    let out = cmd.output().expect("run influx-ha");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_queue_commands_reach_an_admin_listener_behind_tls() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let pki = pki();
+    let relay = relay_with_tls_admin(&pki, &[&a]);
+    let (ok, out) = cli_with_token(&relay, &["queue", "list"], Some(&pki.ca));
     assert!(ok, "{out}\n{}", relay.log());
     assert!(out.contains("influx-a"), "{out}");
     // Without the CA the certificate is refused, and the running node's data is left alone.
-    let (ok, out) = run(None);
+    let (ok, out) = cli_with_token(&relay, &["queue", "list"], None);
     assert!(!ok, "{out}");
     assert!(
         out.contains("certificate") || out.contains("https"),
@@ -1105,57 +1121,29 @@ fn repair_clears_a_flag_through_an_admin_listener_behind_tls() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
     let pki = pki();
-    let admin_port = testkit::free_port().expect("port");
-    let extra = format!(
-        "[admin]\nbind = \"127.0.0.1:{admin_port}\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}",
-        pki.cert.display().to_string(),
-        pki.key.display().to_string(),
-        auth_section(None)
-    );
-    let tables = format!(
-        "[[backend]]\nname = \"influx-a\"\nurl = \"{}\"\n\n[[backend]]\nname = \"influx-b\"\nurl = \"{}\"\n\n",
-        a.url(),
-        b.url()
-    );
-    let relay = Relay::start_config(&extra, &tables, "info");
+    let relay = relay_with_tls_admin(&pki, &[&a, &b]);
     let flag = relay.data_dir().join("influx-b").join("diverged");
-    let run = |args: &[&str], ca: Option<&Path>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_influx-ha"));
-        cmd.args(args)
-            .arg("--config")
-            .arg(relay.config_path())
-            .env("INFLUX_HA_TOKEN", &TOKEN.0)
-            .env_remove("INFLUX_HA_CA_FILE");
-        if let Some(ca) = ca {
-            cmd.env("INFLUX_HA_CA_FILE", ca);
-        }
-        let out = cmd.output().expect("run influx-ha");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
     // Purging the (empty) queue marks influx-b diverged.
-    let (ok, out) = run(&["queue", "purge", "influx-b", "--yes"], Some(&pki.ca));
+    let (ok, out) = cli_with_token(
+        &relay,
+        &["queue", "purge", "influx-b", "--yes"],
+        Some(&pki.ca),
+    );
     assert!(ok, "{out}\n{}", relay.log());
     assert!(flag.exists(), "{out}");
 
     // Without the CA the node's certificate is refused: the flag of the running node is left
     // alone, not removed as if no node ran.
-    let (ok, out) = run(&["repair"], None);
+    let (ok, out) = cli_with_token(&relay, &["repair"], None);
     assert!(!ok, "{out}");
     assert!(out.contains("certificate"), "{out}");
     assert!(flag.exists(), "{out}\n{}", relay.log());
 
     // With it, the identical backends' flag is cleared through the TLS listener.
-    let (ok, out) = run(&["repair"], Some(&pki.ca));
+    let (ok, out) = cli_with_token(&relay, &["repair"], Some(&pki.ca));
     assert!(ok, "{out}\n{}", relay.log());
     assert!(!flag.exists(), "{out}");
-    let (ok, out) = run(&["queue", "list"], Some(&pki.ca));
+    let (ok, out) = cli_with_token(&relay, &["queue", "list"], Some(&pki.ca));
     assert!(ok, "{out}");
     assert!(!out.contains("diverged"), "{out}");
 }
