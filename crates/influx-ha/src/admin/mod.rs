@@ -21,7 +21,8 @@
 //! | `/admin/v1/deadletter/NAME/purge` | POST | drop them |
 //! | `/admin/v1/backend/NAME/maintenance` | POST | queue everything for it, serve no reads |
 //! | `/admin/v1/backend/NAME/resume` | POST | end maintenance: its queue drains |
-//! | `/admin/v1/backend/NAME/clear-diverged` | POST | `?verified_from=` Unix ms: a verify begun then found it identical (409 if data was dropped since) |
+//! | `/admin/v1/backend/NAME/divergence` | GET | why it diverged, and marks that change whenever data is dropped for it |
+//! | `/admin/v1/backend/NAME/clear-diverged` | POST | `?marks=` (read before a verify) or `?verified_from=` Unix ms: a verify begun then found it identical (409 if data was dropped since) |
 //!
 //! `/ping` and `/health` are answered by the HTTP service itself, on both listeners.
 //! Errors are JSON `{"error": "…"}` with 400, 404, 405, 409 or 500.
@@ -406,18 +407,29 @@ impl AdminHandler {
                     Ok(json(StatusCode::OK, &d))
                 })
             }
+            ["backend", name, "divergence"] if get => {
+                ops::find(&replicas, name).map(|r| json(StatusCode::OK, &ops::divergence(r)))
+            }
             ["backend", name, "clear-diverged"] if post => {
-                match params.non_empty("verified_from").map(|v| v.parse::<u64>()) {
-                    Some(Ok(from)) => ops::find(&replicas, name).and_then(|r| {
-                        let d = ops::clear_diverged(r, from)?;
+                let since = match (
+                    params.non_empty("marks"),
+                    params.non_empty("verified_from").map(|v| v.parse::<u64>()),
+                ) {
+                    (Some(marks), _) => Some(ops::VerifiedSince::Marks(marks.to_owned())),
+                    (None, Some(Ok(ms))) => Some(ops::VerifiedSince::Time(ms)),
+                    _ => None,
+                };
+                match since {
+                    Some(since) => ops::find(&replicas, name).and_then(|r| {
+                        let d = ops::clear_diverged(r, &since)?;
                         self.publish_diverged(r);
                         Ok(json(StatusCode::OK, &d))
                     }),
-                    _ => Err(ops::OpError {
+                    None => Err(ops::OpError {
                         status: 400,
-                        message:
-                            "verified_from (Unix milliseconds when the verify began) is required"
-                                .to_owned(),
+                        message: "marks (from GET …/divergence before the verify) or \
+                                  verified_from (Unix milliseconds when the verify began) is required"
+                            .to_owned(),
                     }),
                 }
             }

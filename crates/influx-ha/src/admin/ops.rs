@@ -389,15 +389,48 @@ pub fn resume(r: &Replica) -> Result<Done, OpError> {
     ))
 }
 
+/// When the verify that found a backend identical began: the node's divergence marks then
+/// (`?marks=`, from `GET …/divergence`), or a Unix time in ms (`?verified_from=`, which trusts
+/// the verifying host's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifiedSince {
+    /// [`Replica::divergence_marks`] read before the verify.
+    Marks(String),
+    /// Unix milliseconds.
+    Time(u64),
+}
+
+/// `GET /admin/v1/backend/NAME/divergence`: what a verify reads before it starts.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Divergence {
+    /// The backend.
+    pub backend: String,
+    /// Why it is diverged, if it is.
+    pub diverged: Option<String>,
+    /// [`Replica::divergence_marks`].
+    pub marks: String,
+}
+
+/// The backend's divergence and its marks.
+pub fn divergence(r: &Replica) -> Divergence {
+    Divergence {
+        backend: r.name().to_owned(),
+        diverged: r.diverged(),
+        marks: r.divergence_marks(),
+    }
+}
+
 /// `backend clear-diverged NAME`: a verify that began at `verified_from_ms` (Unix ms) found
 /// the backend identical to the others; refused (409) if data was dropped for it since.
-pub fn clear_diverged(r: &Replica, verified_from_ms: u64) -> Result<Done, OpError> {
-    let was = r
-        .clear_diverged(verified_from_ms)
-        .map_err(|message| OpError {
-            status: 409,
-            message,
-        })?;
+pub fn clear_diverged(r: &Replica, since: &VerifiedSince) -> Result<Done, OpError> {
+    let cleared = match since {
+        VerifiedSince::Marks(marks) => r.clear_diverged_since(marks),
+        VerifiedSince::Time(ms) => r.clear_diverged(*ms),
+    };
+    let was = cleared.map_err(|message| OpError {
+        status: 409,
+        message,
+    })?;
     let message = match was {
         Some(why) => format!("{} is no longer diverged (it was: {why})", r.name()),
         None => format!("{} was not diverged", r.name()),

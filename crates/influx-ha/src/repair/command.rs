@@ -69,7 +69,12 @@ fn prepare(config: &Config, args: &VerifyArgs) -> Result<Run, RepairError> {
 
 /// Clears every backend's diverged flag when `report` covered everything and found no
 /// difference; prints what was done.
-async fn clear_flags(config: &Config, scope: &Scope, report: &Report) -> Result<(), RepairError> {
+async fn clear_flags(
+    config: &Config,
+    scope: &Scope,
+    report: &Report,
+    since: &flag::VerifyStart,
+) -> Result<(), RepairError> {
     if !report.matches() {
         return Ok(());
     }
@@ -81,16 +86,10 @@ async fn clear_flags(config: &Config, scope: &Scope, report: &Report) -> Result<
     }
     let mut first_error = None;
     for b in &config.backends {
-        let mut outcomes = vec![flag::clear(config, b, report.started_ms).await];
+        let mut outcomes = vec![flag::clear(config, b, since).await];
         for peer in &config.peers {
             outcomes.push(
-                flag::clear_on_peer(
-                    peer,
-                    &b.name,
-                    report.started_ms,
-                    config.write.connect_timeout,
-                )
-                .await,
+                flag::clear_on_peer(peer, &b.name, since, config.write.connect_timeout).await,
             );
         }
         for outcome in outcomes {
@@ -109,9 +108,10 @@ async fn clear_flags(config: &Config, scope: &Scope, report: &Report) -> Result<
 /// `influx-ha verify`: prints the report; `Ok(true)` when the backends match.
 pub async fn verify_command(config: &Config, args: &VerifyArgs) -> Result<bool, RepairError> {
     let run = prepare(config, args)?;
+    let since = flag::VerifyStart::now(config).await;
     let report = verify(&run.conns, &run.traffic, &run.scope).await?;
     print!("{}", report.render());
-    clear_flags(config, &run.scope, &report).await?;
+    clear_flags(config, &run.scope, &report, &since).await?;
     Ok(report.matches())
 }
 
@@ -124,6 +124,8 @@ pub async fn repair_command(config: &Config, args: &RepairArgs) -> Result<bool, 
         passes: args.passes.max(1),
     };
     let progress = Progress::new(!args.quiet);
+    // Read before anything is compared: data dropped during the repair keeps the flags.
+    let since = flag::VerifyStart::now(config).await;
     let outcome = repair(&run.conns, &run.traffic, &run.scope, &options, &progress).await?;
     if outcome.before.matches() {
         println!("nothing to repair");
@@ -139,6 +141,6 @@ pub async fn repair_command(config: &Config, args: &RepairArgs) -> Result<bool, 
         println!("after the repair:");
     }
     print!("{}", outcome.after.render());
-    clear_flags(config, &run.scope, &outcome.after).await?;
+    clear_flags(config, &run.scope, &outcome.after, &since).await?;
     Ok(outcome.after.matches())
 }

@@ -19,15 +19,131 @@ use crate::write::replica::DIVERGED_FILE;
 /// How long the node gets to answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// When a verify began, as each node can check it: the start time (this host's clock), and
+/// each node's divergence marks for each backend read just before, which a node compares with
+/// its own (clocks of different hosts may disagree). A node that did not answer is absent: its
+/// flag is then judged by the time alone.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyStart {
+    /// Unix milliseconds on this host.
+    pub unix_ms: u64,
+    /// `(node, backend)` → marks; the node is `""` for this config's own node, else the peer's
+    /// name.
+    marks: std::collections::HashMap<(String, String), String>,
+}
+
+impl VerifyStart {
+    /// Reads the marks of every backend on this node and on every peer, then the time.
+    pub async fn now(config: &Config) -> Self {
+        let mut marks = std::collections::HashMap::new();
+        let base = crate::admin::cli::admin_url(config);
+        let local = crate::admin::cli::admin_client(&base).ok();
+        let peers: Vec<(String, Option<BackendClient>)> = config
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    peer_client(p, config.write.connect_timeout).ok(),
+                )
+            })
+            .collect();
+        for b in &config.backends {
+            let path = divergence_path(&b.name);
+            if let Some(client) = &local
+                && let Some(m) = local_marks(client, &format!("{base}{path}")).await
+            {
+                marks.insert((String::new(), b.name.clone()), m);
+            }
+            for (peer, client) in &peers {
+                if let Some(client) = client
+                    && let Some(m) = peer_marks(client, &path).await
+                {
+                    marks.insert((peer.clone(), b.name.clone()), m);
+                }
+            }
+        }
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self { unix_ms, marks }
+    }
+
+    fn marks(&self, node: &str, backend: &str) -> Option<&str> {
+        self.marks
+            .get(&(node.to_owned(), backend.to_owned()))
+            .map(String::as_str)
+    }
+}
+
+fn divergence_path(backend: &str) -> String {
+    let mut path = String::from("/admin/v1/backend/");
+    encode_component(backend, &mut path);
+    path.push_str("/divergence");
+    path
+}
+
+/// The `marks` of a divergence answer.
+fn marks_of(status: http::StatusCode, body: &[u8]) -> Option<String> {
+    if !status.is_success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    json["marks"].as_str().map(str::to_owned)
+}
+
+async fn local_marks(
+    client: &hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
+    uri: &str,
+) -> Option<String> {
+    let mut req = Request::builder().method(Method::GET).uri(uri);
+    if let Some(auth) = crate::admin::cli::authorization_from_env() {
+        req = req.header(http::header::AUTHORIZATION, auth);
+    }
+    let req = req.body(Full::new(Bytes::new())).ok()?;
+    let exchange = async {
+        let resp = client.request(req).await.ok()?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        marks_of(status, &body)
+    };
+    tokio::time::timeout(TIMEOUT, exchange).await.ok().flatten()
+}
+
+async fn peer_marks(client: &BackendClient, path: &str) -> Option<String> {
+    let exchange = async {
+        let resp = client
+            .forward(
+                Method::GET,
+                path,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                TIMEOUT,
+            )
+            .await
+            .ok()?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        marks_of(status, &body)
+    };
+    tokio::time::timeout(TIMEOUT, exchange).await.ok().flatten()
+}
+
 /// Clears `backend`'s diverged flag on the node of `config`, after a verify that began at
-/// `verified_from_ms` (Unix ms) found the backends identical. Returns what was done, in words.
+/// `since` found the backends identical. Returns what was done, in words.
 pub async fn clear(
     config: &Config,
     backend: &BackendConfig,
-    verified_from_ms: u64,
+    since: &VerifyStart,
 ) -> Result<String, RepairError> {
     let addr = crate::admin::cli::admin_url(config);
-    let uri = format!("{addr}{}", clear_path(&backend.name, verified_from_ms));
+    let uri = format!(
+        "{addr}{}",
+        clear_path(&backend.name, since.unix_ms, since.marks("", &backend.name))
+    );
     let failed = |message: String| RepairError::Flag {
         backend: backend.name.clone(),
         message,
@@ -73,11 +189,17 @@ pub async fn clear(
     }
 }
 
-/// The clear-diverged path of `backend` on an admin API.
-fn clear_path(backend: &str, verified_from_ms: u64) -> String {
+/// The clear-diverged path of `backend` on an admin API: with the node's marks when they were
+/// read (the node then judges by them), and the start time (for a node that predates marks).
+fn clear_path(backend: &str, verified_from_ms: u64, marks: Option<&str>) -> String {
     let mut path = String::from("/admin/v1/backend/");
     encode_component(backend, &mut path);
-    format!("{path}/clear-diverged?verified_from={verified_from_ms}")
+    path.push_str(&format!("/clear-diverged?verified_from={verified_from_ms}"));
+    if let Some(marks) = marks {
+        path.push_str("&marks=");
+        encode_component(marks, &mut path);
+    }
+    path
 }
 
 /// Reads a clear-diverged answer: the `message` of a 2xx, else the error.
@@ -111,14 +233,30 @@ async fn read_answer(
 pub async fn clear_on_peer(
     peer: &PeerConfig,
     backend: &str,
-    verified_from_ms: u64,
+    since: &VerifyStart,
     connect_timeout: Duration,
 ) -> Result<String, RepairError> {
     let failed = |message: String| RepairError::Flag {
         backend: backend.to_owned(),
         message: format!("peer {}: {message}", peer.name),
     };
-    let client = BackendClient::new(
+    let client = peer_client(peer, connect_timeout)?;
+    let resp = client
+        .forward(
+            Method::POST,
+            &clear_path(backend, since.unix_ms, since.marks(&peer.name, backend)),
+            http::HeaderMap::new(),
+            Bytes::new(),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    read_answer(resp, &format!("peer {}", peer.name), failed).await
+}
+
+/// A client of a peer relay's admin API, with its `[[peer]]` credentials.
+fn peer_client(peer: &PeerConfig, connect_timeout: Duration) -> Result<BackendClient, RepairError> {
+    Ok(BackendClient::new(
         &BackendConfig {
             name: peer.name.clone(),
             url: peer.url.clone(),
@@ -129,16 +267,5 @@ pub async fn clear_on_peer(
             connect: connect_timeout,
             request: TIMEOUT,
         },
-    )?;
-    let resp = client
-        .forward(
-            Method::POST,
-            &clear_path(backend, verified_from_ms),
-            http::HeaderMap::new(),
-            Bytes::new(),
-            TIMEOUT,
-        )
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    read_answer(resp, &format!("peer {}", peer.name), failed).await
+    )?)
 }

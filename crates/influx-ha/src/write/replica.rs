@@ -91,6 +91,11 @@ pub struct Replica {
     /// When data was last dropped for this backend (Unix ms; 0: not since the start): a
     /// verify that began before it cannot clear the flag.
     diverged_marked_ms: AtomicU64,
+    /// How many times data was dropped for this backend since start, and a number that tells
+    /// this process from others: together they change whenever data is dropped, on any clock
+    /// ([`Replica::divergence_marks`]).
+    diverge_count: AtomicU64,
+    epoch: u64,
     /// The last delivery problem, for operators.
     last_error: Mutex<Option<String>>,
     /// Operator maintenance (persisted in `dir/maintenance`): every write is queued and the
@@ -269,6 +274,11 @@ impl Replica {
             }),
             diverged: Mutex::new(diverged),
             diverged_marked_ms: AtomicU64::new(0),
+            diverge_count: AtomicU64::new(0),
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ (u64::from(std::process::id()) << 32),
             last_error: Mutex::new(None),
             maintenance: AtomicBool::new(maintenance),
             kick: Notify::new(),
@@ -324,6 +334,7 @@ impl Replica {
         {
             let mut d = lock(&self.diverged);
             self.diverged_marked_ms.store(now_ms(), Ordering::SeqCst);
+            self.diverge_count.fetch_add(1, Ordering::SeqCst);
             if d.is_some() {
                 return;
             }
@@ -346,9 +357,34 @@ impl Replica {
     /// (Unix ms) found this backend identical to the others. Refused when data was dropped
     /// for it since then, which that verify could not see. Returns the reason it had.
     pub fn clear_diverged(&self, verified_from_ms: u64) -> Result<Option<String>, String> {
+        self.clear_diverged_when(|| {
+            self.diverged_marked_ms.load(Ordering::SeqCst) <= verified_from_ms
+        })
+    }
+
+    /// What [`Replica::clear_diverged_since`] compares: it changes whenever data is dropped for
+    /// this backend (and across restarts), whatever the clocks say.
+    pub fn divergence_marks(&self) -> String {
+        format!(
+            "{:x}-{}",
+            self.epoch,
+            self.diverge_count.load(Ordering::SeqCst)
+        )
+    }
+
+    /// [`Replica::clear_diverged`] for a verify that began when [`Replica::divergence_marks`]
+    /// answered `marks`: refused when data was dropped since. Unlike a time, this holds
+    /// whatever the clocks of the verifying host and this node say.
+    pub fn clear_diverged_since(&self, marks: &str) -> Result<Option<String>, String> {
+        self.clear_diverged_when(|| self.divergence_marks() == marks)
+    }
+
+    fn clear_diverged_when(
+        &self,
+        nothing_dropped_since: impl Fn() -> bool,
+    ) -> Result<Option<String>, String> {
         let mut d = lock(&self.diverged);
-        let marked = self.diverged_marked_ms.load(Ordering::SeqCst);
-        if marked > verified_from_ms {
+        if !nothing_dropped_since() {
             return Err(format!(
                 "data was dropped for {} after the verify began; verify again",
                 self.name()

@@ -569,6 +569,31 @@ async fn after_a_split_only_the_undelivered_half_is_sent_again() {
     );
 }
 
+#[tokio::test]
+async fn a_flag_is_cleared_only_when_nothing_was_dropped_since_the_marks_were_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    replica.mark_diverged("queue full");
+    assert!(dir.path().join("alpha").join("diverged").exists());
+    let before_verify = replica.divergence_marks();
+    // Data dropped again while the verify runs: its marks no longer match, whatever the time.
+    replica.mark_diverged("queue full");
+    let err = replica
+        .clear_diverged_since(&before_verify)
+        .expect_err("dropped since");
+    assert!(err.contains("after the verify began"), "{err}");
+    assert!(replica.diverged().is_some());
+    let now = replica.divergence_marks();
+    assert_ne!(now, before_verify);
+    assert_eq!(
+        replica.clear_diverged_since(&now).expect("cleared"),
+        Some("queue full".to_owned())
+    );
+    assert!(replica.diverged().is_none());
+    assert!(!dir.path().join("alpha").join("diverged").exists());
+}
+
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.
 async fn replay_until_drained(replica: &Arc<Replica>) {
     let (stop, _) = tokio::sync::broadcast::channel(1);

@@ -143,6 +143,14 @@ fn an_overflowed_queue_marks_the_backend_diverged_and_repair_makes_it_identical(
     assert!(totals["replayed_batches"].as_u64() > Some(0), "{totals}");
     let why = entry["diverged"].as_str().unwrap_or_default().to_owned();
     assert!(why.contains("queue full"), "{entry}");
+    // What a verify reads before it starts, to clear the flag only if nothing is dropped since.
+    let d = relay
+        .get("/admin/v1/backend/influx-1/divergence")
+        .expect("divergence");
+    assert_eq!(d.status, 200, "{}", d.text());
+    let d: serde_json::Value = serde_json::from_str(&d.text()).expect("json");
+    assert_eq!(d["diverged"], entry["diverged"], "{d}");
+    assert!(d["marks"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
     assert!(flag.exists(), "{}", flag.display());
     assert_eq!(
         queue_entry(&mut relay, "influx-0")["diverged"],
