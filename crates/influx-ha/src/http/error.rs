@@ -61,6 +61,11 @@ pub enum RequestError {
     /// at fault and the client should retry.
     #[error("timeout reading request body")]
     BodyReadTimeout,
+    /// A state-changing statement that a backend's queue could not hold, should that backend
+    /// be unable to take it now (its `db` longer than 65,535 bytes, or longer than a queue
+    /// record): 400, and nothing is run anywhere.
+    #[error("{0}")]
+    CannotQueue(String),
     /// No line could be parsed: 400 with 1.6's `unable to parse …` text.
     #[error("{}", String::from_utf8_lossy(.0))]
     Unparsable(Vec<u8>),
@@ -136,6 +141,7 @@ impl RequestError {
             | Self::InvalidGzip(_)
             | Self::BodyRead(_)
             | Self::Unparsable(_)
+            | Self::CannotQueue(_)
             | Self::PartialWrite(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Backend { status, .. } => *status,

@@ -72,6 +72,27 @@ struct QueuedStatement {
 }
 
 impl QueuedStatement {
+    /// Why `replica`'s queue could not hold this statement, if it could not: checked before
+    /// anything runs, so that a backend that cannot take it now never misses it for good.
+    fn unqueueable(&self, replica: &Replica) -> Option<String> {
+        if self.db.len() > usize::from(u16::MAX) {
+            return Some(format!(
+                "database name too long: {} bytes (at most {})",
+                self.db.len(),
+                u16::MAX
+            ));
+        }
+        // A queued statement keeps its text, a 4-byte length and the other parameters.
+        let size = 4 + self.q.len() + self.others.len();
+        let max = replica.queue().max_write_payload(&self.db, "", "");
+        (size > max).then(|| {
+            format!(
+                "statement too long to be queued for a backend that cannot take it now: {size} \
+                 bytes with its parameters, at most {max} (raise [queue] segment_bytes)"
+            )
+        })
+    }
+
     async fn enqueue(&self, replica: &Replica) -> Outcome {
         replica
             .enqueue_statement(&self.db, &self.q, &self.others)
@@ -321,6 +342,14 @@ impl Inner {
                     others: params.encode_others(),
                     q: params.q,
                 };
+                if let Some(why) = self
+                    .targets
+                    .iter()
+                    .filter_map(|t| t.replica.as_deref())
+                    .find_map(|r| queued.unqueueable(r))
+                {
+                    return Err(RequestError::CannotQueue(why));
+                }
                 self.everywhere(id, fwd, queued, statements).await
             }
             Route::UserAdmin => self.user_admin(id, fwd).await,

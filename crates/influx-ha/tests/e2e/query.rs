@@ -585,6 +585,44 @@ fn a_backend_a_peer_does_not_write_to_serves_no_reads() {
     });
 }
 
+#[test]
+fn a_statement_no_queue_could_hold_is_refused_before_it_runs() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    // Records of at most 1 KiB: a longer statement could not wait for a backend that is down.
+    let mut relay = Relay::start(
+        &[&a, &b],
+        &format!("{FAST_HEALTH}[queue]\nsegment_bytes = \"1KiB\"\n"),
+    );
+    wait_ready(&mut relay);
+    let long_name = "x".repeat(1100);
+    let create = format!("CREATE DATABASE \"{long_name}\"");
+    let r = query(&mut relay, &[("q", &create)]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("statement too long to be queued"),
+        "{}",
+        r.text()
+    );
+    for i in [&a, &b] {
+        assert!(
+            !i.query("", "SHOW DATABASES").contains(&long_name),
+            "ran anyway"
+        );
+    }
+    // A `db` longer than a queue record's field can name: refused, not run.
+    let db = "d".repeat(70_000);
+    let r = query(&mut relay, &[("db", &db), ("q", "DROP MEASUREMENT m")]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("database name too long"), "{}", r.text());
+    // What fits still runs everywhere.
+    let r = query(&mut relay, &[("q", "CREATE DATABASE fits")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    for i in [&a, &b] {
+        assert!(i.query("", "SHOW DATABASES").contains("fits"));
+    }
+}
+
 /// A multipart body with the query as the file part `q` (as `curl -F q=@file` sends it).
 fn multipart_q(boundary: &str, q: &str) -> Vec<u8> {
     format!(
