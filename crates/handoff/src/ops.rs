@@ -108,7 +108,8 @@ pub struct SegmentVerify {
     pub valid_records: u64,
     /// Corrupt regions `(offset, length)` the reader would skip.
     pub corrupt: Vec<(u64, u64)>,
-    /// Bytes after the last valid frame (a torn tail; truncated at the next open).
+    /// Bytes after the last valid frame: in the newest segment a torn tail (truncated at the
+    /// next open); in an older one, corrupt records (counted and left in place at open).
     pub torn_tail_bytes: u64,
     /// Header or I/O problem that prevented checking the segment.
     pub error: Option<String>,

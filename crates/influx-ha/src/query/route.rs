@@ -82,8 +82,12 @@ impl QueuedStatement {
                 u16::MAX
             ));
         }
-        // A queued statement keeps its text, a 4-byte length and the other parameters.
-        let size = 4 + self.q.len() + self.others.len();
+        // A queued statement keeps its text, and with other parameters a 4-byte length too.
+        let size = if self.others.is_empty() {
+            self.q.len()
+        } else {
+            4 + self.q.len() + self.others.len()
+        };
         let max = replica.queue().max_write_payload(&self.db, "", "");
         (size > max).then(|| {
             format!(

@@ -172,6 +172,12 @@ pub async fn clear(
             if !file.exists() {
                 return Ok(format!("{}: not diverged", backend.name));
             }
+            if since.marks("", &backend.name).is_some() {
+                // It ran when the verify began: it may have dropped data since, then stopped.
+                return Err(failed(format!(
+                    "the node at {addr} stopped during the verify: start it and verify again"
+                )));
+            }
             match crate::write::flags::remove(&dir, DIVERGED_FILE) {
                 Ok(()) => Ok(format!(
                     "{}: no node answers at {addr}; removed {}",

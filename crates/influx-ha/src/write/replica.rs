@@ -96,6 +96,12 @@ pub struct Replica {
     /// ([`Replica::divergence_marks`]).
     diverge_count: AtomicU64,
     epoch: u64,
+    /// Held while the `diverged` file is written or removed, so that every caller of
+    /// [`Replica::mark_diverged`] returns only once the flag is on disk, and a clear and a
+    /// mark never leave the file saying the opposite of memory.
+    flag_io: Mutex<()>,
+    /// Whether the `diverged` file says what `diverged` holds.
+    diverged_on_disk: AtomicBool,
     /// The last delivery problem, for operators.
     last_error: Mutex<Option<String>>,
     /// Operator maintenance (persisted in `dir/maintenance`): every write is queued and the
@@ -272,8 +278,10 @@ impl Replica {
                 queueing,
                 ..Mode::default()
             }),
+            diverged_on_disk: AtomicBool::new(diverged.is_some()),
             diverged: Mutex::new(diverged),
             diverged_marked_ms: AtomicU64::new(0),
+            flag_io: Mutex::new(()),
             diverge_count: AtomicU64::new(0),
             epoch: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -332,24 +340,34 @@ impl Replica {
     /// repair clear it.
     pub fn mark_diverged(&self, reason: &str) {
         {
+            // Set first, so that reads stop at once. Every look at the flag takes this lock:
+            // the file, with its fsyncs, is written after it is released.
             let mut d = lock(&self.diverged);
             self.diverged_marked_ms.store(now_ms(), Ordering::SeqCst);
             self.diverge_count.fetch_add(1, Ordering::SeqCst);
-            if d.is_some() {
-                return;
+            if d.is_none() {
+                tracing::error!(
+                    backend = self.name(),
+                    reason,
+                    "backend diverged: it may miss data"
+                );
+                *d = Some(reason.to_owned());
             }
-            // Set first (reads stop at once); every look at the flag takes this lock, so the
-            // file, with its fsyncs, is written after it is released. The caller still waits
-            // for it, so that nothing acknowledges past the dropped data before it is durable.
-            *d = Some(reason.to_owned());
         }
-        tracing::error!(
-            backend = self.name(),
-            reason,
-            "backend diverged: it may miss data"
-        );
-        if let Err(e) = super::flags::write(&self.dir, DIVERGED_FILE, &format!("{reason}\n")) {
-            tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
+        // Every caller waits until the flag is on disk (written by it or by the one before),
+        // so that nothing is acknowledged past dropped data before the flag is durable.
+        let _io = lock(&self.flag_io);
+        let Some(text) = lock(&self.diverged).clone() else {
+            return; // cleared meanwhile, by a verify that covered this drop
+        };
+        if self.diverged_on_disk.load(Ordering::SeqCst) {
+            return;
+        }
+        match super::flags::write(&self.dir, DIVERGED_FILE, &format!("{text}\n")) {
+            Ok(()) => self.diverged_on_disk.store(true, Ordering::SeqCst),
+            Err(e) => {
+                tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
+            }
         }
     }
 
@@ -383,16 +401,27 @@ impl Replica {
         &self,
         nothing_dropped_since: impl Fn() -> bool,
     ) -> Result<Option<String>, String> {
-        let mut d = lock(&self.diverged);
-        if !nothing_dropped_since() {
-            return Err(format!(
-                "data was dropped for {} after the verify began; verify again",
-                self.name()
-            ));
+        let _io = lock(&self.flag_io);
+        let was = {
+            let mut d = lock(&self.diverged);
+            if !nothing_dropped_since() {
+                return Err(format!(
+                    "data was dropped for {} after the verify began; verify again",
+                    self.name()
+                ));
+            }
+            d.take()
+        };
+        // The file goes after memory, outside the lock every read takes; a drop meanwhile
+        // waits for `flag_io`, then writes the file again.
+        if let Err(e) = super::flags::remove(&self.dir, DIVERGED_FILE) {
+            let mut d = lock(&self.diverged);
+            if d.is_none() {
+                d.clone_from(&was);
+            }
+            return Err(format!("cannot remove the diverged flag: {e}"));
         }
-        super::flags::remove(&self.dir, DIVERGED_FILE)
-            .map_err(|e| format!("cannot remove the diverged flag: {e}"))?;
-        let was = d.take();
+        self.diverged_on_disk.store(false, Ordering::SeqCst);
         if let Some(why) = &was {
             tracing::info!(
                 backend = self.name(),

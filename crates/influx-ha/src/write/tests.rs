@@ -594,6 +594,41 @@ async fn a_flag_is_cleared_only_when_nothing_was_dropped_since_the_marks_were_re
     assert!(!dir.path().join("alpha").join("diverged").exists());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mark_returns_with_the_flag_on_disk_and_a_clear_never_leaves_it_stale() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let file = dir.path().join("alpha").join("diverged");
+    // Marks from many threads at once: each returns only once the file is there.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                replica.mark_diverged("queue full");
+                assert!(file.exists(), "returned before the flag was on disk");
+            });
+        }
+    });
+    // Clears and marks interleaved: memory and the file agree at the end.
+    for round in 0..20 {
+        let marks = replica.divergence_marks();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _ = replica.clear_diverged_since(&marks);
+            });
+            if round % 2 == 0 {
+                s.spawn(|| replica.mark_diverged("queue full"));
+            }
+        });
+        assert_eq!(
+            replica.diverged().is_some(),
+            file.exists(),
+            "round {round}: memory and the file disagree"
+        );
+        replica.mark_diverged("queue full");
+    }
+}
+
 /// Runs the replica's replay until its queue is empty and it is back on direct writes.
 async fn replay_until_drained(replica: &Arc<Replica>) {
     let (stop, _) = tokio::sync::broadcast::channel(1);
