@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tokio::task::JoinSet;
 
-use super::classify::{Route, classify};
+use super::classify::{Route, StatementKind, classify};
 use super::params::{Params, strip_credentials};
 use super::stream::{Outstanding, Peeked, Relayed, peek};
 use crate::backend::BackendClient;
@@ -24,7 +24,7 @@ use crate::http::compat::{RequestId, X_INFLUXDB_ERROR, X_REQUEST_ID, add_common_
 use crate::http::error::RequestError;
 use crate::http::{Handler, HandlerBody, HandlerFuture, ResponseBody, full};
 use crate::monitor::PassiveMarks;
-use crate::state::{Reachability, StateBoard};
+use crate::state::{BackendState, ClusterState, Reachability, StateBoard};
 use crate::write::answer::Outcome;
 use crate::write::replica::Replica;
 
@@ -337,6 +337,21 @@ impl Inner {
             Route::Read => self.read(id, &fwd, None).await,
             Route::Kill { on } => {
                 let target = self.kill_target(on.as_deref())?;
+                // Reads sent with the KILL run on its backend: only if it could serve them.
+                let reads_too = classified
+                    .statements
+                    .iter()
+                    .any(|s| !matches!(s.kind, StatementKind::KillQuery { .. }));
+                if reads_too
+                    && let Some(Err(why)) = self
+                        .live_state(&self.board.load(), target)
+                        .map(|b| b.freshness())
+                {
+                    return Err(RequestError::Unavailable(format!(
+                        "the reads sent with KILL QUERY would run on {}, which cannot serve fresh reads: {why}; send them apart",
+                        self.name(target)
+                    )));
+                }
                 self.read(id, &fwd, Some(target)).await
             }
             Route::Everywhere => {
@@ -366,6 +381,20 @@ impl Inner {
 
     // === reads ===
 
+    /// Backend `i` as the board shows it, with this node's own queue, divergence and
+    /// maintenance as they are now, not as of the last snapshot: a write queued a moment ago
+    /// already keeps reads away.
+    fn live_state(&self, state: &ClusterState, i: usize) -> Option<BackendState> {
+        let mut b = state.backend(self.name(i))?.clone();
+        if let Some(r) = &self.targets[i].replica {
+            let pending = r.is_queueing() || r.queue().has_pending();
+            b.queue.records = if pending { b.queue.records.max(1) } else { 0 };
+            b.diverged = r.diverged();
+            b.maintenance = r.in_maintenance();
+        }
+        Some(b)
+    }
+
     /// The backends a read may go to, best first, and whether they may be stale; or why none
     /// may.
     fn candidates(&self) -> Result<(Vec<usize>, bool), RequestError> {
@@ -373,19 +402,10 @@ impl Inner {
         let mut fresh = Vec::new();
         let mut reachable = Vec::new();
         let mut reasons = Vec::new();
-        for (i, target) in self.targets.iter().enumerate() {
-            let Some(b) = state.backend(self.name(i)) else {
+        for i in 0..self.targets.len() {
+            let Some(b) = self.live_state(&state, i) else {
                 continue;
             };
-            let mut b = b.clone();
-            // This node's own queue as it is now, not as of the last snapshot: a write queued
-            // a moment ago already keeps reads away.
-            if let Some(r) = &target.replica {
-                let pending = r.is_queueing() || r.queue().has_pending();
-                b.queue.records = if pending { b.queue.records.max(1) } else { 0 };
-                b.diverged = r.diverged();
-                b.maintenance = r.in_maintenance();
-            }
             match b.freshness() {
                 Ok(()) => fresh.push(i),
                 Err(why) => {

@@ -623,6 +623,32 @@ fn a_statement_no_queue_could_hold_is_refused_before_it_runs() {
     }
 }
 
+#[test]
+fn reads_sent_with_a_kill_query_run_only_on_a_fresh_backend() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    // influx-1 in maintenance: it serves no reads.
+    let r = relay.request("POST", "/admin/v1/backend/influx-1/maintenance", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mixed = |on: &str| format!("KILL QUERY 999 ON \"{on}\"; SHOW DATABASES");
+    let r = query(&mut relay, &[("q", &mixed("influx-1"))]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("cannot serve fresh reads"),
+        "{}",
+        r.text()
+    );
+    // To a fresh backend, or a KILL alone, it goes as before.
+    let r = query(&mut relay, &[("q", &mixed("influx-0"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-influx-ha-backend"), Some("influx-0"));
+    let r = query(&mut relay, &[("q", "KILL QUERY 999 ON \"influx-1\"")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-influx-ha-backend"), Some("influx-1"));
+}
+
 /// A multipart body with the query as the file part `q` (as `curl -F q=@file` sends it).
 fn multipart_q(boundary: &str, q: &str) -> Vec<u8> {
     format!(
