@@ -146,6 +146,8 @@ struct Memory {
     reports: HashMap<String, (QueueReport, SystemTime, bool)>,
     /// Per peer name: why its last poll failed (absent once it answers).
     peer_errors: HashMap<String, String>,
+    /// Per peer name: when the question whose answer was last recorded was asked.
+    asked: HashMap<String, tokio::time::Instant>,
 }
 
 /// The task that keeps the board current.
@@ -273,6 +275,7 @@ impl Monitor {
                 .map(|f| load_reports(f, &self.peers))
                 .unwrap_or_default(),
             peer_errors: HashMap::new(),
+            asked: HashMap::new(),
         };
         let mut ticker = tokio::time::interval(self.health.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,7 +294,16 @@ impl Monitor {
     /// Asks every peer for its report; records what came (an unreachable peer's last report
     /// stands) and keeps the reports on disk when they changed.
     async fn poll_peers(&self, memory: &mut Memory) {
+        let answers = self.fetch_peers().await;
+        self.record_peers(memory, answers);
+    }
+
+    /// Every peer's report (or why not), with when it was asked for.
+    async fn fetch_peers(
+        &self,
+    ) -> Vec<(String, tokio::time::Instant, Result<QueueReport, String>)> {
         let timeout = self.health.timeout.max(Duration::from_secs(1));
+        let asked = tokio::time::Instant::now();
         let mut polls = JoinSet::new();
         for peer in &self.peers {
             let peer = peer.clone();
@@ -300,8 +312,29 @@ impl Monitor {
                 (peer.name, r)
             });
         }
+        let mut answers = Vec::with_capacity(self.peers.len());
+        while let Some(joined) = polls.join_next().await {
+            if let Ok((name, r)) = joined {
+                answers.push((name, asked, r));
+            }
+        }
+        answers
+    }
+
+    /// Records what the peers answered. An answer to a question asked before the one already
+    /// recorded is older news (a poll a notice started may finish before the round's own):
+    /// it is left out.
+    fn record_peers(
+        &self,
+        memory: &mut Memory,
+        answers: Vec<(String, tokio::time::Instant, Result<QueueReport, String>)>,
+    ) {
         let mut reports_changed = false;
-        while let Some(Ok((name, r))) = polls.join_next().await {
+        for (name, asked, r) in answers {
+            if memory.asked.get(&name).is_some_and(|last| *last > asked) {
+                continue;
+            }
+            memory.asked.insert(name.clone(), asked);
             match r {
                 Ok(report) => {
                     if memory.peer_errors.remove(&name).is_some() {
@@ -347,15 +380,31 @@ impl Monitor {
                 (i, result)
             });
         }
-        // The peers are asked while the pings are out.
-        let polled = self.poll_peers(memory);
+        // The peers are asked while the pings are out. A peer that says its queues changed
+        // meanwhile is asked again at once, not once this round is over: a ping that takes up
+        // to the health timeout must not hold up what keeps reads fresh.
         let mut checks: Vec<Result<(), String>> =
             vec![Err("health check failed".to_owned()); self.clients.len()];
-        let ((), ()) = tokio::join!(polled, async {
-            while let Some(Ok((i, r))) = pings.join_next().await {
-                checks[i] = r;
+        let fetch = self.fetch_peers();
+        tokio::pin!(fetch);
+        let (mut fetched, mut pinging) = (false, true);
+        while !fetched || pinging {
+            tokio::select! {
+                answers = &mut fetch, if !fetched => {
+                    fetched = true;
+                    self.record_peers(memory, answers);
+                }
+                ping = pings.join_next(), if pinging => match ping {
+                    Some(Ok((i, r))) => checks[i] = r,
+                    Some(Err(_)) => {}
+                    None => pinging = false,
+                },
+                () = self.peers_changed.notified() => {
+                    self.poll_peers(memory).await;
+                    self.board.update(|state| self.publish_peers(state, memory));
+                }
             }
-        });
+        }
 
         let mut rounds = Vec::with_capacity(self.clients.len());
         for (i, check) in checks.into_iter().enumerate() {

@@ -65,6 +65,8 @@ struct Shared {
     mode: AtomicU8,
     stop: AtomicBool,
     accepted: AtomicUsize,
+    /// Bytes read from clients and thrown away ([`Mode::Blackhole`]).
+    discarded: AtomicUsize,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl FaultProxy {
             mode: AtomicU8::new(Mode::Pass.index()),
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
+            discarded: AtomicUsize::new(0),
         });
         let s = shared.clone();
         let acceptor = thread::Builder::new()
@@ -133,6 +136,11 @@ impl FaultProxy {
     /// Connections accepted since the start.
     pub fn connections(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Bytes thrown away in [`Mode::Blackhole`] since the start: a request is hanging on it.
+    pub fn discarded(&self) -> usize {
+        self.shared.discarded.load(Ordering::SeqCst)
     }
 }
 
@@ -235,6 +243,7 @@ fn serve(client: TcpStream, shared: &Arc<Shared>) {
                 }
             }
             Mode::Blackhole | Mode::Pass => {
+                shared.discarded.fetch_add(held, Ordering::SeqCst);
                 if held > 0
                     && !link.blackholed.swap(true, Ordering::SeqCst)
                     && let Some((to, _)) = &upstream

@@ -426,6 +426,55 @@ fn a_peer_tells_of_its_queue_at_once_and_of_its_drain() {
 }
 
 #[test]
+fn a_peers_notice_is_heard_while_a_health_check_hangs() {
+    let _serial = serial();
+    let (a, b, c) = (Influxd::start(), Influxd::start(), Influxd::start());
+    for i in [&a, &b, &c] {
+        i.create_database("db");
+    }
+    // relay-2 reaches influx-1 through a proxy that refuses connections: it queues for it.
+    // relay-1 reaches influx-2 through a proxy that will swallow its health checks whole, with
+    // a health timeout of an hour: from then on each of its rounds hangs.
+    let refuse_b = FaultProxy::start(b.addr());
+    refuse_b.set_mode(Mode::Refuse);
+    let hang_c = FaultProxy::start(c.addr());
+    let port = |_| testkit::free_port().expect("free port");
+    let (p1, p2): (u16, u16) = (port(1), port(2));
+    let peer = |name: &str, port: u16| {
+        format!("[[peer]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}\"\n")
+    };
+    let mut relay2 = Relay::start_urls_on(
+        p2,
+        &[a.url(), refuse_b.url(), c.url()],
+        &format!("{FAST_HEALTH}{}", peer("relay-1", p1)),
+    );
+    wait_ready(&mut relay2);
+    let mut relay1 = Relay::start_urls_on(
+        p1,
+        &[a.url(), b.url(), hang_c.url()],
+        &format!(
+            "[health]\ninterval = \"200ms\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n[write]\nbackend_timeout = \"1h\"\n{}",
+            peer("relay-2", p2)
+        ),
+    );
+    wait_ready(&mut relay1);
+    wait_until("reads on relay-1 reach influx-1", CONVERGE, || {
+        relay_count(&mut relay1, "db").2 == "influx-1"
+    });
+    // influx-2 serves no reads on relay-1 (so none waits on it), then its checks hang.
+    let r = relay1.request("POST", "/admin/v1/backend/influx-2/maintenance", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    hang_c.set_mode(Mode::Blackhole);
+    wait_until(
+        "a health check of relay-1 hangs on influx-2",
+        CONVERGE,
+        || hang_c.discarded() > 0,
+    );
+
+    write_through_relay_2_and_see_relay_1_avoid_influx_1(&mut relay1, &mut relay2);
+}
+
+#[test]
 fn a_peer_relays_queue_keeps_reads_away_until_it_drained() {
     let _serial = serial();
     let (mut a, b) = (Influxd::start(), Influxd::start());
