@@ -212,7 +212,13 @@ impl BackendClient {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeouts.connect));
         http.set_nodelay(true);
+        // A connection whose peer vanished without a reset (a partition, a host gone) fails
+        // within about two minutes instead of the system's default of over two hours (or,
+        // with the idle time alone, twelve minutes): a replayed statement may wait on one for
+        // up to an hour otherwise.
         http.set_keepalive(Some(Duration::from_secs(60)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(4));
         // The TLS layer takes https:// URLs; plain ones pass through it untouched.
         http.enforce_http(false);
         let connector = HttpsConnectorBuilder::new()
