@@ -381,6 +381,24 @@ fn write_through_relay_2_and_see_relay_1_avoid_influx_1(relay1: &mut Relay, rela
     }
 }
 
+/// relay-2 in front of `urls2` and relay-1 in front of `urls1`, each the other's `[[peer]]`,
+/// with `extra2` / `extra1` config; returns them once relay-1 serves reads from influx-1.
+fn peered_relays(urls2: &[String], extra2: &str, urls1: &[String], extra1: &str) -> (Relay, Relay) {
+    let port = |_| testkit::free_port().expect("free port");
+    let (p1, p2): (u16, u16) = (port(1), port(2));
+    let peer = |name: &str, port: u16| {
+        format!("[[peer]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}\"\n")
+    };
+    let mut relay2 = Relay::start_urls_on(p2, urls2, &format!("{extra2}{}", peer("relay-1", p1)));
+    wait_ready(&mut relay2);
+    let mut relay1 = Relay::start_urls_on(p1, urls1, &format!("{extra1}{}", peer("relay-2", p2)));
+    wait_ready(&mut relay1);
+    wait_until("reads on relay-1 reach influx-1", CONVERGE, || {
+        relay_count(&mut relay1, "db").2 == "influx-1"
+    });
+    (relay1, relay2)
+}
+
 #[test]
 fn a_peer_tells_of_its_queue_at_once_and_of_its_drain() {
     let _serial = serial();
@@ -393,29 +411,12 @@ fn a_peer_tells_of_its_queue_at_once_and_of_its_drain() {
     // relay-2's queue after that, relay-2 told it.
     let proxy = FaultProxy::start(b.addr());
     proxy.set_mode(Mode::Refuse);
-    let port = |_| testkit::free_port().expect("free port");
-    let (p1, p2): (u16, u16) = (port(1), port(2));
-    let peer = |name: &str, port: u16| {
-        format!("[[peer]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}\"\n")
-    };
-    let mut relay2 = Relay::start_urls_on(
-        p2,
+    let (mut relay1, mut relay2) = peered_relays(
         &[a.url(), proxy.url()],
-        &format!("{FAST_HEALTH}{}", peer("relay-1", p1)),
-    );
-    wait_ready(&mut relay2);
-    let mut relay1 = Relay::start_urls_on(
-        p1,
+        FAST_HEALTH,
         &[a.url(), b.url()],
-        &format!(
-            "[health]\ninterval = \"1h\"\nrise = 1\nfall = 1\n{}",
-            peer("relay-2", p2)
-        ),
+        "[health]\ninterval = \"1h\"\nrise = 1\nfall = 1\n",
     );
-    wait_ready(&mut relay1);
-    wait_until("reads on relay-1 reach influx-1", CONVERGE, || {
-        relay_count(&mut relay1, "db").2 == "influx-1"
-    });
 
     write_through_relay_2_and_see_relay_1_avoid_influx_1(&mut relay1, &mut relay2);
 
@@ -438,29 +439,12 @@ fn a_peers_notice_is_heard_while_a_health_check_hangs() {
     let refuse_b = FaultProxy::start(b.addr());
     refuse_b.set_mode(Mode::Refuse);
     let hang_c = FaultProxy::start(c.addr());
-    let port = |_| testkit::free_port().expect("free port");
-    let (p1, p2): (u16, u16) = (port(1), port(2));
-    let peer = |name: &str, port: u16| {
-        format!("[[peer]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}\"\n")
-    };
-    let mut relay2 = Relay::start_urls_on(
-        p2,
+    let (mut relay1, mut relay2) = peered_relays(
         &[a.url(), refuse_b.url(), c.url()],
-        &format!("{FAST_HEALTH}{}", peer("relay-1", p1)),
-    );
-    wait_ready(&mut relay2);
-    let mut relay1 = Relay::start_urls_on(
-        p1,
+        FAST_HEALTH,
         &[a.url(), b.url(), hang_c.url()],
-        &format!(
-            "[health]\ninterval = \"200ms\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n[write]\nbackend_timeout = \"1h\"\n{}",
-            peer("relay-2", p2)
-        ),
+        "[health]\ninterval = \"200ms\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n[write]\nbackend_timeout = \"1h\"\n",
     );
-    wait_ready(&mut relay1);
-    wait_until("reads on relay-1 reach influx-1", CONVERGE, || {
-        relay_count(&mut relay1, "db").2 == "influx-1"
-    });
     // influx-2 serves no reads on relay-1 (so none waits on it), then its checks hang.
     let r = relay1.request("POST", "/admin/v1/backend/influx-2/maintenance", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
