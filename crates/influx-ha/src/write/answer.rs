@@ -21,12 +21,15 @@ pub enum Outcome {
         status: StatusCode,
         message: Vec<u8>,
     },
+    /// Not taken directly, and not queued because every backend that answered refused the
+    /// write (the client gets that refusal; a queued copy would reach this backend alone).
+    Withheld,
     /// Neither sent nor queued: why.
     Failed(String),
 }
 
 impl Outcome {
-    fn is_acked(&self) -> bool {
+    pub fn is_acked(&self) -> bool {
         matches!(self, Self::Acked | Self::AckedPartial(_))
     }
 
@@ -94,8 +97,8 @@ pub fn decide(
         .count();
 
     // Every backend that answered refused (the others could only queue): InfluxDB's own answer,
-    // as one InfluxDB would give it. What was queued meets the same refusal in the replay,
-    // which keeps it as a dead letter unless another backend has the database after all.
+    // as one InfluxDB would give it. The others were withheld the write, or, where the refusal
+    // came too late for that, queued it and are marked diverged.
     if acked == 0
         && let Some(Outcome::Refused { status, message }) = outcomes
             .iter()

@@ -4,11 +4,12 @@
 //! A request is validated by `lineproto` (lines without timestamp stamped now, so every replica
 //! and every replay stores the same point), then one task per backend delivers the same shared
 //! payload: behind the backend's queue while the queue holds data, otherwise directly, falling
-//! back to the queue on a retryable failure. Once the level is met, backends still in flight
-//! after a grace (as long again as the level took, at least 50 ms) get the batch appended to
-//! their queue while their direct send goes on, and go behind it; the answer goes out when
-//! every backend has acknowledged, queued, refused or failed. The fan-out runs in its own
-//! task, so a client that hangs up does not cut a replication short.
+//! back to the queue on a retryable failure. A backend queues only once the write is known not
+//! to be refused by the others (or after a short wait). Once the level is met, backends still
+//! in flight after a grace (as long again as the level took, at least 50 ms) get the batch
+//! appended to their queue while their direct send goes on, and go behind it; the answer goes
+//! out when every backend has acknowledged, queued, refused or failed. The fan-out runs in
+//! its own task, so a client that hangs up does not cut a replication short.
 //!
 //! - [`answer`]: the answer table as a pure function.
 //! - [`replica`]: one backend with its queue, direct delivery, and the replay task.
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::answer::{Outcome, Refusals, decide, level_met};
-use self::replica::{Batch, Replica};
+use self::replica::{Batch, Delivery, Replica};
 use crate::backend::BackendClient;
 use crate::config::{Config, FsyncPolicy, QueueConfig};
 use crate::http::body::InflightPermit;
@@ -43,6 +44,11 @@ use crate::shutdown::Shutdown;
 /// for before their backends get the batch queued as well: long enough for a healthy second
 /// backend on the same network, short enough that a stalled one does not show.
 pub const SLOW_BACKEND_GRACE: Duration = Duration::from_millis(50);
+
+/// The longest a backend that cannot take a write directly waits for the others' answers
+/// before queueing it: long enough for a refusal from a backend on the same network, short
+/// since with `consistency = "any"` a stalled backend delays the answer by about this much.
+pub const QUEUE_WAIT: Duration = Duration::from_millis(200);
 
 /// Size cap of each backend's dead-letter store.
 pub const DEAD_LETTER_MAX_BYTES: u64 = 1 << 30;
@@ -331,7 +337,39 @@ impl WriteHandler for Replicator {
     }
 }
 
+/// Whether the backends that could not take a write directly may queue it yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Not known yet: no backend stored the write, and some direct send is still running.
+    Shut,
+    /// Queue it: a backend stored it, no direct send is left, or the wait is over.
+    Open,
+    /// Every backend that answered refused the write: queue it nowhere.
+    Refused,
+}
+
+impl Gate {
+    /// The gate once `outcomes` are known, `all_returned` when every delivery has returned.
+    fn after(outcomes: &[Option<Outcome>], all_returned: bool) -> Gate {
+        let known = || outcomes.iter().flatten();
+        if known().any(Outcome::is_acked) {
+            Gate::Open
+        } else if !all_returned {
+            Gate::Shut
+        } else if known().any(|o| matches!(o, Outcome::Refused { .. })) {
+            Gate::Refused
+        } else {
+            Gate::Open
+        }
+    }
+}
+
 /// Delivers `batch` to every replica; returns each one's outcome, in replica order.
+///
+/// A backend that cannot take the batch directly queues it only once another backend stored
+/// it or every direct send is over without a refusal, waiting at most [`QUEUE_WAIT`] for
+/// that: a write the answering backends refused is then queued nowhere, as DESIGN.md §3 has
+/// it. Queued, it would reach that backend alone once its database exists.
 async fn fan_out(
     replicas: Arc<Vec<Arc<Replica>>>,
     batch: Arc<Batch>,
@@ -348,6 +386,12 @@ async fn fan_out(
     }
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    // Deliveries returned while the gate was shut: until it opens, every task is one.
+    let mut returned = 0;
+    let mut to_queue: Vec<usize> = Vec::new();
+    let mut gate = Gate::Shut;
+    let gate_timer = tokio::time::sleep(QUEUE_WAIT);
+    tokio::pin!(gate_timer);
     let grace_timer = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
     tokio::pin!(grace_timer);
     let mut grace_started = false;
@@ -355,22 +399,46 @@ async fn fan_out(
         tokio::select! {
             joined = set.join_next() => {
                 let Some(joined) = joined else { break };
+                if gate == Gate::Shut {
+                    returned += 1;
+                }
                 match joined {
-                    Ok((i, outcome)) => outcomes[i] = Some(outcome),
+                    Ok((i, Delivery::Settled(outcome))) => outcomes[i] = Some(outcome),
+                    Ok((i, Delivery::ToQueue)) => to_queue.push(i),
                     Err(e) => tracing::error!(error = %e, "delivery task failed"),
                 }
-                let known: Vec<&Outcome> = outcomes.iter().flatten().collect();
-                if !grace_started && level_met(consistency, n, &known) {
-                    // The others get as long again as the level took (at least `grace`):
-                    // under load every backend is slower, and only a stalled one is insured.
-                    grace_started = true;
-                    let waited = started.elapsed();
-                    grace_timer.as_mut().reset(tokio::time::Instant::now() + grace.max(waited));
+                if gate == Gate::Shut {
+                    gate = Gate::after(&outcomes, returned == n);
                 }
             }
+            () = &mut gate_timer, if gate == Gate::Shut => gate = Gate::Open,
             () = &mut grace_timer, if grace_started && !*force.borrow() => {
                 let _ = force.send(true);
             }
+        }
+        match gate {
+            Gate::Shut => {}
+            Gate::Open => {
+                for i in to_queue.drain(..) {
+                    let (replica, batch) = (replicas[i].clone(), batch.clone());
+                    set.spawn(async move { (i, Delivery::Settled(replica.enqueue(&batch).await)) });
+                }
+            }
+            Gate::Refused => {
+                for i in to_queue.drain(..) {
+                    outcomes[i] = Some(Outcome::Withheld);
+                }
+            }
+        }
+        let known: Vec<&Outcome> = outcomes.iter().flatten().collect();
+        if !grace_started && level_met(consistency, n, &known) {
+            // The others get as long again as the level took (at least `grace`): under load
+            // every backend is slower, and only a stalled one is insured.
+            grace_started = true;
+            let waited = started.elapsed();
+            grace_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + grace.max(waited));
         }
     }
     let mut outcomes: Vec<Outcome> = outcomes
@@ -403,6 +471,22 @@ async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mu
         .iter()
         .any(|o| matches!(o, Outcome::Acked | Outcome::AckedPartial(_)))
     {
+        // Refused, but only after `QUEUE_WAIT`, when the others had queued it: their
+        // replay would store it on them alone (once the database exists, say).
+        let refusal = outcomes.iter().find_map(|o| match o {
+            Outcome::Refused { status, message } => Some((*status, message)),
+            _ => None,
+        });
+        if let Some((status, message)) = refusal {
+            for (replica, outcome) in replicas.iter().zip(outcomes.iter()) {
+                if matches!(outcome, Outcome::Queued) {
+                    replica.mark_diverged(&format!(
+                        "queued a write that another backend refused ({status}) too late to withhold it: {}",
+                        String::from_utf8_lossy(message)
+                    ));
+                }
+            }
+        }
         return;
     }
     for (replica, outcome) in replicas.iter().zip(outcomes.iter_mut()) {

@@ -30,6 +30,15 @@ const MAX_REPLAY_BATCH: usize = 4 << 20;
 /// is forgotten (and simply replayed: a duplicate, harmless).
 const MAX_DELIVERED_INSURED: usize = 8;
 
+/// What [`Replica::deliver`] made of a write.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Acknowledged, refused, or (insured while its send goes on) queued.
+    Settled(Outcome),
+    /// Not taken directly: to be queued, once the fan-out knows the write is not refused.
+    ToQueue,
+}
+
 /// How long a replayed statement may run (a `SELECT … INTO` backfill takes a while; InfluxDB
 /// stops a statement whose client hangs up, so a short deadline would retry it for ever).
 const STATEMENT_REPLAY_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -595,7 +604,10 @@ impl Replica {
         Ok(moved)
     }
 
-    /// Delivers one write: directly, or behind the queue while it holds data. When `force`
+    /// Delivers one write directly, or answers that it is to be queued: the backend is behind
+    /// its queue, in maintenance, or failed the send in a way worth retrying. The caller
+    /// queues it with [`Self::enqueue`] unless the write turns out refused (DESIGN.md §3:
+    /// a write every answering backend refused is queued nowhere). When `force`
     /// turns true (the consistency level is met and this backend is slower) the batch is
     /// queued so that the client can be answered, while the direct send goes on in the
     /// background. The backend then goes behind its queue: a client that writes the same point
@@ -606,9 +618,9 @@ impl Replica {
         self: &Arc<Self>,
         batch: &Arc<Batch>,
         mut force: watch::Receiver<bool>,
-    ) -> Outcome {
+    ) -> Delivery {
         if self.is_queueing() || self.in_maintenance() {
-            return self.enqueue(batch).await;
+            return Delivery::ToQueue;
         }
         let (me, b) = (self.clone(), batch.clone());
         let mut send = Box::pin(async move {
@@ -645,12 +657,12 @@ impl Replica {
                         tracing::warn!(backend = me.name(), outcome = ?outcome, "slow direct write failed: the replay delivers it");
                     }
                 });
-                return outcome;
+                return Delivery::Settled(outcome);
             }
         };
         let outcome = classify(&result);
         self.note_link(!matches!(outcome, WriteOutcome::Retryable { .. }));
-        match outcome {
+        Delivery::Settled(match outcome {
             WriteOutcome::Ok => {
                 self.counters.direct_ok.fetch_add(1, Ordering::Relaxed);
                 Outcome::Acked
@@ -671,10 +683,10 @@ impl Replica {
             other => {
                 self.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
                 self.note_error(describe(&other));
-                tracing::warn!(backend = self.name(), outcome = ?other, "direct write failed: queued");
-                self.enqueue(batch).await
+                tracing::warn!(backend = self.name(), outcome = ?other, "direct write failed: to be queued");
+                return Delivery::ToQueue;
             }
-        }
+        })
     }
 
     /// Concurrent requests per replayed batch.

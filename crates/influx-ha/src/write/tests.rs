@@ -58,6 +58,98 @@ async fn fast_and_slow(dir: &std::path::Path) -> (Replicator, Arc<FakeBackend>) 
     )
 }
 
+/// Two fake backends, `up` and `down` by name, replicated to.
+async fn two_fakes(
+    dir: &std::path::Path,
+    up: Arc<FakeBackend>,
+    down: Arc<FakeBackend>,
+) -> Replicator {
+    let text = format!(
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"up\"\nurl = \"http://{}\"\n[[backend]]\nname = \"down\"\nurl = \"http://{}\"\n",
+        dir.display().to_string(),
+        serve(up).await,
+        serve(down).await,
+    );
+    let config = Config::from_toml(&text, "test").expect("valid config");
+    let clients = crate::node::backend_clients(&config).expect("clients");
+    Replicator::open(&config, &clients).expect("queues open")
+}
+
+fn is_refusal(result: &Result<(), crate::http::error::RequestError>) -> bool {
+    matches!(
+        result,
+        Err(crate::http::error::RequestError::Backend { status, .. }) if *status == http::StatusCode::BAD_REQUEST
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_every_answering_backend_refused_is_queued_nowhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (up, down) = (
+        Arc::new(FakeBackend::default()),
+        Arc::new(FakeBackend::default()),
+    );
+    down.fail_all.store(true, Ordering::SeqCst);
+    up.refuse_writes.store(true, Ordering::SeqCst);
+    let replicator = two_fakes(dir.path(), up.clone(), down.clone()).await;
+    let replicas = replicator.replicas();
+    let write = |v: u32| {
+        replicator.replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::One,
+            Bytes::from(format!("m v={v} 1\n")),
+        )
+    };
+
+    // The down backend's send fails (worth retrying), the other refuses.
+    assert!(is_refusal(&write(1).await));
+    assert!(!replicas[1].queue().has_pending(), "queued a refused write");
+    assert!(!replicas[1].is_queueing());
+
+    // Behind its queue already, it is not given the refused write either.
+    up.refuse_writes.store(false, Ordering::SeqCst);
+    write(2).await.expect("the up backend stores it");
+    assert!(replicas[1].is_queueing());
+    up.refuse_writes.store(true, Ordering::SeqCst);
+    assert!(is_refusal(&write(3).await));
+    assert_eq!(replicas[1].queue().stats().depth_records, 1);
+    assert!(replicas[1].diverged().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_comes_after_the_queue_took_the_write_marks_that_backend_diverged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (up, down) = (
+        Arc::new(FakeBackend::default()),
+        Arc::new(FakeBackend::default()),
+    );
+    down.fail_all.store(true, Ordering::SeqCst);
+    up.refuse_writes.store(true, Ordering::SeqCst);
+    up.stall.store(true, Ordering::SeqCst);
+    let replicator = Arc::new(two_fakes(dir.path(), up.clone(), down.clone()).await);
+    let replicas = replicator.replicas();
+    let r = replicator.clone();
+    let write = tokio::spawn(async move {
+        r.replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::One,
+            Bytes::from_static(b"m v=1 1\n"),
+        )
+        .await
+    });
+    // The refusal is held back past the wait: the down backend queues the write meanwhile.
+    wait_until("the write is queued", || replicas[1].queue().has_pending()).await;
+    up.stall.store(false, Ordering::SeqCst);
+    assert!(is_refusal(&write.await.expect("write task")));
+    let why = replicas[1].diverged().expect("marked diverged");
+    assert!(why.contains("refused"), "{why}");
+    assert!(replicas[0].diverged().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insured_backend_goes_behind_its_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
