@@ -384,6 +384,7 @@ where
             .await?;
     }
     let collect = collect_capped(body, max, declared, inflight, limits, &mut permit);
+    // The whole timeout also bounds the waits for room of a body without a length.
     let raw = match tokio::time::timeout(limits.read_timeout, collect).await {
         Ok(result) => result?,
         Err(_) => return Err(RequestError::BodyReadTimeout),
@@ -408,8 +409,50 @@ where
     })
 }
 
-/// Collects at most `max` bytes. With a declared length (already counted in `permit`) the
-/// buffer is sized once; without one, each chunk is counted against `inflight` as it comes.
+/// How long a body with a declared length may take to start arriving before it must keep
+/// pace (see [`Pace`]): a round trip and a `100 Continue`, with room to spare.
+const BODY_START_GRACE: Duration = Duration::from_secs(2);
+
+/// When a body being read must have delivered more than it has.
+///
+/// A body with a declared length holds that much of `max_inflight_bytes` from the start, so a
+/// client that stops sending (its host gone, a bug, or on purpose) would hold it for the whole
+/// `body_read_timeout`, and two such clients could starve every other writer. Such a body must
+/// instead arrive at a pace that ends it within the timeout: after a short grace, the share
+/// received must keep up with the share of the timeout gone. A body that falls behind is cut
+/// (503, as for the timeout), and gives its reservation back in seconds. A body without a
+/// length holds only what arrived and has the whole timeout.
+struct Pace {
+    start: tokio::time::Instant,
+    timeout: Duration,
+    declared: Option<u64>,
+}
+
+impl Pace {
+    fn new(timeout: Duration, declared: Option<u64>) -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            timeout,
+            declared,
+        }
+    }
+
+    /// The time by which more than `received` bytes must have arrived.
+    fn deadline(&self, received: usize) -> tokio::time::Instant {
+        match self.declared {
+            Some(n) if n > 0 => {
+                let grace = BODY_START_GRACE.min(self.timeout);
+                let share = (received as f64 / n as f64).min(1.0);
+                self.start + grace + (self.timeout - grace).mul_f64(share)
+            }
+            _ => self.start + self.timeout,
+        }
+    }
+}
+
+/// Collects at most `max` bytes at the pace [`Pace`] sets. With a declared length (already
+/// counted in `permit`) the buffer is sized once; without one, each chunk is counted against
+/// `inflight` as it comes.
 async fn collect_capped<B>(
     body: B,
     max: usize,
@@ -423,10 +466,15 @@ where
     B::Error: std::fmt::Display,
 {
     let mut body = std::pin::pin!(body);
+    let pace = Pace::new(limits.read_timeout, declared);
     let mut first: Option<Bytes> = None;
     let mut buf: Option<Vec<u8>> = None;
     let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = tokio::time::timeout_at(pace.deadline(total), body.frame());
+        let Some(frame) = next.await.map_err(|_| RequestError::BodyReadTimeout)? else {
+            break;
+        };
         let frame = frame.map_err(|e| RequestError::BodyRead(e.to_string()))?;
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers
@@ -886,5 +934,84 @@ mod tests {
             .expect_err("timeout");
         assert_eq!(err, RequestError::BodyReadTimeout);
         assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// A body whose chunks come each after its delay; then it ends, or (`hang`) never does.
+    struct Trickle {
+        chunks: std::collections::VecDeque<(Duration, Bytes)>,
+        sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        hang: bool,
+    }
+
+    impl Trickle {
+        fn new(every: Duration, chunks: usize, size: usize, hang: bool) -> Self {
+            Trickle {
+                chunks: (0..chunks)
+                    .map(|_| (every, Bytes::from(vec![b'a'; size])))
+                    .collect(),
+                sleep: None,
+                hang,
+            }
+        }
+    }
+
+    impl hyper::body::Body for Trickle {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            use std::task::Poll;
+            let Some((delay, _)) = self.chunks.front() else {
+                return if self.hang {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(None)
+                };
+            };
+            let delay = *delay;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+            let chunk = self.chunks.pop_front().map(|(_, c)| c).unwrap_or_default();
+            Poll::Ready(Some(Ok(Frame::data(chunk))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_mid_way_gives_its_reservation_back_long_before_the_timeout() {
+        let inflight = InflightBytes::new(2_000_000);
+        let h = headers(&[("content-length", "1000000")]);
+        let started = tokio::time::Instant::now();
+        // 10 KB, then nothing: its 1 MB reservation would otherwise be held for all 5 s.
+        let body = Trickle::new(Duration::from_millis(100), 1, 10_000, true);
+        let err = read_body(body, &h, &limits(1_000_000), &inflight)
+            .await
+            .expect_err("cut");
+        assert_eq!(err, RequestError::BodyReadTimeout);
+        assert_eq!(inflight.in_use(), 0);
+        // 2 s to start, then 1% of the remaining 3 s for the 1% received (virtual time).
+        let cut_after = started.elapsed();
+        assert!(
+            cut_after < Duration::from_millis(2100),
+            "cut after {cut_after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_body_on_pace_to_end_within_the_timeout_is_read_whole() {
+        let inflight = InflightBytes::new(2_000_000);
+        let h = headers(&[("content-length", "1000000")]);
+        // A tenth every 450 ms: 4.5 s in all, always within the pace of a 5 s timeout.
+        let body = Trickle::new(Duration::from_millis(450), 10, 100_000, false);
+        let got = read_body(body, &h, &limits(1_000_000), &inflight)
+            .await
+            .expect("read whole");
+        assert_eq!(got.data.len(), 1_000_000);
     }
 }

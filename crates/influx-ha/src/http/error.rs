@@ -57,8 +57,9 @@ pub enum RequestError {
     /// answers a body read error; the client usually never sees it.
     #[error("{0}")]
     BodyRead(String),
-    /// The client took longer than `body_read_timeout` to send the body: 503, the data is not
-    /// at fault and the client should retry.
+    /// The client took longer than `body_read_timeout` to send the body, or fell behind the
+    /// pace that would end it within that time: 503, the data is not at fault and the client
+    /// should retry.
     #[error("timeout reading request body")]
     BodyReadTimeout,
     /// A state-changing statement that a backend's queue could not hold, should that backend
