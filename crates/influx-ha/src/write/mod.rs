@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::answer::{Outcome, Refusals, decide, level_met};
-use self::replica::{Batch, Delivery, Replica};
+use self::replica::{Batch, Delivery, QueueSlot, Replica};
 use crate::backend::BackendClient;
 use crate::config::{Config, FsyncPolicy, QueueConfig};
 use crate::http::body::InflightPermit;
@@ -45,9 +45,10 @@ use crate::shutdown::Shutdown;
 /// backend on the same network, short enough that a stalled one does not show.
 pub const SLOW_BACKEND_GRACE: Duration = Duration::from_millis(50);
 
-/// The longest a backend that cannot take a write directly waits for the others' answers
-/// before queueing it: long enough for a refusal from a backend on the same network, short
-/// since with `consistency = "any"` a stalled backend delays the answer by about this much.
+/// With `consistency = "any"`, the longest a backend that cannot take a write directly waits
+/// for the others' answers before queueing it: long enough for a refusal from a backend on the
+/// same network, short since a stalled backend delays the answer by about this much. (With the
+/// other levels only an acknowledgement meets the level, so it waits for the answers.)
 pub const QUEUE_WAIT: Duration = Duration::from_millis(200);
 
 /// Size cap of each backend's dead-letter store.
@@ -367,8 +368,8 @@ impl Gate {
 /// Delivers `batch` to every replica; returns each one's outcome, in replica order.
 ///
 /// A backend that cannot take the batch directly queues it only once another backend stored
-/// it or every direct send is over without a refusal, waiting at most [`QUEUE_WAIT`] for
-/// that: a write the answering backends refused is then queued nowhere, as DESIGN.md §3 has
+/// it or every direct send is over without a refusal (with `any`, after [`QUEUE_WAIT`] at
+/// most): a write the answering backends refused is then queued nowhere, as DESIGN.md §3 has
 /// it. Queued, it would reach that backend alone once its database exists.
 async fn fan_out(
     replicas: Arc<Vec<Arc<Replica>>>,
@@ -388,10 +389,15 @@ async fn fan_out(
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     // Deliveries returned while the gate was shut: until it opens, every task is one.
     let mut returned = 0;
-    let mut to_queue: Vec<usize> = Vec::new();
+    let mut to_queue: Vec<(usize, QueueSlot)> = Vec::new();
     let mut gate = Gate::Shut;
+    // Only `any` can be met by a queued copy: for the other levels opening the gate early
+    // would not answer sooner, and would queue writes that then turn out refused.
+    let timed = consistency == Consistency::Any;
     let gate_timer = tokio::time::sleep(QUEUE_WAIT);
     tokio::pin!(gate_timer);
+    // How long the gate kept the level from being met: not counted in the slow backends' grace.
+    let mut gate_wait = Duration::ZERO;
     let grace_timer = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
     tokio::pin!(grace_timer);
     let mut grace_started = false;
@@ -404,14 +410,17 @@ async fn fan_out(
                 }
                 match joined {
                     Ok((i, Delivery::Settled(outcome))) => outcomes[i] = Some(outcome),
-                    Ok((i, Delivery::ToQueue)) => to_queue.push(i),
+                    Ok((i, Delivery::ToQueue(slot))) => to_queue.push((i, slot)),
                     Err(e) => tracing::error!(error = %e, "delivery task failed"),
                 }
                 if gate == Gate::Shut {
                     gate = Gate::after(&outcomes, returned == n);
                 }
             }
-            () = &mut gate_timer, if gate == Gate::Shut => gate = Gate::Open,
+            () = &mut gate_timer, if timed && gate == Gate::Shut => {
+                gate = Gate::Open;
+                gate_wait = QUEUE_WAIT;
+            }
             () = &mut grace_timer, if grace_started && !*force.borrow() => {
                 let _ = force.send(true);
             }
@@ -419,13 +428,14 @@ async fn fan_out(
         match gate {
             Gate::Shut => {}
             Gate::Open => {
-                for i in to_queue.drain(..) {
-                    let (replica, batch) = (replicas[i].clone(), batch.clone());
-                    set.spawn(async move { (i, Delivery::Settled(replica.enqueue(&batch).await)) });
+                for (i, slot) in to_queue.drain(..) {
+                    let batch = batch.clone();
+                    set.spawn(async move { (i, Delivery::Settled(slot.enqueue(&batch).await)) });
                 }
             }
             Gate::Refused => {
-                for i in to_queue.drain(..) {
+                // Dropping a slot gives its place in the queue back.
+                for (i, _slot) in to_queue.drain(..) {
                     outcomes[i] = Some(Outcome::Withheld);
                 }
             }
@@ -435,7 +445,7 @@ async fn fan_out(
             // The others get as long again as the level took (at least `grace`): under load
             // every backend is slower, and only a stalled one is insured.
             grace_started = true;
-            let waited = started.elapsed();
+            let waited = started.elapsed().saturating_sub(gate_wait);
             grace_timer
                 .as_mut()
                 .reset(tokio::time::Instant::now() + grace.max(waited));
@@ -471,10 +481,14 @@ async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mu
         .iter()
         .any(|o| matches!(o, Outcome::Acked | Outcome::AckedPartial(_)))
     {
-        // Refused, but only after `QUEUE_WAIT`, when the others had queued it: their
-        // replay would store it on them alone (once the database exists, say).
+        // Refused (with `any`) only after `QUEUE_WAIT`, when the others had queued it: their
+        // replay would store it on them alone. A missing database or retention policy is
+        // left to the replay, which keeps the batch as a dead letter when no other backend
+        // has the schema either.
         let refusal = outcomes.iter().find_map(|o| match o {
-            Outcome::Refused { status, message } => Some((*status, message)),
+            Outcome::Refused { status, message } if !lacks_schema(message) => {
+                Some((*status, message))
+            }
             _ => None,
         });
         if let Some((status, message)) = refusal {
@@ -494,8 +508,7 @@ async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mu
             continue;
         };
         let text = String::from_utf8_lossy(message).into_owned();
-        if text.starts_with("database not found") || text.starts_with("retention policy not found")
-        {
+        if lacks_schema(message) {
             tracing::warn!(backend = replica.name(), reason = %text, "refused what another backend stored: queued");
             *outcome = replica.enqueue(batch).await;
         } else {
@@ -504,6 +517,11 @@ async fn settle_refusals(replicas: &[Arc<Replica>], batch: &Batch, outcomes: &mu
             ));
         }
     }
+}
+
+/// Whether a refusal says the backend lacks the database or retention policy written to.
+fn lacks_schema(message: &[u8]) -> bool {
+    message.starts_with(b"database not found") || message.starts_with(b"retention policy not found")
 }
 
 async fn collect(mut set: JoinSet<(usize, Outcome)>, n: usize) -> Vec<Outcome> {

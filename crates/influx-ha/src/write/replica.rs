@@ -31,12 +31,45 @@ const MAX_REPLAY_BATCH: usize = 4 << 20;
 const MAX_DELIVERED_INSURED: usize = 8;
 
 /// What [`Replica::deliver`] made of a write.
-#[derive(Debug)]
 pub enum Delivery {
     /// Acknowledged, refused, or (insured while its send goes on) queued.
     Settled(Outcome),
-    /// Not taken directly: to be queued, once the fan-out knows the write is not refused.
-    ToQueue,
+    /// Not taken directly: to be queued in this slot, once the fan-out knows the write is not
+    /// refused.
+    ToQueue(QueueSlot),
+}
+
+/// A place taken in a backend's queue for a write not yet appended. While it is held the
+/// backend is in queueing mode with one append counted in flight, so its replay cannot leave
+/// that mode and let a later write go direct before this one: the write is appended with
+/// [`QueueSlot::enqueue`], or the slot dropped (the write withheld) and the mode left if the
+/// queue is empty.
+pub struct QueueSlot {
+    replica: Arc<Replica>,
+    /// Still counted in flight by this slot.
+    held: bool,
+}
+
+impl QueueSlot {
+    /// Appends `batch` in this slot; its outcome.
+    pub async fn enqueue(mut self, batch: &Batch) -> Outcome {
+        let outcome = self
+            .replica
+            .submit_counted(self.replica.write_pieces(batch))
+            .await;
+        // `submit_counted` ended the count.
+        self.held = false;
+        outcome
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        if self.held {
+            lock(&self.replica.mode).appends_in_flight -= 1;
+            self.replica.leave_queueing_if_drained();
+        }
+    }
 }
 
 /// How long a replayed statement may run (a `SELECT … INTO` backfill takes a while; InfluxDB
@@ -620,7 +653,7 @@ impl Replica {
         mut force: watch::Receiver<bool>,
     ) -> Delivery {
         if self.is_queueing() || self.in_maintenance() {
-            return Delivery::ToQueue;
+            return Delivery::ToQueue(self.take_slot());
         }
         let (me, b) = (self.clone(), batch.clone());
         let mut send = Box::pin(async move {
@@ -683,8 +716,8 @@ impl Replica {
             other => {
                 self.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
                 self.note_error(describe(&other));
-                tracing::warn!(backend = self.name(), outcome = ?other, "direct write failed: to be queued");
-                return Delivery::ToQueue;
+                tracing::warn!(backend = self.name(), outcome = ?other, "direct write failed: queued");
+                return Delivery::ToQueue(self.take_slot());
             }
         })
     }
@@ -743,11 +776,32 @@ impl Replica {
         &self,
         submit: impl FnOnce(&Queue) -> Vec<handoff::Appending>,
     ) -> Outcome {
-        {
-            let mut m = lock(&self.mode);
-            m.queueing = true;
-            m.appends_in_flight += 1;
+        self.count_append();
+        self.submit_counted(submit).await
+    }
+
+    /// Enters queueing mode with one more append counted in flight (see [`Self::queue_behind`]).
+    fn count_append(&self) {
+        let mut m = lock(&self.mode);
+        m.queueing = true;
+        m.appends_in_flight += 1;
+    }
+
+    /// A [`QueueSlot`]: [`Self::count_append`], ended by the slot.
+    fn take_slot(self: &Arc<Self>) -> QueueSlot {
+        self.count_append();
+        QueueSlot {
+            replica: self.clone(),
+            held: true,
         }
+    }
+
+    /// The appends of `submit`, counted in flight beforehand by [`Self::count_append`]; ends
+    /// that count.
+    async fn submit_counted(
+        &self,
+        submit: impl FnOnce(&Queue) -> Vec<handoff::Appending>,
+    ) -> Outcome {
         let mut appended = Ok(None);
         // Every append is awaited, also after one failed: none is left in flight uncounted.
         for appending in submit(&self.queue) {
@@ -814,15 +868,22 @@ impl Replica {
     /// behind it. A payload longer than a record holds (ingest stamps can make a body's lines
     /// several times longer) goes as several records, cut at line ends.
     pub async fn enqueue(&self, batch: &Batch) -> Outcome {
+        self.queue_behind(self.write_pieces(batch)).await
+    }
+
+    /// The appends of `batch`'s payload, in records of whole lines.
+    fn write_pieces<'b>(
+        &self,
+        batch: &'b Batch,
+    ) -> impl FnOnce(&Queue) -> Vec<handoff::Appending> + 'b {
         let pieces = split_at_lines(&batch.payload, self.max_record_payload(batch));
         // The payload is shared with the queue's writer thread, not copied.
-        self.queue_behind(|q| {
+        move |q| {
             pieces
                 .into_iter()
                 .map(|piece| q.append_write(&batch.db, &batch.rp, batch.precision, piece))
                 .collect()
-        })
-        .await
+        }
     }
 
     /// The longest payload one queue record holds for `batch`'s database, policy and precision.
