@@ -67,6 +67,10 @@ pub enum RequestError {
     /// record): 400, and nothing is run anywhere.
     #[error("{0}")]
     CannotQueue(String),
+    /// A statement that names data by a backend's own ids (`DROP SHARD`), which mean other
+    /// data on each backend: 400, and nothing is run anywhere.
+    #[error("{0}")]
+    PerBackend(String),
     /// No line could be parsed: 400 with 1.6's `unable to parse …` text.
     #[error("{}", String::from_utf8_lossy(.0))]
     Unparsable(Vec<u8>),
@@ -143,6 +147,7 @@ impl RequestError {
             | Self::BodyRead(_)
             | Self::Unparsable(_)
             | Self::CannotQueue(_)
+            | Self::PerBackend(_)
             | Self::PartialWrite(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Backend { status, .. } => *status,

@@ -3,9 +3,15 @@
 //!
 //! The scanner knows just enough InfluxQL to find statement boundaries and leading keywords
 //! without being fooled by what is inside quotes or comments: `'strings'` and `"identifiers"`
-//! (with backslash escapes), `/regular expressions/` (where InfluxQL allows one: after `FROM`,
-//! `,`, `=~` and `!~`), `-- line` and `/* block */` comments. It never fails: text it cannot
-//! make sense of is a read, which one backend then refuses with InfluxDB's own parse error.
+//! (with backslash escapes), `/regular expressions/` (only `\/` is an escape in them, as in
+//! InfluxQL), `-- line` comments (ended by `\n` or `\r`, which InfluxQL reads as a line end)
+//! and `/* block */` comments. Where a `/` starts a regex follows InfluxQL's parser: where it
+//! expects an operand a `/` starts one, except that `/*` there is a comment; where it looks
+//! for a regex itself (a source after `FROM`, `,` or `.`, and after `=~` and `!~`) even `/*`
+//! starts one. Should that model be wrong somewhere, the query is also scanned with `/*`
+//! taken for a regex wherever an operand may start, and the more demanding route of the two
+//! is taken. The scanner never fails: text it cannot make sense of is a read, which one
+//! backend then refuses with InfluxDB's own parse error.
 //!
 //! | statement | [`StatementKind`] | where it goes |
 //! |---|---|---|
@@ -14,6 +20,7 @@
 //! | `SELECT … INTO`, `CREATE`, `DROP`, `ALTER`, `DELETE` (not about users) | [`StatementKind::Write`] | every backend; queued in order with the writes for one that cannot take it now |
 //! | `CREATE USER`, `DROP USER`, `SET PASSWORD`, `GRANT`, `REVOKE` | [`StatementKind::UserAdmin`] | every backend directly, never queued (it may carry a password) |
 //! | `KILL QUERY n [ON "backend"]` | [`StatementKind::KillQuery`] | the one backend named (query ids are per backend) |
+//! | `DROP SHARD n` | [`StatementKind::PerBackend`] | refused: shard ids are per backend, the same id names other data on each |
 //!
 //! The safe direction matters: a write taken for a read would reach one backend only, so any
 //! `INTO` outside quotes in a `SELECT` or `EXPLAIN` makes it a write, even where InfluxDB would
@@ -37,6 +44,8 @@ pub enum StatementKind {
         /// The host of `ON <host>`.
         on: Option<String>,
     },
+    /// Changes data named by a backend's own ids (`DROP SHARD`): not sent anywhere.
+    PerBackend,
 }
 
 /// One statement of a query.
@@ -62,6 +71,21 @@ pub enum Route {
         /// The backend named in the first `KILL QUERY … ON`, if any.
         on: Option<String>,
     },
+    /// Nowhere: the query holds a [`StatementKind::PerBackend`] statement.
+    Refused,
+}
+
+impl Route {
+    /// How much the route asks of the backends, for choosing the safer of two readings.
+    fn weight(&self) -> u8 {
+        match self {
+            Route::Read => 0,
+            Route::Kill { .. } => 1,
+            Route::Everywhere => 2,
+            Route::UserAdmin => 3,
+            Route::Refused => 4,
+        }
+    }
 }
 
 /// A query split and classified.
@@ -92,19 +116,55 @@ enum Token {
     Punct(u8),
 }
 
+/// What a `/` is at the scanner's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slash {
+    /// Division (after an operand); `/*` starts a comment.
+    Div,
+    /// The start of a regex, where an operand may start; `/*` starts a comment (InfluxQL's
+    /// parser scans a token there, and its scanner takes `/*` for a comment).
+    Operand,
+    /// The start of a regex, `/*` included: InfluxQL's parser reads a regex there itself.
+    Regex,
+}
+
 struct Scanner<'a> {
     q: &'a [u8],
     pos: usize,
-    /// Whether a `/` here would start a regular expression.
-    regex_allowed: bool,
+    slash: Slash,
+    /// The other reading: `/*` starts a regex wherever an operand may start.
+    regex_leaning: bool,
+    /// Whether the scanner is in a `FROM` list, where `,` and `.` precede a source.
+    in_from: bool,
+    /// `in_from` outside each open parenthesis.
+    outer_from: Vec<bool>,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(q: &'a str) -> Self {
+    fn new(q: &'a str, regex_leaning: bool) -> Self {
         Self {
             q: q.as_bytes(),
             pos: 0,
-            regex_allowed: false,
+            slash: Slash::Div,
+            regex_leaning,
+            in_from: false,
+            outer_from: Vec::new(),
+        }
+    }
+
+    /// Back to the state at the start of a statement.
+    fn restart(&mut self) {
+        self.slash = Slash::Div;
+        self.in_from = false;
+        self.outer_from.clear();
+    }
+
+    /// Whether `/*` here starts a comment.
+    fn block_comment_here(&self) -> bool {
+        match self.slash {
+            Slash::Div => true,
+            Slash::Operand => !self.regex_leaning,
+            Slash::Regex => false,
         }
     }
 
@@ -120,13 +180,13 @@ impl<'a> Scanner<'a> {
                 (Some(b'-'), Some(b'-')) => {
                     while let Some(b) = self.peek(0) {
                         self.pos += 1;
-                        if b == b'\n' {
+                        // InfluxQL's reader turns a lone `\r` into a line end too.
+                        if b == b'\n' || b == b'\r' {
                             break;
                         }
                     }
                 }
-                // Where a regex may start, `/*` starts one (as InfluxQL's parser reads it).
-                (Some(b'/'), Some(b'*')) if !self.regex_allowed => {
+                (Some(b'/'), Some(b'*')) if self.block_comment_here() => {
                     self.pos += 2;
                     loop {
                         match (self.peek(0), self.peek(1)) {
@@ -145,12 +205,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// Moves past a quoted run that started at `self.pos` with `quote`; returns where its
-    /// content ends. An unterminated run ends the text.
+    /// content ends. An unterminated run ends the text. A backslash escapes the next byte, but
+    /// in a regex only a `/` (InfluxQL passes other backslashes through to the regex).
     fn skip_quoted(&mut self, quote: u8) -> usize {
         self.pos += 1;
         while let Some(b) = self.peek(0) {
             if b == b'\\' {
-                self.pos = (self.pos + 2).min(self.q.len());
+                let escaped = quote != b'/' || self.peek(1) == Some(b'/');
+                self.pos = (self.pos + 1 + usize::from(escaped)).min(self.q.len());
                 continue;
             }
             if b == quote {
@@ -177,7 +239,7 @@ impl<'a> Scanner<'a> {
                 let end = self.skip_quoted(b'"');
                 Token::Quoted(start + 1..end)
             }
-            b'/' if self.regex_allowed => {
+            b'/' if self.slash != Slash::Div => {
                 self.skip_quoted(b'/');
                 Token::Regex
             }
@@ -202,21 +264,50 @@ impl<'a> Scanner<'a> {
         };
         // InfluxQL reads a `/` where an operand is expected as the start of a regex (a field,
         // a call argument, a dimension, a source, a match), and after an operand as division.
-        self.regex_allowed = match &token {
-            Token::Word(r) => OPERAND_KEYWORDS
-                .iter()
-                .any(|k| self.q[r.clone()].eq_ignore_ascii_case(k)),
-            Token::RegexOp => true,
-            Token::Punct(b')') => false,
-            Token::Punct(_) => true,
-            Token::Quoted(_) | Token::Str | Token::Regex | Token::Semicolon => false,
+        self.slash = match &token {
+            Token::Word(r) => {
+                let w = &self.q[r.clone()];
+                let is_any = |words: &[&[u8]]| words.iter().any(|k| w.eq_ignore_ascii_case(k));
+                if w.eq_ignore_ascii_case(b"FROM") {
+                    self.in_from = true;
+                    Slash::Regex
+                } else {
+                    if is_any(&FROM_ENDS) {
+                        self.in_from = false;
+                    }
+                    if is_any(&OPERAND_KEYWORDS) {
+                        Slash::Operand
+                    } else {
+                        Slash::Div
+                    }
+                }
+            }
+            Token::RegexOp => Slash::Regex,
+            Token::Punct(b',' | b'.') if self.in_from => Slash::Regex,
+            Token::Punct(b'(') => {
+                self.outer_from.push(self.in_from);
+                self.in_from = false;
+                Slash::Operand
+            }
+            Token::Punct(b')') => {
+                self.in_from = self.outer_from.pop().unwrap_or(false);
+                Slash::Div
+            }
+            Token::Punct(_) => Slash::Operand,
+            Token::Quoted(_) | Token::Str | Token::Regex | Token::Semicolon => Slash::Div,
         };
         Some((start, token))
     }
 }
 
 /// Keywords an operand follows (any other word is an operand itself).
-const OPERAND_KEYWORDS: [&[u8]; 6] = [b"SELECT", b"FROM", b"WHERE", b"BY", b"AND", b"OR"];
+const OPERAND_KEYWORDS: [&[u8]; 5] = [b"SELECT", b"WHERE", b"BY", b"AND", b"OR"];
+
+/// Keywords that end a `FROM` list.
+const FROM_ENDS: [&[u8]; 13] = [
+    b"SELECT", b"WHERE", b"GROUP", b"ORDER", b"LIMIT", b"OFFSET", b"SLIMIT", b"SOFFSET", b"FILL",
+    b"TZ", b"WITH", b"INTO", b"ON",
+];
 
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
@@ -224,7 +315,7 @@ fn is_word_byte(b: u8) -> bool {
 
 /// Splits `q` into its non-empty statements (comments and blanks alone are not statements).
 pub fn split(q: &str) -> Vec<Range<usize>> {
-    statements(q).into_iter().map(|(span, _)| span).collect()
+    classify(q).statements.into_iter().map(|s| s.span).collect()
 }
 
 /// What classifying a statement needs of its tokens, gathered as they are scanned: a query
@@ -258,10 +349,10 @@ impl Summary {
     }
 }
 
-/// Statements with the summary of their tokens.
-fn statements(q: &str) -> Vec<(Range<usize>, Summary)> {
+/// Statements with the summary of their tokens, in one of the two readings of `/*`.
+fn statements(q: &str, regex_leaning: bool) -> Vec<(Range<usize>, Summary)> {
     let mut out = Vec::new();
-    let mut scanner = Scanner::new(q);
+    let mut scanner = Scanner::new(q, regex_leaning);
     let mut summary = Summary::default();
     let mut first: Option<usize> = None;
     let mut last_end = 0;
@@ -273,7 +364,7 @@ fn statements(q: &str) -> Vec<(Range<usize>, Summary)> {
                     out.push((start..last_end, std::mem::take(&mut summary)));
                 }
                 // A new statement starts: a `/` at its start is not a regex.
-                scanner.regex_allowed = false;
+                scanner.restart();
                 if next.is_none() {
                     return out;
                 }
@@ -310,6 +401,7 @@ fn kind(q: &str, summary: &Summary) -> StatementKind {
         "SHOW" if is(q, t(1), "QUERIES") => StatementKind::ShowQueries,
         "SHOW" => StatementKind::Read,
         "CREATE" | "DROP" if is(q, t(1), "USER") => StatementKind::UserAdmin,
+        "DROP" if is(q, t(1), "SHARD") => StatementKind::PerBackend,
         "CREATE" | "DROP" | "ALTER" | "DELETE" => StatementKind::Write,
         "SET" | "GRANT" | "REVOKE" => StatementKind::UserAdmin,
         "KILL" => {
@@ -324,9 +416,21 @@ fn kind(q: &str, summary: &Summary) -> StatementKind {
     }
 }
 
-/// Splits and classifies a query.
+/// Splits and classifies a query: as InfluxQL reads it, unless reading `/*` as a regex
+/// wherever an operand may start finds a more demanding route (see the module docs).
 pub fn classify(q: &str) -> Classified {
-    let statements: Vec<Statement> = statements(q)
+    let exact = classify_reading(q, false);
+    let leaning = classify_reading(q, true);
+    if leaning.route.weight() > exact.route.weight() {
+        leaning
+    } else {
+        exact
+    }
+}
+
+/// Splits and classifies a query in one reading of `/*`.
+fn classify_reading(q: &str, regex_leaning: bool) -> Classified {
+    let statements: Vec<Statement> = statements(q, regex_leaning)
         .into_iter()
         .map(|(span, summary)| Statement {
             kind: kind(q, &summary),
@@ -334,7 +438,9 @@ pub fn classify(q: &str) -> Classified {
         })
         .collect();
     let any = |f: fn(&StatementKind) -> bool| statements.iter().any(|s| f(&s.kind));
-    let route = if any(|k| *k == StatementKind::UserAdmin) {
+    let route = if any(|k| *k == StatementKind::PerBackend) {
+        Route::Refused
+    } else if any(|k| *k == StatementKind::UserAdmin) {
         Route::UserAdmin
     } else if any(|k| *k == StatementKind::Write) {
         Route::Everywhere

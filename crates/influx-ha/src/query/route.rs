@@ -372,6 +372,9 @@ impl Inner {
                 self.everywhere(id, fwd, queued, statements).await
             }
             Route::UserAdmin => self.user_admin(id, fwd).await,
+            Route::Refused => Err(RequestError::PerBackend(
+                "DROP SHARD names a shard by its id on one backend, and the same id is other data on each: run it on each InfluxDB directly".to_owned(),
+            )),
         }
     }
 

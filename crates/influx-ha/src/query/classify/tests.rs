@@ -222,3 +222,90 @@ proptest! {
         prop_assert_eq!(classify(&q).route, Route::Everywhere);
     }
 }
+
+#[test]
+fn a_block_comment_where_influxql_scans_a_token_is_a_comment() {
+    // InfluxQL reads `/*` after WHERE, AND, BY, SELECT and punctuation as a comment: a `/` in
+    // it must not start a regex that swallows the statement after it.
+    for q in [
+        "SELECT * FROM cpu WHERE /* a/b */ time > 0",
+        "SELECT /* a/b */ v FROM cpu",
+        "SELECT v FROM cpu WHERE a = 1 AND /* x/ */ b = 2",
+        "SELECT v FROM cpu GROUP BY /* a/ */ host",
+        "SELECT max(/* a/ */ v) FROM cpu",
+    ] {
+        let query = format!("{q}; DROP MEASUREMENT cpu");
+        assert_eq!(texts(&query), vec![q, "DROP MEASUREMENT cpu"], "{query}");
+        assert_eq!(classify(&query).route, Route::Everywhere, "{query}");
+    }
+}
+
+#[test]
+fn where_influxql_reads_a_regex_itself_a_slash_star_starts_one() {
+    // After FROM, a `,` or `.` of a FROM list, `=~` and `!~`, InfluxQL's parser reads a regex
+    // without scanning a token: `/*` starts a regex there.
+    for (q, rest) in [
+        ("SELECT v FROM /*x;/", "DROP MEASUREMENT m"),
+        ("SELECT v FROM a, /*x;/", "DROP MEASUREMENT m"),
+        ("SELECT v FROM db.rp./*x;/", "DROP MEASUREMENT m"),
+        (
+            "SHOW MEASUREMENTS WITH MEASUREMENT =~ /*x;/",
+            "DROP MEASUREMENT m",
+        ),
+    ] {
+        let query = format!("{q}; {rest}");
+        assert_eq!(texts(&query), vec![q, rest], "{query}");
+    }
+    // A `,` outside a FROM list is not one: there `/*` is a comment.
+    assert_eq!(
+        texts("SELECT a, /* x; */ b FROM (SELECT c FROM m), /*y;/; SHOW USERS"),
+        vec![
+            "SELECT a, /* x; */ b FROM (SELECT c FROM m), /*y;/",
+            "SHOW USERS"
+        ]
+    );
+}
+
+#[test]
+fn either_reading_of_a_slash_star_that_finds_a_write_makes_the_query_one() {
+    // Read as a comment (as InfluxQL does after `,` in a field list) the DROP is hidden in a
+    // regex; read as a regex it is a statement of its own. Either way it goes everywhere.
+    let q = "SELECT a, /* x/ FROM m; DROP MEASUREMENT m -- */";
+    assert_eq!(classify(q).route, Route::Everywhere);
+    let q = "SELECT a, /x/ FROM m WHERE /* '/ ; DROP MEASUREMENT m -- '*/ b = 1";
+    assert_eq!(classify(q).route, Route::Everywhere);
+}
+
+#[test]
+fn in_a_regex_only_a_slash_is_escaped() {
+    // `\\/` is a backslash passed through, then an escaped `/`: the regex goes on.
+    let q = "SELECT /v\\\\/'|value/ INTO cpu_copy FROM cpu";
+    assert_eq!(kinds(q), vec![StatementKind::Write]);
+    let q = "SHOW MEASUREMENTS WITH MEASUREMENT =~ /a\\\\/'/; DROP MEASUREMENT cpu";
+    assert_eq!(
+        texts(q),
+        vec![
+            "SHOW MEASUREMENTS WITH MEASUREMENT =~ /a\\\\/'/",
+            "DROP MEASUREMENT cpu"
+        ]
+    );
+    // In strings and identifiers `\\` is one escaped backslash.
+    assert_eq!(
+        texts("SELECT 'a\\\\'; SHOW USERS"),
+        vec!["SELECT 'a\\\\'", "SHOW USERS"]
+    );
+}
+
+#[test]
+fn a_carriage_return_ends_a_line_comment() {
+    let q = "SELECT * FROM cpu -- x\r; DROP MEASUREMENT cpu";
+    assert_eq!(classify(q).route, Route::Everywhere);
+    assert_eq!(texts(q), vec!["SELECT * FROM cpu", "DROP MEASUREMENT cpu"]);
+}
+
+#[test]
+fn drop_shard_is_refused_for_its_id_is_per_backend() {
+    assert_eq!(kinds("DROP SHARD 5"), vec![StatementKind::PerBackend]);
+    assert_eq!(classify("SHOW SHARDS; drop shard 5").route, Route::Refused);
+    assert_eq!(classify("DROP SERIES FROM m").route, Route::Everywhere);
+}
