@@ -55,6 +55,9 @@ pub struct Statement {
     pub span: Range<usize>,
     /// What it does.
     pub kind: StatementKind,
+    /// Whether running it twice leaves what running it once does (creating a database,
+    /// creating or altering a retention policy).
+    pub repeatable: bool,
 }
 
 /// Where a whole query goes: the most demanding of its statements decides.
@@ -416,6 +419,13 @@ fn kind(q: &str, summary: &Summary) -> StatementKind {
     }
 }
 
+/// Whether the statement creates a database or creates or alters a retention policy.
+fn repeatable(q: &str, summary: &Summary) -> bool {
+    let t = |i: usize| summary.head.get(i);
+    (is(q, t(0), "CREATE") && (is(q, t(1), "DATABASE") || is(q, t(1), "RETENTION")))
+        || (is(q, t(0), "ALTER") && is(q, t(1), "RETENTION"))
+}
+
 /// Splits and classifies a query: as InfluxQL reads it, unless reading `/*` as a regex
 /// wherever an operand may start finds a more demanding route (see the module docs).
 pub fn classify(q: &str) -> Classified {
@@ -434,6 +444,7 @@ fn classify_reading(q: &str, regex_leaning: bool) -> Classified {
         .into_iter()
         .map(|(span, summary)| Statement {
             kind: kind(q, &summary),
+            repeatable: repeatable(q, &summary),
             span,
         })
         .collect();

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use super::classify::{Route, StatementKind, classify};
 use super::params::{Params, strip_credentials};
 use super::stream::{Outstanding, Peeked, Relayed, peek};
-use crate::backend::BackendClient;
+use crate::backend::{BackendClient, SendError};
 use crate::config::QueryConfig;
 use crate::go_json;
 use crate::http::body::{BodyLimits, SharedLimits};
@@ -224,10 +224,34 @@ impl Verdict {
     }
 }
 
+/// How long a state-changing statement sent directly may take to answer: as long as a queued
+/// one may. A `SELECT … INTO` backfill or a `DROP` of much data takes a while, and one given up
+/// on would be queued and run a second time.
+const STATEMENT_TIMEOUT: Duration = crate::write::replica::STATEMENT_REPLAY_TIMEOUT;
+
+/// Why a request has no answer from a backend.
+enum NoAnswer {
+    /// No connection could be made: the request never reached it.
+    NotSent(String),
+    /// It may have reached the backend, which did not answer (in time, or before the
+    /// connection broke or it was marked down).
+    Unanswered(String),
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoAnswer::NotSent(why) | NoAnswer::Unanswered(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Why a statement sent to a backend has no held answer.
 enum Unheld {
-    /// It did not run there (no connection, no answer, a 5xx): queued for the replay.
+    /// It did not run there (no connection, a 5xx): queued for the replay.
     NotRun(String),
+    /// Sent, never answered: it may have run.
+    MayHaveRun(String),
     /// The backend answered (the statement ran) but the answer could not be read whole.
     RanUnread { status: StatusCode, why: String },
 }
@@ -235,7 +259,7 @@ enum Unheld {
 impl std::fmt::Display for Unheld {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unheld::NotRun(why) => f.write_str(why),
+            Unheld::NotRun(why) | Unheld::MayHaveRun(why) => f.write_str(why),
             Unheld::RanUnread { status, why } => write!(f, "answered {status}, then {why}"),
         }
     }
@@ -369,7 +393,9 @@ impl Inner {
                 {
                     return Err(RequestError::CannotQueue(why));
                 }
-                self.everywhere(id, fwd, queued, statements).await
+                let repeatable = classified.statements.iter().all(|s| s.repeatable);
+                self.everywhere(id, fwd, queued, statements, repeatable)
+                    .await
             }
             Route::UserAdmin => self.user_admin(id, fwd).await,
             Route::Refused => Err(RequestError::PerBackend(
@@ -456,10 +482,10 @@ impl Inner {
         for i in order {
             let target = &self.targets[i];
             let outstanding = Outstanding::new(&target.outstanding);
-            let resp = match self.send(i, fwd).await {
+            let resp = match self.send(i, fwd, self.config.timeout).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    self.fail(i, &mut failures, e);
+                    self.fail(i, &mut failures, e.to_string());
                     continue;
                 }
             };
@@ -494,20 +520,21 @@ impl Inner {
         )))
     }
 
-    /// Sends `fwd` to backend `i` and waits for the answer's head: at most `[query] timeout`,
-    /// and no longer than the backend stays up (a stopped backend accepts connections and
-    /// never answers; once the health checks mark it down, the next one is tried).
+    /// Sends `fwd` to backend `i` and waits for the answer's head: at most `timeout`, and no
+    /// longer than the backend stays up (a stopped backend accepts connections and never
+    /// answers; once the health checks mark it down, the next one is tried).
     async fn send(
         &self,
         i: usize,
         fwd: &Forward,
-    ) -> Result<Response<hyper::body::Incoming>, String> {
+        timeout: Duration,
+    ) -> Result<Response<hyper::body::Incoming>, NoAnswer> {
         let sent = self.targets[i].client.forward(
             fwd.method.clone(),
             &fwd.path_and_query,
             fwd.headers.clone(),
             fwd.body.clone(),
-            self.config.timeout,
+            timeout,
         );
         let is_down = || {
             self.board
@@ -529,8 +556,13 @@ impl Inner {
             }
         };
         tokio::select! {
-            sent = sent => sent.map_err(|e| e.to_string()),
-            () = marked_down => Err("marked down while the query waited for its answer".to_owned()),
+            sent = sent => sent.map_err(|e| match e {
+                SendError::Connect(_) => NoAnswer::NotSent(e.to_string()),
+                _ => NoAnswer::Unanswered(e.to_string()),
+            }),
+            () = marked_down => Err(NoAnswer::Unanswered(
+                "marked down while the query waited for its answer".to_owned(),
+            )),
         }
     }
 
@@ -591,15 +623,19 @@ impl Inner {
 
     // === state-changing statements ===
 
-    /// Sends `fwd` to backend `i` and holds its whole answer; `Err` for no answer or a 5xx.
-    async fn send_held(&self, i: usize, fwd: &Forward) -> Result<Held, Unheld> {
+    /// Sends `fwd` to backend `i` and holds its whole answer, waiting up to `timeout`; `Err`
+    /// for no answer or a 5xx.
+    async fn send_held(&self, i: usize, fwd: &Forward, timeout: Duration) -> Result<Held, Unheld> {
         let target = &self.targets[i];
         let _outstanding = Outstanding::new(&target.outstanding);
-        let resp = self.send(i, fwd).await.map_err(Unheld::NotRun)?;
+        let resp = self.send(i, fwd, timeout).await.map_err(|e| match e {
+            NoAnswer::NotSent(why) => Unheld::NotRun(why),
+            NoAnswer::Unanswered(why) => Unheld::MayHaveRun(why),
+        })?;
         let status = resp.status();
         if status.is_server_error() {
             // Whatever its body says, it did not run: queued for the replay.
-            let held = hold(resp, self.config.timeout).await;
+            let held = hold(resp, timeout).await;
             let text = held.map_or_else(
                 |why| why,
                 |h| {
@@ -610,7 +646,7 @@ impl Inner {
             );
             return Err(Unheld::NotRun(format!("answered {status}: {text}")));
         }
-        let held = hold(resp, self.config.timeout)
+        let held = hold(resp, timeout)
             .await
             .map_err(|why| Unheld::RanUnread { status, why })?;
         Ok(held)
@@ -624,6 +660,7 @@ impl Inner {
         fwd: Forward,
         queued: QueuedStatement,
         statements: usize,
+        repeatable: bool,
     ) -> Result<Response<ResponseBody>, RequestError> {
         let state = self.board.load();
         let fwd = Arc::new(fwd);
@@ -640,12 +677,29 @@ impl Inner {
                 if let Some(r) = queue_now {
                     return (i, Err(queued.enqueue(r).await));
                 }
-                match me.send_held(i, &fwd).await {
+                match me.send_held(i, &fwd, STATEMENT_TIMEOUT).await {
                     Ok(held) => (i, Ok(held)),
                     // It ran there: queueing it would run it again.
                     Err(Unheld::RanUnread { status, why }) => {
                         tracing::warn!(backend = me.name(i), %status, reason = %why, "statement executed, its answer not held");
                         (i, Err(Outcome::Acked))
+                    }
+                    // Queued, it runs again when the backend is back: harmless for creating a
+                    // database or a retention policy; a `DROP`, a `DELETE` relative to `now()`
+                    // or a `SELECT … INTO` run twice may leave it with other data than the
+                    // others have.
+                    Err(Unheld::MayHaveRun(why)) => {
+                        me.marks.failure(i, why.clone());
+                        tracing::warn!(backend = me.name(i), reason = %why, "statement sent, no answer: queued to run again");
+                        let Some(r) = &replica else {
+                            return (i, Err(Outcome::Failed(why)));
+                        };
+                        if !repeatable {
+                            r.mark_diverged(&format!(
+                                "state-changing statements may have run before it failed ({why}); they are queued and run again"
+                            ));
+                        }
+                        (i, Err(queued.enqueue(r).await))
                     }
                     Err(Unheld::NotRun(why)) => {
                         me.marks.failure(i, why.clone());
@@ -811,7 +865,7 @@ impl Inner {
         let mut set = JoinSet::new();
         for i in 0..self.targets.len() {
             let (me, fwd) = (self.clone(), fwd.clone());
-            set.spawn(async move { (i, me.send_held(i, &fwd).await) });
+            set.spawn(async move { (i, me.send_held(i, &fwd, me.config.timeout).await) });
         }
         let outcomes = tokio::spawn(async move {
             let mut out = Vec::new();

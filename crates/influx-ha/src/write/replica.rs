@@ -74,7 +74,7 @@ impl Drop for QueueSlot {
 
 /// How long a replayed statement may run (a `SELECT … INTO` backfill takes a while; InfluxDB
 /// stops a statement whose client hangs up, so a short deadline would retry it for ever).
-const STATEMENT_REPLAY_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const STATEMENT_REPLAY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Bytes of a replayed statement's answer read: its error, if any, comes first; rows are not
 /// needed.
 const STATEMENT_ANSWER_KEPT: usize = 64 * 1024;

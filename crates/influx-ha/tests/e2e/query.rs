@@ -400,6 +400,47 @@ fn peered_relays(urls2: &[String], extra2: &str, urls1: &[String], extra1: &str)
 }
 
 #[test]
+fn a_statement_sent_and_never_answered_runs_again_and_only_a_repeatable_one_keeps_sync() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    let proxy = FaultProxy::start(b.addr());
+    let mut relay = Relay::start_urls(&[a.url(), proxy.url()], FAST_HEALTH);
+    wait_ready(&mut relay);
+    let influx_1 = |relay: &mut Relay| relay.status_json()["backends"][1].clone();
+
+    // influx-1 takes what it is sent and never answers, until it is marked down: the
+    // statement may have run there. Run again from the queue, creating a database is harmless.
+    proxy.set_mode(Mode::Stall);
+    let r = query(&mut relay, &[("q", "CREATE DATABASE made")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(influx_1(&mut relay)["queue"]["records"], 1);
+    proxy.set_mode(Mode::Pass);
+    wait_until("the queued statement ran", CONVERGE, || {
+        b.query("", "SHOW DATABASES").contains("made")
+            && influx_1(&mut relay)["queue"]["records"] == 0
+    });
+    assert_eq!(
+        influx_1(&mut relay)["diverged_reason"],
+        serde_json::Value::Null
+    );
+
+    // A DROP run twice may remove what was written between the two runs there alone.
+    wait_until("influx-1 is up again", CONVERGE, || {
+        influx_1(&mut relay)["reachability"] == "up"
+    });
+    proxy.set_mode(Mode::Stall);
+    let r = query(&mut relay, &[("db", "db"), ("q", "DROP MEASUREMENT m")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entry = influx_1(&mut relay);
+    let why = entry["diverged_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("may have run"), "{entry}");
+    assert_eq!(entry["queue"]["records"], 1, "{entry}");
+}
+
+#[test]
 fn a_peer_tells_of_its_queue_at_once_and_of_its_drain() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
