@@ -290,7 +290,9 @@ fn main() {
     let counter = Counting::default();
     let (stop, _) = tokio::sync::broadcast::channel(1);
     let stats = runtime.block_on(async {
-        let listeners = Listeners::bind(&config, counter.clone())
+        // The node's default budget (`max_inflight_bytes`).
+        let budget = influx_ha::http::body::InflightBytes::new(32 << 20);
+        let listeners = Listeners::bind(&config, counter.clone(), &budget)
             .await
             .expect("listeners bind");
         let stats = listeners.stats();

@@ -548,7 +548,7 @@ pub async fn serve_with_reload(
         }
     }
     let sink = crate::ingest::ReplicatorSink::new(replicator.clone(), config.write.consistency);
-    let listeners = match crate::ingest::Listeners::bind(&config, sink).await {
+    let listeners = match crate::ingest::Listeners::bind(&config, sink, node.inflight()).await {
         Ok(l) => l,
         Err(e) => {
             replicator.close();

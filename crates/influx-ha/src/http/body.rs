@@ -226,6 +226,19 @@ impl InflightPermit {
     pub fn bytes(&self) -> usize {
         self.permit.as_ref().map_or(0, |p| p.num_permits())
     }
+
+    /// Gives back what this permit holds beyond `n` bytes.
+    pub fn shrink_to(&mut self, n: usize) {
+        let extra = self.bytes().saturating_sub(n);
+        if extra == 0 {
+            return;
+        }
+        if n == 0 {
+            self.permit = None;
+        } else if let Some(p) = &mut self.permit {
+            drop(p.split(extra));
+        }
+    }
 }
 
 impl InflightBytes {
@@ -303,6 +316,33 @@ impl InflightBytes {
             }
             Ok(Err(_closed)) => Err(RequestError::Unavailable("shutting down".to_owned())),
             Err(_elapsed) => Err(self.refuse(Some(wait))),
+        }
+    }
+
+    /// Takes `n` more bytes into `permit`, waiting as long as it takes (the caller bounds the
+    /// wait); not counted as a request's wait. For the TCP listeners' buffers.
+    pub async fn reserve(&self, permit: &mut InflightPermit, n: usize) -> Result<(), RequestError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n32 = u32::try_from(n.min(self.capacity)).map_err(|_| RequestError::BodyTooLarge)?;
+        match self.semaphore.clone().acquire_many_owned(n32).await {
+            Ok(more) => {
+                permit.merge(more);
+                Ok(())
+            }
+            Err(_closed) => Err(RequestError::Unavailable("shutting down".to_owned())),
+        }
+    }
+
+    /// Takes `n` more bytes into `permit` if there is room now, without counting a refusal.
+    pub fn try_reserve(&self, permit: &mut InflightPermit, n: usize) -> bool {
+        match self.take_now(n) {
+            Ok(Some(more)) => {
+                permit.merge(more);
+                true
+            }
+            _ => n == 0,
         }
     }
 

@@ -43,6 +43,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, GraphiteProtocol};
+use crate::http::body::InflightBytes;
 use crate::http::error::RequestError;
 use crate::params::Consistency;
 use crate::shutdown::Shutdown;
@@ -135,6 +136,7 @@ pub struct Counters {
     connections: AtomicU64,
     open_connections: AtomicU64,
     closed_for_long_lines: AtomicU64,
+    closed_for_memory: AtomicU64,
     bytes: AtomicU64,
     lines: AtomicU64,
     bad_lines: AtomicU64,
@@ -162,6 +164,9 @@ pub struct CountersSnapshot {
     pub open_connections: u64,
     /// TCP: connections closed because a line grew past `max_body_bytes`.
     pub closed_for_long_lines: u64,
+    /// TCP: connections closed because their incomplete line found no room under
+    /// `max_inflight_bytes` within `inflight_wait`.
+    pub closed_for_memory: u64,
     /// Bytes received.
     pub bytes: u64,
     /// Lines received (points and refused lines; blank lines and comments are not counted).
@@ -203,6 +208,7 @@ impl Counters {
             connections: get(&self.connections),
             open_connections: get(&self.open_connections),
             closed_for_long_lines: get(&self.closed_for_long_lines),
+            closed_for_memory: get(&self.closed_for_memory),
             bytes: get(&self.bytes),
             lines: get(&self.lines),
             bad_lines: get(&self.bad_lines),
@@ -309,12 +315,60 @@ impl<S: Sink> Feed<S> {
     /// timestamps stamped, or `None` when there is none. Refused lines are logged.
     pub(crate) fn prepare<'a>(&self, lines: &'a [u8]) -> Option<Cow<'a, [u8]>> {
         let v = lineproto::validate(lines, self.precision, unix_nanos());
+        if v.rejected().iter().any(|r| r.line().contains(&b'\n')) {
+            return self.prepare_apart(lines).map(Cow::Owned);
+        }
         let bad = v.rejected().len();
-        add(&self.counters.lines, v.points() + bad);
+        self.count_refused(v.points(), bad, || v.influx_error().unwrap_or_default());
+        (v.points() > 0).then(|| v.into_output())
+    }
+
+    /// [`Self::prepare`] for a block where a refused line runs over newlines: a stray `"`
+    /// makes the quote-aware line splitter run a line on to the next quote, and in a stream
+    /// every good line up to there would be lost with it. Each line is validated on its own
+    /// here, and a refused one that runs over newlines is taken apart at them, so that only
+    /// the line with the stray quote is refused. (A string value holding newlines that is
+    /// valid stays whole.)
+    fn prepare_apart(&self, block: &[u8]) -> Option<Vec<u8>> {
+        let now = unix_nanos();
+        let mut out = Vec::with_capacity(block.len());
+        let (mut points, mut bad) = (0, 0);
+        let mut first_error = None;
+        let mut keep = |v: &lineproto::Validated<'_>, out: &mut Vec<u8>| {
+            points += v.points();
+            bad += v.rejected().len();
+            if first_error.is_none() {
+                first_error = v.influx_error();
+            }
+            if v.points() > 0 {
+                out.extend_from_slice(v.output());
+                if out.last() != Some(&b'\n') {
+                    out.push(b'\n');
+                }
+            }
+        };
+        for line in lineproto::lines(block) {
+            let v = lineproto::validate(line, self.precision, now);
+            if v.rejected().iter().any(|r| r.line().contains(&b'\n')) {
+                for piece in line.split_inclusive(|&b| b == b'\n') {
+                    keep(&lineproto::validate(piece, self.precision, now), &mut out);
+                }
+            } else {
+                keep(&v, &mut out);
+            }
+        }
+        self.count_refused(points, bad, || first_error.unwrap_or_default());
+        (points > 0).then_some(out)
+    }
+
+    /// Counts `points` and `bad` refused lines, logging (rate limited) the error `error`
+    /// gives when there are refused ones.
+    fn count_refused(&self, points: usize, bad: usize, error: impl FnOnce() -> Vec<u8>) {
+        add(&self.counters.lines, points + bad);
         if bad > 0 {
             add(&self.counters.bad_lines, bad);
             if let Some(suppressed) = self.bad_lines_log.allow() {
-                let error = v.influx_error().unwrap_or_default();
+                let error = error();
                 tracing::warn!(
                     listener = %self.listener,
                     kind = self.kind,
@@ -326,7 +380,6 @@ impl<S: Sink> Feed<S> {
                 );
             }
         }
-        (v.points() > 0).then(|| v.into_output())
     }
 
     /// Converts `lines` of a text protocol into line protocol, counting and logging (rate
@@ -519,9 +572,13 @@ pub struct Listeners<S> {
     http: SocketAddr,
 }
 
+/// The longest Graphite or OpenTSDB line taken: far more than one metric needs.
+const TEXT_LINE_MAX: usize = 64 * 1024;
+
 impl<S: Sink + Clone> Listeners<S> {
-    /// Binds every listener of `config`, writing through `sink`.
-    pub async fn bind(config: &Config, sink: S) -> Result<Self, BindError> {
+    /// Binds every listener of `config`, writing through `sink`; the TCP listeners' buffers
+    /// count against `budget` (`max_inflight_bytes`).
+    pub async fn bind(config: &Config, sink: S, budget: &InflightBytes) -> Result<Self, BindError> {
         // Batches stay within what a backend takes in one request, like a client's would.
         let max_body = usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX);
         let mut udp = Vec::with_capacity(config.udp.len());
@@ -550,6 +607,7 @@ impl<S: Sink + Clone> Listeners<S> {
                 max_line_bytes: max_body,
                 max_batch_bytes: defaults.max_batch_bytes.min(max_body),
                 drain_timeout: config.http.drain_timeout,
+                memory_wait: config.http.inflight_wait,
                 ..defaults
             };
             tcp.push(
@@ -563,9 +621,11 @@ impl<S: Sink + Clone> Listeners<S> {
             );
         }
         let tcp_options = tcp::TcpOptions {
-            max_line_bytes: max_body,
+            // Graphite and OpenTSDB lines are a metric each.
+            max_line_bytes: max_body.min(TEXT_LINE_MAX),
             max_batch_bytes: tcp::TcpOptions::default().max_batch_bytes.min(max_body),
             drain_timeout: config.http.drain_timeout,
+            memory_wait: config.http.inflight_wait,
             ..tcp::TcpOptions::default()
         };
         let udp_options = udp::UdpOptions {
@@ -626,6 +686,9 @@ impl<S: Sink + Clone> Listeners<S> {
                         error,
                     })?,
             );
+        }
+        for t in &mut tcp {
+            t.set_budget(budget.clone());
         }
         Ok(Self {
             udp,
@@ -821,7 +884,7 @@ mod tests {
              [[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n"
         );
         let config = Config::from_toml(&text, "test").expect("valid");
-        let err = Listeners::bind(&config, Recorder::default())
+        let err = Listeners::bind(&config, Recorder::default(), &InflightBytes::new(1 << 20))
             .await
             .err()
             .expect("port taken");
@@ -830,7 +893,7 @@ mod tests {
 
         let text = text.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:0");
         let config = Config::from_toml(&text, "test").expect("valid");
-        let listeners = Listeners::bind(&config, Recorder::default())
+        let listeners = Listeners::bind(&config, Recorder::default(), &InflightBytes::new(1 << 20))
             .await
             .expect("free ports");
         let stats = listeners.stats();

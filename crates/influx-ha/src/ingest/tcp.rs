@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 
 use super::{Feed, ListenerStats, Sink, TextProtocol, add};
 use crate::config::TcpConfig;
+use crate::http::body::{InflightBytes, InflightPermit};
 use crate::shutdown::Shutdown;
 
 /// Limits of a TCP listener.
@@ -50,6 +51,9 @@ pub struct TcpOptions {
     pub max_line_bytes: usize,
     /// After shutdown: time connections get to finish their write.
     pub drain_timeout: Duration,
+    /// How long a connection holding an incomplete line waits for room in the node's memory
+    /// budget before it is closed (`inflight_wait`).
+    pub memory_wait: Duration,
 }
 
 impl Default for TcpOptions {
@@ -61,6 +65,7 @@ impl Default for TcpOptions {
             max_batch_bytes: 1 << 20,
             max_line_bytes: 25_000_000,
             drain_timeout: Duration::from_secs(30),
+            memory_wait: Duration::from_secs(5),
         }
     }
 }
@@ -72,6 +77,9 @@ pub struct TcpLineListener<S> {
     options: TcpOptions,
     /// What the lines are when they are not line protocol (Graphite, OpenTSDB).
     text: Option<Arc<dyn TextProtocol>>,
+    /// The node's memory budget (`max_inflight_bytes`), shared with the HTTP bodies: every
+    /// connection's buffer counts against it.
+    budget: InflightBytes,
 }
 
 impl<S> std::fmt::Debug for TcpLineListener<S> {
@@ -128,7 +136,14 @@ impl<S: Sink> TcpLineListener<S> {
             )),
             options,
             text,
+            budget: InflightBytes::new(usize::MAX),
         })
+    }
+
+    /// Counts the connections' buffers against `budget` (by default they have one of their
+    /// own, unlimited).
+    pub fn set_budget(&mut self, budget: InflightBytes) {
+        self.budget = budget;
     }
 
     /// The address it got (useful with port 0).
@@ -206,6 +221,7 @@ impl<S: Sink> TcpLineListener<S> {
                 peer,
                 options: self.options,
                 text: self.text.clone(),
+                budget: self.budget.clone(),
             };
             let stop = Shutdown::new(notify.subscribe());
             let sniff_stop = Shutdown::new(notify.subscribe());
@@ -244,6 +260,7 @@ struct Connection<S> {
     peer: SocketAddr,
     options: TcpOptions,
     text: Option<Arc<dyn TextProtocol>>,
+    budget: InflightBytes,
 }
 
 /// How reading went.
@@ -263,6 +280,17 @@ enum Read {
 /// A buffer with no complete line up to this size is scanned again at every newline.
 const RESCAN_FREELY: usize = 64 * 1024;
 
+/// Whether `buf`, which holds no complete line, is held open by a stray quote: it has
+/// newlines, and no `"` in its last 64 KiB. A string value open for that long is longer than
+/// InfluxDB stores (64 KiB), while the strings of real lines open and close far more often;
+/// taken for a string, it would swallow every line after it.
+fn stray_quote(buf: &[u8]) -> bool {
+    let Some(quote) = buf.iter().rposition(|&b| b == b'"') else {
+        return false;
+    };
+    buf.len() - quote > RESCAN_FREELY && buf[quote..].contains(&b'\n')
+}
+
 impl<S: Sink> Connection<S> {
     async fn serve(self, mut stream: TcpStream, mut shutdown: Shutdown) {
         let mut buf = BytesMut::new();
@@ -274,8 +302,18 @@ impl<S: Sink> Connection<S> {
         // ends costs linear time, not a whole rescan for every newline that arrives.
         let mut stuck_at = 0usize;
         let mut newline_pending = false;
+        // What `buf` holds and one more read, counted against the node's memory budget.
+        let mut held = InflightPermit::default();
         loop {
-            let read = self.read(&mut stream, &mut buf, &mut shutdown).await;
+            if let Err(why) = self.make_room(&mut held, &buf, &mut shutdown).await {
+                // Complete lines behind a put-off scan are written; the incomplete rest is lost.
+                self.write_complete(&mut buf, &mut stream, &mut shutdown)
+                    .await;
+                return self.discard(&buf, why);
+            }
+            let read = self
+                .read(&mut stream, &mut buf, &mut held, &mut shutdown)
+                .await;
             let eof = match read {
                 Read::Data { eof } => eof,
                 Read::Eof => true,
@@ -309,7 +347,12 @@ impl<S: Sink> Connection<S> {
             let rescan = stuck_at <= RESCAN_FREELY || buf.len() >= stuck_at.saturating_mul(2);
             if newline_pending && rescan {
                 newline_pending = false;
-                let n = self.complete(&buf);
+                let mut n = self.complete(&buf);
+                if n == 0 && self.text.is_none() && stray_quote(&buf) {
+                    // The lines up to the last newline go, and validation takes them apart at
+                    // their newlines ([`Feed::prepare`]) instead of losing them all.
+                    n = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                }
                 if n > 0 {
                     let lines = buf.split_to(n).freeze();
                     self.write(lines, &mut stream, &mut shutdown).await;
@@ -349,11 +392,59 @@ impl<S: Sink> Connection<S> {
         }
     }
 
-    /// Waits for data (idle timeout, shutdown), then takes what else is readable at once.
+    /// Makes `held` cover `buf` and one more read, giving back the rest. A connection with
+    /// nothing buffered waits as long as it takes (its client's bytes wait in the kernel); one
+    /// holding an incomplete line waits up to `memory_wait` and is then given up (with why),
+    /// since connections that all wait for room to complete their lines would wait for ever.
+    async fn make_room(
+        &self,
+        held: &mut InflightPermit,
+        buf: &BytesMut,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), &'static str> {
+        let need = buf.len() + self.options.read_bytes;
+        held.shrink_to(need);
+        let more = need.saturating_sub(held.bytes());
+        if more == 0 {
+            return Ok(());
+        }
+        let reserve = self.budget.reserve(held, more);
+        let waited = tokio::select! {
+            () = shutdown.recv() => return Err("shutting down"),
+            r = async {
+                if buf.is_empty() {
+                    Ok(reserve.await)
+                } else {
+                    tokio::time::timeout(self.options.memory_wait, reserve).await
+                }
+            } => r,
+        };
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("shutting down"),
+            Err(_elapsed) => {
+                add(&self.feed.counters.closed_for_memory, 1);
+                if let Some(suppressed) = self.feed.other_log.allow() {
+                    tracing::warn!(
+                        listener = %self.feed.listener,
+                        peer = %self.peer,
+                        buffered = buf.len(),
+                        suppressed,
+                        "no room in max_inflight_bytes for an incomplete line: connection closed"
+                    );
+                }
+                Err("no room for its incomplete line")
+            }
+        }
+    }
+
+    /// Waits for data (idle timeout, shutdown), then takes what else is readable at once, as
+    /// far as `held` has room for it.
     async fn read(
         &self,
         stream: &mut TcpStream,
         buf: &mut BytesMut,
+        held: &mut InflightPermit,
         shutdown: &mut Shutdown,
     ) -> Read {
         buf.reserve(self.options.read_bytes);
@@ -370,6 +461,14 @@ impl<S: Sink> Connection<S> {
         add(&self.feed.counters.bytes, n);
         let mut taken = n;
         while taken < self.options.max_batch_bytes {
+            let room = held.bytes().saturating_sub(buf.len());
+            if room < self.options.read_bytes
+                && !self
+                    .budget
+                    .try_reserve(held, self.options.read_bytes - room)
+            {
+                break;
+            }
             buf.reserve(self.options.read_bytes);
             match stream.try_read_buf(buf) {
                 Ok(0) => return Read::Data { eof: true },
@@ -471,6 +570,10 @@ mod tests {
     }
 
     async fn start(options: TcpOptions) -> Running {
+        start_with_budget(options, None).await
+    }
+
+    async fn start_with_budget(options: TcpOptions, budget: Option<InflightBytes>) -> Running {
         let config = TcpConfig {
             bind: "127.0.0.1:0".parse().expect("addr"),
             database: "tcpdb".into(),
@@ -478,9 +581,12 @@ mod tests {
             idle_timeout: Duration::from_secs(300),
         };
         let recorder = Recorder::default();
-        let l = TcpLineListener::bind(&config, recorder.clone(), options)
+        let mut l = TcpLineListener::bind(&config, recorder.clone(), options)
             .await
             .expect("bind");
+        if let Some(budget) = budget {
+            l.set_budget(budget);
+        }
         let addr = l.local_addr();
         let counters = l.stats().counters;
         let (stop, rx) = broadcast::channel(1);
@@ -657,6 +763,70 @@ mod tests {
         other.write_all(b"after v=2 2\n").await.expect("write");
         eventually("after", || r.recorder.lines().len() == 2).await;
         assert_eq!(r.recorder.lines(), ["ok v=1 1", "after v=2 2"]);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn buffers_count_against_the_memory_budget_and_a_line_that_cannot_fit_is_given_up() {
+        let budget = InflightBytes::new(256 * 1024);
+        let r = start_with_budget(
+            TcpOptions {
+                memory_wait: Duration::from_millis(200),
+                ..TcpOptions::default()
+            },
+            Some(budget.clone()),
+        )
+        .await;
+        // A line that never ends: past the budget (well within max_line_bytes) it is given up.
+        let mut long = connect(r.addr).await;
+        let mut line = b"m s=\"".to_vec();
+        line.resize(300 * 1024, b'x');
+        // The server may close mid-write.
+        let _ = long.write_all(&line).await;
+        eventually("closed for want of memory", || {
+            r.counters.snapshot().closed_for_memory == 1
+        })
+        .await;
+        assert!(budget.in_use() <= 256 * 1024);
+        // Its bytes are free for others.
+        let mut other = connect(r.addr).await;
+        other.write_all(b"after v=2 2\n").await.expect("write");
+        eventually("after", || r.recorder.lines() == ["after v=2 2"]).await;
+        drop(other);
+        eventually("everything given back", || budget.in_use() == 0).await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_stray_quote_costs_its_own_line_only() {
+        let r = start(TcpOptions::default()).await;
+        let mut c = connect(r.addr).await;
+        // A quote that a later one closes: the block between them parses as one bad line
+        // (bad here: its timestamp would be `v=1`).
+        c.write_all(b"a v=1 1\nm s=\"oops 2\nb v=2 3\nc,t=\" v=1 4\nd v=4 5\n")
+            .await
+            .expect("write");
+        eventually("the lines around the stray quote", || {
+            r.recorder.lines().len() == 4
+        })
+        .await;
+        assert_eq!(
+            r.recorder.lines(),
+            ["a v=1 1", "b v=2 3", "c,t=\" v=1 4", "d v=4 5"]
+        );
+        // A quote that nothing closes: past 64 KiB the lines after it are taken apart too.
+        c.write_all(b"m s=\"oops 6\n").await.expect("write");
+        let mut lines = Vec::new();
+        for i in 0..5000 {
+            lines.extend_from_slice(format!("e,i={i} v={i}i 7\n").as_bytes());
+        }
+        c.write_all(&lines).await.expect("write");
+        eventually("the lines after an unclosed quote", || {
+            r.recorder.lines().len() == 4 + 5000
+        })
+        .await;
+        let s = r.counters.snapshot();
+        assert_eq!((s.lines, s.bad_lines), (4 + 5000 + 2, 2), "{s:?}");
         r.stop().await;
     }
 
