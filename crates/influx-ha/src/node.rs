@@ -547,7 +547,7 @@ pub async fn serve_with_reload(
             }
         }
     }
-    let sink = crate::ingest::ReplicatorSink::new(replicator.clone(), config.write.consistency);
+    let sink = crate::ingest::ReplicatorSink::new(replicator.clone());
     let listeners = match crate::ingest::Listeners::bind(&config, sink, node.inflight()).await {
         Ok(l) => l,
         Err(e) => {

@@ -45,7 +45,6 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, GraphiteProtocol};
 use crate::http::body::InflightBytes;
 use crate::http::error::RequestError;
-use crate::params::Consistency;
 use crate::shutdown::Shutdown;
 use crate::write::Replicator;
 
@@ -94,19 +93,15 @@ pub trait TextProtocol: Send + Sync + 'static {
     }
 }
 
-/// The write path at the configured default consistency.
+/// The write path at the configured default consistency (as a reload last set it).
 #[derive(Debug, Clone)]
 pub struct ReplicatorSink {
     replicator: Arc<Replicator>,
-    consistency: Consistency,
 }
 
 impl ReplicatorSink {
-    pub fn new(replicator: Arc<Replicator>, consistency: Consistency) -> Self {
-        Self {
-            replicator,
-            consistency,
-        }
+    pub fn new(replicator: Arc<Replicator>) -> Self {
+        Self { replicator }
     }
 }
 
@@ -121,7 +116,7 @@ impl Sink for ReplicatorSink {
             db.to_owned(),
             None,
             precision.v1_param(),
-            self.consistency,
+            self.replicator.default_consistency(),
             data,
         )
     }

@@ -277,6 +277,9 @@ enum Read {
     Failed(std::io::Error),
 }
 
+/// How long a text protocol's reply (`version`, `stats`) may wait for its client to read.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A buffer with no complete line up to this size is scanned again at every newline.
 const RESCAN_FREELY: usize = 64 * 1024;
 
@@ -485,30 +488,30 @@ impl<S: Sink> Connection<S> {
 
     /// Validates and replicates whole lines (retrying while the write path answers 503).
     async fn write(&self, lines: Bytes, stream: &mut TcpStream, shutdown: &mut Shutdown) {
+        let mut reply = Vec::new();
         let lines = match &self.text {
-            Some(text) => {
-                let mut reply = Vec::new();
-                let converted = self.feed.convert(text.as_ref(), &lines, &mut reply);
-                if !reply.is_empty() {
-                    // A client that does not read its answers only loses them.
-                    let _ = tokio::io::AsyncWriteExt::write_all(stream, &reply).await;
-                }
-                Bytes::from(converted)
-            }
+            Some(text) => Bytes::from(self.feed.convert(text.as_ref(), &lines, &mut reply)),
             None => lines,
         };
-        if lines.is_empty() {
-            return;
+        if let Some(valid) = (!lines.is_empty())
+            .then(|| self.feed.prepare(&lines))
+            .flatten()
+        {
+            let data = match valid {
+                // Unchanged: the lines themselves, without a copy.
+                std::borrow::Cow::Borrowed(_) => lines.clone(),
+                std::borrow::Cow::Owned(v) => Bytes::from(v),
+            };
+            self.feed.deliver(data, Some(shutdown)).await;
         }
-        let Some(valid) = self.feed.prepare(&lines) else {
-            return;
-        };
-        let data = match valid {
-            // Unchanged: the lines themselves, without a copy.
-            std::borrow::Cow::Borrowed(_) => lines.clone(),
-            std::borrow::Cow::Owned(v) => Bytes::from(v),
-        };
-        self.feed.deliver(data, Some(shutdown)).await;
+        if !reply.is_empty() {
+            // After the data: a client that does not read its answers only loses them, and
+            // neither holds up its points nor keeps the connection for ever.
+            let send = tokio::io::AsyncWriteExt::write_all(stream, &reply);
+            if tokio::time::timeout(REPLY_TIMEOUT, send).await.is_err() {
+                tracing::debug!(peer = %self.peer, "a reply was not read in time: dropped");
+            }
+        }
     }
 
     /// How many bytes at the start of `buf` are complete lines.

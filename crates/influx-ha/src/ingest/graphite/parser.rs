@@ -323,10 +323,10 @@ impl GraphiteParser {
             let tags = if tags.is_empty() {
                 Vec::new()
             } else {
-                let mut t = parse_tags(tags)?;
-                t.sort();
-                t.dedup_by(|a, b| a.0 == b.0);
-                t
+                // Into a map, as InfluxDB reads them: the last value given for a key wins.
+                let t: std::collections::BTreeMap<String, String> =
+                    parse_tags(tags)?.into_iter().collect();
+                t.into_iter().collect()
             };
             list.push(Template::new(template, tags, separator)?);
             let index = list.len() - 1;

@@ -145,3 +145,12 @@ fn bad_templates_are_refused_with_the_reason() {
     assert!(bad(&["a b c d"]).contains("invalid template format"));
     assert!(parse_default_tags(&["novalue".into()]).is_err());
 }
+
+#[test]
+fn a_template_tag_given_twice_takes_its_last_value() {
+    let p = parser(&["servers.* .host.measurement dc=a,dc=b"], ".", &[]);
+    assert_eq!(
+        one(&p, "servers.web01.cpu 1 1700000000"),
+        Ok("cpu,dc=b,host=web01 value=1.0 1700000000000000000".into())
+    );
+}
