@@ -379,6 +379,10 @@ impl Inner {
                 self.read(id, &fwd, Some(target)).await
             }
             Route::Everywhere => {
+                // Every backend's answer is read for refusals: not compressed. (The client gets
+                // it uncompressed, which `Accept-Encoding` allows.)
+                let mut fwd = fwd;
+                fwd.headers.remove(ACCEPT_ENCODING);
                 let statements = classified.statements.len().max(1);
                 let queued = QueuedStatement {
                     db: params.get("db").to_owned(),
@@ -502,7 +506,8 @@ impl Inner {
             let body = match peek(body).await {
                 Ok(Peeked::Complete(data)) => full(data),
                 Ok(Peeked::Partial(held, rest)) => {
-                    Relayed::new(held, rest, outstanding, (self.marks.clone(), i)).boxed()
+                    let marks = (self.marks.clone(), i);
+                    Relayed::new(held, rest, outstanding, marks, self.config.timeout).boxed()
                 }
                 Err(e) => {
                     self.fail(i, &mut failures, format!("answer cut off: {e}"));

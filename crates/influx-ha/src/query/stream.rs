@@ -4,6 +4,7 @@
 //! answer stays chunked.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,22 +96,40 @@ pub struct Relayed {
     _outstanding: Outstanding,
     /// Where a failure mid-stream is reported: the marks and the backend's index.
     marks: (PassiveMarks, usize),
+    /// Longest silence of the backend between two frames.
+    idle: Duration,
+    /// When the current silence ends the answer.
+    silence: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Relayed {
-    /// A body of `held`, then `rest`.
+    /// A body of `held`, then `rest`, cut (with an error) once the backend sends nothing for
+    /// `idle`: a backend that stopped mid-answer (a stopped process still has its kernel keep
+    /// the connection up) would otherwise hold the client and its count for ever.
     pub fn new(
         held: VecDeque<Bytes>,
         rest: Incoming,
         outstanding: Outstanding,
         marks: (PassiveMarks, usize),
+        idle: Duration,
     ) -> Self {
         Self {
             held,
             rest: Some(rest),
             _outstanding: outstanding,
             marks,
+            idle,
+            silence: Box::pin(tokio::time::sleep(idle)),
         }
+    }
+
+    /// Ends the stream with `why`, reported against the backend.
+    fn cut(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rest = None;
+        let (marks, index) = &self.marks;
+        marks.failure(*index, format!("answer cut off: {why}"));
+        tracing::warn!(error = %why, "a backend's answer was cut off mid-stream");
+        Poll::Ready(Some(Err(why.into())))
     }
 }
 
@@ -129,19 +148,23 @@ impl Body for Relayed {
             return Poll::Ready(None);
         };
         match Pin::new(rest).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if self.silence.as_mut().poll(cx).is_ready() {
+                    let idle = self.idle;
+                    return self.cut(format!("nothing received for {idle:?}"));
+                }
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 self.rest = None;
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Err(e))) => {
-                self.rest = None;
-                let (marks, index) = &self.marks;
-                marks.failure(*index, format!("answer cut off: {e}"));
-                tracing::warn!(error = %e, "a backend's answer was cut off mid-stream");
-                Poll::Ready(Some(Err(Box::new(e))))
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.silence.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(Some(Err(e))) => self.cut(e.to_string()),
         }
     }
 
@@ -163,5 +186,79 @@ impl Body for Relayed {
                 hint
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// One frame of `PEEK_BYTES` and more, then nothing ever again.
+    struct StopsMidway(Option<Bytes>);
+
+    impl Body for StopsMidway {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.0.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// An answer from a server that sends its start and then stops sending.
+    async fn answer_that_stops() -> Incoming {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let svc = hyper::service::service_fn(|_req| async {
+                let start = Bytes::from(vec![b'x'; PEEK_BYTES + 1]);
+                Ok::<_, Infallible>(hyper::Response::new(StopsMidway(Some(start))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::new(http_body_util::Empty::<Bytes>::new());
+        send.send_request(req).await.expect("head").into_body()
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_stops_midway_is_cut_after_the_idle_time() {
+        let body = answer_that_stops().await;
+        let Ok(Peeked::Partial(held, rest)) = peek(body).await else {
+            panic!("the start is held back, the rest streams");
+        };
+        let count = Arc::new(AtomicUsize::new(0));
+        let relayed = Relayed::new(
+            held,
+            rest,
+            Outstanding::new(&count),
+            (PassiveMarks::new(1), 0),
+            Duration::from_millis(300),
+        );
+        let collected = tokio::time::timeout(Duration::from_secs(60), relayed.collect())
+            .await
+            .expect("the stream ends");
+        let err = collected.err().expect("ended with an error");
+        assert!(err.to_string().contains("nothing received"), "{err}");
+        // The backend's count was given back with the body.
+        assert_eq!(count.load(Ordering::Relaxed), 0);
     }
 }

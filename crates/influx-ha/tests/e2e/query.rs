@@ -270,6 +270,34 @@ fn a_backend_that_refuses_a_statement_another_ran_is_marked_diverged() {
 }
 
 #[test]
+fn a_refusal_is_seen_when_the_client_accepts_gzip() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    b.create_database("only");
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    // Asked for gzip, the backends would compress the answers the refusal is read from.
+    let r = relay.request(
+        "POST",
+        "/query",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Accept-Encoding", "gzip"),
+        ],
+        form(&[("db", "only"), ("q", "DELETE FROM m")]).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = relay.status_json();
+    let why = status["backends"][0]["diverged_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("refused state-changing statements"),
+        "{status}"
+    );
+}
+
+#[test]
 fn a_queued_statement_that_fails_on_its_backend_marks_it_diverged() {
     let _serial = serial();
     let (a, mut b) = (Influxd::start(), Influxd::start());
