@@ -256,7 +256,7 @@ mod tests {
         let collected = tokio::time::timeout(Duration::from_secs(60), relayed.collect())
             .await
             .expect("the stream ends");
-        let err = collected.err().expect("ended with an error");
+        let err = collected.expect_err("ended with an error");
         assert!(err.to_string().contains("nothing received"), "{err}");
         // The backend's count was given back with the body.
         assert_eq!(count.load(Ordering::Relaxed), 0);
