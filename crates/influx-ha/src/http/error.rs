@@ -71,6 +71,9 @@ pub enum RequestError {
     /// data on each backend: 400, and nothing is run anywhere.
     #[error("{0}")]
     PerBackend(String),
+    /// `/query` without a query: 400, as 1.6 answers it.
+    #[error("missing required parameter \"q\"")]
+    MissingQuery,
     /// No line could be parsed: 400 with 1.6's `unable to parse …` text.
     #[error("{}", String::from_utf8_lossy(.0))]
     Unparsable(Vec<u8>),
@@ -148,6 +151,7 @@ impl RequestError {
             | Self::Unparsable(_)
             | Self::CannotQueue(_)
             | Self::PerBackend(_)
+            | Self::MissingQuery
             | Self::PartialWrite(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Backend { status, .. } => *status,

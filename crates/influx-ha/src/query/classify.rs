@@ -22,6 +22,8 @@
 //! | `KILL QUERY n [ON "backend"]` | [`StatementKind::KillQuery`] | the one backend named (query ids are per backend) |
 //! | `DROP SHARD n` | [`StatementKind::PerBackend`] | refused: shard ids are per backend, the same id names other data on each |
 //!
+//! A `KILL QUERY` sent together with statements for every backend is refused too.
+//!
 //! The safe direction matters: a write taken for a read would reach one backend only, so any
 //! `INTO` outside quotes in a `SELECT` or `EXPLAIN` makes it a write, even where InfluxDB would
 //! then refuse the statement.
@@ -74,8 +76,9 @@ pub enum Route {
         /// The backend named in the first `KILL QUERY … ON`, if any.
         on: Option<String>,
     },
-    /// Nowhere: the query holds a [`StatementKind::PerBackend`] statement.
-    Refused,
+    /// Nowhere, for this reason: a [`StatementKind::PerBackend`] statement, or a `KILL QUERY`
+    /// (one backend) sent with statements that must run on every backend.
+    Refused(&'static str),
 }
 
 impl Route {
@@ -86,7 +89,7 @@ impl Route {
             Route::Kill { .. } => 1,
             Route::Everywhere => 2,
             Route::UserAdmin => 3,
-            Route::Refused => 4,
+            Route::Refused(_) => 4,
         }
     }
 }
@@ -449,8 +452,15 @@ fn classify_reading(q: &str, regex_leaning: bool) -> Classified {
         })
         .collect();
     let any = |f: fn(&StatementKind) -> bool| statements.iter().any(|s| f(&s.kind));
+    let kill = any(|k| matches!(k, StatementKind::KillQuery { .. }));
     let route = if any(|k| *k == StatementKind::PerBackend) {
-        Route::Refused
+        Route::Refused(
+            "DROP SHARD names a shard by its id on one backend, and the same id is other data on each: run it on each InfluxDB directly",
+        )
+    } else if kill && any(|k| matches!(k, StatementKind::Write | StatementKind::UserAdmin)) {
+        Route::Refused(
+            "KILL QUERY runs on one backend and the other statements on every backend: send them apart",
+        )
     } else if any(|k| *k == StatementKind::UserAdmin) {
         Route::UserAdmin
     } else if any(|k| *k == StatementKind::Write) {

@@ -356,6 +356,10 @@ impl Inner {
                 body: Bytes::new(),
             }
         };
+        if params.q.trim().is_empty() {
+            // Answered here as InfluxDB answers it, also when no backend could take a read.
+            return Err(RequestError::MissingQuery);
+        }
         let classified = classify(&params.q);
         match classified.route {
             Route::Read => self.read(id, &fwd, None).await,
@@ -402,9 +406,7 @@ impl Inner {
                     .await
             }
             Route::UserAdmin => self.user_admin(id, fwd).await,
-            Route::Refused => Err(RequestError::PerBackend(
-                "DROP SHARD names a shard by its id on one backend, and the same id is other data on each: run it on each InfluxDB directly".to_owned(),
-            )),
+            Route::Refused(why) => Err(RequestError::PerBackend(why.to_owned())),
         }
     }
 

@@ -306,6 +306,21 @@ fn a_carriage_return_ends_a_line_comment() {
 #[test]
 fn drop_shard_is_refused_for_its_id_is_per_backend() {
     assert_eq!(kinds("DROP SHARD 5"), vec![StatementKind::PerBackend]);
-    assert_eq!(classify("SHOW SHARDS; drop shard 5").route, Route::Refused);
+    assert!(matches!(
+        classify("SHOW SHARDS; drop shard 5").route,
+        Route::Refused(_)
+    ));
     assert_eq!(classify("DROP SERIES FROM m").route, Route::Everywhere);
+}
+
+#[test]
+fn kill_query_with_statements_for_every_backend_is_refused() {
+    assert!(matches!(
+        classify("KILL QUERY 5 ON a; DROP MEASUREMENT m").route,
+        Route::Refused(_)
+    ));
+    assert!(matches!(
+        classify("KILL QUERY 5; SHOW QUERIES").route,
+        Route::Kill { .. }
+    ));
 }
