@@ -26,7 +26,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::task::JoinSet;
@@ -273,6 +272,8 @@ enum Read {
     Eof,
     /// Nothing came within the idle timeout.
     Idle,
+    /// No room in the memory budget (or shutdown while waiting for it): why.
+    NoRoom(&'static str),
     Shutdown,
     Failed(std::io::Error),
 }
@@ -308,26 +309,25 @@ impl<S: Sink> Connection<S> {
         // What `buf` holds and one more read, counted against the node's memory budget.
         let mut held = InflightPermit::default();
         loop {
-            if let Err(why) = self.make_room(&mut held, &buf, &mut shutdown).await {
-                // Complete lines behind a put-off scan are written; the incomplete rest is lost.
-                self.write_complete(&mut buf, &mut stream, &mut shutdown)
-                    .await;
-                return self.discard(&buf, why);
-            }
             let read = self
                 .read(&mut stream, &mut buf, &mut held, &mut shutdown)
                 .await;
             let eof = match read {
                 Read::Data { eof } => eof,
                 Read::Eof => true,
+                Read::NoRoom(why) => {
+                    self.write_before_end(&mut buf, &mut stream, &mut shutdown)
+                        .await;
+                    return self.discard(&buf, why);
+                }
                 Read::Idle => {
                     tracing::debug!(peer = %self.peer, "idle TCP connection closed");
-                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
+                    self.write_before_end(&mut buf, &mut stream, &mut shutdown)
                         .await;
                     return self.discard(&buf, "idle connection closed");
                 }
                 Read::Shutdown => {
-                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
+                    self.write_before_end(&mut buf, &mut stream, &mut shutdown)
                         .await;
                     return self.discard(&buf, "shutting down");
                 }
@@ -441,8 +441,9 @@ impl<S: Sink> Connection<S> {
         }
     }
 
-    /// Waits for data (idle timeout, shutdown), then takes what else is readable at once, as
-    /// far as `held` has room for it.
+    /// Waits for data (idle timeout, shutdown), makes room for it, then takes what else is
+    /// readable at once as far as `held` has room. Room is taken only once the client has sent
+    /// something: an idle connection holds no more than its buffered bytes.
     async fn read(
         &self,
         stream: &mut TcpStream,
@@ -450,16 +451,33 @@ impl<S: Sink> Connection<S> {
         held: &mut InflightPermit,
         shutdown: &mut Shutdown,
     ) -> Read {
-        buf.reserve(self.options.read_bytes);
-        let first = tokio::select! {
-            () = shutdown.recv() => return Read::Shutdown,
-            r = tokio::time::timeout(self.options.idle_timeout, stream.read_buf(buf)) => r,
-        };
-        let n = match first {
-            Err(_) => return Read::Idle,
-            Ok(Err(e)) => return Read::Failed(e),
-            Ok(Ok(0)) => return Read::Eof,
-            Ok(Ok(n)) => n,
+        held.shrink_to(buf.len());
+        let n = loop {
+            // A peek, not `readable()`, which may answer before any byte is there: the room
+            // is taken only for bytes that arrived.
+            let mut byte = [0u8; 1];
+            let arrived = tokio::select! {
+                () = shutdown.recv() => return Read::Shutdown,
+                r = tokio::time::timeout(self.options.idle_timeout, stream.peek(&mut byte)) => r,
+            };
+            match arrived {
+                Err(_) => return Read::Idle,
+                Ok(Err(e)) => return Read::Failed(e),
+                Ok(Ok(0)) => return Read::Eof,
+                Ok(Ok(_)) => {}
+            }
+            if let Err(why) = self.make_room(held, buf, shutdown).await {
+                return Read::NoRoom(why);
+            }
+            match self.read_within(stream, buf, held) {
+                Ok(0) => return Read::Eof,
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    held.shrink_to(buf.len());
+                    continue;
+                }
+                Err(e) => return Read::Failed(e),
+            }
         };
         add(&self.feed.counters.bytes, n);
         let mut taken = n;
@@ -472,8 +490,7 @@ impl<S: Sink> Connection<S> {
             {
                 break;
             }
-            buf.reserve(self.options.read_bytes);
-            match stream.try_read_buf(buf) {
+            match self.read_within(stream, buf, held) {
                 Ok(0) => return Read::Data { eof: true },
                 Ok(n) => {
                     add(&self.feed.counters.bytes, n);
@@ -484,6 +501,25 @@ impl<S: Sink> Connection<S> {
             }
         }
         Read::Data { eof: false }
+    }
+
+    /// Reads what is there without waiting, at most what `held` has room for beyond `buf`.
+    fn read_within(
+        &self,
+        stream: &TcpStream,
+        buf: &mut BytesMut,
+        held: &InflightPermit,
+    ) -> std::io::Result<usize> {
+        let room = held
+            .bytes()
+            .saturating_sub(buf.len())
+            .min(self.options.read_bytes);
+        if room == 0 {
+            // A read into no room would answer 0, which means the end of the stream.
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        buf.reserve(room);
+        stream.try_read_buf(&mut bytes::BufMut::limit(&mut *buf, room))
     }
 
     /// Validates and replicates whole lines (retrying while the write path answers 503).
@@ -538,6 +574,25 @@ impl<S: Sink> Connection<S> {
         }
     }
 
+    /// [`Self::write_complete`] as the connection ends without its last line: a quote still
+    /// open will not close now, so the lines up to the last newline go too, and validation
+    /// takes apart a refused line that runs over newlines ([`Feed::prepare`]).
+    async fn write_before_end(
+        &self,
+        buf: &mut BytesMut,
+        stream: &mut TcpStream,
+        shutdown: &mut Shutdown,
+    ) {
+        let mut n = self.complete(buf);
+        if self.text.is_none() {
+            n = n.max(buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));
+        }
+        if n > 0 {
+            let lines = buf.split_to(n).freeze();
+            self.write(lines, stream, shutdown).await;
+        }
+    }
+
     fn discard(&self, tail: &[u8], why: &'static str) {
         if !tail.is_empty() {
             self.feed.discard(tail, why);
@@ -547,7 +602,7 @@ impl<S: Sink> Connection<S> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::http::error::RequestError;
@@ -790,7 +845,6 @@ mod tests {
             r.counters.snapshot().closed_for_memory == 1
         })
         .await;
-        assert!(budget.in_use() <= 256 * 1024);
         // Its bytes are free for others.
         let mut other = connect(r.addr).await;
         other.write_all(b"after v=2 2\n").await.expect("write");
@@ -830,6 +884,45 @@ mod tests {
         .await;
         let s = r.counters.snapshot();
         assert_eq!((s.lines, s.bad_lines), (4 + 5000 + 2, 2), "{s:?}");
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_hold_none_of_the_memory_budget() {
+        // Room for four reads at once: eight connections that wait for data must not hold it.
+        let budget = InflightBytes::new(256 * 1024);
+        let r = start_with_budget(TcpOptions::default(), Some(budget.clone())).await;
+        let mut idle = Vec::new();
+        for _ in 0..8 {
+            idle.push(connect(r.addr).await);
+        }
+        idle[7].write_all(b"a v=1 1\n").await.expect("write");
+        eventually("a", || r.recorder.lines() == ["a v=1 1"]).await;
+        let mut other = connect(r.addr).await;
+        other.write_all(b"b v=2 2\n").await.expect("write");
+        eventually("b", || r.recorder.lines().len() == 2).await;
+        eventually("nothing held while idle", || budget.in_use() == 0).await;
+        drop(idle);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_end_keeps_the_lines_after_a_stray_quote() {
+        let r = start(TcpOptions {
+            idle_timeout: Duration::from_millis(200),
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut c = connect(r.addr).await;
+        c.write_all(b"a v=1 1\nm s=\"oops 2\nb v=2 3\npartial")
+            .await
+            .expect("write");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest))
+            .await
+            .expect("closed by the server")
+            .expect("clean close");
+        assert_eq!(r.recorder.lines(), ["a v=1 1", "b v=2 3"]);
         r.stop().await;
     }
 

@@ -5,13 +5,13 @@
 //! without being fooled by what is inside quotes or comments: `'strings'` and `"identifiers"`
 //! (with backslash escapes), `/regular expressions/` (only `\/` is an escape in them, as in
 //! InfluxQL), `-- line` comments (ended by `\n` or `\r`, which InfluxQL reads as a line end)
-//! and `/* block */` comments. Where a `/` starts a regex follows InfluxQL's parser: where it
-//! expects an operand a `/` starts one, except that `/*` there is a comment; where it looks
-//! for a regex itself (a source after `FROM`, `,` or `.`, and after `=~` and `!~`) even `/*`
-//! starts one. Should that model be wrong somewhere, the query is also scanned with `/*`
-//! taken for a regex wherever an operand may start, and the more demanding route of the two
-//! is taken. The scanner never fails: text it cannot make sense of is a read, which one
-//! backend then refuses with InfluxDB's own parse error.
+//! and `/* block */` comments. `/*` always starts a comment: where InfluxQL's parser would read
+//! it as the start of a regex instead (after `FROM` or `=~`, say), that regex would begin with
+//! `*`, which Go's regexp refuses, so InfluxDB refuses the whole query and nothing runs. A `/`
+//! not followed by `*` starts a regex where InfluxQL expects an operand (a field, a call
+//! argument, a dimension, a source, a match) and divides after one. The scanner never fails:
+//! text it cannot make sense of is a read, which one backend then refuses with InfluxDB's own
+//! parse error.
 //!
 //! | statement | [`StatementKind`] | where it goes |
 //! |---|---|---|
@@ -57,8 +57,8 @@ pub struct Statement {
     pub span: Range<usize>,
     /// What it does.
     pub kind: StatementKind,
-    /// Whether running it twice leaves what running it once does (creating a database,
-    /// creating or altering a retention policy).
+    /// Whether running it twice leaves what running it once does (a read, creating a
+    /// database, creating or altering a retention policy that is not made the default).
     pub repeatable: bool,
 }
 
@@ -79,19 +79,6 @@ pub enum Route {
     /// Nowhere, for this reason: a [`StatementKind::PerBackend`] statement, or a `KILL QUERY`
     /// (one backend) sent with statements that must run on every backend.
     Refused(&'static str),
-}
-
-impl Route {
-    /// How much the route asks of the backends, for choosing the safer of two readings.
-    fn weight(&self) -> u8 {
-        match self {
-            Route::Read => 0,
-            Route::Kill { .. } => 1,
-            Route::Everywhere => 2,
-            Route::UserAdmin => 3,
-            Route::Refused(_) => 4,
-        }
-    }
 }
 
 /// A query split and classified.
@@ -122,37 +109,23 @@ enum Token {
     Punct(u8),
 }
 
-/// What a `/` is at the scanner's position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slash {
-    /// Division (after an operand); `/*` starts a comment.
-    Div,
-    /// The start of a regex, where an operand may start; `/*` starts a comment (InfluxQL's
-    /// parser scans a token there, and its scanner takes `/*` for a comment).
-    Operand,
-    /// The start of a regex, `/*` included: InfluxQL's parser reads a regex there itself.
-    Regex,
-}
-
 struct Scanner<'a> {
     q: &'a [u8],
     pos: usize,
-    slash: Slash,
-    /// The other reading: `/*` starts a regex wherever an operand may start.
-    regex_leaning: bool,
-    /// Whether the scanner is in a `FROM` list, where `,` and `.` precede a source.
+    /// Whether a `/` here starts a regex (where an operand may start) rather than dividing.
+    regex_allowed: bool,
+    /// Whether the scanner is in a `FROM` list, where a `.` precedes a source (`db.rp./re/`).
     in_from: bool,
     /// `in_from` outside each open parenthesis.
     outer_from: Vec<bool>,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(q: &'a str, regex_leaning: bool) -> Self {
+    fn new(q: &'a str) -> Self {
         Self {
             q: q.as_bytes(),
             pos: 0,
-            slash: Slash::Div,
-            regex_leaning,
+            regex_allowed: false,
             in_from: false,
             outer_from: Vec::new(),
         }
@@ -160,18 +133,9 @@ impl<'a> Scanner<'a> {
 
     /// Back to the state at the start of a statement.
     fn restart(&mut self) {
-        self.slash = Slash::Div;
+        self.regex_allowed = false;
         self.in_from = false;
         self.outer_from.clear();
-    }
-
-    /// Whether `/*` here starts a comment.
-    fn block_comment_here(&self) -> bool {
-        match self.slash {
-            Slash::Div => true,
-            Slash::Operand => !self.regex_leaning,
-            Slash::Regex => false,
-        }
     }
 
     fn peek(&self, off: usize) -> Option<u8> {
@@ -192,7 +156,7 @@ impl<'a> Scanner<'a> {
                         }
                     }
                 }
-                (Some(b'/'), Some(b'*')) if self.block_comment_here() => {
+                (Some(b'/'), Some(b'*')) => {
                     self.pos += 2;
                     loop {
                         match (self.peek(0), self.peek(1)) {
@@ -245,7 +209,7 @@ impl<'a> Scanner<'a> {
                 let end = self.skip_quoted(b'"');
                 Token::Quoted(start + 1..end)
             }
-            b'/' if self.slash != Slash::Div => {
+            b'/' if self.regex_allowed => {
                 self.skip_quoted(b'/');
                 Token::Regex
             }
@@ -270,37 +234,34 @@ impl<'a> Scanner<'a> {
         };
         // InfluxQL reads a `/` where an operand is expected as the start of a regex (a field,
         // a call argument, a dimension, a source, a match), and after an operand as division.
-        self.slash = match &token {
+        self.regex_allowed = match &token {
             Token::Word(r) => {
                 let w = &self.q[r.clone()];
                 let is_any = |words: &[&[u8]]| words.iter().any(|k| w.eq_ignore_ascii_case(k));
                 if w.eq_ignore_ascii_case(b"FROM") {
                     self.in_from = true;
-                    Slash::Regex
+                    true
                 } else {
                     if is_any(&FROM_ENDS) {
                         self.in_from = false;
                     }
-                    if is_any(&OPERAND_KEYWORDS) {
-                        Slash::Operand
-                    } else {
-                        Slash::Div
-                    }
+                    is_any(&OPERAND_KEYWORDS)
                 }
             }
-            Token::RegexOp => Slash::Regex,
-            Token::Punct(b',' | b'.') if self.in_from => Slash::Regex,
+            Token::RegexOp => true,
+            // Elsewhere a `.` ends a number or a name, and a `/` after it divides.
+            Token::Punct(b'.') => self.in_from,
             Token::Punct(b'(') => {
                 self.outer_from.push(self.in_from);
                 self.in_from = false;
-                Slash::Operand
+                true
             }
             Token::Punct(b')') => {
                 self.in_from = self.outer_from.pop().unwrap_or(false);
-                Slash::Div
+                false
             }
-            Token::Punct(_) => Slash::Operand,
-            Token::Quoted(_) | Token::Str | Token::Regex | Token::Semicolon => Slash::Div,
+            Token::Punct(_) => true,
+            Token::Quoted(_) | Token::Str | Token::Regex | Token::Semicolon => false,
         };
         Some((start, token))
     }
@@ -332,6 +293,8 @@ struct Summary {
     head: Vec<Token>,
     /// Whether `INTO` is among its words.
     into: bool,
+    /// Whether `DEFAULT` is among its words.
+    default: bool,
     /// The token after its first `ON`, once seen.
     after_on: Option<Option<Token>>,
     /// The last token was that first `ON`.
@@ -349,16 +312,17 @@ impl Summary {
             self.on_just_seen = true;
         }
         self.into |= is(q, Some(&token), "INTO");
+        self.default |= is(q, Some(&token), "DEFAULT");
         if self.head.len() < 2 {
             self.head.push(token);
         }
     }
 }
 
-/// Statements with the summary of their tokens, in one of the two readings of `/*`.
-fn statements(q: &str, regex_leaning: bool) -> Vec<(Range<usize>, Summary)> {
+/// Statements with the summary of their tokens.
+fn statements(q: &str) -> Vec<(Range<usize>, Summary)> {
     let mut out = Vec::new();
-    let mut scanner = Scanner::new(q, regex_leaning);
+    let mut scanner = Scanner::new(q);
     let mut summary = Summary::default();
     let mut first: Option<usize> = None;
     let mut last_end = 0;
@@ -422,33 +386,27 @@ fn kind(q: &str, summary: &Summary) -> StatementKind {
     }
 }
 
-/// Whether the statement creates a database or creates or alters a retention policy.
-fn repeatable(q: &str, summary: &Summary) -> bool {
+/// Whether running the statement twice leaves what running it once does: a read, creating a
+/// database, creating or altering a retention policy (unless it makes one the default: run
+/// again later, it could undo another default set meanwhile).
+fn repeatable(q: &str, kind: &StatementKind, summary: &Summary) -> bool {
     let t = |i: usize| summary.head.get(i);
-    (is(q, t(0), "CREATE") && (is(q, t(1), "DATABASE") || is(q, t(1), "RETENTION")))
-        || (is(q, t(0), "ALTER") && is(q, t(1), "RETENTION"))
+    let schema = (is(q, t(0), "CREATE") && (is(q, t(1), "DATABASE") || is(q, t(1), "RETENTION")))
+        || (is(q, t(0), "ALTER") && is(q, t(1), "RETENTION"));
+    matches!(kind, StatementKind::Read | StatementKind::ShowQueries) || schema && !summary.default
 }
 
-/// Splits and classifies a query: as InfluxQL reads it, unless reading `/*` as a regex
-/// wherever an operand may start finds a more demanding route (see the module docs).
+/// Splits and classifies a query.
 pub fn classify(q: &str) -> Classified {
-    let exact = classify_reading(q, false);
-    let leaning = classify_reading(q, true);
-    if leaning.route.weight() > exact.route.weight() {
-        leaning
-    } else {
-        exact
-    }
-}
-
-/// Splits and classifies a query in one reading of `/*`.
-fn classify_reading(q: &str, regex_leaning: bool) -> Classified {
-    let statements: Vec<Statement> = statements(q, regex_leaning)
+    let statements: Vec<Statement> = statements(q)
         .into_iter()
-        .map(|(span, summary)| Statement {
-            kind: kind(q, &summary),
-            repeatable: repeatable(q, &summary),
-            span,
+        .map(|(span, summary)| {
+            let kind = kind(q, &summary);
+            Statement {
+                repeatable: repeatable(q, &kind, &summary),
+                kind,
+                span,
+            }
         })
         .collect();
     let any = |f: fn(&StatementKind) -> bool| statements.iter().any(|s| f(&s.kind));

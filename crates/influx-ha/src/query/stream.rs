@@ -100,6 +100,9 @@ pub struct Relayed {
     idle: Duration,
     /// When the current silence ends the answer.
     silence: Pin<Box<tokio::time::Sleep>>,
+    /// Whether `silence` runs: from the first time the backend had nothing, not from the
+    /// last frame (the client may have taken its time to ask for the next one).
+    waiting: bool,
 }
 
 impl Relayed {
@@ -120,6 +123,7 @@ impl Relayed {
             marks,
             idle,
             silence: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
         }
     }
 
@@ -149,6 +153,11 @@ impl Body for Relayed {
         };
         match Pin::new(rest).poll_frame(cx) {
             Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    let until = tokio::time::Instant::now() + self.idle;
+                    self.silence.as_mut().reset(until);
+                }
                 if self.silence.as_mut().poll(cx).is_ready() {
                     let idle = self.idle;
                     return self.cut(format!("nothing received for {idle:?}"));
@@ -160,8 +169,7 @@ impl Body for Relayed {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
-                let next = tokio::time::Instant::now() + self.idle;
-                self.silence.as_mut().reset(next);
+                self.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => self.cut(e.to_string()),
