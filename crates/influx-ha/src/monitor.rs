@@ -458,6 +458,10 @@ impl Monitor {
                     (_, false) => {
                         let reason = problem.clone().unwrap_or_else(|| "recovering".to_owned());
                         tracing::warn!(backend = %b.name, %reason, "backend is down");
+                        // A replayed statement waiting for its answer stops waiting.
+                        if let Some(r) = self.replicas.get(i) {
+                            r.note_down();
+                        }
                         Reachability::Down { since: now, reason }
                     }
                 };

@@ -396,6 +396,12 @@ fn repeatable(q: &str, kind: &StatementKind, summary: &Summary) -> bool {
     matches!(kind, StatementKind::Read | StatementKind::ShowQueries) || schema && !summary.default
 }
 
+/// Whether running every statement of `q` twice leaves what running it once does (see
+/// [`Statement::repeatable`]).
+pub fn all_repeatable(q: &str) -> bool {
+    classify(q).statements.iter().all(|s| s.repeatable)
+}
+
 /// Splits and classifies a query.
 pub fn classify(q: &str) -> Classified {
     let statements: Vec<Statement> = statements(q)

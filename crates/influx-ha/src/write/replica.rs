@@ -20,7 +20,7 @@ use super::answer::Outcome;
 use super::backoff::Backoff;
 use super::lanes;
 use super::schema::{self, quote_ident};
-use crate::backend::{BackendClient, WriteOutcome, classify};
+use crate::backend::{BackendClient, SendError, WriteOutcome, classify};
 use crate::shutdown::Shutdown;
 
 /// Largest batch the replay sends at once (bytes of line protocol).
@@ -151,6 +151,10 @@ pub struct Replica {
     maintenance: AtomicBool,
     /// Wakes the replay out of a backoff or maintenance pause (resume, `queue drain`, retire).
     kick: Notify,
+    /// Counts the times the health checks found the backend down: a replayed statement
+    /// waiting for its answer stops waiting then (a stopped backend keeps its connections
+    /// open and never answers).
+    downs: watch::Sender<u64>,
     /// Removed from the config: the replay stops; what is queued stays on disk.
     retired: AtomicBool,
     /// Whether the backend answered its last request ([`Link`] as a number): passive marking,
@@ -332,6 +336,7 @@ impl Replica {
             last_error: Mutex::new(None),
             maintenance: AtomicBool::new(maintenance),
             kick: Notify::new(),
+            downs: watch::Sender::new(0),
             retired: AtomicBool::new(false),
             link: AtomicU8::new(0),
             link_since_ms: AtomicU64::new(now_ms()),
@@ -569,6 +574,11 @@ impl Replica {
     /// Wakes the replay now (out of its backoff), e.g. for `queue drain`.
     pub fn kick(&self) {
         self.kick.notify_one();
+    }
+
+    /// The health checks found the backend down.
+    pub fn note_down(&self) {
+        self.downs.send_modify(|n| *n += 1);
     }
 
     /// Drops everything queued for this backend (an operator's `queue purge`) and marks it
@@ -1149,8 +1159,34 @@ impl Replica {
                     STATEMENT_REPLAY_TIMEOUT,
                     STATEMENT_ANSWER_KEPT,
                 );
-                match run.await {
-                    Ok((status, body)) if status.is_success() => {
+                let mut downs = self.downs.subscribe();
+                let marked_down = async {
+                    if downs.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                let answer = tokio::select! {
+                    answer = run => answer.map_err(|e| match e {
+                        SendError::Connect(_) => (false, e.to_string()),
+                        _ => (true, e.to_string()),
+                    }),
+                    () = marked_down => Err((true, "marked down while the statement ran".to_owned())),
+                };
+                let answer = match answer {
+                    Err((sent, why)) => {
+                        // Sent and not answered, it may have run: it runs again, which only
+                        // some statements bear without leaving other data than elsewhere.
+                        if sent && !crate::query::classify::all_repeatable(statement) {
+                            self.mark_diverged(&format!(
+                                "a queued statement may have run before it failed ({why}); it runs again: {statement}"
+                            ));
+                        }
+                        return Step::Retry(format!("statement: {why}"));
+                    }
+                    Ok(answer) => answer,
+                };
+                match answer {
+                    (status, body) if status.is_success() => {
                         // InfluxQL reports a failed statement inside a 200.
                         if let Some(error) = schema::statement_error(&body) {
                             self.mark_diverged(&format!(
@@ -1161,7 +1197,7 @@ impl Replica {
                     }
                     // Wrong service credentials are fixed by an operator: the statement waits,
                     // as writes do, rather than being dropped.
-                    Ok((status, _))
+                    (status, _)
                         if status == StatusCode::UNAUTHORIZED
                             || status == StatusCode::FORBIDDEN =>
                     {
@@ -1169,12 +1205,11 @@ impl Replica {
                             "backend refused the service credentials ({status}); check username/password"
                         ))
                     }
-                    Ok((status, _)) if status.is_client_error() => {
+                    (status, _) if status.is_client_error() => {
                         self.mark_diverged(&format!("a queued statement was refused: {statement}"));
                         Step::Delivered
                     }
-                    Ok((status, _)) => Step::Retry(format!("statement answered {status}")),
-                    Err(e) => Step::Retry(format!("statement: {e}")),
+                    (status, _) => Step::Retry(format!("statement answered {status}")),
                 }
             }
         }

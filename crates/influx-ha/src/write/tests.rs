@@ -330,6 +330,8 @@ struct FakeBackend {
     refuse_queries: AtomicUsize,
     /// Answer every write 500.
     fail_all: AtomicBool,
+    /// Hold each `/query` while set.
+    stall_queries: AtomicBool,
     /// Answer every write 400, as a body InfluxDB cannot parse.
     refuse_writes: AtomicBool,
     /// Answer 413 to writes longer than this (0: never).
@@ -458,6 +460,9 @@ async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
                             fake.write(body).await
                         } else {
                             fake.queries.lock().expect("not poisoned").push(body);
+                            while fake.stall_queries.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                            }
                             let mut r =
                                 http::Response::new(http_body_util::Full::new(Bytes::new()));
                             let refuse = fake
@@ -574,6 +579,40 @@ async fn a_queued_statement_is_replayed_with_its_parameters() {
             "q=DELETE%20FROM%20m%20WHERE%20host%20%3D%20%24h&db=x&{params}"
         ))]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_statement_stops_waiting_once_its_backend_is_marked_down() {
+    // The backend takes the statement and never answers (stopped, say) until the health
+    // checks find it down: the replay gives up on the answer and sends it again. Run twice,
+    // creating a database leaves nothing different; a DROP may.
+    for (statement, diverges) in [("CREATE DATABASE x", false), ("DROP MEASUREMENT m", true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = Arc::new(FakeBackend::default());
+        fake.stall_queries.store(true, Ordering::SeqCst);
+        let replica = one_backend(dir.path(), serve(fake.clone()).await);
+        let queued = replica.enqueue_statement("x", statement, "").await;
+        assert!(matches!(queued, Outcome::Queued), "{queued:?}");
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        let replay = tokio::spawn(
+            replica
+                .clone()
+                .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+        );
+        let sent = |n: usize| fake.queries.lock().expect("not poisoned").len() >= n;
+        wait_until("the statement is sent", || sent(1)).await;
+        replica.note_down();
+        wait_until("it is sent again", || sent(2)).await;
+        assert_eq!(replica.diverged().is_some(), diverges, "{statement}");
+        if diverges {
+            let why = replica.diverged().unwrap_or_default();
+            assert!(why.contains("may have run"), "{why}");
+        }
+        fake.stall_queries.store(false, Ordering::SeqCst);
+        wait_until("drained", || !replica.queue().has_pending()).await;
+        let _ = stop.send(());
+        replay.await.expect("replay ends");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
