@@ -319,22 +319,6 @@ impl InflightBytes {
         }
     }
 
-    /// Takes `n` more bytes into `permit`, waiting as long as it takes (the caller bounds the
-    /// wait); not counted as a request's wait. For the TCP listeners' buffers.
-    pub async fn reserve(&self, permit: &mut InflightPermit, n: usize) -> Result<(), RequestError> {
-        if n == 0 {
-            return Ok(());
-        }
-        let n32 = u32::try_from(n.min(self.capacity)).map_err(|_| RequestError::BodyTooLarge)?;
-        match self.semaphore.clone().acquire_many_owned(n32).await {
-            Ok(more) => {
-                permit.merge(more);
-                Ok(())
-            }
-            Err(_closed) => Err(RequestError::Unavailable("shutting down".to_owned())),
-        }
-    }
-
     /// Takes `n` more bytes into `permit` if there is room now, without counting a refusal.
     pub fn try_reserve(&self, permit: &mut InflightPermit, n: usize) -> bool {
         match self.take_now(n) {
@@ -343,6 +327,16 @@ impl InflightBytes {
                 true
             }
             _ => n == 0,
+        }
+    }
+
+    /// Takes up to `n` more bytes into `permit`, as many as are free now (none while requests
+    /// wait for room: they come first), without waiting or counting a refusal. For the TCP
+    /// listeners' buffers, which can read in smaller pieces.
+    pub fn try_reserve_up_to(&self, permit: &mut InflightPermit, n: usize) {
+        let free = self.semaphore.available_permits().min(n);
+        if free > 0 {
+            self.try_reserve(permit, free);
         }
     }
 

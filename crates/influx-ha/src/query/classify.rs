@@ -241,6 +241,10 @@ impl<'a> Scanner<'a> {
                 if w.eq_ignore_ascii_case(b"FROM") {
                     self.in_from = true;
                     true
+                } else if w.eq_ignore_ascii_case(b"MEASUREMENT") {
+                    // `WITH MEASUREMENT =~ db.rp./re/` names a source as FROM does.
+                    self.in_from = true;
+                    false
                 } else {
                     if is_any(&FROM_ENDS) {
                         self.in_from = false;
@@ -271,9 +275,11 @@ impl<'a> Scanner<'a> {
 const OPERAND_KEYWORDS: [&[u8]; 5] = [b"SELECT", b"WHERE", b"BY", b"AND", b"OR"];
 
 /// Keywords that end a `FROM` list.
-const FROM_ENDS: [&[u8]; 13] = [
-    b"SELECT", b"WHERE", b"GROUP", b"ORDER", b"LIMIT", b"OFFSET", b"SLIMIT", b"SOFFSET", b"FILL",
-    b"TZ", b"WITH", b"INTO", b"ON",
+/// (`fill` and `tz` are not among them: InfluxQL reads them as names, which a source may be,
+/// and a `(` follows them anyway.)
+const FROM_ENDS: [&[u8]; 11] = [
+    b"SELECT", b"WHERE", b"GROUP", b"ORDER", b"LIMIT", b"OFFSET", b"SLIMIT", b"SOFFSET", b"WITH",
+    b"INTO", b"ON",
 ];
 
 fn is_word_byte(b: u8) -> bool {

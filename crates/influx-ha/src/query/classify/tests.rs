@@ -266,12 +266,17 @@ fn a_dot_outside_a_from_list_is_followed_by_a_division() {
     assert_eq!(texts(q).len(), 3);
     let q = "SELECT 1./2 FROM cpu; DROP MEASUREMENT cpu; SELECT 1/2 FROM cpu";
     assert_eq!(texts(q).len(), 3);
-    // In a FROM list it precedes a source, which may be a regex.
-    let q = "SELECT v FROM db.rp./x'/; DROP MEASUREMENT m --'";
-    assert_eq!(
-        texts(q),
-        vec!["SELECT v FROM db.rp./x'/", "DROP MEASUREMENT m"]
-    );
+    // Naming a source (after FROM or WITH MEASUREMENT), it may be followed by a regex; `fill`
+    // and `tz` are names there.
+    for q in [
+        "SELECT v FROM db.rp./x'/",
+        "SELECT v FROM fill./x'/",
+        "SELECT v FROM db.tz./x'/",
+        "SHOW MEASUREMENTS WITH MEASUREMENT =~ x./'/",
+    ] {
+        let query = format!("{q}; DROP MEASUREMENT m --'");
+        assert_eq!(texts(&query), vec![q, "DROP MEASUREMENT m"], "{query}");
+    }
 }
 
 #[test]
