@@ -1092,3 +1092,131 @@ fn a_stopped_backend_is_left_for_the_next_once_marked_down() {
     }
     a.cont();
 }
+
+/// A small deterministic generator (xorshift), so that the differential test below sends the
+/// same queries on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        from[(self.0 % from.len() as u64) as usize]
+    }
+}
+
+/// Statements of reads only (safe to run), built from the pieces the statement splitter must
+/// get right: comments with slashes and quotes, regexes with quotes, escapes and semicolons,
+/// divisions, strings and identifiers holding what would end a statement.
+fn tricky_read(rng: &mut Rng) -> String {
+    let field = [
+        "v",
+        "\"v\"",
+        "v / 2",
+        "v/2",
+        "*",
+        "/v/",
+        "/v'/",
+        "v /* c/ ' */ + 1",
+        "max(v)",
+        "\"we/ird;\"",
+        "v -- c'\n",
+        "v -- c'\r",
+        "1./2",
+        "v * 2 / 3",
+    ];
+    let source = [
+        "m",
+        "/m/",
+        "/m'/",
+        "/a;b/",
+        "\"m;x\"",
+        "/a\\/b/",
+        "/a\\\\/",
+        "db.autogen.m",
+        "db.autogen./m'/",
+        "m, /x'/",
+        "(SELECT v FROM m WHERE t = ';')",
+    ];
+    let cond = [
+        "",
+        " WHERE time > 0",
+        " WHERE t =~ /a'/",
+        " WHERE t = 'x;y'",
+        " WHERE t = 'a\\'b'",
+        " WHERE /* c/ */ time > 0",
+        " WHERE t !~ /a\\\\/ AND v > 1",
+        " WHERE v / 2 > 1 OR t =~ /;/",
+        " WHERE \"t/\" = 'x'",
+        " WHERE time > 0 -- '\n",
+    ];
+    let group = [
+        "",
+        " GROUP BY t",
+        " GROUP BY /x'/",
+        " GROUP BY t fill(none)",
+    ];
+    match rng.pick(&["select", "select", "select", "show"]) {
+        "select" => format!(
+            "SELECT {} FROM {}{}{}",
+            rng.pick(&field),
+            rng.pick(&source),
+            rng.pick(&cond),
+            rng.pick(&group)
+        ),
+        _ => rng
+            .pick(&[
+                "SHOW DATABASES",
+                "SHOW MEASUREMENTS WITH MEASUREMENT =~ /x'/",
+                "SHOW MEASUREMENTS WITH MEASUREMENT =~ db.autogen./x'/",
+                "SHOW TAG KEYS FROM /m;/",
+                "SHOW FIELD KEYS -- x'\n",
+            ])
+            .to_owned(),
+    }
+}
+
+#[test]
+fn statements_are_split_as_influxdb_parses_them() {
+    let _serial = serial();
+    let influxd = Influxd::start();
+    influxd.create_database("db");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut compared, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let n = 1
+            + (rng
+                .pick(&["0", "1", "2", "3"])
+                .parse::<usize>()
+                .unwrap_or(0));
+        let statements: Vec<String> = (0..n).map(|_| tricky_read(&mut rng)).collect();
+        let q = statements.join(rng.pick(&["; ", ";\n", " ;", ";"]));
+        let r = influxd
+            .query_params(&[("db", "db"), ("q", &q)])
+            .expect("influxd answers");
+        let answer: serde_json::Value = serde_json::from_str(&r.text()).expect("JSON");
+        let Some(results) = answer["results"].as_array() else {
+            // InfluxDB could not parse it: nothing ran, wherever it was sent.
+            assert!(answer["error"].is_string(), "{q:?}: {answer}");
+            refused += 1;
+            continue;
+        };
+        if results.iter().any(|r| r["error"].is_string()) {
+            // A statement failed, and InfluxDB lists no result for those after it.
+            refused += 1;
+            continue;
+        }
+        let ours = influx_ha::query::classify::classify(&q);
+        assert_eq!(
+            ours.statements.len(),
+            results.len(),
+            "{q:?}: influxd ran {} statements: {answer}",
+            results.len()
+        );
+        assert_eq!(ours.route, influx_ha::query::classify::Route::Read, "{q:?}");
+        compared += 1;
+    }
+    // Most of them run: the comparison is not an empty one.
+    assert!(compared > 150, "compared {compared}, refused {refused}");
+}
