@@ -75,6 +75,17 @@ async fn two_fakes(
     Replicator::open(&config, &clients).expect("queues open")
 }
 
+/// [`two_fakes`]: `up` refuses every write (400), `down` fails every one (500).
+async fn refusing_and_down(dir: &std::path::Path) -> (Arc<Replicator>, Arc<FakeBackend>) {
+    let (up, down) = (
+        Arc::new(FakeBackend::default()),
+        Arc::new(FakeBackend::default()),
+    );
+    down.fail_all.store(true, Ordering::SeqCst);
+    up.refuse_writes.store(true, Ordering::SeqCst);
+    (Arc::new(two_fakes(dir, up.clone(), down).await), up)
+}
+
 fn is_refusal(result: &Result<(), crate::http::error::RequestError>) -> bool {
     matches!(
         result,
@@ -85,13 +96,7 @@ fn is_refusal(result: &Result<(), crate::http::error::RequestError>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_every_answering_backend_refused_is_queued_nowhere() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (up, down) = (
-        Arc::new(FakeBackend::default()),
-        Arc::new(FakeBackend::default()),
-    );
-    down.fail_all.store(true, Ordering::SeqCst);
-    up.refuse_writes.store(true, Ordering::SeqCst);
-    let replicator = Arc::new(two_fakes(dir.path(), up.clone(), down.clone()).await);
+    let (replicator, up) = refusing_and_down(dir.path()).await;
     let replicas = replicator.replicas();
     let write = |v: u32| {
         let r = replicator.clone();
@@ -137,14 +142,8 @@ async fn a_write_every_answering_backend_refused_is_queued_nowhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_any_a_refusal_after_the_queue_took_the_write_marks_that_backend_diverged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (up, down) = (
-        Arc::new(FakeBackend::default()),
-        Arc::new(FakeBackend::default()),
-    );
-    down.fail_all.store(true, Ordering::SeqCst);
-    up.refuse_writes.store(true, Ordering::SeqCst);
+    let (replicator, up) = refusing_and_down(dir.path()).await;
     up.stall.store(true, Ordering::SeqCst);
-    let replicator = Arc::new(two_fakes(dir.path(), up.clone(), down.clone()).await);
     let replicas = replicator.replicas();
     let r = replicator.clone();
     let write = tokio::spawn(async move {
