@@ -447,6 +447,7 @@ impl Monitor {
                         // Its replay may sit in a backoff of up to 30 s from the outage:
                         // start catching up now.
                         if let Some(r) = self.replicas.get(i) {
+                            r.set_down(false);
                             r.kick();
                         }
                         Reachability::Up { since: now }
@@ -460,7 +461,7 @@ impl Monitor {
                         tracing::warn!(backend = %b.name, %reason, "backend is down");
                         // A replayed statement waiting for its answer stops waiting.
                         if let Some(r) = self.replicas.get(i) {
-                            r.note_down();
+                            r.set_down(true);
                         }
                         Reachability::Down { since: now, reason }
                     }

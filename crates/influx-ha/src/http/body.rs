@@ -202,6 +202,9 @@ pub struct InflightBytes {
     capacity: usize,
     /// Requests that had to wait for room, and those refused (503) for want of it.
     waits: Arc<[AtomicU64; 2]>,
+    /// Told whenever a permit gives bytes back, for those that wait for room without a place
+    /// in the semaphore's queue (the TCP listeners).
+    released: Arc<tokio::sync::Notify>,
     /// Where large bodies are joined. Idle buffers are kept up to the cap (at most 64 MiB):
     /// a new buffer is made only when no idle one fits, so buffers lent and idle together stay
     /// near the most bodies ever held at once, which the cap bounds.
@@ -212,10 +215,23 @@ pub struct InflightBytes {
 #[derive(Debug, Default)]
 pub struct InflightPermit {
     permit: Option<OwnedSemaphorePermit>,
+    /// Told when bytes are given back ([`InflightBytes::released`]).
+    released: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        // Given back first, then told: a waiter woken finds the bytes free.
+        let held = self.permit.take().is_some();
+        if let (true, Some(released)) = (held, &self.released) {
+            released.notify_waiters();
+        }
+    }
 }
 
 impl InflightPermit {
-    fn merge(&mut self, more: OwnedSemaphorePermit) {
+    fn merge(&mut self, more: OwnedSemaphorePermit, released: &Arc<tokio::sync::Notify>) {
+        self.released.get_or_insert_with(|| released.clone());
         match &mut self.permit {
             Some(p) => p.merge(more),
             None => self.permit = Some(more),
@@ -238,6 +254,9 @@ impl InflightPermit {
         } else if let Some(p) = &mut self.permit {
             drop(p.split(extra));
         }
+        if let Some(released) = &self.released {
+            released.notify_waiters();
+        }
     }
 }
 
@@ -249,8 +268,14 @@ impl InflightBytes {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
             waits: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+            released: Arc::new(tokio::sync::Notify::new()),
             pool: BodyPool::new(capacity.min(MAX_POOL_BYTES)),
         }
+    }
+
+    /// Told whenever bytes are given back.
+    pub fn released(&self) -> &tokio::sync::Notify {
+        &self.released
     }
 
     /// The pool large bodies are joined in.
@@ -284,7 +309,7 @@ impl InflightBytes {
             return Ok(());
         }
         let more = self.take_now(n)?.ok_or_else(|| self.refuse(None))?;
-        permit.merge(more);
+        permit.merge(more, &self.released);
         Ok(())
     }
 
@@ -300,7 +325,7 @@ impl InflightBytes {
             return Ok(());
         }
         if let Some(more) = self.take_now(n)? {
-            permit.merge(more);
+            permit.merge(more, &self.released);
             return Ok(());
         }
         if wait.is_zero() || n > self.capacity {
@@ -311,7 +336,7 @@ impl InflightBytes {
         let acquire = self.semaphore.clone().acquire_many_owned(n32);
         match tokio::time::timeout(wait, acquire).await {
             Ok(Ok(more)) => {
-                permit.merge(more);
+                permit.merge(more, &self.released);
                 Ok(())
             }
             Ok(Err(_closed)) => Err(RequestError::Unavailable("shutting down".to_owned())),
@@ -323,7 +348,7 @@ impl InflightBytes {
     pub fn try_reserve(&self, permit: &mut InflightPermit, n: usize) -> bool {
         match self.take_now(n) {
             Ok(Some(more)) => {
-                permit.merge(more);
+                permit.merge(more, &self.released);
                 true
             }
             _ => n == 0,
@@ -447,6 +472,10 @@ where
 /// pace (see [`Pace`]): a round trip and a `100 Continue`, with room to spare.
 const BODY_START_GRACE: Duration = Duration::from_secs(2);
 
+/// The longest a body with a declared length may send nothing once it has started, whatever
+/// its pace: one that sent most of itself fast is ahead of the pace for most of the timeout.
+const BODY_STALL: Duration = Duration::from_secs(10);
+
 /// When a body being read must have delivered more than it has.
 ///
 /// A body with a declared length holds that much of `max_inflight_bytes` from the start, so a
@@ -454,22 +483,32 @@ const BODY_START_GRACE: Duration = Duration::from_secs(2);
 /// `body_read_timeout`, and two such clients could starve every other writer. Such a body must
 /// instead arrive at a pace that ends it within the timeout: after a short grace, the share
 /// received must keep up with the share of the timeout gone. A body that falls behind is cut
-/// (503, as for the timeout), and gives its reservation back in seconds. A body without a
-/// length holds only what arrived and has the whole timeout.
+/// (503, as for the timeout), and gives its reservation back in seconds; so is one that sends
+/// nothing for [`BODY_STALL`]. A body without a length holds only what arrived and has the
+/// whole timeout.
 struct Pace {
     start: tokio::time::Instant,
+    /// When the last bytes arrived.
+    last: tokio::time::Instant,
     timeout: Duration,
     declared: Option<u64>,
 }
 
 impl Pace {
     fn new(timeout: Duration, declared: Option<u64>) -> Self {
+        let now = tokio::time::Instant::now();
         Self {
-            start: tokio::time::Instant::now(),
+            start: now,
+            last: now,
             // A year is as good as for ever, and cannot overflow an `Instant`.
             timeout: timeout.min(Duration::from_secs(365 * 24 * 3600)),
             declared,
         }
+    }
+
+    /// Bytes arrived just now.
+    fn progressed(&mut self) {
+        self.last = tokio::time::Instant::now();
     }
 
     /// The time by which more than `received` bytes must have arrived.
@@ -478,7 +517,8 @@ impl Pace {
             Some(n) if n > 0 => {
                 let grace = BODY_START_GRACE.min(self.timeout);
                 let share = (received as f64 / n as f64).min(1.0);
-                self.start + grace + (self.timeout - grace).mul_f64(share)
+                let pace = self.start + grace + (self.timeout - grace).mul_f64(share);
+                pace.min(self.last + BODY_STALL.max(grace))
             }
             _ => self.start + self.timeout,
         }
@@ -501,7 +541,7 @@ where
     B::Error: std::fmt::Display,
 {
     let mut body = std::pin::pin!(body);
-    let pace = Pace::new(limits.read_timeout, declared);
+    let mut pace = Pace::new(limits.read_timeout, declared);
     let mut first: Option<Bytes> = None;
     let mut buf: Option<Vec<u8>> = None;
     let mut total = 0usize;
@@ -510,6 +550,7 @@ where
         let Some(frame) = next.await.map_err(|_| RequestError::BodyReadTimeout)? else {
             break;
         };
+        pace.progressed();
         let frame = frame.map_err(|e| RequestError::BodyRead(e.to_string()))?;
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers
@@ -1034,6 +1075,28 @@ mod tests {
         let cut_after = started.elapsed();
         assert!(
             (Duration::from_secs(2)..Duration::from_millis(2100)).contains(&cut_after),
+            "cut after {cut_after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_near_its_end_is_cut_after_the_stall_time() {
+        let inflight = InflightBytes::new(2_000_000);
+        let h = headers(&[("content-length", "1000000")]);
+        let limits = BodyLimits {
+            read_timeout: Duration::from_secs(60),
+            ..limits(1_000_000)
+        };
+        let started = tokio::time::Instant::now();
+        // 99% at once, then nothing: ahead of the pace until nearly the end of the minute.
+        let body = Trickle::new(Duration::from_millis(10), 99, 10_000, true);
+        let err = read_body(body, &h, &limits, &inflight)
+            .await
+            .expect_err("cut");
+        assert_eq!(err, RequestError::BodyReadTimeout);
+        let cut_after = started.elapsed();
+        assert!(
+            (BODY_STALL..BODY_STALL + Duration::from_secs(2)).contains(&cut_after),
             "cut after {cut_after:?}"
         );
     }

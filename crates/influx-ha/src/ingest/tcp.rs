@@ -278,8 +278,9 @@ enum Read {
     Failed(std::io::Error),
 }
 
-/// How often a connection with no room in the memory budget looks again.
-const ROOM_POLL: Duration = Duration::from_millis(20);
+/// How often a connection with no room in the memory budget looks again, besides when bytes
+/// are given back.
+const ROOM_POLL: Duration = Duration::from_millis(250);
 
 /// How long a text protocol's reply (`version`, `stats`) may wait for its client to read.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -347,6 +348,9 @@ impl<S: Sink> Connection<S> {
                 }
                 return;
             }
+            // Room for reads is taken again when the next one comes: written lines (a write
+            // may wait long for the write path) hold only their own bytes meanwhile.
+            held.shrink_to(buf.len());
             // A newline not yet scanned for stays pending while a scan is put off.
             newline_pending |= buf[scanned..].contains(&b'\n');
             scanned = buf.len();
@@ -406,6 +410,10 @@ impl<S: Sink> Connection<S> {
         held.shrink_to(buf.len() + self.options.read_bytes);
         let started = tokio::time::Instant::now();
         loop {
+            // Listening before looking, so that bytes given back in between are not missed.
+            let released = self.budget.released().notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             // Whatever is free now, up to a read: a read takes no more than the room held. Not
             // a wait in the budget's queue, which is first come, first served: a connection
             // waiting there for a whole read would hold up every request behind it.
@@ -432,6 +440,8 @@ impl<S: Sink> Connection<S> {
             }
             tokio::select! {
                 () = shutdown.recv() => return Err("shutting down"),
+                () = released => {}
+                // Room freed by requests still waiting for theirs is not announced.
                 () = tokio::time::sleep(ROOM_POLL) => {}
             }
         }

@@ -886,6 +886,8 @@ impl Inner {
         .map_err(|e| RequestError::Internal(format!("user management fan-out failed: {e}")))?;
         let mut applied = Vec::new();
         let mut failed = Vec::new();
+        // Sent and never answered: it may have been applied there.
+        let mut unknown = false;
         let mut first = None;
         for (i, r) in outcomes {
             match r {
@@ -896,11 +898,23 @@ impl Inner {
                     }
                 }
                 Err(unheld) => {
+                    unknown |= matches!(unheld, Unheld::MayHaveRun(_));
                     let why = unheld.to_string();
                     self.marks.failure(i, why.clone());
                     failed.push(format!("{}: {why}", self.name(i)));
                 }
             }
+        }
+        if unknown {
+            return Err(RequestError::Unavailable(format!(
+                "user management may or may not have been applied where it was not answered ({}){}; the backends may now differ: check with SHOW USERS and send it again",
+                failed.join("; "),
+                if applied.is_empty() {
+                    String::new()
+                } else {
+                    format!("; applied on {}", applied.join(", "))
+                }
+            )));
         }
         match first {
             Some((i, held)) if failed.is_empty() => {

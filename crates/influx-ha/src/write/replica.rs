@@ -151,10 +151,10 @@ pub struct Replica {
     maintenance: AtomicBool,
     /// Wakes the replay out of a backoff or maintenance pause (resume, `queue drain`, retire).
     kick: Notify,
-    /// Counts the times the health checks found the backend down: a replayed statement
-    /// waiting for its answer stops waiting then (a stopped backend keeps its connections
-    /// open and never answers).
-    downs: watch::Sender<u64>,
+    /// Whether the health checks find the backend down: a replayed statement is not sent to
+    /// it then, and one waiting for its answer stops waiting (a stopped backend keeps its
+    /// connections open and never answers).
+    down: watch::Sender<bool>,
     /// Removed from the config: the replay stops; what is queued stays on disk.
     retired: AtomicBool,
     /// Whether the backend answered its last request ([`Link`] as a number): passive marking,
@@ -336,7 +336,7 @@ impl Replica {
             last_error: Mutex::new(None),
             maintenance: AtomicBool::new(maintenance),
             kick: Notify::new(),
-            downs: watch::Sender::new(0),
+            down: watch::Sender::new(false),
             retired: AtomicBool::new(false),
             link: AtomicU8::new(0),
             link_since_ms: AtomicU64::new(now_ms()),
@@ -576,9 +576,10 @@ impl Replica {
         self.kick.notify_one();
     }
 
-    /// The health checks found the backend down.
-    pub fn note_down(&self) {
-        self.downs.send_modify(|n| *n += 1);
+    /// What the health checks found: the backend down, or up again.
+    pub fn set_down(&self, down: bool) {
+        self.down
+            .send_if_modified(|d| std::mem::replace(d, down) != down);
     }
 
     /// Drops everything queued for this backend (an operator's `queue purge`) and marks it
@@ -1151,6 +1152,10 @@ impl Replica {
                 statement,
                 params,
             } => {
+                let mut down = self.down.subscribe();
+                if *down.borrow_and_update() {
+                    return Step::Retry("its backend is down: the statement waits".to_owned());
+                }
                 let db = (!db.is_empty()).then_some(db.as_str());
                 let run = self.client.run_statement(
                     statement,
@@ -1159,17 +1164,22 @@ impl Replica {
                     STATEMENT_REPLAY_TIMEOUT,
                     STATEMENT_ANSWER_KEPT,
                 );
-                let mut downs = self.downs.subscribe();
                 let marked_down = async {
-                    if downs.changed().await.is_err() {
+                    if down.wait_for(|d| *d).await.is_err() {
                         std::future::pending::<()>().await;
                     }
                 };
                 let answer = tokio::select! {
-                    answer = run => answer.map_err(|e| match e {
-                        SendError::Connect(_) => (false, e.to_string()),
-                        _ => (true, e.to_string()),
-                    }),
+                    answer = run => match answer {
+                        // The answer began: the statement ran.
+                        Err(SendError::Answer(e)) => {
+                            tracing::warn!(backend = self.name(), error = %e, statement = %statement, "queued statement ran; its answer could not be read");
+                            return Step::Delivered;
+                        }
+                        Err(e @ SendError::Connect(_)) => Err((false, e.to_string())),
+                        Err(e) => Err((true, e.to_string())),
+                        Ok(answer) => Ok(answer),
+                    },
                     () = marked_down => Err((true, "marked down while the statement ran".to_owned())),
                 };
                 let answer = match answer {

@@ -600,7 +600,15 @@ async fn a_replayed_statement_stops_waiting_once_its_backend_is_marked_down() {
         );
         let sent = |n: usize| fake.queries.lock().expect("not poisoned").len() >= n;
         wait_until("the statement is sent", || sent(1)).await;
-        replica.note_down();
+        replica.set_down(true);
+        let errors = || replica.counters.replay_errors.load(Ordering::Relaxed);
+        wait_until("the wait for its answer is given up", || errors() > 0).await;
+        // While the backend is down, it is not sent again.
+        wait_until("a retry found it down", || errors() > 1).await;
+        assert_eq!(fake.queries.lock().expect("not poisoned").len(), 1);
+        // Once it is up, it is.
+        replica.set_down(false);
+        replica.kick();
         wait_until("it is sent again", || sent(2)).await;
         assert_eq!(replica.diverged().is_some(), diverges, "{statement}");
         if diverges {
