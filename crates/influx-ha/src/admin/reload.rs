@@ -9,7 +9,8 @@
 //! - backends removed: their replay stops, they get no new writes; writes already fanning out
 //!   finish against the set they started with; their queue stays on disk (replayed if the
 //!   backend is configured again);
-//! - `[write] consistency` (the default level of HTTP writes);
+//! - `[write] consistency` (the default level of HTTP writes and of the UDP, TCP, Graphite
+//!   and OpenTSDB listeners);
 //! - `[queue] max_bytes`, `max_age` and `min_free_disk`, on every backend's queue (a smaller
 //!   `max_bytes` drops nothing already queued: later appends are refused until it drains);
 //! - whatever the [`ReloadHook`]s registered with [`Reloader::on_reload`] apply (TLS

@@ -777,7 +777,7 @@ impl Inner {
         if !ran_unread.is_empty() {
             // Not 503: a client that retried would run the statements again.
             return Err(RequestError::Internal(format!(
-                "the statements ran on {} but no answer could be held (longer than {} bytes or slower than the query timeout); split reads from state-changing statements",
+                "the statements ran on {} but no answer could be held (longer than {} bytes or slower than an hour); split reads from state-changing statements",
                 ran_unread.join(", "),
                 MAX_HELD_ANSWER
             )));
