@@ -348,9 +348,6 @@ impl<S: Sink> Connection<S> {
                 }
                 return;
             }
-            // Room for reads is taken again when the next one comes: written lines (a write
-            // may wait long for the write path) hold only their own bytes meanwhile.
-            held.shrink_to(buf.len());
             // A newline not yet scanned for stays pending while a scan is put off.
             newline_pending |= buf[scanned..].contains(&b'\n');
             scanned = buf.len();
@@ -359,6 +356,9 @@ impl<S: Sink> Connection<S> {
                 newline_pending = false;
                 let n = self.complete_or_stray(&buf);
                 if n > 0 {
+                    // Room for reads is taken again when the next one comes: lines being
+                    // written (which may wait long for the write path) hold only their bytes.
+                    held.shrink_to(buf.len());
                     let lines = buf.split_to(n).freeze();
                     self.write(lines, &mut stream, &mut shutdown).await;
                     stuck_at = 0;
@@ -372,6 +372,7 @@ impl<S: Sink> Connection<S> {
                 // judged on what is left.
                 newline_pending = false;
                 stuck_at = 0;
+                held.shrink_to(buf.len());
                 self.write_complete(&mut buf, &mut stream, &mut shutdown)
                     .await;
                 scanned = buf.len();

@@ -898,7 +898,7 @@ impl Inner {
                     }
                 }
                 Err(unheld) => {
-                    unknown |= matches!(unheld, Unheld::MayHaveRun(_));
+                    unknown |= matches!(unheld, Unheld::MayHaveRun(_) | Unheld::RanUnread { .. });
                     let why = unheld.to_string();
                     self.marks.failure(i, why.clone());
                     failed.push(format!("{}: {why}", self.name(i)));

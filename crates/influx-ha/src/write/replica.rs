@@ -262,6 +262,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Step {
     Delivered,
     Retry(String),
+    /// Not sent: the backend cannot take it now (down). Waited out without counting an error:
+    /// the health checks would count it against the backend and keep it down.
+    Wait(String),
     /// The start of the payload was delivered (a 413 split it): only `rest` is to be sent
     /// again, so that what the backend refused of the start is not dead-lettered twice.
     Rest {
@@ -1074,6 +1077,19 @@ impl Replica {
                         }
                         break;
                     }
+                    Step::Wait(why) => {
+                        tracing::debug!(backend = self.name(), reason = %why, "replay waits");
+                        // Woken early by the kick when the backend is found up again.
+                        if self.pause(&mut shutdown, backoff.next_delay()).await {
+                            return;
+                        }
+                        if self.in_maintenance()
+                            || self.is_retired()
+                            || self.expire_while_retrying(&head.batch).await
+                        {
+                            break;
+                        }
+                    }
                     // `send_head` keeps what is left of a lane itself: no `Rest` reaches here.
                     Step::Retry(why) | Step::Rest { why, .. } => {
                         self.counters.replay_errors.fetch_add(1, Ordering::Relaxed);
@@ -1154,7 +1170,7 @@ impl Replica {
             } => {
                 let mut down = self.down.subscribe();
                 if *down.borrow_and_update() {
-                    return Step::Retry("its backend is down: the statement waits".to_owned());
+                    return Step::Wait("its backend is down: the statement waits".to_owned());
                 }
                 let db = (!db.is_empty()).then_some(db.as_str());
                 let run = self.client.run_statement(
@@ -1171,11 +1187,6 @@ impl Replica {
                 };
                 let answer = tokio::select! {
                     answer = run => match answer {
-                        // The answer began: the statement ran.
-                        Err(SendError::Answer(e)) => {
-                            tracing::warn!(backend = self.name(), error = %e, statement = %statement, "queued statement ran; its answer could not be read");
-                            return Step::Delivered;
-                        }
                         Err(e @ SendError::Connect(_)) => Err((false, e.to_string())),
                         Err(e) => Err((true, e.to_string())),
                         Ok(answer) => Ok(answer),
@@ -1259,7 +1270,7 @@ impl Replica {
         while let Some(joined) = sends.join_next().await {
             match joined {
                 Ok((i, Step::Delivered)) => delivered[i] = true,
-                Ok((_, Step::Retry(why))) => failed.push(why),
+                Ok((_, Step::Retry(why) | Step::Wait(why))) => failed.push(why),
                 Ok((i, Step::Rest { why, rest })) => {
                     if let Some(lane) = lanes.get_mut(i) {
                         *lane = rest;
