@@ -409,6 +409,7 @@ impl Monitor {
         let mut rounds = Vec::with_capacity(self.clients.len());
         for (i, check) in checks.into_iter().enumerate() {
             let (passive, passive_reason) = self.marks.take(i);
+            let ping_failed = check.is_err();
             let mut problem = check.err();
             if problem.is_none() && passive > 0 {
                 problem = Some(passive_reason.unwrap_or_else(|| "request failed".to_owned()));
@@ -426,6 +427,11 @@ impl Monitor {
             }
             let (rise, fall) = (self.health.rise, self.health.fall);
             let up = memory.verdicts[i].observe(problem.is_none(), rise, fall);
+            // A replayed statement stops waiting only for a backend that does not answer its
+            // pings: one that is down for failed requests may just be busy running it.
+            if let Some(r) = self.replicas.get(i) {
+                r.set_down(!up && ping_failed);
+            }
             rounds.push((up, problem));
         }
 
@@ -447,7 +453,6 @@ impl Monitor {
                         // Its replay may sit in a backoff of up to 30 s from the outage:
                         // start catching up now.
                         if let Some(r) = self.replicas.get(i) {
-                            r.set_down(false);
                             r.kick();
                         }
                         Reachability::Up { since: now }
@@ -459,10 +464,6 @@ impl Monitor {
                     (_, false) => {
                         let reason = problem.clone().unwrap_or_else(|| "recovering".to_owned());
                         tracing::warn!(backend = %b.name, %reason, "backend is down");
-                        // A replayed statement waiting for its answer stops waiting.
-                        if let Some(r) = self.replicas.get(i) {
-                            r.set_down(true);
-                        }
                         Reachability::Down { since: now, reason }
                     }
                 };

@@ -293,6 +293,9 @@ pub struct ListenerStatus {
     pub dropped_datagrams: Option<u64>,
     /// TCP connections open now.
     pub open_connections: Option<u64>,
+    /// TCP connections closed since start for a line longer than allowed, or for no room under
+    /// `max_inflight_bytes` for their incomplete line.
+    pub closed_connections: Option<u64>,
 }
 
 /// A peer relay.
@@ -501,6 +504,7 @@ pub fn collect(
             write_failures: None,
             dropped_datagrams: None,
             open_connections: None,
+            closed_connections: None,
         })
         .collect();
     for l in listeners {
@@ -522,6 +526,8 @@ pub fn collect(
             write_failures: Some(c.write_failures),
             dropped_datagrams: udp.then_some(c.dropped_datagrams + c.oversize_datagrams),
             open_connections: (!udp && l.kind != "prometheus").then_some(c.open_connections),
+            closed_connections: (!udp && l.kind != "prometheus")
+                .then_some(c.closed_for_long_lines + c.closed_for_memory),
         });
     }
 

@@ -151,9 +151,9 @@ pub struct Replica {
     maintenance: AtomicBool,
     /// Wakes the replay out of a backoff or maintenance pause (resume, `queue drain`, retire).
     kick: Notify,
-    /// Whether the health checks find the backend down: a replayed statement is not sent to
-    /// it then, and one waiting for its answer stops waiting (a stopped backend keeps its
-    /// connections open and never answers).
+    /// Whether the health checks find the backend down and not answering its pings: a
+    /// replayed statement is not sent to it then, and one waiting for its answer stops waiting
+    /// (a stopped backend keeps its connections open and never answers).
     down: watch::Sender<bool>,
     /// Removed from the config: the replay stops; what is queued stays on disk.
     retired: AtomicBool,
@@ -579,7 +579,7 @@ impl Replica {
         self.kick.notify_one();
     }
 
-    /// What the health checks found: the backend down, or up again.
+    /// What the health checks found: the backend down and not answering its pings, or not.
     pub fn set_down(&self, down: bool) {
         self.down
             .send_if_modified(|d| std::mem::replace(d, down) != down);
