@@ -552,7 +552,10 @@ impl<S: Sink> Connection<S> {
             // neither holds up its points nor keeps the connection for ever.
             let send = tokio::io::AsyncWriteExt::write_all(stream, &reply);
             if tokio::time::timeout(REPLY_TIMEOUT, send).await.is_err() {
-                tracing::debug!(peer = %self.peer, "a reply was not read in time: dropped");
+                // Part of the reply may be out: no other reply goes after it (the connection
+                // still takes the client's lines).
+                tracing::debug!(peer = %self.peer, "a reply was not read in time: no more replies");
+                let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
             }
         }
     }
