@@ -473,7 +473,9 @@ where
 const BODY_START_GRACE: Duration = Duration::from_secs(2);
 
 /// The longest a body with a declared length may send nothing once it has started, whatever
-/// its pace: one that sent most of itself fast is ahead of the pace for most of the timeout.
+/// its pace (one that sent most of itself fast is ahead of the pace for most of the timeout);
+/// a sixth of `body_read_timeout` where that is longer, for links slow enough to need a
+/// longer timeout.
 const BODY_STALL: Duration = Duration::from_secs(10);
 
 /// When a body being read must have delivered more than it has.
@@ -518,7 +520,8 @@ impl Pace {
                 let grace = BODY_START_GRACE.min(self.timeout);
                 let share = (received as f64 / n as f64).min(1.0);
                 let pace = self.start + grace + (self.timeout - grace).mul_f64(share);
-                pace.min(self.last + BODY_STALL.max(grace))
+                let stall = BODY_STALL.max(self.timeout / 6).max(grace);
+                pace.min(self.last + stall)
             }
             _ => self.start + self.timeout,
         }
