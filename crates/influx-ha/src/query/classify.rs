@@ -405,7 +405,14 @@ fn repeatable(q: &str, kind: &StatementKind, summary: &Summary) -> bool {
 /// Whether running every statement of `q` twice leaves what running it once does (see
 /// [`Statement::repeatable`]).
 pub fn all_repeatable(q: &str) -> bool {
-    classify(q).statements.iter().all(|s| s.repeatable)
+    classify(q).repeatable()
+}
+
+impl Classified {
+    /// Whether running every statement twice leaves what running them once does.
+    pub fn repeatable(&self) -> bool {
+        self.statements.iter().all(|s| s.repeatable)
+    }
 }
 
 /// Splits and classifies a query.

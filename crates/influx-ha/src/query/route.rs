@@ -401,7 +401,7 @@ impl Inner {
                 {
                     return Err(RequestError::CannotQueue(why));
                 }
-                let repeatable = classified.statements.iter().all(|s| s.repeatable);
+                let repeatable = classified.repeatable();
                 self.everywhere(id, fwd, queued, statements, repeatable)
                     .await
             }

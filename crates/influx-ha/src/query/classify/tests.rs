@@ -281,7 +281,7 @@ fn a_dot_outside_a_from_list_is_followed_by_a_division() {
 
 #[test]
 fn only_reads_and_plain_schema_creation_are_repeatable() {
-    let repeatable = |q: &str| classify(q).statements.iter().all(|s| s.repeatable);
+    let repeatable = all_repeatable;
     assert!(repeatable("CREATE DATABASE x; SHOW DATABASES"));
     assert!(repeatable(
         "CREATE RETENTION POLICY w ON x DURATION 7d REPLICATION 1"
