@@ -150,6 +150,59 @@ struct Memory {
     asked: HashMap<String, tokio::time::Instant>,
 }
 
+/// A peer's name, when it was asked, and its report or why there is none.
+type PeerAnswer = (String, tokio::time::Instant, Result<QueueReport, String>);
+
+/// The peer polls out: at most one per peer, plus whether it is to be asked again once that
+/// one is answered.
+#[derive(Default)]
+struct PeerPolls {
+    polls: JoinSet<PeerAnswer>,
+    /// Per poll out: its peer and when it was asked (a poll that panicked still answers).
+    out: HashMap<tokio::task::Id, (Peer, tokio::time::Instant)>,
+    /// Peers to ask again when their poll out is answered.
+    again: HashMap<String, Duration>,
+}
+
+impl PeerPolls {
+    fn is_empty(&self) -> bool {
+        self.polls.is_empty()
+    }
+
+    fn ask(&mut self, peer: &Peer, timeout: Duration) {
+        if self.out.values().any(|(p, _)| p.name == peer.name) {
+            self.again.insert(peer.name.clone(), timeout);
+            return;
+        }
+        let asked = tokio::time::Instant::now();
+        let client = peer.client.clone();
+        let name = peer.name.clone();
+        let handle = self.polls.spawn(async move {
+            let r = fetch_report(&client, timeout).await;
+            (name, asked, r)
+        });
+        self.out.insert(handle.id(), (peer.clone(), asked));
+    }
+
+    /// The next answer; pending until there is one (never call it while empty).
+    async fn next(&mut self) -> PeerAnswer {
+        loop {
+            let (id, answer) = match self.polls.join_next_with_id().await {
+                Some(Ok((id, answer))) => (id, Some(answer)),
+                Some(Err(e)) => (e.id(), None),
+                None => return std::future::pending().await,
+            };
+            let Some((peer, asked)) = self.out.remove(&id) else {
+                continue;
+            };
+            if let Some(timeout) = self.again.remove(&peer.name) {
+                self.ask(&peer, timeout);
+            }
+            return answer.unwrap_or_else(|| (peer.name, asked, Err("the poll failed".to_owned())));
+        }
+    }
+}
+
 /// The task that keeps the board current.
 #[derive(Debug)]
 pub struct Monitor {
@@ -279,93 +332,72 @@ impl Monitor {
         };
         let mut ticker = tokio::time::interval(self.health.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls = PeerPolls::default();
         loop {
             tokio::select! {
                 () = shutdown.recv() => return,
-                _ = ticker.tick() => self.round(&mut memory).await,
-                () = self.peers_changed.notified() => {
-                    self.poll_peers(&mut memory).await;
-                    self.board.update(|state| self.publish_peers(state, &memory));
-                }
+                _ = ticker.tick() => self.round(&mut memory, &mut polls).await,
+                () = self.peers_changed.notified() => self.ask_peers(&mut polls),
+                answer = polls.next(), if !polls.is_empty() => self.heard(&mut memory, answer),
             }
         }
     }
 
-    /// Asks every peer for its report; records what came (an unreachable peer's last report
-    /// stands) and keeps the reports on disk when they changed.
-    async fn poll_peers(&self, memory: &mut Memory) {
-        let answers = self.fetch_peers().await;
-        self.record_peers(memory, answers);
-    }
-
-    /// Every peer's report (or why not), with when it was asked for.
-    async fn fetch_peers(
-        &self,
-    ) -> Vec<(String, tokio::time::Instant, Result<QueueReport, String>)> {
+    /// Asks every peer for its report, unless a poll of it is already out; then it is asked
+    /// again once that one is answered (the change that prompted this may have come after
+    /// the running poll was answered).
+    fn ask_peers(&self, polls: &mut PeerPolls) {
         let timeout = self.health.timeout.max(Duration::from_secs(1));
-        let asked = tokio::time::Instant::now();
-        let mut polls = JoinSet::new();
         for peer in &self.peers {
-            let peer = peer.clone();
-            polls.spawn(async move {
-                let r = fetch_report(&peer.client, timeout).await;
-                (peer.name, r)
-            });
-        }
-        let mut answers = Vec::with_capacity(self.peers.len());
-        while let Some(joined) = polls.join_next().await {
-            if let Ok((name, r)) = joined {
-                answers.push((name, asked, r));
-            }
-        }
-        answers
-    }
-
-    /// Records what the peers answered. An answer to a question asked before the one already
-    /// recorded is older news (a poll a notice started may finish before the round's own):
-    /// it is left out.
-    fn record_peers(
-        &self,
-        memory: &mut Memory,
-        answers: Vec<(String, tokio::time::Instant, Result<QueueReport, String>)>,
-    ) {
-        let mut reports_changed = false;
-        for (name, asked, r) in answers {
-            if memory.asked.get(&name).is_some_and(|last| *last > asked) {
-                continue;
-            }
-            memory.asked.insert(name.clone(), asked);
-            match r {
-                Ok(report) => {
-                    if memory.peer_errors.remove(&name).is_some() {
-                        tracing::info!(peer = %name, "peer reached");
-                    }
-                    reports_changed |= memory.reports.get(&name).is_none_or(|old| old.0 != report);
-                    memory
-                        .reports
-                        .insert(name, (report, SystemTime::now(), true));
-                }
-                Err(e) => {
-                    let first = memory.peer_errors.insert(name.clone(), e.clone()).is_none();
-                    if let Some(entry) = memory.reports.get_mut(&name) {
-                        if entry.2 {
-                            tracing::warn!(peer = %name, error = %e, "peer unreachable: its last queue report stands");
-                        }
-                        entry.2 = false;
-                    } else if first {
-                        // Nothing it reports can keep reads from a backend it queues for: say so.
-                        tracing::warn!(peer = %name, error = %e, "peer never reached: its queues are unknown");
-                    }
-                }
-            }
-        }
-        if let (true, Some(file)) = (reports_changed, &self.reports_file) {
-            save_reports(file, &memory.reports);
+            polls.ask(peer, timeout);
         }
     }
 
-    /// One round: checks, peer polls, then one new snapshot.
-    async fn round(&self, memory: &mut Memory) {
+    /// Records a peer's answer and publishes it at once: a peer that does not answer holds
+    /// up no other.
+    fn heard(&self, memory: &mut Memory, answer: PeerAnswer) {
+        self.record_peer(memory, answer);
+        self.board.update(|state| self.publish_peers(state, memory));
+    }
+
+    /// Records what a peer answered. An answer to a question asked before the one already
+    /// recorded is older news: it is left out. The reports are kept on disk when they
+    /// changed.
+    fn record_peer(&self, memory: &mut Memory, (name, asked, r): PeerAnswer) {
+        if memory.asked.get(&name).is_some_and(|last| *last > asked) {
+            return;
+        }
+        memory.asked.insert(name.clone(), asked);
+        match r {
+            Ok(report) => {
+                if memory.peer_errors.remove(&name).is_some() {
+                    tracing::info!(peer = %name, "peer reached");
+                }
+                let changed = memory.reports.get(&name).is_none_or(|old| old.0 != report);
+                memory
+                    .reports
+                    .insert(name, (report, SystemTime::now(), true));
+                if let (true, Some(file)) = (changed, &self.reports_file) {
+                    save_reports(file, &memory.reports);
+                }
+            }
+            Err(e) => {
+                let first = memory.peer_errors.insert(name.clone(), e.clone()).is_none();
+                if let Some(entry) = memory.reports.get_mut(&name) {
+                    if entry.2 {
+                        tracing::warn!(peer = %name, error = %e, "peer unreachable: its last queue report stands");
+                    }
+                    entry.2 = false;
+                } else if first {
+                    // Nothing it reports can keep reads from a backend it queues for: say so.
+                    tracing::warn!(peer = %name, error = %e, "peer never reached: its queues are unknown");
+                }
+            }
+        }
+    }
+
+    /// One round: checks and peer polls, then one new snapshot.
+    async fn round(&self, memory: &mut Memory, polls: &mut PeerPolls) {
         let timeout = self.health.timeout;
         let mut pings = JoinSet::new();
         for (i, client) in self.clients.iter().enumerate() {
@@ -380,29 +412,30 @@ impl Monitor {
                 (i, result)
             });
         }
-        // The peers are asked while the pings are out. A peer that says its queues changed
-        // meanwhile is asked again at once, not once this round is over: a ping that takes up
-        // to the health timeout must not hold up what keeps reads fresh.
+        // The peers are asked while the pings are out, and the round waits for both. Each
+        // peer's answer counts as it comes, and a peer that says its queues changed meanwhile
+        // is asked again at once: neither a ping nor another peer that takes up to the
+        // timeout holds up what keeps reads fresh.
         let mut checks: Vec<Result<(), String>> =
             vec![Err("health check failed".to_owned()); self.clients.len()];
-        let fetch = self.fetch_peers();
-        tokio::pin!(fetch);
-        let (mut fetched, mut pinging) = (false, true);
-        while !fetched || pinging {
+        let round_asked = tokio::time::Instant::now();
+        self.ask_peers(polls);
+        let mut waiting: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
+        let mut pinging = true;
+        while !waiting.is_empty() || pinging {
             tokio::select! {
-                answers = &mut fetch, if !fetched => {
-                    fetched = true;
-                    self.record_peers(memory, answers);
+                answer = polls.next(), if !polls.is_empty() => {
+                    if answer.1 >= round_asked {
+                        waiting.retain(|name| *name != answer.0);
+                    }
+                    self.heard(memory, answer);
                 }
                 ping = pings.join_next(), if pinging => match ping {
                     Some(Ok((i, r))) => checks[i] = r,
                     Some(Err(_)) => {}
                     None => pinging = false,
                 },
-                () = self.peers_changed.notified() => {
-                    self.poll_peers(memory).await;
-                    self.board.update(|state| self.publish_peers(state, memory));
-                }
+                () = self.peers_changed.notified() => self.ask_peers(polls),
             }
         }
 
@@ -532,10 +565,11 @@ fn peer_states(
                 queue: QueueDepth {
                     records: rb.queue_records,
                     bytes: rb.queue_bytes,
+                    // A peer's figure is input: one out of range (negative, NaN, past
+                    // `Duration::MAX`) is left out rather than panicking the monitor.
                     oldest_age: rb
                         .oldest_age_seconds
-                        .filter(|s| s.is_finite() && *s >= 0.0)
-                        .map(Duration::from_secs_f64),
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok()),
                 },
                 diverged: rb.diverged,
                 received: *received,
@@ -612,6 +646,31 @@ mod tests {
         assert_eq!(loaded["relay-2"], (report, received, false));
         std::fs::write(&file, b"{broken").expect("write");
         assert!(load_reports(&file, &[peer]).is_empty());
+    }
+
+    #[test]
+    fn an_out_of_range_age_in_a_peer_report_is_left_out() {
+        let mut reports = HashMap::new();
+        for (peer, age) in [("huge", "1e300"), ("negative", "-1"), ("fine", "2.5")] {
+            let report = crate::peers::parse_report(
+                format!(r#"{{"node":"{peer}","backends":[{{"name":"a","queue_records":1,"queue_bytes":9,"oldest_age_seconds":{age},"diverged":false,"maintenance":false}}]}}"#)
+                    .as_bytes(),
+            )
+            .expect("report");
+            reports.insert(peer.to_owned(), (report, UNIX_EPOCH, true));
+        }
+        let ages: Vec<_> = peer_states(&reports, "a")
+            .into_iter()
+            .map(|p| (p.peer, p.queue.oldest_age))
+            .collect();
+        assert_eq!(
+            ages,
+            [
+                ("fine".to_owned(), Some(Duration::from_millis(2500))),
+                ("huge".to_owned(), None),
+                ("negative".to_owned(), None),
+            ]
+        );
     }
 
     #[test]

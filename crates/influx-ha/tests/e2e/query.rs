@@ -517,6 +517,35 @@ fn a_peers_notice_is_heard_while_a_health_check_hangs() {
 }
 
 #[test]
+fn a_peers_notice_is_heard_while_another_peer_hangs() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    // relay-2 reaches influx-1 through a proxy that refuses connections: it queues for it.
+    // relay-1 has a third peer behind a proxy that will swallow its polls whole, with a health
+    // timeout of an hour: from then on every poll of that peer hangs.
+    let refuse_b = FaultProxy::start(b.addr());
+    refuse_b.set_mode(Mode::Refuse);
+    let hang_peer = FaultProxy::start(a.addr());
+    let (mut relay1, mut relay2) = peered_relays(
+        &[a.url(), refuse_b.url()],
+        FAST_HEALTH,
+        &[a.url(), b.url()],
+        &format!(
+            "[health]\ninterval = \"1h\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n[[peer]]\nname = \"relay-3\"\nurl = \"{}\"\n",
+            hang_peer.url()
+        ),
+    );
+    hang_peer.set_mode(Mode::Blackhole);
+
+    // relay-2's notice has relay-1 poll both peers: what relay-2 says counts as it comes.
+    write_through_relay_2_and_see_relay_1_avoid_influx_1(&mut relay1, &mut relay2);
+    assert!(hang_peer.discarded() > 0, "relay-3 was polled and hangs");
+}
+
+#[test]
 fn a_peer_relays_queue_keeps_reads_away_until_it_drained() {
     let _serial = serial();
     let (mut a, b) = (Influxd::start(), Influxd::start());
