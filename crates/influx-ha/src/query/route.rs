@@ -543,11 +543,11 @@ impl Inner {
             fwd.body.clone(),
             timeout,
         );
+        // By name: the board lists backends in the config's order, which a reload may change.
         let is_down = || {
             self.board
                 .load()
-                .backends
-                .get(i)
+                .backend(self.name(i))
                 .is_some_and(|b| matches!(b.reachability, Reachability::Down { .. }))
         };
         let was_down = is_down();
