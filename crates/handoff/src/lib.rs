@@ -504,6 +504,8 @@ pub struct Stats {
     pub disk_bytes: u64,
     /// Records appended (completed successfully).
     pub appended_records: u64,
+    /// Appends that found nothing pending (the queue started holding records again).
+    pub fills: u64,
     /// Encoded bytes appended.
     pub appended_bytes: u64,
     /// Groups written (one write + at most one fsync pass each).

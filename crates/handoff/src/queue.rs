@@ -26,6 +26,10 @@ use crate::{
 
 pub(crate) const CURSOR_FILE: &str = "cursor";
 pub(crate) const CURSOR_TMP: &str = "cursor.tmp";
+/// Present while something dropped has not been recorded by the caller
+/// ([`Queue::dropped_recorded`]): written before a drop is made durable, so that a crash in
+/// between does not lose the news.
+pub(crate) const DROPPED_FILE: &str = "dropped";
 const SEGMENT_EXT: &str = ".hseg";
 /// The most a record (frame header and body) can hold whatever the options say.
 const MAX_BODY_LEN_AS_RECORD: u64 = format::MAX_BODY_LEN + FRAME_HEADER_LEN;
@@ -132,6 +136,7 @@ impl State {
 #[derive(Debug, Default)]
 struct Counters {
     appended_records: AtomicU64,
+    fills: AtomicU64,
     appended_bytes: AtomicU64,
     append_groups: AtomicU64,
     fsyncs: AtomicU64,
@@ -211,6 +216,8 @@ pub(crate) struct Inner {
     c: Counters,
     degraded: AtomicBool,
     dropped: AtomicBool,
+    /// Whether [`DROPPED_FILE`] is on disk; held while it is written or removed.
+    dropped_on_disk: Mutex<bool>,
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The directory's lock: one open queue per directory, across processes. Released by
@@ -222,8 +229,20 @@ impl Inner {
     pub fn seg_path(&self, id: u64) -> PathBuf {
         self.dir.join(segment_name(id))
     }
+    /// Notes that records are gone (or will be once the cursor is saved): in memory, and on
+    /// disk before the caller makes the drop durable.
     fn mark_dropped(&self) {
+        let mut on_disk = lock(&self.dropped_on_disk);
         self.dropped.store(true, Ordering::SeqCst);
+        if !*on_disk {
+            match write_drop_marker(self.fs.as_ref(), &self.dir) {
+                Ok(()) => *on_disk = true,
+                Err(e) => {
+                    bump(&self.c.io_errors, 1);
+                    warn!(dir = %self.dir.display(), error = %e, "handoff: cannot write the dropped marker");
+                }
+            }
+        }
     }
 }
 
@@ -362,6 +381,7 @@ impl Queue {
             },
             degraded: AtomicBool::new(false),
             dropped: AtomicBool::new(rec.dropped),
+            dropped_on_disk: Mutex::new(rec.dropped_on_disk),
             closed: AtomicBool::new(false),
             writer: Mutex::new(None),
             dir_lock: Mutex::new(Some(dir_lock)),
@@ -494,6 +514,13 @@ impl Queue {
         }
         inner.submit_cv.notify_one();
         Ok(rx)
+    }
+
+    /// Times an append found nothing pending: the queue started holding records again. A
+    /// queue that drained and filled up between two looks at [`Queue::has_pending`] shows
+    /// here.
+    pub fn fills(&self) -> u64 {
+        self.inner.c.fills.load(Ordering::Relaxed)
     }
 
     /// Whether records are pending (published and not acknowledged).
@@ -709,6 +736,7 @@ impl Queue {
             segments,
             disk_bytes,
             appended_records: l(&c.appended_records),
+            fills: l(&c.fills),
             appended_bytes: l(&c.appended_bytes),
             append_groups: l(&c.append_groups),
             fsyncs: l(&c.fsyncs),
@@ -727,9 +755,36 @@ impl Queue {
         }
     }
 
-    /// Returns and clears the "something was dropped" flag.
+    /// Returns and clears the "something was dropped" flag (set at open too when a drop was
+    /// never recorded). Once the caller has recorded it durably, it calls
+    /// [`Queue::dropped_recorded`].
     pub fn take_dropped(&self) -> bool {
         self.inner.dropped.swap(false, Ordering::SeqCst)
+    }
+
+    /// The caller has durably recorded the drops it took: the marker that keeps them across a
+    /// crash goes, unless another drop came since.
+    pub fn dropped_recorded(&self) {
+        let inner = &self.inner;
+        let mut on_disk = lock(&inner.dropped_on_disk);
+        if !*on_disk || inner.dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        let removed = inner
+            .fs
+            .remove_file(&inner.dir.join(DROPPED_FILE))
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .and_then(|()| inner.fs.sync_dir(&inner.dir));
+        match removed {
+            Ok(()) => *on_disk = false,
+            Err(e) => {
+                bump(&inner.c.io_errors, 1);
+                warn!(dir = %inner.dir.display(), error = %e, "handoff: cannot remove the dropped marker");
+            }
+        }
     }
 
     /// Whether a failed fsync has made the queue refuse appends.
@@ -922,6 +977,12 @@ impl Queue {
                         Err(e) => {
                             bump(&inner.c.io_errors, 1);
                             rs.seg = None;
+                            // As for a read above: the rest of a segment is given up only when
+                            // it is sealed and the error lasting.
+                            if !m.sealed || !lasting(&e) {
+                                break_out(rs, pos, self);
+                                return Err(Error::io(inner.seg_path(pos.seg), e));
+                            }
                             warn!(segment = pos.seg, error = %e, "handoff: read error while resynchronising");
                             m.end
                         }
@@ -1227,25 +1288,47 @@ struct Recovered {
     cursor: Pos,
     persisted: Option<(u64, u64)>,
     dropped: bool,
+    /// Whether [`DROPPED_FILE`] is on disk.
+    dropped_on_disk: bool,
     torn_tail_bytes: u64,
     /// Segment ends of records that failed their CRC (not torn writes).
     corrupt_ends: u64,
 }
 
-/// Whether a read error says the data is damaged or gone (EIO, a file shorter than its index
-/// or removed), so that skipping it is the only way on. Anything else may pass and is retried:
-/// skipping would lose data that is still there.
+/// Whether a read error says the data is damaged or gone, so that skipping it is the only way
+/// on: EIO, the filesystem's own corruption reports (XFS and ext4 with metadata checksums
+/// answer EUCLEAN for a damaged structure and EBADMSG for a failed checksum), a stale NFS
+/// handle, a file shorter than its index or removed. Anything else may pass (out of file
+/// descriptors or memory, permissions) and is retried: skipping would lose data that is still
+/// there.
 fn lasting(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
     use std::io::ErrorKind;
     matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::NotFound)
-        || e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
+        || [Errno::IO, Errno::UCLEAN, Errno::BADMSG, Errno::STALE]
+            .iter()
+            .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }
 
 /// Rebuilds the in-memory state from the directory. See "Crash reasoning" in the crate docs.
 fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let names = fs.list_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut dropped = false;
+    // A drop from before that was never recorded counts again.
+    let marker = std::cell::Cell::new(names.iter().any(|n| n == DROPPED_FILE));
+    let mut dropped = marker.get();
+    // Before a segment is set aside: the marker, so that a crash after the rename (which
+    // later opens no longer see) still tells of the drop.
+    let mark = || {
+        if !marker.get() {
+            match write_drop_marker(fs, dir) {
+                Ok(()) => marker.set(true),
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "handoff: cannot write the dropped marker")
+                }
+            }
+        }
+    };
     let mut torn_tail_bytes = 0u64;
     let mut corrupt_ends = 0u64;
     if names.iter().any(|n| n == CURSOR_TMP) {
@@ -1263,7 +1346,10 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         .unwrap_or(0);
     let cursor_file = read_cursor(fs, dir)?;
     if names.iter().any(|n| n == CURSOR_FILE) && cursor_file.is_none() {
+        // Delivered again, its statements run again: a `DROP` or `DELETE` among them may
+        // remove what was written since. Counted as a drop, so the backend is checked.
         warn!(dir = %dir.display(), "handoff: cursor file unreadable or corrupt; replaying from the oldest segment");
+        dropped = true;
     }
     let (cur_seg, cur_off) = cursor_file.unwrap_or((0, SEGMENT_HEADER_LEN));
     // Idempotent cleanup of segments the durable cursor is already past.
@@ -1298,6 +1384,7 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
                 return Err(Error::io(&path, e));
             }
             error!(segment = id, error = %e, "handoff: cannot {what} segment; setting it aside as .unreadable");
+            mark();
             let aside = dir.join(format!("{}.unreadable", segment_name(id)));
             if let Err(e) = fs.rename(&path, &aside)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -1337,6 +1424,7 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         if let Err(why) = header_ok {
             error!(segment = id, reason = %why, "handoff: bad segment header; setting the file aside as .corrupt");
             dropped = true;
+            mark();
             let aside = dir.join(format!("{}.corrupt", segment_name(id)));
             if let Err(e) = fs.rename(&path, &aside) {
                 warn!(segment = id, error = %e, "handoff: could not rename corrupt segment");
@@ -1450,6 +1538,9 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         }
     };
     st.ack = cursor;
+    if dropped {
+        mark();
+    }
     info!(dir = %dir.display(), segments = st.segs.len(), pending_records = index.saturating_sub(cursor.index),
         pending_bytes = bytes.saturating_sub(cursor.bytes), "handoff: queue opened");
     Ok(Recovered {
@@ -1457,9 +1548,19 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
         cursor,
         persisted: cursor_file,
         dropped,
+        dropped_on_disk: marker.get(),
         torn_tail_bytes,
         corrupt_ends,
     })
+}
+
+/// Writes [`DROPPED_FILE`] durably.
+fn write_drop_marker(fs: &dyn Filesystem, dir: &Path) -> std::io::Result<()> {
+    let mut f = fs.create_truncate(&dir.join(DROPPED_FILE))?;
+    f.append(b"records were dropped; the caller has not recorded it yet\n")?;
+    f.sync_data()?;
+    drop(f);
+    fs.sync_dir(dir)
 }
 
 /// The persisted cursor; `Ok(None)` when there is none or it is damaged. An error that may
@@ -1741,6 +1842,9 @@ impl Writer {
             if let Some(c) = self.cur.as_mut() {
                 c.published_len = c.len;
                 st.segs.insert(c.id, c.meta(false));
+            }
+            if st.write_bytes <= st.ack.bytes && w_bytes > st.ack.bytes {
+                bump(&inner.c.fills, 1);
             }
             st.write_index = w_index;
             st.write_bytes = w_bytes;

@@ -94,9 +94,11 @@ pub struct ReportedBackend {
     pub maintenance: bool,
 }
 
-/// What peers are told about, per backend in config order: whether records are queued for it,
-/// whether it diverged, whether it is in maintenance.
-fn queue_states(replicator: &Replicator) -> Vec<(String, bool, bool, bool)> {
+/// What peers are told about, per backend in config order: whether records are queued for it
+/// and how often its queue started holding records (a drain and a new write between two looks
+/// changes that, while a peer may have been served the empty queue in between), whether it
+/// diverged, whether it is in maintenance.
+fn queue_states(replicator: &Replicator) -> Vec<(String, bool, u64, bool, bool)> {
     replicator
         .replicas()
         .iter()
@@ -104,6 +106,7 @@ fn queue_states(replicator: &Replicator) -> Vec<(String, bool, bool, bool)> {
             (
                 r.name().to_owned(),
                 r.queue().has_pending(),
+                r.queue().fills(),
                 r.diverged().is_some(),
                 r.in_maintenance(),
             )

@@ -740,3 +740,50 @@ fn a_queue_directory_is_open_in_one_queue_at_a_time() {
     q.close().unwrap();
     open_sim(&fs, small_opts()).close().unwrap();
 }
+
+#[test]
+fn fills_count_the_times_the_queue_started_holding_records() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(q.fills(), 0);
+    append_id(&q, "a", 0).unwrap();
+    append_id(&q, "a", 1).unwrap();
+    assert_eq!(q.fills(), 1, "the second append found records pending");
+    let b = q.next_batch(1 << 20).unwrap().unwrap();
+    q.ack(&b).unwrap();
+    assert!(!q.has_pending());
+    append_id(&q, "a", 2).unwrap();
+    // Drained and filled again: pending before and after, but not the same records.
+    assert!(q.has_pending());
+    assert_eq!(q.fills(), 2);
+    assert_eq!(q.stats().fills, 2);
+}
+
+#[test]
+fn a_drop_not_yet_recorded_is_told_again_after_a_restart() {
+    let fs = SimFs::new();
+    {
+        let q = open_sim(&fs, small_opts());
+        for i in 0..3 {
+            append_id(&q, "a", i).unwrap();
+        }
+        assert_eq!(q.purge().unwrap(), 3);
+        // The process dies before the caller recorded the drop.
+    }
+    {
+        let q = open_sim(&fs, small_opts());
+        assert!(q.take_dropped(), "the drop is told again");
+        // Recorded now: the next start has nothing to tell.
+        q.dropped_recorded();
+        q.close().unwrap();
+    }
+    let q = open_sim(&fs, small_opts());
+    assert!(!q.take_dropped());
+    // A drop that comes after the take is kept until it is taken and recorded in turn.
+    append_id(&q, "a", 3).unwrap();
+    assert_eq!(q.purge().unwrap(), 1);
+    q.dropped_recorded();
+    drop(q);
+    let q = open_sim(&fs, small_opts());
+    assert!(q.take_dropped());
+}

@@ -351,6 +351,7 @@ pub fn purge_dead_letters(r: &Replica) -> Result<Done, OpError> {
         .purge()
         .map_err(|e| OpError::io("cannot purge the dead letters", e))?;
     r.dead_letters().take_dropped();
+    r.dead_letters().dropped_recorded();
     Ok(done(
         r,
         format!("dropped {n} dead-lettered records of {}", r.name()),

@@ -494,6 +494,48 @@ async fn dead_letters_are_listed_replayed_and_purged() {
     assert_eq!(alpha.dead_letters().stats().depth_records, 0);
 }
 
+#[tokio::test]
+async fn a_dead_letter_replay_moves_what_was_there_when_it_started() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_admin, replicator) = setup(dir.path());
+    let alpha = replicator.replicas()[0].clone();
+    async fn letter(to: &crate::write::replica::Replica, line: &str) {
+        to.dead_letters()
+            .append(&handoff::Record::Write {
+                db: "db",
+                rp: "",
+                precision: "n",
+                payload: line.as_bytes(),
+            })
+            .await
+            .expect("appended");
+    }
+    letter(&alpha, "m v=1 1\n").await;
+    letter(&alpha, "m v=2 2\n").await;
+    // As a replay that sends them again and has them refused again: every letter taken out
+    // comes back as a new one.
+    let refiling = tokio::spawn({
+        let alpha = alpha.clone();
+        async move {
+            let mut seen = 0;
+            loop {
+                let acked = alpha.dead_letters().stats().acked_records;
+                if acked > seen {
+                    seen = acked;
+                    letter(&alpha, "m v=3 3\n").await;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let moved = tokio::time::timeout(Duration::from_secs(30), alpha.requeue_dead_letters())
+        .await
+        .expect("the move ends")
+        .expect("moved");
+    refiling.abort();
+    assert_eq!(moved, 2);
+}
+
 mod reload {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -170,6 +170,8 @@ pub struct Replica {
     /// Insured records that were the first in the queue and whose direct send then succeeded:
     /// the replay acknowledges such a record without sending it again.
     delivered_insured: Mutex<VecDeque<RecordId>>,
+    /// Held while dead letters are moved back into the queue: one move at a time.
+    requeueing: tokio::sync::Mutex<()>,
     pub counters: Counters,
 }
 
@@ -346,12 +348,13 @@ impl Replica {
             replay_lanes: AtomicUsize::new(crate::config::DEFAULT_REPLAY_LANES),
             late_sends: watch::Sender::new(0),
             delivered_insured: Mutex::new(VecDeque::new()),
+            requeueing: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
         };
         // Records found corrupt or expired while opening are gone: the replay would notice
         // only once new data arrives.
         if replica.queue.take_dropped() {
-            replica.mark_diverged("its queue dropped records at start (corrupt or expired)");
+            replica.diverged_by_drops("its queue dropped records at start (corrupt or expired)");
         }
         Ok(replica)
     }
@@ -590,7 +593,7 @@ impl Replica {
     pub fn purge_queue(&self) -> Result<u64, handoff::Error> {
         let n = self.queue.purge()?;
         self.queue.take_dropped();
-        self.mark_diverged(&format!(
+        self.diverged_by_drops(&format!(
             "an operator purged its queue ({n} records dropped)"
         ));
         self.leave_queueing_if_drained();
@@ -601,9 +604,14 @@ impl Replica {
     /// Moves every dead letter back into the queue for delivery (the replay sends them again;
     /// what the backend still refuses returns to the dead letters). The backend stays marked
     /// diverged until verify/repair clears it. Returns the number of records moved.
+    ///
+    /// Moves at most the records there were when it started: the replay, running meanwhile,
+    /// may file refused ones again, and chasing those would never end.
     pub async fn requeue_dead_letters(self: &Arc<Self>) -> Result<u64, String> {
+        let _one_at_a_time = self.requeueing.lock().await;
+        let there = self.dead_letters.stats().depth_records;
         let mut moved = 0;
-        loop {
+        while moved < there {
             // Reading and acknowledging do file I/O (an fsync per ack): on a blocking thread.
             let me = self.clone();
             let next =
@@ -1143,7 +1151,16 @@ impl Replica {
     /// Marks the backend diverged if its queue dropped records since the last look.
     fn note_dropped(&self) {
         if self.queue.take_dropped() {
-            self.mark_diverged("its queue dropped records (expired, corrupt or unreadable)");
+            self.diverged_by_drops("its queue dropped records (expired, corrupt or unreadable)");
+        }
+    }
+
+    /// Marks the backend diverged for drops taken from its queue; once that is on disk, the
+    /// queue's own note of them (kept across a crash until then) can go.
+    fn diverged_by_drops(&self, reason: &str) {
+        self.mark_diverged(reason);
+        if self.diverged_on_disk.load(Ordering::SeqCst) {
+            self.queue.dropped_recorded();
         }
     }
 
