@@ -18,6 +18,7 @@
 //! <dir>/cursor.tmp               transient: the next cursor before its rename
 //! <dir>/<name>.corrupt           a segment whose header was unreadable, set aside for an operator
 //! <dir>/<name>.unreadable        a segment that could not be read at open (EIO), set aside too
+//! <dir>/dropped                  records were dropped and the caller has not recorded it yet
 //! <dir>/lock                     locked (`flock`) by the process that has the queue open
 //! ```
 //!
@@ -164,7 +165,13 @@
 //! `max_age` drops records older than it when the reader passes them (or
 //! [`Queue::purge_expired`] runs). Every drop — refused overflow, expiry, corrupt region,
 //! unreadable segment, operator purge — increments a counter in [`Stats`] and raises the
-//! `dropped` flag ([`Queue::take_dropped`]) so the caller can mark the backend diverged.
+//! `dropped` flag ([`Queue::take_dropped`]) so the caller can mark the backend diverged. Before
+//! a drop is made durable (the cursor saved past it, a segment set aside) a `dropped` file is
+//! written and synced, and a queue opened with it present raises the flag again: a crash before
+//! the caller recorded the drop does not lose it. The caller removes the file with
+//! [`Queue::dropped_recorded`] once its own record is durable. A cursor file that exists but
+//! cannot be read counts as a drop too: everything retained is delivered again, statements
+//! included.
 //!
 //! # Known limits
 //!
