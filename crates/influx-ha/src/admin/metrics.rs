@@ -341,6 +341,12 @@ pub fn render(
         "Insured batches acknowledged in the queue without a replay: their direct send succeeded first",
         None,
     );
+    let catch_up_waits = counter_family(
+        &mut r,
+        "backend_catch_up_waits",
+        "Writes that found every backend behind its queue and waited for this one to catch up",
+        None,
+    );
     let replayed = counter_family(
         &mut r,
         "backend_replayed_batches",
@@ -427,6 +433,7 @@ pub fn render(
         queued.get_or_create(&l).inc_by(t.queued);
         insured.get_or_create(&l).inc_by(t.insured);
         insured_skipped.get_or_create(&l).inc_by(t.insured_skipped);
+        catch_up_waits.get_or_create(&l).inc_by(t.catch_up_waits);
         replayed.get_or_create(&l).inc_by(t.replayed_batches);
         read_ahead.get_or_create(&l).inc_by(t.read_ahead);
         replay_errors.get_or_create(&l).inc_by(t.replay_errors);

@@ -243,6 +243,8 @@ pub struct BackendTotals {
     pub insured: u64,
     /// Of those, acknowledged without a replay because their direct send succeeded first.
     pub insured_skipped: u64,
+    /// Writes that found every backend behind its queue and waited for this one to catch up.
+    pub catch_up_waits: u64,
     /// Queued batches it acknowledged.
     pub replayed_batches: u64,
     /// Of those, read from disk while the batch before was being sent.
@@ -350,6 +352,7 @@ fn totals(r: &Replica) -> BackendTotals {
         queued: c.queued.load(Relaxed),
         insured: c.insured.load(Relaxed),
         insured_skipped: c.insured_skipped.load(Relaxed),
+        catch_up_waits: c.catch_up_waits.load(Relaxed),
         replayed_batches: c.replayed_batches.load(Relaxed),
         read_ahead: c.read_ahead.load(Relaxed),
         replay_errors: c.replay_errors.load(Relaxed),

@@ -23,6 +23,7 @@ pub mod replica;
 pub mod schema;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -50,6 +51,14 @@ pub const SLOW_BACKEND_GRACE: Duration = Duration::from_millis(50);
 /// same network, short since a stalled backend delays the answer by about this much. (With the
 /// other levels only an acknowledgement meets the level, so it waits for the answers.)
 pub const QUEUE_WAIT: Duration = Duration::from_millis(200);
+
+/// The longest a write that no backend can take directly waits for one catching up on its
+/// queue to drain, so that it goes there directly instead of into every queue (see
+/// [`wait_for_a_direct_backend`]).
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a write waiting for a backend to catch up looks again.
+const CATCH_UP_POLL: Duration = Duration::from_millis(5);
 
 /// Size cap of each backend's dead-letter store.
 pub const DEAD_LETTER_MAX_BYTES: u64 = 1 << 30;
@@ -141,6 +150,8 @@ pub struct Replicator {
     /// Once the level is met, how long still-running direct sends are waited for before their
     /// backends get the batch queued instead.
     grace: Duration,
+    /// How long a write no backend can take directly waits for one to catch up.
+    catch_up_wait: Duration,
     /// Fan-outs running (also those whose client is gone): shutdown waits for them before it
     /// closes the queues they may still append to.
     deliveries: Arc<watch::Sender<usize>>,
@@ -178,8 +189,15 @@ impl Replicator {
             replicas: Arc::new(ArcSwap::from_pointee(replicas)),
             default_consistency: Arc::new(ArcSwap::from_pointee(default_consistency)),
             grace,
+            catch_up_wait: CATCH_UP_WAIT,
             deliveries: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Changes how long a write waits for a backend to catch up (tests on a busy machine).
+    #[cfg(test)]
+    pub(crate) fn set_catch_up_wait(&mut self, wait: Duration) {
+        self.catch_up_wait = wait;
     }
 
     /// The current replica set, in config order.
@@ -308,7 +326,9 @@ impl Replicator {
             precision: precision.v1_param(),
             payload,
         });
-        let delivery = fan_out(self.replicas.load_full(), batch, consistency, self.grace);
+        let replicas = self.replicas.load_full();
+        wait_for_a_direct_backend(&replicas, self.catch_up_wait).await;
+        let delivery = fan_out(replicas, batch, consistency, self.grace);
         let running = Delivering::start(&self.deliveries);
         let fan_out = tokio::spawn(async move {
             let outcomes = delivery.await;
@@ -335,6 +355,34 @@ impl WriteHandler for Replicator {
             body.permit,
         )
         .await
+    }
+}
+
+/// When every backend is behind its queue and some are up and only catching up, waits (at most
+/// `wait`, [`CATCH_UP_WAIT`]) until one of them drained and takes writes directly again.
+///
+/// Under a load above what the backends take, two backends in turn fall behind their queues
+/// (a slow one is insured), and once both are, every write would be appended to every queue and
+/// answered at the disk's pace: clients would no longer be slowed down to the backends' pace,
+/// and the queues would grow for as long as the load lasts. Waiting here gives the replays the
+/// time to catch up. A backend that is down or failing is not waited for.
+async fn wait_for_a_direct_backend(replicas: &[Arc<Replica>], wait: Duration) {
+    if replicas.iter().any(|r| !r.is_queueing()) {
+        return;
+    }
+    let catching_up: Vec<&Arc<Replica>> = replicas.iter().filter(|r| r.catching_up()).collect();
+    if catching_up.is_empty() {
+        return;
+    }
+    for r in &catching_up {
+        r.counters.catch_up_waits.fetch_add(1, Ordering::Relaxed);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline
+        && replicas.iter().all(|r| r.is_queueing())
+        && replicas.iter().any(|r| r.catching_up())
+    {
+        tokio::time::sleep(CATCH_UP_POLL).await;
     }
 }
 

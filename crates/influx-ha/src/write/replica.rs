@@ -116,6 +116,9 @@ pub struct Counters {
     /// Replayed batches that had been read from disk while the one before was being sent.
     pub read_ahead: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Writes that found every backend behind its queue and waited for this one's replay to
+    /// catch up.
+    pub catch_up_waits: AtomicU64,
 }
 
 /// One backend with its queue.
@@ -378,6 +381,15 @@ impl Replica {
     /// Whether new writes go behind the queue.
     pub fn is_queueing(&self) -> bool {
         lock(&self.mode).queueing
+    }
+
+    /// Whether it is behind its queue only to catch up: up (its last request answered, the
+    /// health checks do not have it down) and not in maintenance, so its replay is draining.
+    pub fn catching_up(&self) -> bool {
+        self.is_queueing()
+            && !self.in_maintenance()
+            && !*self.down.borrow()
+            && self.link().0 != Link::Failed
     }
 
     /// Why the backend may miss data, if it may.

@@ -979,3 +979,57 @@ fn a_line_longer_than_a_record_is_cut_out_alone_and_the_rest_still_cut() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_no_backend_takes_directly_waits_for_one_to_catch_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (
+        Arc::new(FakeBackend::default()),
+        Arc::new(FakeBackend::default()),
+    );
+    let mut replicator = two_fakes(dir.path(), a, b).await;
+    // Long enough that the replays surely start within it on a busy machine.
+    replicator.set_catch_up_wait(Duration::from_secs(60));
+    let replicas = replicator.replicas();
+    // Both behind their queues, as under a load above what they take, both up.
+    for r in replicas.iter() {
+        let queued = r
+            .enqueue(&Batch {
+                db: "db".into(),
+                rp: String::new(),
+                precision: "n",
+                payload: Bytes::from_static(b"m v=0 1\n"),
+            })
+            .await;
+        assert_eq!(queued, Outcome::Queued);
+        assert!(r.is_queueing());
+    }
+    let write = tokio::spawn({
+        let replicator = replicator.clone();
+        async move {
+            let body = Bytes::from_static(b"m v=1 2\n");
+            replicator
+                .replicate("db".into(), None, "", Consistency::One, body)
+                .await
+        }
+    });
+    wait_until("the write waits for a backend to catch up", || {
+        replicas
+            .iter()
+            .all(|r| r.counters.catch_up_waits.load(Ordering::Relaxed) == 1)
+    })
+    .await;
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replays = replicator.spawn_replays(&stop);
+    // Acknowledged by a backend directly, not queued everywhere and answered 500.
+    write.await.expect("joined").expect("stored");
+    let direct: u64 = replicas
+        .iter()
+        .map(|r| r.counters.direct_ok.load(Ordering::Relaxed))
+        .sum();
+    assert!(direct >= 1, "sent directly");
+    let _ = stop.send(());
+    for r in replays {
+        let _ = r.await;
+    }
+}
