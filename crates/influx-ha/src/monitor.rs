@@ -95,6 +95,15 @@ pub struct Hysteresis {
 }
 
 impl Hysteresis {
+    /// Starts from a verdict already reached (by the monitor a config reload replaced): the
+    /// next round does not decide alone, `rise`/`fall` rounds do.
+    pub fn from_verdict(up: bool) -> Self {
+        Hysteresis {
+            up: Some(up),
+            ..Hysteresis::default()
+        }
+    }
+
     /// Feeds one round's result; returns whether the backend counts as up now.
     pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
         match self.up {
@@ -319,8 +328,22 @@ fn depth(stats: &handoff::Stats) -> QueueDepth {
 impl Monitor {
     /// Runs rounds until `shutdown`.
     pub async fn run(self, mut shutdown: Shutdown) {
+        // A backend the board already has a verdict for (this monitor replaces one after a
+        // config reload) keeps it: one failed check right after a reload does not take a
+        // healthy backend down, nor one good check bring a flapping one back.
+        let board = self.board.load();
+        let verdicts = self
+            .clients
+            .iter()
+            .map(|c| match board.backend(c.name()).map(|b| &b.reachability) {
+                Some(Reachability::Up { .. }) => Hysteresis::from_verdict(true),
+                Some(Reachability::Down { .. }) => Hysteresis::from_verdict(false),
+                _ => Hysteresis::default(),
+            })
+            .collect();
+        drop(board);
         let mut memory = Memory {
-            verdicts: vec![Hysteresis::default(); self.clients.len()],
+            verdicts,
             write_failures: self.replicas.iter().map(|r| write_failures(r)).collect(),
             reports: self
                 .reports_file
@@ -607,6 +630,59 @@ mod tests {
         assert!(h.observe(true, 2, 3), "second good round in a row: up");
         let mut first_bad = Hysteresis::default();
         assert!(!first_bad.observe(false, 2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_monitor_taking_over_keeps_the_verdicts_it_finds_on_the_board() {
+        // Nothing listens there: every check fails.
+        let config = crate::config::BackendConfig {
+            name: "a".into(),
+            url: crate::config::BackendUrl {
+                scheme: crate::config::Scheme::Http,
+                host: "127.0.0.1".into(),
+                port: 1,
+                base_path: String::new(),
+            },
+            credentials: None,
+            ca_file: None,
+        };
+        let timeouts = crate::backend::Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(1),
+        };
+        let client = BackendClient::new(&config, timeouts).expect("client");
+        let board = StateBoard::new(initial_states(std::slice::from_ref(&client)));
+        let since = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        board.update(|s| s.backends[0].reachability = Reachability::Up { since });
+        let monitor = Monitor {
+            board: board.clone(),
+            clients: vec![client],
+            replicas: Vec::new(),
+            peers: Vec::new(),
+            marks: PassiveMarks::new(1),
+            health: HealthConfig {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 3,
+            },
+            reports_file: None,
+            peers_changed: Arc::new(tokio::sync::Notify::new()),
+        };
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        let running = tokio::spawn(monitor.run(Shutdown::new(stop.subscribe())));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while board.load().backends[0].last_error.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no round ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // One failed round of three: still up, since when it was.
+        assert_eq!(
+            board.load().backends[0].reachability,
+            Reachability::Up { since }
+        );
+        let _ = stop.send(());
+        running.await.expect("monitor ends");
     }
 
     #[test]
