@@ -346,6 +346,13 @@ impl Reloader {
         for r in &next {
             r.queue().set_limits(limits);
             r.set_replay_lanes(new.queue.replay_lanes);
+            // Where a missing database is copied from: the backends of the new set.
+            r.set_peers(
+                next.iter()
+                    .filter(|o| o.name() != r.name())
+                    .map(|o| o.client().clone())
+                    .collect(),
+            );
         }
         self.replicator.set_replicas(next);
         self.replicator

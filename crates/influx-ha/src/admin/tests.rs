@@ -647,6 +647,14 @@ mod reload {
         assert_eq!(report.removed, ["beta"]);
         assert_eq!(report.restart_needed, ["[admin]", "[anti_entropy]"]);
         assert_eq!(names(&replicator), ["gamma", "alpha"]);
+        // A missing database is copied from the backends of the new set.
+        for r in replicator.replicas().iter() {
+            let others: Vec<&str> = ["gamma", "alpha"]
+                .into_iter()
+                .filter(|n| *n != r.name())
+                .collect();
+            assert_eq!(r.peer_names(), others, "{}", r.name());
+        }
         assert!(
             reloader.current().anti_entropy.is_none(),
             "the running check (none) stays until a restart"

@@ -126,7 +126,7 @@ pub struct Counters {
 pub struct Replica {
     client: BackendClient,
     /// The other backends: where a missing database's retention policies are copied from.
-    peers: Vec<BackendClient>,
+    peers: Mutex<Vec<BackendClient>>,
     queue: Queue,
     dead_letters: Queue,
     dir: PathBuf,
@@ -324,7 +324,7 @@ impl Replica {
         let queueing = queue.has_pending() || maintenance;
         let replica = Replica {
             client,
-            peers,
+            peers: Mutex::new(peers),
             queue,
             dead_letters,
             dir: dir.to_owned(),
@@ -360,6 +360,19 @@ impl Replica {
             replica.diverged_by_drops("its queue dropped records at start (corrupt or expired)");
         }
         Ok(replica)
+    }
+
+    /// Replaces the other backends (a config reload changed the set).
+    pub fn set_peers(&self, peers: Vec<BackendClient>) {
+        *lock(&self.peers) = peers;
+    }
+
+    /// The other backends' names, in config order.
+    pub fn peer_names(&self) -> Vec<String> {
+        lock(&self.peers)
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect()
     }
 
     pub fn name(&self) -> &str {
@@ -1448,7 +1461,8 @@ impl Replica {
     /// `rp` is empty), with that backend's retention policies of `db`.
     async fn schema_on_peers(&self, db: &str, rp: &str) -> PeerSchema {
         let mut unknown = Vec::new();
-        for peer in &self.peers {
+        let peers = lock(&self.peers).clone();
+        for peer in &peers {
             match schema::retention_policies(peer, db).await {
                 Ok(policies)
                     if policies.iter().any(|p| {
