@@ -290,11 +290,14 @@ fn save_reports(path: &Path, reports: &HashMap<String, (QueueReport, SystemTime,
             )
         })
         .collect();
-    let tmp = path.with_extension("json.tmp");
-    let written = serde_json::to_vec(&saved)
+    // Synced, file and directory: after a power loss the last reports must still be there,
+    // since they are what stands for a peer that cannot be reached at the next start.
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let written = serde_json::to_string(&saved)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|text| crate::write::flags::write(dir, name, &text));
     if let Err(e) = written {
         tracing::warn!(file = %path.display(), error = %e, "cannot keep the peers' last reports");
     }
