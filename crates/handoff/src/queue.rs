@@ -229,6 +229,13 @@ impl Inner {
     pub fn seg_path(&self, id: u64) -> PathBuf {
         self.dir.join(segment_name(id))
     }
+    /// Notes a refused append: in memory only. Nothing stored is lost (the appender is told,
+    /// and records the refusal itself), so no marker is written: while the queue is full that
+    /// would cost the writer thread two fsyncs per refusal.
+    fn note_refused(&self) {
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+
     /// Notes that records are gone (or will be once the cursor is saved): in memory, and on
     /// disk before the caller makes the drop durable.
     fn mark_dropped(&self) {
@@ -1708,7 +1715,7 @@ impl Writer {
             let len = r.len();
             if pending_before + group + len > o.max_bytes {
                 bump(&inner.c.refused_full, 1);
-                inner.mark_dropped();
+                inner.note_refused();
                 r.complete(Err(Error::Full {
                     pending: pending_before + group,
                     record: len,
@@ -1720,7 +1727,7 @@ impl Writer {
                 && a.saturating_sub(group + len) < o.min_free_bytes
             {
                 bump(&inner.c.refused_disk_floor, 1);
-                inner.mark_dropped();
+                inner.note_refused();
                 r.complete(Err(Error::DiskFloor {
                     available: a.saturating_sub(group),
                     floor: o.min_free_bytes,

@@ -273,6 +273,23 @@ fn load_reports(path: &Path, peers: &[Peer]) -> HashMap<String, (QueueReport, Sy
         .collect()
 }
 
+/// What in a peer's report counts for reads here: per backend, whether anything is queued for
+/// it, whether it diverged, whether it is in maintenance.
+fn what_counts(report: &QueueReport) -> Vec<(&str, bool, bool, bool)> {
+    report
+        .backends
+        .iter()
+        .map(|b| {
+            (
+                b.name.as_str(),
+                b.queue_records > 0,
+                b.diverged,
+                b.maintenance,
+            )
+        })
+        .collect()
+}
+
 /// Keeps the peers' last reports (written aside, then renamed over the old file).
 fn save_reports(path: &Path, reports: &HashMap<String, (QueueReport, SystemTime, bool)>) {
     let saved: HashMap<&str, SavedReport> = reports
@@ -364,7 +381,7 @@ impl Monitor {
                 () = shutdown.recv() => return,
                 _ = ticker.tick() => self.round(&mut memory, &mut polls).await,
                 () = self.peers_changed.notified() => self.ask_peers(&mut polls),
-                answer = polls.next(), if !polls.is_empty() => self.heard(&mut memory, answer),
+                answer = polls.next(), if !polls.is_empty() => self.heard(&mut memory, answer).await,
             }
         }
     }
@@ -380,18 +397,24 @@ impl Monitor {
     }
 
     /// Records a peer's answer and publishes it at once: a peer that does not answer holds
-    /// up no other.
-    fn heard(&self, memory: &mut Memory, answer: PeerAnswer) {
-        self.record_peer(memory, answer);
+    /// up no other. Then, when what it says changed in a way that counts for reads, keeps the
+    /// reports on disk.
+    async fn heard(&self, memory: &mut Memory, answer: PeerAnswer) {
+        let changed = self.record_peer(memory, answer);
         self.board.update(|state| self.publish_peers(state, memory));
+        if let (true, Some(file)) = (changed, &self.reports_file) {
+            let (file, reports) = (file.clone(), memory.reports.clone());
+            let _ = tokio::task::spawn_blocking(move || save_reports(&file, &reports)).await;
+        }
     }
 
-    /// Records what a peer answered. An answer to a question asked before the one already
-    /// recorded is older news: it is left out. The reports are kept on disk when they
-    /// changed.
-    fn record_peer(&self, memory: &mut Memory, (name, asked, r): PeerAnswer) {
+    /// Records what a peer answered; returns whether its report changed in what counts for
+    /// reads (which backends it names, and for each whether anything is queued, whether it
+    /// diverged, whether it is in maintenance). An answer to a question asked before the one
+    /// already recorded is older news: it is left out.
+    fn record_peer(&self, memory: &mut Memory, (name, asked, r): PeerAnswer) -> bool {
         if memory.asked.get(&name).is_some_and(|last| *last > asked) {
-            return;
+            return false;
         }
         memory.asked.insert(name.clone(), asked);
         match r {
@@ -399,13 +422,14 @@ impl Monitor {
                 if memory.peer_errors.remove(&name).is_some() {
                     tracing::info!(peer = %name, "peer reached");
                 }
-                let changed = memory.reports.get(&name).is_none_or(|old| old.0 != report);
+                let changed = memory
+                    .reports
+                    .get(&name)
+                    .is_none_or(|old| what_counts(&old.0) != what_counts(&report));
                 memory
                     .reports
                     .insert(name, (report, SystemTime::now(), true));
-                if let (true, Some(file)) = (changed, &self.reports_file) {
-                    save_reports(file, &memory.reports);
-                }
+                changed
             }
             Err(e) => {
                 let first = memory.peer_errors.insert(name.clone(), e.clone()).is_none();
@@ -418,6 +442,7 @@ impl Monitor {
                     // Nothing it reports can keep reads from a backend it queues for: say so.
                     tracing::warn!(peer = %name, error = %e, "peer never reached: its queues are unknown");
                 }
+                false
             }
         }
     }
@@ -454,7 +479,7 @@ impl Monitor {
                     if answer.1 >= round_asked {
                         waiting.retain(|name| *name != answer.0);
                     }
-                    self.heard(memory, answer);
+                    self.heard(memory, answer).await;
                 }
                 ping = pings.join_next(), if pinging => match ping {
                     Some(Ok((i, r))) => checks[i] = r,

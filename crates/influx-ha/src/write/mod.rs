@@ -282,14 +282,18 @@ impl Replicator {
         data: Bytes,
     ) -> Result<(), RequestError> {
         let uncounted = InflightPermit::default();
-        self.replicate_checked(db, rp, precision, Ok(consistency), data, uncounted)
+        // The listeners' writes do not wait for a backend to catch up: a UDP listener cannot
+        // slow its senders down and would drop datagrams instead.
+        self.replicate_checked(db, rp, precision, Ok(consistency), data, uncounted, false)
             .await
     }
 
     /// [`Self::replicate`] with the request's consistency level as parsed: an invalid one is
     /// answered where 1.6 checks it, after a body without a single point was refused. `permit`
     /// keeps the body counted against the in-flight cap until every backend has its copy,
-    /// also when the client is gone before (the delivery goes on without it).
+    /// also when the client is gone before (the delivery goes on without it). `may_wait`: the
+    /// write may wait for a backend to catch up ([`wait_for_a_direct_backend`]).
+    #[allow(clippy::too_many_arguments)]
     async fn replicate_checked(
         &self,
         db: String,
@@ -298,6 +302,7 @@ impl Replicator {
         consistency: Result<Consistency, RequestError>,
         data: Bytes,
         permit: InflightPermit,
+        may_wait: bool,
     ) -> Result<(), RequestError> {
         let precision = lineproto::Precision::from_v1_param(precision);
         let v = lineproto::validate(&data, precision, unix_nanos());
@@ -327,7 +332,11 @@ impl Replicator {
             payload,
         });
         let replicas = self.replicas.load_full();
-        wait_for_a_direct_backend(&replicas, self.catch_up_wait).await;
+        // Only where the client can be slowed down, and where a queued copy does not already
+        // meet the level.
+        if may_wait && consistency != Consistency::Any {
+            wait_for_a_direct_backend(&replicas, self.catch_up_wait).await;
+        }
         let delivery = fan_out(replicas, batch, consistency, self.grace);
         let running = Delivering::start(&self.deliveries);
         let fan_out = tokio::spawn(async move {
@@ -353,6 +362,7 @@ impl WriteHandler for Replicator {
             consistency,
             body.data,
             body.permit,
+            true,
         )
         .await
     }

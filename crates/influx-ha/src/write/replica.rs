@@ -359,6 +359,12 @@ impl Replica {
         if replica.queue.take_dropped() {
             replica.diverged_by_drops("its queue dropped records at start (corrupt or expired)");
         }
+        if replica.dead_letters.take_dropped() {
+            replica.mark_diverged("its dead letters lost records (corrupt or unreadable)");
+            if replica.diverged_on_disk.load(Ordering::SeqCst) {
+                replica.dead_letters.dropped_recorded();
+            }
+        }
         Ok(replica)
     }
 
@@ -396,13 +402,15 @@ impl Replica {
         lock(&self.mode).queueing
     }
 
-    /// Whether it is behind its queue only to catch up: up (its last request answered, the
-    /// health checks do not have it down) and not in maintenance, so its replay is draining.
+    /// Whether it is behind a short queue only to catch up: up (its last request answered, the
+    /// health checks do not have it down), not in maintenance, and holding no more than its
+    /// replay sends in a couple of batches, so that it can drain within a moment.
     pub fn catching_up(&self) -> bool {
         self.is_queueing()
             && !self.in_maintenance()
             && !*self.down.borrow()
-            && self.link().0 != Link::Failed
+            && self.link().0 == Link::Answered
+            && self.queue.stats().depth_bytes <= 2 * MAX_REPLAY_BATCH as u64
     }
 
     /// Why the backend may miss data, if it may.

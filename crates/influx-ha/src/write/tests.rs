@@ -903,8 +903,16 @@ async fn a_write_whose_client_is_gone_stays_counted_until_delivered_and_shutdown
     // consistency=all waits for the stalled backend; the client gives up meanwhile.
     let r = replicator.clone();
     let request = tokio::spawn(async move {
-        r.replicate_checked("db".into(), None, "", Ok(Consistency::All), body, permit)
-            .await
+        r.replicate_checked(
+            "db".into(),
+            None,
+            "",
+            Ok(Consistency::All),
+            body,
+            permit,
+            true,
+        )
+        .await
     });
     wait_until("the slow backend has the write", || {
         !slow_fake.writes.lock().expect("not poisoned").is_empty()
@@ -991,7 +999,18 @@ async fn a_write_no_backend_takes_directly_waits_for_one_to_catch_up() {
     // Long enough that the replays surely start within it on a busy machine.
     replicator.set_catch_up_wait(Duration::from_secs(60));
     let replicas = replicator.replicas();
-    // Both behind their queues, as under a load above what they take, both up.
+    // Both answered (so known to be up), then behind short queues, as under a load above
+    // what they take.
+    replicator
+        .replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::All,
+            Bytes::from_static(b"m v=0 0\n"),
+        )
+        .await
+        .expect("both take it");
     for r in replicas.iter() {
         let queued = r
             .enqueue(&Batch {
@@ -1004,12 +1023,29 @@ async fn a_write_no_backend_takes_directly_waits_for_one_to_catch_up() {
         assert_eq!(queued, Outcome::Queued);
         assert!(r.is_queueing());
     }
+    let direct = || -> u64 {
+        replicas
+            .iter()
+            .map(|r| r.counters.direct_ok.load(Ordering::Relaxed))
+            .sum()
+    };
+    let direct_before = direct();
     let write = tokio::spawn({
         let replicator = replicator.clone();
         async move {
+            // As an HTTP write: a listener's write does not wait.
             let body = Bytes::from_static(b"m v=1 2\n");
+            let permit = crate::http::body::InflightPermit::default();
             replicator
-                .replicate("db".into(), None, "", Consistency::One, body)
+                .replicate_checked(
+                    "db".into(),
+                    None,
+                    "",
+                    Ok(Consistency::One),
+                    body,
+                    permit,
+                    true,
+                )
                 .await
         }
     });
@@ -1023,11 +1059,7 @@ async fn a_write_no_backend_takes_directly_waits_for_one_to_catch_up() {
     let replays = replicator.spawn_replays(&stop);
     // Acknowledged by a backend directly, not queued everywhere and answered 500.
     write.await.expect("joined").expect("stored");
-    let direct: u64 = replicas
-        .iter()
-        .map(|r| r.counters.direct_ok.load(Ordering::Relaxed))
-        .sum();
-    assert!(direct >= 1, "sent directly");
+    assert!(direct() > direct_before, "sent directly");
     let _ = stop.send(());
     for r in replays {
         let _ = r.await;
