@@ -407,9 +407,8 @@ impl AdminHandler {
                     Ok(json(StatusCode::OK, &d))
                 })
             }
-            ["backend", name, "divergence"] if get => {
-                ops::find(&replicas, name).map(|r| json(StatusCode::OK, &ops::divergence(r)))
-            }
+            ["backend", name, "divergence"] if get => ops::find(&replicas, name)
+                .map(|r| json(StatusCode::OK, &ops::divergence(r, &replicas))),
             ["backend", name, "clear-diverged"] if post => {
                 let since = match (
                     params.non_empty("marks"),
@@ -421,7 +420,7 @@ impl AdminHandler {
                 };
                 match since {
                     Some(since) => ops::find(&replicas, name).and_then(|r| {
-                        let d = ops::clear_diverged(r, &since)?;
+                        let d = ops::clear_diverged(r, &replicas, &since)?;
                         self.publish_diverged(r);
                         Ok(json(StatusCode::OK, &d))
                     }),

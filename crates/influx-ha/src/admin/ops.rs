@@ -412,18 +412,60 @@ pub struct Divergence {
     pub marks: String,
 }
 
-/// The backend's divergence and its marks.
-pub fn divergence(r: &Replica) -> Divergence {
+/// Added to the marks when another backend had writes queued on this node as they were read.
+const OTHERS_QUEUED: &str = "-others-queued";
+
+/// The other backends of `all` that have writes queued here (or are being queued).
+fn others_queued(r: &Replica, all: &[Arc<Replica>]) -> Vec<String> {
+    all.iter()
+        .filter(|o| o.name() != r.name() && (o.queue().has_pending() || o.is_queueing()))
+        .map(|o| o.name().to_owned())
+        .collect()
+}
+
+/// The backend's divergence and its marks (`all`: every backend, for their queues).
+///
+/// A verify compares what the backends hold. Writes still queued here for another backend are
+/// on none yet: a verify that begins then would find this backend like the others although,
+/// once that queue is delivered, it lacks what it lost. The marks say so, and the clear that
+/// brings them back is refused.
+pub fn divergence(r: &Replica, all: &[Arc<Replica>]) -> Divergence {
+    let mut marks = r.divergence_marks();
+    if !others_queued(r, all).is_empty() {
+        marks.push_str(OTHERS_QUEUED);
+    }
     Divergence {
         backend: r.name().to_owned(),
         diverged: r.diverged(),
-        marks: r.divergence_marks(),
+        marks,
     }
 }
 
 /// `backend clear-diverged NAME`: a verify that began at `verified_from_ms` (Unix ms) found
-/// the backend identical to the others; refused (409) if data was dropped for it since.
-pub fn clear_diverged(r: &Replica, since: &VerifiedSince) -> Result<Done, OpError> {
+/// the backend identical to the others; refused (409) if data was dropped for it since, or
+/// if another backend had writes queued here when it began (with a time, when one has now).
+pub fn clear_diverged(
+    r: &Replica,
+    all: &[Arc<Replica>],
+    since: &VerifiedSince,
+) -> Result<Done, OpError> {
+    let queued_then = match since {
+        VerifiedSince::Marks(marks) => marks.ends_with(OTHERS_QUEUED),
+        VerifiedSince::Time(_) => !others_queued(r, all).is_empty(),
+    };
+    if queued_then && r.diverged().is_some() {
+        return Err(OpError {
+            status: 409,
+            message: format!(
+                "{} stays diverged: writes were queued here for other backends ({}) when the verify began, and it may lack them too; verify again once their queues are empty",
+                r.name(),
+                match others_queued(r, all) {
+                    now if now.is_empty() => "delivered since".to_owned(),
+                    now => now.join(", "),
+                }
+            ),
+        });
+    }
     let cleared = match since {
         VerifiedSince::Marks(marks) => r.clear_diverged_since(marks),
         VerifiedSince::Time(ms) => r.clear_diverged(*ms),

@@ -354,6 +354,46 @@ async fn clear_diverged_needs_a_verify_begun_after_the_last_drop() {
 }
 
 #[tokio::test]
+async fn a_flag_stays_when_another_backend_had_writes_queued_as_the_verify_began() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    let (alpha, beta) = (
+        replicator.replicas()[0].clone(),
+        replicator.replicas()[1].clone(),
+    );
+    // alpha lost what it had queued; beta still has writes queued (they are on neither yet).
+    write_one(&replicator, "m v=1 1\n").await;
+    let (status, _, _) = call(&admin, "POST", "/admin/v1/queue/alpha/purge").await;
+    assert_eq!(status, 200);
+    assert!(beta.queue().has_pending());
+    let marks = |body: &str| json(body)["marks"].as_str().expect("marks").to_owned();
+    let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
+    let before = marks(&body);
+    let uri = format!("/admin/v1/backend/alpha/clear-diverged?marks={before}");
+    let (status, body, _) = call(&admin, "POST", &uri).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("queued here for other backends"), "{body}");
+    assert!(alpha.diverged().is_some());
+    // With a time instead of marks, beta's queue now holds it back too.
+    let uri = "/admin/v1/backend/alpha/clear-diverged?verified_from=99999999999999";
+    let (status, body, _) = call(&admin, "POST", uri).await;
+    assert_eq!(status, 409, "{body}");
+
+    // Once beta's queue is empty, a verify begun then may clear alpha.
+    let (status, _, _) = call(&admin, "POST", "/admin/v1/queue/beta/purge").await;
+    assert_eq!(status, 200);
+    beta.leave_queueing_if_drained();
+    let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
+    let uri = format!(
+        "/admin/v1/backend/alpha/clear-diverged?marks={}",
+        marks(&body)
+    );
+    let (status, body, _) = call(&admin, "POST", &uri).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(alpha.diverged().is_none());
+}
+
+#[tokio::test]
 async fn queue_api_lists_inspects_dumps_verifies_and_purges() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (admin, replicator) = setup(dir.path());
