@@ -169,6 +169,13 @@ pub async fn clear(
             // No node running with this config: the flag file is ours to remove.
             let dir = config.queue_dir(backend);
             let file = dir.join(DIVERGED_FILE);
+            if !dir.exists() {
+                // Run on another host than the node's: its flag is out of reach from here.
+                return Err(failed(format!(
+                    "no node answers at {addr} and {} does not exist on this host: nothing cleared; run it where the node runs or against its admin address",
+                    dir.display()
+                )));
+            }
             if !file.exists() {
                 return Ok(format!("{}: not diverged", backend.name));
             }

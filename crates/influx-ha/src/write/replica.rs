@@ -559,8 +559,13 @@ impl Replica {
             MAINTENANCE_FILE,
             "set by an operator: writes are queued, no reads are served\n",
         )?;
-        lock(&self.mode).queueing = true;
-        self.maintenance.store(true, Ordering::SeqCst);
+        {
+            // Both under the mode lock, maintenance first: a replay leaving queueing mode in
+            // between would otherwise find neither and let writes go direct past the queue.
+            let mut m = lock(&self.mode);
+            self.maintenance.store(true, Ordering::SeqCst);
+            m.queueing = true;
+        }
         tracing::warn!(
             backend = self.name(),
             "maintenance: writes are queued for it"
@@ -624,6 +629,13 @@ impl Replica {
     /// Drops everything queued for this backend (an operator's `queue purge`) and marks it
     /// diverged: the data is gone from this node. Returns the number of records dropped.
     pub fn purge_queue(&self) -> Result<u64, handoff::Error> {
+        // Marked first: between the purge and the mark it would look in sync to reads.
+        let pending = self.queue.stats().depth_records;
+        if pending > 0 {
+            self.mark_diverged(&format!(
+                "an operator purged its queue ({pending} records dropped)"
+            ));
+        }
         let n = self.queue.purge()?;
         self.queue.take_dropped();
         self.diverged_by_drops(&format!(
@@ -1124,8 +1136,10 @@ impl Replica {
                         if self.pause(&mut shutdown, backoff.next_delay()).await {
                             return;
                         }
+                        // Purged by an operator meanwhile: read again from the cursor.
                         if self.in_maintenance()
                             || self.is_retired()
+                            || !self.queue.is_next(&head.batch)
                             || self.expire_while_retrying(&head.batch).await
                         {
                             break;
@@ -1143,6 +1157,11 @@ impl Replica {
                         if self.in_maintenance() || self.is_retired() {
                             // Sent again after resume (or at the next start): the batch was
                             // not acknowledged.
+                            break;
+                        }
+                        // Purged by an operator meanwhile: sent again, it would land after
+                        // writes that went direct since, older values over newer ones.
+                        if !self.queue.is_next(&head.batch) {
                             break;
                         }
                         if self.expire_while_retrying(&head.batch).await {

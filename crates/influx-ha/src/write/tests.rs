@@ -1065,3 +1065,43 @@ async fn a_write_no_backend_takes_directly_waits_for_one_to_catch_up() {
         let _ = r.await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_purged_while_its_replay_retries_is_not_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    fake.fail_all.store(true, Ordering::SeqCst);
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let batch = |n: u64| Batch {
+        db: "db".into(),
+        rp: String::new(),
+        precision: "n",
+        payload: Bytes::from(format!("m,batch={n} v=1 {n}\n")),
+    };
+    assert_eq!(replica.enqueue(&batch(1)).await, Outcome::Queued);
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        replica
+            .clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    let sent = |fake: &FakeBackend| -> Vec<u64> {
+        let writes = fake.writes.lock().expect("not poisoned");
+        writes.iter().map(|b| batch_tag(b)).collect()
+    };
+    wait_until("the replay retries batch 1", || !sent(&fake).is_empty()).await;
+
+    // The operator purges it; the backend then takes writes, and a new one is queued.
+    replica.purge_queue().expect("purged");
+    let before = sent(&fake).len();
+    fake.fail_all.store(false, Ordering::SeqCst);
+    assert_eq!(replica.enqueue(&batch(2)).await, Outcome::Queued);
+    wait_until("batch 2 is delivered", || sent(&fake).contains(&2)).await;
+    assert_eq!(
+        sent(&fake)[before..],
+        [2],
+        "batch 1 was sent again after the purge"
+    );
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+}
