@@ -236,7 +236,26 @@ async fn apply_schema(
     };
     for &i in missing {
         tracing::info!(backend = conns[i].name(), statement, "schema copied");
-        conns[i].select(&statement, db).await?;
+        match conns[i].select(&statement, db).await {
+            // A database just created has a default `autogen`; when the copied one has other
+            // settings it already exists: altered to them instead.
+            Err(RepairError::Query { message, .. })
+                if matches!(d, super::verify::SchemaDiff::RetentionPolicy { .. })
+                    && message.contains("retention policy already exists") =>
+            {
+                let alter =
+                    statement.replacen("CREATE RETENTION POLICY", "ALTER RETENTION POLICY", 1);
+                tracing::info!(
+                    backend = conns[i].name(),
+                    statement = alter,
+                    "schema copied"
+                );
+                conns[i].select(&alter, db).await?;
+            }
+            other => {
+                other?;
+            }
+        }
         outcome.statements += 1;
     }
     Ok(())

@@ -580,3 +580,33 @@ fn without_auto_repair_the_anti_entropy_check_only_reports() {
     assert_eq!(ae["points_copied"], 0, "{ae}");
     assert_eq!(count(&b, "db", "v", "m"), 0, "nothing was copied");
 }
+
+#[test]
+fn repair_copies_a_database_whose_default_policy_was_altered() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    let altered = a.query(
+        "",
+        "ALTER RETENTION POLICY autogen ON db DURATION 30d SHARD DURATION 1d",
+    );
+    assert!(!altered.contains("error"), "{altered}");
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let (status, _) = a.write("db", "n", format!("m v=1i {now_ns}\n").as_bytes());
+    assert_eq!(status, 204);
+
+    // b lacks the database: created there, it gets a default autogen first, which the copy
+    // must change rather than fail on.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config_for(dir.path(), &[&a, &b]);
+    let out = influx_ha(&["repair", "--config", config.to_str().expect("utf-8 path")]);
+    let report = text_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let policies = b.query("", "SHOW RETENTION POLICIES ON db");
+    assert!(policies.contains("720h0m0s"), "{policies}");
+    assert!(policies.contains("24h0m0s"), "{policies}");
+    assert_eq!(count(&b, "db", "v", "m"), 1);
+}
