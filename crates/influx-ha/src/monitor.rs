@@ -660,11 +660,10 @@ mod tests {
         assert!(!first_bad.observe(false, 2, 2));
     }
 
-    #[tokio::test]
-    async fn a_monitor_taking_over_keeps_the_verdicts_it_finds_on_the_board() {
-        // Nothing listens there: every check fails.
+    /// A client named `name` for a port nothing listens on.
+    fn unreachable(name: &str) -> BackendClient {
         let config = crate::config::BackendConfig {
-            name: "a".into(),
+            name: name.into(),
             url: crate::config::BackendUrl {
                 scheme: crate::config::Scheme::Http,
                 host: "127.0.0.1".into(),
@@ -678,7 +677,13 @@ mod tests {
             connect: Duration::from_secs(1),
             request: Duration::from_secs(1),
         };
-        let client = BackendClient::new(&config, timeouts).expect("client");
+        BackendClient::new(&config, timeouts).expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_monitor_taking_over_keeps_the_verdicts_it_finds_on_the_board() {
+        // Nothing listens there: every check fails.
+        let client = unreachable("a");
         let board = StateBoard::new(initial_states(std::slice::from_ref(&client)));
         let since = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         board.update(|s| s.backends[0].reachability = Reachability::Up { since });
@@ -726,24 +731,9 @@ mod tests {
         reports.insert("relay-2".to_owned(), (report.clone(), received, true));
         reports.insert("gone".to_owned(), (report.clone(), received, true));
         save_reports(&file, &reports);
-        let config = crate::config::BackendConfig {
-            name: "relay-2".into(),
-            url: crate::config::BackendUrl {
-                scheme: crate::config::Scheme::Http,
-                host: "127.0.0.1".into(),
-                port: 1,
-                base_path: String::new(),
-            },
-            credentials: None,
-            ca_file: None,
-        };
-        let timeouts = crate::backend::Timeouts {
-            connect: Duration::from_secs(1),
-            request: Duration::from_secs(1),
-        };
         let peer = Peer {
             name: "relay-2".into(),
-            client: BackendClient::new(&config, timeouts).expect("client"),
+            client: unreachable("relay-2"),
         };
         let loaded = load_reports(&file, std::slice::from_ref(&peer));
         assert_eq!(loaded.len(), 1, "only configured peers");

@@ -1105,3 +1105,27 @@ async fn a_batch_purged_while_its_replay_retries_is_not_sent_again() {
     let _ = stop.send(());
     replay.await.expect("replay ends");
 }
+
+#[tokio::test]
+async fn the_listeners_write_at_the_reloaded_default_level() {
+    use crate::ingest::Sink;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Both backends unreachable: a write is queued for both, which meets `any` only.
+    let replicator = tiny_queues(dir.path());
+    replicator.set_default_consistency(Consistency::Any);
+    let sink = crate::ingest::ReplicatorSink::new(Arc::new(replicator.clone()));
+    let line = |v: u32| Bytes::from(format!("m v={v} {v}\n"));
+    sink.write("db", lineproto::Precision::Nanoseconds, line(1))
+        .await
+        .expect("queued meets any");
+    // A reload changes the level: the listeners' next write is held to it.
+    replicator.set_default_consistency(Consistency::One);
+    let err = sink
+        .write("db", lineproto::Precision::Nanoseconds, line(2))
+        .await
+        .expect_err("queued does not meet one");
+    assert!(
+        err.to_string().contains("hinted handoff queue not empty"),
+        "{err}"
+    );
+}
