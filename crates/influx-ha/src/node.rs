@@ -331,6 +331,29 @@ impl<W: WriteHandler + Clone> Node<W> {
     /// in-flight requests get the drain period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainReport {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let admin_stop = async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let (drained, _) = tokio::sync::oneshot::channel();
+        self.run_until(shutdown, drained, admin_stop).await
+    }
+
+    /// [`Node::run`], with the admin listener (when it has its own) closing only when
+    /// `admin_stop` completes: `main_drained` is sent once the main listener has drained, and
+    /// the node's queue report stays served meanwhile, for the peers to learn of what the
+    /// drain queued. Returns once both listeners are done.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+        main_drained: tokio::sync::oneshot::Sender<()>,
+        admin_stop: impl Future<Output = ()>,
+    ) -> DrainReport {
+        let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -338,25 +361,24 @@ impl<W: WriteHandler + Clone> Node<W> {
             with_admin: self.admin.is_none(),
         });
         let admin_service = self.service(Surface::Admin);
-        let main = server::run_with_tls(
-            self.main,
-            main_service,
-            self.options,
-            self.tls.main.clone(),
-            stopped(stop_rx.clone()),
-        );
+        let main = async {
+            let report = server::run_with_tls(
+                self.main,
+                main_service,
+                self.options,
+                self.tls.main.clone(),
+                stopped(stop_rx.clone()),
+            )
+            .await;
+            let _ = main_drained.send(());
+            report
+        };
         let admin_tls = self.tls.admin.clone();
         let admin = async {
             match self.admin {
                 Some(l) => Some(
-                    server::run_with_tls(
-                        l,
-                        admin_service,
-                        self.options,
-                        admin_tls,
-                        stopped(stop_rx),
-                    )
-                    .await,
+                    server::run_with_tls(l, admin_service, self.options, admin_tls, admin_stop)
+                        .await,
                 ),
                 None => None,
             }
@@ -378,7 +400,7 @@ impl<W: WriteHandler + Clone> Node<W> {
 
 /// The read path and the task keeping `board` current, over `replicas` (config order).
 /// A client for every `[[peer]]`'s admin address.
-fn peer_clients(config: &Config) -> Result<Vec<crate::monitor::Peer>, SetupError> {
+pub(crate) fn peer_clients(config: &Config) -> Result<Vec<crate::monitor::Peer>, SetupError> {
     let mut peers = Vec::with_capacity(config.peers.len());
     for p in &config.peers {
         let peer = crate::config::BackendConfig {
@@ -519,6 +541,7 @@ pub async fn serve_with_reload(
     let node = node
         .with_admin(Arc::new(admin.clone()))
         .with_observer(admin.request_metrics());
+    let node_has_admin = node.admin_addr().is_some();
     // As InfluxDB's UDP, Graphite and OpenTSDB services do: the listeners' databases exist
     // before lines arrive (queued, in order, for a backend that cannot take the statement now).
     let mut databases: Vec<&str> = config.udp.iter().map(|u| u.database.as_str()).collect();
@@ -619,14 +642,16 @@ pub async fn serve_with_reload(
         }
         None => None,
     };
-    // Peers learn at once when this node's queues change, rather than at their next poll.
+    // Peers learn at once when this node's queues change, rather than at their next poll;
+    // also of what the drain queued, after the last write (stopped last, see below).
+    let (stop_telling, _) = tokio::sync::broadcast::channel(1);
     let tell_peers = if config.peers.is_empty() {
         None
     } else {
         Some(tokio::spawn(crate::peers::tell_changes(
             Replicator::clone(&replicator),
             peer_clients(&config)?,
-            crate::shutdown::Shutdown::new(stop_replays.subscribe()),
+            crate::shutdown::Shutdown::new(stop_telling.subscribe()),
         )))
     };
     let anti_entropy_task = anti_entropy.map(|stats| {
@@ -687,7 +712,14 @@ pub async fn serve_with_reload(
         signal.await;
         let _ = stop_on_signal.send(());
     };
-    let report = node.run(signal).await;
+    // The admin listener (with the queue report peers read) outlives the main one: it closes
+    // once the last write is queued and the peers were told.
+    let (main_drained, drained) = tokio::sync::oneshot::channel();
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(node.run_until(signal, main_drained, async move {
+        let _ = admin_stopped.await;
+    }));
+    let _ = drained.await;
     let _ = stop_listeners.send(());
     for task in listener_tasks {
         let _ = task.await;
@@ -704,9 +736,6 @@ pub async fn serve_with_reload(
     let _ = sampler.await;
     let _ = storage_watch.await;
     if let Some(task) = anti_entropy_task {
-        let _ = task.await;
-    }
-    if let Some(task) = tell_peers {
         let _ = task.await;
     }
     #[cfg(unix)]
@@ -742,6 +771,19 @@ pub async fn serve_with_reload(
     if let Some(r) = &reloader {
         r.close_retired();
     }
+    // What the drain queued is told to the peers, who then fetch the report: the admin
+    // listener stays a moment for them (without one, the report went with the main listener).
+    let _ = stop_telling.send(());
+    if let Some(task) = tell_peers
+        && task.await.unwrap_or(false)
+        && node_has_admin
+    {
+        tokio::time::sleep(crate::peers::PEER_FETCH_GRACE).await;
+    }
+    let _ = admin_stop.send(());
+    let report = running.await.unwrap_or(DrainReport {
+        abandoned_connections: 0,
+    });
     tracing::info!(
         abandoned_connections = report.abandoned_connections,
         "stopped"
@@ -804,6 +846,40 @@ mod tests {
         assert_eq!(report.abandoned_connections, 0);
         assert!(health.is_draining());
         assert!(tokio::net::TcpStream::connect(main).await.is_err());
+        assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_admin_listener_outlives_the_main_one_until_told() {
+        let node = Node::bind(&config(true)).await.expect("bind");
+        let main = node.local_addr().expect("addr");
+        let admin = node.admin_addr().expect("admin");
+        let (tx, rx) = oneshot::channel::<()>();
+        let (drained_tx, drained) = oneshot::channel();
+        let (admin_tx, admin_rx) = oneshot::channel::<()>();
+        let running = tokio::spawn(node.run_until(
+            async move {
+                let _ = rx.await;
+            },
+            drained_tx,
+            async move {
+                let _ = admin_rx.await;
+            },
+        ));
+        tx.send(()).expect("running");
+        tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .expect("drains in time")
+            .expect("told");
+        assert!(tokio::net::TcpStream::connect(main).await.is_err());
+        // Still serving (the peers' queue report is there), and saying it is draining.
+        assert!(get(admin, "/health").await.starts_with("HTTP/1.1 503"));
+        admin_tx.send(()).expect("running");
+        let report = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stops in time")
+            .expect("no panic");
+        assert_eq!(report.abandoned_connections, 0);
         assert!(tokio::net::TcpStream::connect(admin).await.is_err());
     }
 

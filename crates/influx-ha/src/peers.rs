@@ -115,47 +115,76 @@ fn queue_states(replicator: &Replicator) -> Vec<(String, bool, u64, bool, bool)>
 }
 
 /// Tells every peer when this node's queues change, until `shutdown`: the peers then poll
-/// this node's report. A peer that cannot be told learns at its next poll.
-pub async fn tell_changes(replicator: Replicator, peers: Vec<Peer>, mut shutdown: Shutdown) {
-    let mut ticker = tokio::time::interval(CHANGE_CHECK);
+/// this node's report. A peer that cannot be told learns at its next poll. At `shutdown` a
+/// change since the last look is told once more, and the tells are awaited: the node stops
+/// this after its last write was queued, and keeps its report served until then. Returns
+/// whether such a last change was told.
+pub async fn tell_changes(replicator: Replicator, peers: Vec<Peer>, shutdown: Shutdown) -> bool {
+    tell_changes_every(replicator, peers, shutdown, CHANGE_CHECK).await
+}
+
+/// [`tell_changes`], looking every `period`.
+async fn tell_changes_every(
+    replicator: Replicator,
+    peers: Vec<Peer>,
+    mut shutdown: Shutdown,
+    period: Duration,
+) -> bool {
+    let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
     loop {
-        tokio::select! {
-            () = shutdown.recv() => return,
-            _ = ticker.tick() => {}
-        }
+        let stopping = tokio::select! {
+            () = shutdown.recv() => true,
+            _ = ticker.tick() => false,
+        };
         let now = queue_states(&replicator);
-        if last.as_ref() == Some(&now) {
-            continue;
-        }
-        last = Some(now);
-        for peer in &peers {
-            let peer = peer.clone();
-            tokio::spawn(async move {
-                let told = peer
-                    .client
-                    .forward(
-                        Method::POST,
-                        CHANGED_PATH,
-                        http::HeaderMap::new(),
-                        Bytes::new(),
-                        TELL_TIMEOUT,
-                    )
-                    .await;
-                match told {
-                    Ok(resp) if resp.status().is_success() => {}
-                    Ok(resp) => {
-                        tracing::debug!(peer = %peer.name, status = %resp.status(), "peer not told of a queue change");
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %peer.name, error = %e, "peer not told of a queue change");
-                    }
+        let changed = last.as_ref() != Some(&now);
+        if changed {
+            last = Some(now);
+            let tells: Vec<_> = peers
+                .iter()
+                .cloned()
+                .map(|p| tokio::spawn(tell(p)))
+                .collect();
+            if stopping {
+                for t in tells {
+                    let _ = t.await;
                 }
-            });
+            }
+        }
+        if stopping {
+            return changed;
         }
     }
 }
+
+/// Says to `peer` that this node's queues changed.
+async fn tell(peer: Peer) {
+    let told = peer
+        .client
+        .forward(
+            Method::POST,
+            CHANGED_PATH,
+            http::HeaderMap::new(),
+            Bytes::new(),
+            TELL_TIMEOUT,
+        )
+        .await;
+    match told {
+        Ok(resp) if resp.status().is_success() => {}
+        Ok(resp) => {
+            tracing::debug!(peer = %peer.name, status = %resp.status(), "peer not told of a queue change");
+        }
+        Err(e) => {
+            tracing::debug!(peer = %peer.name, error = %e, "peer not told of a queue change");
+        }
+    }
+}
+
+/// How long a node that told its peers of a last change at shutdown keeps its report served
+/// for them to fetch.
+pub const PEER_FETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// How long telling a peer may take.
 const TELL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -231,5 +260,90 @@ mod tests {
         assert_eq!(report.backends[0].oldest_age_seconds, Some(1.5));
         assert!(report.backends[1].diverged);
         assert!(parse_report(b"{}").is_err());
+    }
+
+    /// Counts the `POST …/changed` it is sent, answering 204 on kept-alive connections.
+    async fn counting_peer() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let told = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = told.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = pending.drain(..end + 4).collect();
+                            if head.starts_with(format!("POST {CHANGED_PATH} ").as_bytes()) {
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+                            if conn.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, told)
+    }
+
+    #[tokio::test]
+    async fn a_change_just_before_shutdown_is_still_told() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (addr, told) = counting_peer().await;
+        let text = format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://{addr}\"\n",
+            dir.path().display().to_string()
+        );
+        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+        let clients = crate::node::backend_clients(&config).expect("clients");
+        let replicator = Replicator::open(&config, &clients).expect("queues open");
+        let peers = crate::node::peer_clients(&config).expect("peer clients");
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        // Looking only once (at start) in the hour the test takes: what follows is told at
+        // shutdown or not at all.
+        let telling = tokio::spawn(tell_changes_every(
+            replicator.clone(),
+            peers,
+            Shutdown::new(stop.subscribe()),
+            Duration::from_secs(3600),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while told.load(Ordering::SeqCst) < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "not told at start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The drain queues a last write, then the node stops telling.
+        let r = replicator.replicas()[0].clone();
+        let batch = crate::write::replica::Batch {
+            db: "db".into(),
+            rp: String::new(),
+            precision: "n",
+            payload: Bytes::from_static(b"m v=1 1\n"),
+        };
+        assert_eq!(
+            r.enqueue(&batch).await,
+            crate::write::answer::Outcome::Queued
+        );
+        let _ = stop.send(());
+        assert!(telling.await.expect("ends"), "a last change was told");
+        assert_eq!(told.load(Ordering::SeqCst), 2);
     }
 }
