@@ -479,22 +479,26 @@ async fn queue_api_lists_inspects_dumps_verifies_and_purges() {
     assert_eq!(status, 405);
 }
 
+/// Files `line` (to `db`) as a dead letter of `to`.
+async fn letter(to: &crate::write::replica::Replica, line: &str) {
+    to.dead_letters()
+        .append(&handoff::Record::Write {
+            db: "db",
+            rp: "",
+            precision: "n",
+            payload: line.as_bytes(),
+        })
+        .await
+        .expect("appended");
+}
+
 #[tokio::test]
 async fn dead_letters_are_listed_replayed_and_purged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (admin, replicator) = setup(dir.path());
     let alpha = replicator.replicas()[0].clone();
     for line in ["m v=1 1\n", "m v=2 2\n"] {
-        alpha
-            .dead_letters()
-            .append(&handoff::Record::Write {
-                db: "db",
-                rp: "",
-                precision: "n",
-                payload: line.as_bytes(),
-            })
-            .await
-            .expect("appended");
+        letter(&alpha, line).await;
     }
     let v = json(&call(&admin, "GET", "/admin/v1/deadletter").await.1);
     assert_eq!(v[0]["dead_letters"]["records"], 2);
@@ -515,16 +519,7 @@ async fn dead_letters_are_listed_replayed_and_purged() {
     let queued = call(&admin, "GET", "/admin/v1/queue/alpha/records").await.1;
     assert!(queued.contains("m v=1 1\nm v=2 2\n"), "{queued}");
 
-    alpha
-        .dead_letters()
-        .append(&handoff::Record::Write {
-            db: "db",
-            rp: "",
-            precision: "n",
-            payload: b"m v=3 3\n",
-        })
-        .await
-        .expect("appended");
+    letter(&alpha, "m v=3 3\n").await;
     let v = json(
         &call(&admin, "POST", "/admin/v1/deadletter/alpha/purge")
             .await
@@ -539,17 +534,6 @@ async fn a_dead_letter_replay_moves_what_was_there_when_it_started() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_admin, replicator) = setup(dir.path());
     let alpha = replicator.replicas()[0].clone();
-    async fn letter(to: &crate::write::replica::Replica, line: &str) {
-        to.dead_letters()
-            .append(&handoff::Record::Write {
-                db: "db",
-                rp: "",
-                precision: "n",
-                payload: line.as_bytes(),
-            })
-            .await
-            .expect("appended");
-    }
     letter(&alpha, "m v=1 1\n").await;
     letter(&alpha, "m v=2 2\n").await;
     // As a replay that sends them again and has them refused again: every letter taken out
