@@ -781,9 +781,14 @@ pub async fn serve_with_reload(
         tokio::time::sleep(crate::peers::PEER_FETCH_GRACE).await;
     }
     let _ = admin_stop.send(());
-    let report = running.await.unwrap_or(DrainReport {
-        abandoned_connections: 0,
-    });
+    let report = match running.await {
+        Ok(report) => report,
+        // Not a clean stop: exit as the panic would have.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => DrainReport {
+            abandoned_connections: 0,
+        },
+    };
     tracing::info!(
         abandoned_connections = report.abandoned_connections,
         "stopped"

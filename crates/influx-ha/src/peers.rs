@@ -118,7 +118,8 @@ fn queue_states(replicator: &Replicator) -> Vec<(String, bool, u64, bool, bool)>
 /// this node's report. A peer that cannot be told learns at its next poll. At `shutdown` a
 /// change since the last look is told once more, and the tells are awaited: the node stops
 /// this after its last write was queued, and keeps its report served until then. Returns
-/// whether such a last change was told.
+/// whether peers were told of a change lately (within [`PEER_FETCH_GRACE`], or at the end),
+/// so that they may still be fetching the report.
 pub async fn tell_changes(replicator: Replicator, peers: Vec<Peer>, shutdown: Shutdown) -> bool {
     tell_changes_every(replicator, peers, shutdown, CHANGE_CHECK).await
 }
@@ -133,6 +134,8 @@ async fn tell_changes_every(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
+    let mut last_told: Option<tokio::time::Instant> = None;
+    let mut telling: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
         let stopping = tokio::select! {
             () = shutdown.recv() => true,
@@ -140,21 +143,17 @@ async fn tell_changes_every(
         };
         let now = queue_states(&replicator);
         let changed = last.as_ref() != Some(&now);
+        telling.retain(|t| !t.is_finished());
         if changed {
             last = Some(now);
-            let tells: Vec<_> = peers
-                .iter()
-                .cloned()
-                .map(|p| tokio::spawn(tell(p)))
-                .collect();
-            if stopping {
-                for t in tells {
-                    let _ = t.await;
-                }
-            }
+            last_told = Some(tokio::time::Instant::now());
+            telling.extend(peers.iter().cloned().map(|p| tokio::spawn(tell(p))));
         }
         if stopping {
-            return changed;
+            for t in telling {
+                let _ = t.await;
+            }
+            return last_told.is_some_and(|t| t.elapsed() < PEER_FETCH_GRACE);
         }
     }
 }

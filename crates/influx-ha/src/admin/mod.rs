@@ -21,8 +21,8 @@
 //! | `/admin/v1/deadletter/NAME/purge` | POST | drop them |
 //! | `/admin/v1/backend/NAME/maintenance` | POST | queue everything for it, serve no reads |
 //! | `/admin/v1/backend/NAME/resume` | POST | end maintenance: its queue drains |
-//! | `/admin/v1/backend/NAME/divergence` | GET | why it diverged, and marks that change whenever data is dropped for it |
-//! | `/admin/v1/backend/NAME/clear-diverged` | POST | `?marks=` (read before a verify) or `?verified_from=` Unix ms: a verify begun then found it identical (409 if data was dropped since) |
+//! | `/admin/v1/backend/NAME/divergence` | GET | why it diverged, and marks that change whenever data is dropped for it (and say whether other backends had writes queued) |
+//! | `/admin/v1/backend/NAME/clear-diverged` | POST | `?marks=` (read before a verify) or `?verified_from=` Unix ms: a verify begun then found it identical (409 if data was dropped since, or other backends had writes queued then) |
 //!
 //! `/ping` and `/health` are answered by the HTTP service itself, on both listeners.
 //! Errors are JSON `{"error": "…"}` with 400, 404, 405, 409 or 500.

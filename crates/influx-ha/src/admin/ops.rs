@@ -467,7 +467,10 @@ pub fn clear_diverged(
         });
     }
     let cleared = match since {
-        VerifiedSince::Marks(marks) => r.clear_diverged_since(marks),
+        // The backend's own marks, without what was said of the others' queues.
+        VerifiedSince::Marks(marks) => {
+            r.clear_diverged_since(marks.strip_suffix(OTHERS_QUEUED).unwrap_or(marks))
+        }
         VerifiedSince::Time(ms) => r.clear_diverged(*ms),
     };
     let was = cleared.map_err(|message| OpError {

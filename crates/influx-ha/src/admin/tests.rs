@@ -361,12 +361,22 @@ async fn a_flag_stays_when_another_backend_had_writes_queued_as_the_verify_began
         replicator.replicas()[0].clone(),
         replicator.replicas()[1].clone(),
     );
-    // alpha lost what it had queued; beta still has writes queued (they are on neither yet).
     write_one(&replicator, "m v=1 1\n").await;
+    let marks = |body: &str| json(body)["marks"].as_str().expect("marks").to_owned();
+    // A backend that is not diverged is said to be so, whatever the others' queues hold.
+    let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
+    let uri = format!(
+        "/admin/v1/backend/alpha/clear-diverged?marks={}",
+        marks(&body)
+    );
+    let (status, body, _) = call(&admin, "POST", &uri).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("was not diverged"), "{body}");
+
+    // alpha lost what it had queued; beta still has writes queued (they are on neither yet).
     let (status, _, _) = call(&admin, "POST", "/admin/v1/queue/alpha/purge").await;
     assert_eq!(status, 200);
     assert!(beta.queue().has_pending());
-    let marks = |body: &str| json(body)["marks"].as_str().expect("marks").to_owned();
     let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
     let before = marks(&body);
     let uri = format!("/admin/v1/backend/alpha/clear-diverged?marks={before}");

@@ -234,25 +234,28 @@ async fn apply_schema(
     let Some((db, statement, missing)) = schema_statement(d) else {
         return Ok(());
     };
+    // A database just created has a default `autogen`; when the copied one has other
+    // settings it already exists: altered to them instead.
+    let alter = match d {
+        super::verify::SchemaDiff::RetentionPolicy { db, rp, .. } => {
+            Some(crate::write::schema::alter_statement(db, rp))
+        }
+        _ => None,
+    };
     for &i in missing {
         tracing::info!(backend = conns[i].name(), statement, "schema copied");
-        match conns[i].select(&statement, db).await {
-            // A database just created has a default `autogen`; when the copied one has other
-            // settings it already exists: altered to them instead.
-            Err(RepairError::Query { message, .. })
-                if matches!(d, super::verify::SchemaDiff::RetentionPolicy { .. })
-                    && message.contains("retention policy already exists") =>
+        match (conns[i].select(&statement, db).await, &alter) {
+            (Err(RepairError::Query { message, .. }), Some(alter))
+                if message.contains("retention policy already exists") =>
             {
-                let alter =
-                    statement.replacen("CREATE RETENTION POLICY", "ALTER RETENTION POLICY", 1);
                 tracing::info!(
                     backend = conns[i].name(),
                     statement = alter,
                     "schema copied"
                 );
-                conns[i].select(&alter, db).await?;
+                conns[i].select(alter, db).await?;
             }
-            other => {
+            (other, _) => {
                 other?;
             }
         }

@@ -1568,11 +1568,28 @@ impl Replica {
     ) -> String {
         let mut failed = Vec::new();
         for rp in policies {
-            let statement = schema::create_statement(db, rp);
-            match self.client.query(&statement, None).await {
-                Ok(a) if a.status.is_success() && schema::statement_error(&a.body).is_none() => {}
-                Ok(a) => failed.push(format!("{}: {}", rp.name, String::from_utf8_lossy(&a.body))),
-                Err(e) => failed.push(format!("{}: {e}", rp.name)),
+            let mut statement = schema::create_statement(db, rp);
+            let mut altered = false;
+            loop {
+                match self.client.query(&statement, None).await {
+                    Ok(a)
+                        if a.status.is_success() && schema::statement_error(&a.body).is_none() => {}
+                    // A database just created has a default `autogen`: given the copied settings.
+                    Ok(a)
+                        if !altered
+                            && schema::statement_error(&a.body)
+                                .is_some_and(|e| e.contains("retention policy already exists")) =>
+                    {
+                        statement = schema::alter_statement(db, rp);
+                        altered = true;
+                        continue;
+                    }
+                    Ok(a) => {
+                        failed.push(format!("{}: {}", rp.name, String::from_utf8_lossy(&a.body)))
+                    }
+                    Err(e) => failed.push(format!("{}: {e}", rp.name)),
+                }
+                break;
             }
         }
         tracing::info!(

@@ -142,6 +142,12 @@ fn parse_retention_policies(body: &[u8]) -> Result<Vec<RetentionPolicy>, String>
 }
 
 /// The statement that creates `rp` on `db`.
+/// [`create_statement`] as an `ALTER`: for a policy that already exists with other settings
+/// (a database just created has a default `autogen`).
+pub fn alter_statement(db: &str, rp: &RetentionPolicy) -> String {
+    create_statement(db, rp).replacen("CREATE RETENTION POLICY", "ALTER RETENTION POLICY", 1)
+}
+
 pub fn create_statement(db: &str, rp: &RetentionPolicy) -> String {
     let duration = rp
         .duration

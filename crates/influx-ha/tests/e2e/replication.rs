@@ -383,3 +383,25 @@ fn writers_past_the_inflight_cap_wait_their_turn_and_nothing_is_lost() {
         "{page}"
     );
 }
+
+#[test]
+fn a_missing_database_gets_the_altered_settings_of_its_default_policy() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    a.create_database("db");
+    let altered = a.query(
+        "",
+        "ALTER RETENTION POLICY autogen ON db DURATION 30d SHARD DURATION 1d",
+    );
+    assert!(!altered.contains("error"), "{altered}");
+    let mut relay = Relay::start(&[&a, &b], "");
+    let r = relay.write("db=db", &recent_points(100));
+    assert_eq!(r.status, 204, "{}", r.text());
+    // Created on b, the database first has a default autogen: it gets a's settings.
+    wait_until("b holds the points", CONVERGE, || {
+        count(&b, "db", "v", "m") == 100
+    });
+    let policies = b.query("", "SHOW RETENTION POLICIES ON db");
+    assert!(policies.contains("720h0m0s"), "{policies}");
+    assert!(policies.contains("24h0m0s"), "{policies}");
+}
