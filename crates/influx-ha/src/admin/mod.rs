@@ -328,6 +328,14 @@ impl AdminHandler {
         let replicas = self.replicas();
         let get = *method == Method::GET || *method == Method::HEAD;
         let post = *method == Method::POST;
+        // The listener outlives the queues at shutdown (for the peers' report): an operation
+        // now would reach closed queues.
+        if post && self.inner.sources.replicator.is_closed() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node is shutting down: its queues are closed".to_owned(),
+            );
+        }
         let result: Result<Response<ResponseBody>, ops::OpError> = match parts.as_slice() {
             ["queue"] | ["deadletter"] if get => Ok(json(StatusCode::OK, &ops::list(&replicas))),
             [store @ ("queue" | "deadletter"), name] if get => {

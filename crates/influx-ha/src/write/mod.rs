@@ -155,6 +155,8 @@ pub struct Replicator {
     /// Fan-outs running (also those whose client is gone): shutdown waits for them before it
     /// closes the queues they may still append to.
     deliveries: Arc<watch::Sender<usize>>,
+    /// Set once the queues are closed at shutdown.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One running fan-out, counted in [`Replicator::deliveries`] while it lives.
@@ -191,6 +193,7 @@ impl Replicator {
             grace,
             catch_up_wait: CATCH_UP_WAIT,
             deliveries: Arc::new(watch::Sender::new(0)),
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -255,9 +258,15 @@ impl Replicator {
 
     /// Makes every queue durable and closes it (after the replay tasks ended).
     pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         for r in self.replicas.load().iter() {
             r.close();
         }
+    }
+
+    /// Whether [`Self::close`] ran: the node is stopping and its queues take nothing more.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Creates `db` on every backend, queueing the statement for those that cannot take it now

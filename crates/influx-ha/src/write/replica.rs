@@ -641,7 +641,8 @@ impl Replica {
         self.diverged_by_drops(&format!(
             "an operator purged its queue ({n} records dropped)"
         ));
-        self.leave_queueing_if_drained();
+        // Queueing mode is left by the replay (woken here), once no send of a purged batch is
+        // in flight: new writes sent directly meanwhile would land before it.
         self.kick.notify_one();
         Ok(n)
     }
@@ -1008,6 +1009,8 @@ impl Replica {
                     head
                 }
                 _ => {
+                    // Nothing in flight: a queue emptied by a purge lets writes go direct.
+                    self.leave_queueing_if_drained();
                     tokio::select! {
                         () = shutdown.recv() => return,
                         () = self.queue.wait_for_data() => {}
@@ -1092,6 +1095,15 @@ impl Replica {
                         let b = head.batch.clone();
                         let acked =
                             match tokio::task::spawn_blocking(move || me.queue.ack(&b)).await {
+                                Ok(Err(handoff::Error::StaleBatch)) => {
+                                    // Purged by an operator while it was sent: nothing to
+                                    // acknowledge; read on from the cursor.
+                                    tracing::info!(
+                                        backend = self.name(),
+                                        "a batch purged while it was sent"
+                                    );
+                                    break;
+                                }
                                 Ok(acked) => acked.map_err(|e| e.to_string()),
                                 Err(e) => Err(e.to_string()),
                             };

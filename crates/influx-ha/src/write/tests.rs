@@ -1129,3 +1129,36 @@ async fn the_listeners_write_at_the_reloaded_default_level() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_while_a_replayed_batch_is_sent_keeps_new_writes_behind_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    fake.stall.store(true, Ordering::SeqCst);
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let batch = Batch {
+        db: "db".into(),
+        rp: String::new(),
+        precision: "n",
+        payload: Bytes::from_static(b"m,batch=1 v=1 1\n"),
+    };
+    assert_eq!(replica.enqueue(&batch).await, Outcome::Queued);
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        replica
+            .clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    wait_until("the replay sends batch 1", || {
+        !fake.writes.lock().expect("not poisoned").is_empty()
+    })
+    .await;
+    replica.purge_queue().expect("purged");
+    // Its send is still on its way: a write sent directly now could land before it.
+    assert!(replica.is_queueing());
+    fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the replay is done with it", || !replica.is_queueing()).await;
+    assert_eq!(replica.last_error(), None, "a purged batch is no error");
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+}
