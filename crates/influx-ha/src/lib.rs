@@ -74,6 +74,8 @@ pub mod repair;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod test_http;
 pub mod tls;
 pub mod units;
 pub mod write;

@@ -718,6 +718,52 @@ mod tests {
         running.await.expect("monitor ends");
     }
 
+    #[tokio::test]
+    async fn a_backend_down_for_failed_requests_but_answering_pings_keeps_its_replay_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (addr, _) = crate::test_http::answering_204().await;
+        let text = format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://{addr}\"\n",
+            dir.path().display().to_string()
+        );
+        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+        let clients = crate::node::backend_clients(&config).expect("clients");
+        let replica = crate::write::open_replica(&config, &clients[0], &clients).expect("queue");
+        let board = StateBoard::new(initial_states(&clients));
+        let marks = PassiveMarks::new(1);
+        let monitor = Monitor {
+            board: board.clone(),
+            clients,
+            replicas: vec![replica.clone()],
+            peers: Vec::new(),
+            marks: marks.clone(),
+            health: HealthConfig {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(10),
+                rise: 1,
+                fall: 1,
+            },
+            reports_file: None,
+            peers_changed: Arc::new(tokio::sync::Notify::new()),
+        };
+        // Requests to it failed (a long statement, say) while its pings are answered.
+        marks.failure(0, "answered 500".into());
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        let running = tokio::spawn(monitor.run(Shutdown::new(stop.subscribe())));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !matches!(
+            board.load().backends[0].reachability,
+            Reachability::Down { .. }
+        ) {
+            assert!(tokio::time::Instant::now() < deadline, "not marked down");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Down for reads and writes, but a replayed statement keeps waiting for its answer.
+        assert!(!replica.is_marked_down());
+        let _ = stop.send(());
+        running.await.expect("monitor ends");
+    }
+
     #[test]
     fn peer_reports_survive_a_restart_as_unreachable() {
         let dir = tempfile::tempdir().expect("temporary directory");

@@ -261,52 +261,17 @@ mod tests {
         assert!(parse_report(b"{}").is_err());
     }
 
-    /// Counts the `POST …/changed` it is sent, answering 204 on kept-alive connections.
-    async fn counting_peer() -> (
-        std::net::SocketAddr,
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    ) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let told = std::sync::Arc::new(AtomicUsize::new(0));
-        let count = told.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let count = count.clone();
-                tokio::spawn(async move {
-                    let mut pending = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = conn.read(&mut buf).await {
-                        if n == 0 {
-                            return;
-                        }
-                        pending.extend_from_slice(&buf[..n]);
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = pending.drain(..end + 4).collect();
-                            if head.starts_with(format!("POST {CHANGED_PATH} ").as_bytes()) {
-                                count.fetch_add(1, Ordering::SeqCst);
-                            }
-                            let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
-                            if conn.write_all(answer).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (addr, told)
-    }
-
     #[tokio::test]
     async fn a_change_just_before_shutdown_is_still_told() {
-        use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (addr, told) = counting_peer().await;
+        let (addr, seen) = crate::test_http::answering_204().await;
+        let told = || {
+            let lines = seen.lock().expect("not poisoned");
+            lines
+                .iter()
+                .filter(|l| l.starts_with(&format!("POST {CHANGED_PATH} ")))
+                .count()
+        };
         let text = format!(
             "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://{addr}\"\n",
             dir.path().display().to_string()
@@ -325,7 +290,7 @@ mod tests {
             Duration::from_secs(3600),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while told.load(Ordering::SeqCst) < 1 {
+        while told() < 1 {
             assert!(tokio::time::Instant::now() < deadline, "not told at start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -343,6 +308,6 @@ mod tests {
         );
         let _ = stop.send(());
         assert!(telling.await.expect("ends"), "a last change was told");
-        assert_eq!(told.load(Ordering::SeqCst), 2);
+        assert_eq!(told(), 2);
     }
 }
