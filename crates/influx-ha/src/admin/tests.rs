@@ -362,14 +362,16 @@ async fn a_flag_stays_when_another_backend_had_writes_queued_as_the_verify_began
         replicator.replicas()[1].clone(),
     );
     write_one(&replicator, "m v=1 1\n").await;
-    let marks = |body: &str| json(body)["marks"].as_str().expect("marks").to_owned();
+    // A verify of alpha: its marks read before, then the clear with them.
+    let verified = || async {
+        let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
+        let marks = json(&body)["marks"].as_str().expect("marks").to_owned();
+        let uri = format!("/admin/v1/backend/alpha/clear-diverged?marks={marks}");
+        let (status, body, _) = call(&admin, "POST", &uri).await;
+        (status, body)
+    };
     // A backend that is not diverged is said to be so, whatever the others' queues hold.
-    let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
-    let uri = format!(
-        "/admin/v1/backend/alpha/clear-diverged?marks={}",
-        marks(&body)
-    );
-    let (status, body, _) = call(&admin, "POST", &uri).await;
+    let (status, body) = verified().await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("was not diverged"), "{body}");
 
@@ -377,10 +379,7 @@ async fn a_flag_stays_when_another_backend_had_writes_queued_as_the_verify_began
     let (status, _, _) = call(&admin, "POST", "/admin/v1/queue/alpha/purge").await;
     assert_eq!(status, 200);
     assert!(beta.queue().has_pending());
-    let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
-    let before = marks(&body);
-    let uri = format!("/admin/v1/backend/alpha/clear-diverged?marks={before}");
-    let (status, body, _) = call(&admin, "POST", &uri).await;
+    let (status, body) = verified().await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("queued here for other backends"), "{body}");
     assert!(alpha.diverged().is_some());
@@ -393,12 +392,7 @@ async fn a_flag_stays_when_another_backend_had_writes_queued_as_the_verify_began
     let (status, _, _) = call(&admin, "POST", "/admin/v1/queue/beta/purge").await;
     assert_eq!(status, 200);
     beta.leave_queueing_if_drained();
-    let (_, body, _) = call(&admin, "GET", "/admin/v1/backend/alpha/divergence").await;
-    let uri = format!(
-        "/admin/v1/backend/alpha/clear-diverged?marks={}",
-        marks(&body)
-    );
-    let (status, body, _) = call(&admin, "POST", &uri).await;
+    let (status, body) = verified().await;
     assert_eq!(status, 200, "{body}");
     assert!(alpha.diverged().is_none());
 }

@@ -585,12 +585,7 @@ fn without_auto_repair_the_anti_entropy_check_only_reports() {
 fn repair_copies_a_database_whose_default_policy_was_altered() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
-    a.create_database("db");
-    let altered = a.query(
-        "",
-        "ALTER RETENTION POLICY autogen ON db DURATION 30d SHARD DURATION 1d",
-    );
-    assert!(!altered.contains("error"), "{altered}");
+    crate::support::create_with_altered_autogen(&a, "db");
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -605,8 +600,6 @@ fn repair_copies_a_database_whose_default_policy_was_altered() {
     let out = influx_ha(&["repair", "--config", config.to_str().expect("utf-8 path")]);
     let report = text_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
-    let policies = b.query("", "SHOW RETENTION POLICIES ON db");
-    assert!(policies.contains("720h0m0s"), "{policies}");
-    assert!(policies.contains("24h0m0s"), "{policies}");
+    crate::support::assert_altered_autogen(&b, "db");
     assert_eq!(count(&b, "db", "v", "m"), 1);
 }

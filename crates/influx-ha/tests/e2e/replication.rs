@@ -388,12 +388,7 @@ fn writers_past_the_inflight_cap_wait_their_turn_and_nothing_is_lost() {
 fn a_missing_database_gets_the_altered_settings_of_its_default_policy() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
-    a.create_database("db");
-    let altered = a.query(
-        "",
-        "ALTER RETENTION POLICY autogen ON db DURATION 30d SHARD DURATION 1d",
-    );
-    assert!(!altered.contains("error"), "{altered}");
+    crate::support::create_with_altered_autogen(&a, "db");
     let mut relay = Relay::start(&[&a, &b], "");
     let r = relay.write("db=db", &recent_points(100));
     assert_eq!(r.status, 204, "{}", r.text());
@@ -401,7 +396,5 @@ fn a_missing_database_gets_the_altered_settings_of_its_default_policy() {
     wait_until("b holds the points", CONVERGE, || {
         count(&b, "db", "v", "m") == 100
     });
-    let policies = b.query("", "SHOW RETENTION POLICIES ON db");
-    assert!(policies.contains("720h0m0s"), "{policies}");
-    assert!(policies.contains("24h0m0s"), "{policies}");
+    crate::support::assert_altered_autogen(&b, "db");
 }

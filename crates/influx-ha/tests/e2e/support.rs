@@ -76,6 +76,24 @@ pub fn count(influxd: &Influxd, db: &str, field: &str, measurement: &str) -> u64
     number_after(&json, "\"values\":[[").unwrap_or(0.0) as u64
 }
 
+/// Creates `db` on `influxd` with its default `autogen` altered (30 days, shards of a day),
+/// which a database created anew elsewhere does not have.
+pub fn create_with_altered_autogen(influxd: &Influxd, db: &str) {
+    influxd.create_database(db);
+    let altered = influxd.query(
+        "",
+        &format!("ALTER RETENTION POLICY autogen ON {db} DURATION 30d SHARD DURATION 1d"),
+    );
+    assert!(!altered.contains("error"), "{altered}");
+}
+
+/// Whether `influxd` holds `db` with the settings of [`create_with_altered_autogen`].
+pub fn assert_altered_autogen(influxd: &Influxd, db: &str) {
+    let policies = influxd.query("", &format!("SHOW RETENTION POLICIES ON {db}"));
+    assert!(policies.contains("720h0m0s"), "{policies}");
+    assert!(policies.contains("24h0m0s"), "{policies}");
+}
+
 /// `SELECT sum(v) FROM m` in `db`.
 pub fn sum(influxd: &Influxd, db: &str, field: &str, measurement: &str) -> f64 {
     let json = influxd.query(db, &format!("SELECT sum({field}) FROM {measurement}"));
