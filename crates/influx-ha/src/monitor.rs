@@ -151,7 +151,8 @@ struct Memory {
     verdicts: Vec<Hysteresis>,
     /// Per backend: failed direct writes plus failed replays, as last counted.
     write_failures: Vec<u64>,
-    /// Per peer name: its last report, when it came, and whether the last poll reached it.
+    /// Per peer name: its last report, when it came, and whether the peer was last heard from
+    /// (its last poll answered, or a notice came since).
     reports: HashMap<String, (QueueReport, SystemTime, bool)>,
     /// Per peer name: why its last poll failed (absent once it answers).
     peer_errors: HashMap<String, String>,
@@ -229,9 +230,10 @@ pub struct Monitor {
     pub health: HealthConfig,
     /// Where the peers' last reports are kept across restarts (`None`: not kept).
     pub reports_file: Option<PathBuf>,
-    /// Rung by a peer whose queues changed (`POST /admin/v1/queues/changed`): the peers are
-    /// asked for their reports at once instead of at the next round.
-    pub peers_changed: Arc<tokio::sync::Notify>,
+    /// Notices of peers whose queues changed (`POST /admin/v1/queues/changed`): the report a
+    /// notice carries counts at once; without one, the peers are asked for theirs at once
+    /// instead of at the next round.
+    pub peers_changed: Arc<crate::peers::PeerNews>,
 }
 
 /// Name of the file under `data_dir` that keeps the peers' last reports.
@@ -271,6 +273,23 @@ fn load_reports(path: &Path, peers: &[Peer]) -> HashMap<String, (QueueReport, Sy
             (name, (s.report, received, false))
         })
         .collect()
+}
+
+/// The configured peer that sent `report` with its notice: the one whose last report came
+/// from the same process. The node name alone does not tell (relays on one host share the
+/// default), nor the address a notice came from; a relay not yet polled since it started is
+/// asked instead.
+fn sender(memory: &Memory, report: &QueueReport) -> Option<String> {
+    let instance = report.instance.as_deref()?;
+    let mut from = memory
+        .reports
+        .iter()
+        .filter(|(_, (r, _, _))| r.node == report.node && r.instance.as_deref() == Some(instance))
+        .map(|(peer, _)| peer);
+    match (from.next(), from.next()) {
+        (Some(peer), None) => Some(peer.clone()),
+        _ => None,
+    }
 }
 
 /// What in a peer's report counts for reads here: per backend, whether anything is queued for
@@ -333,11 +352,11 @@ pub fn initial_states(clients: &[BackendClient]) -> Vec<BackendState> {
 pub(crate) fn copy_replica_state(b: &mut BackendState, r: &Replica) {
     b.diverged = r.diverged();
     b.maintenance = r.in_maintenance();
-    b.queue = depth(&r.queue().stats());
-    b.dead_letters = depth(&r.dead_letters().stats());
+    b.queue = queue_depth(&r.queue().stats());
+    b.dead_letters = queue_depth(&r.dead_letters().stats());
 }
 
-fn depth(stats: &handoff::Stats) -> QueueDepth {
+pub(crate) fn queue_depth(stats: &handoff::Stats) -> QueueDepth {
     QueueDepth {
         records: stats.depth_records,
         bytes: stats.depth_bytes,
@@ -380,7 +399,7 @@ impl Monitor {
             tokio::select! {
                 () = shutdown.recv() => return,
                 _ = ticker.tick() => self.round(&mut memory, &mut polls).await,
-                () = self.peers_changed.notified() => self.ask_peers(&mut polls),
+                () = self.peers_changed.notified() => self.news(&mut memory, &mut polls).await,
                 answer = polls.next(), if !polls.is_empty() => self.heard(&mut memory, answer).await,
             }
         }
@@ -393,6 +412,22 @@ impl Monitor {
         let timeout = self.health.timeout.max(Duration::from_secs(1));
         for peer in &self.peers {
             polls.ask(peer, timeout);
+        }
+    }
+
+    /// Takes what peers told: each report sent with a notice counts as an answer that came
+    /// then, for the peer it came from; the peers are asked when a notice came without one,
+    /// or with one that cannot be told apart as a peer's.
+    async fn news(&self, memory: &mut Memory, polls: &mut PeerPolls) {
+        let (reports, mut ask) = self.peers_changed.take();
+        for (report, received) in reports {
+            match sender(memory, &report) {
+                Some(peer) => self.heard(memory, (peer, received, Ok(report))).await,
+                None => ask = true,
+            }
+        }
+        if ask {
+            self.ask_peers(polls);
         }
     }
 
@@ -486,7 +521,7 @@ impl Monitor {
                     Some(Err(_)) => {}
                     None => pinging = false,
                 },
-                () = self.peers_changed.notified() => self.ask_peers(polls),
+                () = self.peers_changed.notified() => self.news(memory, polls).await,
             }
         }
 
@@ -700,7 +735,7 @@ mod tests {
                 fall: 3,
             },
             reports_file: None,
-            peers_changed: Arc::new(tokio::sync::Notify::new()),
+            peers_changed: Arc::new(crate::peers::PeerNews::default()),
         };
         let (stop, _) = tokio::sync::broadcast::channel(1);
         let running = tokio::spawn(monitor.run(Shutdown::new(stop.subscribe())));
@@ -744,7 +779,7 @@ mod tests {
                 fall: 1,
             },
             reports_file: None,
-            peers_changed: Arc::new(tokio::sync::Notify::new()),
+            peers_changed: Arc::new(crate::peers::PeerNews::default()),
         };
         // Requests to it failed (a long statement, say) while its pings are answered.
         marks.failure(0, "answered 500".into());
@@ -786,6 +821,111 @@ mod tests {
         assert_eq!(loaded["relay-2"], (report, received, false));
         std::fs::write(&file, b"{broken").expect("write");
         assert!(load_reports(&file, &[peer]).is_empty());
+    }
+
+    /// A report as relay `node`'s process `instance` sends it, with `records` queued for `a`.
+    fn sent_report(node: &str, instance: &str, records: u64) -> QueueReport {
+        crate::peers::parse_report(
+            format!(r#"{{"node":"{node}","instance":"{instance}","backends":[{{"name":"a","queue_records":{records},"queue_bytes":9,"oldest_age_seconds":null,"diverged":false}}]}}"#)
+                .as_bytes(),
+        )
+        .expect("report")
+    }
+
+    #[test]
+    fn a_sent_report_counts_only_for_the_one_peer_whose_process_sent_the_last() {
+        let mut memory = Memory::default();
+        let now = SystemTime::now();
+        // Relays on one host share their default node name; their processes differ.
+        for (peer, instance) in [
+            ("relay-2", "p2"),
+            ("relay-3", "p3"),
+            ("twin", "p4"),
+            ("twin-again", "p4"),
+        ] {
+            memory.reports.insert(
+                peer.to_owned(),
+                (sent_report("host", instance, 0), now, true),
+            );
+        }
+        let from = |instance: &str| sender(&memory, &sent_report("host", instance, 1));
+        assert_eq!(from("p2").as_deref(), Some("relay-2"));
+        assert_eq!(from("p3").as_deref(), Some("relay-3"));
+        // A restarted relay, or one never polled: the peers are asked instead.
+        assert_eq!(from("p9"), None);
+        // Two peers configured for one relay: which one it was cannot be told.
+        assert_eq!(from("p4"), None);
+        // Another node name, or a report of an older version, without its process.
+        assert_eq!(sender(&memory, &sent_report("other", "p2", 1)), None);
+        let mut older = sent_report("host", "p2", 1);
+        older.instance = None;
+        assert_eq!(sender(&memory, &older), None);
+    }
+
+    #[tokio::test]
+    async fn a_report_sent_with_a_notice_counts_without_a_poll() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(PEER_REPORTS_FILE);
+        // The peers' last reports, kept from before; neither peer can be polled now.
+        let mut kept = HashMap::new();
+        for (peer, instance) in [("relay-2", "p2"), ("relay-3", "p3")] {
+            let report = sent_report("host", instance, 0);
+            kept.insert(peer.to_owned(), (report, SystemTime::now(), true));
+        }
+        save_reports(&file, &kept);
+        let client = unreachable("a");
+        let board = StateBoard::new(initial_states(std::slice::from_ref(&client)));
+        let news = Arc::new(crate::peers::PeerNews::default());
+        let monitor = Monitor {
+            board: board.clone(),
+            clients: vec![client],
+            replicas: Vec::new(),
+            peers: ["relay-2", "relay-3"]
+                .map(|name| Peer {
+                    name: name.to_owned(),
+                    client: unreachable(name),
+                })
+                .to_vec(),
+            marks: PassiveMarks::new(1),
+            health: HealthConfig {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(1),
+                rise: 1,
+                fall: 1,
+            },
+            reports_file: Some(file.clone()),
+            peers_changed: news.clone(),
+        };
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        let running = tokio::spawn(monitor.run(Shutdown::new(stop.subscribe())));
+        news.notice(Some(sent_report("host", "p3", 5)));
+        let queued = |peer: &str| {
+            board.load().backends[0]
+                .peers
+                .iter()
+                .find(|p| p.peer == peer)
+                .map(|p| p.queue.records)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while queued("relay-3") != Some(5) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sent report never counted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(queued("relay-2"), Some(0));
+        // Kept for the next start, as a fetched one is.
+        let _ = stop.send(());
+        running.await.expect("monitor ends");
+        let loaded = load_reports(
+            &file,
+            &[Peer {
+                name: "relay-3".into(),
+                client: unreachable("relay-3"),
+            }],
+        );
+        assert_eq!(loaded["relay-3"].0.backends[0].queue_records, 5);
     }
 
     #[test]

@@ -426,7 +426,7 @@ fn read_path(
     replicas: &[Arc<crate::write::replica::Replica>],
     board: &crate::state::StateBoard,
     limits: &SharedLimits,
-    peers_changed: &Arc<tokio::sync::Notify>,
+    peers_changed: &Arc<crate::peers::PeerNews>,
 ) -> Result<(crate::query::QueryService, crate::monitor::Monitor), SetupError> {
     let clients: Vec<BackendClient> = replicas.iter().map(|r| r.client().clone()).collect();
     let marks = crate::monitor::PassiveMarks::new(clients.len());
@@ -494,8 +494,8 @@ pub async fn serve_with_reload(
     // The read path and the task that keeps the backends' state current.
     let board = crate::state::StateBoard::new(crate::monitor::initial_states(&clients));
     let limits = SharedLimits::new(BodyLimits::of(&config.http));
-    // Rung when a peer tells that its queues changed: this node asks its peers at once.
-    let peers_changed = Arc::new(tokio::sync::Notify::new());
+    // A peer's notice that its queues changed, with its report: it counts at once.
+    let peers_changed = Arc::new(crate::peers::PeerNews::default());
     let (query, monitor) = read_path(
         &config,
         &replicator.replicas(),
@@ -649,6 +649,7 @@ pub async fn serve_with_reload(
         None
     } else {
         Some(tokio::spawn(crate::peers::tell_changes(
+            config.node_name.clone(),
             Replicator::clone(&replicator),
             peer_clients(&config)?,
             crate::shutdown::Shutdown::new(stop_telling.subscribe()),
@@ -771,8 +772,8 @@ pub async fn serve_with_reload(
     if let Some(r) = &reloader {
         r.close_retired();
     }
-    // What the drain queued is told to the peers, who then fetch the report: the admin
-    // listener stays a moment for them (without one, the report went with the main listener).
+    // What the drain queued is told to the peers, with the report; the admin listener stays a
+    // moment for peers of an older version, which fetch the report instead.
     let _ = stop_telling.send(());
     if let Some(task) = tell_peers
         && task.await.unwrap_or(false)

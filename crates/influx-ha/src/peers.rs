@@ -18,9 +18,12 @@
 //!
 //! Between polls, a relay whose queues change (a backend's queue starts or stops holding
 //! records, a backend turns diverged or goes into maintenance) tells its peers at once
-//! (`POST /admin/v1/queues/changed`, [`tell_changes`]), and they poll it then. So a write a
-//! peer acknowledged through its queue is missed by a read here only for the few
-//! milliseconds that takes (or until the next poll, when the peer cannot be told).
+//! (`POST /admin/v1/queues/changed` with its report as the body, [`tell_changes`]), and the
+//! report counts there at once, without a fetch: also when this relay's address cannot be
+//! reached, or has closed at shutdown. So a write a peer acknowledged through its queue is
+//! missed by a read here only for the few milliseconds that takes (or until the next poll,
+//! when the peer cannot be told). A notice without a report (an older version) has the peers
+//! polled at once instead.
 
 use std::time::Duration;
 
@@ -32,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendClient;
 use crate::monitor::Peer;
 use crate::shutdown::Shutdown;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, QueueDepth};
 use crate::write::Replicator;
 
 /// Where the report is served on the admin surface.
@@ -47,24 +50,57 @@ const MAX_REPORT_BYTES: usize = 1 << 20;
 
 /// This relay's queue report, as served at [`QUEUES_PATH`].
 pub fn queue_report(node: &str, state: &ClusterState) -> Vec<u8> {
-    let backends: Vec<serde_json::Value> = state
+    let backends = state
         .backends
         .iter()
-        .map(|b| {
-            serde_json::json!({
-                "name": b.name,
-                "queue_records": b.queue.records,
-                "queue_bytes": b.queue.bytes,
-                "oldest_age_seconds": b.queue.oldest_age.map(|d| d.as_secs_f64()),
-                "diverged": b.diverged.is_some(),
-                "maintenance": b.maintenance,
-            })
+        .map(|b| ReportedBackend::new(&b.name, &b.queue, b.diverged.is_some(), b.maintenance))
+        .collect();
+    encode(node, backends)
+}
+
+/// The same report built from the replicas alone, as a notice to the peers carries it.
+fn replicas_report(node: &str, replicator: &Replicator) -> Vec<u8> {
+    let backends = replicator
+        .replicas()
+        .iter()
+        .map(|r| {
+            ReportedBackend::new(
+                r.name(),
+                &crate::monitor::queue_depth(&r.queue().stats()),
+                r.diverged().is_some(),
+                r.in_maintenance(),
+            )
         })
         .collect();
-    let mut out = serde_json::to_vec(&serde_json::json!({"node": node, "backends": backends}))
-        .unwrap_or_default();
+    encode(node, backends)
+}
+
+fn encode(node: &str, backends: Vec<ReportedBackend>) -> Vec<u8> {
+    let report = QueueReport {
+        node: node.to_owned(),
+        instance: Some(instance().to_owned()),
+        backends,
+    };
+    let mut out = serde_json::to_vec(&report).unwrap_or_default();
     out.push(b'\n');
     out
+}
+
+/// What tells this process's reports from those of any other relay, or of this relay before a
+/// restart: a peer takes a report that comes with a notice (rather than fetched from a known
+/// address) only from a relay it fetched one from before.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        use std::hash::BuildHasher;
+        // `RandomState` is seeded at random per process; the pid and the time make two
+        // relays started together differ even where that seed were not random.
+        let seed = (std::process::id(), std::time::SystemTime::now());
+        format!(
+            "{:016x}",
+            std::collections::hash_map::RandomState::new().hash_one(seed)
+        )
+    })
 }
 
 /// A peer's report, as read.
@@ -72,6 +108,9 @@ pub fn queue_report(node: &str, state: &ClusterState) -> Vec<u8> {
 pub struct QueueReport {
     /// The peer's `node_name`.
     pub node: String,
+    /// The peer's process (see [`instance`]); absent from reports of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Its backends.
     pub backends: Vec<ReportedBackend>,
 }
@@ -94,6 +133,19 @@ pub struct ReportedBackend {
     pub maintenance: bool,
 }
 
+impl ReportedBackend {
+    fn new(name: &str, queue: &QueueDepth, diverged: bool, maintenance: bool) -> Self {
+        ReportedBackend {
+            name: name.to_owned(),
+            queue_records: queue.records,
+            queue_bytes: queue.bytes,
+            oldest_age_seconds: queue.oldest_age.map(|d| d.as_secs_f64()),
+            diverged,
+            maintenance,
+        }
+    }
+}
+
 /// What peers are told about, per backend in config order: whether records are queued for it
 /// and how often its queue started holding records (a drain and a new write between two looks
 /// changes that, while a peer may have been served the empty queue in between), whether it
@@ -114,43 +166,59 @@ fn queue_states(replicator: &Replicator) -> Vec<(String, bool, u64, bool, bool)>
         .collect()
 }
 
-/// Tells every peer when this node's queues change, until `shutdown`: the peers then poll
-/// this node's report. A peer that cannot be told learns at its next poll. At `shutdown` a
-/// change since the last look is told once more, and the tells are awaited: the node stops
-/// this after its last write was queued, and keeps its report served until then. Returns
-/// whether peers were told of a change lately (within [`PEER_FETCH_GRACE`], or at the end),
-/// so that they may still be fetching the report.
-pub async fn tell_changes(replicator: Replicator, peers: Vec<Peer>, shutdown: Shutdown) -> bool {
-    tell_changes_every(replicator, peers, shutdown, CHANGE_CHECK).await
+/// Tells every peer when this node's queues change, until `shutdown`, with the report as it
+/// is then: a peer takes it at once, also when it cannot fetch the report (this node has no
+/// `[admin]` listener and its main one closed at shutdown, or the peer cannot reach it). A
+/// peer that cannot be told learns at its next poll. At `shutdown` a change since the last
+/// look is told once more, and the tells are awaited: the node stops this after its last
+/// write was queued. Returns whether peers were told of a change lately (within
+/// [`PEER_FETCH_GRACE`], or at the end), so that a peer of an older version, which fetches
+/// the report instead, may still be doing so.
+pub async fn tell_changes(
+    node: String,
+    replicator: Replicator,
+    peers: Vec<Peer>,
+    shutdown: Shutdown,
+) -> bool {
+    tell_changes_every(node, replicator, peers, shutdown, CHANGE_CHECK).await
 }
 
 /// [`tell_changes`], looking every `period`.
 async fn tell_changes_every(
+    node: String,
     replicator: Replicator,
     peers: Vec<Peer>,
     mut shutdown: Shutdown,
     period: Duration,
 ) -> bool {
+    // One teller per peer, each sending the latest report once its previous notice is over:
+    // notices to a peer never overtake each other (an older report arriving last would stand
+    // there), and a peer that is slow to answer holds up no other.
+    let (latest, _) = tokio::sync::watch::channel(Bytes::new());
+    let tellers: Vec<_> = peers
+        .into_iter()
+        .map(|peer| tokio::spawn(tell_each(peer, latest.subscribe())))
+        .collect();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
     let mut last_told: Option<tokio::time::Instant> = None;
-    let mut telling: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
         let stopping = tokio::select! {
             () = shutdown.recv() => true,
             _ = ticker.tick() => false,
         };
         let now = queue_states(&replicator);
-        let changed = last.as_ref() != Some(&now);
-        telling.retain(|t| !t.is_finished());
-        if changed {
+        if last.as_ref() != Some(&now) {
+            // Built after the look: what it shows is at least as new as what was compared.
+            latest.send_replace(Bytes::from(replicas_report(&node, &replicator)));
             last = Some(now);
             last_told = Some(tokio::time::Instant::now());
-            telling.extend(peers.iter().cloned().map(|p| tokio::spawn(tell(p))));
         }
         if stopping {
-            for t in telling {
+            // Each teller sends the last report it has not sent, then ends.
+            drop(latest);
+            for t in tellers {
                 let _ = t.await;
             }
             return last_told.is_some_and(|t| t.elapsed() < PEER_FETCH_GRACE);
@@ -158,17 +226,24 @@ async fn tell_changes_every(
     }
 }
 
-/// Says to `peer` that this node's queues changed.
-async fn tell(peer: Peer) {
+/// Sends `peer` each report that `latest` holds, until it is closed and the last one sent.
+async fn tell_each(peer: Peer, mut latest: tokio::sync::watch::Receiver<Bytes>) {
+    while latest.changed().await.is_ok() {
+        let report = latest.borrow_and_update().clone();
+        tell(&peer, report).await;
+    }
+}
+
+/// Says to `peer` that this node's queues changed, with `report`.
+async fn tell(peer: &Peer, report: Bytes) {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     let told = peer
         .client
-        .forward(
-            Method::POST,
-            CHANGED_PATH,
-            http::HeaderMap::new(),
-            Bytes::new(),
-            TELL_TIMEOUT,
-        )
+        .forward(Method::POST, CHANGED_PATH, headers, report, TELL_TIMEOUT)
         .await;
     match told {
         Ok(resp) if resp.status().is_success() => {}
@@ -187,6 +262,93 @@ pub const PEER_FETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// How long telling a peer may take.
 const TELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What peers told this node: that their queues changed, with their report where they sent
+/// one. Filled by the admin surface, emptied by the [`crate::monitor`] task.
+#[derive(Debug, Default)]
+pub struct PeerNews {
+    rung: tokio::sync::Notify,
+    held: std::sync::Mutex<HeldNews>,
+}
+
+#[derive(Debug, Default)]
+struct HeldNews {
+    /// The latest report per sender not yet taken, with when it arrived.
+    reports: Vec<(QueueReport, tokio::time::Instant)>,
+    /// Whether a notice came without a report (or one was let go): every peer is asked.
+    ask_all: bool,
+}
+
+/// Reports held between two looks of the monitor, at most: one per peer is the normal case.
+const MAX_HELD_REPORTS: usize = 64;
+
+/// What [`PeerNews::take`] gives: the reports sent, and whether the peers are to be asked.
+pub type News = (Vec<(QueueReport, tokio::time::Instant)>, bool);
+
+impl PeerNews {
+    /// A peer's notice, with its report when it sent one.
+    pub fn notice(&self, report: Option<QueueReport>) {
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            match report {
+                Some(report) => {
+                    // A later report of the same relay replaces the earlier one.
+                    held.reports
+                        .retain(|(r, _)| r.node != report.node || r.instance != report.instance);
+                    if held.reports.len() >= MAX_HELD_REPORTS {
+                        held.reports.remove(0);
+                        held.ask_all = true;
+                    }
+                    held.reports.push((report, tokio::time::Instant::now()));
+                }
+                None => held.ask_all = true,
+            }
+        }
+        self.rung.notify_one();
+    }
+
+    /// Waits for a notice.
+    pub async fn notified(&self) {
+        self.rung.notified().await;
+    }
+
+    /// The news since the last call.
+    pub fn take(&self) -> News {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let held = std::mem::take(&mut *held);
+        (held.reports, held.ask_all)
+    }
+}
+
+/// How long a peer's notice may take to arrive whole.
+const NOTICE_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads a peer's notice ([`CHANGED_PATH`]): its report, or `None` when it sent none (a peer of
+/// an older version, which has its report fetched instead).
+pub async fn read_notice(
+    mut body: crate::http::HandlerBody,
+) -> Result<Option<QueueReport>, String> {
+    let read = async {
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("cannot read the queue report: {e}"))?;
+            if let Ok(chunk) = frame.into_data() {
+                if data.len() + chunk.len() > MAX_REPORT_BYTES {
+                    return Err(format!("queue report longer than {MAX_REPORT_BYTES} bytes"));
+                }
+                data.extend_from_slice(&chunk);
+            }
+        }
+        Ok(data)
+    };
+    let body = tokio::time::timeout(NOTICE_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| format!("queue report not received within {NOTICE_READ_TIMEOUT:?}"))??;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_report(&body).map(Some)
+}
 
 /// Reads a report.
 pub fn parse_report(body: &[u8]) -> Result<QueueReport, String> {
@@ -251,7 +413,10 @@ mod tests {
         let text = queue_report("relay-1", &state);
         assert_eq!(
             String::from_utf8_lossy(&text),
-            "{\"backends\":[{\"diverged\":false,\"maintenance\":false,\"name\":\"influx-a\",\"oldest_age_seconds\":1.5,\"queue_bytes\":120,\"queue_records\":3},{\"diverged\":true,\"maintenance\":false,\"name\":\"influx-b\",\"oldest_age_seconds\":null,\"queue_bytes\":0,\"queue_records\":0}],\"node\":\"relay-1\"}\n"
+            format!(
+                "{{\"node\":\"relay-1\",\"instance\":\"{}\",\"backends\":[{{\"name\":\"influx-a\",\"queue_records\":3,\"queue_bytes\":120,\"oldest_age_seconds\":1.5,\"diverged\":false,\"maintenance\":false}},{{\"name\":\"influx-b\",\"queue_records\":0,\"queue_bytes\":0,\"oldest_age_seconds\":null,\"diverged\":true,\"maintenance\":false}}]}}\n",
+                instance()
+            )
         );
         let report = parse_report(&text).expect("parses");
         assert_eq!(report.node, "relay-1");
@@ -265,13 +430,14 @@ mod tests {
     async fn a_change_just_before_shutdown_is_still_told() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (addr, seen) = crate::test_http::answering_204().await;
-        let told = || {
-            let lines = seen.lock().expect("not poisoned");
-            lines
-                .iter()
-                .filter(|l| l.starts_with(&format!("POST {CHANGED_PATH} ")))
-                .count()
+        let notices = || -> Vec<QueueReport> {
+            let seen = seen.lock().expect("not poisoned");
+            seen.iter()
+                .filter(|(line, _)| line.starts_with(&format!("POST {CHANGED_PATH} ")))
+                .map(|(_, body)| parse_report(body).expect("a notice carries the report"))
+                .collect()
         };
+        let told = || notices().len();
         let text = format!(
             "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://{addr}\"\n",
             dir.path().display().to_string()
@@ -284,6 +450,7 @@ mod tests {
         // Looking only once (at start) in the hour the test takes: what follows is told at
         // shutdown or not at all.
         let telling = tokio::spawn(tell_changes_every(
+            "relay-1".to_owned(),
             replicator.clone(),
             peers,
             Shutdown::new(stop.subscribe()),
@@ -308,6 +475,15 @@ mod tests {
         );
         let _ = stop.send(());
         assert!(telling.await.expect("ends"), "a last change was told");
-        assert_eq!(told(), 2);
+        // The last notice carries the report with the queued write: a peer learns of it
+        // without fetching the report from a node that is going away.
+        let notices = notices();
+        assert_eq!(notices.len(), 2);
+        assert_eq!(notices[0].backends[0].queue_records, 0);
+        let last = &notices[1];
+        assert_eq!(last.node, "relay-1");
+        assert_eq!(last.instance.as_deref(), Some(instance()));
+        assert_eq!(last.backends[0].name, "a");
+        assert_eq!(last.backends[0].queue_records, 1);
     }
 }

@@ -1,13 +1,16 @@
 //! A stand-in HTTP server for unit tests: answers 204 to every request, on kept-alive
-//! connections, and keeps the request lines it was sent.
+//! connections, and keeps the request lines and bodies (`Content-Length` ones) it was sent.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Starts one on a free loopback port; returns its address and the request lines so far.
-pub async fn answering_204() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+/// A request as the server read it.
+pub type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Starts one on a free loopback port; returns its address and the requests so far.
+pub async fn answering_204() -> (SocketAddr, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -26,13 +29,20 @@ pub async fn answering_204() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     }
                     pending.extend_from_slice(&buf[..n]);
                     while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = pending.drain(..end + 4).collect();
-                        let line = String::from_utf8_lossy(&head)
+                        let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                        let length = head
                             .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                        log.lock().expect("not poisoned").push(line);
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if pending.len() < end + 4 + length {
+                            break; // the rest of the body is still on its way
+                        }
+                        pending.drain(..end + 4);
+                        let body: Vec<u8> = pending.drain(..length).collect();
+                        let line = head.lines().next().unwrap_or_default().to_owned();
+                        log.lock().expect("not poisoned").push((line, body));
                         if conn
                             .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
                             .await

@@ -7,7 +7,7 @@
 //! | `/status` | GET, HEAD | the same as JSON ([`status::NodeStatus`], schema in `docs/OPERATIONS.md`) |
 //! | `/metrics` | GET, HEAD | Prometheus exposition ([`metrics`]) |
 //! | `/admin/v1/queues` | GET, HEAD | this relay's queue report for its peers ([`crate::peers`]) |
-//! | `/admin/v1/queues/changed` | POST | a peer's queues changed: poll the peers now |
+//! | `/admin/v1/queues/changed` | POST | a peer's queues changed: its report (the body) counts now |
 //! | `/admin/v1/queue` | GET | every backend's queue and dead letters |
 //! | `/admin/v1/queue/NAME` | GET | one queue: depth, counters, segment files |
 //! | `/admin/v1/queue/NAME/records` | GET | its records as text (`?max_bytes=`, default 16 MiB) |
@@ -295,18 +295,21 @@ impl AdminHandler {
                 ),
             },
             crate::peers::QUEUES_PATH => method_not_allowed("GET, HEAD"),
-            // A peer's queues changed: its report is fetched now, not at the next poll.
+            // A peer's queues changed: its report counts now, not at the next poll.
             crate::peers::CHANGED_PATH if method == Method::POST => {
-                match &self.inner.sources.peers_changed {
-                    Some(changed) => {
-                        changed.notify_one();
-                        text(StatusCode::NO_CONTENT, Bytes::new())
-                    }
-                    None => error(
+                let Some(news) = self.inner.sources.peers_changed.clone() else {
+                    return error(
                         StatusCode::NOT_FOUND,
                         "no peers are followed here: queue reports come with the read path"
                             .to_owned(),
-                    ),
+                    );
+                };
+                match crate::peers::read_notice(req.into_body()).await {
+                    Ok(report) => {
+                        news.notice(report);
+                        text(StatusCode::NO_CONTENT, Bytes::new())
+                    }
+                    Err(why) => error(StatusCode::BAD_REQUEST, why),
                 }
             }
             crate::peers::CHANGED_PATH => method_not_allowed("POST"),

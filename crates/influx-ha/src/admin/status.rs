@@ -44,8 +44,8 @@ pub struct Sources {
     pub inflight: Option<crate::http::body::InflightBytes>,
     /// The background comparison of the backends, when `[anti_entropy]` is on.
     pub anti_entropy: Option<std::sync::Arc<crate::repair::background::AntiEntropyStats>>,
-    /// Rung when a peer says its queues changed (with the read path's monitor).
-    pub peers_changed: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Where a peer's notice that its queues changed goes (with the read path's monitor).
+    pub peers_changed: Option<std::sync::Arc<crate::peers::PeerNews>>,
     /// The listeners' authentication, for its counts.
     pub guard: Option<crate::http::guard::Guard>,
 }

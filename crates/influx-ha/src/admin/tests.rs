@@ -21,6 +21,15 @@ fn setup(dir: &std::path::Path) -> (AdminHandler, Replicator) {
 
 /// [`setup`], with a state board (as the read path keeps) when `board`; no task updates it.
 fn setup_with_board(dir: &std::path::Path, board: bool) -> (AdminHandler, Replicator) {
+    setup_with_news(dir, board, None)
+}
+
+/// [`setup_with_board`], with `news` where peers' notices go.
+fn setup_with_news(
+    dir: &std::path::Path,
+    board: bool,
+    news: Option<std::sync::Arc<crate::peers::PeerNews>>,
+) -> (AdminHandler, Replicator) {
     let text = format!(
         "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[queue]\nmin_free_disk = \"1MiB\"\n[[backend]]\nname = \"alpha\"\nurl = \"http://127.0.0.1:1\"\n[[backend]]\nname = \"beta\"\nurl = \"http://127.0.0.2:1\"\n",
         dir.display().to_string()
@@ -40,7 +49,7 @@ fn setup_with_board(dir: &std::path::Path, board: bool) -> (AdminHandler, Replic
         http_listeners: vec![("http", "127.0.0.1:8086".to_owned())],
         inflight: None,
         anti_entropy: None,
-        peers_changed: None,
+        peers_changed: news,
         guard: None,
     });
     (admin, replicator)
@@ -102,6 +111,43 @@ async fn the_queue_report_for_peers_shows_the_queues_as_they_are_now() {
     write_one(&replicator, "m v=1 1\n").await;
     let (_, text, _) = call(&admin, "GET", crate::peers::QUEUES_PATH).await;
     assert_eq!(records(&text), [1, 1], "{text}");
+}
+
+#[tokio::test]
+async fn a_peers_notice_hands_its_report_to_the_monitor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let news = std::sync::Arc::new(crate::peers::PeerNews::default());
+    let (admin, _replicator) = setup_with_news(dir.path(), true, Some(news.clone()));
+    let notice = |body: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(crate::peers::CHANGED_PATH)
+                .body(crate::http::full(body))
+                .expect("request");
+            let resp = admin.call(RequestId::new(), req).await;
+            let status = resp.status();
+            let text = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&text).into_owned())
+        }
+    };
+    // A peer of an older version sends no report: every peer is asked for theirs.
+    assert_eq!(notice("").await.0, StatusCode::NO_CONTENT);
+    let (reports, ask) = news.take();
+    assert!(reports.is_empty() && ask);
+    let report = r#"{"node":"relay-2","instance":"p2","backends":[{"name":"alpha","queue_records":4,"queue_bytes":9,"oldest_age_seconds":null,"diverged":false,"maintenance":false}]}"#;
+    assert_eq!(notice(report).await.0, StatusCode::NO_CONTENT);
+    let (reports, ask) = news.take();
+    assert!(!ask);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].0.backends[0].queue_records, 4);
+    // A report that cannot be read is refused, and nothing is handed on.
+    let (status, text) = notice("{\"node\":").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("unreadable queue report"), "{text}");
+    let (reports, ask) = news.take();
+    assert!(reports.is_empty() && !ask);
 }
 
 #[tokio::test]

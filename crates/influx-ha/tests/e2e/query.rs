@@ -387,6 +387,11 @@ fn user_management_needs_every_backend_and_is_never_queued() {
 fn write_through_relay_2_and_see_relay_1_avoid_influx_1(relay1: &mut Relay, relay2: &mut Relay) {
     let w = relay2.write("db=db", &points(0..300));
     assert_eq!(w.status, 204, "{}", w.text());
+    see_relay_1_avoid_influx_1(relay1);
+}
+
+/// Waits until relay-1 knows of relay-2's queue; its reads then all go to influx-0.
+fn see_relay_1_avoid_influx_1(relay1: &mut Relay) {
     wait_until("relay-1 knows of relay-2's queue", CONVERGE, || {
         relay1
             .get("/status")
@@ -485,6 +490,52 @@ fn a_peer_tells_of_its_queue_at_once_and_of_its_drain() {
 }
 
 #[test]
+fn a_peer_that_cannot_be_polled_still_tells_of_its_queue_and_of_its_drain() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    // relay-2 reaches influx-1 through a proxy that refuses connections: it queues for it.
+    let refuse_b = FaultProxy::start(b.addr());
+    refuse_b.set_mode(Mode::Refuse);
+    let port = |_| testkit::free_port().expect("free port");
+    let (p1, p2): (u16, u16) = (port(1), port(2));
+    let mut relay2 = Relay::start_urls_on(
+        p2,
+        &[a.url(), refuse_b.url()],
+        &format!("{FAST_HEALTH}[[peer]]\nname = \"relay-1\"\nurl = \"http://127.0.0.1:{p1}\"\n"),
+    );
+    wait_ready(&mut relay2);
+    // relay-1 polls relay-2 through a proxy, at start and then every hour.
+    let to_relay2 = FaultProxy::start(format!("127.0.0.1:{p2}").parse().expect("address"));
+    let mut relay1 = Relay::start_urls_on(
+        p1,
+        &[a.url(), b.url()],
+        &format!(
+            "[health]\ninterval = \"1h\"\nrise = 1\nfall = 1\n[[peer]]\nname = \"relay-2\"\nurl = \"{}\"\n",
+            to_relay2.url()
+        ),
+    );
+    wait_ready(&mut relay1);
+    wait_until("relay-1 polled relay-2", CONVERGE, || {
+        relay1.get("/status").is_ok_and(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap_or_default();
+            v["peers"][0]["reachable"] == true
+        })
+    });
+    // From now on relay-1 cannot reach relay-2: what it learns, relay-2's notices carry.
+    to_relay2.set_mode(Mode::Refuse);
+
+    write_through_relay_2_and_see_relay_1_avoid_influx_1(&mut relay1, &mut relay2);
+
+    refuse_b.set_mode(Mode::Pass);
+    wait_until("relay-1 was told that relay-2 drained", CONVERGE, || {
+        relay_count(&mut relay1, "db") == (200, 300, "influx-1".to_owned())
+    });
+}
+
+#[test]
 fn a_peers_notice_is_heard_while_a_health_check_hangs() {
     let _serial = serial();
     let (a, b, c) = (Influxd::start(), Influxd::start(), Influxd::start());
@@ -523,25 +574,44 @@ fn a_peers_notice_is_heard_while_another_peer_hangs() {
     for i in [&a, &b] {
         i.create_database("db");
     }
-    // relay-2 reaches influx-1 through a proxy that refuses connections: it queues for it.
+    // relay-2 reaches influx-1 through a proxy that refuses connections: it queues for it. It
+    // cannot tell relay-1 itself (the address it has for it is closed): relay-1 gets a notice
+    // without a report, as a relay of an older version sends, and must poll for the report.
     // relay-1 has a third peer behind a proxy that will swallow its polls whole, with a health
     // timeout of an hour: from then on every poll of that peer hangs.
     let refuse_b = FaultProxy::start(b.addr());
     refuse_b.set_mode(Mode::Refuse);
     let hang_peer = FaultProxy::start(a.addr());
-    let (mut relay1, mut relay2) = peered_relays(
+    let port = |_| testkit::free_port().expect("free port");
+    let (p1, p2, closed): (u16, u16, u16) = (port(1), port(2), port(3));
+    let peer = |name: &str, url: &str| format!("[[peer]]\nname = \"{name}\"\nurl = \"{url}\"\n");
+    let mut relay2 = Relay::start_urls_on(
+        p2,
         &[a.url(), refuse_b.url()],
-        FAST_HEALTH,
-        &[a.url(), b.url()],
         &format!(
-            "[health]\ninterval = \"1h\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n[[peer]]\nname = \"relay-3\"\nurl = \"{}\"\n",
-            hang_peer.url()
+            "{FAST_HEALTH}{}",
+            peer("relay-1", &format!("http://127.0.0.1:{closed}"))
         ),
     );
+    wait_ready(&mut relay2);
+    let mut relay1 = Relay::start_urls_on(
+        p1,
+        &[a.url(), b.url()],
+        &format!(
+            "[health]\ninterval = \"1h\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n{}{}",
+            peer("relay-2", &format!("http://127.0.0.1:{p2}")),
+            peer("relay-3", &hang_peer.url())
+        ),
+    );
+    wait_ready(&mut relay1);
     hang_peer.set_mode(Mode::Blackhole);
 
-    // relay-2's notice has relay-1 poll both peers: what relay-2 says counts as it comes.
-    write_through_relay_2_and_see_relay_1_avoid_influx_1(&mut relay1, &mut relay2);
+    let w = relay2.write("db=db", &points(0..300));
+    assert_eq!(w.status, 204, "{}", w.text());
+    let r = relay1.request("POST", "/admin/v1/queues/changed", &[], b"");
+    assert_eq!(r.status, 204, "{}", r.text());
+    // The notice has relay-1 poll both peers: what relay-2 says counts as it comes.
+    see_relay_1_avoid_influx_1(&mut relay1);
     assert!(hang_peer.discarded() > 0, "relay-3 was polled and hangs");
 }
 
