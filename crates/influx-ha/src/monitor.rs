@@ -292,6 +292,11 @@ fn sender(memory: &Memory, report: &QueueReport) -> Option<String> {
     }
 }
 
+/// Whether two reports come from one process, both numbered.
+fn same_process(a: &QueueReport, b: &QueueReport) -> bool {
+    a.instance.is_some() && a.instance == b.instance && a.seq.is_some() && b.seq.is_some()
+}
+
 /// What in a peer's report counts for reads here: per backend, whether anything is queued for
 /// it, whether it diverged, whether it is in maintenance.
 fn what_counts(report: &QueueReport) -> Vec<(&str, bool, bool, bool)> {
@@ -397,8 +402,11 @@ impl Monitor {
         let mut polls = PeerPolls::default();
         loop {
             tokio::select! {
+                // First: a monitor told to stop takes no more news (the one that replaces it
+                // after a reload would not have them).
+                biased;
                 () = shutdown.recv() => return,
-                _ = ticker.tick() => self.round(&mut memory, &mut polls).await,
+                _ = ticker.tick() => self.round(&mut memory, &mut polls, &mut shutdown).await,
                 () = self.peers_changed.notified() => self.news(&mut memory, &mut polls).await,
                 answer = polls.next(), if !polls.is_empty() => self.heard(&mut memory, answer).await,
             }
@@ -448,10 +456,20 @@ impl Monitor {
     /// diverged, whether it is in maintenance). An answer to a question asked before the one
     /// already recorded is older news: it is left out.
     fn record_peer(&self, memory: &mut Memory, (name, asked, r): PeerAnswer) -> bool {
-        if memory.asked.get(&name).is_some_and(|last| *last > asked) {
+        let asked_before = memory.asked.get(&name).is_some_and(|last| *last > asked);
+        let newer = match (&r, memory.reports.get(&name)) {
+            // Two reports of one process: their numbers say which read the queues later (a
+            // report sent with a notice is built before it arrives, a poll's answer after
+            // it was asked).
+            (Ok(new), Some((old, _, _))) if same_process(new, old) => new.seq > old.seq,
+            _ => !asked_before,
+        };
+        if !newer {
             return false;
         }
-        memory.asked.insert(name.clone(), asked);
+        if !asked_before {
+            memory.asked.insert(name.clone(), asked);
+        }
         match r {
             Ok(report) => {
                 if memory.peer_errors.remove(&name).is_some() {
@@ -483,7 +501,7 @@ impl Monitor {
     }
 
     /// One round: checks and peer polls, then one new snapshot.
-    async fn round(&self, memory: &mut Memory, polls: &mut PeerPolls) {
+    async fn round(&self, memory: &mut Memory, polls: &mut PeerPolls, shutdown: &mut Shutdown) {
         let timeout = self.health.timeout;
         let mut pings = JoinSet::new();
         for (i, client) in self.clients.iter().enumerate() {
@@ -510,6 +528,9 @@ impl Monitor {
         let mut pinging = true;
         while !waiting.is_empty() || pinging {
             tokio::select! {
+                biased;
+                // A round cut short publishes nothing: the monitor is stopping.
+                () = shutdown.recv() => return,
                 answer = polls.next(), if !polls.is_empty() => {
                     if answer.1 >= round_asked {
                         waiting.retain(|name| *name != answer.0);
@@ -830,6 +851,47 @@ mod tests {
                 .as_bytes(),
         )
         .expect("report")
+    }
+
+    #[tokio::test]
+    async fn of_two_reports_of_one_process_the_later_numbered_stands_whichever_arrives_last() {
+        let client = unreachable("a");
+        let monitor = Monitor {
+            board: StateBoard::new(initial_states(std::slice::from_ref(&client))),
+            clients: vec![client],
+            replicas: Vec::new(),
+            peers: Vec::new(),
+            marks: PassiveMarks::new(1),
+            health: HealthConfig {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(1),
+                rise: 1,
+                fall: 1,
+            },
+            reports_file: None,
+            peers_changed: Arc::new(crate::peers::PeerNews::default()),
+        };
+        let mut memory = Memory::default();
+        let numbered = |seq: Option<u64>, records: u64| {
+            let mut r = sent_report("host", "p2", records);
+            r.seq = seq;
+            r
+        };
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut hear = |asked, report: QueueReport| {
+            monitor.record_peer(&mut memory, ("relay-2".to_owned(), asked, Ok(report)));
+            memory.reports["relay-2"].0.backends[0].queue_records
+        };
+        // A notice arrives at 20 ms with a report numbered 5.
+        assert_eq!(hear(at(20), numbered(Some(5), 1)), 1);
+        // The answer to a poll asked at 10 ms read the queues later (7): it stands.
+        assert_eq!(hear(at(10), numbered(Some(7), 0)), 0);
+        // A notice numbered 6 that took long on the way is older news, though it came last.
+        assert_eq!(hear(at(30), numbered(Some(6), 3)), 0);
+        // A report of an older version, unnumbered, goes by when it was asked.
+        assert_eq!(hear(at(5), numbered(None, 4)), 0);
+        assert_eq!(hear(at(40), numbered(None, 4)), 4);
     }
 
     #[test]

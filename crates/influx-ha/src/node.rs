@@ -457,25 +457,43 @@ fn read_path(
 fn spawn_monitor(
     monitor: crate::monitor::Monitor,
     stop_all: &tokio::sync::broadcast::Sender<()>,
-    current: &std::sync::Mutex<Option<tokio::sync::broadcast::Sender<()>>>,
+    current: &std::sync::Mutex<Option<RunningMonitor>>,
 ) -> tokio::task::JoinHandle<()> {
     let (stop_this, _) = tokio::sync::broadcast::channel(1);
     let mut all = crate::shutdown::Shutdown::new(stop_all.subscribe());
     let this = crate::shutdown::Shutdown::new(stop_this.subscribe());
+    let (ended, this_ended) = tokio::sync::oneshot::channel::<()>();
     let previous = current
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .replace(stop_this);
-    if let Some(previous) = previous {
-        let _ = previous.send(());
-    }
+        .replace((stop_this, this_ended));
+    let previous_ended = previous.map(|(stop, ended)| {
+        let _ = stop.send(());
+        ended
+    });
     tokio::spawn(async move {
+        // Dropped when this task ends, which tells the monitor that replaces this one.
+        let _ended = ended;
+        // The one replaced ends first: a peer's report it took is on the board and on disk
+        // before this one reads them, not taken by one and lost to the other.
+        let run = async move {
+            if let Some(previous) = previous_ended {
+                let _ = previous.await;
+            }
+            monitor.run(this).await;
+        };
         tokio::select! {
-            () = monitor.run(this) => {}
+            () = run => {}
             () = all.recv() => {}
         }
     })
 }
+
+/// The monitor running: how to stop it, and what tells that it ended.
+type RunningMonitor = (
+    tokio::sync::broadcast::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
 
 /// `influx-ha serve`: opens the queues, binds, replicates and replays until SIGTERM/SIGINT,
 /// drains, then closes the queues durably.

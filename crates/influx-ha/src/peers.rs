@@ -48,37 +48,52 @@ const CHANGE_CHECK: Duration = Duration::from_millis(20);
 /// Largest report read from a peer.
 const MAX_REPORT_BYTES: usize = 1 << 20;
 
-/// This relay's queue report, as served at [`QUEUES_PATH`].
-pub fn queue_report(node: &str, state: &ClusterState) -> Vec<u8> {
-    let backends = state
-        .backends
-        .iter()
-        .map(|b| ReportedBackend::new(&b.name, &b.queue, b.diverged.is_some(), b.maintenance))
-        .collect();
-    encode(node, backends)
+/// This relay's queue report, as served at [`QUEUES_PATH`], of the state `read` returns (it
+/// reads the queues).
+pub fn queue_report(node: &str, read: impl FnOnce() -> ClusterState) -> Vec<u8> {
+    numbered(node, || {
+        read()
+            .backends
+            .iter()
+            .map(|b| ReportedBackend::new(&b.name, &b.queue, b.diverged.is_some(), b.maintenance))
+            .collect()
+    })
 }
 
 /// The same report built from the replicas alone, as a notice to the peers carries it.
 fn replicas_report(node: &str, replicator: &Replicator) -> Vec<u8> {
-    let backends = replicator
-        .replicas()
-        .iter()
-        .map(|r| {
-            ReportedBackend::new(
-                r.name(),
-                &crate::monitor::queue_depth(&r.queue().stats()),
-                r.diverged().is_some(),
-                r.in_maintenance(),
-            )
-        })
-        .collect();
-    encode(node, backends)
+    numbered(node, || {
+        replicator
+            .replicas()
+            .iter()
+            .map(|r| {
+                ReportedBackend::new(
+                    r.name(),
+                    &crate::monitor::queue_depth(&r.queue().stats()),
+                    r.diverged().is_some(),
+                    r.in_maintenance(),
+                )
+            })
+            .collect()
+    })
 }
 
-fn encode(node: &str, backends: Vec<ReportedBackend>) -> Vec<u8> {
+/// A report of `read`'s backends, numbered in the order the reads happen: of two reports of
+/// this process, the one with the higher number read the queues later, whichever way (fetched
+/// or sent with a notice) and in whichever order they arrive.
+fn numbered(node: &str, read: impl FnOnce() -> Vec<ReportedBackend>) -> Vec<u8> {
+    static LAST: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+    let (seq, backends) = {
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last += 1;
+        (*last, read())
+    };
     let report = QueueReport {
         node: node.to_owned(),
         instance: Some(instance().to_owned()),
+        seq: Some(seq),
         backends,
     };
     let mut out = serde_json::to_vec(&report).unwrap_or_default();
@@ -111,6 +126,9 @@ pub struct QueueReport {
     /// The peer's process (see [`instance`]); absent from reports of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The report's number in its process (see [`numbered`]); absent from older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// Its backends.
     pub backends: Vec<ReportedBackend>,
 }
@@ -410,12 +428,13 @@ mod tests {
             peers: Vec::new(),
             taken: SystemTime::now(),
         };
-        let text = queue_report("relay-1", &state);
+        let text = queue_report("relay-1", || state.clone());
         assert_eq!(
             String::from_utf8_lossy(&text),
             format!(
-                "{{\"node\":\"relay-1\",\"instance\":\"{}\",\"backends\":[{{\"name\":\"influx-a\",\"queue_records\":3,\"queue_bytes\":120,\"oldest_age_seconds\":1.5,\"diverged\":false,\"maintenance\":false}},{{\"name\":\"influx-b\",\"queue_records\":0,\"queue_bytes\":0,\"oldest_age_seconds\":null,\"diverged\":true,\"maintenance\":false}}]}}\n",
-                instance()
+                "{{\"node\":\"relay-1\",\"instance\":\"{}\",\"seq\":{},\"backends\":[{{\"name\":\"influx-a\",\"queue_records\":3,\"queue_bytes\":120,\"oldest_age_seconds\":1.5,\"diverged\":false,\"maintenance\":false}},{{\"name\":\"influx-b\",\"queue_records\":0,\"queue_bytes\":0,\"oldest_age_seconds\":null,\"diverged\":true,\"maintenance\":false}}]}}\n",
+                instance(),
+                report_seq(&text)
             )
         );
         let report = parse_report(&text).expect("parses");
@@ -424,6 +443,10 @@ mod tests {
         assert_eq!(report.backends[0].oldest_age_seconds, Some(1.5));
         assert!(report.backends[1].diverged);
         assert!(parse_report(b"{}").is_err());
+    }
+
+    fn report_seq(text: &[u8]) -> u64 {
+        parse_report(text).expect("report").seq.expect("numbered")
     }
 
     #[tokio::test]

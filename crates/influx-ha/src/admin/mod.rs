@@ -275,14 +275,17 @@ impl AdminHandler {
                 Some(board) => {
                     // The queues as they are now, not as of the board's last round: a peer
                     // learns of a write queued here one round sooner.
-                    let mut state = ClusterState::clone(&board.load());
-                    let replicas = self.inner.sources.replicator.replicas();
-                    for b in &mut state.backends {
-                        if let Some(r) = replicas.iter().find(|r| r.name() == b.name) {
-                            crate::monitor::copy_replica_state(b, r);
+                    let read = || {
+                        let mut state = ClusterState::clone(&board.load());
+                        let replicas = self.inner.sources.replicator.replicas();
+                        for b in &mut state.backends {
+                            if let Some(r) = replicas.iter().find(|r| r.name() == b.name) {
+                                crate::monitor::copy_replica_state(b, r);
+                            }
                         }
-                    }
-                    let report = crate::peers::queue_report(&self.inner.sources.node_name, &state);
+                        state
+                    };
+                    let report = crate::peers::queue_report(&self.inner.sources.node_name, read);
                     let mut resp = text(StatusCode::OK, report);
                     resp.headers_mut()
                         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -309,7 +312,11 @@ impl AdminHandler {
                         news.notice(report);
                         text(StatusCode::NO_CONTENT, Bytes::new())
                     }
-                    Err(why) => error(StatusCode::BAD_REQUEST, why),
+                    Err(why) => {
+                        // The notice still says something changed: the peers are polled.
+                        news.notice(None);
+                        error(StatusCode::BAD_REQUEST, why)
+                    }
                 }
             }
             crate::peers::CHANGED_PATH => method_not_allowed("POST"),
