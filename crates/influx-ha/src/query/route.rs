@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use handoff::RecordId;
 use http::header::{
     ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName,
     HeaderValue,
@@ -26,7 +27,7 @@ use crate::http::{Handler, HandlerBody, HandlerFuture, ResponseBody, full};
 use crate::monitor::PassiveMarks;
 use crate::state::{BackendState, ClusterState, Reachability, StateBoard};
 use crate::write::answer::Outcome;
-use crate::write::replica::Replica;
+use crate::write::replica::{Refusal, Replica};
 
 /// Names the backend that answered (for `SHOW QUERIES` / `KILL QUERY`, and for operators).
 pub static X_INFLUX_HA_BACKEND: HeaderName = HeaderName::from_static("x-influx-ha-backend");
@@ -97,9 +98,10 @@ impl QueuedStatement {
         })
     }
 
-    async fn enqueue(&self, replica: &Replica) -> Outcome {
+    /// Queues it for `replica`'s backend: the outcome, and where it was queued.
+    async fn enqueue(&self, replica: &Replica) -> (Outcome, Option<RecordId>) {
         replica
-            .enqueue_statement(&self.db, &self.q, &self.others)
+            .enqueue_statement_at(&self.db, &self.q, &self.others)
             .await
     }
 }
@@ -222,6 +224,23 @@ impl Verdict {
     fn is_clean(&self) -> bool {
         self.status.is_success() && self.error.is_none()
     }
+}
+
+/// How every backend that ran a statement refused it, when they all refused it alike (and at
+/// least one ran it): a backend that has it queued is expected to refuse it so too.
+fn refused_alike(verdicts: &[(usize, Verdict)]) -> Option<Refusal> {
+    let refusal = |v: &Verdict| {
+        (!v.is_clean()).then(|| Refusal {
+            status: v.status,
+            error: v.error.clone(),
+        })
+    };
+    let (_, first) = verdicts.first()?;
+    let first = refusal(first)?;
+    verdicts
+        .iter()
+        .all(|(_, v)| refusal(v).as_ref() == Some(&first))
+        .then_some(first)
 }
 
 /// How long a state-changing statement sent directly may take to answer: as long as a queued
@@ -681,15 +700,22 @@ impl Inner {
             set.spawn(async move {
                 let replica = me.targets[i].replica.clone();
                 let queue_now = replica.as_ref().filter(|r| !available || r.is_queueing());
+                let enqueue = |r: &Arc<Replica>| {
+                    let (queued, r) = (queued.clone(), r.clone());
+                    async move {
+                        let (outcome, at) = queued.enqueue(&r).await;
+                        (i, Err(outcome), at.map(|id| (r, id)))
+                    }
+                };
                 if let Some(r) = queue_now {
-                    return (i, Err(queued.enqueue(r).await));
+                    return enqueue(r).await;
                 }
                 match me.send_held(i, &fwd, STATEMENT_TIMEOUT).await {
-                    Ok(held) => (i, Ok(held)),
+                    Ok(held) => (i, Ok(held), None),
                     // It ran there: queueing it would run it again.
                     Err(Unheld::RanUnread { status, why }) => {
                         tracing::warn!(backend = me.name(i), %status, reason = %why, "statement executed, its answer not held");
-                        (i, Err(Outcome::Acked))
+                        (i, Err(Outcome::Acked), None)
                     }
                     // Queued, it runs again when the backend is back: harmless for creating a
                     // database or a retention policy; a `DROP`, a `DELETE` relative to `now()`
@@ -699,38 +725,40 @@ impl Inner {
                         me.marks.failure(i, why.clone());
                         tracing::warn!(backend = me.name(i), reason = %why, "statement sent, no answer: queued to run again");
                         let Some(r) = &replica else {
-                            return (i, Err(Outcome::Failed(why)));
+                            return (i, Err(Outcome::Failed(why)), None);
                         };
                         if !repeatable {
                             r.mark_diverged(&format!(
                                 "state-changing statements may have run before it failed ({why}); they are queued and run again"
                             ));
                         }
-                        (i, Err(queued.enqueue(r).await))
+                        enqueue(r).await
                     }
                     Err(Unheld::NotRun(why)) => {
                         me.marks.failure(i, why.clone());
                         tracing::warn!(backend = me.name(i), reason = %why, "statement not executed: queued");
                         match &replica {
-                            Some(r) => (i, Err(queued.enqueue(r).await)),
-                            None => (i, Err(Outcome::Failed(why))),
+                            Some(r) => enqueue(r).await,
+                            None => (i, Err(Outcome::Failed(why)), None),
                         }
                     }
                 }
             });
         }
         // In its own task: a client that hangs up does not stop the statement half-way.
-        let outcomes = tokio::spawn(async move {
+        let (outcomes, queued_at) = tokio::spawn(async move {
             let mut out: Vec<Option<Result<Held, Outcome>>> = Vec::new();
+            let mut queued_at = Vec::new();
             while let Some(joined) = set.join_next().await {
-                if let Ok((i, r)) = joined {
+                if let Ok((i, r, at)) = joined {
                     if out.len() <= i {
                         out.resize_with(i + 1, || None);
                     }
                     out[i] = Some(r);
+                    queued_at.extend(at);
                 }
             }
-            out
+            (out, queued_at)
         })
         .await
         .map_err(|e| RequestError::Internal(format!("statement fan-out failed: {e}")))?;
@@ -764,6 +792,11 @@ impl Inner {
             }
         }
         self.flag_refusals(&verdicts);
+        if let Some(refusal) = refused_alike(&verdicts) {
+            for (r, id) in queued_at {
+                r.note_refused_elsewhere(id, refusal.clone());
+            }
+        }
         if !queued.is_empty() {
             tracing::info!(backends = ?queued, "state-changing statement queued");
         }
@@ -936,6 +969,33 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
+
+    #[test]
+    fn a_queued_copy_is_expected_to_fail_only_as_every_backend_that_ran_it_did() {
+        let verdict = |status: u16, error: Option<&str>| Verdict {
+            status: StatusCode::from_u16(status).expect("status"),
+            error: error.map(str::to_owned),
+        };
+        let nf = || verdict(200, Some("database not found: x"));
+        let expected = refused_alike(&[(0, nf()), (2, nf())]).expect("refused alike");
+        assert_eq!(expected.status, StatusCode::OK);
+        assert_eq!(expected.error.as_deref(), Some("database not found: x"));
+        assert_eq!(
+            refused_alike(&[(0, verdict(400, Some("error parsing query")))]),
+            Some(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                error: Some("error parsing query".to_owned())
+            })
+        );
+        // Ran cleanly somewhere, refused otherwise elsewhere, or ran nowhere: no expectation.
+        assert_eq!(refused_alike(&[(0, nf()), (1, verdict(200, None))]), None);
+        assert_eq!(refused_alike(&[(0, verdict(200, None))]), None);
+        assert_eq!(
+            refused_alike(&[(0, nf()), (1, verdict(200, Some("other")))]),
+            None
+        );
+        assert_eq!(refused_alike(&[]), None);
+    }
 
     use super::*;
     use crate::backend::Timeouts;

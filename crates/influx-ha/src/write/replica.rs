@@ -30,6 +30,28 @@ const MAX_REPLAY_BATCH: usize = 4 << 20;
 /// is forgotten (and simply replayed: a duplicate, harmless).
 const MAX_DELIVERED_INSURED: usize = 8;
 
+/// Statements refused everywhere they ran, remembered per backend that has them queued
+/// ([`Replica::note_refused_elsewhere`]); the oldest are forgotten past this.
+const MAX_REFUSED_ELSEWHERE: usize = 1024;
+
+/// How backends that ran a state-changing statement refused it: the status of the answer and
+/// the first error it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The answer's status (InfluxQL reports most failed statements inside a 200).
+    pub status: StatusCode,
+    /// The first error the answer reports.
+    pub error: Option<String>,
+}
+
+impl Refusal {
+    /// The refusal an answer says, if it is one.
+    pub fn of(status: StatusCode, body: &[u8]) -> Option<Refusal> {
+        let error = schema::statement_error(body);
+        (!status.is_success() || error.is_some()).then_some(Refusal { status, error })
+    }
+}
+
 /// What [`Replica::deliver`] made of a write.
 pub enum Delivery {
     /// Acknowledged, refused, or (insured while its send goes on) queued.
@@ -56,7 +78,8 @@ impl QueueSlot {
         let outcome = self
             .replica
             .submit_counted(self.replica.write_pieces(batch))
-            .await;
+            .await
+            .0;
         // `submit_counted` ended the count.
         self.held = false;
         outcome
@@ -173,6 +196,9 @@ pub struct Replica {
     /// Insured records that were the first in the queue and whose direct send then succeeded:
     /// the replay acknowledges such a record without sending it again.
     delivered_insured: Mutex<VecDeque<RecordId>>,
+    /// Queued statements that every backend which ran them refused, with that refusal
+    /// ([`Replica::note_refused_elsewhere`]).
+    refused_elsewhere: Mutex<VecDeque<(RecordId, Refusal)>>,
     /// Held while dead letters are moved back into the queue: one move at a time.
     requeueing: tokio::sync::Mutex<()>,
     pub counters: Counters,
@@ -351,6 +377,7 @@ impl Replica {
             replay_lanes: AtomicUsize::new(crate::config::DEFAULT_REPLAY_LANES),
             late_sends: watch::Sender::new(0),
             delivered_insured: Mutex::new(VecDeque::new()),
+            refused_elsewhere: Mutex::new(VecDeque::new()),
             requeueing: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
         };
@@ -848,7 +875,7 @@ impl Replica {
     async fn queue_behind(
         &self,
         submit: impl FnOnce(&Queue) -> Vec<handoff::Appending>,
-    ) -> Outcome {
+    ) -> (Outcome, Option<RecordId>) {
         self.count_append();
         self.submit_counted(submit).await
     }
@@ -870,11 +897,11 @@ impl Replica {
     }
 
     /// The appends of `submit`, counted in flight beforehand by [`Self::count_append`]; ends
-    /// that count.
+    /// that count. Returns the outcome and the first record appended.
     async fn submit_counted(
         &self,
         submit: impl FnOnce(&Queue) -> Vec<handoff::Appending>,
-    ) -> Outcome {
+    ) -> (Outcome, Option<RecordId>) {
         let mut appended = Ok(None);
         // Every append is awaited, also after one failed: none is left in flight uncounted.
         for appending in submit(&self.queue) {
@@ -884,7 +911,7 @@ impl Replica {
                 _ => {}
             }
         }
-        self.appended(appended).0
+        self.appended(appended)
     }
 
     /// Appends an insured batch like [`Self::enqueue`], submitted under the mode lock: when
@@ -941,7 +968,7 @@ impl Replica {
     /// behind it. A payload longer than a record holds (ingest stamps can make a body's lines
     /// several times longer) goes as several records, cut at line ends.
     pub async fn enqueue(&self, batch: &Batch) -> Outcome {
-        self.queue_behind(self.write_pieces(batch)).await
+        self.queue_behind(self.write_pieces(batch)).await.0
     }
 
     /// The appends of `batch`'s payload, in records of whole lines.
@@ -1292,16 +1319,8 @@ impl Replica {
                     }
                     Ok(answer) => answer,
                 };
+                let id = head.batch.first_record();
                 match answer {
-                    (status, body) if status.is_success() => {
-                        // InfluxQL reports a failed statement inside a 200.
-                        if let Some(error) = schema::statement_error(&body) {
-                            self.mark_diverged(&format!(
-                                "a queued statement failed: {statement}: {error}"
-                            ));
-                        }
-                        Step::Delivered
-                    }
                     // Wrong service credentials are fixed by an operator: the statement waits,
                     // as writes do, rather than being dropped.
                     (status, _)
@@ -1312,8 +1331,12 @@ impl Replica {
                             "backend refused the service credentials ({status}); check username/password"
                         ))
                     }
-                    (status, _) if status.is_client_error() => {
-                        self.mark_diverged(&format!("a queued statement was refused: {statement}"));
+                    // InfluxQL reports a failed statement inside a 200.
+                    (status, body) if status.is_success() || status.is_client_error() => {
+                        let elsewhere = self.take_refused_elsewhere(id);
+                        if let Some(refusal) = Refusal::of(status, &body) {
+                            self.statement_refused(statement, refusal, elsewhere);
+                        }
                         Step::Delivered
                     }
                     (status, _) => Step::Retry(format!("statement answered {status}")),
@@ -1650,6 +1673,16 @@ impl Replica {
     /// request's other parameters `params`, form-encoded) in order with the writes, entering
     /// queueing mode first: the replay executes it before any write accepted after it.
     pub async fn enqueue_statement(&self, db: &str, statement: &str, params: &str) -> Outcome {
+        self.enqueue_statement_at(db, statement, params).await.0
+    }
+
+    /// [`Self::enqueue_statement`], also returning where the statement was queued.
+    pub async fn enqueue_statement_at(
+        &self,
+        db: &str,
+        statement: &str,
+        params: &str,
+    ) -> (Outcome, Option<RecordId>) {
         self.queue_behind(|q| {
             vec![q.append(&Record::Schema {
                 db,
@@ -1658,5 +1691,43 @@ impl Replica {
             })]
         })
         .await
+    }
+
+    /// Notes that every backend which ran the statement queued here at `id` refused it, and
+    /// how: the same refusal on replay leaves this backend as the others are, not diverged.
+    pub fn note_refused_elsewhere(&self, id: RecordId, refusal: Refusal) {
+        let mut refused = lock(&self.refused_elsewhere);
+        if refused.len() == MAX_REFUSED_ELSEWHERE {
+            // Forgotten, it is marked diverged if it fails on replay: loud, not silent.
+            refused.pop_front();
+        }
+        refused.push_back((id, refusal));
+    }
+
+    /// A queued statement was refused here: this backend now differs from those that ran it,
+    /// unless each of them refused it the same way (`elsewhere`).
+    fn statement_refused(&self, statement: &str, refusal: Refusal, elsewhere: Option<Refusal>) {
+        let error = refusal.error.as_deref().unwrap_or("");
+        if elsewhere.as_ref() == Some(&refusal) {
+            tracing::info!(backend = self.name(), statement, status = %refusal.status, error, "a queued statement was refused as on every backend that ran it");
+            return;
+        }
+        self.mark_diverged(&if refusal.status.is_success() {
+            format!("a queued statement failed: {statement}: {error}")
+        } else {
+            format!(
+                "a queued statement was refused ({}): {statement}: {error}",
+                refusal.status
+            )
+        });
+    }
+
+    /// The refusal noted for the statement queued at `id`, if any (forgotten now).
+    fn take_refused_elsewhere(&self, id: RecordId) -> Option<Refusal> {
+        let mut refused = lock(&self.refused_elsewhere);
+        let found = refused.iter().position(|(r, _)| *r == id);
+        found
+            .and_then(|i| refused.remove(i))
+            .map(|(_, refusal)| refusal)
     }
 }

@@ -339,6 +339,8 @@ struct FakeBackend {
     refuse_holding: std::sync::Mutex<Option<Vec<u8>>>,
     /// Answer 500 to this many of the next writes not refused otherwise.
     fail_next: AtomicUsize,
+    /// Answer `/query` 200 with this body (204 without one).
+    query_answer: std::sync::Mutex<Option<Bytes>>,
 }
 
 /// The `batch=N` tag of the first line of a body (0 without one).
@@ -462,8 +464,10 @@ async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
                             while fake.stall_queries.load(Ordering::SeqCst) {
                                 tokio::time::sleep(Duration::from_millis(2)).await;
                             }
-                            let mut r =
-                                http::Response::new(http_body_util::Full::new(Bytes::new()));
+                            let answer = fake.query_answer.lock().expect("not poisoned").clone();
+                            let mut r = http::Response::new(http_body_util::Full::new(
+                                answer.clone().unwrap_or_default(),
+                            ));
                             let refuse = fake
                                 .refuse_queries
                                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -472,6 +476,8 @@ async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
                                 .is_ok();
                             *r.status_mut() = if refuse {
                                 http::StatusCode::UNAUTHORIZED
+                            } else if answer.is_some() {
+                                http::StatusCode::OK
                             } else {
                                 http::StatusCode::NO_CONTENT
                             };
@@ -621,6 +627,46 @@ async fn a_replayed_statement_stops_waiting_once_its_backend_is_marked_down() {
         wait_until("drained", || !replica.queue().has_pending()).await;
         let _ = stop.send(());
         replay.await.expect("replay ends");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_statement_refused_as_everywhere_it_ran_leaves_its_backend_in_sync() {
+    let failed = r#"{"results":[{"statement_id":0,"error":"retention policy not found: short"}]}"#;
+    let failed_elsewhere = |error: &str| crate::write::replica::Refusal {
+        status: http::StatusCode::OK,
+        error: Some(error.to_owned()),
+    };
+    for (elsewhere, diverges) in [
+        // The other backends failed it the same way: this one is like them.
+        (
+            Some(failed_elsewhere("retention policy not found: short")),
+            false,
+        ),
+        // Otherwise, or when nothing is known of them (they ran it, or it queued everywhere,
+        // or this relay restarted since), it differs.
+        (Some(failed_elsewhere("database not found: x")), true),
+        (None, true),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = Arc::new(FakeBackend::default());
+        *fake.query_answer.lock().expect("not poisoned") =
+            Some(Bytes::from_static(failed.as_bytes()));
+        let replica = one_backend(dir.path(), serve(fake.clone()).await);
+        let (queued, at) = replica
+            .enqueue_statement_at("x", "DROP RETENTION POLICY short ON x", "")
+            .await;
+        assert!(matches!(queued, Outcome::Queued), "{queued:?}");
+        if let Some(refusal) = elsewhere.clone() {
+            replica.note_refused_elsewhere(at.expect("queued at"), refusal);
+        }
+        replay_until_drained(&replica).await;
+        assert_eq!(fake.queries.lock().expect("not poisoned").len(), 1);
+        assert_eq!(replica.diverged().is_some(), diverges, "{elsewhere:?}");
+        if diverges {
+            let why = replica.diverged().unwrap_or_default();
+            assert!(why.contains("retention policy not found"), "{why}");
+        }
     }
 }
 

@@ -319,6 +319,44 @@ fn a_queued_statement_that_fails_on_its_backend_marks_it_diverged() {
 }
 
 #[test]
+fn a_queued_statement_refused_alike_where_it_ran_leaves_its_backend_in_sync() {
+    let _serial = serial();
+    let (a, mut b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    let mut relay = Relay::start(&[&a, &b], FAST_HEALTH);
+    wait_ready(&mut relay);
+    b.kill();
+    // influx-0 refuses it (the database is missing there, as everywhere); influx-1 has it
+    // queued, and refuses it the same way on replay: nothing differs.
+    let q = "CREATE RETENTION POLICY r ON nodb DURATION 1d REPLICATION 1";
+    let r = query(&mut relay, &[("q", q)]);
+    assert!(
+        r.text().contains("database not found: nodb"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(queued_records(&mut relay, "influx-1"), 1);
+    b.restart();
+    wait_until("the statement was replayed", CONVERGE, || {
+        queued_records(&mut relay, "influx-1") == 0
+    });
+    let status = relay.get("/status").expect("status").text();
+    let json: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(
+        json["backends"][1]["diverged_reason"],
+        serde_json::Value::Null,
+        "{status}"
+    );
+    assert!(
+        relay
+            .log()
+            .contains("refused as on every backend that ran it")
+    );
+}
+
+#[test]
 fn user_management_needs_every_backend_and_is_never_queued() {
     let _serial = serial();
     let (a, mut b) = (Influxd::start(), Influxd::start());
