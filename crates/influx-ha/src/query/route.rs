@@ -211,6 +211,8 @@ async fn read_request_body(
 struct Verdict {
     status: StatusCode,
     error: Option<String>,
+    /// How it refused the statements, if it did.
+    refusal: Option<Refusal>,
 }
 
 impl Verdict {
@@ -218,6 +220,7 @@ impl Verdict {
         Verdict {
             status: held.status,
             error: crate::write::schema::statement_error(&held.body),
+            refusal: Refusal::of(held.status, &held.body),
         }
     }
 
@@ -226,21 +229,16 @@ impl Verdict {
     }
 }
 
-/// How every backend that ran a statement refused it, when they all refused it alike (and at
-/// least one ran it): a backend that has it queued is expected to refuse it so too.
-fn refused_alike(verdicts: &[(usize, Verdict)]) -> Option<Refusal> {
-    let refusal = |v: &Verdict| {
-        (!v.is_clean()).then(|| Refusal {
-            status: v.status,
-            error: v.error.clone(),
-        })
-    };
+/// How every backend that ran a statement refused it, when each answered and they all refused
+/// it alike, one of them `fresh` (in sync with the data: a reference): a backend that has it
+/// queued is expected to refuse it so too.
+fn refused_alike(verdicts: &[(usize, Verdict)], fresh: impl Fn(usize) -> bool) -> Option<Refusal> {
     let (_, first) = verdicts.first()?;
-    let first = refusal(first)?;
-    verdicts
+    let first = first.refusal.as_ref()?;
+    let alike = verdicts
         .iter()
-        .all(|(_, v)| refusal(v).as_ref() == Some(&first))
-        .then_some(first)
+        .all(|(_, v)| v.refusal.as_ref().is_some_and(|r| r.is_like(first)));
+    (alike && verdicts.iter().any(|(i, _)| fresh(*i))).then(|| first.clone())
 }
 
 /// How long a state-changing statement sent directly may take to answer: as long as a queued
@@ -792,7 +790,11 @@ impl Inner {
             }
         }
         self.flag_refusals(&verdicts);
-        if let Some(refusal) = refused_alike(&verdicts) {
+        // A backend that ran them unanswered may have done otherwise: then nothing is known.
+        let refused = ran_unread
+            .is_empty()
+            .then(|| refused_alike(&verdicts, fresh));
+        if let Some(refusal) = refused.flatten() {
             for (r, id) in queued_at {
                 r.note_refused_elsewhere(id, refusal.clone());
             }
@@ -972,29 +974,44 @@ mod tests {
 
     #[test]
     fn a_queued_copy_is_expected_to_fail_only_as_every_backend_that_ran_it_did() {
-        let verdict = |status: u16, error: Option<&str>| Verdict {
-            status: StatusCode::from_u16(status).expect("status"),
-            error: error.map(str::to_owned),
+        let verdict = |status: u16, body: &str| {
+            Verdict::of(&Held {
+                status: StatusCode::from_u16(status).expect("status"),
+                headers: HeaderMap::new(),
+                body: Bytes::from(body.to_owned()),
+            })
         };
-        let nf = || verdict(200, Some("database not found: x"));
-        let expected = refused_alike(&[(0, nf()), (2, nf())]).expect("refused alike");
+        let nf = || {
+            verdict(
+                200,
+                r#"{"results":[{"statement_id":0,"error":"database not found: x"}]}"#,
+            )
+        };
+        let all_fresh = |_: usize| true;
+        let expected = refused_alike(&[(0, nf()), (2, nf())], all_fresh).expect("refused alike");
         assert_eq!(expected.status, StatusCode::OK);
         assert_eq!(expected.error.as_deref(), Some("database not found: x"));
-        assert_eq!(
-            refused_alike(&[(0, verdict(400, Some("error parsing query")))]),
-            Some(Refusal {
-                status: StatusCode::BAD_REQUEST,
-                error: Some("error parsing query".to_owned())
-            })
-        );
+        let unparsable = r#"{"error":"error parsing query: x"}"#;
+        let refused = refused_alike(&[(0, verdict(400, unparsable))], all_fresh).expect("refused");
+        assert!(refused.is_like(
+            &Refusal::of(StatusCode::BAD_REQUEST, unparsable.as_bytes()).expect("refusal")
+        ));
         // Ran cleanly somewhere, refused otherwise elsewhere, or ran nowhere: no expectation.
-        assert_eq!(refused_alike(&[(0, nf()), (1, verdict(200, None))]), None);
-        assert_eq!(refused_alike(&[(0, verdict(200, None))]), None);
-        assert_eq!(
-            refused_alike(&[(0, nf()), (1, verdict(200, Some("other")))]),
-            None
+        let clean = || verdict(200, r#"{"results":[{"statement_id":0}]}"#);
+        assert!(refused_alike(&[(0, nf()), (1, clean())], all_fresh).is_none());
+        assert!(refused_alike(&[(0, clean())], all_fresh).is_none());
+        let other = verdict(200, r#"{"results":[{"statement_id":0,"error":"other"}]}"#);
+        assert!(refused_alike(&[(0, nf()), (1, other)], all_fresh).is_none());
+        assert!(refused_alike(&[], all_fresh).is_none());
+        // The same first error, from another statement: the others before it ran.
+        let later = verdict(
+            200,
+            r#"{"results":[{"statement_id":0},{"statement_id":1,"error":"database not found: x"}]}"#,
         );
-        assert_eq!(refused_alike(&[]), None);
+        assert!(refused_alike(&[(0, nf()), (1, later)], all_fresh).is_none());
+        // Refused alike only by backends that are no reference (diverged, catching up).
+        assert!(refused_alike(&[(0, nf()), (1, nf())], |_| false).is_none());
+        assert!(refused_alike(&[(0, nf()), (1, nf())], |i| i == 1).is_some());
     }
 
     use super::*;

@@ -34,21 +34,34 @@ const MAX_DELIVERED_INSURED: usize = 8;
 /// ([`Replica::note_refused_elsewhere`]); the oldest are forgotten past this.
 const MAX_REFUSED_ELSEWHERE: usize = 1024;
 
-/// How backends that ran a state-changing statement refused it: the status of the answer and
-/// the first error it reports.
+/// How a backend refused a state-changing statement: the status of the answer and the errors
+/// it reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The answer's status (InfluxQL reports most failed statements inside a 200).
     pub status: StatusCode,
-    /// The first error the answer reports.
+    /// The first error the answer reports, for messages.
     pub error: Option<String>,
+    /// Every error it reports with its statement's index (InfluxDB runs none after the first
+    /// that fails); `None` when the answer could not be read whole.
+    errors: Option<Vec<(Option<u64>, String)>>,
 }
 
 impl Refusal {
     /// The refusal an answer says, if it is one.
     pub fn of(status: StatusCode, body: &[u8]) -> Option<Refusal> {
         let error = schema::statement_error(body);
-        (!status.is_success() || error.is_some()).then_some(Refusal { status, error })
+        (!status.is_success() || error.is_some()).then(|| Refusal {
+            status,
+            error,
+            errors: schema::statement_errors(body),
+        })
+    }
+
+    /// Whether the two answers refused the same statements the same way: then the backends
+    /// that gave them are left alike. An answer not read whole is like no other.
+    pub fn is_like(&self, other: &Refusal) -> bool {
+        self.status == other.status && self.errors.is_some() && self.errors == other.errors
     }
 }
 
@@ -1708,7 +1721,7 @@ impl Replica {
     /// unless each of them refused it the same way (`elsewhere`).
     fn statement_refused(&self, statement: &str, refusal: Refusal, elsewhere: Option<Refusal>) {
         let error = refusal.error.as_deref().unwrap_or("");
-        if elsewhere.as_ref() == Some(&refusal) {
+        if elsewhere.as_ref().is_some_and(|e| e.is_like(&refusal)) {
             tracing::info!(backend = self.name(), statement, status = %refusal.status, error, "a queued statement was refused as on every backend that ran it");
             return;
         }

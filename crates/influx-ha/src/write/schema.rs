@@ -63,6 +63,22 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     (any && number.is_empty()).then_some(total)
 }
 
+/// Every error an InfluxQL answer reports, with the index of its statement (`None` for an
+/// error about the whole request); `None` when the answer is not one JSON document.
+pub fn statement_errors(body: &[u8]) -> Option<Vec<(Option<u64>, String)>> {
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let mut errors = Vec::new();
+    if let Some(error) = json["error"].as_str() {
+        errors.push((None, error.to_owned()));
+    }
+    for result in json["results"].as_array().into_iter().flatten() {
+        if let Some(error) = result["error"].as_str() {
+            errors.push((result["statement_id"].as_u64(), error.to_owned()));
+        }
+    }
+    Some(errors)
+}
+
 /// The first error an InfluxQL answer reports: a statement that failed is answered 200 with
 /// `results[i].error`. An answer that is not one JSON document (cut short, or chunked into
 /// several) is searched for its first `"error":"…"` member instead.

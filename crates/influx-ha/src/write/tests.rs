@@ -632,30 +632,25 @@ async fn a_replayed_statement_stops_waiting_once_its_backend_is_marked_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_statement_refused_as_everywhere_it_ran_leaves_its_backend_in_sync() {
-    let failed = r#"{"results":[{"statement_id":0,"error":"retention policy not found: short"}]}"#;
-    let failed_elsewhere = |error: &str| crate::write::replica::Refusal {
-        status: http::StatusCode::OK,
-        error: Some(error.to_owned()),
+    let answer = |error: &str| format!(r#"{{"results":[{{"statement_id":0,"error":"{error}"}}]}}"#);
+    let failed_elsewhere = |error: &str| {
+        crate::write::replica::Refusal::of(http::StatusCode::OK, answer(error).as_bytes())
     };
+    let statement = "DROP RETENTION POLICY short ON x";
     for (elsewhere, diverges) in [
         // The other backends failed it the same way: this one is like them.
-        (
-            Some(failed_elsewhere("retention policy not found: short")),
-            false,
-        ),
+        (failed_elsewhere("retention policy not found: short"), false),
         // Otherwise, or when nothing is known of them (they ran it, or it queued everywhere,
         // or this relay restarted since), it differs.
-        (Some(failed_elsewhere("database not found: x")), true),
+        (failed_elsewhere("database not found: x"), true),
         (None, true),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = Arc::new(FakeBackend::default());
         *fake.query_answer.lock().expect("not poisoned") =
-            Some(Bytes::from_static(failed.as_bytes()));
+            Some(Bytes::from(answer("retention policy not found: short")));
         let replica = one_backend(dir.path(), serve(fake.clone()).await);
-        let (queued, at) = replica
-            .enqueue_statement_at("x", "DROP RETENTION POLICY short ON x", "")
-            .await;
+        let (queued, at) = replica.enqueue_statement_at("x", statement, "").await;
         assert!(matches!(queued, Outcome::Queued), "{queued:?}");
         if let Some(refusal) = elsewhere.clone() {
             replica.note_refused_elsewhere(at.expect("queued at"), refusal);
@@ -668,6 +663,25 @@ async fn a_queued_statement_refused_as_everywhere_it_ran_leaves_its_backend_in_s
             assert!(why.contains("retention policy not found"), "{why}");
         }
     }
+
+    // What is noted for one queued statement is not taken for another.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    *fake.query_answer.lock().expect("not poisoned") =
+        Some(Bytes::from(answer("retention policy not found: short")));
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let (_, _) = replica.enqueue_statement_at("x", statement, "").await;
+    let (_, second) = replica
+        .enqueue_statement_at("x", "DROP RETENTION POLICY short ON x; ", "")
+        .await;
+    let refusal = failed_elsewhere("retention policy not found: short").expect("a refusal");
+    replica.note_refused_elsewhere(second.expect("queued at"), refusal);
+    replay_until_drained(&replica).await;
+    let why = replica.diverged().unwrap_or_default();
+    assert!(
+        why.ends_with(&format!("{statement}: retention policy not found: short")),
+        "{why}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
