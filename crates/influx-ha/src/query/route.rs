@@ -37,6 +37,18 @@ pub static X_INFLUX_HA_STALE: HeaderName = HeaderName::from_static("x-influx-ha-
 /// How often a query waiting for a backend's answer looks whether the backend was marked down.
 const DOWN_POLL: Duration = Duration::from_millis(100);
 
+/// When a request waiting for a backend's answer stops waiting, before its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GiveUp {
+    /// Once the health checks mark the backend down: a read goes to the next backend.
+    MarkedDown,
+    /// Only once they mark it down with its pings failing too. A backend busy with a long
+    /// statement may fail other requests, and be marked down for them, while it runs this
+    /// one; given up on, the statement would be queued to run again and the backend marked
+    /// diverged.
+    PingsFail,
+}
+
 /// Longest answer held in memory where one must be (5xx bodies, fan-out answers).
 const MAX_HELD_ANSWER: usize = 4 << 20;
 
@@ -505,7 +517,10 @@ impl Inner {
         for i in order {
             let target = &self.targets[i];
             let outstanding = Outstanding::new(&target.outstanding);
-            let resp = match self.send(i, fwd, self.config.timeout).await {
+            let resp = match self
+                .send(i, fwd, self.config.timeout, GiveUp::MarkedDown)
+                .await
+            {
                 Ok(resp) => resp,
                 Err(e) => {
                     self.fail(i, &mut failures, e.to_string());
@@ -545,13 +560,15 @@ impl Inner {
     }
 
     /// Sends `fwd` to backend `i` and waits for the answer's head: at most `timeout`, and no
-    /// longer than the backend stays up (a stopped backend accepts connections and never
-    /// answers; once the health checks mark it down, the next one is tried).
+    /// longer than the backend stays up as `gives_up` says (a stopped backend accepts
+    /// connections and never answers; once the health checks mark it down, the next one is
+    /// tried).
     async fn send(
         &self,
         i: usize,
         fwd: &Forward,
         timeout: Duration,
+        gives_up: GiveUp,
     ) -> Result<Response<hyper::body::Incoming>, NoAnswer> {
         let sent = self.targets[i].client.forward(
             fwd.method.clone(),
@@ -561,11 +578,13 @@ impl Inner {
             timeout,
         );
         // By name: the board lists backends in the config's order, which a reload may change.
-        let is_down = || {
-            self.board
+        let is_down = || match (gives_up, &self.targets[i].replica) {
+            (GiveUp::PingsFail, Some(r)) => r.is_marked_down(),
+            _ => self
+                .board
                 .load()
                 .backend(self.name(i))
-                .is_some_and(|b| matches!(b.reachability, Reachability::Down { .. }))
+                .is_some_and(|b| matches!(b.reachability, Reachability::Down { .. })),
         };
         let was_down = is_down();
         let marked_down = async {
@@ -647,15 +666,18 @@ impl Inner {
 
     // === state-changing statements ===
 
-    /// Sends `fwd` to backend `i` and holds its whole answer, waiting up to `timeout`; `Err`
-    /// for no answer or a 5xx.
+    /// Sends `fwd` to backend `i` and holds its whole answer, waiting up to `timeout`, or until
+    /// the backend is marked down with its pings failing; `Err` for no answer or a 5xx.
     async fn send_held(&self, i: usize, fwd: &Forward, timeout: Duration) -> Result<Held, Unheld> {
         let target = &self.targets[i];
         let _outstanding = Outstanding::new(&target.outstanding);
-        let resp = self.send(i, fwd, timeout).await.map_err(|e| match e {
-            NoAnswer::NotSent(why) => Unheld::NotRun(why),
-            NoAnswer::Unanswered(why) => Unheld::MayHaveRun(why),
-        })?;
+        let resp = self
+            .send(i, fwd, timeout, GiveUp::PingsFail)
+            .await
+            .map_err(|e| match e {
+                NoAnswer::NotSent(why) => Unheld::NotRun(why),
+                NoAnswer::Unanswered(why) => Unheld::MayHaveRun(why),
+            })?;
         let status = resp.status();
         if status.is_server_error() {
             // Whatever its body says, it did not run: queued for the replay.
@@ -1057,6 +1079,138 @@ mod tests {
                 inflight_wait: Duration::from_secs(1),
             }),
         )
+    }
+
+    /// A backend that answers `/ping` at once and holds each `/query` until `open` is set,
+    /// then answers it as a statement that ran; returns its address and the `/query` count.
+    async fn holding_statements(
+        open: Arc<std::sync::atomic::AtomicBool>,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let queries = Arc::new(AtomicUsize::new(0));
+        let seen = queries.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (open, seen) = (open.clone(), seen.clone());
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (open, seen) = (open.clone(), seen.clone());
+                    async move {
+                        let mut resp = Response::new(http_body_util::Full::new(Bytes::new()));
+                        if req.uri().path() == "/query" {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                            while !open.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            *resp.body_mut() = http_body_util::Full::new(Bytes::from_static(
+                                b"{\"results\":[{\"statement_id\":0}]}\n",
+                            ));
+                        } else {
+                            *resp.status_mut() = StatusCode::NO_CONTENT;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, queries)
+    }
+
+    #[tokio::test]
+    async fn a_statement_waits_for_a_backend_marked_down_while_its_pings_are_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (addr, queries) = holding_statements(open.clone()).await;
+        let text = format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://{addr}\"\n",
+            dir.path().display().to_string()
+        );
+        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+        let clients = crate::node::backend_clients(&config).expect("clients");
+        let replica = crate::write::open_replica(&config, &clients[0], &clients).expect("queue");
+        let board = StateBoard::new(crate::monitor::initial_states(&clients));
+        let service = QueryService::new(
+            clients,
+            vec![replica.clone()],
+            board.clone(),
+            PassiveMarks::new(1),
+            QueryConfig {
+                stale_reads: false,
+                timeout: Duration::from_secs(1),
+            },
+            SharedLimits::new(BodyLimits {
+                max_body_bytes: 1 << 20,
+                read_timeout: Duration::from_secs(1),
+                inflight_wait: Duration::from_secs(1),
+            }),
+        );
+        let run = || {
+            let service = service.clone();
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/query?db=x&q=DROP%20MEASUREMENT%20m")
+                .body(crate::http::empty())
+                .expect("request");
+            tokio::spawn(async move { service.call(RequestId::new(), req).await })
+        };
+        let sent = |n: usize| {
+            let queries = queries.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while queries.load(Ordering::SeqCst) < n {
+                    assert!(tokio::time::Instant::now() < deadline, "never sent");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let set_down = |down: bool| {
+            board.update(|s| {
+                s.backends[0].reachability = if down {
+                    Reachability::Down {
+                        since: SystemTime::now(),
+                        reason: "requests to it failed".into(),
+                    }
+                } else {
+                    Reachability::Up {
+                        since: SystemTime::now(),
+                    }
+                };
+            });
+        };
+
+        // Marked down for failed requests while it answers its pings: the statement may still
+        // be running there, and its answer is waited for.
+        let answer = run();
+        sent(1).await;
+        set_down(true);
+        tokio::time::sleep(DOWN_POLL * 5).await;
+        assert!(!answer.is_finished(), "the statement was given up");
+        open.store(true, Ordering::SeqCst);
+        let resp = answer.await.expect("answered");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(replica.diverged(), None);
+        assert!(!replica.queue().has_pending());
+
+        // Down with its pings failing: given up, queued to run again, and since a DROP run
+        // twice may differ, the backend is marked diverged.
+        open.store(false, Ordering::SeqCst);
+        set_down(false);
+        let answer = run();
+        sent(2).await;
+        replica.set_down(true);
+        let resp = answer.await.expect("answered");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(replica.queue().has_pending());
+        let why = replica.diverged().unwrap_or_default();
+        assert!(why.contains("may have run"), "{why}");
+        open.store(true, Ordering::SeqCst);
     }
 
     fn up(name: &str) -> BackendState {

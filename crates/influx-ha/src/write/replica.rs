@@ -660,12 +660,12 @@ impl Replica {
         self.kick.notify_one();
     }
 
-    /// What the health checks found: the backend down and not answering its pings, or not.
     /// Whether the health checks last had it down with its pings failing ([`Self::set_down`]).
     pub fn is_marked_down(&self) -> bool {
         *self.down.borrow()
     }
 
+    /// What the health checks found: the backend down and not answering its pings, or not.
     pub fn set_down(&self, down: bool) {
         self.down
             .send_if_modified(|d| std::mem::replace(d, down) != down);
