@@ -102,7 +102,7 @@ pub(crate) fn encode_frame(rec: &Record<'_>, ts_ms: u64) -> Result<Vec<u8>, Erro
             (KIND_SCHEMA_PARAMS, *db, "", "", with_params.as_slice())
         }
     };
-    let mut f = encode_head(kind, ts_ms, db, rp, precision, payload)?;
+    let mut f = head_with_room(kind, ts_ms, db, rp, precision, payload, payload.len())?;
     f.extend_from_slice(payload);
     Ok(f)
 }
@@ -116,6 +116,21 @@ pub(crate) fn encode_head(
     rp: &str,
     precision: &str,
     payload: &[u8],
+) -> Result<Vec<u8>, Error> {
+    // No room for the payload: the head waits in the writer's queue as long as the append
+    // does, and a queue falling behind holds thousands of them.
+    head_with_room(kind, ts_ms, db, rp, precision, payload, 0)
+}
+
+/// [`encode_head`] in a buffer with `room` more bytes of capacity.
+fn head_with_room(
+    kind: u8,
+    ts_ms: u64,
+    db: &str,
+    rp: &str,
+    precision: &str,
+    payload: &[u8],
+    room: usize,
 ) -> Result<Vec<u8>, Error> {
     let db_len = u16::try_from(db.len()).map_err(|_| Error::FieldTooLong {
         field: "db",
@@ -138,7 +153,7 @@ pub(crate) fn encode_head(
         });
     }
     let len_bytes = (body_len as u32).to_le_bytes();
-    let mut f = Vec::with_capacity(FRAME_HEADER_LEN as usize + body_len);
+    let mut f = Vec::with_capacity(FRAME_HEADER_LEN as usize + head_body + room);
     f.extend_from_slice(&FRAME_MARKER);
     f.extend_from_slice(&len_bytes);
     f.extend_from_slice(&[0; 4]); // CRC, filled below
@@ -305,6 +320,23 @@ mod tests {
         let mut bad = body.to_vec();
         bad[20] ^= 1;
         assert!(!crc_ok(len, &bad, c));
+    }
+
+    #[test]
+    fn a_head_for_a_shared_payload_holds_no_room_for_it() {
+        let payload = vec![b'x'; 1 << 20];
+        let head = encode_head(KIND_WRITE, 42, "db", "autogen", "ms", &payload).expect("head");
+        assert!(head.capacity() < 1024, "{} bytes held", head.capacity());
+        // Head and payload together are the frame encode_frame writes.
+        let rec = Record::Write {
+            db: "db",
+            rp: "autogen",
+            precision: "ms",
+            payload: &payload,
+        };
+        let mut joined = head;
+        joined.extend_from_slice(&payload);
+        assert_eq!(joined, encode_frame(&rec, 42).expect("frame"));
     }
 
     #[test]
