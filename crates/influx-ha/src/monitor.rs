@@ -151,6 +151,8 @@ struct Memory {
     verdicts: Vec<Hysteresis>,
     /// Per backend: failed direct writes plus failed replays, as last counted.
     write_failures: Vec<u64>,
+    /// Per backend: its pings that failed in a row, as of the last round.
+    ping_failures: Vec<u32>,
     /// Per peer name: its last report, when it came, and whether the peer was last heard from
     /// (its last poll answered, or a notice came since).
     reports: HashMap<String, (QueueReport, SystemTime, bool)>,
@@ -389,6 +391,7 @@ impl Monitor {
         let mut memory = Memory {
             verdicts,
             write_failures: self.replicas.iter().map(|r| write_failures(r)).collect(),
+            ping_failures: vec![0; self.clients.len()],
             reports: self
                 .reports_file
                 .as_deref()
@@ -549,7 +552,19 @@ impl Monitor {
         let mut rounds = Vec::with_capacity(self.clients.len());
         for (i, check) in checks.into_iter().enumerate() {
             let (passive, passive_reason) = self.marks.take(i);
-            let ping_failed = check.is_err();
+            // As many failed pings in a row as take a backend down: one slow ping of a backend
+            // that is down for failed requests (busy, say) does not count.
+            let pings_failing = match memory.ping_failures.get_mut(i) {
+                Some(n) if check.is_err() => {
+                    *n = n.saturating_add(1);
+                    *n >= self.health.fall
+                }
+                Some(n) => {
+                    *n = 0;
+                    false
+                }
+                None => check.is_err(),
+            };
             let mut problem = check.err();
             if problem.is_none() && passive > 0 {
                 problem = Some(passive_reason.unwrap_or_else(|| "request failed".to_owned()));
@@ -570,7 +585,7 @@ impl Monitor {
             // A replayed statement stops waiting only for a backend that does not answer its
             // pings: one that is down for failed requests may just be busy running it.
             if let Some(r) = self.replicas.get(i) {
-                r.set_down(!up && ping_failed);
+                r.set_down(!up && pings_failing);
             }
             rounds.push((up, problem));
         }
@@ -818,6 +833,96 @@ mod tests {
         assert!(!replica.is_marked_down());
         let _ = stop.send(());
         running.await.expect("monitor ends");
+    }
+
+    #[tokio::test]
+    async fn a_backend_down_for_failed_requests_counts_as_not_pinging_after_fall_failed_pings() {
+        // A backend whose pings answer 500 while `fail` is set.
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let failing = fail.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let failing = failing.clone();
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        let status = if failing.load(Ordering::SeqCst) {
+                            http::StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            http::StatusCode::NO_CONTENT
+                        };
+                        let mut resp =
+                            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *resp.status_mut() = status;
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://{addr}\"\n",
+            dir.path().display().to_string()
+        );
+        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+        let clients = crate::node::backend_clients(&config).expect("clients");
+        let replica = crate::write::open_replica(&config, &clients[0], &clients).expect("queue");
+        let marks = PassiveMarks::new(1);
+        let monitor = Monitor {
+            board: StateBoard::new(initial_states(&clients)),
+            clients,
+            replicas: vec![replica.clone()],
+            peers: Vec::new(),
+            marks: marks.clone(),
+            health: HealthConfig {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(10),
+                rise: 1,
+                fall: 2,
+            },
+            reports_file: None,
+            peers_changed: Arc::new(crate::peers::PeerNews::default()),
+        };
+        let mut memory = Memory {
+            verdicts: vec![Hysteresis::default()],
+            write_failures: vec![0],
+            ping_failures: vec![0],
+            ..Memory::default()
+        };
+        let mut polls = PeerPolls::default();
+        let (_stop, stopped) = tokio::sync::broadcast::channel(1);
+        let mut shutdown = Shutdown::new(stopped);
+        macro_rules! round {
+            ($ping_fails:expr) => {
+                fail.store($ping_fails, Ordering::SeqCst);
+                // Requests to it keep failing (a long statement holds it, say).
+                marks.failure(0, "answered 500".into());
+                monitor.round(&mut memory, &mut polls, &mut shutdown).await;
+            };
+        }
+        round!(false);
+        assert!(matches!(
+            monitor.board.load().backends[0].reachability,
+            Reachability::Down { .. }
+        ));
+        assert!(!replica.is_marked_down());
+        // One slow or failed ping while it is down: still only busy.
+        round!(true);
+        assert!(!replica.is_marked_down(), "one failed ping counted");
+        // As many in a row as take a backend down: not answering.
+        round!(true);
+        assert!(replica.is_marked_down());
+        // A ping answered again: busy, not gone.
+        round!(false);
+        assert!(!replica.is_marked_down());
     }
 
     #[test]

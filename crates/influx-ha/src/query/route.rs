@@ -719,7 +719,11 @@ impl Inner {
             let (me, fwd, queued) = (self.clone(), fwd.clone(), queued.clone());
             set.spawn(async move {
                 let replica = me.targets[i].replica.clone();
-                let queue_now = replica.as_ref().filter(|r| !available || r.is_queueing());
+                // Down with its pings failing: the board may not say so yet, and once sent the
+                // statement would wait for it.
+                let queue_now = replica
+                    .as_ref()
+                    .filter(|r| !available || r.is_queueing() || r.is_marked_down());
                 let enqueue = |r: &Arc<Replica>| {
                     let (queued, r) = (queued.clone(), r.clone());
                     async move {
