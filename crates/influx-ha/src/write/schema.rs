@@ -64,9 +64,12 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 }
 
 /// Every error an InfluxQL answer reports, with the index of its statement (`None` for an
-/// error about the whole request); `None` when the answer is not one JSON document.
+/// error about the whole request); `None` when the answer is neither one JSON document nor
+/// MessagePack maps.
 pub fn statement_errors(body: &[u8]) -> Option<Vec<(Option<u64>, String)>> {
-    let json = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return msgpack_errors(body);
+    };
     let mut errors = Vec::new();
     if let Some(error) = json["error"].as_str() {
         errors.push((None, error.to_owned()));
@@ -84,6 +87,9 @@ pub fn statement_errors(body: &[u8]) -> Option<Vec<(Option<u64>, String)>> {
 /// several) is searched for its first `"error":"…"` member instead.
 pub fn statement_error(body: &[u8]) -> Option<String> {
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        if let Some(errors) = msgpack_errors(body) {
+            return errors.into_iter().next().map(|(_, e)| e);
+        }
         return first_error_member(body);
     };
     if let Some(error) = json["error"].as_str() {
@@ -93,6 +99,41 @@ pub fn statement_error(body: &[u8]) -> Option<String> {
         .as_array()?
         .iter()
         .find_map(|r| r["error"].as_str().map(str::to_owned))
+}
+
+/// The errors of an answer in MessagePack (`Accept: application/x-msgpack`, the Python
+/// client's default), one or more maps shaped as the JSON documents are; `None` when `body`
+/// is not that. A JSON document is not: its `{` reads as a MessagePack number.
+fn msgpack_errors(body: &[u8]) -> Option<Vec<(Option<u64>, String)>> {
+    let field = |map: &[(rmpv::Value, rmpv::Value)], key: &str| {
+        map.iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v.clone())
+    };
+    let mut rest = body;
+    let mut errors = Vec::new();
+    while !rest.is_empty() {
+        let value = rmpv::decode::read_value(&mut rest).ok()?;
+        let doc = value.as_map()?;
+        if let Some(error) = field(doc, "error") {
+            errors.push((None, error.as_str()?.to_owned()));
+        }
+        let results = field(doc, "results");
+        for (at, result) in results
+            .iter()
+            .flat_map(|r| r.as_array())
+            .flatten()
+            .enumerate()
+        {
+            let result = result.as_map()?;
+            if let Some(error) = field(result, "error") {
+                // 1.6 leaves `statement_id` out of a failed statement's result here.
+                let id = field(result, "statement_id").and_then(|id| id.as_u64());
+                errors.push((id.or(u64::try_from(at).ok()), error.as_str()?.to_owned()));
+            }
+        }
+    }
+    (!body.is_empty()).then_some(errors)
 }
 
 /// The string value of the first `"error":` member in `body`, read as a JSON string.
@@ -181,6 +222,48 @@ pub fn create_statement(db: &str, rp: &RetentionPolicy) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn errors_are_read_from_messagepack_answers_as_influxd_gives_them() {
+        // influxd 1.6.7's answers with `Accept: application/x-msgpack`, as captured.
+        let not_found = hex(
+            "81a7726573756c74739181a56572726f72b86461746162617365206e6f7420666f756e643a206e6f6462",
+        );
+        let second_not_found = hex(
+            "81a7726573756c74739282ac73746174656d656e745f696400a67365726965739081a56572726f72b86461746162617365206e6f7420666f756e643a206e6f6462",
+        );
+        let ran = hex("81a7726573756c74739182ac73746174656d656e745f696400a673657269657390");
+        let unparsable = hex("81a56572726f72a3626164");
+        let error = "database not found: nodb".to_owned();
+        assert_eq!(statement_error(&not_found), Some(error.clone()));
+        assert_eq!(
+            statement_errors(&not_found),
+            Some(vec![(Some(0), error.clone())])
+        );
+        assert_eq!(
+            statement_errors(&second_not_found),
+            Some(vec![(Some(1), error.clone())])
+        );
+        assert_eq!(statement_error(&ran), None);
+        assert_eq!(statement_errors(&ran), Some(Vec::new()));
+        assert_eq!(
+            statement_errors(&unparsable),
+            Some(vec![(None, "bad".to_owned())])
+        );
+        // Chunked: one map per chunk, the error in the second.
+        let chunked = [ran.clone(), not_found.clone()].concat();
+        assert_eq!(statement_error(&chunked), Some(error));
+        // Neither JSON nor MessagePack maps: nothing known.
+        assert_eq!(statement_errors(b"404 page not found"), None);
+        assert_eq!(statement_errors(&not_found[..10]), None);
+    }
 
     #[test]
     fn statement_errors_are_read_from_any_result() {

@@ -287,6 +287,13 @@ fn a_refusal_is_seen_when_the_client_accepts_gzip() {
 }
 
 #[test]
+fn a_refusal_is_seen_when_the_client_asks_for_msgpack() {
+    let _serial = serial();
+    // The Python client's default: the backends answer in MessagePack.
+    delete_where_only_influx_1_has_the_database(&[("Accept", "application/x-msgpack")]);
+}
+
+#[test]
 fn a_queued_statement_that_fails_on_its_backend_marks_it_diverged() {
     let _serial = serial();
     let (a, mut b) = (Influxd::start(), Influxd::start());
