@@ -40,8 +40,11 @@ pub struct Faults {
     /// After this many mutating operations the filesystem freezes: later mutations fail with
     /// EIO and change nothing, as if the process had died there.
     pub freeze_after_ops: Option<u64>,
-    /// The next this many opens for reading fail with EMFILE (out of file descriptors).
+    /// The next this many opens for reading fail with EMFILE (out of file descriptors), or
+    /// with `read_open_errno`.
     pub fail_read_opens: u32,
+    /// The errno of the opens `fail_read_opens` fails, instead of EMFILE.
+    pub read_open_errno: Option<i32>,
     /// A crash keeps each file's length but not its unsynced data, which reads as zeros (the
     /// size reached the disk, the pages did not: what some filesystems show after a crash).
     pub crash_keeps_length: bool,
@@ -324,7 +327,8 @@ impl Filesystem for SimFs {
         let inode = st.files.get(path).cloned().ok_or_else(|| not_found(path))?;
         if st.faults.fail_read_opens > 0 {
             st.faults.fail_read_opens -= 1;
-            return Err(io::Error::from_raw_os_error(EMFILE));
+            let errno = st.faults.read_open_errno.unwrap_or(EMFILE);
+            return Err(io::Error::from_raw_os_error(errno));
         }
         Ok(Box::new(SimFile {
             fs: self.clone(),

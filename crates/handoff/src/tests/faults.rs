@@ -478,6 +478,32 @@ fn out_of_file_descriptors_is_retried_not_skipped() {
 }
 
 #[test]
+fn a_segment_the_filesystem_reports_damaged_is_set_aside_and_the_queue_opens() {
+    // EIO, and the filesystem's own corruption reports: EUCLEAN (XFS, ext4 with checksums),
+    // EBADMSG, and ESTALE (a stale NFS handle). None passes by retrying.
+    for errno in [5, 117, 74, 116] {
+        let fs = SimFs::new();
+        filled(&fs, 15);
+        // Without a cursor, the first file read at the start is a segment.
+        crate::fs::Filesystem::remove_file(&fs, &qdir().join("cursor")).unwrap();
+        fs.set_faults(crate::simfs::Faults {
+            fail_read_opens: 1,
+            read_open_errno: Some(errno),
+            ..Default::default()
+        });
+        let q = open_sim(&fs, small_opts());
+        assert!(q.stats().dropped, "errno {errno}: the drop is told");
+        let aside = fs
+            .paths()
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".unreadable"))
+            .count();
+        assert_eq!(aside, 1, "errno {errno}");
+        q.close().unwrap();
+    }
+}
+
+#[test]
 fn a_failed_write_under_the_interval_policy_still_syncs_what_was_acknowledged() {
     let fs = SimFs::new();
     let opts = Options {
