@@ -118,6 +118,34 @@ async fn telnet_and_http_share_the_port() {
     r.task.await.expect("stops");
 }
 
+#[tokio::test]
+async fn a_client_that_never_reads_its_replies_still_has_its_lines_taken() {
+    let r = start().await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let c = socket.connect(r.addr).await.expect("connect");
+    let (_unread, mut w) = c.into_split();
+    // Far more replies than the kernel holds for a reader that never reads: the relay's
+    // writes of them block, until it gives up on replying and takes the lines that follow.
+    let versions = b"version\n".repeat(1 << 20);
+    let sending = tokio::spawn(async move {
+        w.write_all(&versions).await.expect("versions sent");
+        w.write_all(b"put after 1356998400 1 host=x\n")
+            .await
+            .expect("line sent");
+        w
+    });
+    eventually("the line after the unread replies", || {
+        r.recorder.lines().iter().any(|l| l.starts_with("after,"))
+    })
+    .await;
+    drop(sending.await.expect("sent"));
+    r.stop.send(()).expect("running");
+    r.task.await.expect("stops");
+}
+
 #[test]
 fn request_lines_are_told_from_telnet_lines() {
     assert!(is_request_line(b"POST /api/put HTTP/1.1\r"));
