@@ -36,7 +36,7 @@ pub enum WriteOutcome {
         /// The backend's error text, whole.
         message: Vec<u8>,
     },
-    /// Any other 4xx except 401, 403 and 413: the backend refused the data.
+    /// Any other 4xx except 401, 403, 408, 413 and 429: the backend refused the data.
     BadRequest {
         /// The status.
         status: StatusCode,
@@ -52,7 +52,8 @@ pub enum WriteOutcome {
     },
     /// 413: the batch is larger than the backend takes.
     TooLarge,
-    /// Worth retrying later: 5xx, no answer in time, connection errors, unexpected answers.
+    /// Worth retrying later: 5xx, 408 and 429 (from a proxy), no answer in time, connection
+    /// errors, unexpected answers.
     Retryable {
         /// Why, for logs and the status page.
         reason: String,
@@ -96,6 +97,11 @@ pub fn classify(result: &Result<BackendAnswer, SendError>) -> WriteOutcome {
         400 if message.starts_with(b"partial write") => WriteOutcome::PartialWrite { message },
         401 | 403 => WriteOutcome::AuthFailed { status, message },
         413 => WriteOutcome::TooLarge,
+        // InfluxDB sends neither; a proxy in front of it does, for a passing overload: the
+        // data was not looked at, and refusing it would dead-letter or diverge over nothing.
+        408 | 429 => WriteOutcome::Retryable {
+            reason: format!("{status}: {}", String::from_utf8_lossy(&message)),
+        },
         404 => WriteOutcome::Retryable {
             reason: format!(
                 "unexpected 404 ({}): is the backend URL an InfluxDB 1.x?",

@@ -298,6 +298,11 @@ async fn influxdb_answers_are_classified() {
         outcome_of(json_error(413, "Request Entity Too Large")).await,
         WriteOutcome::TooLarge
     );
+    // A proxy in front of the backend, busy for a moment: sent again, not refused.
+    for status in [408, 429] {
+        let outcome = outcome_of(json_error(status, "slow down")).await;
+        assert!(outcome.is_retryable(), "{status}: {outcome:?}");
+    }
     for status in [500, 502, 503] {
         let o = outcome_of(json_error(status, "timeout")).await;
         assert!(o.is_retryable(), "{status}: {o:?}");

@@ -520,7 +520,14 @@ async fn fan_out(
     }
     let mut outcomes: Vec<Outcome> = outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Failed("delivery task failed".to_owned())))
+        .zip(replicas.iter())
+        .map(|(o, replica)| {
+            o.unwrap_or_else(|| {
+                // Its task panicked: the copy is neither delivered nor queued.
+                replica.mark_diverged("a write's delivery to it failed (an internal error)");
+                Outcome::Failed("delivery task failed".to_owned())
+            })
+        })
         .collect();
     settle_refusals(&replicas, &batch, &mut outcomes).await;
     outcomes

@@ -796,6 +796,8 @@ impl Replica {
                         me.note_delivered_insured(id);
                     }
                     me.late_sends.send_modify(|n| *n -= 1);
+                    // Queueing mode may have waited for this send alone.
+                    me.leave_queueing_if_drained();
                     me.note_link(!matches!(outcome, WriteOutcome::Retryable { .. }));
                     if !outcome.is_ok() && !matches!(outcome, WriteOutcome::PartialWrite { .. }) {
                         me.counters.direct_failed.fetch_add(1, Ordering::Relaxed);
@@ -1005,11 +1007,15 @@ impl Replica {
             .max_write_payload(&batch.db, &batch.rp, batch.precision)
     }
 
-    /// Leaves queueing mode when nothing is queued or being queued.
+    /// Leaves queueing mode when nothing is queued, being queued, or still being sent by an
+    /// insured send.
     pub(crate) fn leave_queueing_if_drained(&self) {
         let mut m = lock(&self.mode);
+        // An insured send still running may land after a write sent directly now: its own
+        // record, if its append failed, is not in the queue to hold such writes back.
         if m.queueing
             && m.appends_in_flight == 0
+            && *self.late_sends.borrow() == 0
             && !self.in_maintenance()
             && !self.queue.has_pending()
         {

@@ -42,11 +42,16 @@ async fn a_refused_append_marks_the_backend_diverged_and_does_not_leave_it_queue
 
 /// A fast fake backend and a slow one (stalling its writes until told), replicated to.
 async fn fast_and_slow(dir: &std::path::Path) -> (Replicator, Arc<FakeBackend>) {
+    fast_and_slow_with(dir, "").await
+}
+
+/// [`fast_and_slow`] with `extra` config.
+async fn fast_and_slow_with(dir: &std::path::Path, extra: &str) -> (Replicator, Arc<FakeBackend>) {
     let fast = serve(Arc::new(FakeBackend::default())).await;
     let slow = Arc::new(FakeBackend::default());
     slow.stall.store(true, Ordering::SeqCst);
     let text = format!(
-        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"fast\"\nurl = \"http://{fast}\"\n[[backend]]\nname = \"slow\"\nurl = \"http://{}\"\n",
+        "data_dir = {:?}\n{extra}[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"fast\"\nurl = \"http://{fast}\"\n[[backend]]\nname = \"slow\"\nurl = \"http://{}\"\n",
         dir.display().to_string(),
         serve(slow.clone()).await,
     );
@@ -191,6 +196,40 @@ async fn an_insured_backend_goes_behind_its_queue() {
     slow_fake.stall.store(false, Ordering::SeqCst);
     wait_until("the late send ends", || slow.late_sends() == 0).await;
     assert_eq!(slow_fake.writes.lock().expect("not poisoned").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_insured_append_keeps_writes_behind_the_send_still_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Every append is refused: the disk is below the floor kept free.
+    let (replicator, slow_fake) =
+        fast_and_slow_with(dir.path(), "[queue]\nmin_free_disk = \"1000TiB\"\n").await;
+    let replicas = replicator.replicas();
+    let slow = &replicas[1];
+    replicator
+        .replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::One,
+            Bytes::from_static(b"m v=1 1\n"),
+        )
+        .await
+        .expect("the fast backend takes it");
+    // The slow backend's copy was insured and its record refused; its send still runs.
+    assert_eq!(slow.late_sends(), 1);
+    assert!(!slow.queue().has_pending());
+    assert!(slow.diverged().is_some(), "the refused record is told");
+    // A write now must not reach it directly ahead of that send, which may still land.
+    assert!(
+        slow.is_queueing(),
+        "left queueing mode with a send in flight"
+    );
+    slow_fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the send ends and writes go direct again", || {
+        slow.late_sends() == 0 && !slow.is_queueing()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
