@@ -751,6 +751,26 @@ mod tests {
         BackendClient::new(&config, timeouts).expect("client")
     }
 
+    /// A monitor of `clients` (and their `replicas`, if any) checking every hour with rise and
+    /// fall 1, a board of its own and nothing else: tests change what they need.
+    fn monitor_of(clients: Vec<BackendClient>, replicas: Vec<Arc<Replica>>) -> Monitor {
+        Monitor {
+            board: StateBoard::new(initial_states(&clients)),
+            marks: PassiveMarks::new(clients.len()),
+            clients,
+            replicas,
+            peers: Vec::new(),
+            health: HealthConfig {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(10),
+                rise: 1,
+                fall: 1,
+            },
+            reports_file: None,
+            peers_changed: Arc::new(crate::peers::PeerNews::default()),
+        }
+    }
+
     #[tokio::test]
     async fn a_monitor_taking_over_keeps_the_verdicts_it_finds_on_the_board() {
         // Nothing listens there: every check fails.
@@ -758,21 +778,9 @@ mod tests {
         let board = StateBoard::new(initial_states(std::slice::from_ref(&client)));
         let since = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         board.update(|s| s.backends[0].reachability = Reachability::Up { since });
-        let monitor = Monitor {
-            board: board.clone(),
-            clients: vec![client],
-            replicas: Vec::new(),
-            peers: Vec::new(),
-            marks: PassiveMarks::new(1),
-            health: HealthConfig {
-                interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(1),
-                rise: 2,
-                fall: 3,
-            },
-            reports_file: None,
-            peers_changed: Arc::new(crate::peers::PeerNews::default()),
-        };
+        let mut monitor = monitor_of(vec![client], Vec::new());
+        monitor.board = board.clone();
+        (monitor.health.rise, monitor.health.fall) = (2, 3);
         let (stop, _) = tokio::sync::broadcast::channel(1);
         let running = tokio::spawn(monitor.run(Shutdown::new(stop.subscribe())));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -793,30 +801,9 @@ mod tests {
     async fn a_backend_down_for_failed_requests_but_answering_pings_keeps_its_replay_waiting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (addr, _) = crate::test_http::answering_204().await;
-        let text = format!(
-            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://{addr}\"\n",
-            dir.path().display().to_string()
-        );
-        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
-        let clients = crate::node::backend_clients(&config).expect("clients");
-        let replica = crate::write::open_replica(&config, &clients[0], &clients).expect("queue");
-        let board = StateBoard::new(initial_states(&clients));
-        let marks = PassiveMarks::new(1);
-        let monitor = Monitor {
-            board: board.clone(),
-            clients,
-            replicas: vec![replica.clone()],
-            peers: Vec::new(),
-            marks: marks.clone(),
-            health: HealthConfig {
-                interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(10),
-                rise: 1,
-                fall: 1,
-            },
-            reports_file: None,
-            peers_changed: Arc::new(crate::peers::PeerNews::default()),
-        };
+        let (clients, replica) = crate::test_http::one_backend_at(dir.path(), addr);
+        let monitor = monitor_of(clients, vec![replica.clone()]);
+        let (board, marks) = (monitor.board.clone(), monitor.marks.clone());
         // Requests to it failed (a long statement, say) while its pings are answered.
         marks.failure(0, "answered 500".into());
         let (stop, _) = tokio::sync::broadcast::channel(1);
@@ -868,29 +855,10 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = format!(
-            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://{addr}\"\n",
-            dir.path().display().to_string()
-        );
-        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
-        let clients = crate::node::backend_clients(&config).expect("clients");
-        let replica = crate::write::open_replica(&config, &clients[0], &clients).expect("queue");
-        let marks = PassiveMarks::new(1);
-        let monitor = Monitor {
-            board: StateBoard::new(initial_states(&clients)),
-            clients,
-            replicas: vec![replica.clone()],
-            peers: Vec::new(),
-            marks: marks.clone(),
-            health: HealthConfig {
-                interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(10),
-                rise: 1,
-                fall: 2,
-            },
-            reports_file: None,
-            peers_changed: Arc::new(crate::peers::PeerNews::default()),
-        };
+        let (clients, replica) = crate::test_http::one_backend_at(dir.path(), addr);
+        let mut monitor = monitor_of(clients, vec![replica.clone()]);
+        monitor.health.fall = 2;
+        let marks = monitor.marks.clone();
         let mut memory = Memory {
             verdicts: vec![Hysteresis::default()],
             write_failures: vec![0],
@@ -960,22 +928,7 @@ mod tests {
 
     #[tokio::test]
     async fn of_two_reports_of_one_process_the_later_numbered_stands_whichever_arrives_last() {
-        let client = unreachable("a");
-        let monitor = Monitor {
-            board: StateBoard::new(initial_states(std::slice::from_ref(&client))),
-            clients: vec![client],
-            replicas: Vec::new(),
-            peers: Vec::new(),
-            marks: PassiveMarks::new(1),
-            health: HealthConfig {
-                interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(1),
-                rise: 1,
-                fall: 1,
-            },
-            reports_file: None,
-            peers_changed: Arc::new(crate::peers::PeerNews::default()),
-        };
+        let monitor = monitor_of(vec![unreachable("a")], Vec::new());
         let mut memory = Memory::default();
         let numbered = |seq: Option<u64>, records: u64| {
             let mut r = sent_report("host", "p2", records);
@@ -1040,29 +993,15 @@ mod tests {
             kept.insert(peer.to_owned(), (report, SystemTime::now(), true));
         }
         save_reports(&file, &kept);
-        let client = unreachable("a");
-        let board = StateBoard::new(initial_states(std::slice::from_ref(&client)));
-        let news = Arc::new(crate::peers::PeerNews::default());
-        let monitor = Monitor {
-            board: board.clone(),
-            clients: vec![client],
-            replicas: Vec::new(),
-            peers: ["relay-2", "relay-3"]
-                .map(|name| Peer {
-                    name: name.to_owned(),
-                    client: unreachable(name),
-                })
-                .to_vec(),
-            marks: PassiveMarks::new(1),
-            health: HealthConfig {
-                interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(1),
-                rise: 1,
-                fall: 1,
-            },
-            reports_file: Some(file.clone()),
-            peers_changed: news.clone(),
-        };
+        let mut monitor = monitor_of(vec![unreachable("a")], Vec::new());
+        monitor.peers = ["relay-2", "relay-3"]
+            .map(|name| Peer {
+                name: name.to_owned(),
+                client: unreachable(name),
+            })
+            .to_vec();
+        monitor.reports_file = Some(file.clone());
+        let (board, news) = (monitor.board.clone(), monitor.peers_changed.clone());
         let (stop, _) = tokio::sync::broadcast::channel(1);
         let running = tokio::spawn(monitor.run(Shutdown::new(stop.subscribe())));
         news.notice(Some(sent_report("host", "p3", 5)));

@@ -6,6 +6,24 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// One backend named `a` at `addr`, with its queue under `dir`: its client and its replica.
+pub fn one_backend_at(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+) -> (
+    Vec<crate::backend::BackendClient>,
+    Arc<crate::write::replica::Replica>,
+) {
+    let text = format!(
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://{addr}\"\n",
+        dir.display().to_string()
+    );
+    let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+    let clients = crate::node::backend_clients(&config).expect("clients");
+    let replica = crate::write::open_replica(&config, &clients[0], &clients).expect("queue");
+    (clients, replica)
+}
+
 /// A request as the server read it.
 pub type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 

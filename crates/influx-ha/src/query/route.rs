@@ -1132,13 +1132,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (addr, queries) = holding_statements(open.clone()).await;
-        let text = format!(
-            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://{addr}\"\n",
-            dir.path().display().to_string()
-        );
-        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
-        let clients = crate::node::backend_clients(&config).expect("clients");
-        let replica = crate::write::open_replica(&config, &clients[0], &clients).expect("queue");
+        let (clients, replica) = crate::test_http::one_backend_at(dir.path(), addr);
         let board = StateBoard::new(crate::monitor::initial_states(&clients));
         let service = QueryService::new(
             clients,

@@ -63,6 +63,20 @@ async fn fast_and_slow_with(dir: &std::path::Path, extra: &str) -> (Replicator, 
     )
 }
 
+/// Replicates `body` at level `one`, which the fast backend of [`fast_and_slow`] meets.
+async fn fast_takes(replicator: &Replicator, body: &'static [u8]) {
+    replicator
+        .replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::One,
+            Bytes::from_static(body),
+        )
+        .await
+        .expect("the fast backend takes it");
+}
+
 /// Two fake backends, `up` and `down` by name, replicated to.
 async fn two_fakes(
     dir: &std::path::Path,
@@ -206,16 +220,7 @@ async fn a_failed_insured_append_keeps_writes_behind_the_send_still_running() {
         fast_and_slow_with(dir.path(), "[queue]\nmin_free_disk = \"1000TiB\"\n").await;
     let replicas = replicator.replicas();
     let slow = &replicas[1];
-    replicator
-        .replicate(
-            "db".into(),
-            None,
-            "",
-            Consistency::One,
-            Bytes::from_static(b"m v=1 1\n"),
-        )
-        .await
-        .expect("the fast backend takes it");
+    fast_takes(&replicator, b"m v=1 1\n").await;
     // The slow backend's copy was insured and its record refused; its send still runs.
     assert_eq!(slow.late_sends(), 1);
     assert!(!slow.queue().has_pending());
@@ -322,16 +327,7 @@ async fn an_insured_record_whose_send_failed_is_replayed() {
     let (replicator, slow_fake) = fast_and_slow(dir.path()).await;
     let slow = replicator.replicas()[1].clone();
     slow_fake.fail_b_once.store(true, Ordering::SeqCst);
-    replicator
-        .replicate(
-            "db".into(),
-            None,
-            "",
-            Consistency::One,
-            Bytes::from_static(b"b,t=1 v=1 1\n"),
-        )
-        .await
-        .expect("the fast backend takes it");
+    fast_takes(&replicator, b"b,t=1 v=1 1\n").await;
     slow_fake.stall.store(false, Ordering::SeqCst);
     wait_until("the late send ends", || slow.late_sends() == 0).await;
     replay_until_drained(&slow).await;
