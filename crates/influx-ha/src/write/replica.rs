@@ -99,6 +99,25 @@ impl QueueSlot {
     }
 }
 
+/// An insured send still running, counted in `late_sends` until dropped (by a panic too).
+/// Then the replay is woken: queueing mode may have waited for this send alone, and only the
+/// replay leaves it while it may hold a batch (a purged one included).
+struct LateSend(Arc<Replica>);
+
+impl LateSend {
+    fn start(replica: &Arc<Replica>) -> Self {
+        replica.late_sends.send_modify(|n| *n += 1);
+        LateSend(replica.clone())
+    }
+}
+
+impl Drop for LateSend {
+    fn drop(&mut self) {
+        self.0.late_sends.send_modify(|n| *n -= 1);
+        self.0.kick();
+    }
+}
+
 impl Drop for QueueSlot {
     fn drop(&mut self) {
         if self.held {
@@ -786,7 +805,7 @@ impl Replica {
                 self.counters.insured.fetch_add(1, Ordering::Relaxed);
                 // Counted before the record is appended: a replay that reads the record
                 // also sees that its send is still running.
-                self.late_sends.send_modify(|n| *n += 1);
+                let late = LateSend::start(self);
                 let (outcome, first) = self.enqueue_insured(batch).await;
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -795,9 +814,7 @@ impl Replica {
                         // Before the count drops: the replay looks once no send is running.
                         me.note_delivered_insured(id);
                     }
-                    me.late_sends.send_modify(|n| *n -= 1);
-                    // Queueing mode may have waited for this send alone.
-                    me.leave_queueing_if_drained();
+                    drop(late);
                     me.note_link(!matches!(outcome, WriteOutcome::Retryable { .. }));
                     if !outcome.is_ok() && !matches!(outcome, WriteOutcome::PartialWrite { .. }) {
                         me.counters.direct_failed.fetch_add(1, Ordering::Relaxed);

@@ -230,11 +230,23 @@ async fn a_failed_insured_append_keeps_writes_behind_the_send_still_running() {
         slow.is_queueing(),
         "left queueing mode with a send in flight"
     );
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        slow.clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    // The rewrite goes to its queue (which refuses it), not to it ahead of the first send.
+    fast_takes(&replicator, b"m v=2 1\n").await;
+    // Once that send is over, the replay finds nothing queued and writes go direct again.
     slow_fake.stall.store(false, Ordering::SeqCst);
     wait_until("the send ends and writes go direct again", || {
         slow.late_sends() == 0 && !slow.is_queueing()
     })
     .await;
+    let writes = slow_fake.writes.lock().expect("not poisoned").clone();
+    assert_eq!(writes, [Bytes::from_static(b"m v=1 1\n")]);
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
