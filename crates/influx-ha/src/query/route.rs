@@ -679,7 +679,9 @@ impl Inner {
                 NoAnswer::Unanswered(why) => Unheld::MayHaveRun(why),
             })?;
         let status = resp.status();
-        if status.is_server_error() {
+        // A proxy in front of the backend answers 408 or 429 when busy: it did not run either.
+        let busy = status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS;
+        if status.is_server_error() || busy {
             // Whatever its body says, it did not run: queued for the replay.
             let held = hold(resp, timeout).await;
             let text = held.map_or_else(

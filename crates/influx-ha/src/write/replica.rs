@@ -1367,6 +1367,13 @@ impl Replica {
                             "backend refused the service credentials ({status}); check username/password"
                         ))
                     }
+                    // A proxy in front of the backend, busy: the statement did not run.
+                    (status, _)
+                        if status == StatusCode::REQUEST_TIMEOUT
+                            || status == StatusCode::TOO_MANY_REQUESTS =>
+                    {
+                        Step::Retry(format!("statement answered {status}"))
+                    }
                     // InfluxQL reports a failed statement inside a 200.
                     (status, body) if status.is_success() || status.is_client_error() => {
                         let elsewhere = self.take_refused_elsewhere(id);

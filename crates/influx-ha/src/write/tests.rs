@@ -374,6 +374,8 @@ struct FakeBackend {
     answered: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
     /// Answer this many of the next `/query` requests 401.
     refuse_queries: AtomicUsize,
+    /// Answer this many of the next `/query` requests 429, as a busy proxy does.
+    busy_queries: AtomicUsize,
     /// Answer every write 500.
     fail_all: AtomicBool,
     /// Hold each `/query` while set.
@@ -521,8 +523,16 @@ async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
                                     n.checked_sub(1)
                                 })
                                 .is_ok();
+                            let busy = fake
+                                .busy_queries
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
                             *r.status_mut() = if refuse {
                                 http::StatusCode::UNAUTHORIZED
+                            } else if busy {
+                                http::StatusCode::TOO_MANY_REQUESTS
                             } else if answer.is_some() {
                                 http::StatusCode::OK
                             } else {
@@ -743,6 +753,22 @@ async fn a_queued_statement_refused_for_credentials_waits_instead_of_being_dropp
     assert!(matches!(queued, Outcome::Queued), "{queued:?}");
     replay_until_drained(&replica).await;
     // Refused twice (401), then run: sent three times, and nothing was dropped.
+    assert_eq!(fake.queries.lock().expect("not poisoned").len(), 3);
+    assert_eq!(replica.diverged(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_statement_a_busy_proxy_turns_away_is_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeBackend::default());
+    fake.busy_queries.store(2, Ordering::SeqCst);
+    let replica = one_backend(dir.path(), serve(fake.clone()).await);
+    let queued = replica
+        .enqueue_statement("x", "DROP MEASUREMENT m", "")
+        .await;
+    assert!(matches!(queued, Outcome::Queued), "{queued:?}");
+    replay_until_drained(&replica).await;
+    // Turned away twice (429), then run: not dropped, and nothing differs.
     assert_eq!(fake.queries.lock().expect("not poisoned").len(), 3);
     assert_eq!(replica.diverged(), None);
 }
