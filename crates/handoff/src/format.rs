@@ -102,28 +102,16 @@ pub(crate) fn encode_frame(rec: &Record<'_>, ts_ms: u64) -> Result<Vec<u8>, Erro
             (KIND_SCHEMA_PARAMS, *db, "", "", with_params.as_slice())
         }
     };
-    let mut f = head_with_room(kind, ts_ms, db, rp, precision, payload, payload.len())?;
+    let mut f = encode_head(kind, ts_ms, db, rp, precision, payload, payload.len())?;
     f.extend_from_slice(payload);
     Ok(f)
 }
 
 /// Encodes everything of a frame except the payload bytes, which the caller writes right
 /// after it; the CRC covers the payload. Lets a shared payload be written without a copy.
+/// The buffer has `room` more bytes of capacity: none for a head that waits in the writer's
+/// queue while its payload is shared (a queue falling behind holds thousands of them).
 pub(crate) fn encode_head(
-    kind: u8,
-    ts_ms: u64,
-    db: &str,
-    rp: &str,
-    precision: &str,
-    payload: &[u8],
-) -> Result<Vec<u8>, Error> {
-    // No room for the payload: the head waits in the writer's queue as long as the append
-    // does, and a queue falling behind holds thousands of them.
-    head_with_room(kind, ts_ms, db, rp, precision, payload, 0)
-}
-
-/// [`encode_head`] in a buffer with `room` more bytes of capacity.
-fn head_with_room(
     kind: u8,
     ts_ms: u64,
     db: &str,
@@ -325,7 +313,7 @@ mod tests {
     #[test]
     fn a_head_for_a_shared_payload_holds_no_room_for_it() {
         let payload = vec![b'x'; 1 << 20];
-        let head = encode_head(KIND_WRITE, 42, "db", "autogen", "ms", &payload).expect("head");
+        let head = encode_head(KIND_WRITE, 42, "db", "autogen", "ms", &payload, 0).expect("head");
         assert!(head.capacity() < 1024, "{} bytes held", head.capacity());
         // Head and payload together are the frame encode_frame writes.
         let rec = Record::Write {

@@ -455,7 +455,7 @@ impl Queue {
         payload: Bytes,
     ) -> PreparedAppend {
         let req = self.check(payload.len()).and_then(|ts| {
-            let head = format::encode_head(format::KIND_WRITE, ts, db, rp, precision, &payload)?;
+            let head = format::encode_head(format::KIND_WRITE, ts, db, rp, precision, &payload, 0)?;
             Ok(Req {
                 head,
                 payload: Some(payload),

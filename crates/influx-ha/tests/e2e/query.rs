@@ -448,14 +448,17 @@ fn see_relay_1_avoid_influx_1(relay1: &mut Relay) {
     }
 }
 
+/// A `[[peer]]` table of the config: `name` at `url`.
+fn peer_toml(name: &str, url: &str) -> String {
+    format!("[[peer]]\nname = \"{name}\"\nurl = \"{url}\"\n")
+}
+
 /// relay-2 in front of `urls2` and relay-1 in front of `urls1`, each the other's `[[peer]]`,
 /// with `extra2` / `extra1` config; returns them once relay-1 serves reads from influx-1.
 fn peered_relays(urls2: &[String], extra2: &str, urls1: &[String], extra1: &str) -> (Relay, Relay) {
     let port = |_| testkit::free_port().expect("free port");
     let (p1, p2): (u16, u16) = (port(1), port(2));
-    let peer = |name: &str, port: u16| {
-        format!("[[peer]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}\"\n")
-    };
+    let peer = |name: &str, port: u16| peer_toml(name, &format!("http://127.0.0.1:{port}"));
     let mut relay2 = Relay::start_urls_on(p2, urls2, &format!("{extra2}{}", peer("relay-1", p1)));
     wait_ready(&mut relay2);
     let mut relay1 = Relay::start_urls_on(p1, urls1, &format!("{extra1}{}", peer("relay-2", p2)));
@@ -549,7 +552,10 @@ fn a_peer_that_cannot_be_polled_still_tells_of_its_queue_and_of_its_drain() {
     let mut relay2 = Relay::start_urls_on(
         p2,
         &[a.url(), refuse_b.url()],
-        &format!("{FAST_HEALTH}[[peer]]\nname = \"relay-1\"\nurl = \"http://127.0.0.1:{p1}\"\n"),
+        &format!(
+            "{FAST_HEALTH}{}",
+            peer_toml("relay-1", &format!("http://127.0.0.1:{p1}"))
+        ),
     );
     wait_ready(&mut relay2);
     // relay-1 polls relay-2 through a proxy, at start and then every hour.
@@ -558,8 +564,8 @@ fn a_peer_that_cannot_be_polled_still_tells_of_its_queue_and_of_its_drain() {
         p1,
         &[a.url(), b.url()],
         &format!(
-            "[health]\ninterval = \"1h\"\nrise = 1\nfall = 1\n[[peer]]\nname = \"relay-2\"\nurl = \"{}\"\n",
-            to_relay2.url()
+            "[health]\ninterval = \"1h\"\nrise = 1\nfall = 1\n{}",
+            peer_toml("relay-2", &to_relay2.url())
         ),
     );
     wait_ready(&mut relay1);
@@ -629,13 +635,12 @@ fn a_peers_notice_is_heard_while_another_peer_hangs() {
     let hang_peer = FaultProxy::start(a.addr());
     let port = |_| testkit::free_port().expect("free port");
     let (p1, p2, closed): (u16, u16, u16) = (port(1), port(2), port(3));
-    let peer = |name: &str, url: &str| format!("[[peer]]\nname = \"{name}\"\nurl = \"{url}\"\n");
     let mut relay2 = Relay::start_urls_on(
         p2,
         &[a.url(), refuse_b.url()],
         &format!(
             "{FAST_HEALTH}{}",
-            peer("relay-1", &format!("http://127.0.0.1:{closed}"))
+            peer_toml("relay-1", &format!("http://127.0.0.1:{closed}"))
         ),
     );
     wait_ready(&mut relay2);
@@ -644,8 +649,8 @@ fn a_peers_notice_is_heard_while_another_peer_hangs() {
         &[a.url(), b.url()],
         &format!(
             "[health]\ninterval = \"1h\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n{}{}",
-            peer("relay-2", &format!("http://127.0.0.1:{p2}")),
-            peer("relay-3", &hang_peer.url())
+            peer_toml("relay-2", &format!("http://127.0.0.1:{p2}")),
+            peer_toml("relay-3", &hang_peer.url())
         ),
     );
     wait_ready(&mut relay1);
