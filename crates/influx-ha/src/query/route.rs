@@ -222,7 +222,6 @@ async fn read_request_body(
 /// it reports.
 struct Verdict {
     status: StatusCode,
-    error: Option<String>,
     /// How it refused the statements, if it did.
     refusal: Option<Refusal>,
 }
@@ -231,13 +230,17 @@ impl Verdict {
     fn of(held: &Held) -> Self {
         Verdict {
             status: held.status,
-            error: crate::write::schema::statement_error(&held.body),
             refusal: Refusal::of(held.status, &held.body),
         }
     }
 
+    /// The first error it reports.
+    fn error(&self) -> Option<&str> {
+        self.refusal.as_ref()?.error.as_deref()
+    }
+
     fn is_clean(&self) -> bool {
-        self.status.is_success() && self.error.is_none()
+        self.refusal.is_none()
     }
 }
 
@@ -886,7 +889,7 @@ impl Inner {
             return;
         };
         for (i, v) in verdicts.iter().filter(|(_, v)| !v.is_clean()) {
-            let why = v.error.as_deref().unwrap_or("");
+            let why = v.error().unwrap_or("");
             let lacks = why.contains("not found");
             tracing::error!(
                 backend = self.name(*i),

@@ -50,11 +50,16 @@ pub struct Refusal {
 impl Refusal {
     /// The refusal an answer says, if it is one.
     pub fn of(status: StatusCode, body: &[u8]) -> Option<Refusal> {
-        let error = schema::statement_error(body);
-        (!status.is_success() || error.is_some()).then(|| Refusal {
+        // The answer is read once; one not read whole is searched for its first error.
+        let errors = schema::statement_errors(body);
+        let error = match &errors {
+            Some(errors) => errors.first().map(|(_, e)| e.clone()),
+            None => schema::statement_error(body),
+        };
+        (!status.is_success() || error.is_some()).then_some(Refusal {
             status,
             error,
-            errors: schema::statement_errors(body),
+            errors,
         })
     }
 
