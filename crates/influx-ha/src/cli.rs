@@ -122,7 +122,7 @@ pub struct RepairArgs {
 /// Options of `hash-password`.
 #[derive(Debug, Args)]
 pub struct HashPasswordArgs {
-    /// PBKDF2 iterations (at least 10000); more is slower to check and to attack.
+    /// PBKDF2 iterations (10000 to 2000000); more is slower to check and to attack.
     #[arg(long, default_value_t = crate::auth::password::DEFAULT_ITERATIONS)]
     pub iterations: u32,
 }

@@ -603,10 +603,12 @@ fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         let shown = redact_line(raw_line);
         if shown != raw_line.trim_end_matches('\r') {
             // serde quotes offending values in backticks; a password's must not appear.
-            let scrubbed = scrub_backticks(e.message());
             let value = raw_line.split_once('=').map_or(raw_line, |(_, v)| v);
             let value = value.trim().trim_matches(['"', '\'']);
-            message = Some(if !value.is_empty() && scrubbed.contains(value) {
+            let scrubbed = scrub_backticks(e.message(), value);
+            // A value of a few characters turns up in any message by chance (`x` in
+            // "expected"); the backticks, where serde quotes values, are scrubbed anyway.
+            message = Some(if value.len() >= 4 && scrubbed.contains(value) {
                 "invalid password value (it must be a quoted string)".to_owned()
             } else {
                 scrubbed
@@ -623,8 +625,10 @@ fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     }
 }
 
-/// Replaces every `` `…` `` in a message with `` `<redacted>` ``.
-fn scrub_backticks(message: &str) -> String {
+/// Replaces each `` `…` `` of a message that holds part of `value` (or all of them, for an
+/// empty value) with `` `<redacted>` ``; the others, such as the names of the expected keys,
+/// stay readable.
+fn scrub_backticks(message: &str, value: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut parts = message.split('`');
     if let Some(first) = parts.next() {
@@ -633,21 +637,28 @@ fn scrub_backticks(message: &str) -> String {
     let mut inside = true;
     for part in parts {
         out.push('`');
-        out.push_str(if inside { "<redacted>" } else { part });
+        let secret = value.is_empty() || part.contains(value) || value.contains(part);
+        out.push_str(if inside && secret { "<redacted>" } else { part });
         inside = !inside;
     }
     out
 }
 
-/// A config line safe to show: the value of any key mentioning "password" is hidden.
+/// Words that make a config line's value secret, whatever the key is spelled like
+/// (`passwd`, `pasword`, an inline table holding a password, a token).
+const SECRET_WORDS: [&str; 6] = ["pass", "word", "pwd", "pswd", "secret", "token"];
+
+/// A config line safe to show: on a line mentioning a secret, everything after the first `=`
+/// (or the whole line, without one) is hidden.
 fn redact_line(line: &str) -> String {
     let line = line.trim_end_matches('\r');
+    let lower = line.to_ascii_lowercase();
+    if !SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+        return line.to_owned();
+    }
     match line.split_once('=') {
-        Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
-            format!("{}= <redacted>", key)
-        }
-        None if line.to_ascii_lowercase().contains("password") => "<redacted>".to_owned(),
-        _ => line.to_owned(),
+        Some((key, _)) => format!("{key}= <redacted>"),
+        None => "<redacted>".to_owned(),
     }
 }
 
@@ -904,14 +915,21 @@ fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    if authority.contains('@') {
+    // Before the path, or where a password holding a `/` puts it.
+    if authority.contains('@')
+        || path
+            .split(['?', '#'])
+            .next()
+            .is_some_and(|p| p.contains('@'))
+    {
         return Err(
             "must not contain credentials: set username and password in the [[backend]] table"
                 .to_owned(),
         );
     }
     if path.contains(['?', '#']) {
-        return Err(format!("{url:?} must not have a query or fragment"));
+        // Not shown: a query may hold credentials (`?u=…&p=…`).
+        return Err("must not have a query or fragment".to_owned());
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let Some((inner, after)) = v6.split_once(']') else {

@@ -59,10 +59,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::HashPassword(args) => {
-            use influx_ha::auth::password::{MIN_ITERATIONS, PasswordHash};
+            use influx_ha::auth::password::{MAX_ITERATIONS, MIN_ITERATIONS, PasswordHash};
             anyhow::ensure!(
-                args.iterations >= MIN_ITERATIONS,
-                "--iterations must be at least {MIN_ITERATIONS}"
+                (MIN_ITERATIONS..=MAX_ITERATIONS).contains(&args.iterations),
+                "--iterations must be from {MIN_ITERATIONS} to {MAX_ITERATIONS}"
             );
             let password = influx_ha::auth::input::read_password()?;
             let hash = PasswordHash::new(&password, args.iterations)?;

@@ -354,20 +354,29 @@ struct Api {
 
 /// Credentials for a node with `[auth]` on, from the environment (see the module docs).
 pub(crate) fn authorization_from_env() -> Option<http::HeaderValue> {
-    let value = match (
-        std::env::var("INFLUX_HA_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+    authorization(
+        std::env::var("INFLUX_HA_TOKEN").ok(),
         std::env::var("INFLUX_HA_USERNAME").ok(),
         std::env::var("INFLUX_HA_PASSWORD").ok(),
-    ) {
-        (Some(token), _, _) => format!("Token {token}"),
-        (None, Some(user), Some(password)) => format!("Token {user}:{password}"),
-        _ => return None,
-    };
-    let mut header = http::HeaderValue::from_str(&value).ok()?;
-    header.set_sensitive(true);
-    Some(header)
+    )
+}
+
+/// The `Authorization` value for a token, or else a user and password. A password goes as
+/// Basic, which carries any character: in `Token user:password` a space would split it.
+pub(super) fn authorization(
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+) -> Option<http::HeaderValue> {
+    match (token.filter(|t| !t.is_empty()), user, password) {
+        (Some(token), _, _) => {
+            let mut header = http::HeaderValue::from_str(&format!("Token {token}")).ok()?;
+            header.set_sensitive(true);
+            Some(header)
+        }
+        (None, Some(user), Some(password)) => Some(crate::backend::basic_auth(&user, &password)),
+        _ => None,
+    }
 }
 
 impl Api {

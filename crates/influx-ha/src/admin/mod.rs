@@ -243,6 +243,14 @@ impl AdminHandler {
         let path = req.uri().path().to_owned();
         let params = QueryParams::parse(req.uri().query());
         let get = method == Method::GET || method == Method::HEAD;
+        if !get && from_a_web_page(req.headers()) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the admin API takes no requests from web pages (this one carries Origin or \
+                 Sec-Fetch-Site): use influx-ha's commands or an HTTP client"
+                    .to_owned(),
+            );
+        }
         match path.as_str() {
             "/" if get => {
                 let s = self.status();
@@ -500,6 +508,15 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
 
 fn error(status: StatusCode, message: String) -> Response<ResponseBody> {
     json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Whether a browser sent the request: every browser in use adds `Origin` to a POST and
+/// `Sec-Fetch-Site` to every request, and no tool of ours (the commands, peers) nor curl does.
+/// An operation such as a purge must not run because a page the operator opened, on another
+/// site or on a name rebound to this address, posted to it with the browser's remembered
+/// credentials.
+fn from_a_web_page(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::ORIGIN) || headers.contains_key("sec-fetch-site")
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {

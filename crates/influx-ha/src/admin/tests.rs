@@ -73,11 +73,22 @@ async fn call(
     method: &str,
     uri: &str,
 ) -> (StatusCode, String, http::HeaderMap) {
-    let req = Request::builder()
+    call_with(admin, method, uri, &[]).await
+}
+
+async fn call_with(
+    admin: &AdminHandler,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String, http::HeaderMap) {
+    let mut req = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).expect("method"))
-        .uri(uri)
-        .body(empty())
-        .expect("request");
+        .uri(uri);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(empty()).expect("request");
     let resp = admin.call(RequestId::new(), req).await;
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.expect("body").to_bytes();
@@ -441,6 +452,49 @@ async fn a_flag_stays_when_another_backend_had_writes_queued_as_the_verify_began
     let (status, body) = verified().await;
     assert_eq!(status, 200, "{body}");
     assert!(alpha.diverged().is_none());
+}
+
+#[tokio::test]
+async fn operations_posted_from_a_web_page_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    write_one(&replicator, "m v=1 1\n").await;
+    let from_pages: [&[(&str, &str)]; 4] = [
+        &[("Origin", "http://evil.example")],
+        // A name rebound to this address makes the page's origin match the Host.
+        &[
+            ("Origin", "http://relay.example:8093"),
+            ("Host", "relay.example:8093"),
+        ],
+        &[("Sec-Fetch-Site", "same-origin")],
+        &[("Origin", "null")],
+    ];
+    for headers in from_pages {
+        for path in [
+            "/admin/v1/queue/beta/purge",
+            "/admin/v1/backend/beta/maintenance",
+            "/admin/v1/queues/changed",
+        ] {
+            let (status, body, _) = call_with(&admin, "POST", path, headers).await;
+            assert_eq!(status, 403, "{path} {headers:?}: {body}");
+            assert!(body.contains("no requests from web pages"), "{body}");
+        }
+    }
+    let beta = &replicator.replicas()[1];
+    assert!(!beta.in_maintenance());
+    let v = json(&call(&admin, "GET", "/admin/v1/queue/beta").await.1);
+    assert_eq!(v["depth"]["records"], 1, "nothing was purged");
+    // Reading stays open to the page, and tools that send neither header still operate.
+    let (status, _, _) = call_with(
+        &admin,
+        "GET",
+        "/status",
+        &[("Sec-Fetch-Site", "same-origin")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body, _) = call(&admin, "POST", "/admin/v1/queue/beta/purge").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
@@ -918,4 +972,26 @@ async fn operations_are_refused_once_the_queues_are_closed() {
     assert!(replicator.replicas()[0].diverged().is_none());
     let (status, _, _) = call(&admin, "GET", "/admin/v1/queue").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_commands_present_a_password_with_a_space_so_that_it_is_accepted() {
+    use crate::auth::password::{MIN_ITERATIONS, PasswordHash};
+    let users = [crate::auth::User {
+        name: "ops".to_owned(),
+        password_hash: PasswordHash::new(b"correct horse", MIN_ITERATIONS).expect("hash"),
+    }];
+    let authenticator = crate::auth::Authenticator::new(&users, &[]);
+    let value = super::cli::authorization(None, Some("ops".into()), Some("correct horse".into()))
+        .expect("a header");
+    assert!(value.is_sensitive());
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, value);
+    assert_eq!(
+        authenticator
+            .authenticate(&headers, None)
+            .await
+            .map(|p| p.name.to_string()),
+        Ok("ops".to_owned())
+    );
 }

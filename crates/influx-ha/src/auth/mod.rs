@@ -105,8 +105,9 @@ pub struct Authenticator {
     /// Keys the verification memory (random per process, so its entries mean nothing
     /// outside it).
     cache_key: hmac::Key,
-    /// HMAC(user, password) → whether it matched.
-    cache: Mutex<Memory>,
+    /// HMAC(user, password) → whether it matched. Shared with the checks still running, which
+    /// record their outcome even when their request is gone.
+    cache: Arc<Mutex<Memory>>,
     /// Bounds the CPU spent on password hashing.
     verify_slots: Arc<Semaphore>,
     /// Refused requests so far (for metrics).
@@ -140,7 +141,7 @@ impl Authenticator {
                 .map(|t| (t.digest, Arc::from(t.name.as_str())))
                 .collect(),
             cache_key,
-            cache: Mutex::new(Memory::default()),
+            cache: Arc::default(),
             verify_slots: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
             failures: AtomicU64::new(0),
         }
@@ -191,19 +192,24 @@ impl Authenticator {
             };
         }
         let slot = tokio::time::timeout(VERIFY_WAIT, self.verify_slots.clone().acquire_owned());
-        let Ok(Ok(_slot)) = slot.await else {
+        let Ok(Ok(slot)) = slot.await else {
             return Err(AuthError::Busy);
         };
         // Another request may have verified the same pair while this one waited.
         let ok = match self.remembered(&key) {
             Some(ok) => ok,
             None => {
-                let hash = hash.clone();
-                let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
-                    .await
-                    .unwrap_or(false);
-                self.remember(key, ok);
-                ok
+                let (hash, memory) = (hash.clone(), self.cache.clone());
+                // The slot and the outcome go with the hash: a client that hangs up cannot
+                // free the slot while its hash still runs, nor make the next try hash again.
+                tokio::task::spawn_blocking(move || {
+                    let ok = hash.verify(&password);
+                    remember(&memory, key, ok);
+                    drop(slot);
+                    ok
+                })
+                .await
+                .unwrap_or(false)
             }
         };
         if ok {
@@ -240,21 +246,30 @@ impl Authenticator {
         }
     }
 
-    fn remember(&self, key: [u8; 32], ok: bool) {
-        let mut memory = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let kind = if ok {
-            &mut memory.matched
-        } else {
-            &mut memory.refused
-        };
-        if kind.len() >= CACHE_ENTRIES {
-            kind.clear();
+    /// Takes over what `old` remembered when both have the same users and password hashes,
+    /// so that a reload which leaves them alone (a certificate renewal, say) does not make
+    /// every client's password be hashed again at once.
+    pub fn carry_memory_from(&mut self, old: &Authenticator) {
+        if self.users == old.users {
+            self.cache_key = old.cache_key.clone();
+            self.cache = old.cache.clone();
         }
-        kind.insert(key);
     }
+}
+
+fn remember(memory: &Mutex<Memory>, key: [u8; 32], ok: bool) {
+    let mut memory = memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kind = if ok {
+        &mut memory.matched
+    } else {
+        &mut memory.refused
+    };
+    if kind.len() >= CACHE_ENTRIES {
+        kind.clear();
+    }
+    kind.insert(key);
 }
 
 /// Verification results remembered, by keyed digest of user and password.

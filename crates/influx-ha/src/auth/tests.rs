@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
 
@@ -148,10 +150,10 @@ async fn a_password_for_another_user_does_not_match() {
 async fn wrong_passwords_never_evict_the_right_ones_from_memory() {
     let a = Authenticator::new(&[], &[]);
     let right = a.cache_key_of("telegraf", b"s3cret");
-    a.remember(right, true);
+    remember(&a.cache, right, true);
     for i in 0..CACHE_ENTRIES + 10 {
         let wrong = a.cache_key_of("telegraf", format!("guess {i}").as_bytes());
-        a.remember(wrong, false);
+        remember(&a.cache, wrong, false);
     }
     assert_eq!(a.remembered(&right), Some(true));
     assert_eq!(a.remembered(&a.cache_key_of("telegraf", b"guess 0")), None);
@@ -175,5 +177,85 @@ async fn a_request_that_cannot_get_a_verification_slot_is_told_to_retry() {
     assert_eq!(
         a.authenticate(&none, Some("u=telegraf&p=s3cret")).await,
         Err(AuthError::Busy)
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_keeps_its_slot_until_its_hash_is_done() {
+    // Slow enough that the request is gone long before its hash is done.
+    let users = [User {
+        name: "telegraf".to_owned(),
+        password_hash: PasswordHash::new(b"s3cret", 600_000).expect("hash"),
+    }];
+    let a = Arc::new(Authenticator::new(&users, &[]));
+    let check = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.authenticate(&HeaderMap::new(), Some("u=telegraf&p=guess"))
+                .await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a.verify_slots.available_permits() == VERIFY_CONCURRENCY {
+        assert!(tokio::time::Instant::now() < deadline, "the check starts");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    check.abort();
+    let key = a.cache_key_of("telegraf", b"guess");
+    loop {
+        // Read in this order: the outcome is recorded before the slot is given back.
+        let free = a.verify_slots.available_permits();
+        if let Some(ok) = a.remembered(&key) {
+            assert!(!ok);
+            break;
+        }
+        assert!(
+            free < VERIFY_CONCURRENCY,
+            "the slot was freed before the hash ended"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outcome is recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_with_the_same_users_keeps_what_was_remembered() {
+    let users = [User {
+        name: "telegraf".to_owned(),
+        password_hash: PasswordHash::new(b"s3cret", MIN_ITERATIONS).expect("hash"),
+    }];
+    let old = Authenticator::new(&users, &[]);
+    let none = HeaderMap::new();
+    assert!(
+        old.authenticate(&none, Some("u=telegraf&p=s3cret"))
+            .await
+            .is_ok()
+    );
+
+    let mut same = Authenticator::new(&users, &[]);
+    same.carry_memory_from(&old);
+    assert_eq!(
+        same.remembered(&same.cache_key_of("telegraf", b"s3cret")),
+        Some(true)
+    );
+    // A new password hash for the user: what was remembered no longer holds.
+    let changed_users = [User {
+        name: "telegraf".to_owned(),
+        password_hash: PasswordHash::new(b"other", MIN_ITERATIONS).expect("hash"),
+    }];
+    let mut changed = Authenticator::new(&changed_users, &[]);
+    changed.carry_memory_from(&old);
+    assert_eq!(
+        changed.remembered(&changed.cache_key_of("telegraf", b"s3cret")),
+        None
+    );
+    assert_eq!(
+        changed
+            .authenticate(&none, Some("u=telegraf&p=s3cret"))
+            .await,
+        Err(AuthError::Failed)
     );
 }

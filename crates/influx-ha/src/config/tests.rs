@@ -236,6 +236,53 @@ fn unknown_keys_are_refused_with_their_line() {
 }
 
 #[test]
+fn secrets_under_misspelled_keys_in_inline_tables_and_in_urls_are_not_shown() {
+    for (backend, secret) in [
+        (
+            "name = \"a\"\nurl = \"http://h:1\"\npasswd = \"hunter2\"",
+            "hunter2",
+        ),
+        (
+            "name = \"a\"\nurl = \"http://h:1\"\npasword = \"hunter2\"",
+            "hunter2",
+        ),
+        (
+            "name = \"a\"\nurl = \"http://h:1\"\nsecret = 12345678",
+            "12345678",
+        ),
+    ] {
+        let err = parse_error(&with_backend("", backend));
+        assert!(!err.contains(secret), "{err}");
+        assert!(err.contains("<redacted>"), "{err}");
+    }
+    // The key's name stays readable in the message.
+    let err = parse_error(&with_backend(
+        "",
+        "name = \"a\"\nurl = \"http://h:1\"\npasswd = \"hunter2\"",
+    ));
+    assert!(err.contains("unknown field `passwd`"), "{err}");
+
+    let err = parse_error(
+        "data_dir = \"/d\"\nbackend = [{ name = \"a\", url = \"http://h:1\", password = \"hunter2\", bogus = 1 }]\n",
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    for url in [
+        "http://h:8086/?u=relay&p=hunter2",
+        "http://h:8086/#hunter2",
+        "http://user:hun/ter2@h:8086",
+        "http://user:hunter2@h:8086",
+    ] {
+        let p = problem(&with_backend("", &format!("name = \"a\"\nurl = \"{url}\"")));
+        assert_eq!(p.key, "backend[0].url");
+        assert!(
+            !p.to_string().contains("hunter2") && !p.to_string().contains("hun/"),
+            "{p}"
+        );
+    }
+}
+
+#[test]
 fn syntax_and_type_errors_name_the_line() {
     let err = parse_error("data_dir = \"/d\"\n[http]\nbind = 8086\n");
     assert!(err.contains("line 3"), "{err}");

@@ -76,7 +76,10 @@ impl Guard {
 
     /// Replaces the authentication settings (for a config reload); requests already past the
     /// check are not affected.
-    pub fn set_auth(&self, auth: Option<AuthSettings>) {
+    pub fn set_auth(&self, mut auth: Option<AuthSettings>) {
+        if let (Some(new), Some(old)) = (auth.as_mut(), self.inner.auth.load().as_ref()) {
+            new.authenticator.carry_memory_from(&old.authenticator);
+        }
         if let Some(old) = self.inner.auth.swap(auth.map(Arc::new)) {
             // A request still checking with the old one may count after this: a refusal or
             // two of a reload's moment may go uncounted, never counted twice.

@@ -69,7 +69,8 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+            // A rate so slow that the wait overflows a `Duration` waits for ever in effect.
+            Err(Duration::try_from_secs_f64((1.0 - bucket.tokens) / rate).unwrap_or(Duration::MAX))
         }
     }
 
@@ -84,7 +85,9 @@ impl RateLimiter {
 
 /// The `Retry-After` seconds for a wait: rounded up, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     secs.max(1)
 }
 
@@ -138,6 +141,11 @@ mod tests {
             .take(ClientKey::User(Arc::from("u")), t0)
             .expect_err("limited");
         assert_eq!(retry_after_secs(wait), 10);
+        // A rate too slow for a `Duration` to hold the wait is refused, not a panic.
+        let l = limiter(1e-300, 1);
+        assert_eq!(l.take(addr(1), t0), Ok(()));
+        let wait = l.take(addr(1), t0).expect_err("limited");
+        assert_eq!(retry_after_secs(wait), u64::MAX);
         assert_eq!(retry_after_secs(Duration::from_millis(10_001)), 11);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
