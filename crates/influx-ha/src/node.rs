@@ -426,6 +426,7 @@ fn read_path(
     replicas: &[Arc<crate::write::replica::Replica>],
     board: &crate::state::StateBoard,
     limits: &SharedLimits,
+    inflight: &InflightBytes,
     peers_changed: &Arc<crate::peers::PeerNews>,
 ) -> Result<(crate::query::QueryService, crate::monitor::Monitor), SetupError> {
     let clients: Vec<BackendClient> = replicas.iter().map(|r| r.client().clone()).collect();
@@ -438,6 +439,7 @@ fn read_path(
         marks.clone(),
         config.query.clone(),
         limits.clone(),
+        inflight.clone(),
     );
     let monitor = crate::monitor::Monitor {
         board: board.clone(),
@@ -514,19 +516,21 @@ pub async fn serve_with_reload(
     let limits = SharedLimits::new(BodyLimits::of(&config.http));
     // A peer's notice that its queues changed, with its report: it counts at once.
     let peers_changed = Arc::new(crate::peers::PeerNews::default());
+    let node = Node::bind_with(&config, |_, _| replicator.clone())
+        .await?
+        .with_limits(limits.clone());
+    let inflight = node.inflight().clone();
     let (query, monitor) = read_path(
         &config,
         &replicator.replicas(),
         &board,
         &limits,
+        &inflight,
         &peers_changed,
     )?;
     // A reload that changes the backends rebuilds both over the new set (see below).
     let query_slot = Arc::new(crate::admin::reload::SwappableHandler::new(Arc::new(query)));
-    let node = Node::bind_with(&config, |_, _| replicator.clone())
-        .await?
-        .with_limits(limits.clone())
-        .with_query(query_slot.clone());
+    let node = node.with_query(query_slot.clone());
     let (stop_monitor, _) = tokio::sync::broadcast::channel(1);
     let current_monitor = Arc::new(std::sync::Mutex::new(None));
     let monitor_task = spawn_monitor(monitor, &stop_monitor, &current_monitor);
@@ -637,7 +641,14 @@ pub async fn serve_with_reload(
         let (board, stop_monitor) = (board.clone(), stop_monitor.clone());
         let peers_changed_hook = peers_changed.clone();
         r.on_backends_changed(Box::new(move |config, replicas| {
-            match read_path(config, replicas, &board, &body_limits, &peers_changed_hook) {
+            match read_path(
+                config,
+                replicas,
+                &board,
+                &body_limits,
+                &inflight,
+                &peers_changed_hook,
+            ) {
                 Ok((query, monitor)) => {
                     query_slot.set(Arc::new(query));
                     spawn_monitor(monitor, &stop_monitor, &current_monitor);

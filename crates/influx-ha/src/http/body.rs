@@ -430,6 +430,39 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
+    let RequestBody { data: raw, permit } = read_raw_body(body, headers, limits, inflight).await?;
+    if !is_gzip(headers) {
+        return Ok(RequestBody { data: raw, permit });
+    }
+    let max = limits.max_body_bytes;
+    let inflated = gunzip(&raw, max).map_err(|e| match e {
+        GunzipError::TooLarge => RequestError::BodyTooLarge,
+        GunzipError::Invalid(g) => RequestError::InvalidGzip(g),
+    })?;
+    // The compressed bytes are gone: release them before counting the inflated ones.
+    drop(raw);
+    drop(permit);
+    // The inflated bytes are in memory already: they are counted, or refused, without waiting
+    // (a wait would hold them uncounted).
+    let mut inflated_permit = InflightPermit::default();
+    inflight.try_grow(&mut inflated_permit, inflated.len())?;
+    Ok(RequestBody {
+        data: Bytes::from(inflated),
+        permit: inflated_permit,
+    })
+}
+
+/// Reads and caps a request body as it came (no inflating), counted in `inflight`.
+pub async fn read_raw_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    limits: &BodyLimits,
+    inflight: &InflightBytes,
+) -> Result<RequestBody, RequestError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let max = limits.max_body_bytes;
     let declared = content_length(headers);
     if declared.is_some_and(|n| n > max as u64) {
@@ -448,24 +481,7 @@ where
         Ok(result) => result?,
         Err(_) => return Err(RequestError::BodyReadTimeout),
     };
-    if !is_gzip(headers) {
-        return Ok(RequestBody { data: raw, permit });
-    }
-    let inflated = gunzip(&raw, max).map_err(|e| match e {
-        GunzipError::TooLarge => RequestError::BodyTooLarge,
-        GunzipError::Invalid(g) => RequestError::InvalidGzip(g),
-    })?;
-    // The compressed bytes are gone: release them before counting the inflated ones.
-    drop(raw);
-    drop(permit);
-    // The inflated bytes are in memory already: they are counted, or refused, without waiting
-    // (a wait would hold them uncounted).
-    let mut inflated_permit = InflightPermit::default();
-    inflight.try_grow(&mut inflated_permit, inflated.len())?;
-    Ok(RequestBody {
-        data: Bytes::from(inflated),
-        permit: inflated_permit,
-    })
+    Ok(RequestBody { data: raw, permit })
 }
 
 /// How long a body with a declared length may take to start arriving before it must keep

@@ -22,7 +22,11 @@
 //! | `KILL QUERY n [ON "backend"]` | [`StatementKind::KillQuery`] | the one backend named (query ids are per backend) |
 //! | `DROP SHARD n` | [`StatementKind::PerBackend`] | refused: shard ids are per backend, the same id names other data on each |
 //!
-//! A `KILL QUERY` sent together with statements for every backend is refused too.
+//! Refused as well: a `KILL QUERY` sent together with statements for every backend, `KILL
+//! QUERY` statements naming different backends, statements about users sent together with
+//! changes that cannot be repeated (the ones are never queued, the others must be), and any
+//! query holding a NUL
+//! character (InfluxQL's scanner drops it inside a word, so `DR\0OP` runs as `DROP`).
 //!
 //! The safe direction matters: a write taken for a read would reach one backend only, so any
 //! `INTO` outside quotes in a `SELECT` or `EXPLAIN` makes it a write, even where InfluxDB would
@@ -76,8 +80,10 @@ pub enum Route {
         /// The backend named in the first `KILL QUERY … ON`, if any.
         on: Option<String>,
     },
-    /// Nowhere, for this reason: a [`StatementKind::PerBackend`] statement, or a `KILL QUERY`
-    /// (one backend) sent with statements that must run on every backend.
+    /// Nowhere, for this reason: a [`StatementKind::PerBackend`] statement, a `KILL QUERY`
+    /// (one backend) sent with statements that must run on every backend or with one naming
+    /// another backend, user statements sent with changes that cannot be repeated, or a NUL
+    /// in the text.
     Refused(&'static str),
 }
 
@@ -430,13 +436,38 @@ pub fn classify(q: &str) -> Classified {
         .collect();
     let any = |f: fn(&StatementKind) -> bool| statements.iter().any(|s| f(&s.kind));
     let kill = any(|k| matches!(k, StatementKind::KillQuery { .. }));
-    let route = if any(|k| *k == StatementKind::PerBackend) {
+    let mut kill_hosts = statements.iter().filter_map(|s| match &s.kind {
+        StatementKind::KillQuery { on } => Some(on),
+        _ => None,
+    });
+    let first_host = kill_hosts.next();
+    let route = if q.contains('\0') {
+        // InfluxQL's scanner drops a NUL inside a word (`DR\0OP` runs as `DROP`) and ends a
+        // `--` comment at one, so no reading of the text here could match what runs.
+        Route::Refused(
+            "the query holds a NUL character, which InfluxQL skips inside words and takes for the end of a comment: remove it",
+        )
+    } else if any(|k| *k == StatementKind::PerBackend) {
         Route::Refused(
             "DROP SHARD names a shard by its id on one backend, and the same id is other data on each: run it on each InfluxDB directly",
         )
     } else if kill && any(|k| matches!(k, StatementKind::Write | StatementKind::UserAdmin)) {
         Route::Refused(
             "KILL QUERY runs on one backend and the other statements on every backend: send them apart",
+        )
+    } else if first_host.is_some_and(|first| kill_hosts.any(|on| on != first)) {
+        Route::Refused(
+            "the KILL QUERY statements name different backends (query ids are per backend): send them apart",
+        )
+    } else if any(|k| *k == StatementKind::UserAdmin)
+        && statements
+            .iter()
+            .any(|s| s.kind == StatementKind::Write && !s.repeatable)
+    {
+        // Run directly, a change that cannot be repeated would be left done on some backends
+        // only by a failure halfway, with nothing queued to finish it.
+        Route::Refused(
+            "statements about users run on every backend directly and are never queued, and a change that cannot be run twice must be queued for a backend that fails it: send them apart",
         )
     } else if any(|k| *k == StatementKind::UserAdmin) {
         Route::UserAdmin

@@ -7,8 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use handoff::RecordId;
 use http::header::{
-    ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName,
-    HeaderValue,
+    ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -20,7 +19,7 @@ use super::stream::{Outstanding, Peeked, Relayed, peek};
 use crate::backend::{BackendClient, SendError};
 use crate::config::QueryConfig;
 use crate::go_json;
-use crate::http::body::{BodyLimits, SharedLimits};
+use crate::http::body::{InflightBytes, RequestBody, SharedLimits, read_raw_body};
 use crate::http::compat::{RequestId, X_INFLUXDB_ERROR, X_REQUEST_ID, add_common_headers};
 use crate::http::error::RequestError;
 use crate::http::{Handler, HandlerBody, HandlerFuture, ResponseBody, full};
@@ -144,6 +143,8 @@ struct Inner {
     config: QueryConfig,
     /// Request body caps (size, time), as a config reload leaves them.
     limits: SharedLimits,
+    /// The node's budget of request bytes in memory, which query bodies count in too.
+    inflight: InflightBytes,
     /// Rotates the starting point among equally loaded backends.
     rotation: AtomicUsize,
 }
@@ -158,6 +159,7 @@ impl QueryService {
         marks: PassiveMarks,
         config: QueryConfig,
         limits: SharedLimits,
+        inflight: InflightBytes,
     ) -> Self {
         let mut replicas = replicas.into_iter();
         let targets = clients
@@ -175,6 +177,7 @@ impl QueryService {
                 marks,
                 config,
                 limits,
+                inflight,
                 rotation: AtomicUsize::new(0),
             }),
         }
@@ -190,31 +193,6 @@ impl Handler for QueryService {
                 Err(e) => e.into_response(&id),
             }
         })
-    }
-}
-
-/// Reads a request body under the size and time caps.
-async fn read_request_body(
-    mut body: HandlerBody,
-    limits: &BodyLimits,
-) -> Result<Bytes, RequestError> {
-    let max = limits.max_body_bytes;
-    let collect = async move {
-        let mut data = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| RequestError::BodyRead(e.to_string()))?;
-            if let Ok(chunk) = frame.into_data() {
-                if data.len() + chunk.len() > max {
-                    return Err(RequestError::BodyTooLarge);
-                }
-                data.extend_from_slice(&chunk);
-            }
-        }
-        Ok(Bytes::from(data))
-    };
-    match tokio::time::timeout(limits.read_timeout, collect).await {
-        Err(_) => Err(RequestError::BodyReadTimeout),
-        Ok(r) => r,
     }
 }
 
@@ -321,15 +299,19 @@ impl Inner {
     ) -> Result<Response<ResponseBody>, RequestError> {
         let (parts, body) = req.into_parts();
         let limits = self.limits.get();
-        if parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > limits.max_body_bytes as u64)
-        {
+        let RequestBody {
+            data: body,
+            mut permit,
+        } = read_raw_body(body, &parts.headers, &limits, &self.inflight).await?;
+        // The parameters parsed from a form body and the copy forwarded (escaped, up to three
+        // bytes for one) are held while the request runs: counted too, before they are made.
+        let copies = body.len().saturating_mul(4);
+        if copies.saturating_add(body.len()) > self.inflight.capacity() {
             return Err(RequestError::BodyTooLarge);
         }
-        let body = read_request_body(body, &limits).await?;
+        self.inflight
+            .grow(&mut permit, copies, limits.inflight_wait)
+            .await?;
         let mut headers = HeaderMap::new();
         for name in [ACCEPT, ACCEPT_ENCODING] {
             for v in parts.headers.get_all(&name) {
@@ -1003,6 +985,8 @@ impl Inner {
 mod tests {
     use std::time::SystemTime;
 
+    use crate::http::body::BodyLimits;
+
     #[test]
     fn a_queued_copy_is_expected_to_fail_only_as_every_backend_that_ran_it_did() {
         let verdict = |status: u16, body: &str| {
@@ -1051,6 +1035,14 @@ mod tests {
     use crate::state::{BackendState, PeerReport, QueueDepth};
 
     fn service(states: Vec<BackendState>, stale_reads: bool) -> QueryService {
+        service_with(states, stale_reads, InflightBytes::new(1 << 24))
+    }
+
+    fn service_with(
+        states: Vec<BackendState>,
+        stale_reads: bool,
+        inflight: InflightBytes,
+    ) -> QueryService {
         let clients = states
             .iter()
             .map(|s| {
@@ -1087,6 +1079,7 @@ mod tests {
                 read_timeout: Duration::from_secs(1),
                 inflight_wait: Duration::from_secs(1),
             }),
+            inflight,
         )
     }
 
@@ -1153,6 +1146,7 @@ mod tests {
                 read_timeout: Duration::from_secs(1),
                 inflight_wait: Duration::from_secs(1),
             }),
+            crate::http::body::InflightBytes::new(1 << 24),
         );
         let run = || {
             let service = service.clone();
@@ -1305,5 +1299,39 @@ mod tests {
         );
         let single = service(vec![up("only")], false);
         assert_eq!(single.inner.kill_target(None).expect("the only one"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn query_bodies_count_in_the_bytes_in_flight() {
+        let inflight = InflightBytes::new(1000);
+        let s = service_with(vec![up("a")], false, inflight.clone());
+        let post = |q: String| {
+            let s = s.clone();
+            async move {
+                let req = Request::builder()
+                    .method(Method::POST)
+                    .uri("/query")
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(crate::http::full(Bytes::from(format!("q={q}"))))
+                    .expect("request");
+                let resp = s.call(RequestId::new(), req).await;
+                let status = resp.status();
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        // With its parsed and forwarded copies it could never fit.
+        let (status, _) = post(format!("SHOW DATABASES{}", " ".repeat(300))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        // While others hold the room, a body waits for it, then is refused.
+        let mut held = crate::http::body::InflightPermit::default();
+        inflight.try_grow(&mut held, 950).expect("room");
+        let (status, body) = post("SHOW DATABASES".to_owned()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("too many request bytes in flight"), "{body}");
+        drop(held);
+        // With room, it goes on to the read path (whose backend cannot be reached here).
+        let (_, body) = post("SHOW DATABASES".to_owned()).await;
+        assert!(!body.contains("too many request bytes in flight"), "{body}");
     }
 }

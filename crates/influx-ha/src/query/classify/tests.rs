@@ -206,7 +206,13 @@ proptest! {
         let got: Vec<(&str, StatementKind)> = c.statements.iter().map(|s| (&q[s.span.clone()], s.kind.clone())).collect();
         let want: Vec<(&str, StatementKind)> = stmts.iter().map(|(t, k)| (t.as_str(), k.clone())).collect();
         prop_assert_eq!(got, want);
-        let expected_route = if stmts.iter().any(|(_, k)| *k == StatementKind::UserAdmin) {
+        let user = stmts.iter().any(|(_, k)| *k == StatementKind::UserAdmin);
+        let once_only = c.statements.iter().any(|s| s.kind == StatementKind::Write && !s.repeatable);
+        if user && once_only {
+            prop_assert!(matches!(c.route, Route::Refused(_)), "{:?}", c.route);
+            return Ok(());
+        }
+        let expected_route = if user {
             Route::UserAdmin
         } else if stmts.iter().any(|(_, k)| *k == StatementKind::Write) {
             Route::Everywhere
@@ -343,4 +349,53 @@ fn kill_query_with_statements_for_every_backend_is_refused() {
         classify("KILL QUERY 5; SHOW QUERIES").route,
         Route::Kill { .. }
     ));
+}
+
+#[test]
+fn a_nul_anywhere_refuses_the_query() {
+    // What 1.6.7 runs: the NUL is skipped inside a word, and ends a line comment.
+    for q in [
+        "DR\0OP DATABASE a",
+        "SELECT * IN\0TO m2 FROM m",
+        "SHOW DATABASES -- x\0; DROP DATABASE b",
+        "SELECT * FROM \"m\0\"",
+    ] {
+        assert!(matches!(classify(q).route, Route::Refused(_)), "{q:?}");
+    }
+}
+
+#[test]
+fn kill_queries_naming_different_backends_are_refused() {
+    for q in [
+        "KILL QUERY 1 ON \"a\"; KILL QUERY 2 ON \"b\"",
+        "KILL QUERY 1 ON a; KILL QUERY 2",
+        "KILL QUERY 1; KILL QUERY 2 ON a",
+    ] {
+        assert!(matches!(classify(q).route, Route::Refused(_)), "{q}");
+    }
+    assert_eq!(
+        classify("KILL QUERY 1 ON a; KILL QUERY 2 ON \"a\"").route,
+        Route::Kill {
+            on: Some("a".to_owned())
+        }
+    );
+    assert_eq!(
+        classify("KILL QUERY 1; KILL QUERY 2").route,
+        Route::Kill { on: None }
+    );
+}
+
+#[test]
+fn user_statements_sent_with_other_changes_are_refused() {
+    assert!(matches!(
+        classify("DROP MEASUREMENT m; SET PASSWORD FOR u = 'x'").route,
+        Route::Refused(_)
+    ));
+    // Changes that may run twice are sent with them, as setup scripts do.
+    for q in [
+        "CREATE USER u WITH PASSWORD 'x'; SHOW USERS",
+        "CREATE DATABASE x; CREATE USER u WITH PASSWORD 'p'",
+    ] {
+        assert_eq!(classify(q).route, Route::UserAdmin, "{q}");
+    }
 }
