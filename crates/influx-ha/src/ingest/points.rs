@@ -61,6 +61,22 @@ fn push_escaped(out: &mut Vec<u8>, s: &str, escapes: &[u8]) {
     }
 }
 
+/// Keeps, of tags with the same key, the last one given (InfluxDB puts them in a map), in
+/// O(n log n): a request may carry a great many.
+pub fn last_of_each_key<'a>(tags: &mut Vec<(&'a str, &'a str)>) {
+    // Stable: tags of one key stay in the order given.
+    tags.sort_by(|a, b| a.0.cmp(b.0));
+    let mut kept = 0;
+    for i in 0..tags.len() {
+        let last_of_key = tags.get(i + 1).is_none_or(|next| next.0 != tags[i].0);
+        if last_of_key {
+            tags.swap(kept, i);
+            kept += 1;
+        }
+    }
+    tags.truncate(kept);
+}
+
 /// Appends one point with a single float field as a line (with `\n`), or says why it cannot
 /// be written; `out` is unchanged then. `tags` are sorted here; empty values are skipped.
 pub fn write_point(
@@ -77,8 +93,13 @@ pub fn write_point(
     if measurement.is_empty() {
         return Err(Unwritable::EmptyMeasurement);
     }
-    // A line starting with `#` is a comment; `\#` would keep the backslash.
-    if measurement.starts_with('#') || !escapable(measurement, MEASUREMENT_ESCAPES) {
+    // A line starting with `#` is a comment; `\#` would keep the backslash. The parser skips
+    // tabs and NULs before a measurement and before the fields, and they have no escape.
+    let skipped = |name: &str| name.starts_with(['\t', '\0']);
+    if measurement.starts_with('#')
+        || skipped(measurement)
+        || !escapable(measurement, MEASUREMENT_ESCAPES)
+    {
         return Err(Unwritable::Unescapable {
             what: "measurement",
             name: measurement.to_owned(),
@@ -90,7 +111,7 @@ pub fn write_point(
             name: String::new(),
         });
     }
-    if !escapable(field, KEY_ESCAPES) {
+    if skipped(field) || !escapable(field, KEY_ESCAPES) {
         return Err(Unwritable::Unescapable {
             what: "field",
             name: field.to_owned(),
@@ -170,6 +191,55 @@ mod tests {
             line("a\\b", &mut [("k", "v\\x")], 1e21),
             Ok("a\\b,k=v\\x value=1e21 5\n".to_owned())
         );
+    }
+
+    #[test]
+    fn names_the_parser_would_strip_a_tab_or_nul_from_are_refused() {
+        for m in ["\tcpu", "\0cpu", "\t#x"] {
+            assert!(
+                matches!(line(m, &mut [], 1.0), Err(Unwritable::Unescapable { .. })),
+                "{m:?}"
+            );
+        }
+        for field in ["\tv", "\0v"] {
+            let mut out = Vec::new();
+            assert!(matches!(
+                write_point(&mut out, "m", &mut [], field, 1.0, 5),
+                Err(Unwritable::Unescapable { .. })
+            ));
+            assert!(out.is_empty());
+        }
+        // Inside a name they are kept, and read back as written.
+        assert_eq!(
+            line("c\tpu", &mut [], 1.0),
+            Ok("c\tpu value=1.0 5\n".to_owned())
+        );
+        let written = line(" cpu", &mut [], 1.0).expect("a space is escaped");
+        assert!(
+            lineproto::validate(written.as_bytes(), lineproto::Precision::Nanoseconds, 0).points()
+                == 1
+        );
+    }
+
+    #[test]
+    fn the_last_tag_of_a_key_wins_among_many() {
+        let mut tags = vec![
+            ("b", "1"),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "1"),
+            ("a", "2"),
+            ("b", "3"),
+        ];
+        last_of_each_key(&mut tags);
+        assert_eq!(tags, [("a", "2"), ("b", "3"), ("c", "1")]);
+        // Many distinct keys: linearithmic, where a search per tag was quadratic.
+        let keys: Vec<String> = (0..200_000).map(|i| format!("k{i}")).collect();
+        let mut tags: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+        tags.push(("k7", "last"));
+        last_of_each_key(&mut tags);
+        assert_eq!(tags.len(), 200_000);
+        assert!(tags.contains(&("k7", "last")));
     }
 
     #[test]

@@ -337,6 +337,9 @@ impl<S: Sink> Connection<S> {
                 }
                 Read::Failed(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "TCP read failed");
+                    // The lines that arrived whole before the failure are the client's.
+                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
+                        .await;
                     return self.discard(&buf, "connection failed");
                 }
             };

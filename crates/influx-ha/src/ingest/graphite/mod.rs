@@ -22,6 +22,9 @@ impl TextProtocol for GraphiteParser {
         _reply: &mut Vec<u8>,
         refused: &mut dyn FnMut(&[u8], &dyn std::fmt::Display),
     ) {
+        // InfluxDB reads the clock for each line: lines of one read without a timestamp are
+        // points of their own, never one overwriting the other. A nanosecond apart keeps that.
+        let mut now_nanos = now_nanos;
         for raw in lines.split(|&b| b == b'\n') {
             let line = match std::str::from_utf8(raw) {
                 Ok(l) => l.trim(),
@@ -37,6 +40,7 @@ impl TextProtocol for GraphiteParser {
                 Ok(Parsed::Point | Parsed::NaN) => {}
                 Err(e) => refused(raw, &e),
             }
+            now_nanos = now_nanos.saturating_add(1);
         }
     }
 }
@@ -68,5 +72,22 @@ mod tests {
             refused[0].1.contains("doesn't have required fields"),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn lines_without_a_timestamp_are_points_of_their_own() {
+        let p = GraphiteParser::new(&[], ".", Vec::new()).expect("default");
+        let mut out = Vec::new();
+        p.convert(
+            b"a.b 1\na.b 2\n",
+            7_000_000_000,
+            &mut out,
+            &mut Vec::new(),
+            &mut |_, why| panic!("{why}"),
+        );
+        let out = String::from_utf8(out).expect("utf-8");
+        let stamps: Vec<&str> = out.lines().filter_map(|l| l.rsplit(' ').next()).collect();
+        assert_eq!(stamps.len(), 2, "{out}");
+        assert_ne!(stamps[0], stamps[1], "{out}");
     }
 }

@@ -42,8 +42,14 @@ pub enum Command {
     Empty,
 }
 
+/// The most reply bytes one batch of lines builds: replies are sent after the batch's points
+/// are written, and six bytes of `stats` ask for about 400, so that a batch of `stats` lines
+/// must not build an answer many times its own size in memory. Past it, `version` and `stats`
+/// are not answered.
+pub const MAX_BATCH_REPLY: usize = 64 * 1024;
+
 /// Converts one line (without its newline), appending a point to `out` or an answer to
-/// `reply`.
+/// `reply` (while `reply` is under [`MAX_BATCH_REPLY`]).
 pub fn line(
     raw: &[u8],
     out: &mut Vec<u8>,
@@ -56,11 +62,15 @@ pub fn line(
     match words[..] {
         [] => return Ok(Command::Empty),
         ["version"] => {
-            reply.extend_from_slice(VERSION_ANSWER);
+            if reply.len() < MAX_BATCH_REPLY {
+                reply.extend_from_slice(VERSION_ANSWER);
+            }
             return Ok(Command::Version);
         }
         ["stats"] => {
-            write_stats(reply, &stats());
+            if reply.len() < MAX_BATCH_REPLY {
+                write_stats(reply, &stats());
+            }
             return Ok(Command::Stats);
         }
         _ => {}
@@ -82,15 +92,11 @@ pub fn line(
     let mut tags: Vec<(&str, &str)> = Vec::with_capacity(words.len() - 4);
     for t in &words[4..] {
         match t.split_once('=') {
-            Some((k, v)) if !k.is_empty() && !v.is_empty() => {
-                match tags.iter_mut().find(|(key, _)| *key == k) {
-                    Some(existing) => existing.1 = v,
-                    None => tags.push((k, v)),
-                }
-            }
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => tags.push((k, v)),
             _ => {}
         }
     }
+    crate::ingest::points::last_of_each_key(&mut tags);
     let v: f64 = value
         .parse()
         .map_err(|_| TelnetError::Value(value.to_owned()))?;
@@ -162,6 +168,20 @@ mod tests {
             put("put m 1356998400 NaN"),
             Err(TelnetError::Unwritable(_))
         ));
+    }
+
+    #[test]
+    fn the_replies_of_one_batch_are_bounded() {
+        let mut reply = Vec::new();
+        let stats = CountersSnapshot::default;
+        for _ in 0..100_000 {
+            assert_eq!(
+                line(b"stats", &mut Vec::new(), &mut reply, &stats),
+                Ok(Command::Stats)
+            );
+        }
+        assert!(reply.len() >= MAX_BATCH_REPLY && reply.len() < MAX_BATCH_REPLY + 1024);
+        assert!(reply.ends_with(b"\n"));
     }
 
     #[test]

@@ -173,8 +173,9 @@ pub fn expansion(raw: &[u8]) -> Option<Expansion> {
             .saturating_add(labels.saturating_mul(size_of::<Label>()))
             .saturating_add(label_bytes)
             .saturating_add(samples.saturating_mul(size_of::<Sample>()));
-        // Each label as `,name=value` (escapes can double its bytes).
-        let line = label_bytes.saturating_mul(2).saturating_add(LINE_OVERHEAD);
+        // Each label as `,name=value`, escapes doubling its bytes at most; `__name__`'s value
+        // is written twice (measurement and tag): four times the label bytes bound it all.
+        let line = label_bytes.saturating_mul(4).saturating_add(LINE_OVERHEAD);
         total.lines = total.lines.saturating_add(samples.saturating_mul(line));
     }
     Some(total)
@@ -274,15 +275,13 @@ pub fn convert(req: &WriteRequest) -> Converted {
         tags.clear();
         let mut measurement = NO_NAME_MEASUREMENT;
         for l in &ts.labels {
-            // A map in InfluxDB: the last of a repeated name wins.
-            match tags.iter_mut().find(|(k, _)| *k == l.name) {
-                Some(t) => t.1 = &l.value,
-                None => tags.push((&l.name, &l.value)),
-            }
+            tags.push((&l.name, &l.value));
             if l.name == NAME_LABEL {
                 measurement = &l.value;
             }
         }
+        // A map in InfluxDB: the last of a repeated name wins.
+        crate::ingest::points::last_of_each_key(&mut tags);
         for s in &ts.samples {
             if s.value.is_nan() {
                 c.nan += 1;

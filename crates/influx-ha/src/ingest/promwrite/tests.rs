@@ -157,6 +157,16 @@ fn the_expansion_bounds_what_decoding_and_converting_build() {
     let c = convert(&req);
     assert!(e.lines >= c.lines.len(), "{e:?} < {}", c.lines.len());
     assert!(e.structs > 0);
+    // A name of commas: escaped, and written as the measurement and as a tag.
+    let commas = ",".repeat(3000);
+    let samples: Vec<(f64, i64)> = (0..10).map(|i| (1.0, i)).collect();
+    let req = WriteRequest {
+        timeseries: vec![series(&[("__name__", commas.as_str())], &samples)],
+    };
+    let e = expansion(&req.encode_to_vec()).expect("well formed");
+    let c = convert(&req);
+    assert_eq!(c.points, 10);
+    assert!(e.lines >= c.lines.len(), "{e:?} < {}", c.lines.len());
     assert_eq!(expansion(b"\x0a\x05ab"), None, "a length past the end");
     // Many empty labels, then a field prost cannot read: refused before prost builds them.
     let mut series = Vec::new();
