@@ -84,8 +84,10 @@
 //! [query]
 //! # stale_reads = false              # true: with no fresh backend, a catching-up one answers
 //! #                                  # (header X-Influx-Ha-Stale: true) instead of a 503
-//! # timeout = "60s"                  # time a backend gets to start answering a read, and
-//! #                                  # the longest it may go silent mid-answer
+//! # timeout = "60s"                  # time a backend gets to send the first byte of a
+//! #                                  # read's answer (InfluxDB sends its headers before it
+//! #                                  # runs the query), and the longest it may go silent
+//! #                                  # mid-answer
 //!
 //! [[backend]]
 //! name = "influx-a"                   # also the queue folder name under data_dir

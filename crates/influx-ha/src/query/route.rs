@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::classify::{Route, StatementKind, classify};
 use super::params::{Params, strip_credentials};
-use super::stream::{Outstanding, Peeked, Relayed, peek};
+use super::stream::{Outstanding, PeekError, Peeked, Relayed, peek};
 use crate::backend::{BackendClient, SendError};
 use crate::config::QueryConfig;
 use crate::go_json;
@@ -416,6 +416,9 @@ impl Inner {
                     return Err(RequestError::CannotQueue(why));
                 }
                 let repeatable = classified.repeatable();
+                if !repeatable {
+                    self.no_peer_holds_writes()?;
+                }
                 self.everywhere(id, fwd, queued, statements, repeatable)
                     .await
             }
@@ -522,14 +525,33 @@ impl Inner {
                 continue;
             }
             let (parts, body) = resp.into_parts();
-            let body = match peek(body).await {
+            // The answer proper may come long after the headers (see `peek`): as long as it is
+            // awaited there as the headers are in `send`.
+            let timeout = self.config.timeout;
+            let give_up = async {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => {
+                        format!("no byte of its answer within {timeout:?}")
+                    }
+                    () = self.marked_down(i, GiveUp::MarkedDown) => {
+                        "marked down while the query waited for its answer".to_owned()
+                    }
+                }
+            };
+            let body = match peek(body, give_up).await {
                 Ok(Peeked::Complete(data)) => full(data),
                 Ok(Peeked::Partial(held, rest)) => {
                     let marks = (self.marks.clone(), i);
                     Relayed::new(held, rest, outstanding, marks, self.config.timeout).boxed()
                 }
-                Err(e) => {
+                Err(PeekError::Body(e)) => {
                     self.fail(i, &mut failures, format!("answer cut off: {e}"));
+                    continue;
+                }
+                Err(PeekError::GaveUp(why)) => {
+                    // Slow is not failed: the health checks judge the backend, not this query.
+                    tracing::warn!(backend = self.name(i), reason = %why, "query unanswered on a backend: trying the next");
+                    failures.push(format!("{}: {why}", self.name(i)));
                     continue;
                 }
             };
@@ -562,6 +584,39 @@ impl Inner {
             fwd.body.clone(),
             timeout,
         );
+        tokio::select! {
+            sent = sent => sent.map_err(|e| match e {
+                SendError::Connect(_) => NoAnswer::NotSent(e.to_string()),
+                _ => NoAnswer::Unanswered(e.to_string()),
+            }),
+            () = self.marked_down(i, gives_up) => Err(NoAnswer::Unanswered(
+                "marked down while the query waited for its answer".to_owned(),
+            )),
+        }
+    }
+
+    /// Refuses (503) a statement that cannot run twice while a peer reports writes queued for
+    /// a backend: its replay could deliver them after the statement ran there (a `DELETE`,
+    /// a `DROP`), and this relay cannot queue the statement behind another relay's queue.
+    fn no_peer_holds_writes(&self) -> Result<(), RequestError> {
+        let board = self.board.load();
+        for t in &self.targets {
+            let Some(state) = board.backend(t.client.name()) else {
+                continue;
+            };
+            if let Some(p) = state.peers.iter().find(|p| p.queue.is_pending()) {
+                return Err(RequestError::Unavailable(format!(
+                    "peer {} still holds {} writes queued for {}, which could reach it after this statement: retry once they are delivered",
+                    p.peer, p.queue.records, state.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends once backend `i` is marked down as `gives_up` says; never, when it already was as
+    /// this began (a query is sent to a backend marked down only when no other is left).
+    async fn marked_down(&self, i: usize, gives_up: GiveUp) {
         // By name: the board lists backends in the config's order, which a reload may change.
         let is_down = || match (gives_up, &self.targets[i].replica) {
             (GiveUp::PingsFail, Some(r)) => r.is_marked_down(),
@@ -571,26 +626,14 @@ impl Inner {
                 .backend(self.name(i))
                 .is_some_and(|b| matches!(b.reachability, Reachability::Down { .. })),
         };
-        let was_down = is_down();
-        let marked_down = async {
-            if was_down {
-                return std::future::pending().await;
+        if is_down() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(DOWN_POLL).await;
+            if is_down() {
+                return;
             }
-            loop {
-                tokio::time::sleep(DOWN_POLL).await;
-                if is_down() {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            sent = sent => sent.map_err(|e| match e {
-                SendError::Connect(_) => NoAnswer::NotSent(e.to_string()),
-                _ => NoAnswer::Unanswered(e.to_string()),
-            }),
-            () = marked_down => Err(NoAnswer::Unanswered(
-                "marked down while the query waited for its answer".to_owned(),
-            )),
         }
     }
 
@@ -1281,6 +1324,48 @@ mod tests {
         let (mut order, stale) = lenient.inner.candidates().expect("stale reads");
         order.sort_unstable();
         assert_eq!((order, stale), (vec![0, 1], true));
+    }
+
+    #[tokio::test]
+    async fn a_statement_that_cannot_run_twice_waits_for_the_peers_queues() {
+        let mut peer_queued = up("b");
+        peer_queued.peers.push(PeerReport {
+            peer: "relay-2".into(),
+            queue: QueueDepth {
+                records: 2,
+                ..QueueDepth::default()
+            },
+            diverged: false,
+            received: SystemTime::UNIX_EPOCH,
+            reachable: true,
+        });
+        let s = service(vec![up("a"), peer_queued], false);
+        let run = |q: &str| {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("/query?db=x&q={}", q.replace(' ', "%20")))
+                .body(crate::http::empty())
+                .expect("request");
+            s.call(RequestId::new(), req)
+        };
+        for q in [
+            "DELETE FROM m",
+            "DROP MEASUREMENT m",
+            "SELECT * INTO n FROM m",
+        ] {
+            let resp = run(q).await;
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{q}");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                text.contains("peer relay-2 still holds 2 writes queued for b"),
+                "{q}: {text}"
+            );
+        }
+        // One that may run twice goes on (to backends this test cannot reach).
+        let resp = run("CREATE DATABASE x").await;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(!String::from_utf8_lossy(&body).contains("still holds"));
     }
 
     #[test]

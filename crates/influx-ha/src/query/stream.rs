@@ -1,7 +1,8 @@
-//! A backend's answer on its way to the client: the first bytes are held back briefly (so that
-//! a backend failing right after its headers can still be replaced by another), then the body
-//! streams frame by frame — memory does not grow with the size of the result, and a chunked
-//! answer stays chunked.
+//! A backend's answer on its way to the client: nothing is committed to the client before the
+//! answer's first byte, and the first bytes are then held back briefly (so that a backend
+//! failing while it works on the query, or right after it began answering, can still be
+//! replaced by another); then the body streams frame by frame — memory does not grow with the
+//! size of the result, and a chunked answer stays chunked.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -54,9 +55,25 @@ pub enum Peeked {
     Partial(VecDeque<Bytes>, Incoming),
 }
 
+/// Why no start of a body was read. Either way nothing reached the client.
+#[derive(Debug)]
+pub enum PeekError {
+    /// The connection failed.
+    Body(hyper::Error),
+    /// The backend sent no byte of its answer before `give_up` said why.
+    GaveUp(String),
+}
+
 /// Reads the start of `body`: all of it when it ends within [`PEEK_BYTES`] and [`PEEK_TIME`].
-/// An error here happened before anything reached the client.
-pub async fn peek(mut body: Incoming) -> Result<Peeked, hyper::Error> {
+///
+/// Until the first byte comes there is no deadline but `give_up`: InfluxDB sends its headers
+/// as soon as it takes a query and its answer only once it has one, so a backend that dies or
+/// stops while it works is noticed here, while another can still answer in its place.
+pub async fn peek(
+    mut body: Incoming,
+    give_up: impl Future<Output = String>,
+) -> Result<Peeked, PeekError> {
+    let mut give_up = std::pin::pin!(give_up);
     let mut held = VecDeque::new();
     let mut bytes = 0;
     let deadline = tokio::time::Instant::now() + PEEK_TIME;
@@ -64,12 +81,23 @@ pub async fn peek(mut body: Incoming) -> Result<Peeked, hyper::Error> {
         if bytes >= PEEK_BYTES {
             return Ok(Peeked::Partial(held, body));
         }
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Ok(Peeked::Partial(held, body)),
-            Ok(None) => break,
-            Ok(Some(frame)) => frame?,
+        let frame = if held.is_empty() {
+            tokio::select! {
+                frame = body.frame() => frame,
+                why = &mut give_up => return Err(PeekError::GaveUp(why)),
+            }
+        } else {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Ok(Peeked::Partial(held, body)),
+                Ok(frame) => frame,
+            }
         };
-        if let Ok(data) = frame.into_data() {
+        let Some(frame) = frame else {
+            break;
+        };
+        if let Ok(data) = frame.map_err(PeekError::Body)?.into_data()
+            && !data.is_empty()
+        {
             bytes += data.len();
             held.push_back(data);
         }
@@ -127,11 +155,14 @@ impl Relayed {
         }
     }
 
-    /// Ends the stream with `why`, reported against the backend.
-    fn cut(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// Ends the stream with `why`, reported against the backend when `failed` (a broken
+    /// connection); a silence alone may be a slow query, which the health checks judge.
+    fn cut(&mut self, why: String, failed: bool) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.rest = None;
-        let (marks, index) = &self.marks;
-        marks.failure(*index, format!("answer cut off: {why}"));
+        if failed {
+            let (marks, index) = &self.marks;
+            marks.failure(*index, format!("answer cut off: {why}"));
+        }
         tracing::warn!(error = %why, "a backend's answer was cut off mid-stream");
         Poll::Ready(Some(Err(why.into())))
     }
@@ -160,7 +191,7 @@ impl Body for Relayed {
                 }
                 if self.silence.as_mut().poll(cx).is_ready() {
                     let idle = self.idle;
-                    return self.cut(format!("nothing received for {idle:?}"));
+                    return self.cut(format!("nothing received for {idle:?}"), false);
                 }
                 Poll::Pending
             }
@@ -172,7 +203,7 @@ impl Body for Relayed {
                 self.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => self.cut(e.to_string()),
+            Poll::Ready(Some(Err(e))) => self.cut(e.to_string(), true),
         }
     }
 
@@ -223,15 +254,20 @@ mod tests {
 
     /// An answer from a server that sends its start and then stops sending.
     async fn answer_that_stops() -> Incoming {
+        answer_of(Some(Bytes::from(vec![b'x'; PEEK_BYTES + 1]))).await
+    }
+
+    /// An answer from a server that sends its headers, then `start` (if any), then nothing.
+    async fn answer_of(start: Option<Bytes>) -> Incoming {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
-            let svc = hyper::service::service_fn(|_req| async {
-                let start = Bytes::from(vec![b'x'; PEEK_BYTES + 1]);
-                Ok::<_, Infallible>(hyper::Response::new(StopsMidway(Some(start))))
+            let svc = hyper::service::service_fn(move |_req| {
+                let start = start.clone();
+                async move { Ok::<_, Infallible>(hyper::Response::new(StopsMidway(start))) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -250,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_that_stops_midway_is_cut_after_the_idle_time() {
         let body = answer_that_stops().await;
-        let Ok(Peeked::Partial(held, rest)) = peek(body).await else {
+        let Ok(Peeked::Partial(held, rest)) = peek(body, std::future::pending()).await else {
             panic!("the start is held back, the rest streams");
         };
         let count = Arc::new(AtomicUsize::new(0));
@@ -268,5 +304,26 @@ mod tests {
         assert!(err.to_string().contains("nothing received"), "{err}");
         // The backend's count was given back with the body.
         assert_eq!(count.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_not_begun_is_awaited_past_the_peek_time_until_given_up() {
+        // Headers at once, then nothing: InfluxDB still working on the query, or stopped.
+        let body = answer_of(None).await;
+        let give_up = async {
+            tokio::time::sleep(PEEK_TIME * 3).await;
+            "marked down".to_owned()
+        };
+        match peek(body, give_up).await {
+            Err(PeekError::GaveUp(why)) => assert_eq!(why, "marked down"),
+            Err(PeekError::Body(e)) => panic!("{e}"),
+            Ok(_) => panic!("an answer without a byte was committed to the client"),
+        }
+        // Once its first byte came, the rest streams after the peek time.
+        let body = answer_of(Some(Bytes::from_static(b"{"))).await;
+        let Ok(Peeked::Partial(held, _rest)) = peek(body, std::future::pending()).await else {
+            panic!("held back, then streamed");
+        };
+        assert_eq!(held, [Bytes::from_static(b"{")]);
     }
 }
