@@ -99,6 +99,7 @@
 //! [auth]                              # optional: relay-level authentication, off by default
 //! enabled = true                      # InfluxDB's auth-enabled: 401 without good credentials
 //! # admin_listener = true            # false: the [admin] listener asks for none
+//! # admins = ["ops", "relay-peer"]   # the users/tokens that may use /admin/… (default: all)
 //!
 //! [[auth.user]]                       # any number; u/p parameters, Basic, `Token user:pass`
 //! name = "telegraf"

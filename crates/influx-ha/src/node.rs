@@ -190,6 +190,7 @@ pub fn auth_settings(config: &Config) -> Option<AuthSettings> {
     auth.enabled.then(|| AuthSettings {
         authenticator: crate::auth::Authenticator::new(&auth.users, &auth.tokens),
         admin_listener: auth.admin_listener,
+        admins: auth.admins.as_ref().map(|a| a.iter().cloned().collect()),
     })
 }
 

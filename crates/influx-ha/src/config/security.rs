@@ -24,6 +24,8 @@ pub struct AuthConfig {
     pub users: Vec<User>,
     /// `[[auth.token]]`: named tokens, stored as hashes.
     pub tokens: Vec<Token>,
+    /// `admins`: the users and tokens that may use the admin API (`/admin/…`); `None`: all.
+    pub admins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +38,7 @@ pub(super) struct RawAuth {
     user: Vec<RawUser>,
     #[serde(default)]
     token: Vec<RawToken>,
+    admins: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,11 +118,36 @@ impl RawAuth {
                 "enabled = true needs at least one [[auth.user]] or [[auth.token]] (make a hash with `influx-ha hash-password`)",
             );
         }
+        let admins = self.admins.as_ref().map(|names| {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let known = self.user.iter().any(|u| u.name.get_ref() == name.get_ref())
+                        || self
+                            .token
+                            .iter()
+                            .any(|t| t.name.get_ref() == name.get_ref());
+                    if !known {
+                        c.at(
+                            name,
+                            format!("auth.admins[{i}]"),
+                            format!(
+                                "{:?} is the name of no [[auth.user]] or [[auth.token]]",
+                                name.get_ref()
+                            ),
+                        );
+                    }
+                    name.get_ref().clone()
+                })
+                .collect()
+        });
         AuthConfig {
             enabled: self.enabled,
             admin_listener: self.admin_listener.unwrap_or(true),
             users,
             tokens,
+            admins,
         }
     }
 }

@@ -47,6 +47,32 @@ fn auth_users_and_tokens() {
 }
 
 #[test]
+fn admins_name_users_or_tokens() {
+    let hash = PasswordHash::new(b"pw", MIN_ITERATIONS).expect("hash");
+    let token = token_hash_string(b"tok");
+    let auth = |admins: &str| {
+        with(&format!(
+            "[auth]\nenabled = true\n{admins}\n[[auth.user]]\nname = \"u\"\npassword_hash = \"{hash}\"\n[[auth.token]]\nname = \"t\"\ntoken_hash = \"{token}\"\n"
+        ))
+    };
+    assert_eq!(parse(&auth("")).expect("valid").auth.admins, None);
+    assert_eq!(
+        parse(&auth("admins = [\"u\", \"t\"]"))
+            .expect("valid")
+            .auth
+            .admins,
+        Some(vec!["u".to_owned(), "t".to_owned()])
+    );
+    let p = problem(&auth("admins = [\"u\", \"nobody\"]"));
+    assert_eq!((p.key.as_str(), p.line), ("auth.admins[1]", Some(4)));
+    assert!(
+        p.message.contains("\"nobody\" is the name of no"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
 fn tls_files_come_in_pairs() {
     let c = parse(&format!(
         "data_dir = \"/d\"\n[http]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n[admin]\nbind = \"127.0.0.1:8093\"\ntls_cert = \"/a.pem\"\ntls_key = \"/ak.pem\"\n{BACKEND}"

@@ -125,6 +125,9 @@ pub enum RequestError {
     /// (and, as 1.6.7 answers it, no `X-Influxdb-Error` header).
     #[error("{0}")]
     Unauthorized(crate::auth::AuthError),
+    /// Good credentials that may not do this: 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// The client's `rate_limit` bucket is empty: 503 with `Retry-After` in seconds.
     #[error("rate limit exceeded: retry after {retry_after_secs}s")]
     RateLimited {
@@ -166,6 +169,7 @@ impl RequestError {
             Self::NotFound | Self::InvalidBucket(_) => StatusCode::NOT_FOUND,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 

@@ -64,6 +64,8 @@ pub struct AuthSettings {
     pub authenticator: Authenticator,
     /// Whether the separate admin listener asks for credentials too.
     pub admin_listener: bool,
+    /// The users and tokens that may use the admin API; `None`: every one.
+    pub admins: Option<std::collections::HashSet<String>>,
 }
 
 impl Guard {
@@ -119,6 +121,31 @@ impl Guard {
             .replaced_failures
             .load(std::sync::atomic::Ordering::Relaxed)
             + current
+    }
+
+    /// [`Guard::admit`] for the admin surface: the admin API (`/admin/…`) is refused (403) to
+    /// an authenticated user or token that `[auth] admins` does not name. The status page,
+    /// `/status` and `/metrics` are for every one.
+    pub async fn admit_admin<B>(
+        &self,
+        entry: Entry,
+        req: Request<B>,
+    ) -> Result<Request<B>, RequestError> {
+        let req = self.admit(entry, req).await?;
+        if !req.uri().path().starts_with(crate::admin::API_PREFIX) {
+            return Ok(req);
+        }
+        let auth = self.inner.auth.load();
+        let admins = auth.as_ref().and_then(|a| a.admins.as_ref());
+        match (admins, req.extensions().get::<Principal>()) {
+            (Some(admins), Some(p)) if !admins.contains(&*p.name) => {
+                Err(RequestError::Forbidden(format!(
+                    "{} may not use the admin API: [auth] admins does not name it",
+                    p.name
+                )))
+            }
+            _ => Ok(req),
+        }
     }
 
     /// Checks a request for an endpoint that does work and strips its credentials; `Err` is

@@ -346,7 +346,7 @@ impl<W: WriteHandler> HttpService<W> {
                 if self.admin.is_none() && !not_yet {
                     return Err(RequestError::NotFound);
                 }
-                let req = self.guard.admit(entry, req).await?;
+                let req = self.guard.admit_admin(entry, req).await?;
                 match &self.admin {
                     Some(h) => Ok(delegate(h, id, req).await),
                     None => Err(RequestError::NotImplemented(NOT_YET_ADMIN)),

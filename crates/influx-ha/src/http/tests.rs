@@ -558,11 +558,25 @@ impl Handler for ShowCredentials {
 }
 
 fn guarded(admin_listener: bool, surface: Surface) -> Arc<HttpService<Recorder>> {
+    guarded_with_admins(admin_listener, surface, None)
+}
+
+fn guarded_with_admins(
+    admin_listener: bool,
+    surface: Surface,
+    admins: Option<&[&str]>,
+) -> Arc<HttpService<Recorder>> {
     use crate::auth::password::{MIN_ITERATIONS, PasswordHash};
-    let users = [crate::auth::User {
-        name: "u1".to_owned(),
-        password_hash: PasswordHash::new(b"pw", MIN_ITERATIONS).expect("hash"),
-    }];
+    let users = [
+        crate::auth::User {
+            name: "u1".to_owned(),
+            password_hash: PasswordHash::new(b"pw", MIN_ITERATIONS).expect("hash"),
+        },
+        crate::auth::User {
+            name: "ops".to_owned(),
+            password_hash: PasswordHash::new(b"pw", MIN_ITERATIONS).expect("hash"),
+        },
+    ];
     let svc = service(Recorder::default(), surface);
     let mut svc = Arc::into_inner(svc).expect("sole owner");
     svc.query = Some(Arc::new(ShowCredentials));
@@ -570,8 +584,38 @@ fn guarded(admin_listener: bool, surface: Surface) -> Arc<HttpService<Recorder>>
     svc.guard = guard::Guard::new(Some(guard::AuthSettings {
         authenticator: crate::auth::Authenticator::new(&users, &[]),
         admin_listener,
+        admins: admins.map(|a| a.iter().map(|n| (*n).to_owned()).collect()),
     }));
     Arc::new(svc)
+}
+
+#[tokio::test]
+async fn only_the_named_admins_may_use_the_admin_api() {
+    let svc = guarded_with_admins(true, Surface::Main { with_admin: true }, Some(&["ops"]));
+    for (user, path, status) in [
+        ("u1", "/admin/v1/queue", 403),
+        ("u1", "/admin/v1/queue/a/purge", 403),
+        ("u1", "/status", 200),
+        ("u1", "/metrics", 200),
+        ("ops", "/admin/v1/queue", 200),
+        ("ops", "/status", 200),
+    ] {
+        let uri = format!("{path}?u={user}&p=pw");
+        let a = call(&svc, "GET", &uri, b"").await;
+        assert_eq!(a.status, status, "{user} {path}");
+        if status == 403 {
+            let text = String::from_utf8(a.body).expect("utf-8");
+            assert!(text.contains("u1 may not use the admin API"), "{text}");
+        }
+    }
+    // Without `admins`, every user may.
+    let svc = guarded(true, Surface::Main { with_admin: true });
+    let a = call(&svc, "GET", "/admin/v1/queue?u=u1&p=pw", b"").await;
+    assert_eq!(a.status, 200);
+    // An admin listener that asks for no credentials stays open.
+    let svc = guarded_with_admins(false, Surface::Admin, Some(&["ops"]));
+    let a = call(&svc, "GET", "/admin/v1/queue", b"").await;
+    assert_eq!(a.status, 200);
 }
 
 #[tokio::test]
