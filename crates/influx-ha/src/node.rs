@@ -115,17 +115,19 @@ impl ListenerTls {
                 "admin",
             ),
         ];
-        // Check every new certificate first, so that a bad one changes nothing at all.
-        for (tls, files, what) in &pairs {
-            if let (Some(_), Some(files)) = (tls, files) {
-                crate::tls::server_config(files).map_err(|e| format!("{what} listener: {e}"))?;
-            }
-        }
+        // Every certificate is read and checked once, before any is used: a bad one (or files
+        // rewritten meanwhile) changes nothing at all.
+        let mut loaded = Vec::with_capacity(pairs.len());
         for (tls, files, what) in pairs {
             if let Some(tls) = tls {
-                tls.reload(files)
+                let new = tls
+                    .load(files)
                     .map_err(|e| format!("{what} listener: {e}"))?;
+                loaded.push((tls, new));
             }
+        }
+        for (tls, new) in loaded {
+            tls.install(new);
         }
         Ok(())
     }

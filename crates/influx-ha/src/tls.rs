@@ -103,6 +103,12 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
 
 // === impl ServerTls ===
 
+/// Files read and checked, ready for [`ServerTls::install`].
+pub struct LoadedTls {
+    files: TlsFiles,
+    config: ServerConfig,
+}
+
 /// The TLS side of one listener: its files and the config new connections get.
 pub struct ServerTls {
     files: ArcSwap<TlsFiles>,
@@ -130,13 +136,25 @@ impl ServerTls {
     /// Reads the files again (or `files`, when the config now names others) and uses them for
     /// new connections; on error nothing changes.
     pub fn reload(&self, files: Option<&TlsFiles>) -> Result<(), TlsError> {
+        let loaded = self.load(files)?;
+        self.install(loaded);
+        Ok(())
+    }
+
+    /// Reads the files again (or `files`) into a config, without using it yet, so that
+    /// several listeners can each be loaded before any changes.
+    pub fn load(&self, files: Option<&TlsFiles>) -> Result<LoadedTls, TlsError> {
         let files = files
             .cloned()
             .unwrap_or_else(|| TlsFiles::clone(&self.files.load()));
         let config = server_config(&files)?;
-        self.config.store(Arc::new(config));
-        self.files.store(Arc::new(files));
-        Ok(())
+        Ok(LoadedTls { files, config })
+    }
+
+    /// Uses what [`ServerTls::load`] read for new connections.
+    pub fn install(&self, loaded: LoadedTls) {
+        self.config.store(Arc::new(loaded.config));
+        self.files.store(Arc::new(loaded.files));
     }
 
     /// An acceptor with the current config.
