@@ -196,6 +196,58 @@ impl Handler for QueryService {
     }
 }
 
+/// The answer to statements queued everywhere: each one's result with `text` as a warning, in
+/// the format `accept` asks for as influxd 1.6 reads it (the exact value): MessagePack with
+/// influxd's keys, CSV (where influxd writes nothing for a result without series), else JSON.
+fn queued_answer(
+    accept: Option<&HeaderValue>,
+    statements: usize,
+    text: &str,
+) -> (&'static str, Vec<u8>) {
+    match accept.map(HeaderValue::as_bytes) {
+        Some(b"application/csv" | b"text/csv") => ("text/csv", Vec::new()),
+        Some(b"application/x-msgpack") => {
+            use rmpv::Value;
+            let warning = Value::Map(vec![
+                ("level".into(), "warning".into()),
+                ("text".into(), text.into()),
+            ]);
+            let results = (0..statements)
+                .map(|s| {
+                    Value::Map(vec![
+                        ("statement_id".into(), Value::from(s as u64)),
+                        ("messages".into(), Value::Array(vec![warning.clone()])),
+                        ("series".into(), Value::Array(Vec::new())),
+                    ])
+                })
+                .collect();
+            let answer = Value::Map(vec![("results".into(), Value::Array(results))]);
+            let mut body = Vec::new();
+            // Writing into a `Vec` cannot fail.
+            let _ = rmpv::encode::write_value(&mut body, &answer);
+            ("application/x-msgpack", body)
+        }
+        _ => {
+            let mut body = b"{\"results\":[".to_vec();
+            for s in 0..statements {
+                if s > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(
+                    format!(
+                        "{{\"statement_id\":{s},\"messages\":[{{\"level\":\"warning\",\"text\":"
+                    )
+                    .as_bytes(),
+                );
+                go_json::write_string(&mut body, text.as_bytes());
+                body.extend_from_slice(b"}]}");
+            }
+            body.extend_from_slice(b"]}\n");
+            ("application/json", body)
+        }
+    }
+}
+
 /// What an answer to a statement says, for comparing backends: its status and the first error
 /// it reports.
 struct Verdict {
@@ -884,22 +936,10 @@ impl Inner {
             "no backend could execute this now: queued for {}; it runs, in order with the writes, when they return",
             queued.join(", ")
         );
-        let mut body = b"{\"results\":[".to_vec();
-        for s in 0..statements {
-            if s > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(
-                format!("{{\"statement_id\":{s},\"messages\":[{{\"level\":\"warning\",\"text\":")
-                    .as_bytes(),
-            );
-            go_json::write_string(&mut body, text.as_bytes());
-            body.extend_from_slice(b"}]}");
-        }
-        body.extend_from_slice(b"]}\n");
+        let (content_type, body) = queued_answer(fwd.headers.get(ACCEPT), statements, &text);
         let mut resp = Response::new(full(body));
         resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         add_common_headers(resp.headers_mut(), Some(id));
         Ok(resp)
     }
@@ -1324,6 +1364,37 @@ mod tests {
         let (mut order, stale) = lenient.inner.candidates().expect("stale reads");
         order.sort_unstable();
         assert_eq!((order, stale), (vec![0, 1], true));
+    }
+
+    #[test]
+    fn a_queued_answer_comes_in_the_format_asked_for() {
+        let (ct, json) = queued_answer(None, 2, "queued");
+        assert_eq!(ct, "application/json");
+        assert_eq!(
+            String::from_utf8(json).expect("utf-8"),
+            "{\"results\":[{\"statement_id\":0,\"messages\":[{\"level\":\"warning\",\"text\":\"queued\"}]},{\"statement_id\":1,\"messages\":[{\"level\":\"warning\",\"text\":\"queued\"}]}]}\n"
+        );
+        for accept in ["application/csv", "text/csv"] {
+            let (ct, csv) = queued_answer(Some(&HeaderValue::from_static(accept)), 1, "queued");
+            assert_eq!((ct, csv.len()), ("text/csv", 0));
+        }
+        let (ct, packed) = queued_answer(
+            Some(&HeaderValue::from_static("application/x-msgpack")),
+            1,
+            "queued",
+        );
+        assert_eq!(ct, "application/x-msgpack");
+        // The shape influxd 1.6.7 gives a result with a warning (captured), no series here.
+        let value = rmpv::decode::read_value(&mut packed.as_slice()).expect("msgpack");
+        let result = &value["results"][0];
+        assert_eq!(result["statement_id"].as_u64(), Some(0));
+        assert_eq!(result["messages"][0]["level"].as_str(), Some("warning"));
+        assert_eq!(result["messages"][0]["text"].as_str(), Some("queued"));
+        // What the answers of backends are read with finds no error in it.
+        assert_eq!(
+            crate::write::schema::statement_errors(&packed),
+            Some(Vec::new())
+        );
     }
 
     #[tokio::test]
