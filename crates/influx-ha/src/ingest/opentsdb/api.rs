@@ -2,7 +2,8 @@
 //!
 //! The body is one JSON data point `{"metric":…,"timestamp":…,"value":…,"tags":{…}}` or an
 //! array of them (gzip when `Content-Encoding: gzip`). Only the first JSON value is read, as
-//! Go's decoder does; missing members are zero. A timestamp under 10,000,000,000 is seconds;
+//! Go's decoder does; member names match in any case, the last of a repeated one wins, and
+//! missing or `null` members are zero. A timestamp under 10,000,000,000 is seconds;
 //! a larger one milliseconds, read as InfluxDB 1.6 reads it (whole seconds, then the last three
 //! digits as microseconds). A point that cannot be stored (no metric, NaN, …) is dropped and
 //! the others written.
@@ -20,14 +21,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{SeqAccess, Visitor};
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ingest::points::write_point;
 
-/// One data point as OpenTSDB sends it; absent members are zero, as Go decodes them.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default)]
+/// One data point as OpenTSDB sends it, read as Go's decoder reads it into InfluxDB's struct:
+/// member names in any case, the last of a repeated member wins, absent members and `null`
+/// leave the zero value (`null` tags: none), other members are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DataPoint {
     /// The measurement.
     pub metric: String,
@@ -38,6 +40,58 @@ pub struct DataPoint {
     /// Tags.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
+}
+
+impl<'de> Deserialize<'de> for DataPoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PointVisitor)
+    }
+}
+
+struct PointVisitor;
+
+impl<'de> Visitor<'de> for PointVisitor {
+    type Value = DataPoint;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an OpenTSDB data point")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DataPoint, A::Error> {
+        let mut p = DataPoint::default();
+        while let Some(key) = map.next_key::<String>()? {
+            // Go matches a member to a field by name exactly, else case-insensitively.
+            match key.to_ascii_lowercase().as_str() {
+                "metric" => {
+                    if let Some(v) = map.next_value::<Option<String>>()? {
+                        p.metric = v;
+                    }
+                }
+                "timestamp" => {
+                    if let Some(v) = map.next_value::<Option<i64>>()? {
+                        p.timestamp = v;
+                    }
+                }
+                "value" => {
+                    if let Some(v) = map.next_value::<Option<f64>>()? {
+                        p.value = v;
+                    }
+                }
+                "tags" => {
+                    let tags = map.next_value::<Option<BTreeMap<String, Option<String>>>>()?;
+                    p.tags = tags.map(|t| {
+                        t.into_iter()
+                            .map(|(k, v)| (k, v.unwrap_or_default()))
+                            .collect()
+                    });
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// A body refused as a whole: InfluxDB's text.
@@ -251,5 +305,18 @@ mod tests {
         assert_eq!(convert(b" {}"), Err(BodyError::NotJson));
         assert_eq!(convert(br#"[{"metric":1}]"#), Err(BodyError::Array));
         assert_eq!(convert(br#"{"value":"1"}"#), Err(BodyError::Object));
+    }
+
+    #[test]
+    fn members_are_read_as_go_reads_them() {
+        // Any case, the last of a repeated member, null as nothing, unknown members ignored.
+        let c = convert(
+            br#"{"Metric":"cpu","TIMESTAMP":1356998400,"value":1,"value":2,"tags":{"h":"a","h":"b","x":null},"other":[1,{"a":2}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(text(&c), "cpu,h=b value=2.0 1356998400000000000\n");
+        let c = convert(br#"[{"metric":"m","timestamp":5,"value":3,"value":null,"tags":null}]"#)
+            .expect("valid");
+        assert_eq!(text(&c), "m value=3.0 5000000000\n");
     }
 }
