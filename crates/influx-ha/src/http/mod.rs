@@ -454,10 +454,17 @@ impl<W: WriteHandler> HttpService<W> {
         }
         let (parts, body) = req.into_parts();
         let limits = self.limits.get();
-        let body = read_body(body, &parts.headers, &limits, &self.inflight).await?;
+        let RequestBody { data, mut permit } =
+            read_body(body, &parts.headers, &limits, &self.inflight).await?;
         let expand = crate::ingest::promwrite::Limits::of(limits.max_body_bytes);
-        let mut converted = crate::ingest::promwrite::receive(&db, &body.data, expand)?;
+        // What decoding builds counts in the bytes in flight until the lines are made.
+        let inflight = &self.inflight;
+        let mut converted = crate::ingest::promwrite::receive(&db, &data, expand, &mut |n| {
+            inflight.try_reserve(&mut permit, n)
+        })?;
+        drop(data);
         let lines = Bytes::from(std::mem::take(&mut converted.lines));
+        permit.shrink_to(lines.len());
         let written = self
             .writer
             .write(WriteRequest {
@@ -468,7 +475,7 @@ impl<W: WriteHandler> HttpService<W> {
                 consistency: params.non_empty("consistency").map(str::to_owned),
                 body: RequestBody {
                     data: lines,
-                    permit: body.permit,
+                    permit,
                 },
             })
             .await;

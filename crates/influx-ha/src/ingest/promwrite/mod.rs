@@ -92,6 +92,9 @@ pub enum DecodeError {
     /// Not a `WriteRequest`.
     #[error("proto: {0}")]
     Proto(String),
+    /// What it decodes to finds no room under `max_inflight_bytes` (503, not 400).
+    #[error("no room for the decoded request")]
+    NoRoom,
 }
 
 /// How far a request may expand.
@@ -116,9 +119,22 @@ impl Limits {
 
 /// Decodes a request body.
 pub fn decode(body: &[u8], limits: Limits) -> Result<WriteRequest, DecodeError> {
+    decode_charged(body, limits, &mut |_| true)
+}
+
+/// [`decode`], asking `charge` for room for what it builds before building it: the decoded
+/// bytes, then the structs and the lines they convert to; `false` refuses the request.
+pub fn decode_charged(
+    body: &[u8],
+    limits: Limits,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<WriteRequest, DecodeError> {
     let len = snap::raw::decompress_len(body).map_err(|_| DecodeError::Snappy)?;
     if len > limits.max_decoded {
         return Err(DecodeError::TooLarge);
+    }
+    if !charge(len) {
+        return Err(DecodeError::NoRoom);
     }
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
@@ -128,6 +144,9 @@ pub fn decode(body: &[u8], limits: Limits) -> Result<WriteRequest, DecodeError> 
     let e = expansion(&raw).ok_or_else(|| DecodeError::Proto("malformed message".to_owned()))?;
     if e.structs > limits.max_decoded || e.lines > limits.max_lines {
         return Err(DecodeError::Expands);
+    }
+    if !charge(e.structs.saturating_add(e.lines)) {
+        return Err(DecodeError::NoRoom);
     }
     <WriteRequest as prost::Message>::decode(raw.as_slice())
         .map_err(|e| DecodeError::Proto(e.to_string()))
@@ -338,12 +357,22 @@ pub fn stats(http: SocketAddr) -> ListenerStats {
 
 /// Decodes and converts one request body, counting it; the body refused as a whole is a 400
 /// with the decoder's text (logged with its size, never its content).
-pub fn receive(db: &str, body: &[u8], limits: Limits) -> Result<Converted, RequestError> {
+pub fn receive(
+    db: &str,
+    body: &[u8],
+    limits: Limits,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<Converted, RequestError> {
     let s = global();
     add(&s.counters.requests, 1);
     add(&s.counters.bytes, body.len());
-    let req = match decode(body, limits) {
+    let req = match decode_charged(body, limits, charge) {
         Ok(r) => r,
+        Err(DecodeError::NoRoom) => {
+            return Err(RequestError::Overloaded(
+                "too many request bytes in flight to decode this request; retry later".to_owned(),
+            ));
+        }
         Err(e) => {
             add(&s.counters.bad_requests, 1);
             if let Some(suppressed) = s.log.allow() {

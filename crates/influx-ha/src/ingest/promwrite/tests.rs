@@ -136,9 +136,38 @@ fn requests_that_expand_past_the_limits_are_refused_before_decoding() {
     assert_eq!(decode(&body(&many), limit), Err(DecodeError::Expands));
     // Through the endpoint's entry: 413.
     assert_eq!(
-        receive("db", &body(&wide), Limits::of(1 << 20)).map(|_| ()),
+        receive("db", &body(&wide), Limits::of(1 << 20), &mut |_| true).map(|_| ()),
         Err(RequestError::BodyTooLarge)
     );
+}
+
+#[test]
+fn what_decoding_builds_is_charged_before_it_is_built() {
+    let req = WriteRequest {
+        timeseries: vec![series(&[("__name__", "cpu"), ("host", "a")], &[(1.5, 1)])],
+    };
+    let body = body(&req);
+    let mut charged = Vec::new();
+    let converted = receive("db", &body, Limits::of(1 << 20), &mut |n| {
+        charged.push(n);
+        true
+    })
+    .expect("converted");
+    // The decoded bytes, then the structs and the lines.
+    assert_eq!(charged.len(), 2);
+    assert_eq!(
+        charged[0],
+        snap::raw::decompress_len(&body).expect("snappy")
+    );
+    assert!(charged[1] >= converted.lines.len());
+    // No room: 503, and nothing more is built.
+    let mut asked = 0;
+    let refused = receive("db", &body, Limits::of(1 << 20), &mut |_| {
+        asked += 1;
+        false
+    });
+    assert!(matches!(refused, Err(RequestError::Overloaded(_))));
+    assert_eq!(asked, 1);
 }
 
 #[test]
