@@ -628,9 +628,9 @@ fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     }
 }
 
-/// Replaces each `` `…` `` of a message that holds part of `value` (or all of them, for an
-/// empty value) with `` `<redacted>` ``; the others, such as the names of the expected keys,
-/// stay readable.
+/// Replaces each `` `…` `` of a message with `` `<redacted>` `` unless it is a name (letters,
+/// digits, `_`, not starting with a digit: the keys serde lists) that has no part of `value`
+/// (TOML may quote a value as it read it, `1_234` as `1234`: only names are shown).
 fn scrub_backticks(message: &str, value: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut parts = message.split('`');
@@ -640,7 +640,12 @@ fn scrub_backticks(message: &str, value: &str) -> String {
     let mut inside = true;
     for part in parts {
         out.push('`');
-        let secret = value.is_empty() || part.contains(value) || value.contains(part);
+        let name = part
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let secret = !name || value.is_empty() || part.contains(value) || value.contains(part);
         out.push_str(if inside && secret { "<redacted>" } else { part });
         inside = !inside;
     }

@@ -246,10 +246,12 @@ impl Authenticator {
         }
     }
 
-    /// Takes over what `old` remembered when both have the same users and password hashes,
-    /// so that a reload which leaves them alone (a certificate renewal, say) does not make
-    /// every client's password be hashed again at once.
-    pub fn carry_memory_from(&mut self, old: &Authenticator) {
+    /// Takes over from the authenticator a reload replaces: its verification slots, so that
+    /// checks still running on it count against the same bound, and what it remembered when
+    /// both have the same users and password hashes, so that a reload which leaves them alone
+    /// (a certificate renewal, say) does not make every client's password be hashed again.
+    pub fn take_over_from(&mut self, old: &Authenticator) {
+        self.verify_slots = old.verify_slots.clone();
         if self.users == old.users {
             self.cache_key = old.cache_key.clone();
             self.cache = old.cache.clone();

@@ -236,7 +236,7 @@ async fn a_reload_with_the_same_users_keeps_what_was_remembered() {
     );
 
     let mut same = Authenticator::new(&users, &[]);
-    same.carry_memory_from(&old);
+    same.take_over_from(&old);
     assert_eq!(
         same.remembered(&same.cache_key_of("telegraf", b"s3cret")),
         Some(true)
@@ -247,7 +247,7 @@ async fn a_reload_with_the_same_users_keeps_what_was_remembered() {
         password_hash: PasswordHash::new(b"other", MIN_ITERATIONS).expect("hash"),
     }];
     let mut changed = Authenticator::new(&changed_users, &[]);
-    changed.carry_memory_from(&old);
+    changed.take_over_from(&old);
     assert_eq!(
         changed.remembered(&changed.cache_key_of("telegraf", b"s3cret")),
         None
@@ -258,4 +258,7 @@ async fn a_reload_with_the_same_users_keeps_what_was_remembered() {
             .await,
         Err(AuthError::Failed)
     );
+    // Either way the checks share one bound with those still running on the old one.
+    assert!(Arc::ptr_eq(&changed.verify_slots, &old.verify_slots));
+    assert!(Arc::ptr_eq(&same.verify_slots, &old.verify_slots));
 }

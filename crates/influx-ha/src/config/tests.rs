@@ -250,6 +250,15 @@ fn secrets_under_misspelled_keys_in_inline_tables_and_in_urls_are_not_shown() {
             "name = \"a\"\nurl = \"http://h:1\"\nsecret = 12345678",
             "12345678",
         ),
+        // TOML quotes numbers as it read them, not as written.
+        (
+            "name = \"a\"\nurl = \"http://h:1\"\npassword = 1_234_5678",
+            "12345678",
+        ),
+        (
+            "name = \"a\"\nurl = \"http://h:1\"\npassword = 0xDEADBEEF",
+            "3735928559",
+        ),
     ] {
         let err = parse_error(&with_backend("", backend));
         assert!(!err.contains(secret), "{err}");

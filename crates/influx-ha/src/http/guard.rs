@@ -80,7 +80,7 @@ impl Guard {
     /// check are not affected.
     pub fn set_auth(&self, mut auth: Option<AuthSettings>) {
         if let (Some(new), Some(old)) = (auth.as_mut(), self.inner.auth.load().as_ref()) {
-            new.authenticator.carry_memory_from(&old.authenticator);
+            new.authenticator.take_over_from(&old.authenticator);
         }
         if let Some(old) = self.inner.auth.swap(auth.map(Arc::new)) {
             // A request still checking with the old one may count after this: a refusal or
@@ -125,14 +125,17 @@ impl Guard {
 
     /// [`Guard::admit`] for the admin surface: the admin API (`/admin/…`) is refused (403) to
     /// an authenticated user or token that `[auth] admins` does not name. The status page,
-    /// `/status` and `/metrics` are for every one.
+    /// `/status`, `/metrics` and the peers' queue reports are for every one: a peer's
+    /// `[[peer]]` user left out of `admins` must not blind the read path.
     pub async fn admit_admin<B>(
         &self,
         entry: Entry,
         req: Request<B>,
     ) -> Result<Request<B>, RequestError> {
         let req = self.admit(entry, req).await?;
-        if !req.uri().path().starts_with(crate::admin::API_PREFIX) {
+        let path = req.uri().path();
+        let for_peers = matches!(path, crate::peers::QUEUES_PATH | crate::peers::CHANGED_PATH);
+        if for_peers || !path.starts_with(crate::admin::API_PREFIX) {
             return Ok(req);
         }
         let auth = self.inner.auth.load();

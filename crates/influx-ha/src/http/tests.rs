@@ -597,6 +597,8 @@ async fn only_the_named_admins_may_use_the_admin_api() {
         ("u1", "/admin/v1/queue/a/purge", 403),
         ("u1", "/status", 200),
         ("u1", "/metrics", 200),
+        // The peers' queue reports: a peer's user need not be an admin.
+        ("u1", "/admin/v1/queues", 200),
         ("ops", "/admin/v1/queue", 200),
         ("ops", "/status", 200),
     ] {
@@ -608,6 +610,8 @@ async fn only_the_named_admins_may_use_the_admin_api() {
             assert!(text.contains("u1 may not use the admin API"), "{text}");
         }
     }
+    let a = call(&svc, "POST", "/admin/v1/queues/changed?u=u1&p=pw", b"").await;
+    assert_eq!(a.status, 200);
     // Without `admins`, every user may.
     let svc = guarded(true, Surface::Main { with_admin: true });
     let a = call(&svc, "GET", "/admin/v1/queue?u=u1&p=pw", b"").await;

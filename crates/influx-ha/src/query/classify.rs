@@ -64,6 +64,10 @@ pub struct Statement {
     /// Whether running it twice leaves what running it once does (a read, creating a
     /// database, creating or altering a retention policy that is not made the default).
     pub repeatable: bool,
+    /// Whether writes reaching a backend after it change what it did there: it removes data
+    /// (`DELETE`, `DROP SERIES`, `MEASUREMENT`, `DATABASE`, `RETENTION POLICY`) or derives
+    /// data from what is there (`SELECT … INTO`).
+    pub order_sensitive: bool,
 }
 
 /// Where a whole query goes: the most demanding of its statements decides.
@@ -408,6 +412,18 @@ fn repeatable(q: &str, kind: &StatementKind, summary: &Summary) -> bool {
     matches!(kind, StatementKind::Read | StatementKind::ShowQueries) || schema && !summary.default
 }
 
+/// See [`Statement::order_sensitive`].
+fn order_sensitive(q: &str, kind: &StatementKind, summary: &Summary) -> bool {
+    let t = |i: usize| summary.head.get(i);
+    let removes = is(q, t(0), "DELETE")
+        || is(q, t(0), "DROP")
+            && ["SERIES", "MEASUREMENT", "DATABASE", "RETENTION"]
+                .iter()
+                .any(|w| is(q, t(1), w));
+    let derives = is(q, t(0), "SELECT") || is(q, t(0), "EXPLAIN");
+    *kind == StatementKind::Write && (removes || derives)
+}
+
 /// Whether running every statement of `q` twice leaves what running it once does (see
 /// [`Statement::repeatable`]).
 pub fn all_repeatable(q: &str) -> bool {
@@ -419,6 +435,11 @@ impl Classified {
     pub fn repeatable(&self) -> bool {
         self.statements.iter().all(|s| s.repeatable)
     }
+
+    /// Whether a statement is [`Statement::order_sensitive`].
+    pub fn order_sensitive(&self) -> bool {
+        self.statements.iter().any(|s| s.order_sensitive)
+    }
 }
 
 /// Splits and classifies a query.
@@ -429,6 +450,7 @@ pub fn classify(q: &str) -> Classified {
             let kind = kind(q, &summary);
             Statement {
                 repeatable: repeatable(q, &kind, &summary),
+                order_sensitive: order_sensitive(q, &kind, &summary),
                 kind,
                 span,
             }

@@ -36,6 +36,14 @@ pub static X_INFLUX_HA_STALE: HeaderName = HeaderName::from_static("x-influx-ha-
 /// How often a query waiting for a backend's answer looks whether the backend was marked down.
 const DOWN_POLL: Duration = Duration::from_millis(100);
 
+/// Why a backend's answer was given up before its first byte.
+enum Unbegun {
+    /// `[query] timeout` passed.
+    TimedOut,
+    /// The health checks marked the backend down.
+    MarkedDown,
+}
+
 /// When a request waiting for a backend's answer stops waiting, before its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GiveUp {
@@ -355,15 +363,17 @@ impl Inner {
             data: body,
             mut permit,
         } = read_raw_body(body, &parts.headers, &limits, &self.inflight).await?;
-        // The parameters parsed from a form body and the copy forwarded (escaped, up to three
-        // bytes for one) are held while the request runs: counted too, before they are made.
-        let copies = body.len().saturating_mul(4);
-        if copies.saturating_add(body.len()) > self.inflight.capacity() {
-            return Err(RequestError::BodyTooLarge);
+        // On `/query`, the parameters parsed from a form body and the copy forwarded (escaped,
+        // up to three bytes for one) are held while the request runs: counted too, before they
+        // are made, as far as the cap goes (a body `max_body_bytes` allows is never refused
+        // for them), and without waiting while holding the body's share.
+        if parts.uri.path() == "/query" {
+            let copies = body
+                .len()
+                .saturating_mul(4)
+                .min(self.inflight.capacity().saturating_sub(body.len()));
+            self.inflight.try_grow(&mut permit, copies)?;
         }
-        self.inflight
-            .grow(&mut permit, copies, limits.inflight_wait)
-            .await?;
         let mut headers = HeaderMap::new();
         for name in [ACCEPT, ACCEPT_ENCODING] {
             for v in parts.headers.get_all(&name) {
@@ -468,7 +478,7 @@ impl Inner {
                     return Err(RequestError::CannotQueue(why));
                 }
                 let repeatable = classified.repeatable();
-                if !repeatable {
+                if classified.order_sensitive() {
                     self.no_peer_holds_writes()?;
                 }
                 self.everywhere(id, fwd, queued, statements, repeatable)
@@ -582,12 +592,8 @@ impl Inner {
             let timeout = self.config.timeout;
             let give_up = async {
                 tokio::select! {
-                    () = tokio::time::sleep(timeout) => {
-                        format!("no byte of its answer within {timeout:?}")
-                    }
-                    () = self.marked_down(i, GiveUp::MarkedDown) => {
-                        "marked down while the query waited for its answer".to_owned()
-                    }
+                    () = tokio::time::sleep(timeout) => Unbegun::TimedOut,
+                    () = self.marked_down(i, GiveUp::MarkedDown) => Unbegun::MarkedDown,
                 }
             };
             let body = match peek(body, give_up).await {
@@ -600,11 +606,23 @@ impl Inner {
                     self.fail(i, &mut failures, format!("answer cut off: {e}"));
                     continue;
                 }
-                Err(PeekError::GaveUp(why)) => {
-                    // Slow is not failed: the health checks judge the backend, not this query.
-                    tracing::warn!(backend = self.name(i), reason = %why, "query unanswered on a backend: trying the next");
+                Err(PeekError::GaveUp(Unbegun::MarkedDown)) => {
+                    let why = "marked down while the query waited for its answer";
+                    tracing::warn!(
+                        backend = self.name(i),
+                        reason = why,
+                        "query unanswered on a backend: trying the next"
+                    );
                     failures.push(format!("{}: {why}", self.name(i)));
                     continue;
+                }
+                Err(PeekError::GaveUp(Unbegun::TimedOut)) => {
+                    // Slow is not failed: the health checks judge the backend, and the next
+                    // backend would take as long (the query is not run on every one in turn).
+                    return Err(RequestError::Unavailable(format!(
+                        "{} sent no byte of its answer within the query timeout ({timeout:?}); the query was not sent elsewhere",
+                        self.name(i)
+                    )));
                 }
             };
             return Ok(self.respond(id, parts.status, &parts.headers, body, i, stale));
@@ -647,9 +665,10 @@ impl Inner {
         }
     }
 
-    /// Refuses (503) a statement that cannot run twice while a peer reports writes queued for
-    /// a backend: its replay could deliver them after the statement ran there (a `DELETE`,
-    /// a `DROP`), and this relay cannot queue the statement behind another relay's queue.
+    /// Refuses (503) a statement that removes or derives data while a peer reports writes
+    /// queued for a backend: its replay could deliver them after the statement ran there (a
+    /// deleted point written back), and this relay cannot queue the statement behind another
+    /// relay's queue.
     fn no_peer_holds_writes(&self) -> Result<(), RequestError> {
         let board = self.board.load();
         for t in &self.targets {
@@ -657,8 +676,13 @@ impl Inner {
                 continue;
             };
             if let Some(p) = state.peers.iter().find(|p| p.queue.is_pending()) {
+                let then = if p.reachable {
+                    "retry once they are delivered"
+                } else {
+                    "it does not answer now, so that is its last word: retry once it has delivered them, or remove its [[peer]] entry if it is gone for good"
+                };
                 return Err(RequestError::Unavailable(format!(
-                    "peer {} still holds {} writes queued for {}, which could reach it after this statement: retry once they are delivered",
+                    "peer {} still holds {} writes queued for {}, which could reach it after this statement: {then}",
                     p.peer, p.queue.records, state.name
                 )));
             }
@@ -1422,6 +1446,8 @@ mod tests {
         for q in [
             "DELETE FROM m",
             "DROP MEASUREMENT m",
+            "DROP SERIES FROM m",
+            "DROP DATABASE x",
             "SELECT * INTO n FROM m",
         ] {
             let resp = run(q).await;
@@ -1433,10 +1459,45 @@ mod tests {
                 "{q}: {text}"
             );
         }
-        // One that may run twice goes on (to backends this test cannot reach).
-        let resp = run("CREATE DATABASE x").await;
+        // Others go on, to the fan-out (whose backends this test cannot reach).
+        for q in [
+            "CREATE DATABASE x",
+            "CREATE CONTINUOUS QUERY c ON x BEGIN SELECT mean(v) INTO n FROM m GROUP BY time(1m) END",
+            "DROP CONTINUOUS QUERY c ON x",
+        ] {
+            let resp = run(q).await;
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                text.contains("could not be executed or queued on any backend"),
+                "{q}: {text}"
+            );
+        }
+        // A peer that does not answer: its last report stands, and the answer says so.
+        let mut silent = up("b");
+        silent.peers.push(PeerReport {
+            peer: "relay-3".into(),
+            queue: QueueDepth {
+                records: 1,
+                ..QueueDepth::default()
+            },
+            diverged: false,
+            received: SystemTime::UNIX_EPOCH,
+            reachable: false,
+        });
+        let s = service(vec![up("a"), silent], false);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/query?db=x&q=DELETE%20FROM%20m")
+            .body(crate::http::empty())
+            .expect("request");
+        let resp = s.call(RequestId::new(), req).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert!(!String::from_utf8_lossy(&body).contains("still holds"));
+        assert!(
+            String::from_utf8_lossy(&body).contains("remove its [[peer]] entry"),
+            "{body:?}"
+        );
     }
 
     #[test]
@@ -1476,18 +1537,29 @@ mod tests {
                 (status, String::from_utf8_lossy(&body).into_owned())
             }
         };
-        // With its parsed and forwarded copies it could never fit.
-        let (status, _) = post(format!("SHOW DATABASES{}", " ".repeat(300))).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         // While others hold the room, a body waits for it, then is refused.
+        let mut held = crate::http::body::InflightPermit::default();
+        inflight.try_grow(&mut held, 990).expect("room");
+        let (status, body) = post("SHOW DATABASES".to_owned()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("too many request bytes in flight"), "{body}");
+        // Room for the body (16 bytes) but not for its copies: refused at once.
+        drop(held);
         let mut held = crate::http::body::InflightPermit::default();
         inflight.try_grow(&mut held, 950).expect("room");
         let (status, body) = post("SHOW DATABASES".to_owned()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("too many request bytes in flight"), "{body}");
         drop(held);
-        // With room, it goes on to the read path (whose backend cannot be reached here).
-        let (_, body) = post("SHOW DATABASES".to_owned()).await;
-        assert!(!body.contains("too many request bytes in flight"), "{body}");
+        // With room, it goes on to the read path (whose backend cannot be reached here),
+        // also when its copies would pass the cap: they are counted as far as it goes.
+        for q in [
+            "SHOW DATABASES".to_owned(),
+            format!("SHOW DATABASES{}", " ".repeat(300)),
+        ] {
+            let (status, body) = post(q).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(body.contains("no backend answered the query"), "{body}");
+        }
     }
 }

@@ -57,11 +57,11 @@ pub enum Peeked {
 
 /// Why no start of a body was read. Either way nothing reached the client.
 #[derive(Debug)]
-pub enum PeekError {
+pub enum PeekError<W> {
     /// The connection failed.
     Body(hyper::Error),
-    /// The backend sent no byte of its answer before `give_up` said why.
-    GaveUp(String),
+    /// The backend sent no byte of its answer before `give_up` ended, with this.
+    GaveUp(W),
 }
 
 /// Reads the start of `body`: all of it when it ends within [`PEEK_BYTES`] and [`PEEK_TIME`].
@@ -69,28 +69,28 @@ pub enum PeekError {
 /// Until the first byte comes there is no deadline but `give_up`: InfluxDB sends its headers
 /// as soon as it takes a query and its answer only once it has one, so a backend that dies or
 /// stops while it works is noticed here, while another can still answer in its place.
-pub async fn peek(
+pub async fn peek<W>(
     mut body: Incoming,
-    give_up: impl Future<Output = String>,
-) -> Result<Peeked, PeekError> {
+    give_up: impl Future<Output = W>,
+) -> Result<Peeked, PeekError<W>> {
     let mut give_up = std::pin::pin!(give_up);
     let mut held = VecDeque::new();
     let mut bytes = 0;
-    let deadline = tokio::time::Instant::now() + PEEK_TIME;
+    // Set by the first byte: the start is held back for `PEEK_TIME` from there.
+    let mut deadline = None;
     loop {
         if bytes >= PEEK_BYTES {
             return Ok(Peeked::Partial(held, body));
         }
-        let frame = if held.is_empty() {
-            tokio::select! {
+        let frame = match deadline {
+            None => tokio::select! {
                 frame = body.frame() => frame,
                 why = &mut give_up => return Err(PeekError::GaveUp(why)),
-            }
-        } else {
-            match tokio::time::timeout_at(deadline, body.frame()).await {
+            },
+            Some(deadline) => match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => return Ok(Peeked::Partial(held, body)),
                 Ok(frame) => frame,
-            }
+            },
         };
         let Some(frame) = frame else {
             break;
@@ -98,6 +98,7 @@ pub async fn peek(
         if let Ok(data) = frame.map_err(PeekError::Body)?.into_data()
             && !data.is_empty()
         {
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + PEEK_TIME);
             bytes += data.len();
             held.push_back(data);
         }
@@ -286,7 +287,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_that_stops_midway_is_cut_after_the_idle_time() {
         let body = answer_that_stops().await;
-        let Ok(Peeked::Partial(held, rest)) = peek(body, std::future::pending()).await else {
+        let Ok(Peeked::Partial(held, rest)) = peek(body, std::future::pending::<()>()).await else {
             panic!("the start is held back, the rest streams");
         };
         let count = Arc::new(AtomicUsize::new(0));
@@ -321,7 +322,8 @@ mod tests {
         }
         // Once its first byte came, the rest streams after the peek time.
         let body = answer_of(Some(Bytes::from_static(b"{"))).await;
-        let Ok(Peeked::Partial(held, _rest)) = peek(body, std::future::pending()).await else {
+        let Ok(Peeked::Partial(held, _rest)) = peek(body, std::future::pending::<()>()).await
+        else {
             panic!("held back, then streamed");
         };
         assert_eq!(held, [Bytes::from_static(b"{")]);
