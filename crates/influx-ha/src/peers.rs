@@ -42,6 +42,11 @@ use crate::write::Replicator;
 pub const QUEUES_PATH: &str = "/admin/v1/queues";
 /// Where a peer says that its queues changed (`POST`, no body): poll it now.
 pub const CHANGED_PATH: &str = "/admin/v1/queues/changed";
+
+/// Marks a notice sent by a client `[auth] admins` does not name: its report is not taken
+/// (it could steer reads), only the news that something changed, so the peers are polled.
+#[derive(Debug, Clone, Copy)]
+pub struct UntrustedNotice;
 /// How often this node looks whether its queues changed, to tell its peers.
 const CHANGE_CHECK: Duration = Duration::from_millis(20);
 

@@ -159,6 +159,17 @@ async fn a_peers_notice_hands_its_report_to_the_monitor() {
     assert!(text.contains("unreadable queue report"), "{text}");
     let (reports, ask) = news.take();
     assert!(reports.is_empty() && ask);
+    // From a client `[auth] admins` does not name: news only, its report not taken.
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(crate::peers::CHANGED_PATH)
+        .body(crate::http::full(report))
+        .expect("request");
+    req.extensions_mut().insert(crate::peers::UntrustedNotice);
+    let resp = admin.call(RequestId::new(), req).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (reports, ask) = news.take();
+    assert!(reports.is_empty() && ask);
 }
 
 #[tokio::test]

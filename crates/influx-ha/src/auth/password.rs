@@ -25,9 +25,12 @@ pub const DEFAULT_ITERATIONS: u32 = 600_000;
 /// attack.
 pub const MIN_ITERATIONS: u32 = 10_000;
 /// Most iterations of a new hash: one check of more takes about a second of a core here, and
-/// checks run one at a time, so other clients would wait past [`super::VERIFY_WAIT`]. (A
-/// configured hash with more, made before, is still taken.)
+/// checks run one at a time, so other clients would wait past [`super::VERIFY_WAIT`].
 pub const MAX_ITERATIONS: u32 = 2_000_000;
+/// Most iterations a configured hash may have: above [`MAX_ITERATIONS`] for hashes made
+/// before that cap, but a typo of thousands of millions would hold the one verification slot
+/// for half an hour a check.
+pub const MAX_CONFIGURED_ITERATIONS: u32 = 10 * MAX_ITERATIONS;
 /// Salt length of new hashes.
 pub const SALT_BYTES: usize = 16;
 /// Length of the derived key.
@@ -57,6 +60,9 @@ pub enum HashError {
     /// Too few iterations.
     #[error("has {0} iterations; at least {MIN_ITERATIONS} are required")]
     TooFewIterations(u32),
+    /// Too many iterations.
+    #[error("has {0} iterations; at most {MAX_CONFIGURED_ITERATIONS} are taken")]
+    TooManyIterations(u32),
     /// Not a token hash.
     #[error(
         "is not a token hash made by `influx-ha new-token` (expected \"$sha256$\" and 43 base64 characters)"
@@ -126,6 +132,9 @@ impl PasswordHash {
         let iterations: u32 = iterations.parse().map_err(|_| HashError::Format)?;
         if iterations < MIN_ITERATIONS {
             return Err(HashError::TooFewIterations(iterations));
+        }
+        if iterations > MAX_CONFIGURED_ITERATIONS {
+            return Err(HashError::TooManyIterations(iterations));
         }
         let salt = base64::decode_unpadded(salt.as_bytes()).ok_or(HashError::Format)?;
         if salt.len() < 8 {
@@ -251,8 +260,12 @@ mod tests {
             PasswordHash::parse(&good.replace("i=10000", "i=999")),
             Err(HashError::TooFewIterations(999))
         );
-        // Hashes made before the cap on new ones still work.
+        // Hashes made before the cap on new ones still work, up to a ceiling.
         assert!(PasswordHash::parse(&good.replace("i=10000", "i=6000000")).is_ok());
+        assert_eq!(
+            PasswordHash::parse(&good.replace("i=10000", "i=4000000000")),
+            Err(HashError::TooManyIterations(4_000_000_000))
+        );
     }
 
     #[test]

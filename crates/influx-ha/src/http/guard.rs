@@ -126,28 +126,34 @@ impl Guard {
     /// [`Guard::admit`] for the admin surface: the admin API (`/admin/…`) is refused (403) to
     /// an authenticated user or token that `[auth] admins` does not name. The status page,
     /// `/status`, `/metrics` and the peers' queue reports are for every one: a peer's
-    /// `[[peer]]` user left out of `admins` must not blind the read path.
+    /// `[[peer]]` user left out of `admins` must not blind the read path. A notice from such a
+    /// user is marked [`crate::peers::UntrustedNotice`]: it makes the peers be polled, and its
+    /// report (which could steer reads) is not taken.
     pub async fn admit_admin<B>(
         &self,
         entry: Entry,
         req: Request<B>,
     ) -> Result<Request<B>, RequestError> {
-        let req = self.admit(entry, req).await?;
+        let mut req = self.admit(entry, req).await?;
         let path = req.uri().path();
-        let for_peers = matches!(path, crate::peers::QUEUES_PATH | crate::peers::CHANGED_PATH);
-        if for_peers || !path.starts_with(crate::admin::API_PREFIX) {
+        if !path.starts_with(crate::admin::API_PREFIX) {
             return Ok(req);
         }
         let auth = self.inner.auth.load();
         let admins = auth.as_ref().and_then(|a| a.admins.as_ref());
-        match (admins, req.extensions().get::<Principal>()) {
-            (Some(admins), Some(p)) if !admins.contains(&*p.name) => {
-                Err(RequestError::Forbidden(format!(
-                    "{} may not use the admin API: [auth] admins does not name it",
-                    p.name
-                )))
+        let refused = match (admins, req.extensions().get::<Principal>()) {
+            (Some(admins), Some(p)) if !admins.contains(&*p.name) => p.name.clone(),
+            _ => return Ok(req),
+        };
+        match path {
+            crate::peers::QUEUES_PATH => Ok(req),
+            crate::peers::CHANGED_PATH => {
+                req.extensions_mut().insert(crate::peers::UntrustedNotice);
+                Ok(req)
             }
-            _ => Ok(req),
+            _ => Err(RequestError::Forbidden(format!(
+                "{refused} may not use the admin API: [auth] admins does not name it"
+            ))),
         }
     }
 

@@ -457,10 +457,13 @@ impl<W: WriteHandler> HttpService<W> {
         let RequestBody { data, mut permit } =
             read_body(body, &parts.headers, &limits, &self.inflight).await?;
         let expand = crate::ingest::promwrite::Limits::of(limits.max_body_bytes);
-        // What decoding builds counts in the bytes in flight until the lines are made.
+        // What decoding builds counts in the bytes in flight until the lines are made, as far
+        // as the cap goes: a request the body limits take is never refused for ever, only
+        // while others hold the room (503, which Prometheus retries).
         let inflight = &self.inflight;
         let mut converted = crate::ingest::promwrite::receive(&db, &data, expand, &mut |n| {
-            inflight.try_reserve(&mut permit, n)
+            let room = inflight.capacity().saturating_sub(permit.bytes());
+            inflight.try_reserve(&mut permit, n.min(room))
         })?;
         drop(data);
         let lines = Bytes::from(std::mem::take(&mut converted.lines));

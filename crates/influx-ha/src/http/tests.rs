@@ -546,8 +546,12 @@ impl Handler for ShowCredentials {
                 .extensions()
                 .get::<crate::auth::Principal>()
                 .map_or("-".to_owned(), |p| p.name.to_string());
+            let untrusted = req
+                .extensions()
+                .get::<crate::peers::UntrustedNotice>()
+                .map_or("", |_| " untrusted");
             let text = format!(
-                "{} {} {}",
+                "{} {} {}{untrusted}",
                 req.uri(),
                 req.headers().contains_key(http::header::AUTHORIZATION),
                 principal
@@ -610,8 +614,20 @@ async fn only_the_named_admins_may_use_the_admin_api() {
             assert!(text.contains("u1 may not use the admin API"), "{text}");
         }
     }
+    // A notice from a user not named is taken as news only: its report is not trusted.
     let a = call(&svc, "POST", "/admin/v1/queues/changed?u=u1&p=pw", b"").await;
     assert_eq!(a.status, 200);
+    assert!(
+        String::from_utf8_lossy(&a.body).ends_with(" untrusted"),
+        "{:?}",
+        a.body
+    );
+    let a = call(&svc, "POST", "/admin/v1/queues/changed?u=ops&p=pw", b"").await;
+    assert!(
+        !String::from_utf8_lossy(&a.body).ends_with(" untrusted"),
+        "{:?}",
+        a.body
+    );
     // Without `admins`, every user may.
     let svc = guarded(true, Surface::Main { with_admin: true });
     let a = call(&svc, "GET", "/admin/v1/queue?u=u1&p=pw", b"").await;
@@ -760,4 +776,50 @@ async fn body_limits_change_for_the_next_request() {
     let a = call(&svc, "POST", "/write?db=x", body).await;
     assert_eq!(a.status, 413);
     assert_eq!(svc.writer.seen.lock().expect("not poisoned").len(), 1);
+}
+
+#[tokio::test]
+async fn a_remote_write_the_body_limit_takes_is_never_refused_for_its_decoding_alone() {
+    use crate::ingest::promwrite::{Label, Sample, TimeSeries, WriteRequest as PromRequest};
+    use prost::Message;
+    let req = PromRequest {
+        timeseries: (0..3)
+            .map(|i| TimeSeries {
+                labels: vec![
+                    Label {
+                        name: "__name__".into(),
+                        value: "up".into(),
+                    },
+                    Label {
+                        name: "instance".into(),
+                        value: format!("host-{i}:9100"),
+                    },
+                ],
+                samples: vec![Sample {
+                    value: 1.0,
+                    timestamp: 1_700_000_000_000,
+                }],
+            })
+            .collect(),
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .expect("compress");
+    // Room for the body, but not for all that decoding builds (the decoded bytes, the
+    // structs, the bound on the lines), on an otherwise idle relay.
+    let capacity = body.len() + 200;
+    let e = crate::ingest::promwrite::expansion(&req.encode_to_vec()).expect("well formed");
+    assert!(
+        body.len() + req.encoded_len() + e.structs + e.lines > capacity,
+        "{e:?}"
+    );
+    let svc = main_service(Recorder::default());
+    let mut svc = Arc::into_inner(svc).expect("sole owner");
+    svc.inflight = InflightBytes::new(capacity);
+    let svc = Arc::new(svc);
+    let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+    let a = call(&svc, "POST", "/api/v1/prom/write?db=x", body).await;
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    let seen = svc.writer.seen.lock().expect("not poisoned");
+    assert_eq!(seen[0].4.iter().filter(|&&b| b == b'\n').count(), 3);
 }

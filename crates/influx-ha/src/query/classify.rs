@@ -65,8 +65,9 @@ pub struct Statement {
     /// database, creating or altering a retention policy that is not made the default).
     pub repeatable: bool,
     /// Whether writes reaching a backend after it change what it did there: it removes data
-    /// (`DELETE`, `DROP SERIES`, `MEASUREMENT`, `DATABASE`, `RETENTION POLICY`) or derives
-    /// data from what is there (`SELECT … INTO`).
+    /// (`DELETE`, `DROP SERIES`, `MEASUREMENT`, `DATABASE`, `RETENTION POLICY`), derives
+    /// data from what is there (`SELECT … INTO`), or makes another retention policy the
+    /// default (where writes without `rp` land).
     pub order_sensitive: bool,
 }
 
@@ -421,7 +422,11 @@ fn order_sensitive(q: &str, kind: &StatementKind, summary: &Summary) -> bool {
                 .iter()
                 .any(|w| is(q, t(1), w));
     let derives = is(q, t(0), "SELECT") || is(q, t(0), "EXPLAIN");
-    *kind == StatementKind::Write && (removes || derives)
+    // Queued writes without `rp` land in whichever policy is the default when they arrive.
+    let new_default = summary.default
+        && (is(q, t(0), "CREATE") || is(q, t(0), "ALTER"))
+        && is(q, t(1), "RETENTION");
+    *kind == StatementKind::Write && (removes || derives || new_default)
 }
 
 /// Whether running every statement of `q` twice leaves what running it once does (see

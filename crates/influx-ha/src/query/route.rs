@@ -619,6 +619,16 @@ impl Inner {
                 Err(PeekError::GaveUp(Unbegun::TimedOut)) => {
                     // Slow is not failed: the health checks judge the backend, and the next
                     // backend would take as long (the query is not run on every one in turn).
+                    if let Some((held, j)) = last_5xx {
+                        return Ok(self.respond(
+                            id,
+                            held.status,
+                            &held.headers,
+                            full(held.body),
+                            j,
+                            stale,
+                        ));
+                    }
                     return Err(RequestError::Unavailable(format!(
                         "{} sent no byte of its answer within the query timeout ({timeout:?}); the query was not sent elsewhere",
                         self.name(i)

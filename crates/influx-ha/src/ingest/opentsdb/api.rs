@@ -44,7 +44,8 @@ pub struct DataPoint {
 
 impl<'de> Deserialize<'de> for DataPoint {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(PointVisitor)
+        // `any`: a `null` in an array is a zero point to Go (dropped, the others written).
+        d.deserialize_any(PointVisitor)
     }
 }
 
@@ -55,6 +56,10 @@ impl<'de> Visitor<'de> for PointVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an OpenTSDB data point")
+    }
+
+    fn visit_unit<E>(self) -> Result<DataPoint, E> {
+        Ok(DataPoint::default())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DataPoint, A::Error> {
@@ -78,12 +83,14 @@ impl<'de> Visitor<'de> for PointVisitor {
                     }
                 }
                 "tags" => {
-                    let tags = map.next_value::<Option<BTreeMap<String, Option<String>>>>()?;
-                    p.tags = tags.map(|t| {
-                        t.into_iter()
-                            .map(|(k, v)| (k, v.unwrap_or_default()))
-                            .collect()
-                    });
+                    // Go decodes a repeated map into the one it has; `null` empties it.
+                    match map.next_value::<Option<BTreeMap<String, Option<String>>>>()? {
+                        None => p.tags = None,
+                        Some(t) => p
+                            .tags
+                            .get_or_insert_with(BTreeMap::new)
+                            .extend(t.into_iter().map(|(k, v)| (k, v.unwrap_or_default()))),
+                    }
                 }
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
@@ -318,5 +325,13 @@ mod tests {
         let c = convert(br#"[{"metric":"m","timestamp":5,"value":3,"value":null,"tags":null}]"#)
             .expect("valid");
         assert_eq!(text(&c), "m value=3.0 5000000000\n");
+        // A repeated tags member adds to the first; a null point is a dropped zero point.
+        let c = convert(
+            br#"[null,{"metric":"m","timestamp":5,"value":1,"tags":{"a":"1"},"tags":{"b":"2"}}]"#,
+        )
+        .expect("valid");
+        assert_eq!(text(&c), "m,a=1,b=2 value=1.0 5000000000\n");
+        assert_eq!((c.points, c.failed), (1, 1));
+        assert_eq!(convert(b"[1]"), Err(BodyError::Array));
     }
 }

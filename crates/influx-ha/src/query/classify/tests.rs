@@ -399,3 +399,35 @@ fn user_statements_sent_with_other_changes_are_refused() {
         assert_eq!(classify(q).route, Route::UserAdmin, "{q}");
     }
 }
+
+#[test]
+fn statements_that_writes_arriving_later_would_change_are_told_apart() {
+    let sensitive = |q: &str| classify(q).order_sensitive();
+    for q in [
+        "DELETE FROM m WHERE time < now() - 1d",
+        "drop series from m where host = 'a'",
+        "DROP MEASUREMENT m",
+        "DROP DATABASE d",
+        "DROP RETENTION POLICY r ON d",
+        "SELECT mean(v) INTO m2 FROM m GROUP BY time(1m)",
+        "EXPLAIN ANALYZE SELECT * INTO m2 FROM m",
+        "/* first */ DELETE FROM m",
+        "ALTER RETENTION POLICY r ON d DEFAULT",
+        "CREATE RETENTION POLICY r ON d DURATION 1d REPLICATION 1 DEFAULT",
+        "SHOW DATABASES; DROP MEASUREMENT m",
+    ] {
+        assert!(sensitive(q), "{q}");
+    }
+    for q in [
+        "SELECT * FROM m",
+        "CREATE DATABASE d",
+        "CREATE RETENTION POLICY r ON d DURATION 1d REPLICATION 1",
+        "ALTER RETENTION POLICY r ON d DURATION 2d",
+        "CREATE CONTINUOUS QUERY c ON d BEGIN SELECT mean(v) INTO m2 FROM m GROUP BY time(1m) END",
+        "DROP CONTINUOUS QUERY c ON d",
+        "DROP SUBSCRIPTION s ON d.r",
+        "CREATE USER u WITH PASSWORD 'x'",
+    ] {
+        assert!(!sensitive(q), "{q}");
+    }
+}
