@@ -451,6 +451,35 @@ impl<S: Sink> Connection<S> {
         }
     }
 
+    /// Takes `n` bytes into `permit`, waiting for them up to `memory_wait`; past it (or at
+    /// shutdown) goes on with what it has. Converted lines are already in memory, and
+    /// connections that all waited for room held by each other would wait for ever.
+    async fn room_for_conversion(
+        &self,
+        permit: &mut InflightPermit,
+        n: usize,
+        shutdown: &mut Shutdown,
+    ) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let released = self.budget.released().notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.budget.try_reserve(permit, n) {
+                return;
+            }
+            if started.elapsed() >= self.options.memory_wait {
+                self.budget.try_reserve_up_to(permit, n);
+                return;
+            }
+            tokio::select! {
+                () = shutdown.recv() => return,
+                () = released => {}
+                () = tokio::time::sleep(ROOM_POLL) => {}
+            }
+        }
+    }
+
     /// Waits for data (idle timeout, shutdown), makes room for it, then takes what else is
     /// readable at once as far as `held` has room. Room is taken only once the client has sent
     /// something: an idle connection holds no more than its buffered bytes.
@@ -535,8 +564,18 @@ impl<S: Sink> Connection<S> {
     /// Validates and replicates whole lines (retrying while the write path answers 503).
     async fn write(&self, lines: Bytes, stream: &mut TcpStream, shutdown: &mut Shutdown) {
         let mut reply = Vec::new();
+        // What a conversion adds (a Graphite `a 1` becomes a line eight times its size) counts
+        // in the budget too, while it is written.
+        let mut converted_room = InflightPermit::default();
         let lines = match &self.text {
-            Some(text) => Bytes::from(self.feed.convert(text.as_ref(), &lines, &mut reply)),
+            Some(text) => {
+                let converted = self.feed.convert(text.as_ref(), &lines, &mut reply);
+                let added = converted.len().saturating_sub(lines.len());
+                drop(lines);
+                self.room_for_conversion(&mut converted_room, added, shutdown)
+                    .await;
+                Bytes::from(converted)
+            }
             None => lines,
         };
         if let Some(valid) = (!lines.is_empty())
@@ -890,6 +929,71 @@ mod tests {
         let s = r.counters.snapshot();
         assert_eq!((s.lines, s.bad_lines), (4 + 5000 + 2, 2), "{s:?}");
         r.stop().await;
+    }
+
+    /// A sink that notes the budget's bytes in use, and the batch's size, as each batch comes.
+    #[derive(Clone)]
+    struct Watching {
+        budget: InflightBytes,
+        seen: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+    }
+
+    impl Sink for Watching {
+        async fn write(
+            &self,
+            _db: &str,
+            _precision: lineproto::Precision,
+            data: Bytes,
+        ) -> Result<(), RequestError> {
+            let in_use = self.budget.in_use();
+            self.seen.lock().expect("lock").push((in_use, data.len()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_conversion_adds_counts_in_the_budget_while_it_is_written() {
+        let budget = InflightBytes::new(1 << 20);
+        let sink = Watching {
+            budget: budget.clone(),
+            seen: Arc::default(),
+        };
+        let config = TcpConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            database: "g".into(),
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(300),
+        };
+        let mut l = TcpLineListener::bind(&config, sink.clone(), TcpOptions::default())
+            .await
+            .expect("bind");
+        l.set_budget(budget.clone());
+        l.set_text(Arc::new(
+            crate::ingest::graphite::parser::GraphiteParser::new(&[], ".", Vec::new())
+                .expect("parser"),
+        ));
+        let addr = l.local_addr();
+        let (stop, rx) = broadcast::channel(1);
+        let task = tokio::spawn(l.run(Shutdown::new(rx)));
+        // 1,000 short Graphite lines, each several times longer once converted.
+        let text: String = (0..1000).map(|i| format!("a.b {i}\n")).collect();
+        let mut c = connect(addr).await;
+        c.write_all(text.as_bytes()).await.expect("write");
+        eventually("every line", || {
+            let seen = sink.seen.lock().expect("lock");
+            seen.iter().map(|(_, n)| n).sum::<usize>() > 4 * text.len()
+        })
+        .await;
+        let seen = sink.seen.lock().expect("lock").clone();
+        for (in_use, converted) in &seen {
+            assert!(
+                in_use >= converted,
+                "{in_use} bytes counted while {converted} were written"
+            );
+        }
+        drop(c);
+        stop.send(()).expect("listener runs");
+        task.await.expect("stops");
     }
 
     #[tokio::test]
