@@ -673,13 +673,20 @@ impl<S: Sink + Clone> Listeners<S> {
                 inflight_wait: config.http.inflight_wait,
             };
             tcp.push(
-                opentsdb::bind(o.bind, &o.database, sink.clone(), tcp_options, limits)
-                    .await
-                    .map_err(|error| BindError {
-                        what: "opentsdb",
-                        addr: o.bind,
-                        error,
-                    })?,
+                opentsdb::bind(
+                    o.bind,
+                    &o.database,
+                    sink.clone(),
+                    tcp_options,
+                    limits,
+                    budget.clone(),
+                )
+                .await
+                .map_err(|error| BindError {
+                    what: "opentsdb",
+                    addr: o.bind,
+                    error,
+                })?,
             );
         }
         for t in &mut tcp {

@@ -42,11 +42,10 @@ pub async fn bind<S: Sink>(
     sink: S,
     options: TcpOptions,
     limits: BodyLimits,
+    inflight: InflightBytes,
 ) -> std::io::Result<TcpLineListener<S>> {
     let mut listener =
         TcpLineListener::bind_text(bind, database, "opentsdb", sink, options, None).await?;
-    // Bodies held at once: a few of the largest allowed.
-    let inflight = limits.max_body_bytes.saturating_mul(4);
     let protocol = OpenTsdb::new(listener.feed(), limits, inflight);
     listener.set_text(Arc::new(protocol));
     Ok(listener)
@@ -61,12 +60,12 @@ pub struct OpenTsdb<S> {
 
 impl<S> OpenTsdb<S> {
     /// The protocol for the listener whose feed is `feed`; HTTP bodies are capped by `limits`
-    /// and, together, by `inflight_bytes`.
-    pub(crate) fn new(feed: Arc<Feed<S>>, limits: BodyLimits, inflight_bytes: usize) -> Self {
+    /// and count in `inflight` (the node's `max_inflight_bytes`).
+    pub(crate) fn new(feed: Arc<Feed<S>>, limits: BodyLimits, inflight: InflightBytes) -> Self {
         Self {
             feed,
             limits,
-            inflight: InflightBytes::new(inflight_bytes),
+            inflight,
         }
     }
 }

@@ -19,6 +19,14 @@ async fn start() -> Running {
 
 /// A listener whose HTTP side gives a request `read_timeout` to arrive.
 async fn start_with(read_timeout: Duration) -> Running {
+    start_with_budget(read_timeout, crate::http::body::InflightBytes::new(4 << 20)).await
+}
+
+/// A listener whose bodies count in `budget`.
+async fn start_with_budget(
+    read_timeout: Duration,
+    budget: crate::http::body::InflightBytes,
+) -> Running {
     let recorder = Recorder::default();
     let l = bind(
         "127.0.0.1:0".parse().expect("addr"),
@@ -30,6 +38,7 @@ async fn start_with(read_timeout: Duration) -> Running {
             read_timeout,
             inflight_wait: Duration::from_secs(1),
         },
+        budget,
     )
     .await
     .expect("bind");
@@ -175,4 +184,34 @@ async fn an_http_client_that_stops_mid_head_or_idles_is_disconnected() {
     }
     let _ = r.stop.send(());
     r.task.await.expect("listener ends");
+}
+
+#[tokio::test]
+async fn http_bodies_count_in_the_node_budget() {
+    let budget = crate::http::body::InflightBytes::new(64 * 1024);
+    let r = start_with_budget(Duration::from_secs(20), budget.clone()).await;
+    // The node's requests hold all of it: the body waits for room, then gets 503.
+    let mut others = crate::http::body::InflightPermit::default();
+    budget.try_grow(&mut others, 64 * 1024).expect("room");
+    let body = br#"{"metric":"c","timestamp":1356998402,"value":3}"#;
+    let request = format!(
+        "POST /api/put HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    // Not half-closed: the request waits for room with its body still unread.
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    c.write_all(&bytes).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    drop(others);
+    let answer = exchange(r.addr, &bytes).await;
+    assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
+    eventually("the point", || r.recorder.lines().len() == 1).await;
 }
