@@ -451,35 +451,6 @@ impl<S: Sink> Connection<S> {
         }
     }
 
-    /// Takes `n` bytes into `permit`, waiting for them up to `memory_wait`; past it (or at
-    /// shutdown) goes on with what it has. Converted lines are already in memory, and
-    /// connections that all waited for room held by each other would wait for ever.
-    async fn room_for_conversion(
-        &self,
-        permit: &mut InflightPermit,
-        n: usize,
-        shutdown: &mut Shutdown,
-    ) {
-        let started = tokio::time::Instant::now();
-        loop {
-            let released = self.budget.released().notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if self.budget.try_reserve(permit, n) {
-                return;
-            }
-            if started.elapsed() >= self.options.memory_wait {
-                self.budget.try_reserve_up_to(permit, n);
-                return;
-            }
-            tokio::select! {
-                () = shutdown.recv() => return,
-                () = released => {}
-                () = tokio::time::sleep(ROOM_POLL) => {}
-            }
-        }
-    }
-
     /// Waits for data (idle timeout, shutdown), makes room for it, then takes what else is
     /// readable at once as far as `held` has room. Room is taken only once the client has sent
     /// something: an idle connection holds no more than its buffered bytes.
@@ -565,15 +536,18 @@ impl<S: Sink> Connection<S> {
     async fn write(&self, lines: Bytes, stream: &mut TcpStream, shutdown: &mut Shutdown) {
         let mut reply = Vec::new();
         // What a conversion adds (a Graphite `a 1` becomes a line eight times its size) counts
-        // in the budget too, while it is written.
+        // in the budget too while it is written, as far as there is room now: the bytes are in
+        // memory already, and waiting for room while holding the connection's buffer could
+        // hold up the requests that would free it (gzip bodies are counted the same way).
         let mut converted_room = InflightPermit::default();
         let lines = match &self.text {
             Some(text) => {
                 let converted = self.feed.convert(text.as_ref(), &lines, &mut reply);
-                let added = converted.len().saturating_sub(lines.len());
+                let added = converted.capacity().saturating_sub(lines.len());
                 drop(lines);
-                self.room_for_conversion(&mut converted_room, added, shutdown)
-                    .await;
+                if added > 0 {
+                    self.budget.try_reserve_up_to(&mut converted_room, added);
+                }
                 Bytes::from(converted)
             }
             None => lines,
