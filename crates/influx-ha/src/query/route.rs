@@ -1168,7 +1168,13 @@ mod tests {
                     url: BackendUrl {
                         scheme: Scheme::Http,
                         host: "127.0.0.1".into(),
-                        port: 1,
+                        // The state's URL names the port (1, where nothing listens, by default).
+                        port: s
+                            .url
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.parse().ok())
+                            .unwrap_or(1),
                         base_path: String::new(),
                     },
                     credentials: None,
@@ -1526,6 +1532,85 @@ mod tests {
         );
         let single = service(vec![up("only")], false);
         assert_eq!(single.inner.kill_target(None).expect("the only one"), 0);
+    }
+
+    /// A body whose headers went out and whose first byte never comes.
+    struct Silent;
+
+    impl hyper::body::Body for Silent {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// A backend answering every request with `answer`'s status and body, or, for `None`,
+    /// with 200 headers and a body that never comes.
+    async fn backend_answering(answer: Option<(u16, &'static str)>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(
+                    move |_req: Request<hyper::body::Incoming>| async move {
+                        let body = match answer {
+                            Some((_, text)) => http_body_util::Either::Left(
+                                http_body_util::Full::new(Bytes::from_static(text.as_bytes())),
+                            ),
+                            None => http_body_util::Either::Right(Silent),
+                        };
+                        let mut resp = Response::new(body);
+                        if let Some((status, _)) = answer {
+                            *resp.status_mut() = StatusCode::from_u16(status).expect("status");
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_read_unanswered_in_time_is_not_run_elsewhere_and_a_held_5xx_answers_it() {
+        let failing = backend_answering(Some((500, "{\"error\":\"boom\"}\n"))).await;
+        let silent = backend_answering(None).await;
+        let at = |name: &str, addr: std::net::SocketAddr| BackendState {
+            url: format!("http://127.0.0.1:{}", addr.port()),
+            ..up(name)
+        };
+        let read = |s: QueryService| async move {
+            let req = Request::builder()
+                .uri("/query?q=SELECT%20*%20FROM%20m")
+                .body(crate::http::empty())
+                .expect("request");
+            let resp = s.call(RequestId::new(), req).await;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        // The first backend tried answers 500, the next sends headers and then nothing.
+        let s = service(vec![at("a", failing), at("b", silent)], false);
+        let (status, body) = read(s).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert!(body.contains("boom"), "{body}");
+        // Alone, the silent one gets the client a 503 naming the timeout.
+        let s = service(vec![at("b", silent)], false);
+        let (status, body) = read(s).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("sent no byte of its answer"), "{body}");
     }
 
     #[tokio::test(start_paused = true)]
