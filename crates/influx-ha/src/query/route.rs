@@ -1374,17 +1374,7 @@ mod tests {
             records: 4,
             ..QueueDepth::default()
         };
-        let mut peer_queued = up("b");
-        peer_queued.peers.push(PeerReport {
-            peer: "relay-2".into(),
-            queue: QueueDepth {
-                records: 2,
-                ..QueueDepth::default()
-            },
-            diverged: false,
-            received: SystemTime::UNIX_EPOCH,
-            reachable: false,
-        });
+        let peer_queued = with_peer_queue(up("b"), "relay-2", 2, false);
         let unknown = BackendState::new("c", "u");
         let strict = service(
             vec![queued.clone(), peer_queued.clone(), unknown.clone()],
@@ -1439,17 +1429,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_statement_that_cannot_run_twice_waits_for_the_peers_queues() {
-        let mut peer_queued = up("b");
-        peer_queued.peers.push(PeerReport {
-            peer: "relay-2".into(),
-            queue: QueueDepth {
-                records: 2,
-                ..QueueDepth::default()
-            },
-            diverged: false,
-            received: SystemTime::UNIX_EPOCH,
-            reachable: true,
-        });
+        let peer_queued = with_peer_queue(up("b"), "relay-2", 2, true);
         let s = service(vec![up("a"), peer_queued], false);
         let run = |q: &str| {
             let req = Request::builder()
@@ -1490,17 +1470,7 @@ mod tests {
             );
         }
         // A peer that does not answer: its last report stands, and the answer says so.
-        let mut silent = up("b");
-        silent.peers.push(PeerReport {
-            peer: "relay-3".into(),
-            queue: QueueDepth {
-                records: 1,
-                ..QueueDepth::default()
-            },
-            diverged: false,
-            received: SystemTime::UNIX_EPOCH,
-            reachable: false,
-        });
+        let silent = with_peer_queue(up("b"), "relay-3", 1, false);
         let s = service(vec![up("a"), silent], false);
         let req = Request::builder()
             .method(Method::POST)
@@ -1514,6 +1484,26 @@ mod tests {
             String::from_utf8_lossy(&body).contains("remove its [[peer]] entry"),
             "{body:?}"
         );
+    }
+
+    /// `state` with a peer's report of `records` writes queued for it.
+    fn with_peer_queue(
+        mut state: BackendState,
+        peer: &str,
+        records: u64,
+        reachable: bool,
+    ) -> BackendState {
+        state.peers.push(PeerReport {
+            peer: peer.into(),
+            queue: QueueDepth {
+                records,
+                ..QueueDepth::default()
+            },
+            diverged: false,
+            received: SystemTime::UNIX_EPOCH,
+            reachable,
+        });
+        state
     }
 
     #[test]
