@@ -826,34 +826,18 @@ mod tests {
     async fn a_backend_down_for_failed_requests_counts_as_not_pinging_after_fall_failed_pings() {
         // A backend whose pings answer 500 while `fail` is set.
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let failing = fail.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let failing = failing.clone();
-                let svc = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| {
-                        let status = if failing.load(Ordering::SeqCst) {
-                            http::StatusCode::INTERNAL_SERVER_ERROR
-                        } else {
-                            http::StatusCode::NO_CONTENT
-                        };
-                        let mut resp =
-                            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                        *resp.status_mut() = status;
-                        async move { Ok::<_, std::convert::Infallible>(resp) }
-                    },
-                );
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let svc = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+            let status = if failing.load(Ordering::SeqCst) {
+                http::StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                http::StatusCode::NO_CONTENT
+            };
+            let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+            *resp.status_mut() = status;
+            async move { Ok::<_, std::convert::Infallible>(resp) }
         });
+        let addr = crate::test_http::serve(svc).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let (clients, replica) = crate::test_http::one_backend_at(dir.path(), addr);
         let mut monitor = monitor_of(clients, vec![replica.clone()]);

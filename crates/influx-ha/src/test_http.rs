@@ -1,5 +1,6 @@
-//! A stand-in HTTP server for unit tests: answers 204 to every request, on kept-alive
-//! connections, and keeps the request lines and bodies (`Content-Length` ones) it was sent.
+//! Stand-in HTTP servers for unit tests: one that answers 204 to every request, on kept-alive
+//! connections, and keeps the request lines and bodies (`Content-Length` ones) it was sent;
+//! and [`serve`], which serves a test's own hyper service.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -74,4 +75,37 @@ pub async fn answering_204() -> (SocketAddr, Seen) {
         }
     });
     (addr, seen)
+}
+
+/// Serves every connection to a free loopback port with `service` (HTTP/1.1, kept alive);
+/// returns the address.
+pub async fn serve<S, B>(service: S) -> SocketAddr
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }

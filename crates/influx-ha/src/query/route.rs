@@ -1211,41 +1211,27 @@ mod tests {
     async fn holding_statements(
         open: Arc<std::sync::atomic::AtomicBool>,
     ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let queries = Arc::new(AtomicUsize::new(0));
         let seen = queries.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (open, seen) = (open.clone(), seen.clone());
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (open, seen) = (open.clone(), seen.clone());
-                    async move {
-                        let mut resp = Response::new(http_body_util::Full::new(Bytes::new()));
-                        if req.uri().path() == "/query" {
-                            seen.fetch_add(1, Ordering::SeqCst);
-                            while !open.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                            *resp.body_mut() = http_body_util::Full::new(Bytes::from_static(
-                                b"{\"results\":[{\"statement_id\":0}]}\n",
-                            ));
-                        } else {
-                            *resp.status_mut() = StatusCode::NO_CONTENT;
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (open, seen) = (open.clone(), seen.clone());
+            async move {
+                let mut resp = Response::new(http_body_util::Full::new(Bytes::new()));
+                if req.uri().path() == "/query" {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    while !open.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
+                    *resp.body_mut() = http_body_util::Full::new(Bytes::from_static(
+                        b"{\"results\":[{\"statement_id\":0}]}\n",
+                    ));
+                } else {
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                }
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
-        (addr, queries)
+        (crate::test_http::serve(svc).await, queries)
     }
 
     #[tokio::test]
@@ -1542,35 +1528,21 @@ mod tests {
     /// A backend answering every request with `answer`'s status and body, or, for `None`,
     /// with 200 headers and a body that never comes.
     async fn backend_answering(answer: Option<(u16, &'static str)>) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let svc = hyper::service::service_fn(
-                    move |_req: Request<hyper::body::Incoming>| async move {
-                        let body = match answer {
-                            Some((_, text)) => http_body_util::Either::Left(
-                                http_body_util::Full::new(Bytes::from_static(text.as_bytes())),
-                            ),
-                            None => http_body_util::Either::Right(Silent),
-                        };
-                        let mut resp = Response::new(body);
-                        if let Some((status, _)) = answer {
-                            *resp.status_mut() = StatusCode::from_u16(status).expect("status");
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    },
-                );
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        addr
+        let svc =
+            hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| async move {
+                let body = match answer {
+                    Some((_, text)) => http_body_util::Either::Left(http_body_util::Full::new(
+                        Bytes::from_static(text.as_bytes()),
+                    )),
+                    None => http_body_util::Either::Right(Silent),
+                };
+                let mut resp = Response::new(body);
+                if let Some((status, _)) = answer {
+                    *resp.status_mut() = StatusCode::from_u16(status).expect("status");
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+        crate::test_http::serve(svc).await
     }
 
     #[tokio::test]

@@ -488,69 +488,50 @@ impl FakeBackend {
 /// Serves `fake` on a free loopback port: `/write` as above, anything else 204.
 async fn serve(fake: Arc<FakeBackend>) -> std::net::SocketAddr {
     use http_body_util::BodyExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let fake = fake.clone();
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let fake = fake.clone();
-                    async move {
-                        let is_write = req.uri().path() == "/write";
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let resp = if is_write {
-                            fake.write(body).await
-                        } else {
-                            fake.queries.lock().expect("not poisoned").push(body);
-                            while fake.stall_queries.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_millis(2)).await;
-                            }
-                            let answer = fake.query_answer.lock().expect("not poisoned").clone();
-                            let mut r = http::Response::new(http_body_util::Full::new(
-                                answer.clone().unwrap_or_default(),
-                            ));
-                            let refuse = fake
-                                .refuse_queries
-                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                    n.checked_sub(1)
-                                })
-                                .is_ok();
-                            let busy = fake
-                                .busy_queries
-                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                    n.checked_sub(1)
-                                })
-                                .is_ok();
-                            *r.status_mut() = if refuse {
-                                http::StatusCode::UNAUTHORIZED
-                            } else if busy {
-                                http::StatusCode::TOO_MANY_REQUESTS
-                            } else if answer.is_some() {
-                                http::StatusCode::OK
-                            } else {
-                                http::StatusCode::NO_CONTENT
-                            };
-                            r
-                        };
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let fake = fake.clone();
+        async move {
+            let is_write = req.uri().path() == "/write";
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let resp = if is_write {
+                fake.write(body).await
+            } else {
+                fake.queries.lock().expect("not poisoned").push(body);
+                while fake.stall_queries.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let answer = fake.query_answer.lock().expect("not poisoned").clone();
+                let mut r = http::Response::new(http_body_util::Full::new(
+                    answer.clone().unwrap_or_default(),
+                ));
+                let refuse = fake
+                    .refuse_queries
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                let busy = fake
+                    .busy_queries
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                *r.status_mut() = if refuse {
+                    http::StatusCode::UNAUTHORIZED
+                } else if busy {
+                    http::StatusCode::TOO_MANY_REQUESTS
+                } else if answer.is_some() {
+                    http::StatusCode::OK
+                } else {
+                    http::StatusCode::NO_CONTENT
+                };
+                r
+            };
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    addr
+    crate::test_http::serve(svc).await
 }
 
 /// One backend at `addr` with its queue under `dir`, not replaying yet.
