@@ -101,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             let json = args.json;
             let verify_only = args.verify_only;
+            let counted = args.points.is_some();
             let report = runtime.block_on(influx_ha::bench::run(*args))?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -108,11 +109,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", report.text());
             }
             std::io::Write::flush(&mut std::io::stdout())?;
+            if report.cancelled {
+                // As a shell expects of a program stopped by Ctrl-C.
+                eprintln!("cancelled");
+                std::process::exit(130);
+            }
             if !report.verified() {
                 anyhow::bail!("a backend does not hold exactly the points written");
             }
             if !verify_only && report.points_acked == 0 {
                 anyhow::bail!("no write succeeded");
+            }
+            if counted && report.points_failed > 0 {
+                anyhow::bail!(
+                    "{} of the points asked for were not acknowledged",
+                    report.points_failed
+                );
             }
             Ok(())
         }

@@ -300,6 +300,7 @@ pub async fn worker(plan: Arc<Plan>) -> Tally {
         {
             break;
         }
+        let mut scheduled = None;
         if let Some(pace) = plan.pace {
             let at = plan.start + pace.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
             if let Stop::At(end) = plan.stop
@@ -308,6 +309,7 @@ pub async fn worker(plan: Arc<Plan>) -> Tally {
                 break;
             }
             tokio::time::sleep_until(at).await;
+            scheduled = Some(at);
         }
         if let Stop::At(end) = plan.stop
             && Instant::now() >= end
@@ -317,7 +319,9 @@ pub async fn worker(plan: Arc<Plan>) -> Tally {
         let payload = &plan.pool[(k % plan.pool.len() as u64) as usize];
         let acked = match (&plan.sink, &udp) {
             (_, Some(socket)) => send_udp(socket, payload, &mut tally).await,
-            (Sink::Http(sink), None) => send_http(&plan, sink, payload, &mut tally).await,
+            (Sink::Http(sink), None) => {
+                send_http(&plan, sink, payload, scheduled, &mut tally).await
+            }
             (Sink::Udp { .. }, None) => false,
         };
         plan.progress
@@ -366,7 +370,16 @@ async fn send_udp(socket: &UdpSocket, payload: &Payload, tally: &mut Tally) -> b
     true
 }
 
-async fn send_http(plan: &Plan, sink: &HttpSink, payload: &Payload, tally: &mut Tally) -> bool {
+/// Sends one batch, retrying as the plan says. The latency recorded is that of the answer
+/// that acknowledged it, from when it was due (`scheduled`, at a set rate: a late start is
+/// part of it) or else from when that attempt was sent.
+async fn send_http(
+    plan: &Plan,
+    sink: &HttpSink,
+    payload: &Payload,
+    scheduled: Option<Instant>,
+    tally: &mut Tally,
+) -> bool {
     let HttpSink {
         client,
         uri,
@@ -408,9 +421,10 @@ async fn send_http(plan: &Plan, sink: &HttpSink, payload: &Payload, tally: &mut 
         };
         let attempt = match tokio::time::timeout(*timeout, exchange).await {
             Ok(Ok((status, body))) => {
-                let us = sent.elapsed().as_micros() as u64;
-                let _ = tally.latency.record(us.clamp(1, MAX_LATENCY_US));
                 if status.is_success() {
+                    let from = scheduled.unwrap_or(sent);
+                    let us = from.elapsed().as_micros() as u64;
+                    let _ = tally.latency.record(us.clamp(1, MAX_LATENCY_US));
                     tally.requests_ok += 1;
                     Attempt::Ok
                 } else {

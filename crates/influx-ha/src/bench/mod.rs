@@ -349,8 +349,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     }
     let client = http_client(args.concurrency as usize);
     let query_auth = query_authorization(&args)?;
-    for url in &args.verify {
-        verify::create_database(&client, url, &args.db, query_auth.as_ref()).await?;
+    // Checking alone writes nothing, not even a database (nor needs the right to).
+    if !args.verify_only {
+        for url in &args.verify {
+            verify::create_database(&client, url, &args.db, query_auth.as_ref()).await?;
+        }
     }
     let (protocol, target_text) = match &target {
         Target::Http { base } => {
@@ -390,12 +393,15 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             matches!(target, Target::Udp { .. }),
         )
     } else {
-        let (tally, secs, distinct) = write_load(&args, &workload, &target, &client, end).await?;
+        let (tally, secs, distinct, cancelled) =
+            write_load(&args, &workload, &target, &client, end).await?;
         setup.distinct_batches = distinct;
-        Report::new(setup, tally, secs, matches!(target, Target::Udp { .. }))
+        let mut report = Report::new(setup, tally, secs, matches!(target, Target::Udp { .. }));
+        report.cancelled = cancelled;
+        report
     };
 
-    if let (Some(end), false) = (end, args.verify.is_empty()) {
+    if let (Some(end), false, false) = (end, args.verify.is_empty(), report.cancelled) {
         let want = verify::expected(&workload, args.offset..end);
         let range = (workload.timestamp(args.offset), workload.timestamp(end - 1));
         for url in &args.verify {
@@ -404,9 +410,16 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                 rp: args.rp.as_deref(),
                 auth: query_auth.as_ref(),
             };
-            report
-                .verify
-                .push(verify_until(&client, url, &args, scope, range, &want).await);
+            // The load's Ctrl-C handler keeps SIGINT from ending the process: it is heard here.
+            tokio::select! {
+                check = verify_until(&client, url, &args, scope, range, &want) => {
+                    report.verify.push(check);
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    report.cancelled = true;
+                    break;
+                }
+            }
         }
     }
     Ok(report)
@@ -456,7 +469,7 @@ async fn write_load(
     target: &Target,
     client: &HttpClient,
     end: Option<u64>,
-) -> Result<(Tally, f64, u64), BenchError> {
+) -> Result<(Tally, f64, u64, bool), BenchError> {
     let batch_bytes = (workload.point_bytes_estimate() as u64).saturating_mul(args.batch);
     let fit = ((args.pool_mib << 20) / batch_bytes.max(1)).max(1);
     let needed = end.map(|e| (e - args.offset).div_ceil(args.batch));
@@ -511,9 +524,18 @@ async fn write_load(
         Some(n) => Stop::Batches(n),
         None => Stop::At(start + duration),
     };
-    let pace = args
-        .rate
-        .map(|r| Duration::from_secs_f64(args.batch as f64 / r));
+    let pace = match args.rate {
+        None => None,
+        // A batch a year apart is as good as never: slower rates are refused.
+        Some(r) => match Duration::try_from_secs_f64(args.batch as f64 / r) {
+            Ok(p) if p <= Duration::from_secs(365 * 24 * 3600) => Some(p),
+            _ => {
+                return Err(BenchError::Usage(
+                    "--rate is too low: one batch would take more than a year".to_owned(),
+                ));
+            }
+        },
+    };
     let plan = Arc::new(Plan {
         pool,
         sink,
@@ -575,7 +597,8 @@ async fn write_load(
     ticker.abort();
     cancel.abort();
     bar.finish_and_clear();
-    Ok((tally, secs, distinct))
+    let cancelled = plan.progress.cancel.load(Ordering::Relaxed);
+    Ok((tally, secs, distinct, cancelled))
 }
 
 fn progress_bar(args: &BenchArgs, points: Option<u64>, duration: Duration) -> ProgressBar {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::load::Tally;
 use super::verify::BackendCheck;
 
-/// Latency percentiles of the requests that got an answer, in milliseconds.
+/// Latency percentiles of the acknowledged requests (from when each was due, at a set rate), in milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Latency {
     /// Fastest.
@@ -62,7 +62,7 @@ pub struct Report {
     pub requests_per_s: f64,
     /// Megabytes (10^6) of line protocol acknowledged per second, before compression.
     pub mb_per_s: f64,
-    /// Latency of the answered requests; `None` for UDP.
+    /// Latency of the acknowledged requests; `None` for UDP.
     pub latency_ms: Option<Latency>,
     /// Retried attempts.
     pub retries: u64,
@@ -72,6 +72,8 @@ pub struct Report {
     pub error_samples: BTreeMap<String, String>,
     /// Per backend, whether it holds exactly the points written; empty without `--verify`.
     pub verify: Vec<BackendCheck>,
+    /// Whether Ctrl-C ended the run early (and left the verification out).
+    pub cancelled: bool,
 }
 
 /// What the run was, before its figures.
@@ -130,6 +132,7 @@ impl Report {
             errors: tally.errors,
             error_samples: tally.samples,
             verify: Vec::new(),
+            cancelled: false,
         }
     }
 
