@@ -191,6 +191,10 @@ pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest backend name (it is a directory name).
 pub const MAX_BACKEND_NAME_LEN: usize = 64;
+/// Most connections a listener may be configured to hold: far past what one process can have
+/// open, and within what its connection limit can count.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 24;
+
 /// Default period of the active health checks and of peer polls.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default deadline of one health check.
@@ -1045,9 +1049,13 @@ impl RawConfig {
         let max_connections = match &self.http.max_connections {
             None => DEFAULT_MAX_CONNECTIONS,
             Some(v) => match usize::try_from(*v.get_ref()) {
-                Ok(n) if n >= 1 => n,
+                Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => n,
                 _ => {
-                    c.at(v, "http.max_connections", "must be at least 1");
+                    c.at(
+                        v,
+                        "http.max_connections",
+                        format!("must be from 1 to {MAX_CONNECTIONS_LIMIT}"),
+                    );
                     DEFAULT_MAX_CONNECTIONS
                 }
             },
@@ -1117,9 +1125,13 @@ impl RawConfig {
                 max_connections: match &t.max_connections {
                     None => DEFAULT_TCP_MAX_CONNECTIONS,
                     Some(v) => match usize::try_from(*v.get_ref()) {
-                        Ok(n) if n >= 1 => n,
+                        Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => n,
                         _ => {
-                            c.at(v, format!("tcp[{i}].max_connections"), "must be at least 1");
+                            c.at(
+                                v,
+                                format!("tcp[{i}].max_connections"),
+                                format!("must be from 1 to {MAX_CONNECTIONS_LIMIT}"),
+                            );
                             DEFAULT_TCP_MAX_CONNECTIONS
                         }
                     },

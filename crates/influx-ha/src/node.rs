@@ -512,6 +512,14 @@ pub async fn serve_with_reload(
     config_path: Option<std::path::PathBuf>,
 ) -> Result<DrainReport, NodeError> {
     let started = std::time::SystemTime::now();
+    // SIGHUP's default action ends the process: `systemctl reload` while the queues open or
+    // the listener databases are created must not stop a relay that systemd then leaves down.
+    // Heard from here on, it is acted on once the node runs.
+    #[cfg(unix)]
+    let hup = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup()).map_err(NodeError::Signals)?
+    };
     let clients = backend_clients(&config)?;
     let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
     // The read path and the task that keeps the backends' state current.
@@ -663,17 +671,12 @@ pub async fn serve_with_reload(
         }));
     }
     #[cfg(unix)]
-    let reloading = match &reloader {
-        Some(r) => {
-            use tokio::signal::unix::{SignalKind, signal};
-            let hup = signal(SignalKind::hangup()).map_err(NodeError::Signals)?;
-            Some(tokio::spawn(r.clone().run_on_sighup(
-                hup,
-                crate::shutdown::Shutdown::new(stop_replays.subscribe()),
-            )))
-        }
-        None => None,
-    };
+    let reloading = reloader.as_ref().map(|r| {
+        tokio::spawn(r.clone().run_on_sighup(
+            hup,
+            crate::shutdown::Shutdown::new(stop_replays.subscribe()),
+        ))
+    });
     // Peers learn at once when this node's queues change, rather than at their next poll;
     // also of what the drain queued, after the last write (stopped last, see below).
     let (stop_telling, _) = tokio::sync::broadcast::channel(1);

@@ -99,8 +99,13 @@ pub async fn run_with_tls<W: WriteHandler>(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
 
+    // Every connection's task, so that those still open when the drain period is over can
+    // be ended: a body still arriving then would reach queues already closed.
+    let mut connections = tokio::task::JoinSet::new();
     let accept_loop = async {
         loop {
+            // Finished ones are let go as they end, so the set holds the open ones only.
+            while connections.try_join_next().is_some() {}
             // Backpressure: wait for a free slot before taking the next connection.
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 return;
@@ -115,7 +120,7 @@ pub async fn run_with_tls<W: WriteHandler>(
                 _permit: permit,
                 handshake_timeout: options.header_read_timeout,
             };
-            tokio::spawn(task.run(stream, peer, tls.clone()));
+            connections.spawn(task.run(stream, peer, tls.clone()));
         }
     };
     tokio::select! {
@@ -140,6 +145,7 @@ pub async fn run_with_tls<W: WriteHandler>(
             "drain period over with connections still open; closing them"
         );
     }
+    connections.abort_all();
     DrainReport {
         abandoned_connections: abandoned,
     }

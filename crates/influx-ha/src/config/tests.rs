@@ -575,6 +575,12 @@ fn http_limits_are_checked() {
     assert_eq!(p.line, Some(4));
     let p = problem(&with_backend("[http]\nmax_connections = 0", b));
     assert_eq!(p.key, "http.max_connections");
+    // More than a connection limit can count is refused here, not a panic at start.
+    let p = problem(&with_backend(
+        "[http]\nmax_connections = 9223372036854775807",
+        b,
+    ));
+    assert_eq!(p.key, "http.max_connections");
     let p = problem(&with_backend("[http]\nbody_read_timeout = \"0s\"", b));
     assert_eq!(p.key, "http.body_read_timeout");
     let p = problem(&with_backend("[http]\nheader_read_timeout = \"0s\"", b));

@@ -328,6 +328,13 @@ impl Replicator {
                 .influx_error()
                 .map_or(Ok(()), |m| Err(RequestError::PartialWrite(m)));
         }
+        // A body that finished arriving after the drain: its copies could no longer be queued
+        // (and a backend would lose its copy of a write others acknowledged).
+        if self.is_closed() {
+            return Err(RequestError::Unavailable(
+                "the node is shutting down: its queues are closed; retry".to_owned(),
+            ));
+        }
         let refusals = Refusals::of(&v);
         let payload = if v.is_unchanged() {
             data.clone()

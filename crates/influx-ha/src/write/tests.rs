@@ -40,6 +40,29 @@ async fn a_refused_append_marks_the_backend_diverged_and_does_not_leave_it_queue
     }
 }
 
+#[tokio::test]
+async fn a_write_after_the_queues_closed_is_refused_and_marks_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replicator = tiny_queues(dir.path());
+    replicator.close();
+    let result = replicator
+        .replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::Any,
+            Bytes::from("m v=1 1\n"),
+        )
+        .await;
+    let Err(crate::http::error::RequestError::Unavailable(why)) = result else {
+        panic!("{result:?}");
+    };
+    assert!(why.contains("shutting down"), "{why}");
+    for r in replicator.replicas().iter() {
+        assert_eq!(r.diverged(), None, "{}", r.name());
+    }
+}
+
 /// A fast fake backend and a slow one (stalling its writes until told), replicated to.
 async fn fast_and_slow(dir: &std::path::Path) -> (Replicator, Arc<FakeBackend>) {
     fast_and_slow_with(dir, "").await
