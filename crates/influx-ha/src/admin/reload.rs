@@ -366,6 +366,17 @@ impl Reloader {
             replays.push(replay);
         }
         for r in &removed {
+            let stats = r.queue().stats();
+            if stats.depth_records > 0 {
+                // Kept on disk, not delivered: adding the backend back (same name) resumes it.
+                tracing::warn!(
+                    backend = r.name(),
+                    queued_records = stats.depth_records,
+                    queued_bytes = stats.depth_bytes,
+                    dir = %r.queue().dir().display(),
+                    "backend removed with writes still queued for it: they stay on disk, undelivered"
+                );
+            }
             // The queue closes once the last write in flight to it is done (on drop).
             r.retire();
             lock(&self.retired).push(Arc::downgrade(r));
