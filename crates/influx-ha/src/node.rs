@@ -545,6 +545,7 @@ pub async fn serve_with_reload(
     let (stop_monitor, _) = tokio::sync::broadcast::channel(1);
     let current_monitor = Arc::new(std::sync::Mutex::new(None));
     let monitor_task = spawn_monitor(monitor, &stop_monitor, &current_monitor);
+    let last_monitor = current_monitor.clone();
     let addr = node.local_addr().unwrap_or(config.http.bind);
     tracing::info!(%addr, "listening (InfluxDB 1.6 API)");
     if let Some(admin) = node.admin_addr() {
@@ -777,6 +778,16 @@ pub async fn serve_with_reload(
     #[cfg(unix)]
     if let Some(task) = reloading {
         let _ = task.await;
+    }
+    // A monitor that a reload started after the stop was sent never heard it: with the
+    // reloads over, the one running now is stopped, and waited for.
+    let running_monitor = last_monitor
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some((stop, ended)) = running_monitor {
+        let _ = stop.send(());
+        let _ = ended.await;
     }
     // Replays of backends added by reloads; one spawned by a reload that finished after the
     // stop was sent never heard it: a few seconds, then it is stopped where it is (its batch
