@@ -312,3 +312,49 @@ fn arguments_are_checked() {
         "http://h:1/api/v2/write?bucket=bench%2Fweek&precision=ns"
     );
 }
+
+fn bench_args(argv: &[&str]) -> BenchArgs {
+    use clap::Parser;
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        a: BenchArgs,
+    }
+    let mut all = vec!["t"];
+    all.extend_from_slice(argv);
+    T::try_parse_from(all).expect("valid arguments").a
+}
+
+#[tokio::test]
+async fn verify_only_writes_nothing_to_the_backends() {
+    let (addr, seen) = crate::test_http::answering_204().await;
+    let url = format!("http://{addr}");
+    let args = bench_args(&[
+        "http://127.0.0.1:1",
+        "-n",
+        "1700",
+        "--verify-only",
+        "--verify",
+        &url,
+        "--verify-timeout",
+        "1s",
+    ]);
+    // The stand-in answers the checks' queries with nothing: not exact, but asked.
+    let report = run(args).await.expect("a report");
+    assert!(!report.verified());
+    let requests = seen.lock().expect("not poisoned").clone();
+    assert!(!requests.is_empty(), "the backend was checked");
+    for (line, body) in &requests {
+        let text = format!("{line} {}", String::from_utf8_lossy(body));
+        assert!(!text.contains("CREATE"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_too_low_to_pace_is_refused() {
+    let args = bench_args(&["http://127.0.0.1:1", "--rate", "1e-300", "--duration", "1s"]);
+    match run(args).await {
+        Err(BenchError::Usage(why)) => assert!(why.contains("--rate is too low"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
