@@ -514,11 +514,15 @@ pub async fn serve_with_reload(
     let started = std::time::SystemTime::now();
     // SIGHUP's default action ends the process: `systemctl reload` while the queues open or
     // the listener databases are created must not stop a relay that systemd then leaves down.
-    // Heard from here on, it is acted on once the node runs.
+    // Heard from here on, it is acted on once the node runs. (Without a config file to read
+    // again, SIGHUP keeps its default.)
     #[cfg(unix)]
-    let hup = {
-        use tokio::signal::unix::{SignalKind, signal};
-        signal(SignalKind::hangup()).map_err(NodeError::Signals)?
+    let hup = match &config_path {
+        Some(_) => {
+            use tokio::signal::unix::{SignalKind, signal};
+            Some(signal(SignalKind::hangup()).map_err(NodeError::Signals)?)
+        }
+        None => None,
     };
     let clients = backend_clients(&config)?;
     let replicator = Arc::new(crate::write::Replicator::open(&config, &clients)?);
@@ -672,7 +676,7 @@ pub async fn serve_with_reload(
         }));
     }
     #[cfg(unix)]
-    let reloading = reloader.as_ref().map(|r| {
+    let reloading = reloader.as_ref().zip(hup).map(|(r, hup)| {
         tokio::spawn(r.clone().run_on_sighup(
             hup,
             crate::shutdown::Shutdown::new(stop_replays.subscribe()),

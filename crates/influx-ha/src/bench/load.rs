@@ -186,8 +186,18 @@ pub struct Progress {
     pub points_acked: AtomicU64,
     /// Failed attempts.
     pub errors: AtomicU64,
-    /// Set to stop the workers early (Ctrl-C).
+    /// Set to stop the workers early (Ctrl-C), by [`Progress::stop`].
     pub cancel: AtomicBool,
+    /// Wakes the workers waiting for a batch's turn when `cancel` is set.
+    pub cancelled: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// Stops the workers: those sending finish their batch, those waiting stop waiting.
+    pub fn stop(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.cancelled.notify_waiters();
+    }
 }
 
 /// What one worker measured.
@@ -308,7 +318,17 @@ pub async fn worker(plan: Arc<Plan>) -> Tally {
             {
                 break;
             }
-            tokio::time::sleep_until(at).await;
+            // Listening before looking, so that a stop in between is not missed.
+            let stopped = plan.progress.cancelled.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if plan.progress.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = stopped => break,
+            }
             scheduled = Some(at);
         }
         if let Stop::At(end) = plan.stop

@@ -330,6 +330,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             "--rate must be a positive number".to_owned(),
         ));
     }
+    if args.rate.is_some_and(|r| pace_of(args.batch, r).is_none()) {
+        return Err(BenchError::Usage(
+            "--rate is too low: one batch would take more than a year".to_owned(),
+        ));
+    }
     let target = parse_target(&args.url)?;
     let end = args.points.map(|n| args.offset.saturating_add(n));
     if let Some(end) = end {
@@ -385,6 +390,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         rate_limit: args.rate,
         distinct_batches: 0,
     };
+    let mut loaded = None;
     let mut report = if args.verify_only {
         Report::new(
             setup,
@@ -393,15 +399,35 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             matches!(target, Target::Udp { .. }),
         )
     } else {
-        let (tally, secs, distinct, cancelled) =
-            write_load(&args, &workload, &target, &client, end).await?;
+        let Loaded {
+            tally,
+            secs,
+            distinct,
+            plan,
+            ctrl_c,
+        } = write_load(&args, &workload, &target, &client, end).await?;
         setup.distinct_batches = distinct;
         let mut report = Report::new(setup, tally, secs, matches!(target, Target::Udp { .. }));
-        report.cancelled = cancelled;
+        report.cancelled = plan.progress.cancel.load(Ordering::SeqCst);
+        loaded = Some((plan, ctrl_c));
         report
     };
 
     if let (Some(end), false, false) = (end, args.verify.is_empty(), report.cancelled) {
+        // Heard by the load's watcher (see `Loaded`), or by one of its own with `--verify-only`.
+        let own = Arc::new(load::Progress::default());
+        let _watcher = loaded.is_none().then(|| {
+            let own = own.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    own.stop();
+                }
+            }))
+        });
+        let progress = loaded.as_ref().map_or(&*own, |(plan, _)| &plan.progress);
+        let interrupted = progress.cancelled.notified();
+        tokio::pin!(interrupted);
+        interrupted.as_mut().enable();
         let want = verify::expected(&workload, args.offset..end);
         let range = (workload.timestamp(args.offset), workload.timestamp(end - 1));
         for url in &args.verify {
@@ -410,12 +436,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                 rp: args.rp.as_deref(),
                 auth: query_auth.as_ref(),
             };
-            // The load's Ctrl-C handler keeps SIGINT from ending the process: it is heard here.
             tokio::select! {
                 check = verify_until(&client, url, &args, scope, range, &want) => {
                     report.verify.push(check);
                 }
-                _ = tokio::signal::ctrl_c() => {
+                () = &mut interrupted => {
                     report.cancelled = true;
                     break;
                 }
@@ -469,7 +494,7 @@ async fn write_load(
     target: &Target,
     client: &HttpClient,
     end: Option<u64>,
-) -> Result<(Tally, f64, u64, bool), BenchError> {
+) -> Result<Loaded, BenchError> {
     let batch_bytes = (workload.point_bytes_estimate() as u64).saturating_mul(args.batch);
     let fit = ((args.pool_mib << 20) / batch_bytes.max(1)).max(1);
     let needed = end.map(|e| (e - args.offset).div_ceil(args.batch));
@@ -524,18 +549,7 @@ async fn write_load(
         Some(n) => Stop::Batches(n),
         None => Stop::At(start + duration),
     };
-    let pace = match args.rate {
-        None => None,
-        // A batch a year apart is as good as never: slower rates are refused.
-        Some(r) => match Duration::try_from_secs_f64(args.batch as f64 / r) {
-            Ok(p) if p <= Duration::from_secs(365 * 24 * 3600) => Some(p),
-            _ => {
-                return Err(BenchError::Usage(
-                    "--rate is too low: one batch would take more than a year".to_owned(),
-                ));
-            }
-        },
-    };
+    let pace = args.rate.and_then(|r| pace_of(args.batch, r));
     let plan = Arc::new(Plan {
         pool,
         sink,
@@ -576,7 +590,7 @@ async fn write_load(
         let plan = plan.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                plan.progress.cancel.store(true, Ordering::Relaxed);
+                plan.progress.stop();
             }
         })
     };
@@ -595,10 +609,42 @@ async fn write_load(
     }
     let secs = start.elapsed().as_secs_f64();
     ticker.abort();
-    cancel.abort();
     bar.finish_and_clear();
-    let cancelled = plan.progress.cancel.load(Ordering::Relaxed);
-    Ok((tally, secs, distinct, cancelled))
+    Ok(Loaded {
+        tally,
+        secs,
+        distinct,
+        plan,
+        ctrl_c: AbortOnDrop(cancel),
+    })
+}
+
+/// The time between two batches of `batch` points at `rate` points/s; `None` past a year (as
+/// good as never, and past what an `Instant` may be moved by).
+fn pace_of(batch: u64, rate: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(batch as f64 / rate)
+        .ok()
+        .filter(|p| *p <= Duration::from_secs(365 * 24 * 3600))
+}
+
+/// What [`write_load`] leaves: its figures, and the Ctrl-C watcher still listening (so that
+/// the verification after the load hears it too: once installed, the handler keeps SIGINT
+/// from ending the process).
+struct Loaded {
+    tally: Tally,
+    secs: f64,
+    distinct: u64,
+    plan: Arc<load::Plan>,
+    ctrl_c: AbortOnDrop,
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn progress_bar(args: &BenchArgs, points: Option<u64>, duration: Duration) -> ProgressBar {

@@ -157,6 +157,9 @@ pub struct Replicator {
     deliveries: Arc<watch::Sender<usize>>,
     /// Set once the queues are closed at shutdown.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when shutdown starts waiting for the fan-outs before it closes the queues: a write
+    /// counted after that is refused, so none starts on queues about to close.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One running fan-out, counted in [`Replicator::deliveries`] while it lives.
@@ -194,6 +197,7 @@ impl Replicator {
             catch_up_wait: CATCH_UP_WAIT,
             deliveries: Arc::new(watch::Sender::new(0)),
             closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            closing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -249,8 +253,13 @@ impl Replicator {
             .collect()
     }
 
-    /// Waits until no fan-out is running, for at most `limit`; returns how many still are.
+    /// Refuses new writes (503), then waits until no fan-out is running, for at most `limit`;
+    /// returns how many still are. For shutdown, before the queues close.
     pub async fn wait_for_deliveries(&self, limit: Duration) -> usize {
+        self.closing.store(true, Ordering::SeqCst);
+        // Paired with the fence in `replicate_checked`: a write counted before this either
+        // sees the mark or is counted in what is waited for here.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let mut running = self.deliveries.subscribe();
         let _ = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
         *self.deliveries.borrow()
@@ -328,9 +337,12 @@ impl Replicator {
                 .influx_error()
                 .map_or(Ok(()), |m| Err(RequestError::PartialWrite(m)));
         }
-        // A body that finished arriving after the drain: its copies could no longer be queued
-        // (and a backend would lose its copy of a write others acknowledged).
-        if self.is_closed() {
+        // Counted before the shutdown mark is looked at (see `wait_for_deliveries`): a body that
+        // finished arriving after the drain began is refused, since its copies might no longer
+        // be queued (and a backend would lose its copy of a write others acknowledged).
+        let running = Delivering::start(&self.deliveries);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) || self.is_closed() {
             return Err(RequestError::Unavailable(
                 "the node is shutting down: its queues are closed; retry".to_owned(),
             ));
@@ -354,7 +366,6 @@ impl Replicator {
             wait_for_a_direct_backend(&replicas, self.catch_up_wait).await;
         }
         let delivery = fan_out(replicas, batch, consistency, self.grace);
-        let running = Delivering::start(&self.deliveries);
         let fan_out = tokio::spawn(async move {
             let outcomes = delivery.await;
             drop((permit, running));

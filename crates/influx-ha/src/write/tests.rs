@@ -61,6 +61,27 @@ async fn a_write_after_the_queues_closed_is_refused_and_marks_nothing() {
     for r in replicator.replicas().iter() {
         assert_eq!(r.diverged(), None, "{}", r.name());
     }
+    // Once shutdown waits for the fan-outs before closing, a new one is refused already.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replicator = tiny_queues(dir.path());
+    assert_eq!(replicator.wait_for_deliveries(Duration::ZERO).await, 0);
+    let result = replicator
+        .replicate(
+            "db".into(),
+            None,
+            "",
+            Consistency::Any,
+            Bytes::from("m v=1 1\n"),
+        )
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(crate::http::error::RequestError::Unavailable(_))
+        ),
+        "{result:?}"
+    );
+    assert!(!replicator.replicas()[0].queue().has_pending());
 }
 
 /// A fast fake backend and a slow one (stalling its writes until told), replicated to.
