@@ -424,17 +424,21 @@ pub(crate) fn peer_clients(config: &Config) -> Result<Vec<crate::monitor::Peer>,
     Ok(peers)
 }
 
+/// The read path and the monitor over `replicas`. Nothing here can fail: the peers' clients
+/// are made once at start (`[[peer]]` changes need a restart), so that a reload that changed
+/// the backends always rebuilds both over the new set.
 fn read_path(
     config: &Config,
     replicas: &[Arc<crate::write::replica::Replica>],
     board: &crate::state::StateBoard,
     limits: &SharedLimits,
     inflight: &InflightBytes,
+    peers: &[crate::monitor::Peer],
     peers_changed: &Arc<crate::peers::PeerNews>,
-) -> Result<(crate::query::QueryService, crate::monitor::Monitor), SetupError> {
+) -> (crate::query::QueryService, crate::monitor::Monitor) {
     let clients: Vec<BackendClient> = replicas.iter().map(|r| r.client().clone()).collect();
     let marks = crate::monitor::PassiveMarks::new(clients.len());
-    let peers = peer_clients(config)?;
+    let peers = peers.to_vec();
     let query = crate::query::QueryService::new(
         clients.clone(),
         replicas.to_vec(),
@@ -454,7 +458,7 @@ fn read_path(
         reports_file: Some(config.data_dir.join(crate::monitor::PEER_REPORTS_FILE)),
         peers_changed: peers_changed.clone(),
     };
-    Ok((query, monitor))
+    (query, monitor)
 }
 
 /// Runs `monitor` until the node stops, stopping the one it replaces (a reload changed the
@@ -535,14 +539,16 @@ pub async fn serve_with_reload(
         .await?
         .with_limits(limits.clone());
     let inflight = node.inflight().clone();
+    let peers = peer_clients(&config)?;
     let (query, monitor) = read_path(
         &config,
         &replicator.replicas(),
         &board,
         &limits,
         &inflight,
+        &peers,
         &peers_changed,
-    )?;
+    );
     // A reload that changes the backends rebuilds both over the new set (see below).
     let query_slot = Arc::new(crate::admin::reload::SwappableHandler::new(Arc::new(query)));
     let node = node.with_query(query_slot.clone());
@@ -657,22 +663,17 @@ pub async fn serve_with_reload(
         let (board, stop_monitor) = (board.clone(), stop_monitor.clone());
         let peers_changed_hook = peers_changed.clone();
         r.on_backends_changed(Box::new(move |config, replicas| {
-            match read_path(
+            let (query, monitor) = read_path(
                 config,
                 replicas,
                 &board,
                 &body_limits,
                 &inflight,
+                &peers,
                 &peers_changed_hook,
-            ) {
-                Ok((query, monitor)) => {
-                    query_slot.set(Arc::new(query));
-                    spawn_monitor(monitor, &stop_monitor, &current_monitor);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot rebuild the read path after the reload");
-                }
-            }
+            );
+            query_slot.set(Arc::new(query));
+            spawn_monitor(monitor, &stop_monitor, &current_monitor);
         }));
     }
     #[cfg(unix)]
