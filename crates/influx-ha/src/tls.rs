@@ -133,16 +133,9 @@ impl ServerTls {
         })
     }
 
-    /// Reads the files again (or `files`, when the config now names others) and uses them for
-    /// new connections; on error nothing changes.
-    pub fn reload(&self, files: Option<&TlsFiles>) -> Result<(), TlsError> {
-        let loaded = self.load(files)?;
-        self.install(loaded);
-        Ok(())
-    }
-
-    /// Reads the files again (or `files`) into a config, without using it yet, so that
-    /// several listeners can each be loaded before any changes.
+    /// Reads the files again (or `files`, when the config now names others) into a config,
+    /// without using it yet ([`ServerTls::install`]), so that several listeners can each be
+    /// loaded before any changes; on error nothing changes.
     pub fn load(&self, files: Option<&TlsFiles>) -> Result<LoadedTls, TlsError> {
         let files = files
             .cloned()
