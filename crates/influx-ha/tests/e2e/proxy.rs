@@ -41,16 +41,26 @@ pub enum Mode {
     Blackhole,
     /// Close new connections right after accept (shutdown both ways: FIN) and open ones too.
     Refuse,
+    /// Requests pass; of an answer with a body only the status line and headers do, and the
+    /// rest is held until [`Mode::Pass`]: a backend that took a query and has not sent a byte
+    /// of its result. Answers without a body (`204`, a ping's) pass whole.
+    HeadersOnly,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 6] = [
         Mode::Pass,
         Mode::Reset,
         Mode::Stall,
         Mode::Blackhole,
         Mode::Refuse,
+        Mode::HeadersOnly,
     ];
+
+    /// Whether requests go to the upstream.
+    fn forwards_requests(self) -> bool {
+        matches!(self, Mode::Pass | Mode::HeadersOnly)
+    }
 
     fn index(self) -> u8 {
         Mode::ALL
@@ -67,6 +77,8 @@ struct Shared {
     accepted: AtomicUsize,
     /// Bytes read from clients and thrown away ([`Mode::Blackhole`]).
     discarded: AtomicUsize,
+    /// Answers held after their headers ([`Mode::HeadersOnly`]).
+    cut: AtomicUsize,
 }
 
 impl Shared {
@@ -101,6 +113,7 @@ impl FaultProxy {
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             discarded: AtomicUsize::new(0),
+            cut: AtomicUsize::new(0),
         });
         let s = shared.clone();
         let acceptor = thread::Builder::new()
@@ -141,6 +154,11 @@ impl FaultProxy {
     /// Bytes thrown away in [`Mode::Blackhole`] since the start: a request is hanging on it.
     pub fn discarded(&self) -> usize {
         self.shared.discarded.load(Ordering::SeqCst)
+    }
+
+    /// Answers held after their headers in [`Mode::HeadersOnly`] since the start.
+    pub fn cut_answers(&self) -> usize {
+        self.shared.cut.load(Ordering::SeqCst)
     }
 }
 
@@ -224,7 +242,7 @@ fn serve(client: TcpStream, shared: &Arc<Shared>) {
                 thread::sleep(TICK);
                 continue;
             }
-            Mode::Pass if !link.blackholed.load(Ordering::SeqCst) => {
+            Mode::Pass | Mode::HeadersOnly if !link.blackholed.load(Ordering::SeqCst) => {
                 if upstream.is_none() {
                     match connect(shared, &client, &link) {
                         Ok(u) => upstream = Some(u),
@@ -242,7 +260,7 @@ fn serve(client: TcpStream, shared: &Arc<Shared>) {
                     continue;
                 }
             }
-            Mode::Blackhole | Mode::Pass => {
+            Mode::Blackhole | Mode::Pass | Mode::HeadersOnly => {
                 shared.discarded.fetch_add(held, Ordering::SeqCst);
                 if held > 0
                     && !link.blackholed.swap(true, Ordering::SeqCst)
@@ -292,23 +310,38 @@ fn connect(
 }
 
 /// Carries the upstream's answers to the client while the mode is [`Mode::Pass`] (held back
-/// during a stall, never for a black hole).
+/// during a stall, never for a black hole), and in [`Mode::HeadersOnly`] up to the end of the
+/// headers of an answer with a body.
 fn upstream_to_client(from: &TcpStream, client: &TcpStream, shared: &Shared, link: &Link) {
     let mut buf = vec![0u8; 64 << 10];
     let mut held = 0;
+    let mut answer = AnswerStart::default();
     loop {
         if shared.stopped() || link.done.load(Ordering::SeqCst) {
             return;
         }
-        if shared.mode() != Mode::Pass || link.blackholed.load(Ordering::SeqCst) {
+        let mode = shared.mode();
+        if !mode.forwards_requests() || link.blackholed.load(Ordering::SeqCst) {
             thread::sleep(TICK);
             continue;
         }
         if held > 0 {
-            if write_all(client, &buf[..held], shared, link).is_err() {
+            let pass = match mode {
+                Mode::HeadersOnly => answer.passable(&buf[..held], shared),
+                _ => {
+                    answer = AnswerStart::default();
+                    held
+                }
+            };
+            if pass == 0 {
+                thread::sleep(TICK);
+                continue;
+            }
+            if write_all(client, &buf[..pass], shared, link).is_err() {
                 break;
             }
-            held = 0;
+            buf.copy_within(pass..held, 0);
+            held -= pass;
             continue;
         }
         match (&*from).read(&mut buf) {
@@ -323,6 +356,39 @@ fn upstream_to_client(from: &TcpStream, client: &TcpStream, shared: &Shared, lin
     if !link.blackholed.load(Ordering::SeqCst) {
         link.done.store(true, Ordering::SeqCst);
         let _ = client.shutdown(Shutdown::Both);
+    }
+}
+
+/// Where [`Mode::HeadersOnly`] is in the answers of one connection: the headers of the answer
+/// being read so far, or the answer being held after them.
+#[derive(Default)]
+struct AnswerStart {
+    head: Vec<u8>,
+    holding: bool,
+}
+
+impl AnswerStart {
+    /// How many bytes of `data` (the next bytes from the upstream) may go to the client: up to
+    /// the end of an answer's headers, then nothing more of an answer with a body.
+    fn passable(&mut self, data: &[u8], shared: &Shared) -> usize {
+        if self.holding {
+            return 0;
+        }
+        for (i, &byte) in data.iter().enumerate() {
+            self.head.push(byte);
+            if !self.head.ends_with(b"\r\n\r\n") {
+                continue;
+            }
+            let bodiless =
+                self.head.starts_with(b"HTTP/1.1 204") || self.head.starts_with(b"HTTP/1.0 204");
+            self.head.clear();
+            if !bodiless {
+                self.holding = true;
+                shared.cut.fetch_add(1, Ordering::SeqCst);
+                return i + 1;
+            }
+        }
+        data.len()
     }
 }
 

@@ -121,6 +121,104 @@ fn a_backend_killed_during_reads_is_invisible_to_clients() {
     }
 }
 
+/// Two backends holding the same 300 points, the first behind a fault proxy, and a relay in
+/// front of them (with `extra` config) that serves reads.
+fn reads_through_a_proxy(extra: &str) -> (Relay, FaultProxy, [Influxd; 2]) {
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+        assert_eq!(i.write("db", "", points(0..300)).0, 204);
+    }
+    let proxy = FaultProxy::start(a.addr());
+    let mut relay = Relay::start_urls(&[proxy.url(), b.url()], &format!("{FAST_HEALTH}{extra}"));
+    wait_ready(&mut relay);
+    (relay, proxy, [a, b])
+}
+
+/// Sends `n` reads one after the other on a client of its own (reads rotate over the
+/// backends, so two in a row reach both) and gives back what each answered.
+fn reads_in_background(relay: &Relay, n: usize) -> std::thread::JoinHandle<Vec<Response>> {
+    let addr = format!("127.0.0.1:{}", relay.port())
+        .parse()
+        .expect("relay address");
+    std::thread::spawn(move || {
+        let mut client = testkit::http::HttpClient::new(addr);
+        let body = form(&[("db", "db"), ("q", "SELECT count(v) FROM m")]);
+        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+        (0..n)
+            .map(|_| {
+                client
+                    .request("POST", "/query", &headers, body.as_bytes())
+                    .expect("an answer")
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn a_backend_that_stops_after_its_answers_headers_fails_the_read_over() {
+    let _serial = serial();
+    let (relay, proxy, _influxd) = reads_through_a_proxy("");
+
+    // influx-0 takes the read and sends its answer's headers, then nothing: InfluxDB sends
+    // its headers as soon as it takes a query and the result only once it has it.
+    proxy.set_mode(Mode::HeadersOnly);
+    let reads = reads_in_background(&relay, 4);
+    wait_until(
+        "a read reached influx-0 and got only headers",
+        CONVERGE,
+        || proxy.cut_answers() >= 1,
+    );
+    // Then it stops answering altogether (its pings too): the health checks mark it down,
+    // and the read still waiting for its first byte goes to influx-1.
+    proxy.set_mode(Mode::Stall);
+    let answers = reads.join().expect("the reads' thread");
+    proxy.set_mode(Mode::Pass);
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), relay.log());
+        assert!(
+            r.text().contains("[\"1970-01-01T00:00:00Z\",300]"),
+            "a whole answer: {}",
+            r.text()
+        );
+    }
+    assert!(
+        relay
+            .log()
+            .contains("marked down while the query waited for its answer")
+    );
+}
+
+#[test]
+fn a_backend_silent_after_its_answers_headers_times_the_read_out_without_rerunning_it() {
+    let _serial = serial();
+    let (mut relay, proxy, _influxd) = reads_through_a_proxy("[query]\ntimeout = \"3s\"\n");
+
+    // influx-0 answers its pings but sends nothing of the read's result: slow is not failed,
+    // so the read is not run again on influx-1 and the client gets 503 at the timeout.
+    proxy.set_mode(Mode::HeadersOnly);
+    let answers = reads_in_background(&relay, 2)
+        .join()
+        .expect("the reads' thread");
+    proxy.set_mode(Mode::Pass);
+    assert_eq!(
+        proxy.cut_answers(),
+        1,
+        "one of two reads in a row reaches influx-0"
+    );
+    let (timed_out, served): (Vec<_>, Vec<_>) = answers.iter().partition(|r| r.status == 503);
+    assert_eq!((timed_out.len(), served.len()), (1, 1), "{}", relay.log());
+    let text = timed_out[0].text();
+    assert!(
+        text.contains("influx-0 sent no byte of its answer within the query timeout"),
+        "{text}"
+    );
+    assert_eq!(served[0].status, 200, "{}", served[0].text());
+    assert_eq!(served[0].header("x-influx-ha-backend"), Some("influx-1"));
+    let influx_0 = relay.status_json()["backends"][0].clone();
+    assert_eq!(influx_0["reachability"], "up", "{influx_0}");
+}
+
 /// The records a relay's queue report (`/admin/v1/queues`) shows for `backend`.
 fn queued_records(relay: &mut Relay, backend: &str) -> u64 {
     let report = relay.get("/admin/v1/queues").expect("queue report");
