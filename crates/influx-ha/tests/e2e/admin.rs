@@ -7,6 +7,7 @@ use std::process::Command;
 use testkit::Influxd;
 use testkit::http::HttpClient;
 
+use crate::proxy::{FaultProxy, Mode};
 use crate::relay::Relay;
 use crate::support::{
     CONVERGE, ContinuousWriter, assert_converged, count, points, serial, wait_until, write_batches,
@@ -278,6 +279,39 @@ fn set_backends(path: &std::path::Path, backends: &[(&str, String)]) {
         ));
     }
     std::fs::write(path, out).expect("write config");
+}
+
+#[test]
+fn a_sighup_while_the_relay_starts_is_a_reload_once_it_runs() {
+    let _serial = serial();
+    let a = Influxd::start();
+    // The start-up creates the UDP listener's database and waits for the backend's answer,
+    // which the stalled proxy holds back. The health checks and the write deadline are long
+    // enough not to give up on it first.
+    let proxy = FaultProxy::start(a.addr());
+    proxy.set_mode(Mode::Stall);
+    let udp = testkit::free_port().expect("free port");
+    let mut relay = Relay::spawn_urls(
+        &[proxy.url()],
+        &format!(
+            "[write]\nbackend_timeout = \"5m\"\n\n[health]\ninterval = \"5m\"\ntimeout = \"5m\"\n\n\
+             [[udp]]\nbind = \"127.0.0.1:{udp}\"\ndatabase = \"udp\"\n"
+        ),
+    );
+    wait_until("the relay asks the backend for something", CONVERGE, || {
+        proxy.connections() >= 1
+    });
+    // `systemctl reload` now: SIGHUP's default action would end the process.
+    relay.signal("HUP");
+    proxy.set_mode(Mode::Pass);
+    relay.wait_ready();
+    wait_until("the reload ran", CONVERGE, || {
+        relay.log().contains("SIGHUP: reloading the config")
+    });
+    wait_until("the listener's database exists", CONVERGE, || {
+        a.query("", "SHOW DATABASES").contains("\"udp\"")
+    });
+    assert_eq!(relay.get("/ping").map(|r| r.status).ok(), Some(204));
 }
 
 #[test]

@@ -25,6 +25,17 @@ pub struct Relay {
     tls: bool,
 }
 
+/// The `[[backend]]` tables for `urls`, named `influx-<i>`.
+fn backend_tables(urls: &[String]) -> String {
+    let mut tables = String::new();
+    for (i, url) in urls.iter().enumerate() {
+        tables.push_str(&format!(
+            "[[backend]]\nname = \"influx-{i}\"\nurl = \"{url}\"\n\n"
+        ));
+    }
+    tables
+}
+
 impl Relay {
     /// Starts a relay in front of `backends` with `extra` appended to its config (TOML after
     /// the `[[backend]]` tables, so it may add tables such as `[write]`).
@@ -36,13 +47,16 @@ impl Relay {
     /// Like [`Relay::start`], with the backends given by URL (`http://127.0.0.1:<port>`), for
     /// backends reached through something in between, such as a fault proxy.
     pub fn start_urls(urls: &[String], extra: &str) -> Relay {
-        let mut tables = String::new();
-        for (i, url) in urls.iter().enumerate() {
-            tables.push_str(&format!(
-                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{url}\"\n\n"
-            ));
-        }
-        Relay::start_config(extra, &tables, "info")
+        let mut relay = Relay::spawn_urls(urls, extra);
+        relay.wait_ready();
+        relay
+    }
+
+    /// Like [`Relay::start_urls`], without waiting for the relay to serve: for tests of what
+    /// happens while it starts. [`Relay::wait_ready`] waits.
+    pub fn spawn_urls(urls: &[String], extra: &str) -> Relay {
+        let port = testkit::free_port().expect("free port");
+        Relay::configure(port, extra, &backend_tables(urls), "info")
     }
 
     /// Starts a relay with `extra` and then `backend_tables` (the `[[backend]]` tables as
@@ -55,13 +69,7 @@ impl Relay {
     /// Like [`Relay::start_urls`], listening on `port` (for relays that must know each other's
     /// address before they start).
     pub fn start_urls_on(port: u16, urls: &[String], extra: &str) -> Relay {
-        let mut tables = String::new();
-        for (i, url) in urls.iter().enumerate() {
-            tables.push_str(&format!(
-                "[[backend]]\nname = \"influx-{i}\"\nurl = \"{url}\"\n\n"
-            ));
-        }
-        Relay::start_config_on(port, extra, &tables, "info")
+        Relay::start_config_on(port, extra, &backend_tables(urls), "info")
     }
 
     /// Like [`Relay::start_config`], listening on `port`.
@@ -71,6 +79,13 @@ impl Relay {
         backend_tables: &str,
         log_level: &'static str,
     ) -> Relay {
+        let mut relay = Relay::configure(port, extra, backend_tables, log_level);
+        relay.wait_ready();
+        relay
+    }
+
+    /// Writes the config of [`Relay::start_config_on`] and starts the process.
+    fn configure(port: u16, extra: &str, backend_tables: &str, log_level: &'static str) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("influx-ha-e2e-")
             .tempdir()
@@ -97,11 +112,16 @@ impl Relay {
                 .take_while(|l| !l.trim_start().starts_with('['))
                 .any(|l| l.trim_start().starts_with("tls_cert")),
         };
-        relay.launch();
+        relay.spawn();
         relay
     }
 
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -119,6 +139,11 @@ impl Relay {
             .spawn()
             .expect("start influx-ha");
         self.child = Some(child);
+    }
+
+    /// Waits until the relay serves (`/ping`, or a TCP connection with TLS); panics if it
+    /// exits or is not ready within 60 s.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ready = if self.tls {
