@@ -145,7 +145,9 @@ pub async fn run_with_tls<W: WriteHandler>(
             "drain period over with connections still open; closing them"
         );
     }
-    connections.abort_all();
+    // Waited for, not only aborted: a task running on another worker stops only at its next
+    // await, and none may still be writing once the caller goes on to close the queues.
+    connections.shutdown().await;
     DrainReport {
         abandoned_connections: abandoned,
     }

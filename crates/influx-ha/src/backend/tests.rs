@@ -138,9 +138,10 @@ fn backend_config(addr: SocketAddr, credentials: bool) -> BackendConfig {
     }
 }
 
+/// Long enough never to pass on a loaded machine; the timeout test sets a short one itself.
 const TIMEOUTS: Timeouts = Timeouts {
-    connect: Duration::from_secs(2),
-    request: Duration::from_millis(500),
+    connect: Duration::from_secs(60),
+    request: Duration::from_secs(60),
 };
 
 fn client(addr: SocketAddr) -> BackendClient {
@@ -208,7 +209,17 @@ async fn no_credentials_no_authorization() {
     let seen = f.seen.lock().expect("not poisoned").clone();
     assert_eq!(seen[0].uri, "/ping");
     assert_eq!(seen[0].authorization, None);
-    assert!(!format!("{c:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_client_with_credentials_does_not_show_them() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    let shown = format!("{:?}", client(addr));
+    // The password, and the Basic header made of it (`relay:hunter2`).
+    for secret in ["hunter2", "cmVsYXk6aHVudGVyMg=="] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(shown.contains("influx-a"), "{shown}");
 }
 
 #[tokio::test]
@@ -359,11 +370,11 @@ async fn message_falls_back_to_the_error_header() {
 #[tokio::test]
 async fn stalled_backend_times_out() {
     let f = fake(Reply::Stall).await;
-    let started = tokio::time::Instant::now();
-    let r = client(f.addr).write("db", None, "", Bytes::new()).await;
-    assert_eq!(r, Err(SendError::Timeout(TIMEOUTS.request)));
+    let deadline = Duration::from_millis(500);
+    let c = client(f.addr).with_request_timeout(deadline);
+    let r = c.write("db", None, "", Bytes::new()).await;
+    assert_eq!(r, Err(SendError::Timeout(deadline)));
     assert!(classify(&r).is_retryable());
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

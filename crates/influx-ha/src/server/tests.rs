@@ -118,20 +118,47 @@ async fn keep_alive_serves_several_requests() {
     let _ = r.stop.send(());
 }
 
-/// Holds each write until released, counting the ones that finished.
+/// Holds each write until released, counting the ones that finished and the ones dropped
+/// before they did.
 #[derive(Default)]
 struct Gate {
     entered: Notify,
     release: Notify,
     finished: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+/// Counts a write dropped before it finished.
+struct Unfinished<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.0 {
+            dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl WriteHandler for Gate {
     async fn write(&self, _: WriteRequest) -> Result<(), RequestError> {
+        let mut unfinished = Unfinished(Some(&self.dropped));
         self.entered.notify_one();
         self.release.notified().await;
+        unfinished.0 = None;
         self.finished.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+/// Polls until a connection to `addr` is refused (the listener is closed); panics after 60 s.
+async fn wait_refused(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting connections while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -152,11 +179,8 @@ async fn in_flight_requests_finish_during_drain() {
     // SIGTERM arrives while the write is in flight.
     svc.health.set_draining();
     r.stop.send(()).expect("server running");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "no new connections while draining"
-    );
+    // No new connections while draining, and the write in flight goes on.
+    wait_refused(addr).await;
     gate.release.notify_one();
     let answer = client.await.expect("no panic");
     assert!(
@@ -170,7 +194,8 @@ async fn in_flight_requests_finish_during_drain() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
-    let r = start(service(NotReplicating), Duration::from_secs(10)).await;
+    // A drain period far longer than the test may take: the shutdown must not wait for it.
+    let r = start(service(NotReplicating), Duration::from_secs(3600)).await;
     let mut idle = TcpStream::connect(r.addr).await.expect("connect");
     idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -178,11 +203,12 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
     let mut buf = [0u8; 512];
     let n = idle.read(&mut buf).await.expect("read");
     assert!(n > 0);
-    let started = tokio::time::Instant::now();
     r.stop.send(()).expect("server running");
-    let report = r.done.await.expect("no panic");
+    let report = tokio::time::timeout(Duration::from_secs(60), r.done)
+        .await
+        .expect("shutdown not held up by the idle connection")
+        .expect("no panic");
     assert_eq!(report.abandoned_connections, 0);
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -201,12 +227,10 @@ async fn drain_period_is_bounded() {
     r.stop.send(()).expect("server running");
     let report = r.done.await.expect("no panic");
     assert_eq!(report.abandoned_connections, 1);
-    assert_eq!(gate.finished.load(Ordering::SeqCst), 0);
     // The connection was ended with the drain: its request no longer goes on to a write path
-    // whose queues are being closed. (Were it running, the release would let it finish.)
-    gate.release.notify_one();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // whose queues are being closed.
     assert_eq!(gate.finished.load(Ordering::SeqCst), 0);
+    assert_eq!(gate.dropped.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -216,7 +240,8 @@ async fn slow_and_idle_clients_are_disconnected() {
     let (stop, stopped) = oneshot::channel::<()>();
     let opts = ServerOptions {
         max_connections: 4,
-        header_read_timeout: Duration::from_millis(300),
+        // Long enough for the keep-alive request below to be answered on a loaded machine.
+        header_read_timeout: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(5),
     };
     let done = tokio::spawn(run(listener, service(NotReplicating), opts, async move {
@@ -228,7 +253,7 @@ async fn slow_and_idle_clients_are_disconnected() {
         .await
         .expect("write");
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "slow client still connected");
     // An idle keep-alive connection after one answered request.
     let mut idle = TcpStream::connect(addr).await.expect("connect");
@@ -236,7 +261,7 @@ async fn slow_and_idle_clients_are_disconnected() {
         .await
         .expect("write");
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(60), idle.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "idle client still connected");
     assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 204"));
     stop.send(()).expect("running");
