@@ -1,7 +1,7 @@
 //! Network faults a kill cannot make, between the relay and one backend: connections reset,
 //! requests accepted and never answered, connections closed right after accept, and faults
 //! switching while writes are in flight. Backend B is reached through a [`FaultProxy`]; the
-//! relay's deadline for one direct send is short (2 s) so the tests stay quick. Also: a gzip
+//! relay's deadline for one direct send is short (5 s) so the tests stay quick. Also: a gzip
 //! bomb sent to the relay.
 
 use std::io::Write;
@@ -17,7 +17,7 @@ use crate::support::{
     CONVERGE, assert_converged, count, points, serial, wait_until, write_batches,
 };
 
-const SHORT_DEADLINE: &str = "[write]\nbackend_timeout = \"2s\"\n";
+const SHORT_DEADLINE: &str = "[write]\nbackend_timeout = \"5s\"\n";
 
 /// Batch `n` of `size` points.
 fn batch(n: u64, size: u64) -> Vec<u8> {

@@ -94,7 +94,7 @@ fn a_replay_in_measurement_lanes_keeps_every_overwrite_in_order() {
 fn a_stopped_backend_does_not_hold_up_consistency_one() {
     let _serial = serial();
     let (a, b) = two_backends("db");
-    let mut relay = Relay::start(&[&a, &b], "[write]\nbackend_timeout = \"2s\"\n");
+    let mut relay = Relay::start(&[&a, &b], "[write]\nbackend_timeout = \"60s\"\n");
     write_batches(&mut relay, 0, 5, "db=db", 204);
     b.stop();
     // Every answer is a 204 although b never answers: its copies are queued.
