@@ -421,9 +421,21 @@ impl AdminHandler {
                 .await
                 .map(|d| json(StatusCode::OK, &d)),
             ["deadletter", name, "replay"] if post => match ops::find(&replicas, name) {
-                Ok(r) => ops::replay_dead_letters(r)
-                    .await
-                    .map(|d| json(StatusCode::OK, &d)),
+                // A task of its own: a client that hangs up mid-way (the CLI's timeout, Ctrl-C)
+                // would otherwise drop the requeue between an append and its count's end,
+                // and leave the backend behind its queue for good.
+                Ok(r) => {
+                    let r = r.clone();
+                    tokio::spawn(async move { ops::replay_dead_letters(&r).await })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(ops::OpError {
+                                status: 500,
+                                message: format!("the operation failed: {e}"),
+                            })
+                        })
+                        .map(|d| json(StatusCode::OK, &d))
+                }
                 Err(e) => Err(e),
             },
             ["deadletter", name, "purge"] if post => {

@@ -662,6 +662,35 @@ async fn dead_letters_are_listed_replayed_and_purged() {
 }
 
 #[tokio::test]
+async fn a_dead_letter_replay_whose_client_hangs_up_still_ends_its_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator) = setup(dir.path());
+    let alpha = replicator.replicas()[0].clone();
+    letter(&alpha, "m v=1 1\n").await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/admin/v1/deadletter/alpha/replay")
+        .body(empty())
+        .expect("request");
+    // Polled once, then dropped: the client went away while the requeue ran.
+    let hung_up = tokio::time::timeout(Duration::ZERO, admin.call(RequestId::new(), req)).await;
+    assert!(
+        hung_up.is_err(),
+        "the replay was not done at its first poll"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while alpha.dead_letters().stats().depth_records > 0 || !alpha.queue().has_pending() {
+        assert!(tokio::time::Instant::now() < deadline, "requeue not done");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Once the queue is emptied, nothing counted as in flight keeps the backend behind it.
+    let (status, _, _) = call(&admin, "POST", "/admin/v1/queue/alpha/purge").await;
+    assert_eq!(status, 200);
+    alpha.leave_queueing_if_drained();
+    assert!(!alpha.is_queueing(), "an append is still counted in flight");
+}
+
+#[tokio::test]
 async fn a_dead_letter_replay_moves_what_was_there_when_it_started() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_admin, replicator) = setup(dir.path());
