@@ -135,10 +135,15 @@ pub fn decide(
         });
     }
 
-    let backend_partial = outcomes.iter().find_map(|o| match o {
-        Outcome::AckedPartial(m) => Some(m.as_slice()),
-        _ => None,
-    });
+    // Backends that dropped different counts: the one that dropped fewest is the one the
+    // others are marked diverged against, so its count is the client's.
+    let backend_partial = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::AckedPartial(m) => Some(m.as_slice()),
+            _ => None,
+        })
+        .min_by_key(|m| dropped_count(m).unwrap_or(usize::MAX));
     match (backend_partial, &refused.error) {
         (None, None) => Ok(()),
         (None, Some(ours)) => Err(RequestError::PartialWrite(ours.clone())),
@@ -299,5 +304,27 @@ mod tests {
                 b"partial write: invalid tag key: input tag \"time\" on measurement \"m\" is invalid dropped=3".to_vec()
             ))
         );
+    }
+
+    #[test]
+    fn backends_that_dropped_different_counts_answer_with_the_fewest() {
+        use Outcome::*;
+        let conflict = |n: usize| {
+            format!("partial write: field type conflict: input field \"v\" on measurement \"m\" is type float, already exists as type integer dropped={n}").into_bytes()
+        };
+        let none = Refusals {
+            error: None,
+            dropped: 0,
+            drop_reason: None,
+        };
+        for outcomes in [
+            [AckedPartial(conflict(2)), AckedPartial(conflict(1))],
+            [AckedPartial(conflict(1)), AckedPartial(conflict(2))],
+        ] {
+            assert_eq!(
+                decide(Consistency::All, &outcomes, &none),
+                Err(RequestError::PartialWrite(conflict(1)))
+            );
+        }
     }
 }
