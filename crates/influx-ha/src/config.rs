@@ -99,11 +99,16 @@
 //! [auth]                              # optional: relay-level authentication, off by default
 //! enabled = true                      # InfluxDB's auth-enabled: 401 without good credentials
 //! # admin_listener = true            # false: the [admin] listener asks for none
-//! # admins = ["ops", "relay-peer"]   # the users/tokens that may use /admin/… (default: all)
+//! # admins = ["ops"]                # the users/tokens (by name, each defined below) that may
+//! #                                  # use /admin/… (default: all)
 //!
 //! [[auth.user]]                       # any number; u/p parameters, Basic, `Token user:pass`
 //! name = "telegraf"
 //! password_hash = "$pbkdf2-sha256$i=600000$…"  # from `influx-ha hash-password`
+//!
+//! [[auth.user]]
+//! name = "ops"                        # an operator, for the commands and the admin API
+//! password_hash = "$pbkdf2-sha256$i=600000$…"
 //!
 //! [[auth.token]]                      # any number; `Authorization: Token TOKEN`
 //! name = "grafana"                    # shown in logs instead of the token
@@ -267,7 +272,10 @@ pub struct QueryConfig {
     /// With no fresh backend, let a reachable, catching-up one answer (the response says so in
     /// a header) instead of answering 503.
     pub stale_reads: bool,
-    /// Time a backend gets to start answering a query; past it the next backend is tried.
+    /// Time a backend gets to send the first byte of a query's answer (InfluxDB sends its
+    /// headers before it runs the query), and the longest an answer may go silent. Past it the
+    /// client gets 503 and the query is not sent elsewhere; a backend marked down meanwhile
+    /// is left for the next one.
     pub timeout: Duration,
 }
 

@@ -84,7 +84,7 @@ pub enum QueueCommand {
     Drain {
         /// The backend.
         backend: String,
-        /// How long to wait, in seconds.
+        /// How long to wait, in seconds (at most 3600 on a running node).
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
@@ -394,6 +394,19 @@ impl Api {
         path: &str,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), String> {
+        self.request_marked(method, path, timeout)
+            .await
+            .map(|(status, body, _)| (status, body))
+    }
+
+    /// [`Self::request`], also telling whether the node cut a records dump short
+    /// (`X-Influx-Ha-Truncated`).
+    async fn request_marked(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes, bool), String> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -411,13 +424,14 @@ impl Api {
                 .await
                 .map_err(|e| error_chain(&e))?;
             let status = resp.status();
+            let truncated = resp.headers().contains_key("x-influx-ha-truncated");
             let body = resp
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            Ok((status, body))
+            Ok((status, body, truncated))
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -464,15 +478,39 @@ impl Api {
     }
 
     async fn raw(&self, method: Method, path: &str, timeout: Duration) -> Result<Bytes, CliError> {
-        let (status, body) =
-            self.request(method, path, timeout)
+        self.raw_marked(method, path, timeout)
+            .await
+            .map(|(body, _)| body)
+    }
+
+    /// A records dump as line protocol; when the node cut it short, a last comment line says
+    /// so (the command's output is otherwise indistinguishable from a short queue).
+    async fn records(&self, path: &str) -> Result<String, CliError> {
+        let (body, truncated) = self
+            .raw_marked(Method::GET, path, Duration::from_secs(300))
+            .await?;
+        let mut out = String::from_utf8_lossy(&body).into_owned();
+        if truncated {
+            out.push_str(RECORDS_CUT);
+        }
+        Ok(out)
+    }
+
+    async fn raw_marked(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(Bytes, bool), CliError> {
+        let (status, body, truncated) =
+            self.request_marked(method, path, timeout)
                 .await
                 .map_err(|error| CliError::Unreachable {
                     url: self.base.clone(),
                     error,
                 })?;
         if status.is_success() {
-            return Ok(body);
+            return Ok((body, truncated));
         }
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -481,6 +519,9 @@ impl Api {
         Err(CliError::Api(format!("{status}: {message}")))
     }
 }
+
+/// Ends a records dump the running node cut at its size limit.
+const RECORDS_CUT: &str = "# influx-ha: output cut at the running node's limit (16 MiB); stop the node and run the command again for every record\n";
 
 fn encode(name: &str) -> String {
     let mut s = String::new();
@@ -503,14 +544,7 @@ async fn online(api: &Api, op: Operation) -> Result<Outcome, CliError> {
                 .await?;
             let mut out = print_inspection(&i).output;
             if records {
-                let dump = api
-                    .raw(
-                        Method::GET,
-                        &format!("/admin/v1/queue/{b}/records"),
-                        Duration::from_secs(300),
-                    )
-                    .await?;
-                out.push_str(&String::from_utf8_lossy(&dump));
+                out.push_str(&api.records(&format!("/admin/v1/queue/{b}/records")).await?);
             }
             ok(out)
         }
@@ -540,16 +574,12 @@ async fn online(api: &Api, op: Operation) -> Result<Outcome, CliError> {
         ),
         Operation::Deadletter(DeadletterCommand::List {
             records: Some(backend),
-        }) => {
-            let dump = api
-                .raw(
-                    Method::GET,
-                    &format!("/admin/v1/deadletter/{}/records", encode(&backend)),
-                    Duration::from_secs(300),
-                )
-                .await?;
-            ok(String::from_utf8_lossy(&dump).into_owned())
-        }
+        }) => ok(api
+            .records(&format!(
+                "/admin/v1/deadletter/{}/records",
+                encode(&backend)
+            ))
+            .await?),
         Operation::Deadletter(DeadletterCommand::Replay { backend }) => print_done(
             &api.call(
                 Method::POST,
@@ -819,5 +849,35 @@ fn print_done(d: &Done) -> Outcome {
     Outcome {
         output: out,
         success: d.complete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node answering every records dump with `body`, cut short when `truncated`.
+    async fn node(body: &'static str, truncated: bool) -> Api {
+        let service = hyper::service::service_fn(move |_req| async move {
+            let mut resp = hyper::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            if truncated {
+                resp.headers_mut().insert(
+                    "X-Influx-Ha-Truncated",
+                    http::HeaderValue::from_static("true"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let addr = crate::test_http::serve(service).await;
+        Api::new(format!("http://{addr}")).expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_records_dump_the_node_cut_short_says_so() {
+        let path = "/admin/v1/queue/a/records";
+        let whole = node("m v=1 1\n", false).await.records(path).await;
+        assert_eq!(whole.expect("dump"), "m v=1 1\n");
+        let cut = node("m v=1 1\n", true).await.records(path).await;
+        assert_eq!(cut.expect("dump"), format!("m v=1 1\n{RECORDS_CUT}"));
     }
 }

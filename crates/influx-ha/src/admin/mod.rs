@@ -25,7 +25,8 @@
 //! | `/admin/v1/backend/NAME/clear-diverged` | POST | `?marks=` (read before a verify) or `?verified_from=` Unix ms: a verify begun then found it identical (409 if data was dropped since, or other backends had writes queued then) |
 //!
 //! `/ping` and `/health` are answered by the HTTP service itself, on both listeners.
-//! Errors are JSON `{"error": "…"}` with 400, 404, 405, 409 or 500.
+//! Errors are JSON `{"error": "…"}` with 400, 403, 404, 405, 409, 500 or 503 (shutting down);
+//! the guard in front answers 401 without good credentials when `[auth]` is on.
 //!
 //! Modules: [`status`] (the model, built from the live sources), [`rates`] (per-second rates
 //! from sampled counters), [`page`], [`metrics`], [`ops`] (the operations, shared with the CLI
