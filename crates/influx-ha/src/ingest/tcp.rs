@@ -995,9 +995,11 @@ mod tests {
                     .map(|()| p)
             })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        eventually("the request waits for room", || budget.waited() == 1).await;
         requests.shrink_to(64 * 1024);
         let got = waiting.await.expect("task").expect("the request got room");
+        // The budget is full again: the connection has not read yet.
+        assert!(r.recorder.lines().is_empty(), "{:?}", r.recorder.lines());
         drop((requests, got));
         eventually("a", || r.recorder.lines() == ["a v=1 1"]).await;
         r.stop().await;

@@ -1160,6 +1160,16 @@ mod tests {
         stale_reads: bool,
         inflight: InflightBytes,
     ) -> QueryService {
+        service_timing_out(states, stale_reads, inflight, Duration::from_secs(1))
+    }
+
+    /// [`service_with`] whose backends get `timeout` for the first byte of an answer.
+    fn service_timing_out(
+        states: Vec<BackendState>,
+        stale_reads: bool,
+        inflight: InflightBytes,
+        timeout: Duration,
+    ) -> QueryService {
         let clients = states
             .iter()
             .map(|s| {
@@ -1180,9 +1190,10 @@ mod tests {
                     credentials: None,
                     ca_file: None,
                 };
+                // Never reached on a loaded machine: the tests' deadline is the query's.
                 let timeouts = Timeouts {
-                    connect: Duration::from_secs(1),
-                    request: Duration::from_secs(1),
+                    connect: Duration::from_secs(60),
+                    request: Duration::from_secs(60),
                 };
                 BackendClient::new(&config, timeouts).expect("client")
             })
@@ -1195,7 +1206,7 @@ mod tests {
             PassiveMarks::new(n),
             QueryConfig {
                 stale_reads,
-                timeout: Duration::from_secs(1),
+                timeout,
             },
             SharedLimits::new(BodyLimits {
                 max_body_bytes: 1 << 20,
@@ -1563,13 +1574,22 @@ mod tests {
             let body = resp.into_body().collect().await.expect("body").to_bytes();
             (status, String::from_utf8_lossy(&body).into_owned())
         };
+        // Long enough for the failing backend's 500 to arrive on a loaded machine.
+        let timing_out = |states| {
+            service_timing_out(
+                states,
+                false,
+                InflightBytes::new(1 << 24),
+                Duration::from_secs(5),
+            )
+        };
         // The first backend tried answers 500, the next sends headers and then nothing.
-        let s = service(vec![at("a", failing), at("b", silent)], false);
+        let s = timing_out(vec![at("a", failing), at("b", silent)]);
         let (status, body) = read(s).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         assert!(body.contains("boom"), "{body}");
         // Alone, the silent one gets the client a 503 naming the timeout.
-        let s = service(vec![at("b", silent)], false);
+        let s = timing_out(vec![at("b", silent)]);
         let (status, body) = read(s).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.contains("sent no byte of its answer"), "{body}");

@@ -74,6 +74,10 @@ async fn a_write_after_the_queues_closed_is_refused_and_marks_nothing() {
     assert!(!replicator.replicas()[0].queue().has_pending());
 }
 
+/// A direct write's deadline no test outlives: the slow backend's stalled sends stay in
+/// flight until the test releases them, however loaded the machine.
+const LONG_DEADLINE: &str = "[write]\nbackend_timeout = \"1h\"\n";
+
 /// A fast fake backend and a slow one (stalling its writes until told), replicated to.
 async fn fast_and_slow(dir: &std::path::Path) -> (Replicator, Arc<FakeBackend>) {
     fast_and_slow_with(dir, "").await
@@ -85,7 +89,7 @@ async fn fast_and_slow_with(dir: &std::path::Path, extra: &str) -> (Replicator, 
     let slow = Arc::new(FakeBackend::default());
     slow.stall.store(true, Ordering::SeqCst);
     let text = format!(
-        "data_dir = {:?}\n{extra}[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"fast\"\nurl = \"http://{fast}\"\n[[backend]]\nname = \"slow\"\nurl = \"http://{}\"\n",
+        "data_dir = {:?}\n{extra}[http]\nbind = \"127.0.0.1:0\"\n{LONG_DEADLINE}[[backend]]\nname = \"fast\"\nurl = \"http://{fast}\"\n[[backend]]\nname = \"slow\"\nurl = \"http://{}\"\n",
         dir.display().to_string(),
         serve(slow.clone()).await,
     );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use testkit::Influxd;
 
 use crate::relay::Relay;
-use crate::support::serial;
+use crate::support::{serial, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(180);
 
@@ -212,10 +212,14 @@ fn netdata_metrics_reach_both_backends_over_graphite_and_opentsdb() {
             "no {kind} listener in /metrics:\n{metrics}"
         );
     }
-    let fields = a.query("netdata", "SHOW FIELD KEYS FROM \"system.cpu\"");
-    assert!(
-        fields.contains("\"user\"") && fields.contains("\"system\""),
-        "{fields}"
+    // Graphite lines are points of their own, which may arrive in different batches.
+    wait_until(
+        "system.cpu has the user and system fields",
+        CONVERGE,
+        || {
+            let fields = a.query("netdata", "SHOW FIELD KEYS FROM \"system.cpu\"");
+            fields.contains("\"user\"") && fields.contains("\"system\"")
+        },
     );
 
     // Once the agent is gone, both replicas hold the same points.
