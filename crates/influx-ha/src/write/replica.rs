@@ -159,6 +159,25 @@ struct Mode {
     queueing: bool,
     /// Appends submitted and not yet complete.
     appends_in_flight: usize,
+    /// The replay is sending a batch, which may have been purged meanwhile: a write sent
+    /// directly now could land before it.
+    sending: bool,
+}
+
+/// Marks the replay as sending a batch ([`Mode::sending`]) until dropped.
+struct Sending<'a>(&'a Replica);
+
+impl<'a> Sending<'a> {
+    fn start(replica: &'a Replica) -> Self {
+        lock(&replica.mode).sending = true;
+        Sending(replica)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.mode).sending = false;
+    }
 }
 
 /// Counters for the status page and metrics.
@@ -925,7 +944,7 @@ impl Replica {
     }
 
     /// A [`QueueSlot`]: [`Self::count_append`], ended by the slot.
-    fn take_slot(self: &Arc<Self>) -> QueueSlot {
+    pub(super) fn take_slot(self: &Arc<Self>) -> QueueSlot {
         self.count_append();
         QueueSlot {
             replica: self.clone(),
@@ -1037,6 +1056,7 @@ impl Replica {
         // record, if its append failed, is not in the queue to hold such writes back.
         if m.queueing
             && m.appends_in_flight == 0
+            && !m.sending
             && *self.late_sends.borrow() == 0
             && !self.in_maintenance()
             && !self.queue.has_pending()
@@ -1158,9 +1178,12 @@ impl Replica {
             loop {
                 // At shutdown the batch stays unacknowledged: it is sent again at the next
                 // start, and a stalled backend does not hold the shutdown up.
-                let step = tokio::select! {
-                    () = shutdown.recv() => return,
-                    step = self.send_head(&mut head) => step,
+                let step = {
+                    let _sending = Sending::start(&self);
+                    tokio::select! {
+                        () = shutdown.recv() => return,
+                        step = self.send_head(&mut head) => step,
+                    }
                 };
                 match step {
                     Step::Delivered => {

@@ -1308,6 +1308,11 @@ async fn a_purge_while_a_replayed_batch_is_sent_keeps_new_writes_behind_it() {
     replica.purge_queue().expect("purged");
     // Its send is still on its way: a write sent directly now could land before it.
     assert!(replica.is_queueing());
+    // Neither does a write that takes no queue slot let the backend out of queueing (a slot
+    // given back when every backend refused the write, or a failed append, look whether
+    // the queue drained).
+    drop(replica.take_slot());
+    assert!(replica.is_queueing());
     fake.stall.store(false, Ordering::SeqCst);
     wait_until("the replay is done with it", || !replica.is_queueing()).await;
     assert_eq!(replica.last_error(), None, "a purged batch is no error");
