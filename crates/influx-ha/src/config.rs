@@ -272,10 +272,11 @@ pub struct QueryConfig {
     /// With no fresh backend, let a reachable, catching-up one answer (the response says so in
     /// a header) instead of answering 503.
     pub stale_reads: bool,
-    /// Time a backend gets to send the first byte of a query's answer (InfluxDB sends its
-    /// headers before it runs the query), and the longest an answer may go silent. Past it the
-    /// client gets 503 and the query is not sent elsewhere; a backend marked down meanwhile
-    /// is left for the next one.
+    /// Time a backend gets for each stage of a read's answer. Without headers within it, the
+    /// backend counts as failed and the next one is tried. With headers (InfluxDB sends them
+    /// as it takes the query) and no byte of the answer within it, the client gets 503 and the
+    /// query is not run elsewhere; a backend marked down meanwhile is left for the next one.
+    /// Once the answer streams, a silence this long cuts it off.
     pub timeout: Duration,
 }
 

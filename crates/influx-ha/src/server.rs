@@ -146,7 +146,9 @@ pub async fn run_with_tls<W: WriteHandler>(
         );
     }
     // Waited for, not only aborted: a task running on another worker stops only at its next
-    // await, and none may still be writing once the caller goes on to close the queues.
+    // await, and no connection task may still be at work once the caller goes on to close
+    // the queues. (Work that outlives its connection, an HTTP/2 stream's write or a dead-letter
+    // replay, is counted by the write path and waited for there.)
     connections.shutdown().await;
     DrainReport {
         abandoned_connections: abandoned,

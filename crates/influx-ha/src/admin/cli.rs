@@ -491,6 +491,10 @@ impl Api {
             .await?;
         let mut out = String::from_utf8_lossy(&body).into_owned();
         if truncated {
+            // The cut may fall inside a line.
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
             out.push_str(RECORDS_CUT);
         }
         Ok(out)
@@ -879,5 +883,8 @@ mod tests {
         assert_eq!(whole.expect("dump"), "m v=1 1\n");
         let cut = node("m v=1 1\n", true).await.records(path).await;
         assert_eq!(cut.expect("dump"), format!("m v=1 1\n{RECORDS_CUT}"));
+        let mid_line = node("m v=1 1\n# handoff write db=", true).await;
+        let cut = mid_line.records(path).await.expect("dump");
+        assert_eq!(cut, format!("m v=1 1\n# handoff write db=\n{RECORDS_CUT}"));
     }
 }

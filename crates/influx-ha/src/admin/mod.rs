@@ -346,6 +346,34 @@ impl AdminHandler {
         }
     }
 
+    /// `deadletter replay`, in a task of its own: a client that hangs up mid-way (the CLI's
+    /// timeout, Ctrl-C) would otherwise drop the requeue between an append and the end of its
+    /// count, and leave the backend behind its queue for good. Counted as a delivery, so that
+    /// shutdown waits for it before the queues close.
+    async fn replay_dead_letters(
+        &self,
+        r: Arc<Replica>,
+    ) -> Result<Response<ResponseBody>, ops::OpError> {
+        let Some(running) = self.inner.sources.replicator.start_queue_work() else {
+            return Err(ops::OpError {
+                status: 503,
+                message: "the node is shutting down: its queues are closing".to_owned(),
+            });
+        };
+        tokio::spawn(async move {
+            let _running = running;
+            ops::replay_dead_letters(&r).await
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ops::OpError {
+                status: 500,
+                message: format!("the operation failed: {e}"),
+            })
+        })
+        .map(|d| json(StatusCode::OK, &d))
+    }
+
     async fn api(
         &self,
         method: &Method,
@@ -422,21 +450,7 @@ impl AdminHandler {
                 .await
                 .map(|d| json(StatusCode::OK, &d)),
             ["deadletter", name, "replay"] if post => match ops::find(&replicas, name) {
-                // A task of its own: a client that hangs up mid-way (the CLI's timeout, Ctrl-C)
-                // would otherwise drop the requeue between an append and its count's end,
-                // and leave the backend behind its queue for good.
-                Ok(r) => {
-                    let r = r.clone();
-                    tokio::spawn(async move { ops::replay_dead_letters(&r).await })
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(ops::OpError {
-                                status: 500,
-                                message: format!("the operation failed: {e}"),
-                            })
-                        })
-                        .map(|d| json(StatusCode::OK, &d))
-                }
+                Ok(r) => self.replay_dead_letters(r.clone()).await,
                 Err(e) => Err(e),
             },
             ["deadletter", name, "purge"] if post => {

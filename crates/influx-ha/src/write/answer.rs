@@ -135,8 +135,8 @@ pub fn decide(
         });
     }
 
-    // Backends that dropped different counts: the one that dropped fewest is the one the
-    // others are marked diverged against, so its count is the client's.
+    // Backends that dropped different counts: the fewest is the client's answer (those that
+    // dropped more than another backend are marked diverged).
     let backend_partial = outcomes
         .iter()
         .filter_map(|o| match o {

@@ -163,7 +163,7 @@ pub struct Replicator {
 }
 
 /// One running fan-out, counted in [`Replicator::deliveries`] while it lives.
-struct Delivering(Arc<watch::Sender<usize>>);
+pub struct Delivering(Arc<watch::Sender<usize>>);
 
 impl Delivering {
     fn start(count: &Arc<watch::Sender<usize>>) -> Self {
@@ -263,6 +263,14 @@ impl Replicator {
         let mut running = self.deliveries.subscribe();
         let _ = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
         *self.deliveries.borrow()
+    }
+
+    /// Counts an operation that appends to the queues (an operator's dead-letter replay) as a
+    /// delivery, which shutdown waits for before the queues close; `None` once shutdown began.
+    pub fn start_queue_work(&self) -> Option<Delivering> {
+        let running = Delivering::start(&self.deliveries);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        (!self.closing.load(Ordering::SeqCst) && !self.is_closed()).then_some(running)
     }
 
     /// Makes every queue durable and closes it (after the replay tasks ended).

@@ -132,7 +132,14 @@ fn reads_through_a_proxy(extra: &str) -> (Relay, FaultProxy, [Influxd; 2]) {
     }
     let proxy = FaultProxy::start(a.addr());
     let mut relay = Relay::start_urls(&[proxy.url(), b.url()], &format!("{FAST_HEALTH}{extra}"));
-    wait_ready(&mut relay);
+    // Both serve reads, so that reads in a row reach both.
+    let mut served = std::collections::BTreeSet::new();
+    wait_until("reads are spread over both backends", CONVERGE, || {
+        let (status, n, backend) = relay_count(&mut relay, "db");
+        assert_eq!((status, n), (200, 300), "{backend}");
+        served.insert(backend);
+        served.len() == 2
+    });
     (relay, proxy, [a, b])
 }
 
