@@ -43,7 +43,8 @@ pub enum Mode {
     Refuse,
     /// Requests pass; of an answer with a body only the status line and headers do, and the
     /// rest is held until [`Mode::Pass`]: a backend that took a query and has not sent a byte
-    /// of its result. Answers without a body (`204`, a ping's) pass whole.
+    /// of its result. `204` answers (a ping's) pass whole; any other status counts as having
+    /// a body (so not for answers to `HEAD`, or `304`).
     HeadersOnly,
 }
 
@@ -325,13 +326,14 @@ fn upstream_to_client(from: &TcpStream, client: &TcpStream, shared: &Shared, lin
             thread::sleep(TICK);
             continue;
         }
+        if mode == Mode::Pass {
+            // What was held goes on; the next headers-only spell starts with a new answer.
+            answer = AnswerStart::default();
+        }
         if held > 0 {
             let pass = match mode {
                 Mode::HeadersOnly => answer.passable(&buf[..held], shared),
-                _ => {
-                    answer = AnswerStart::default();
-                    held
-                }
+                _ => held,
             };
             if pass == 0 {
                 thread::sleep(TICK);
