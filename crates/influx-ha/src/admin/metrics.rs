@@ -338,7 +338,7 @@ pub fn render(
     let insured_skipped = counter_family(
         &mut r,
         "backend_insured_skipped_batches",
-        "Insured batches acknowledged in the queue without a replay: their direct send succeeded first",
+        "Insured batches acknowledged in the queue without a replay: their direct send got there first",
         None,
     );
     let catch_up_waits = counter_family(

@@ -166,7 +166,7 @@ fn merge_partial(theirs: &[u8], refused: &Refusals) -> Vec<u8> {
 }
 
 /// The `N` of the `dropped=N` that ends a partial-write message.
-fn dropped_count(message: &[u8]) -> Option<usize> {
+pub(crate) fn dropped_count(message: &[u8]) -> Option<usize> {
     let at = memchr::memmem::rfind(message, b"dropped=")?;
     std::str::from_utf8(&message[at + b"dropped=".len()..])
         .ok()?

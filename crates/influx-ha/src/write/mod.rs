@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::answer::{Outcome, Refusals, decide, level_met};
-use self::replica::{Batch, Delivery, QueueSlot, Replica};
+use self::replica::{Batch, Delivery, QueueSlot, Replica, Settled};
 use crate::backend::BackendClient;
 use crate::config::{Config, FsyncPolicy, QueueConfig};
 use crate::http::body::InflightPermit;
@@ -473,10 +473,13 @@ async fn fan_out(
     let n = replicas.len();
     let started = tokio::time::Instant::now();
     let (force, forced) = watch::channel(false);
+    // Told to slow backends' own sends, which go on after their copy was queued.
+    let (settle, settled) = watch::channel(None);
     let mut set = JoinSet::new();
     for (i, replica) in replicas.iter().enumerate() {
-        let (replica, batch, forced) = (replica.clone(), batch.clone(), forced.clone());
-        set.spawn(async move { (i, replica.deliver(&batch, forced).await) });
+        let (replica, batch) = (replica.clone(), batch.clone());
+        let (forced, settled) = (forced.clone(), settled.clone());
+        set.spawn(async move { (i, replica.deliver(&batch, forced, settled).await) });
     }
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -556,6 +559,9 @@ async fn fan_out(
         })
         .collect();
     settle_refusals(&replicas, &batch, &mut outcomes).await;
+    let _ = settle.send(Some(Settled {
+        fewest_dropped: outcomes.iter().filter_map(Outcome::dropped).min(),
+    }));
     outcomes
 }
 

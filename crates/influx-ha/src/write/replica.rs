@@ -153,6 +153,27 @@ pub struct Batch {
     pub payload: Bytes,
 }
 
+/// What the fan-out of a batch found once every backend's delivery had returned: the fewest
+/// points a backend that took the batch dropped (`None`: none took it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub fewest_dropped: Option<usize>,
+}
+
+/// Whether a slow backend's own send, answered `message` (a partial write), stored as much as
+/// the backends the batch was settled with: replayed, it would only be refused the same way
+/// and the backend marked diverged for nothing. Waits for the fan-out to settle (it does not
+/// wait for this send); false when it ended without settling.
+async fn stored_no_less(mut settled: watch::Receiver<Option<Settled>>, message: &[u8]) -> bool {
+    let Some(dropped) = crate::write::answer::dropped_count(message) else {
+        return false;
+    };
+    match settled.wait_for(Option::is_some).await {
+        Ok(s) => s.is_some_and(|s| s.fewest_dropped.is_none_or(|fewest| dropped <= fewest)),
+        Err(_) => false,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Mode {
     /// New writes go behind the queue.
@@ -189,7 +210,7 @@ pub struct Counters {
     pub replayed_batches: AtomicU64,
     /// Batches appended because the direct send was slower than the consistency level needed.
     pub insured: AtomicU64,
-    /// Of those, acknowledged in the queue without a replay because their direct send succeeded.
+    /// Of those, acknowledged in the queue without a replay because their direct send succeeded (or stored as much as the others).
     pub insured_skipped: AtomicU64,
     pub replay_errors: AtomicU64,
     /// Replayed batches that had been read from disk while the one before was being sent.
@@ -249,8 +270,9 @@ pub struct Replica {
     /// Insured direct sends still running: the replay waits for none to be, so that what was
     /// queued after an insured write never reaches the backend before that write's own send.
     late_sends: watch::Sender<usize>,
-    /// Insured records that were the first in the queue and whose direct send then succeeded:
-    /// the replay acknowledges such a record without sending it again.
+    /// Insured records that were the first in the queue and whose direct send then succeeded
+    /// (or stored as much as the others): the replay acknowledges such a record without
+    /// sending it again.
     delivered_insured: Mutex<VecDeque<RecordId>>,
     /// Queued statements that every backend which ran them refused, with that refusal
     /// ([`Replica::note_refused_elsewhere`]).
@@ -807,6 +829,7 @@ impl Replica {
         self: &Arc<Self>,
         batch: &Arc<Batch>,
         mut force: watch::Receiver<bool>,
+        settled: watch::Receiver<Option<Settled>>,
     ) -> Delivery {
         if self.is_queueing() || self.in_maintenance() {
             return Delivery::ToQueue(self.take_slot());
@@ -834,7 +857,14 @@ impl Replica {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let outcome = classify(&send.await);
-                    if let (WriteOutcome::Ok, Some(id)) = (&outcome, first) {
+                    let delivered = match &outcome {
+                        WriteOutcome::Ok => true,
+                        WriteOutcome::PartialWrite { message } => {
+                            stored_no_less(settled, message).await
+                        }
+                        _ => false,
+                    };
+                    if let (true, Some(id)) = (delivered, first) {
                         // Before the count drops: the replay looks once no send is running.
                         me.note_delivered_insured(id);
                     }
@@ -900,7 +930,7 @@ impl Replica {
     }
 
     /// Remembers an insured record that was the first in the queue and whose direct send
-    /// succeeded, for the replay to skip.
+    /// succeeded (or stored as much as the others), for the replay to skip.
     fn note_delivered_insured(&self, id: RecordId) {
         let mut delivered = lock(&self.delivered_insured);
         if delivered.len() == MAX_DELIVERED_INSURED {

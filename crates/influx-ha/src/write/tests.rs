@@ -338,6 +338,75 @@ async fn a_rewrite_after_an_insured_write_is_not_overtaken_by_it() {
     assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 1);
 }
 
+/// A write both backends take in part, the slow one after the client was answered: its
+/// copy is replayed (and dead-lettered, marking it diverged) only when the slow backend
+/// dropped more points than the fast one.
+/// Returns the slow backend's replica, with the directory of its queues.
+async fn slow_partial_write(
+    fast_dropped: usize,
+    slow_dropped: usize,
+) -> (tempfile::TempDir, Arc<Replica>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fast = Arc::new(FakeBackend::default());
+    fast.partial_dropped.store(fast_dropped, Ordering::SeqCst);
+    let slow_fake = Arc::new(FakeBackend::default());
+    slow_fake.stall.store(true, Ordering::SeqCst);
+    slow_fake
+        .partial_dropped
+        .store(slow_dropped, Ordering::SeqCst);
+    let text = format!(
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n{LONG_DEADLINE}[[backend]]\nname = \"fast\"\nurl = \"http://{}\"\n[[backend]]\nname = \"slow\"\nurl = \"http://{}\"\n",
+        dir.path().display().to_string(),
+        serve(fast).await,
+        serve(slow_fake.clone()).await,
+    );
+    let config = Config::from_toml(&text, "test").expect("valid config");
+    let clients = crate::node::backend_clients(&config).expect("clients");
+    let replicator = Replicator::open(&config, &clients).expect("queues open");
+    let slow = replicator.replicas()[1].clone();
+    let body = Bytes::from_static(b"m v=1 1\nm v=2 2\nm v=3 3\n");
+    let answer = replicator
+        .replicate("db".into(), None, "", Consistency::One, body)
+        .await;
+    assert!(
+        matches!(
+            answer,
+            Err(crate::http::error::RequestError::PartialWrite(_))
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(slow.counters.insured.load(Ordering::Relaxed), 1);
+    let (stop, _) = tokio::sync::broadcast::channel(1);
+    let replay = tokio::spawn(
+        slow.clone()
+            .replay(crate::shutdown::Shutdown::new(stop.subscribe())),
+    );
+    slow_fake.stall.store(false, Ordering::SeqCst);
+    wait_until("the queue is drained", || {
+        !slow.queue().has_pending() && !slow.is_queueing()
+    })
+    .await;
+    let _ = stop.send(());
+    replay.await.expect("replay ends");
+    (dir, slow)
+}
+
+#[tokio::test]
+async fn a_slow_backends_own_partial_write_like_the_others_is_not_replayed() {
+    let (_dir, slow) = slow_partial_write(1, 1).await;
+    assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(slow.dead_letters().stats().depth_records, 0);
+    assert_eq!(slow.diverged(), None);
+}
+
+#[tokio::test]
+async fn a_slow_backend_that_dropped_more_than_the_others_is_replayed_and_marked() {
+    let (_dir, slow) = slow_partial_write(1, 2).await;
+    assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 0);
+    assert_eq!(slow.dead_letters().stats().depth_records, 1);
+    assert!(slow.diverged().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_first_insured_record_is_skipped_once_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -428,6 +497,9 @@ struct FakeBackend {
     fail_next: AtomicUsize,
     /// Answer `/query` 200 with this body (204 without one).
     query_answer: std::sync::Mutex<Option<Bytes>>,
+    /// Answer writes that would succeed with a partial write dropping this many points (0:
+    /// never), as InfluxDB does for a field type conflict.
+    partial_dropped: AtomicUsize,
 }
 
 /// The `batch=N` tag of the first line of a body (0 without one).
@@ -506,6 +578,14 @@ impl FakeBackend {
             let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from_static(
                 b"{\"error\":\"unable to parse 'x': bad timestamp\"}",
             )));
+            *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+            return resp;
+        }
+        let dropped = self.partial_dropped.load(Ordering::SeqCst);
+        if dropped > 0 {
+            let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from(format!(
+                "{{\"error\":\"partial write: field type conflict: input field \\\"v\\\" on measurement \\\"m\\\" is type float, already exists as type integer dropped={dropped}\"}}"
+            ))));
             *resp.status_mut() = http::StatusCode::BAD_REQUEST;
             return resp;
         }
