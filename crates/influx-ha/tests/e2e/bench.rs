@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use testkit::Influxd;
 
 use crate::relay::Relay;
-use crate::support::serial;
+use crate::support::{CONVERGE, serial};
 
 /// Runs `influx-ha bench ARGS`.
 pub fn bench(args: &[&str]) -> Output {
@@ -200,4 +200,51 @@ fn verify_reads_with_the_credentials_and_in_the_retention_policy_written_to() {
         "{}",
         influxd.query("bench", "SELECT count(*) FROM autogen./.*/")
     );
+}
+
+#[test]
+fn a_paced_bench_stopped_by_ctrl_c_reports_what_it_wrote_and_exits_130() {
+    let _serial = serial();
+    let a = Influxd::start();
+    let url = a.url();
+    // Paced far below what the machine can do, for far longer than the test: only the
+    // interrupt ends it.
+    let mut args = vec![
+        url.as_str(),
+        "--duration",
+        "1h",
+        "--rate",
+        "700",
+        "--json",
+        "--no-progress",
+        "--verify",
+        url.as_str(),
+    ];
+    args.extend_from_slice(SHAPE);
+    let child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+        .arg("bench")
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run influx-ha bench");
+    crate::support::wait_until("the bench wrote a few batches", CONVERGE, || {
+        crate::support::count(&a, "bench", "usage_user", "cpu") >= 100
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("bench ends");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(report["cancelled"], true, "{report}");
+    let acked = report["points_acked"].as_u64().unwrap_or_default();
+    assert!(acked >= 100, "{report}");
+    assert!(report["latency_ms"]["p50"].as_f64().is_some(), "{report}");
+    // The verification is left out: what was written in a cut run is not a known set.
+    assert_eq!(report["verify"], serde_json::json!([]), "{report}");
 }
