@@ -184,6 +184,13 @@ pub async fn clear(
                     "the node at {addr} stopped during the verify: start it and verify again"
                 )));
             }
+            // As the running node refuses (409): writes still queued here for another backend
+            // are in neither, so the verify could not see that this one will miss them.
+            if let Some(queued) = queued_for_others(config, &backend.name) {
+                return Err(failed(format!(
+                    "{queued} on this host, which the verify could not compare: start the node, let the queues drain, and verify again"
+                )));
+            }
             match crate::write::flags::remove(&dir, DIVERGED_FILE) {
                 Ok(()) => Ok(format!(
                     "{}: no node answers at {addr}; removed {}",
@@ -203,6 +210,27 @@ pub async fn clear(
 
 /// The clear-diverged path of `backend` on an admin API: with the node's marks when they were
 /// read (the node then judges by them), and the start time (for a node that predates marks).
+/// What is queued in `config`'s data directory for a backend other than `name` (read from the
+/// files, without opening the queues), if anything or if a queue cannot be read.
+fn queued_for_others(config: &Config, name: &str) -> Option<String> {
+    let mut found = Vec::new();
+    for other in config.backends.iter().filter(|b| b.name != name) {
+        let dir = config.queue_dir(other).join("queue");
+        if !dir.exists() {
+            continue;
+        }
+        match handoff::inspect(&handoff::StdFs, &dir) {
+            Ok(i) if i.depth_records == 0 => {}
+            Ok(i) => found.push(format!(
+                "{} records queued for {}",
+                i.depth_records, other.name
+            )),
+            Err(e) => found.push(format!("the queue of {} cannot be read ({e})", other.name)),
+        }
+    }
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
 fn clear_path(backend: &str, verified_from_ms: u64, marks: Option<&str>) -> String {
     let mut path = String::from("/admin/v1/backend/");
     encode_component(backend, &mut path);

@@ -6,15 +6,20 @@ use serde::Deserialize;
 
 pub use crate::write::schema::quote_ident;
 
-/// Quotes an InfluxQL string literal (`'…'`, with `\` and `'` escaped).
+/// Quotes an InfluxQL string literal (`'…'`, with `\` and `'` escaped, and a line feed as
+/// `\n`: InfluxQL refuses one raw, while line protocol takes it in a tag value).
 pub fn quote_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
+        match c {
+            '\'' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
         }
-        out.push(c);
     }
     out.push('\'');
     out
@@ -33,10 +38,11 @@ pub fn qualified(db: &str, rp: &str, measurement: &str) -> String {
 /// A `WHERE` condition that selects exactly one series: every tag key the measurement has,
 /// equal to the series' value, or to `''` for the keys the series lacks (InfluxDB 1.x reads
 /// `tag = ''` as "has no such tag"). `tags` holds every key, as `GROUP BY *` reports them.
+/// Each key is marked `::tag`: a field of the same name would be taken otherwise.
 pub fn series_condition(tags: &BTreeMap<String, String>) -> Option<String> {
     let parts: Vec<String> = tags
         .iter()
-        .map(|(k, v)| format!("{} = {}", quote_ident(k), quote_string(v)))
+        .map(|(k, v)| format!("{}::tag = {}", quote_ident(k), quote_string(v)))
         .collect();
     (!parts.is_empty()).then(|| parts.join(" AND "))
 }

@@ -187,10 +187,16 @@ proptest! {
 fn series_conditions_pin_one_series() {
     assert_eq!(
         series_condition(&tags(&[("host", "a'b\\"), ("region", "")])),
-        Some("\"host\" = 'a\\'b\\\\' AND \"region\" = ''".to_owned())
+        Some("\"host\"::tag = 'a\\'b\\\\' AND \"region\"::tag = ''".to_owned())
     );
     assert_eq!(series_condition(&tags(&[])), None);
     assert_eq!(quote_string("it's"), "'it\\'s'");
+    // A line feed, which line protocol takes in a tag value, escaped as InfluxQL reads it.
+    assert_eq!(quote_string("x\\\nz"), "'x\\\\\\nz'");
+    assert_eq!(
+        crate::write::schema::quote_ident("a\nb\"c"),
+        "\"a\\nb\\\"c\""
+    );
     assert_eq!(
         series_key("m", &tags(&[("b", "2"), ("a", "1"), ("c", "")])),
         "m,a=1,b=2"
@@ -240,4 +246,48 @@ fn times_on_the_command_line_and_in_reports() {
     assert_eq!(format_span(604_800_000_000_000), "7d");
     assert_eq!(format_span(37_800_000_000_000), "630m");
     assert_eq!(format_span(1_500_000_000), "1500ms");
+}
+
+#[tokio::test]
+async fn a_stopped_nodes_flag_stays_while_it_holds_writes_queued_for_another_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = testkit::free_port().expect("free port");
+    let text = format!(
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:{port}\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[backend]]\nname = \"b\"\nurl = \"http://127.0.0.1:2\"\n",
+        dir.path().display().to_string()
+    );
+    let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+    let b = &config.backends[1];
+    let flag = config
+        .queue_dir(b)
+        .join(crate::write::replica::DIVERGED_FILE);
+    std::fs::create_dir_all(config.queue_dir(b)).expect("dir");
+    std::fs::write(&flag, "its queue overflowed\n").expect("flag");
+    // The stopped node still holds a write for a, which neither backend has yet.
+    let queue_a = config.queue_dir(&config.backends[0]).join("queue");
+    let queue = handoff::Queue::open(&queue_a, handoff::Options::default()).expect("queue");
+    let record = handoff::Record::Write {
+        db: "db",
+        rp: "",
+        precision: "n",
+        payload: b"m v=1 1\n",
+    };
+    queue.append(&record).await.expect("appended");
+    queue.close().expect("closed");
+
+    let since = super::flag::VerifyStart::now(&config).await;
+    let refused = super::flag::clear(&config, b, &since).await;
+    let why = refused.expect_err("writes are queued for a").to_string();
+    assert!(why.contains("1 records queued for a"), "{why}");
+    assert!(flag.exists());
+
+    // Once they are delivered (here: gone), the verify's word holds and the flag goes.
+    let queue = handoff::Queue::open(&queue_a, handoff::Options::default()).expect("queue");
+    queue.purge().expect("purged");
+    queue.close().expect("closed");
+    let done = super::flag::clear(&config, b, &since)
+        .await
+        .expect("cleared");
+    assert!(done.contains("removed"), "{done}");
+    assert!(!flag.exists());
 }

@@ -21,10 +21,15 @@ pub fn quote_ident(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 2);
     out.push('"');
     for c in name.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // InfluxQL refuses a raw line feed in quotes; line protocol takes one in a name.
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
         }
-        out.push(c);
     }
     out.push('"');
     out

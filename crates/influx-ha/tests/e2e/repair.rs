@@ -618,3 +618,34 @@ fn repair_copies_a_database_whose_default_policy_was_altered() {
     crate::support::assert_altered_autogen(&b, "db");
     assert_eq!(count(&b, "db", "v", "m"), 1);
 }
+
+#[test]
+fn repair_copies_series_whose_tag_is_also_a_field_or_holds_a_line_feed() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    // `host` is a tag and, in one series, a field too; another tag value holds a backslash
+    // and a line feed, which line protocol keeps. b has only the plain series.
+    let shared = format!("m,host=b v=2 {now_ns}\n");
+    let only_a = format!("m,host=a host=1i,v=1 {now_ns}\nm,host=x\\\nz v=3 {now_ns}\n");
+    assert_eq!(a.write("db", "n", format!("{shared}{only_a}")).0, 204);
+    assert_eq!(b.write("db", "n", &shared).0, 204);
+    assert_eq!(count(&a, "db", "v", "m"), 3);
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config_for(dir.path(), &[&a, &b]);
+    let out = influx_ha(&["repair", "--config", config.to_str().expect("utf-8 path")]);
+    let report = text_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(count(&b, "db", "v", "m"), 3, "{report}");
+    assert_eq!(
+        crate::support::dump(&a, "db"),
+        crate::support::dump(&b, "db")
+    );
+}
