@@ -163,13 +163,14 @@ pub struct Settled {
 /// Whether a slow backend's own send, answered `message` (a partial write), stored as much as
 /// the backends the batch was settled with: replayed, it would only be refused the same way
 /// and the backend marked diverged for nothing. Waits for the fan-out to settle (it does not
-/// wait for this send); false when it ended without settling.
+/// wait for this send); false when it ended without settling, or when no other backend took
+/// the batch (nothing to compare with: the copy is replayed, as any other).
 async fn stored_no_less(mut settled: watch::Receiver<Option<Settled>>, message: &[u8]) -> bool {
     let Some(dropped) = crate::write::answer::dropped_count(message) else {
         return false;
     };
     match settled.wait_for(Option::is_some).await {
-        Ok(s) => s.is_some_and(|s| s.fewest_dropped.is_none_or(|fewest| dropped <= fewest)),
+        Ok(s) => s.is_some_and(|s| s.fewest_dropped.is_some_and(|fewest| dropped <= fewest)),
         Err(_) => false,
     }
 }
