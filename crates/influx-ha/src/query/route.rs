@@ -481,10 +481,14 @@ impl Inner {
                 if classified.order_sensitive() {
                     self.no_peer_holds_writes()?;
                 }
+                self.reads_sent_along_can_be_served(&classified.statements)?;
                 self.everywhere(id, fwd, queued, statements, repeatable)
                     .await
             }
-            Route::UserAdmin => self.user_admin(id, fwd).await,
+            Route::UserAdmin => {
+                let reads = self.reads_sent_along_can_be_served(&classified.statements)?;
+                self.user_admin(id, fwd, reads).await
+            }
             Route::Refused(why) => Err(RequestError::PerBackend(why.to_owned())),
         }
     }
@@ -507,6 +511,34 @@ impl Inner {
             b.maintenance = r.in_maintenance();
         }
         Some(b)
+    }
+
+    /// Before statements that run on every backend: reads sent with them are answered by one
+    /// backend's answer, so they run only when a backend could serve them as a read alone
+    /// (fresh, or reachable with `stale_reads`). Checked before anything runs.
+    /// Returns whether there are such reads.
+    fn reads_sent_along_can_be_served(
+        &self,
+        statements: &[super::classify::Statement],
+    ) -> Result<bool, RequestError> {
+        let reads = statements
+            .iter()
+            .any(|s| matches!(s.kind, StatementKind::Read | StatementKind::ShowQueries));
+        if !reads {
+            return Ok(false);
+        }
+        self.candidates().map(|_| true).map_err(|e| {
+            RequestError::Unavailable(format!(
+                "the reads sent with statements for every backend need a backend that serves reads ({}); nothing was run: send them apart",
+                String::from_utf8_lossy(&e.message())
+            ))
+        })
+    }
+
+    /// Whether backend `i` serves fresh reads now: the board, with this node's own queues.
+    fn fresh_now(&self, state: &ClusterState, i: usize) -> bool {
+        self.live_state(state, i)
+            .is_some_and(|b| b.freshness().is_ok())
     }
 
     /// The backends a read may go to, best first, and whether they may be stale; or why none
@@ -1012,6 +1044,7 @@ impl Inner {
         self: &Arc<Self>,
         id: &RequestId,
         fwd: Forward,
+        reads: bool,
     ) -> Result<Response<ResponseBody>, RequestError> {
         let state = self.board.load();
         let unavailable: Vec<String> = (0..self.targets.len())
@@ -1053,12 +1086,15 @@ impl Inner {
         let mut failed = Vec::new();
         // Sent and never answered: it may have been applied there.
         let mut unknown = false;
-        let mut first = None;
+        // The answer given: a fresh backend's (reads may be sent along), else the first.
+        let state = self.board.load();
+        let fresh = |i: usize| self.fresh_now(&state, i);
+        let mut first: Option<(usize, Held)> = None;
         for (i, r) in outcomes {
             match r {
                 Ok(held) => {
                     applied.push(self.name(i).to_owned());
-                    if first.is_none() {
+                    if first.as_ref().is_none_or(|(j, _)| !fresh(*j) && fresh(i)) {
                         first = Some((i, held));
                     }
                 }
@@ -1083,7 +1119,8 @@ impl Inner {
         }
         match first {
             Some((i, held)) if failed.is_empty() => {
-                Ok(self.respond(id, held.status, &held.headers, full(held.body), i, false))
+                let stale = reads && !fresh(i);
+                Ok(self.respond(id, held.status, &held.headers, full(held.body), i, stale))
             }
             Some(_) => Err(RequestError::Unavailable(format!(
                 "user management was applied on {} but failed on {}; the backends now differ: send it again once they answer",
@@ -1391,6 +1428,45 @@ mod tests {
         let (mut order, stale) = lenient.inner.candidates().expect("stale reads");
         order.sort_unstable();
         assert_eq!((order, stale), (vec![0, 1], true));
+    }
+
+    #[tokio::test]
+    async fn reads_sent_with_statements_for_every_backend_need_one_that_serves_reads() {
+        let catching_up = |name: &str| {
+            let mut b = up(name);
+            b.queue = QueueDepth {
+                records: 4,
+                ..QueueDepth::default()
+            };
+            b
+        };
+        let answer = |s: QueryService, q: &'static str| async move {
+            let mut uri = "/query?q=".to_owned();
+            crate::http::query::encode_component(q, &mut uri);
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .body(crate::http::empty())
+                .expect("request");
+            let resp = s.call(RequestId::new(), req).await;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        for q in [
+            "CREATE DATABASE x; SELECT * FROM m",
+            "CREATE USER u WITH PASSWORD 'p'; SHOW MEASUREMENTS",
+        ] {
+            let s = service(vec![catching_up("a"), catching_up("b")], false);
+            let (status, body) = answer(s, q).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{q}: {body}");
+            assert!(body.contains("send them apart"), "{q}: {body}");
+            assert!(body.contains("catching up"), "{q}: {body}");
+        }
+        // Alone, the statements for every backend are not held to it.
+        let s = service(vec![catching_up("a"), catching_up("b")], false);
+        let (_, body) = answer(s, "CREATE DATABASE x").await;
+        assert!(!body.contains("send them apart"), "{body}");
     }
 
     #[test]
