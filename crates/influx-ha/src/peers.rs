@@ -315,9 +315,20 @@ impl PeerNews {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             match report {
                 Some(report) => {
-                    // A later report of the same relay replaces the earlier one.
-                    held.reports
-                        .retain(|(r, _)| r.node != report.node || r.instance != report.instance);
+                    // A later report of the same relay replaces the earlier one; an earlier
+                    // one that arrives after it (a stalled notice) is dropped.
+                    let same =
+                        |r: &QueueReport| r.node == report.node && r.instance == report.instance;
+                    if held
+                        .reports
+                        .iter()
+                        .any(|(r, _)| same(r) && r.seq.is_some() && r.seq > report.seq)
+                    {
+                        drop(held);
+                        self.rung.notify_one();
+                        return;
+                    }
+                    held.reports.retain(|(r, _)| !same(r));
                     if held.reports.len() >= MAX_HELD_REPORTS {
                         held.reports.remove(0);
                         held.ask_all = true;
@@ -448,6 +459,34 @@ mod tests {
         assert_eq!(report.backends[0].oldest_age_seconds, Some(1.5));
         assert!(report.backends[1].diverged);
         assert!(parse_report(b"{}").is_err());
+    }
+
+    #[test]
+    fn a_held_notice_is_not_replaced_by_an_earlier_one_of_the_same_process() {
+        let report = |seq: u64, records: u64| QueueReport {
+            node: "relay-2".into(),
+            instance: Some("p1".into()),
+            seq: Some(seq),
+            backends: vec![ReportedBackend {
+                name: "influx-a".into(),
+                queue_records: records,
+                queue_bytes: 0,
+                oldest_age_seconds: None,
+                diverged: false,
+                maintenance: false,
+            }],
+        };
+        let news = PeerNews::default();
+        news.notice(Some(report(2, 0)));
+        news.notice(Some(report(1, 5)));
+        let (held, _) = news.take();
+        let seqs: Vec<Option<u64>> = held.iter().map(|(r, _)| r.seq).collect();
+        assert_eq!(seqs, [Some(2)]);
+        news.notice(Some(report(3, 1)));
+        news.notice(Some(report(4, 0)));
+        let (held, _) = news.take();
+        let seqs: Vec<Option<u64>> = held.iter().map(|(r, _)| r.seq).collect();
+        assert_eq!(seqs, [Some(4)]);
     }
 
     fn report_seq(text: &[u8]) -> u64 {
