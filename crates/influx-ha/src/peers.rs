@@ -250,15 +250,32 @@ async fn tell_changes_every(
 }
 
 /// Sends `peer` each report that `latest` holds, until it is closed and the last one sent.
+/// A report the peer did not take is sent again, with backoff, until it does or a newer one
+/// replaces it: a peer that cannot poll this node learns of its queues only so. (Once
+/// `latest` is closed, at shutdown, the last report is tried once.)
 async fn tell_each(peer: Peer, mut latest: tokio::sync::watch::Receiver<Bytes>) {
     while latest.changed().await.is_ok() {
-        let report = latest.borrow_and_update().clone();
-        tell(&peer, report).await;
+        let mut report = latest.borrow_and_update().clone();
+        let mut pause = TELL_RETRY_FIRST;
+        while !tell(&peer, report.clone()).await {
+            tokio::select! {
+                changed = latest.changed() => match changed {
+                    Ok(()) => report = latest.borrow_and_update().clone(),
+                    Err(_) => return,
+                },
+                () = tokio::time::sleep(pause) => pause = (pause * 2).min(TELL_RETRY_MAX),
+            }
+        }
     }
 }
 
-/// Says to `peer` that this node's queues changed, with `report`.
-async fn tell(peer: &Peer, report: Bytes) {
+/// Pauses between attempts to tell a peer a report it did not take.
+const TELL_RETRY_FIRST: Duration = Duration::from_millis(200);
+const TELL_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Says to `peer` that this node's queues changed, with `report`; false when it is worth
+/// saying again (no answer, a 5xx, 408 or 429; a refusal would only be repeated).
+async fn tell(peer: &Peer, report: Bytes) -> bool {
     let mut headers = http::HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -269,12 +286,15 @@ async fn tell(peer: &Peer, report: Bytes) {
         .forward(Method::POST, CHANGED_PATH, headers, report, TELL_TIMEOUT)
         .await;
     match told {
-        Ok(resp) if resp.status().is_success() => {}
+        Ok(resp) if resp.status().is_success() => true,
         Ok(resp) => {
             tracing::debug!(peer = %peer.name, status = %resp.status(), "peer not told of a queue change");
+            let status = resp.status().as_u16();
+            (400..500).contains(&status) && status != 408 && status != 429
         }
         Err(e) => {
             tracing::debug!(peer = %peer.name, error = %e, "peer not told of a queue change");
+            false
         }
     }
 }
@@ -487,6 +507,62 @@ mod tests {
         let (held, _) = news.take();
         let seqs: Vec<Option<u64>> = held.iter().map(|(r, _)| r.seq).collect();
         assert_eq!(seqs, [Some(4)]);
+    }
+
+    #[tokio::test]
+    async fn a_notice_the_peer_did_not_take_is_sent_again_until_it_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The peer answers 503 to its first two notices (restarting, say), then takes them.
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Bytes>::new()));
+        let (a, t) = (attempts.clone(), taken.clone());
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (a, t) = (a.clone(), t.clone());
+                async move {
+                    let body = http_body_util::BodyExt::collect(req.into_body())
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let n = a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut resp = http::Response::new(http_body_util::Full::new(Bytes::new()));
+                    if n < 2 {
+                        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    } else {
+                        *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                        t.lock().expect("not poisoned").push(body);
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+        let addr = crate::test_http::serve(service).await;
+        let text = format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://{addr}\"\n",
+            dir.path().display().to_string()
+        );
+        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+        let clients = crate::node::backend_clients(&config).expect("clients");
+        let replicator = Replicator::open(&config, &clients).expect("queues open");
+        let peers = crate::node::peer_clients(&config).expect("peer clients");
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        // One look, at start, in the hour the test takes: no later change sends it again.
+        let telling = tokio::spawn(tell_changes_every(
+            "relay-1".to_owned(),
+            replicator.clone(),
+            peers,
+            Shutdown::new(stop.subscribe()),
+            Duration::from_secs(3600),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while taken.lock().expect("not poisoned").is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never told");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let report = parse_report(&taken.lock().expect("not poisoned")[0]).expect("report");
+        assert_eq!(report.node, "relay-1");
+        let _ = stop.send(());
+        telling.await.expect("ends");
     }
 
     fn report_seq(text: &[u8]) -> u64 {
