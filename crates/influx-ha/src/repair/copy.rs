@@ -15,7 +15,7 @@ use super::RepairError;
 use super::conn::{Conn, Traffic, answer_too_long};
 use super::influxql::{qualified, quote_ident, series_condition};
 use super::progress::Progress;
-use super::rebuild::{FieldType, SeriesWriter};
+use super::rebuild::{FieldType, RebuildError, SeriesWriter};
 use super::verify::{Report, Scope, Unit, WindowDiff, schema_statement, verify};
 
 /// How a repair runs.
@@ -55,15 +55,19 @@ pub struct RepairOutcome {
     pub failures: Vec<String>,
 }
 
-/// Field types of measurements, per backend: (backend, db, rp, measurement) → field → type.
-type TypeCache = HashMap<(usize, String, String, String), BTreeMap<String, FieldType>>;
+/// Field types of measurements, per backend: (backend, db, rp, measurement) → field → type,
+/// and the fields with several types (across shards), with them all.
+type TypeCache = HashMap<
+    (usize, String, String, String),
+    (BTreeMap<String, FieldType>, BTreeMap<String, String>),
+>;
 
 async fn field_types<'a>(
     cache: &'a mut TypeCache,
     conns: &[Conn],
     source: usize,
     w: &WindowDiff,
-) -> Result<&'a BTreeMap<String, FieldType>, RepairError> {
+) -> Result<&'a (BTreeMap<String, FieldType>, BTreeMap<String, String>), RepairError> {
     let key = (source, w.db.clone(), w.rp.clone(), w.measurement.clone());
     if !cache.contains_key(&key) {
         let q = format!(
@@ -72,6 +76,7 @@ async fn field_types<'a>(
             quote_ident(&w.measurement)
         );
         let mut types = BTreeMap::new();
+        let mut several = BTreeMap::<String, String>::new();
         for s in conns[source].select(&q, Some(&w.db)).await? {
             let (Some(k), Some(t)) = (s.column("fieldKey"), s.column("fieldType")) else {
                 continue;
@@ -83,12 +88,17 @@ async fn field_types<'a>(
                     .and_then(|v| v.as_str())
                     .and_then(FieldType::parse);
                 if let (Some(name), Some(kind)) = (name, kind) {
-                    // A field with several types (across shards): the first one listed.
-                    types.entry(name.to_owned()).or_insert(kind);
+                    let first = *types.entry(name.to_owned()).or_insert(kind);
+                    if first != kind {
+                        let all = several
+                            .entry(name.to_owned())
+                            .or_insert_with(|| format!("{first:?}"));
+                        all.push_str(&format!(", {kind:?}"));
+                    }
                 }
             }
         }
-        cache.insert(key.clone(), types);
+        cache.insert(key.clone(), (types, several));
     }
     Ok(&cache[&key])
 }
@@ -115,7 +125,7 @@ async fn copy_unit(
     if targets.is_empty() {
         return Ok(());
     }
-    let types = field_types(cache, conns, source, w).await?.clone();
+    let (types, several) = field_types(cache, conns, source, w).await?.clone();
     let condition = series_condition(tags).map_or_else(String::new, |c| format!("{c} AND "));
     let from = qualified(&w.db, &w.rp, &w.measurement);
     let mut start = u.start;
@@ -143,6 +153,12 @@ async fn copy_unit(
             source: e,
         };
         for s in &series {
+            if let Some((field, kinds)) = s.columns.iter().find_map(|c| several.get_key_value(c)) {
+                return Err(rebuild_error(RebuildError::SeveralTypes(
+                    field.clone(),
+                    kinds.clone(),
+                )));
+            }
             let writer = SeriesWriter::new(&w.measurement, &s.tags, &s.columns, &types)
                 .map_err(rebuild_error)?;
             longest = longest.max(s.values.len());

@@ -52,6 +52,13 @@ pub enum RebuildError {
     /// A row without an integer time.
     #[error("row without a nanosecond timestamp")]
     Time,
+    /// A field with several types across shards: InfluxDB answers its values in one of
+    /// them, so which a point had cannot be told, and written in the wrong one it would
+    /// refuse later writes of the right one.
+    #[error(
+        "field {0:?} has several types in different shards ({1}): not copied, since which one each point had cannot be told; copy it by hand"
+    )]
+    SeveralTypes(String, String),
 }
 
 /// Escapes a measurement name: `,` and space.

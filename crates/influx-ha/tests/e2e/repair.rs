@@ -649,3 +649,34 @@ fn repair_copies_series_whose_tag_is_also_a_field_or_holds_a_line_feed() {
         crate::support::dump(&b, "db")
     );
 }
+
+#[test]
+fn repair_does_not_guess_the_type_of_a_field_with_several() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let month_ago_ns = now_ns - 30 * 24 * 3600 * 1_000_000_000;
+    // A float in one shard group and an integer in another, as after an agent's upgrade.
+    let (status, text) = a.write("db", "n", format!("m f=1.5 {month_ago_ns}\n"));
+    assert_eq!(status, 204, "{text}");
+    let (status, text) = a.write("db", "n", format!("m f=2i {now_ns}\n"));
+    assert_eq!(status, 204, "{text}");
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config_for(dir.path(), &[&a, &b]);
+    let out = influx_ha(&["repair", "--config", config.to_str().expect("utf-8 path")]);
+    let report = text_of(&out);
+    assert_ne!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("field \"f\" has several types in different shards"),
+        "{report}"
+    );
+    // Nothing written under a guessed type.
+    assert_eq!(count(&b, "db", "f", "m"), 0, "{report}");
+}
