@@ -96,6 +96,9 @@ struct StatementResult {
     series: Vec<Series>,
     #[serde(default)]
     error: Option<String>,
+    /// Set when InfluxDB cut the answer at its `max-row-limit`.
+    #[serde(default)]
+    partial: bool,
 }
 
 /// The series of the first statement of an answer, or the error InfluxDB gave.
@@ -110,6 +113,12 @@ pub fn parse_answer(body: &[u8]) -> Result<Vec<Series>, String> {
     };
     if let Some(e) = first.error {
         return Err(e);
+    }
+    if first.partial {
+        // Taken whole, it would hide what lies past the cut from the comparison.
+        return Err(
+            "the answer was cut short at the backend's [http] max-row-limit: set it to 0 (the default) for verify and repair".to_owned(),
+        );
     }
     Ok(first.series)
 }

@@ -184,6 +184,15 @@ proptest! {
 }
 
 #[test]
+fn an_answer_cut_at_the_row_limit_is_an_error() {
+    let cut = br#"{"results":[{"statement_id":0,"series":[{"name":"m","columns":["time","count"],"values":[[0,1]]}],"partial":true}]}"#;
+    let err = parse_answer(cut).expect_err("cut short");
+    assert!(err.contains("max-row-limit"), "{err}");
+    let whole = br#"{"results":[{"statement_id":0,"series":[{"name":"m","columns":["time","count"],"values":[[0,1]]}]}]}"#;
+    assert_eq!(parse_answer(whole).expect("whole").len(), 1);
+}
+
+#[test]
 fn series_conditions_pin_one_series() {
     assert_eq!(
         series_condition(&tags(&[("host", "a'b\\"), ("region", "")])),
