@@ -505,6 +505,9 @@ impl Monitor {
 
     /// One round: checks and peer polls, then one new snapshot.
     async fn round(&self, memory: &mut Memory, polls: &mut PeerPolls, shutdown: &mut Shutdown) {
+        for r in &self.replicas {
+            r.persist_diverged_later();
+        }
         let timeout = self.health.timeout;
         let mut pings = JoinSet::new();
         for (i, client) in self.clients.iter().enumerate() {

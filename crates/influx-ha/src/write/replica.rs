@@ -248,6 +248,8 @@ pub struct Replica {
     flag_io: Mutex<()>,
     /// Whether the `diverged` file says what `diverged` holds.
     diverged_on_disk: AtomicBool,
+    /// A [`Replica::persist_diverged_later`] is running.
+    persisting: AtomicBool,
     /// The last delivery problem, for operators.
     last_error: Mutex<Option<String>>,
     /// Operator maintenance (persisted in `dir/maintenance`): every write is queued and the
@@ -438,6 +440,7 @@ impl Replica {
                 ..Mode::default()
             }),
             diverged_on_disk: AtomicBool::new(diverged.is_some()),
+            persisting: AtomicBool::new(false),
             diverged: Mutex::new(diverged),
             diverged_marked_ms: AtomicU64::new(0),
             flag_io: Mutex::new(()),
@@ -548,6 +551,13 @@ impl Replica {
         }
         // Every caller waits until the flag is on disk (written by it or by the one before),
         // so that nothing is acknowledged past dropped data before the flag is durable.
+        self.persist_diverged();
+    }
+
+    /// Writes the diverged flag to disk when it is set in memory and not there yet. A write
+    /// that failed (a full or failing disk) is tried again by the health checks each round
+    /// ([`Self::persist_diverged_later`]): until it lands, a restart would forget the flag.
+    pub fn persist_diverged(&self) {
         let _io = lock(&self.flag_io);
         let Some(text) = lock(&self.diverged).clone() else {
             return; // cleared meanwhile, by a verify that covered this drop
@@ -556,11 +566,31 @@ impl Replica {
             return;
         }
         match super::flags::write(&self.dir, DIVERGED_FILE, &format!("{text}\n")) {
-            Ok(()) => self.diverged_on_disk.store(true, Ordering::SeqCst),
+            Ok(()) => {
+                self.diverged_on_disk.store(true, Ordering::SeqCst);
+                tracing::info!(backend = self.name(), "diverged flag persisted");
+            }
             Err(e) => {
-                tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag");
+                tracing::error!(backend = self.name(), error = %e, "cannot persist the diverged flag: tried again at the next health check");
             }
         }
+    }
+
+    /// Whether the diverged flag is set in memory only.
+    pub fn diverged_unpersisted(&self) -> bool {
+        lock(&self.diverged).is_some() && !self.diverged_on_disk.load(Ordering::SeqCst)
+    }
+
+    /// [`Self::persist_diverged`] on a blocking thread, unless an attempt is running already.
+    pub fn persist_diverged_later(self: &Arc<Self>) {
+        if !self.diverged_unpersisted() || self.persisting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.persist_diverged();
+            me.persisting.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Clears the diverged flag (and its file) after a verify that began at `verified_from_ms`

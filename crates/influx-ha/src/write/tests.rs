@@ -1399,3 +1399,23 @@ async fn a_purge_while_a_replayed_batch_is_sent_keeps_new_writes_behind_it() {
     let _ = stop.send(());
     replay.await.expect("replay ends");
 }
+
+#[tokio::test]
+async fn a_diverged_flag_the_disk_refused_is_written_once_it_can_be() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = serve(Arc::new(FakeBackend::default())).await;
+    let replica = one_backend(dir.path(), fake);
+    let flag_dir = dir.path().join("alpha");
+    // The flag's temporary file cannot be made (a directory stands in its way).
+    std::fs::create_dir_all(flag_dir.join("diverged.tmp")).expect("obstacle");
+    replica.mark_diverged("its queue overflowed");
+    assert!(replica.diverged().is_some(), "marked in memory at once");
+    assert!(replica.diverged_unpersisted());
+    assert!(!flag_dir.join("diverged").exists());
+    // The next health check round tries again; the disk takes it now.
+    std::fs::remove_dir(flag_dir.join("diverged.tmp")).expect("obstacle gone");
+    replica.persist_diverged_later();
+    wait_until("the flag is on disk", || !replica.diverged_unpersisted()).await;
+    let text = std::fs::read_to_string(flag_dir.join("diverged")).expect("flag file");
+    assert_eq!(text, "its queue overflowed\n");
+}
