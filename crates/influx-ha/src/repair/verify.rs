@@ -103,6 +103,15 @@ pub enum SchemaDiff {
         /// The backends without it.
         missing: Vec<usize>,
     },
+    /// A continuous query whose statement differs (reported, not changed by repair).
+    ContinuousQuerySettings {
+        /// Its database.
+        db: String,
+        /// Its name.
+        name: String,
+        /// What differs, in words.
+        detail: String,
+    },
 }
 
 /// A piece of one series in one time range whose count differs between backends: what repair
@@ -207,6 +216,9 @@ impl Report {
                     "continuous query {name:?} on {db:?} is missing on {}",
                     names(missing)
                 ),
+                SchemaDiff::ContinuousQuerySettings { db, name, detail } => {
+                    writeln!(s, "continuous query {name:?} on {db:?} differs: {detail}")
+                }
             };
         }
         if !self.windows.is_empty() {
@@ -587,21 +599,26 @@ pub async fn verify(
                 });
             }
             for (i, rp) in held.iter().enumerate() {
+                // Which policy is the default decides where writes without `rp` land.
                 if let Some(rp) = rp
                     && (rp.duration != reference.duration
-                        || rp.shard_group_duration != reference.shard_group_duration)
+                        || rp.shard_group_duration != reference.shard_group_duration
+                        || rp.default != reference.default)
                 {
+                    let default = |yes: bool| if yes { ", the default" } else { "" };
                     report.schema.push(SchemaDiff::RetentionPolicySettings {
                         db: db.clone(),
                         rp: reference.name.clone(),
                         detail: format!(
-                            "{} has duration {:?} and shard duration {:?}, {} has {:?} and {:?}",
+                            "{} has duration {:?} and shard duration {:?}{}, {} has {:?} and {:?}{}",
                             report.backends[i],
                             rp.duration,
                             rp.shard_group_duration,
+                            default(rp.default),
                             report.backends[held.iter().position(Option::is_some).unwrap_or(0)],
                             reference.duration,
-                            reference.shard_group_duration
+                            reference.shard_group_duration,
+                            default(reference.default)
                         ),
                     });
                 }
@@ -674,6 +691,21 @@ pub async fn verify(
                 missing,
             });
         }
+        // The same name with another statement computes other data with the same counts.
+        let differing: Vec<&str> = (0..n)
+            .filter(|&i| cqs[i].get(key).is_some_and(|q| q != query))
+            .map(|i| report.backends[i].as_str())
+            .collect();
+        if !differing.is_empty() {
+            report.schema.push(SchemaDiff::ContinuousQuerySettings {
+                db: key.0.clone(),
+                name: key.1.clone(),
+                detail: format!(
+                    "{} run another statement than {query:?}",
+                    differing.join(", ")
+                ),
+            });
+        }
     }
 
     report.queries = traffic.queries.load(Ordering::Relaxed) - queries_before;
@@ -698,6 +730,8 @@ pub fn schema_statement(d: &SchemaDiff) -> Option<(Option<&str>, String, &[usize
         SchemaDiff::ContinuousQuery {
             db, query, missing, ..
         } => Some((Some(db), query.clone(), missing)),
-        SchemaDiff::RetentionPolicySettings { .. } => None,
+        SchemaDiff::RetentionPolicySettings { .. } | SchemaDiff::ContinuousQuerySettings { .. } => {
+            None
+        }
     }
 }

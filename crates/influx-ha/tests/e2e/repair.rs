@@ -680,3 +680,38 @@ fn repair_does_not_guess_the_type_of_a_field_with_several() {
     // Nothing written under a guessed type.
     assert_eq!(count(&b, "db", "f", "m"), 0, "{report}");
 }
+
+#[test]
+fn verify_sees_another_default_policy_and_another_continuous_query() {
+    let _serial = serial();
+    let (a, b) = (Influxd::start(), Influxd::start());
+    for i in [&a, &b] {
+        i.create_database("db");
+        i.query(
+            "db",
+            "CREATE RETENTION POLICY week ON db DURATION 7d REPLICATION 1",
+        );
+    }
+    // On a alone, `week` became the default: writes without `rp` land elsewhere on each.
+    a.query("db", "ALTER RETENTION POLICY week ON db DEFAULT");
+    for (i, f) in [(&a, "mean"), (&b, "max")] {
+        let cq = format!(
+            "CREATE CONTINUOUS QUERY cq ON db BEGIN SELECT {f}(v) INTO m_1h FROM m GROUP BY time(1h) END"
+        );
+        assert!(!i.query("db", &cq).contains("error"), "{cq}");
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config_for(dir.path(), &[&a, &b]);
+    let out = influx_ha(&["verify", "--config", config.to_str().expect("utf-8 path")]);
+    let report = text_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("retention policy \"week\" on \"db\" differs")
+            && report.contains("the default"),
+        "{report}"
+    );
+    assert!(
+        report.contains("continuous query \"cq\" on \"db\" differs"),
+        "{report}"
+    );
+}
