@@ -74,13 +74,25 @@ fn replicas_report(node: &str, replicator: &Replicator) -> Vec<u8> {
             .map(|r| {
                 ReportedBackend::new(
                     r.name(),
-                    &crate::monitor::queue_depth(&r.queue().stats()),
+                    &reported_depth(r),
                     r.diverged().is_some(),
                     r.in_maintenance(),
                 )
             })
             .collect()
     })
+}
+
+/// A replica's queue as peers are told of it: while the backend is behind its queue, at least
+/// one record, as this node counts it for its own reads. Writes go to the queue then (an
+/// insured send still running, a drop just taken from the queue and not yet flagged, an
+/// append on its way), so an empty queue would say too little.
+pub(crate) fn reported_depth(r: &crate::write::replica::Replica) -> crate::state::QueueDepth {
+    let mut depth = crate::monitor::queue_depth(&r.queue().stats());
+    if r.is_queueing() {
+        depth.records = depth.records.max(1);
+    }
+    depth
 }
 
 /// A report of `read`'s backends, numbered in the order the reads happen: of two reports of
@@ -180,7 +192,7 @@ fn queue_states(replicator: &Replicator) -> Vec<(String, bool, u64, bool, bool)>
         .map(|r| {
             (
                 r.name().to_owned(),
-                r.queue().has_pending(),
+                r.queue().has_pending() || r.is_queueing(),
                 r.queue().fills(),
                 r.diverged().is_some(),
                 r.in_maintenance(),

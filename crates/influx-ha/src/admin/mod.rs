@@ -290,6 +290,7 @@ impl AdminHandler {
                         for b in &mut state.backends {
                             if let Some(r) = replicas.iter().find(|r| r.name() == b.name) {
                                 crate::monitor::copy_replica_state(b, r);
+                                b.queue = crate::peers::reported_depth(r);
                             }
                         }
                         state

@@ -122,6 +122,16 @@ async fn the_queue_report_for_peers_shows_the_queues_as_they_are_now() {
     write_one(&replicator, "m v=1 1\n").await;
     let (_, text, _) = call(&admin, "GET", crate::peers::QUEUES_PATH).await;
     assert_eq!(records(&text), [1, 1], "{text}");
+    // Behind its queue with the queue empty (in maintenance, before any write): the next
+    // write goes to the queue, so peers count one record, as this node does for its reads.
+    for r in replicator.replicas().iter() {
+        r.purge_queue().expect("purged");
+    }
+    replicator.replicas()[1]
+        .enter_maintenance()
+        .expect("maintenance");
+    let (_, text, _) = call(&admin, "GET", crate::peers::QUEUES_PATH).await;
+    assert_eq!(records(&text)[1], 1, "{text}");
 }
 
 #[tokio::test]
