@@ -671,23 +671,32 @@ async fn dead_letters_are_listed_replayed_and_purged() {
     assert_eq!(alpha.dead_letters().stats().depth_records, 0);
 }
 
-#[tokio::test]
-async fn a_dead_letter_replay_whose_client_hangs_up_still_ends_its_appends() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (admin, replicator) = setup(dir.path());
-    let alpha = replicator.replicas()[0].clone();
-    letter(&alpha, "m v=1 1\n").await;
+/// A node whose backend `alpha` has one dead letter, and a `deadletter replay` of it polled
+/// once (so begun, and not done at once).
+async fn replay_begun(
+    dir: &std::path::Path,
+) -> (AdminHandler, Replicator, crate::http::HandlerFuture) {
+    let (admin, replicator) = setup(dir);
+    letter(&replicator.replicas()[0], "m v=1 1\n").await;
     let req = Request::builder()
         .method(Method::POST)
         .uri("/admin/v1/deadletter/alpha/replay")
         .body(empty())
         .expect("request");
-    // Polled once, then dropped: the client went away while the requeue ran.
-    let mut hung_up = admin.call(RequestId::new(), req);
+    let mut running = admin.call(RequestId::new(), req);
     assert!(
-        poll_once(hung_up.as_mut()).await.is_pending(),
+        poll_once(running.as_mut()).await.is_pending(),
         "done at once"
     );
+    (admin, replicator, running)
+}
+
+#[tokio::test]
+async fn a_dead_letter_replay_whose_client_hangs_up_still_ends_its_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, replicator, hung_up) = replay_begun(dir.path()).await;
+    let alpha = replicator.replicas()[0].clone();
+    // Dropped after its first poll: the client went away while the requeue ran.
     drop(hung_up);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while alpha.dead_letters().stats().depth_records > 0 || !alpha.queue().has_pending() {
@@ -709,19 +718,8 @@ async fn poll_once<F: Future + ?Sized>(mut f: std::pin::Pin<&mut F>) -> std::tas
 #[tokio::test]
 async fn a_dead_letter_replay_is_waited_for_at_shutdown_and_refused_once_it_began() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (admin, replicator) = setup(dir.path());
+    let (admin, replicator, running) = replay_begun(dir.path()).await;
     let alpha = replicator.replicas()[0].clone();
-    letter(&alpha, "m v=1 1\n").await;
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/admin/v1/deadletter/alpha/replay")
-        .body(empty())
-        .expect("request");
-    let mut running = admin.call(RequestId::new(), req);
-    assert!(
-        poll_once(running.as_mut()).await.is_pending(),
-        "done at once"
-    );
     // Shutdown waits for it before the queues close.
     let still = replicator
         .wait_for_deliveries(Duration::from_secs(60))

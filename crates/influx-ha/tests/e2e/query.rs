@@ -42,6 +42,17 @@ fn relay_count(relay: &mut Relay, db: &str) -> (u16, u64, String) {
     (r.status, n, if r.status == 200 { backend } else { text })
 }
 
+/// Waits until reads of `db` are answered by both backends, each with all `points`.
+fn wait_reads_spread(relay: &mut Relay, points: u64) {
+    let mut served = std::collections::BTreeSet::new();
+    wait_until("reads are spread over both backends", CONVERGE, || {
+        let (status, n, backend) = relay_count(relay, "db");
+        assert_eq!((status, n), (200, points), "{backend}");
+        served.insert(backend);
+        served.len() == 2
+    });
+}
+
 /// Waits until the relay serves fresh reads (its first health checks are done).
 fn wait_ready(relay: &mut Relay) {
     wait_until("reads served", CONVERGE, || {
@@ -77,13 +88,7 @@ fn show_create_write_select_through_influx_ha() {
     // Every read is complete. Both backends serve reads once both are fresh: a write that
     // was slow to one of them on a loaded machine is insured in its queue, and that backend
     // serves no reads until the queue drained, so spreading is waited for, not assumed.
-    let mut served = std::collections::BTreeSet::new();
-    wait_until("reads are spread over both backends", CONVERGE, || {
-        let (status, n, backend) = relay_count(&mut relay, "db");
-        assert_eq!((status, n), (200, 500), "{backend}");
-        served.insert(backend);
-        served.len() == 2
-    });
+    wait_reads_spread(&mut relay, 500);
     // GET works too, and the client's credentials are not what the backend sees.
     let r = relay.request(
         "GET",
@@ -133,13 +138,7 @@ fn reads_through_a_proxy(extra: &str) -> (Relay, FaultProxy, [Influxd; 2]) {
     let proxy = FaultProxy::start(a.addr());
     let mut relay = Relay::start_urls(&[proxy.url(), b.url()], &format!("{FAST_HEALTH}{extra}"));
     // Both serve reads, so that reads in a row reach both.
-    let mut served = std::collections::BTreeSet::new();
-    wait_until("reads are spread over both backends", CONVERGE, || {
-        let (status, n, backend) = relay_count(&mut relay, "db");
-        assert_eq!((status, n), (200, 300), "{backend}");
-        served.insert(backend);
-        served.len() == 2
-    });
+    wait_reads_spread(&mut relay, 300);
     (relay, proxy, [a, b])
 }
 

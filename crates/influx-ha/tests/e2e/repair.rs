@@ -499,6 +499,14 @@ fn anti_entropy_setup(auto_repair: bool) -> (Influxd, Influxd, Relay) {
 }
 
 /// Ten minutes ago, in nanoseconds: inside the checks' window.
+/// Nanoseconds since the epoch, now.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
 fn ten_minutes_ago_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -601,10 +609,7 @@ fn repair_copies_a_database_whose_default_policy_was_altered() {
     let _serial = serial();
     let (a, b) = (Influxd::start(), Influxd::start());
     crate::support::create_with_altered_autogen(&a, "db");
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
+    let now_ns = now_ns();
     let (status, _) = a.write("db", "n", format!("m v=1i {now_ns}\n").as_bytes());
     assert_eq!(status, 204);
 
@@ -626,10 +631,7 @@ fn repair_copies_series_whose_tag_is_also_a_field_or_holds_a_line_feed() {
     for i in [&a, &b] {
         i.create_database("db");
     }
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
+    let now_ns = now_ns();
     // `host` is a tag and, in one series, a field too; another tag value holds a backslash
     // and a line feed, which line protocol keeps. b has only the plain series.
     let shared = format!("m,host=b v=2 {now_ns}\n");
@@ -657,10 +659,7 @@ fn repair_does_not_guess_the_type_of_a_field_with_several() {
     for i in [&a, &b] {
         i.create_database("db");
     }
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
+    let now_ns = now_ns();
     let month_ago_ns = now_ns - 30 * 24 * 3600 * 1_000_000_000;
     // A float in one shard group and an integer in another, as after an agent's upgrade.
     let (status, text) = a.write("db", "n", format!("m f=1.5 {month_ago_ns}\n"));
