@@ -153,7 +153,20 @@ async fn copy_unit(
             source: e,
         };
         for s in &series {
-            if let Some((field, kinds)) = s.columns.iter().find_map(|c| several.get_key_value(c)) {
+            // Only where this series holds values of such a field (columns list every field of
+            // the measurement, nulls where a series has none).
+            let holds = |i: usize| {
+                s.values
+                    .iter()
+                    .any(|row| row.get(i).is_some_and(|v| !v.is_null()))
+            };
+            if let Some((field, kinds)) = s
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| holds(i))
+                .find_map(|(_, c)| several.get_key_value(c))
+            {
                 return Err(rebuild_error(RebuildError::SeveralTypes(
                     field.clone(),
                     kinds.clone(),

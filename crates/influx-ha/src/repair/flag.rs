@@ -208,8 +208,6 @@ pub async fn clear(
     }
 }
 
-/// The clear-diverged path of `backend` on an admin API: with the node's marks when they were
-/// read (the node then judges by them), and the start time (for a node that predates marks).
 /// What is queued in `config`'s data directory for a backend other than `name` (read from the
 /// files, without opening the queues), if anything or if a queue cannot be read.
 fn queued_for_others(config: &Config, name: &str) -> Option<String> {
@@ -231,6 +229,8 @@ fn queued_for_others(config: &Config, name: &str) -> Option<String> {
     (!found.is_empty()).then(|| found.join(", "))
 }
 
+/// The clear-diverged path of `backend` on an admin API: with the node's marks when they were
+/// read (the node then judges by them), and the start time (for a node that predates marks).
 fn clear_path(backend: &str, verified_from_ms: u64, marks: Option<&str>) -> String {
     let mut path = String::from("/admin/v1/backend/");
     encode_component(backend, &mut path);

@@ -62,6 +62,9 @@ pub struct Series {
     /// Rows, one value per column (`null` where a point has no such field).
     #[serde(default)]
     pub values: Vec<Vec<serde_json::Value>>,
+    /// Set on the series InfluxDB cut at its `max-row-limit`.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 impl Series {
@@ -96,7 +99,7 @@ struct StatementResult {
     series: Vec<Series>,
     #[serde(default)]
     error: Option<String>,
-    /// Set when InfluxDB cut the answer at its `max-row-limit`.
+    /// Set when InfluxDB cut the answer (in a later chunk of its own) at `max-row-limit`.
     #[serde(default)]
     partial: bool,
 }
@@ -114,7 +117,7 @@ pub fn parse_answer(body: &[u8]) -> Result<Vec<Series>, String> {
     if let Some(e) = first.error {
         return Err(e);
     }
-    if first.partial {
+    if first.partial || first.series.iter().any(|s| s.partial) {
         // Taken whole, it would hide what lies past the cut from the comparison.
         return Err(
             "the answer was cut short at the backend's [http] max-row-limit: set it to 0 (the default) for verify and repair".to_owned(),

@@ -161,7 +161,7 @@ pub struct Settled {
 }
 
 /// Whether a slow backend's own send, answered `message` (a partial write), stored as much as
-/// the backends the batch was settled with: replayed, it would only be refused the same way
+/// the backend that stored most of the batch: replayed, it would only be refused the same way
 /// and the backend marked diverged for nothing. Waits for the fan-out to settle (it does not
 /// wait for this send); false when it ended without settling, or when no other backend took
 /// the batch (nothing to compare with: the copy is replayed, as any other).
@@ -170,7 +170,9 @@ async fn stored_no_less(mut settled: watch::Receiver<Option<Settled>>, message: 
         return false;
     };
     match settled.wait_for(Option::is_some).await {
-        Ok(s) => s.is_some_and(|s| s.fewest_dropped.is_some_and(|fewest| dropped <= fewest)),
+        // Fewer dropped here: another backend lacks points this one has, which the replay's
+        // dead letter and the backend's mark at least make visible.
+        Ok(s) => s.is_some_and(|s| s.fewest_dropped == Some(dropped)),
         Err(_) => false,
     }
 }

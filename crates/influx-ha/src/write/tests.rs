@@ -400,11 +400,15 @@ async fn a_slow_backends_own_partial_write_like_the_others_is_not_replayed() {
 }
 
 #[tokio::test]
-async fn a_slow_backend_that_dropped_more_than_the_others_is_replayed_and_marked() {
-    let (_dir, slow) = slow_partial_write(1, 2).await;
-    assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 0);
-    assert_eq!(slow.dead_letters().stats().depth_records, 1);
-    assert!(slow.diverged().is_some());
+async fn a_slow_backend_that_dropped_another_count_is_replayed_and_marked() {
+    // More than the fast one, or fewer (the fast one then lacks points: the mark at least
+    // makes the difference visible).
+    for (fast, slow) in [(1, 2), (2, 1)] {
+        let (_dir, slow) = slow_partial_write(fast, slow).await;
+        assert_eq!(slow.counters.insured_skipped.load(Ordering::Relaxed), 0);
+        assert_eq!(slow.dead_letters().stats().depth_records, 1);
+        assert!(slow.diverged().is_some());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

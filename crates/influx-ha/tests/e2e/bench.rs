@@ -221,7 +221,7 @@ fn a_paced_bench_stopped_by_ctrl_c_reports_what_it_wrote_and_exits_130() {
         url.as_str(),
     ];
     args.extend_from_slice(SHAPE);
-    let child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_influx-ha"))
         .arg("bench")
         .args(&args)
         .env("RUST_LOG", "warn")
@@ -229,9 +229,17 @@ fn a_paced_bench_stopped_by_ctrl_c_reports_what_it_wrote_and_exits_130() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run influx-ha bench");
-    crate::support::wait_until("the bench wrote a few batches", CONVERGE, || {
-        crate::support::count(&a, "bench", "usage_user", "cpu") >= 100
-    });
+    let wrote = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::support::wait_until("the bench wrote a few batches", CONVERGE, || {
+            crate::support::count(&a, "bench", "usage_user", "cpu") >= 100
+        });
+    }));
+    if let Err(panic) = wrote {
+        // Not left running for the hour it was given.
+        let _ = child.kill();
+        let _ = child.wait();
+        std::panic::resume_unwind(panic);
+    }
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

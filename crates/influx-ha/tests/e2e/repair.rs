@@ -498,7 +498,6 @@ fn anti_entropy_setup(auto_repair: bool) -> (Influxd, Influxd, Relay) {
     (a, b, relay)
 }
 
-/// Ten minutes ago, in nanoseconds: inside the checks' window.
 /// Nanoseconds since the epoch, now.
 fn now_ns() -> u128 {
     std::time::SystemTime::now()
@@ -507,6 +506,7 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
+/// Ten minutes ago, in nanoseconds: inside the checks' window.
 fn ten_minutes_ago_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -666,6 +666,9 @@ fn repair_does_not_guess_the_type_of_a_field_with_several() {
     assert_eq!(status, 204, "{text}");
     let (status, text) = a.write("db", "n", format!("m f=2i {now_ns}\n"));
     assert_eq!(status, 204, "{text}");
+    // A series of the same measurement without the field is copied all the same.
+    let (status, text) = a.write("db", "n", format!("m,host=h g=1 {now_ns}\n"));
+    assert_eq!(status, 204, "{text}");
 
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = config_for(dir.path(), &[&a, &b]);
@@ -678,6 +681,7 @@ fn repair_does_not_guess_the_type_of_a_field_with_several() {
     );
     // Nothing written under a guessed type.
     assert_eq!(count(&b, "db", "f", "m"), 0, "{report}");
+    assert_eq!(count(&b, "db", "g", "m"), 1, "{report}");
 }
 
 #[test]
