@@ -548,23 +548,8 @@ mod tests {
                 }
             });
         let addr = crate::test_http::serve(service).await;
-        let text = format!(
-            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://{addr}\"\n",
-            dir.path().display().to_string()
-        );
-        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
-        let clients = crate::node::backend_clients(&config).expect("clients");
-        let replicator = Replicator::open(&config, &clients).expect("queues open");
-        let peers = crate::node::peer_clients(&config).expect("peer clients");
-        let (stop, _) = tokio::sync::broadcast::channel(1);
         // One look, at start, in the hour the test takes: no later change sends it again.
-        let telling = tokio::spawn(tell_changes_every(
-            "relay-1".to_owned(),
-            replicator.clone(),
-            peers,
-            Shutdown::new(stop.subscribe()),
-            Duration::from_secs(3600),
-        ));
+        let (_replicator, stop, telling) = telling(dir.path(), addr);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while taken.lock().expect("not poisoned").is_empty() {
             assert!(tokio::time::Instant::now() < deadline, "never told");
@@ -575,6 +560,35 @@ mod tests {
         assert_eq!(report.node, "relay-1");
         let _ = stop.send(());
         telling.await.expect("ends");
+    }
+
+    /// A node `relay-1` in `dir` with backend `a` and peer `relay-2` at `addr`, telling it of
+    /// its queues, looking once at start and then only once an hour (or at the stop sent).
+    fn telling(
+        dir: &std::path::Path,
+        addr: std::net::SocketAddr,
+    ) -> (
+        Replicator,
+        tokio::sync::broadcast::Sender<()>,
+        tokio::task::JoinHandle<bool>,
+    ) {
+        let text = format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://{addr}\"\n",
+            dir.display().to_string()
+        );
+        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
+        let clients = crate::node::backend_clients(&config).expect("clients");
+        let replicator = Replicator::open(&config, &clients).expect("queues open");
+        let peers = crate::node::peer_clients(&config).expect("peer clients");
+        let (stop, _) = tokio::sync::broadcast::channel(1);
+        let telling = tokio::spawn(tell_changes_every(
+            "relay-1".to_owned(),
+            replicator.clone(),
+            peers,
+            Shutdown::new(stop.subscribe()),
+            Duration::from_secs(3600),
+        ));
+        (replicator, stop, telling)
     }
 
     fn report_seq(text: &[u8]) -> u64 {
@@ -593,24 +607,9 @@ mod tests {
                 .collect()
         };
         let told = || notices().len();
-        let text = format!(
-            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[peer]]\nname = \"relay-2\"\nurl = \"http://{addr}\"\n",
-            dir.path().display().to_string()
-        );
-        let config = crate::config::Config::from_toml(&text, "test").expect("valid config");
-        let clients = crate::node::backend_clients(&config).expect("clients");
-        let replicator = Replicator::open(&config, &clients).expect("queues open");
-        let peers = crate::node::peer_clients(&config).expect("peer clients");
-        let (stop, _) = tokio::sync::broadcast::channel(1);
         // Looking only once (at start) in the hour the test takes: what follows is told at
         // shutdown or not at all.
-        let telling = tokio::spawn(tell_changes_every(
-            "relay-1".to_owned(),
-            replicator.clone(),
-            peers,
-            Shutdown::new(stop.subscribe()),
-            Duration::from_secs(3600),
-        ));
+        let (replicator, stop, telling) = telling(dir.path(), addr);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while told() < 1 {
             assert!(tokio::time::Instant::now() < deadline, "not told at start");

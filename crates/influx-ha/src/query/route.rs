@@ -1367,6 +1367,21 @@ mod tests {
         open.store(true, Ordering::SeqCst);
     }
 
+    /// `/query?q=Q` sent to `s` with `method`: the status and the body as text.
+    async fn answer_of(s: &QueryService, method: Method, q: &str) -> (StatusCode, String) {
+        let mut uri = "/query?q=".to_owned();
+        crate::http::query::encode_component(q, &mut uri);
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(crate::http::empty())
+            .expect("request");
+        let resp = s.call(RequestId::new(), req).await;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     fn up(name: &str) -> BackendState {
         BackendState {
             reachability: Reachability::Up {
@@ -1440,19 +1455,8 @@ mod tests {
             };
             b
         };
-        let answer = |s: QueryService, q: &'static str| async move {
-            let mut uri = "/query?q=".to_owned();
-            crate::http::query::encode_component(q, &mut uri);
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri(uri)
-                .body(crate::http::empty())
-                .expect("request");
-            let resp = s.call(RequestId::new(), req).await;
-            let status = resp.status();
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        };
+        let answer =
+            |s: QueryService, q: &'static str| async move { answer_of(&s, Method::POST, q).await };
         for q in [
             "CREATE DATABASE x; SELECT * FROM m",
             "CREATE USER u WITH PASSWORD 'p'; SHOW MEASUREMENTS",
@@ -1640,16 +1644,8 @@ mod tests {
             url: format!("http://127.0.0.1:{}", addr.port()),
             ..up(name)
         };
-        let read = |s: QueryService| async move {
-            let req = Request::builder()
-                .uri("/query?q=SELECT%20*%20FROM%20m")
-                .body(crate::http::empty())
-                .expect("request");
-            let resp = s.call(RequestId::new(), req).await;
-            let status = resp.status();
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        };
+        let read =
+            |s: QueryService| async move { answer_of(&s, Method::GET, "SELECT * FROM m").await };
         // Long enough for the failing backend's 500 to arrive on a loaded machine.
         let timing_out = |states| {
             service_timing_out(
