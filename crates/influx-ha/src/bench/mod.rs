@@ -6,7 +6,8 @@
 //! - [`load`]: pre-generated bodies and the workers sending them (HTTP v1 `/write`, v2
 //!   `/api/v2/write`, or UDP), with rate limiting, retries, latency histograms.
 //! - [`verify`]: per series and field, counts and sums on every backend against the expected
-//!   ones, polled until they match (replication converges asynchronously) or time runs out.
+//!   ones, polled until they match (replication converges asynchronously) or time runs out;
+//!   then [`readback`]: every point read back and checked row by row.
 //! - [`report`]: the summary for people and `--json` for scripts.
 //!
 //! Two modes: `--points N` writes points `offset..offset+N` of the stream exactly once (the
@@ -15,6 +16,7 @@
 //! up: InfluxDB overwrites them).
 
 pub mod load;
+pub mod readback;
 pub mod report;
 pub mod series;
 pub mod verify;
@@ -437,7 +439,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                 auth: query_auth.as_ref(),
             };
             tokio::select! {
-                check = verify_until(&client, url, &args, scope, range, &want) => {
+                check = verify_until(&client, url, &args, scope, range, &want, (&workload, args.offset..end)) => {
                     report.verify.push(check);
                 }
                 () = &mut interrupted => {
@@ -458,11 +460,12 @@ async fn verify_until(
     scope: verify::Scope<'_>,
     range: (i64, i64),
     want: &verify::Totals,
+    points: (&Workload, std::ops::Range<u64>),
 ) -> verify::BackendCheck {
     let started = Instant::now();
     let deadline = started + args.verify_timeout;
     loop {
-        let result = verify::check(client, url, scope, range, want).await;
+        let result = verify::check(client, url, scope, range, want, points.clone()).await;
         let done = Instant::now() >= deadline;
         match result {
             Ok(mut c) if c.exact || done => {
@@ -477,6 +480,7 @@ async fn verify_until(
                     series_found: 0,
                     points_expected: 0,
                     points_found: 0,
+                    rows_read: 0,
                     differences: vec![e.to_string()],
                     waited_s: started.elapsed().as_secs_f64(),
                 };

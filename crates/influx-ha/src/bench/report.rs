@@ -206,7 +206,7 @@ impl Report {
             if c.exact {
                 let _ = writeln!(
                     s,
-                    "verify     {}: exact, {} points in {} series",
+                    "verify     {}: exact, {} points in {} series, every one read back",
                     c.url,
                     group(c.points_found),
                     group(c.series_found)

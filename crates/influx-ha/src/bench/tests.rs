@@ -358,3 +358,157 @@ async fn a_rate_too_low_to_pace_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The chunked answer a backend holding exactly points `range` of `w` gives, one piece per
+/// series (each row's cells from `cell(series, index, field)`), as lines.
+fn pieces(
+    w: &Workload,
+    range: std::ops::Range<u64>,
+    cell: impl Fn(usize, u64, usize) -> serde_json::Value,
+) -> Vec<String> {
+    let n = w.cardinality();
+    let mut out = Vec::new();
+    for (s, series) in w.series.iter().enumerate() {
+        let mut columns = vec![serde_json::json!("time")];
+        columns.extend(series.fields.iter().map(|(f, _)| serde_json::json!(f)));
+        let tags: serde_json::Map<String, serde_json::Value> = series
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect();
+        let values: Vec<serde_json::Value> = range
+            .clone()
+            .filter(|i| i % n == s as u64)
+            .map(|i| {
+                let mut row = vec![serde_json::json!(w.timestamp(i))];
+                row.extend((0..series.fields.len()).map(|f| cell(s, i, f)));
+                serde_json::Value::Array(row)
+            })
+            .collect();
+        out.push(
+            serde_json::json!({"results":[{"statement_id":0,"series":[{
+                "name": series.measurement, "tags": tags, "columns": columns, "values": values,
+            }],"partial":true}]})
+            .to_string(),
+        );
+    }
+    out
+}
+
+fn truth(w: &Workload, s: usize, i: u64, f: usize) -> serde_json::Value {
+    match series::value(
+        s as u64,
+        i / w.cardinality(),
+        f as u64,
+        w.series[s].fields[f].1,
+    ) {
+        series::Value::Int(v) => serde_json::json!(v),
+        q @ series::Value::Quarter(_) => serde_json::json!(q.as_f64()),
+    }
+}
+
+fn read_back(w: &Workload, range: std::ops::Range<u64>, lines: &[String]) -> readback::Readback {
+    let mut check = readback::RowCheck::new(w, range);
+    for line in lines {
+        check.take_piece(line.as_bytes()).expect("readable");
+    }
+    check.finish()
+}
+
+#[test]
+fn reading_back_finds_what_totals_cannot() {
+    let mut s = shape();
+    s.hosts = 2;
+    s.measurements = 2;
+    let w = Workload::new(s).expect("valid");
+    let n = w.cardinality();
+    let range = n..4 * n;
+    let good = pieces(&w, range.clone(), |s, i, f| truth(&w, s, i, f));
+    let c = read_back(&w, range.clone(), &good);
+    assert_eq!((c.rows, c.mismatched), (3 * n, 0), "{c:?}");
+
+    // A series in two pieces, as InfluxDB sends one longer than a chunk: still exact.
+    let mut split = good.clone();
+    let first: serde_json::Value = serde_json::from_str(&split[0]).expect("json");
+    let mut a = first.clone();
+    let mut b = first;
+    let values = |v: &mut serde_json::Value| {
+        v["results"][0]["series"][0]["values"]
+            .as_array_mut()
+            .expect("values")
+            .clone()
+    };
+    let all = values(&mut a);
+    a["results"][0]["series"][0]["values"] = serde_json::json!(all[..1]);
+    b["results"][0]["series"][0]["values"] = serde_json::json!(all[1..]);
+    split.splice(0..1, [a.to_string(), b.to_string()]);
+    assert_eq!(read_back(&w, range.clone(), &split).mismatched, 0);
+
+    // Two values swapped between two points of a series: counts and sums still match.
+    let (s0, i0, i1) = (0usize, n, 2 * n);
+    let swapped = pieces(&w, range.clone(), |s, i, f| {
+        let i = match (s, i, f) {
+            (0, i, 0) if i == i0 => i1,
+            (0, i, 0) if i == i1 => i0,
+            _ => i,
+        };
+        truth(&w, s, i, f)
+    });
+    assert_ne!(
+        truth(&w, s0, i0, 0),
+        truth(&w, s0, i1, 0),
+        "the test needs two values"
+    );
+    let c = read_back(&w, range.clone(), &swapped);
+    assert_eq!(c.mismatched, 2, "{c:?}");
+    assert!(c.differences[0].contains("expected"), "{c:?}");
+
+    // A point moved by one nanosecond.
+    let mut moved: serde_json::Value = serde_json::from_str(&good[1]).expect("json");
+    let t = &mut moved["results"][0]["series"][0]["values"][0][0];
+    *t = serde_json::json!(t.as_i64().expect("time") + 1);
+    let mut lines = good.clone();
+    lines[1] = moved.to_string();
+    let c = read_back(&w, range.clone(), &lines);
+    // The moved row is not a point written, and its series is one point short.
+    assert_eq!(c.mismatched, 2, "{c:?}");
+    assert!(c.differences[0].contains("was not written"), "{c:?}");
+    assert!(
+        c.differences[1].contains("2 points read back, expected 3"),
+        "{c:?}"
+    );
+
+    // A series missing, one unexpected, a field that should not be there.
+    let mut lines = good.clone();
+    lines.pop();
+    lines.push(
+        r#"{"results":[{"series":[{"name":"ghost","columns":["time","x"],"values":[[1,1]]}]}]}"#
+            .to_owned(),
+    );
+    let mut extra: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+    extra["results"][0]["series"][0]["columns"]
+        .as_array_mut()
+        .expect("columns")
+        .push(serde_json::json!("intruder"));
+    for row in extra["results"][0]["series"][0]["values"]
+        .as_array_mut()
+        .expect("rows")
+    {
+        row.as_array_mut().expect("row").push(serde_json::json!(7));
+    }
+    lines[0] = extra.to_string();
+    let c = read_back(&w, range.clone(), &lines);
+    let all = c.differences.join("\n");
+    assert!(all.contains("unexpected field intruder"), "{all}");
+    assert!(all.contains("unexpected series ghost"), "{all}");
+    assert!(all.contains("0 points read back, expected 3"), "{all}");
+
+    // An answer InfluxDB gave instead of rows is an error, not a difference.
+    let mut check = readback::RowCheck::new(&w, range);
+    let err = check
+        .take_piece(
+            br#"{"results":[{"statement_id":0,"error":"max-select-point limit exceeded"}]}"#,
+        )
+        .expect_err("an error");
+    assert!(err.contains("max-select-point"), "{err}");
+}

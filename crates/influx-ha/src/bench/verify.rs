@@ -6,7 +6,9 @@
 //! database, and the answer must match series for series and field for field — a missing or an
 //! extra point, a different value, or a series that should not be there all show. Float values
 //! are multiples of 0.25 and integer sums are added by InfluxDB in int64, so sums compare
-//! exactly.
+//! exactly. This cheap check is polled while replication converges; once it matches, every
+//! point is read back and checked row by row ([`super::readback`]), which also catches what
+//! totals cannot: a point at another time, or wrong values whose errors cancel out.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -94,6 +96,8 @@ pub struct BackendCheck {
     pub points_expected: u64,
     /// Points found in the time range (per series, the largest field count).
     pub points_found: u64,
+    /// Rows read back and checked one by one (0 when the totals already differed).
+    pub rows_read: u64,
     /// The first differences, for people.
     pub differences: Vec<String>,
     /// Seconds spent waiting for the backend to match (replication converges asynchronously).
@@ -111,13 +115,15 @@ pub struct Scope<'a> {
     pub auth: Option<&'a HeaderValue>,
 }
 
-/// Queries `url` and compares with `want`.
+/// Queries `url` and compares with `want`, the totals of points `points` of `workload`; when
+/// they match, reads every point back.
 pub async fn check(
     client: &HttpClient,
     url: &str,
     scope: Scope<'_>,
     time_range: (i64, i64),
     want: &Totals,
+    (workload, points): (&Workload, std::ops::Range<u64>),
 ) -> Result<BackendCheck, BenchError> {
     let mut from = String::new();
     if let Some(rp) = scope.rp {
@@ -134,7 +140,29 @@ pub async fn check(
         url: url.to_owned(),
         message,
     })?;
-    Ok(compare(url, want, &found))
+    let mut c = compare(url, want, &found);
+    if !c.exact {
+        return Ok(c);
+    }
+    let rows = super::readback::read_back(
+        client,
+        url,
+        (scope.db, &from, scope.auth),
+        time_range,
+        workload,
+        points,
+    )
+    .await?;
+    c.rows_read = rows.rows;
+    if rows.mismatched > 0 {
+        c.exact = false;
+        c.differences = rows.differences;
+        if rows.mismatched as usize > c.differences.len() {
+            c.differences
+                .push(format!("… {} differences in all", rows.mismatched));
+        }
+    }
+    Ok(c)
 }
 
 /// `CREATE DATABASE db` on `url` (harmless when it exists).
@@ -414,6 +442,7 @@ fn compare(url: &str, want: &Totals, found: &FoundTotals) -> BackendCheck {
             .values()
             .map(|f| points(&mut f.values().map(|(c, _)| *c)))
             .sum(),
+        rows_read: 0,
         differences,
         waited_s: 0.0,
     }

@@ -56,6 +56,7 @@ fn bench_writes_exactly_what_verify_expects_and_catches_differences() {
     assert_eq!(report["requests_ok"], 15, "{report}");
     assert_eq!(report["verify"][0]["exact"], true, "{report}");
     assert_eq!(report["verify"][0]["points_found"], 1000, "{report}");
+    assert_eq!(report["verify"][0]["rows_read"], 1000, "{report}");
     assert!(report["latency_ms"]["p99"].as_f64().expect("p99") > 0.0);
     assert_eq!(
         influxd
@@ -100,6 +101,41 @@ fn bench_writes_exactly_what_verify_expects_and_catches_differences() {
         "{}",
         text(&out)
     );
+
+    // Two values of a series swapped between its first two points: counts and sums still
+    // match, the points read back do not.
+    let mem = "mem,dc=dc0,env=prod,host=host-00000,rack=r00,region=eu-west-1";
+    let answer = influxd
+        .query_params(&[
+            ("db", "bench"),
+            ("epoch", "ns"),
+            (
+                "q",
+                "SELECT used FROM mem WHERE host = 'host-00000' ORDER BY time LIMIT 2",
+            ),
+        ])
+        .expect("query");
+    let answer: serde_json::Value = serde_json::from_str(&answer.text()).expect("JSON");
+    let rows = &answer["results"][0]["series"][0]["values"];
+    let (t0, v0) = (&rows[0][0], &rows[0][1]);
+    let (t1, v1) = (&rows[1][0], &rows[1][1]);
+    assert_ne!(v0, v1, "{answer}");
+    let swap = format!("{mem} used={v1}i {t0}\n{mem} used={v0}i {t1}\n");
+    let (status, body) = influxd.write("bench", "n", &swap);
+    assert_eq!(status, 204, "{body}");
+    let out = verify_all(&["--json"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let differences = report["verify"][0]["differences"].to_string();
+    assert!(
+        differences.contains(&format!("{mem} at {t0}: used={v1}, expected {v0}")),
+        "{report}"
+    );
+    assert_eq!(report["verify"][0]["rows_read"], 1500, "{report}");
+    let restore = format!("{mem} used={v0}i {t0}\n{mem} used={v1}i {t1}\n");
+    let (status, body) = influxd.write("bench", "n", &restore);
+    assert_eq!(status, 204, "{body}");
+    assert!(verify_all(&[]).status.success());
 
     // One value changed.
     let (status, body) = influxd.write(

@@ -222,7 +222,8 @@ fn two_nodes_behind_haproxy_converge_after_kill_9_of_an_influxdb_and_an_influx_h
     assert_eq!(report["points_acked"], total, "{report}");
     assert_eq!(report["batches_failed"], 0, "{report}");
 
-    // Both InfluxDB hold exactly those points: per series, the count and sum of every field.
+    // Both InfluxDB hold exactly those points: per series the count and sum of every field,
+    // then every point read back.
     let (ua, ub) = (a.url(), b.url());
     let mut verify = vec![
         lb.url(),
