@@ -87,6 +87,9 @@ pub struct Options {
     /// only HTTPS: readiness is its listening socket, and the plain-HTTP helper methods cannot
     /// be used (talk to it with a TLS client).
     pub https: Option<(PathBuf, PathBuf)>,
+    /// `[http] max-row-limit`: the most rows an unchunked answer holds (0, the default, is
+    /// no limit).
+    pub max_row_limit: u32,
 }
 
 /// One outcome of launching influxd on chosen ports.
@@ -210,6 +213,15 @@ impl Influxd {
                         "  log-enabled = false\n  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
                         cert.display(),
                         key.display()
+                    ),
+                );
+            }
+            if options.max_row_limit > 0 {
+                text = text.replace(
+                    "  log-enabled = false\n",
+                    &format!(
+                        "  log-enabled = false\n  max-row-limit = {}\n",
+                        options.max_row_limit
                     ),
                 );
             }

@@ -354,10 +354,14 @@ impl BackendClient {
         }
     }
 
-    /// `POST /query?epoch=ns` with `q` (and `db` when given) form-encoded: for reads whose
-    /// timestamps must come back exactly, as integers of nanoseconds (verify and repair).
+    /// `POST /query?epoch=ns&chunked=true` with `q` (and `db` when given) form-encoded: for
+    /// reads whose timestamps must come back exactly, as integers of nanoseconds, and whole
+    /// (verify and repair). The answer is one JSON object per piece of 10,000 rows at most.
     pub async fn select(&self, q: &str, db: Option<&str>) -> Result<BackendAnswer, SendError> {
-        self.post_query("/query?epoch=ns", q, db, "").await
+        // InfluxDB's `max-row-limit` cuts unchunked answers only, and marks the cut only where
+        // it falls inside a series.
+        self.post_query("/query?epoch=ns&chunked=true&chunk_size=10000", q, db, "")
+            .await
     }
 
     async fn post_query(

@@ -62,7 +62,8 @@ pub struct Series {
     /// Rows, one value per column (`null` where a point has no such field).
     #[serde(default)]
     pub values: Vec<Vec<serde_json::Value>>,
-    /// Set on the series InfluxDB cut at its `max-row-limit`.
+    /// Set on a piece of a series whose rows go on in the next piece (or, unchunked, on the
+    /// series InfluxDB cut at its `max-row-limit`).
     #[serde(default)]
     pub partial: bool,
 }
@@ -99,29 +100,51 @@ struct StatementResult {
     series: Vec<Series>,
     #[serde(default)]
     error: Option<String>,
-    /// Set when InfluxDB cut the answer (in a later chunk of its own) at `max-row-limit`.
+    /// Set when more of the result follows in later pieces (or, unchunked, when InfluxDB cut
+    /// the answer at its `max-row-limit`).
     #[serde(default)]
     partial: bool,
 }
 
-/// The series of the first statement of an answer, or the error InfluxDB gave.
+/// The series of the first statement of an answer, or the error InfluxDB gave. A chunked
+/// answer (one object per piece) is put back together: a series InfluxDB split across pieces
+/// is marked `partial` in all but its last.
 pub fn parse_answer(body: &[u8]) -> Result<Vec<Series>, String> {
-    let answer: Answer =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))?;
-    if let Some(e) = answer.error {
-        return Err(e);
+    let mut series: Vec<Series> = Vec::new();
+    // Whether the last piece said that more of the result follows.
+    let mut more = false;
+    for answer in serde_json::Deserializer::from_slice(body).into_iter::<Answer>() {
+        let answer = answer.map_err(|e| format!("unreadable answer: {e}"))?;
+        if let Some(e) = answer.error {
+            return Err(e);
+        }
+        // One statement is sent at a time: every piece holds its result.
+        let Some(result) = answer.results.into_iter().next() else {
+            continue;
+        };
+        if let Some(e) = result.error {
+            return Err(e);
+        }
+        for s in result.series {
+            match series.last_mut() {
+                Some(last)
+                    if last.partial
+                        && (&last.name, &last.tags, &last.columns)
+                            == (&s.name, &s.tags, &s.columns) =>
+                {
+                    last.values.extend(s.values);
+                    last.partial = s.partial;
+                }
+                _ => series.push(s),
+            }
+        }
+        more = result.partial;
     }
-    let Some(first) = answer.results.into_iter().next() else {
-        return Ok(Vec::new());
-    };
-    if let Some(e) = first.error {
-        return Err(e);
-    }
-    if first.partial || first.series.iter().any(|s| s.partial) {
+    if more || series.iter().any(|s| s.partial) {
         // Taken whole, it would hide what lies past the cut from the comparison.
         return Err(
-            "the answer was cut short at the backend's [http] max-row-limit: set it to 0 (the default) for verify and repair".to_owned(),
+            "the answer ended where InfluxDB said more was to come (cut at the backend's [http] max-row-limit, or a piece lost)".to_owned(),
         );
     }
-    Ok(first.series)
+    Ok(series)
 }

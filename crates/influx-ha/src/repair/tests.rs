@@ -198,6 +198,46 @@ fn an_answer_cut_at_the_row_limit_is_an_error() {
 }
 
 #[test]
+fn a_chunked_answer_is_put_back_together() {
+    // What influxd 1.6.7 (max-row-limit = 3, which chunked answers ignore) sent for
+    // `SELECT * FROM m GROUP BY *` with chunk_size=2: a piece per series or part of one, the
+    // series marked partial where it goes on, the result in all pieces but the last.
+    let pieces = concat!(
+        r#"{"results":[{"statement_id":0,"series":[{"name":"m","tags":{"k":""},"columns":["time","v"],"values":[[1,1]]}],"partial":true}]}"#,
+        "\n",
+        r#"{"results":[{"statement_id":0,"series":[{"name":"m","tags":{"k":"a"},"columns":["time","v"],"values":[[1,1],[2,2]],"partial":true}],"partial":true}]}"#,
+        "\n",
+        r#"{"results":[{"statement_id":0,"series":[{"name":"m","tags":{"k":"a"},"columns":["time","v"],"values":[[3,3]]}],"partial":true}]}"#,
+        "\n",
+        r#"{"results":[{"statement_id":0,"series":[{"name":"m","tags":{"k":"b"},"columns":["time","v"],"values":[[1,4],[2,5]]}],"partial":true}]}"#,
+        "\n",
+        r#"{"results":[{"statement_id":0,"series":[{"name":"m","tags":{"k":"c"},"columns":["time","v"],"values":[[1,6]]}]}]}"#,
+        "\n",
+    );
+    let series = parse_answer(pieces.as_bytes()).expect("whole");
+    let rows: Vec<(&str, usize)> = series
+        .iter()
+        .map(|s| (s.tags["k"].as_str(), s.values.len()))
+        .collect();
+    assert_eq!(rows, [("", 1), ("a", 3), ("b", 2), ("c", 1)]);
+    assert!(series.iter().all(|s| !s.partial));
+
+    // Ending where InfluxDB said more was to come: an error, not a shorter answer.
+    let cut = pieces.rsplit_once(r#"{"results""#).expect("pieces").0;
+    let err = parse_answer(cut.as_bytes()).expect_err("cut");
+    assert!(err.contains("more was to come"), "{err}");
+
+    // An error in a later piece (a limit InfluxDB hit while streaming) is the answer's error.
+    let failed = format!(
+        "{}\n{}\n",
+        pieces.lines().next().expect("a piece"),
+        r#"{"results":[{"statement_id":0,"error":"max-select-point limit exceeded: (10/5)"}]}"#
+    );
+    let err = parse_answer(failed.as_bytes()).expect_err("error");
+    assert!(err.contains("max-select-point"), "{err}");
+}
+
+#[test]
 fn series_conditions_pin_one_series() {
     assert_eq!(
         series_condition(&tags(&[("host", "a'b\\"), ("region", "")])),

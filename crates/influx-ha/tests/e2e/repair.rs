@@ -718,3 +718,37 @@ fn verify_sees_another_default_policy_and_another_continuous_query() {
         "{report}"
     );
 }
+
+#[test]
+fn verify_and_repair_read_whole_answers_past_the_row_limit() {
+    let _serial = serial();
+    // Each backend answers unchunked queries with 2 rows at most: counts of 10 series, and the
+    // points of a series, are longer than that.
+    let limited = || {
+        Influxd::start_with_options(testkit::Options {
+            max_row_limit: 2,
+            ..testkit::Options::default()
+        })
+    };
+    let (a, b) = (limited(), limited());
+    for i in [&a, &b] {
+        i.create_database("db");
+    }
+    assert_eq!(a.write("db", "n", points(0..50)).0, 204);
+    // b lacks the last 5 points of series h5..h9 and holds the rest.
+    assert_eq!(b.write("db", "n", points(0..45)).0, 204);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config_for(dir.path(), &[&a, &b]);
+    let config = config.to_str().expect("utf-8 path");
+
+    let out = influx_ha(&["verify", "--config", config]);
+    let report = text_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(!report.contains("max-row-limit"), "{report}");
+    let out = influx_ha(&["repair", "--config", config]);
+    let report = text_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(count(&b, "db", "v", "m"), 50, "{report}");
+    let out = influx_ha(&["verify", "--config", config]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+}
