@@ -4,9 +4,12 @@
 //! Counts and sums ([`super::verify`]) are cheap and catch nearly every difference, but a point
 //! moved in time, or two wrong values whose errors cancel out, pass them. So once they match,
 //! the points themselves are read, streamed (`chunked=true`: InfluxDB then sends the answer in
-//! pieces as it goes, and its `max-row-limit` does not cut it). InfluxDB answers one row per
-//! series and time, so a backend whose rows are all points of the range, with the right values,
-//! and as many per series as the range holds, holds exactly the points of the range.
+//! pieces as it goes, and its `max-row-limit` does not cut it). Each series comes in time
+//! order, one row per time: a backend whose rows are all points of the range, in strictly
+//! increasing time per series, with the right values, and as many per series as the range
+//! holds, holds exactly the points of the range. JSON does not tell an integer 25 from a float
+//! 25, so a field of another type but the same value passes (InfluxDB refuses a second type
+//! for a field within a shard).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -23,10 +26,11 @@ use super::series::{Value, Workload};
 use super::{BenchError, HttpClient};
 use crate::http::query::encode_component;
 
-/// Rows per piece of the streamed answer.
-const CHUNK_ROWS: usize = 10_000;
-/// Longest piece of the answer read (a piece of 10,000 rows is a few MB).
-const MAX_PIECE: usize = 256 << 20;
+/// Cells (rows × columns) per piece of the streamed answer, about: each is held as a JSON
+/// value of 32 bytes while its piece is checked.
+const PIECE_CELLS: usize = 1 << 20;
+/// Longest piece of the answer read.
+const MAX_PIECE: usize = 64 << 20;
 /// Longest the backend may send nothing while it streams the answer.
 const SILENCE: Duration = Duration::from_secs(120);
 /// How many differences are listed, at most.
@@ -61,8 +65,16 @@ pub async fn read_back(
         "SELECT * FROM {from} WHERE time >= {} AND time <= {} GROUP BY *",
         time.0, time.1
     );
+    // Every field name of the database is a column of every row (null where a series lacks it).
+    let columns = 1 + workload
+        .series
+        .iter()
+        .flat_map(|s| s.fields.iter().map(|(name, _)| name.as_str()))
+        .collect::<BTreeSet<_>>()
+        .len();
+    let chunk_rows = (PIECE_CELLS / columns).clamp(100, 10_000);
     let mut path = String::from("/query?epoch=ns&chunked=true&chunk_size=");
-    let _ = write!(path, "{CHUNK_ROWS}&db=");
+    let _ = write!(path, "{chunk_rows}&db=");
     encode_component(db, &mut path);
     path.push_str("&q=");
     encode_component(&q, &mut path);
@@ -84,6 +96,8 @@ pub async fn read_back(
     let mut body = resp.into_body();
     let mut check = RowCheck::new(workload, range);
     let mut pending: Vec<u8> = Vec::new();
+    // How much of `pending` is known to hold no line end.
+    let mut scanned = 0;
     loop {
         let frame = tokio::time::timeout(SILENCE, body.frame())
             .await
@@ -102,11 +116,15 @@ pub async fn read_back(
             continue;
         }
         let mut start = 0;
-        while let Some(n) = memchr::memchr(b'\n', &pending[start..]) {
-            check.take_piece(&pending[start..start + n]).map_err(fail)?;
-            start += n + 1;
+        while let Some(n) = memchr::memchr(b'\n', &pending[scanned..]) {
+            check
+                .take_piece(&pending[start..scanned + n])
+                .map_err(fail)?;
+            start = scanned + n + 1;
+            scanned = start;
         }
         pending.drain(..start);
+        scanned = pending.len();
         if pending.len() > MAX_PIECE {
             return Err(fail(format!(
                 "a piece of the point query's answer is longer than {MAX_PIECE} bytes"
@@ -120,14 +138,14 @@ pub async fn read_back(
         )));
     }
     check.take_piece(&pending).map_err(fail)?;
-    Ok(check.finish())
+    check.finish().map_err(fail)
 }
 
 /// One piece of a chunked answer.
 #[derive(Deserialize)]
 struct Piece {
-    #[serde(default)]
-    results: Vec<PieceResult>,
+    /// Absent from what is not an InfluxDB 1.x answer.
+    results: Option<Vec<PieceResult>>,
     error: Option<String>,
 }
 
@@ -157,6 +175,10 @@ pub struct RowCheck<'w> {
     by_key: HashMap<&'w str, usize>,
     /// Rows read per series.
     rows: Vec<u64>,
+    /// The time of the last row read per series (rows come in increasing time).
+    last_time: Vec<Option<i64>>,
+    /// Pieces taken.
+    pieces: u64,
     /// Series found that the workload does not have, each reported once.
     unexpected: BTreeSet<String>,
     out: Readback,
@@ -176,6 +198,8 @@ impl<'w> RowCheck<'w> {
             range,
             by_key,
             rows: vec![0; workload.series.len()],
+            last_time: vec![None; workload.series.len()],
+            pieces: 0,
             unexpected: BTreeSet::new(),
             out: Readback::default(),
         }
@@ -196,10 +220,17 @@ impl<'w> RowCheck<'w> {
         }
         let piece: Piece = serde_json::from_slice(line)
             .map_err(|e| format!("a piece of the point query's answer is not JSON: {e}"))?;
+        self.pieces += 1;
         if let Some(e) = piece.error {
             return Err(format!("point query: {e}"));
         }
-        for result in piece.results {
+        let Some(results) = piece.results else {
+            return Err(format!(
+                "the point query's answer is not InfluxDB's: {}",
+                String::from_utf8_lossy(&line[..line.len().min(200)])
+            ));
+        };
+        for result in results {
             if let Some(e) = result.error {
                 return Err(format!("point query: {e}"));
             }
@@ -220,12 +251,14 @@ impl<'w> RowCheck<'w> {
             let count = rows.values.len();
             if self.unexpected.insert(key.clone()) {
                 self.note(|| format!("unexpected series {key} ({count} rows in a piece)"));
-            } else {
-                self.out.mismatched += 1;
             }
             self.out.rows += count as u64;
             return;
         };
+        if rows.columns.first().map(String::as_str) != Some("time") {
+            self.note(|| format!("{key}: no time column first in {:?}", rows.columns));
+            return;
+        }
         let workload = self.workload;
         let series = &workload.series[s];
         // Per column, the series' field it holds; `None` for `time` and for fields this series
@@ -235,14 +268,35 @@ impl<'w> RowCheck<'w> {
             .iter()
             .map(|c| series.fields.iter().position(|(name, _)| name == c))
             .collect();
+        // A field of the series missing from the columns altogether: every row lacks it.
+        for (name, _) in &series.fields {
+            if !rows.columns.iter().any(|c| c == name) && !rows.values.is_empty() {
+                self.note(|| format!("{key}: field {name} missing from the answer"));
+            }
+        }
         let n = workload.cardinality();
         let shape = &workload.shape;
         for row in &rows.values {
             self.out.rows += 1;
+            if row.len() != rows.columns.len() {
+                self.note(|| {
+                    format!(
+                        "{key}: a row of {} cells for {} columns",
+                        row.len(),
+                        rows.columns.len()
+                    )
+                });
+                continue;
+            }
             let Some(time) = row.first().and_then(Json::as_i64) else {
                 self.note(|| format!("{key}: a row without a time"));
                 continue;
             };
+            if self.last_time[s].is_some_and(|last| time <= last) {
+                self.note(|| format!("{key}: a row at {time} out of order or repeated"));
+                continue;
+            }
+            self.last_time[s] = Some(time);
             let since = i128::from(time) - i128::from(shape.start_ns);
             let interval = i128::from(shape.interval_ns);
             let index = (since >= 0 && since % interval == 0)
@@ -275,17 +329,15 @@ impl<'w> RowCheck<'w> {
                     self.note(|| format!("{key} at {time}: {column}={cell}, expected {want}"));
                 }
             }
-            // A field of the series missing from the columns altogether.
-            for (name, _) in &series.fields {
-                if !rows.columns.iter().any(|c| c == name) {
-                    self.note(|| format!("{key} at {time}: field {name} missing"));
-                }
-            }
         }
     }
 
-    /// The outcome once every piece was taken: also the series short of rows.
-    pub fn finish(mut self) -> Readback {
+    /// The outcome once every piece was taken: also the series short of rows. An error for an
+    /// answer without a single piece.
+    pub fn finish(mut self) -> Result<Readback, String> {
+        if self.pieces == 0 {
+            return Err("the point query's answer was empty".to_owned());
+        }
         let n = self.workload.cardinality();
         for s in 0..self.rows.len() {
             let expected = points_of_series(&self.range, n, s as u64);
@@ -295,7 +347,7 @@ impl<'w> RowCheck<'w> {
                 self.note(|| format!("{key}: {got} points read back, expected {expected}"));
             }
         }
-        self.out
+        Ok(self.out)
     }
 }
 

@@ -211,6 +211,17 @@ impl Report {
                     group(c.points_found),
                     group(c.series_found)
                 );
+            } else if let Some(rows) = c.rows_read {
+                let _ = writeln!(
+                    s,
+                    "verify     {}: DIFFERS after {:.0} s: counts and sums match, the {} points read back do not",
+                    c.url,
+                    c.waited_s,
+                    group(rows)
+                );
+                for d in &c.differences {
+                    let _ = writeln!(s, "             {d}");
+                }
             } else {
                 let _ = writeln!(
                     s,

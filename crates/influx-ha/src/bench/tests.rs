@@ -359,38 +359,79 @@ async fn a_rate_too_low_to_pace_is_refused() {
     }
 }
 
-/// The chunked answer a backend holding exactly points `range` of `w` gives, one piece per
-/// series (each row's cells from `cell(series, index, field)`), as lines.
+/// The chunked answer a backend holding exactly points `range` of `w` gives, as influxd 1.6
+/// does for `SELECT * FROM /.*/ … GROUP BY *`: a piece per series, split in two where it has
+/// more than one row (marked partial), every field name and tag key of the database in each
+/// (null and "" where the series lacks them), whole floats written as integers. Each row's
+/// cells come from `cell(series, index, field)`.
 fn pieces(
     w: &Workload,
     range: std::ops::Range<u64>,
     cell: impl Fn(usize, u64, usize) -> serde_json::Value,
 ) -> Vec<String> {
+    use std::collections::BTreeSet;
     let n = w.cardinality();
+    let names: BTreeSet<&str> = w
+        .series
+        .iter()
+        .flat_map(|s| s.fields.iter().map(|(f, _)| f.as_str()))
+        .collect();
+    let keys: BTreeSet<&str> = w
+        .series
+        .iter()
+        .flat_map(|s| s.tags.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    let mut columns = vec!["time"];
+    columns.extend(names.iter());
     let mut out = Vec::new();
     for (s, series) in w.series.iter().enumerate() {
-        let mut columns = vec![serde_json::json!("time")];
-        columns.extend(series.fields.iter().map(|(f, _)| serde_json::json!(f)));
-        let tags: serde_json::Map<String, serde_json::Value> = series
-            .tags
+        let tags: serde_json::Map<String, serde_json::Value> = keys
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .map(|k| {
+                let v = series
+                    .tags
+                    .iter()
+                    .find(|(t, _)| t == k)
+                    .map_or("", |(_, v)| v);
+                ((*k).to_owned(), serde_json::json!(v))
+            })
             .collect();
-        let values: Vec<serde_json::Value> = range
+        let rows: Vec<serde_json::Value> = range
             .clone()
             .filter(|i| i % n == s as u64)
             .map(|i| {
                 let mut row = vec![serde_json::json!(w.timestamp(i))];
-                row.extend((0..series.fields.len()).map(|f| cell(s, i, f)));
+                row.extend(names.iter().map(|name| {
+                    match series.fields.iter().position(|(f, _)| f == name) {
+                        Some(f) => match cell(s, i, f) {
+                            // Go writes 25.0 as 25.
+                            v if v.as_f64().is_some_and(|x| x.fract() == 0.0) => {
+                                serde_json::json!(v.as_f64().map_or(0, |x| x as i64))
+                            }
+                            v => v,
+                        },
+                        None => serde_json::Value::Null,
+                    }
+                }));
                 serde_json::Value::Array(row)
             })
             .collect();
-        out.push(
-            serde_json::json!({"results":[{"statement_id":0,"series":[{
-                "name": series.measurement, "tags": tags, "columns": columns, "values": values,
-            }],"partial":true}]})
-            .to_string(),
-        );
+        let split = rows.len().div_ceil(2);
+        for (part, last) in [(&rows[..split], false), (&rows[split..], true)] {
+            if part.is_empty() {
+                continue;
+            }
+            let mut series_json = serde_json::json!({
+                "name": series.measurement, "tags": tags, "columns": columns, "values": part,
+            });
+            if !last {
+                series_json["partial"] = serde_json::json!(true);
+            }
+            out.push(
+                serde_json::json!({"results":[{"statement_id":0,"series":[series_json],"partial":true}]})
+                    .to_string(),
+            );
+        }
     }
     out
 }
@@ -412,7 +453,24 @@ fn read_back(w: &Workload, range: std::ops::Range<u64>, lines: &[String]) -> rea
     for line in lines {
         check.take_piece(line.as_bytes()).expect("readable");
     }
-    check.finish()
+    check.finish().expect("an answer")
+}
+
+/// `lines[at]` with `change` applied to its rows.
+fn edit_rows(
+    lines: &[String],
+    at: usize,
+    change: impl FnOnce(&mut Vec<serde_json::Value>),
+) -> Vec<String> {
+    let mut piece: serde_json::Value = serde_json::from_str(&lines[at]).expect("json");
+    change(
+        piece["results"][0]["series"][0]["values"]
+            .as_array_mut()
+            .expect("rows"),
+    );
+    let mut out = lines.to_vec();
+    out[at] = piece.to_string();
+    out
 }
 
 #[test]
@@ -424,28 +482,13 @@ fn reading_back_finds_what_totals_cannot() {
     let n = w.cardinality();
     let range = n..4 * n;
     let good = pieces(&w, range.clone(), |s, i, f| truth(&w, s, i, f));
+    assert!(good.len() > w.series.len(), "series come in two pieces");
+    assert!(good.iter().any(|p| p.contains(",null")), "{}", good[0]);
     let c = read_back(&w, range.clone(), &good);
     assert_eq!((c.rows, c.mismatched), (3 * n, 0), "{c:?}");
 
-    // A series in two pieces, as InfluxDB sends one longer than a chunk: still exact.
-    let mut split = good.clone();
-    let first: serde_json::Value = serde_json::from_str(&split[0]).expect("json");
-    let mut a = first.clone();
-    let mut b = first;
-    let values = |v: &mut serde_json::Value| {
-        v["results"][0]["series"][0]["values"]
-            .as_array_mut()
-            .expect("values")
-            .clone()
-    };
-    let all = values(&mut a);
-    a["results"][0]["series"][0]["values"] = serde_json::json!(all[..1]);
-    b["results"][0]["series"][0]["values"] = serde_json::json!(all[1..]);
-    split.splice(0..1, [a.to_string(), b.to_string()]);
-    assert_eq!(read_back(&w, range.clone(), &split).mismatched, 0);
-
     // Two values swapped between two points of a series: counts and sums still match.
-    let (s0, i0, i1) = (0usize, n, 2 * n);
+    let (i0, i1) = (n, 2 * n);
     let swapped = pieces(&w, range.clone(), |s, i, f| {
         let i = match (s, i, f) {
             (0, i, 0) if i == i0 => i1,
@@ -455,21 +498,21 @@ fn reading_back_finds_what_totals_cannot() {
         truth(&w, s, i, f)
     });
     assert_ne!(
-        truth(&w, s0, i0, 0),
-        truth(&w, s0, i1, 0),
+        truth(&w, 0, i0, 0),
+        truth(&w, 0, i1, 0),
         "the test needs two values"
     );
     let c = read_back(&w, range.clone(), &swapped);
     assert_eq!(c.mismatched, 2, "{c:?}");
     assert!(c.differences[0].contains("expected"), "{c:?}");
 
-    // A point moved by one nanosecond.
-    let mut moved: serde_json::Value = serde_json::from_str(&good[1]).expect("json");
-    let t = &mut moved["results"][0]["series"][0]["values"][0][0];
-    *t = serde_json::json!(t.as_i64().expect("time") + 1);
-    let mut lines = good.clone();
-    lines[1] = moved.to_string();
-    let c = read_back(&w, range.clone(), &lines);
+    // A point moved by one nanosecond (pieces 0 and 1 hold series 0's first two rows and its
+    // third).
+    let moved = edit_rows(&good, 1, |rows| {
+        let t = &mut rows[0][0];
+        *t = serde_json::json!(t.as_i64().expect("time") + 1);
+    });
+    let c = read_back(&w, range.clone(), &moved);
     // The moved row is not a point written, and its series is one point short.
     assert_eq!(c.mismatched, 2, "{c:?}");
     assert!(c.differences[0].contains("was not written"), "{c:?}");
@@ -478,37 +521,62 @@ fn reading_back_finds_what_totals_cannot() {
         "{c:?}"
     );
 
+    // A row repeated in place of another: as many rows, each a point written.
+    let repeated = edit_rows(&good, 0, |rows| {
+        let first = rows[0].clone();
+        rows[1] = first;
+    });
+    let c = read_back(&w, range.clone(), &repeated);
+    assert!(
+        c.differences[0].contains("out of order or repeated"),
+        "{c:?}"
+    );
+    assert!(c.mismatched >= 1, "{c:?}");
+
+    // A row shorter than the columns.
+    let short = edit_rows(&good, 0, |rows| {
+        rows[0].as_array_mut().expect("row").truncate(1);
+    });
+    let c = read_back(&w, range.clone(), &short);
+    assert!(c.differences[0].contains("cells for"), "{c:?}");
+
     // A series missing, one unexpected, a field that should not be there.
+    // Each series has 3 rows, in two pieces: the last two are the last series'.
     let mut lines = good.clone();
-    lines.pop();
+    lines.truncate(lines.len() - 2);
     lines.push(
         r#"{"results":[{"series":[{"name":"ghost","columns":["time","x"],"values":[[1,1]]}]}]}"#
             .to_owned(),
     );
-    let mut extra: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
-    extra["results"][0]["series"][0]["columns"]
-        .as_array_mut()
-        .expect("columns")
-        .push(serde_json::json!("intruder"));
-    for row in extra["results"][0]["series"][0]["values"]
-        .as_array_mut()
-        .expect("rows")
-    {
-        row.as_array_mut().expect("row").push(serde_json::json!(7));
-    }
-    lines[0] = extra.to_string();
+    let lines = edit_rows(&lines, 0, |rows| {
+        let cells = rows[0].as_array_mut().expect("row");
+        // The first null column holds a value.
+        let at = cells
+            .iter()
+            .position(serde_json::Value::is_null)
+            .expect("a null cell");
+        cells[at] = serde_json::json!(7);
+    });
     let c = read_back(&w, range.clone(), &lines);
     let all = c.differences.join("\n");
-    assert!(all.contains("unexpected field intruder"), "{all}");
+    assert!(all.contains("unexpected field"), "{all}");
     assert!(all.contains("unexpected series ghost"), "{all}");
     assert!(all.contains("0 points read back, expected 3"), "{all}");
 
-    // An answer InfluxDB gave instead of rows is an error, not a difference.
-    let mut check = readback::RowCheck::new(&w, range);
+    // An answer InfluxDB gave instead of rows is an error, not a difference; so are an answer
+    // that is not InfluxDB's and an empty one.
+    let mut check = readback::RowCheck::new(&w, range.clone());
     let err = check
         .take_piece(
             br#"{"results":[{"statement_id":0,"error":"max-select-point limit exceeded"}]}"#,
         )
         .expect_err("an error");
     assert!(err.contains("max-select-point"), "{err}");
+    let mut check = readback::RowCheck::new(&w, range.clone());
+    let err = check
+        .take_piece(br#"{"code":"unauthorized","message":"no"}"#)
+        .expect_err("not InfluxDB's");
+    assert!(err.contains("not InfluxDB's"), "{err}");
+    let check = readback::RowCheck::new(&w, range);
+    assert!(check.finish().is_err());
 }

@@ -7,8 +7,8 @@
 //! extra point, a different value, or a series that should not be there all show. Float values
 //! are multiples of 0.25 and integer sums are added by InfluxDB in int64, so sums compare
 //! exactly. This cheap check is polled while replication converges; once it matches, every
-//! point is read back and checked row by row ([`super::readback`]), which also catches what
-//! totals cannot: a point at another time, or wrong values whose errors cancel out.
+//! point is read back, once, and checked row by row ([`super::readback`]), which also catches
+//! what totals cannot: a point at another time, or wrong values whose errors cancel out.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -96,8 +96,9 @@ pub struct BackendCheck {
     pub points_expected: u64,
     /// Points found in the time range (per series, the largest field count).
     pub points_found: u64,
-    /// Rows read back and checked one by one (0 when the totals already differed).
-    pub rows_read: u64,
+    /// Rows read back and checked one by one; `None` when the totals differed (the points are
+    /// read back once the totals match, and only once).
+    pub rows_read: Option<u64>,
     /// The first differences, for people.
     pub differences: Vec<String>,
     /// Seconds spent waiting for the backend to match (replication converges asynchronously).
@@ -153,7 +154,7 @@ pub async fn check(
         points,
     )
     .await?;
-    c.rows_read = rows.rows;
+    c.rows_read = Some(rows.rows);
     if rows.mismatched > 0 {
         c.exact = false;
         c.differences = rows.differences;
@@ -442,7 +443,7 @@ fn compare(url: &str, want: &Totals, found: &FoundTotals) -> BackendCheck {
             .values()
             .map(|f| points(&mut f.values().map(|(c, _)| *c)))
             .sum(),
-        rows_read: 0,
+        rows_read: None,
         differences,
         waited_s: 0.0,
     }
