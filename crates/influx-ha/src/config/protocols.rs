@@ -127,7 +127,13 @@ pub(super) fn graphite(
         let mut tags = Vec::new();
         for t in &g.tags {
             match parse_default_tags(std::slice::from_ref(t.get_ref())) {
-                Ok(parsed) => tags.extend(parsed),
+                // As 1.6 reads them into a map: the last value given for a key wins.
+                Ok(parsed) => {
+                    for (k, v) in parsed {
+                        tags.retain(|(key, _): &(String, String)| *key != k);
+                        tags.push((k, v));
+                    }
+                }
                 Err(e) => c.at(t, key("tags"), e.0),
             }
         }

@@ -777,6 +777,17 @@ fn graphite_and_opentsdb_listeners() {
     assert_ne!(same(""), same("separator = \"_\"\n"));
     assert_ne!(same(""), same("templates = [\"a.* .host.measurement\"]\n"));
     assert_ne!(same(""), same("tags = [\"dc=eu\"]\n"));
+    // A key given twice takes its last value, as 1.6's map of them does.
+    let twice = same("tags = [\"dc=a\", \"dc=b\", \"zone=z\"]\n");
+    let mut line = Vec::new();
+    twice
+        .parser
+        .parse("x.y 1 1700000000", 0, &mut line)
+        .expect("a point");
+    assert_eq!(
+        String::from_utf8_lossy(&line),
+        "x.y,dc=b,zone=z value=1.0 1700000000000000000\n"
+    );
 
     // A bad template names its line and says what is wrong.
     let p = problem(&with_backend(
