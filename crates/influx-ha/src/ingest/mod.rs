@@ -412,13 +412,14 @@ impl<S: Sink> Feed<S> {
     }
 
     /// Writes one batch once, for a client that is answered (HTTP): counted as
-    /// [`Feed::deliver`] counts; the write path's error when it was not stored as asked
-    /// (a partial write counts as written and is returned too).
-    pub(crate) async fn deliver_once(&self, data: Bytes) -> Result<Delivered, RequestError> {
+    /// [`Feed::deliver`] counts; the write path's error when it was not stored as asked (a
+    /// partial write counts as written, and one stored short of the level as such, and both
+    /// are returned too).
+    pub(crate) async fn deliver_once(&self, data: Bytes) -> Result<(), RequestError> {
         let error = match self.sink.write(&self.database, self.precision, data).await {
             Ok(()) => {
                 add(&self.counters.batches_written, 1);
-                return Ok(Delivered::Written);
+                return Ok(());
             }
             Err(e) => e,
         };
@@ -435,7 +436,6 @@ impl<S: Sink> Feed<S> {
                     "batch stored short of the consistency level (queued for the rest)",
                     b"",
                 );
-                return Ok(Delivered::BelowLevel);
             }
             _ => {
                 add(&self.counters.write_failures, 1);

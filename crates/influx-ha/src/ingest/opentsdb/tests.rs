@@ -216,3 +216,40 @@ async fn http_bodies_count_in_the_node_budget() {
     assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
     eventually("the point", || r.recorder.lines().len() == 1).await;
 }
+
+#[tokio::test]
+async fn http_put_answers_500_for_every_write_error_but_overload() {
+    let r = start().await;
+    let body = br#"{"metric":"m","timestamp":1356998400,"value":1}"#;
+    let mut request = format!(
+        "POST /api/put HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let cases = [
+        // Stored short of the level: as `/write`, the client is told to send it again.
+        (RequestError::QueuedOnly, "HTTP/1.1 500 "),
+        (RequestError::LevelNotMet, "HTTP/1.1 500 "),
+        // A backend's partial write (1.6's own handler answers 500 for it too).
+        (
+            RequestError::PartialWrite(
+                b"partial write: field type conflict: input field \"value\" on measurement \"m\" is type float, already exists as type integer dropped=1".to_vec(),
+            ),
+            "HTTP/1.1 500 ",
+        ),
+        (RequestError::Unavailable("busy".to_owned()), "HTTP/1.1 503 "),
+    ];
+    for (error, status) in cases {
+        r.recorder
+            .answers
+            .lock()
+            .expect("not poisoned")
+            .push_back(error.clone());
+        let answer = exchange(r.addr, &request).await;
+        assert!(answer.starts_with(status), "{error:?}: {answer}");
+        assert!(answer.contains("write series error: "), "{answer}");
+    }
+    let answer = exchange(r.addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
+}
