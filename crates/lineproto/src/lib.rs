@@ -73,6 +73,23 @@ pub fn validate(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Valid
     validate_with(body, precision, now_unix_nanos, true)
 }
 
+/// [`validate`] for a stream, where every line is an event of its own: the lines without a
+/// timestamp are stamped one unit of `precision` apart, in order (the first at
+/// `now_unix_nanos`), so that points of one series that came together without timestamps do
+/// not overwrite each other (InfluxDB keeps one point per series and time).
+pub fn validate_spaced(body: &[u8], precision: Precision, now_unix_nanos: i64) -> Validated<'_> {
+    validate_stamping(body, precision, now_unix_nanos, true, Stamps::Spaced)
+}
+
+/// How lines without a timestamp are stamped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stamps {
+    /// All with the same time, as InfluxDB stamps the lines of one request.
+    Same,
+    /// One unit of precision apart, in order.
+    Spaced,
+}
+
 /// [`validate`] with the ported parser alone, without the fast path: for differential tests
 /// and fuzzing, which hold the two to the same answers.
 #[doc(hidden)]
@@ -87,10 +104,26 @@ fn validate_with(
     now_unix_nanos: i64,
     use_fast: bool,
 ) -> Validated<'_> {
+    validate_stamping(body, precision, now_unix_nanos, use_fast, Stamps::Same)
+}
+
+fn validate_stamping(
+    body: &[u8],
+    precision: Precision,
+    now_unix_nanos: i64,
+    use_fast: bool,
+    stamps: Stamps,
+) -> Validated<'_> {
+    let first_stamp = precision.stamp(now_unix_nanos);
+    let mut stamped: i64 = 0;
     let mut stamp = Vec::with_capacity(21);
-    stamp.push(b' ');
-    stamp.extend_from_slice(precision.stamp(now_unix_nanos).to_string().as_bytes());
-    stamp.push(b'\n');
+    let set_stamp = |stamp: &mut Vec<u8>, t: i64| {
+        stamp.clear();
+        stamp.push(b' ');
+        stamp.extend_from_slice(t.to_string().as_bytes());
+        stamp.push(b'\n');
+    };
+    set_stamp(&mut stamp, first_stamp);
 
     let mut v = Validated {
         body,
@@ -146,6 +179,10 @@ fn validate_with(
             Ok(info) => {
                 v.points += 1;
                 if !info.has_timestamp {
+                    if stamps == Stamps::Spaced && stamped > 0 {
+                        set_stamp(&mut stamp, first_stamp.saturating_add(stamped));
+                    }
+                    stamped += 1;
                     let out = v
                         .rebuilt
                         .get_or_insert_with(|| Vec::with_capacity(body.len() + 64));

@@ -474,3 +474,19 @@ fn complete_lines_are_lines_whatever_follows() {
         }
     }
 }
+
+#[test]
+fn a_stream_stamps_its_lines_one_unit_apart_in_order() {
+    let body = b"m v=1\nm v=2 5\n# note\nm v=3\nm v=\nm v=4\n";
+    let v = crate::validate_spaced(body, Precision::Nanoseconds, 1_000);
+    assert_eq!(v.points(), 4);
+    assert_eq!(
+        v.output(),
+        b"m v=1 1000\nm v=2 5\n# note\nm v=3 1001\nm v=4 1002\n"
+    );
+    // Coarser precisions step by their own unit; a request's lines all get the same time.
+    let v = crate::validate_spaced(b"m v=1\nm v=2\n", Precision::Seconds, 7_000_000_000);
+    assert_eq!(v.output(), b"m v=1 7\nm v=2 8\n");
+    let v = crate::validate(b"m v=1\nm v=2\n", Precision::Seconds, 7_000_000_000);
+    assert_eq!(v.output(), b"m v=1 7\nm v=2 7\n");
+}

@@ -269,6 +269,9 @@ pub(crate) struct Feed<S> {
     pub(crate) kind: &'static str,
     pub(crate) listener: SocketAddr,
     pub(crate) counters: Arc<Counters>,
+    /// Lines without a timestamp are stamped one unit apart (a stream's lines are events of
+    /// their own), instead of all with the time they were read.
+    spaced_stamps: bool,
     bad_lines_log: LogLimit,
     failures_log: LogLimit,
     pub(crate) other_log: LogLimit,
@@ -300,16 +303,33 @@ impl<S: Sink> Feed<S> {
             kind,
             listener,
             counters: Arc::new(Counters::default()),
+            spaced_stamps: false,
             bad_lines_log: LogLimit::default(),
             failures_log: LogLimit::default(),
             other_log: LogLimit::default(),
         }
     }
 
+    /// This feed with [`Feed::spaced_stamps`] set: for a stream, where the lines read
+    /// together may have been sent apart (and, while the write path is slow, seconds apart),
+    /// and one stamp for all would keep only the last point of each series.
+    pub(crate) fn with_spaced_stamps(mut self) -> Self {
+        self.spaced_stamps = true;
+        self
+    }
+
+    fn validate<'a>(&self, lines: &'a [u8], now: i64) -> lineproto::Validated<'a> {
+        if self.spaced_stamps {
+            lineproto::validate_spaced(lines, self.precision, now)
+        } else {
+            lineproto::validate(lines, self.precision, now)
+        }
+    }
+
     /// Validates `lines` (received now, whole lines) and counts them; the valid lines with
     /// timestamps stamped, or `None` when there is none. Refused lines are logged.
     pub(crate) fn prepare<'a>(&self, lines: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-        let v = lineproto::validate(lines, self.precision, unix_nanos());
+        let v = self.validate(lines, unix_nanos());
         if v.rejected().iter().any(|r| r.line().contains(&b'\n')) {
             return self.prepare_apart(lines).map(Cow::Owned);
         }
@@ -342,13 +362,23 @@ impl<S: Sink> Feed<S> {
                 }
             }
         };
+        // Each line validated alone is stamped on from where the last one left off.
+        let mut next_stamp = now;
+        let step = self.precision.nanos();
         for line in lineproto::lines(block) {
-            let v = lineproto::validate(line, self.precision, now);
+            let v = self.validate(line, next_stamp);
             if v.rejected().iter().any(|r| r.line().contains(&b'\n')) {
                 for piece in line.split_inclusive(|&b| b == b'\n') {
-                    keep(&lineproto::validate(piece, self.precision, now), &mut out);
+                    let v = self.validate(piece, next_stamp);
+                    if self.spaced_stamps && v.points() > 0 && !v.is_unchanged() {
+                        next_stamp = next_stamp.saturating_add(step);
+                    }
+                    keep(&v, &mut out);
                 }
             } else {
+                if self.spaced_stamps && v.points() > 0 && !v.is_unchanged() {
+                    next_stamp = next_stamp.saturating_add(step);
+                }
                 keep(&v, &mut out);
             }
         }

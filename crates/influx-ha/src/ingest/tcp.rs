@@ -126,13 +126,16 @@ impl<S: Sink> TcpLineListener<S> {
         let addr = listener.local_addr()?;
         Ok(Self {
             listener,
-            feed: Arc::new(Feed::new(
-                sink,
-                database.to_owned(),
-                lineproto::Precision::Nanoseconds,
-                kind,
-                addr,
-            )),
+            feed: Arc::new(
+                Feed::new(
+                    sink,
+                    database.to_owned(),
+                    lineproto::Precision::Nanoseconds,
+                    kind,
+                    addr,
+                )
+                .with_spaced_stamps(),
+            ),
             options,
             text,
             budget: InflightBytes::new(usize::MAX),
@@ -703,6 +706,31 @@ mod tests {
         assert_eq!(&batches[2].2[..], b"c s=\"one\ntwo\" 3\n");
         assert!(batches.iter().all(|(db, _, _)| db == "tcpdb"));
         assert_eq!(r.counters.snapshot().lines, 3);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn lines_without_timestamps_read_together_keep_a_time_each() {
+        let r = start(TcpOptions::default()).await;
+        let mut c = connect(r.addr).await;
+        // As a script's readings pile up while the write path is slow: read at once.
+        c.write_all(b"temp,room=a v=1\ntemp,room=a v=2\ntemp,room=a v=3 7\ntemp,room=a v=4\n")
+            .await
+            .expect("write");
+        eventually("4 lines", || r.recorder.lines().len() == 4).await;
+        let lines = r.recorder.lines();
+        let time = |l: &str| -> i64 {
+            l.rsplit(' ')
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no time in {l}"))
+        };
+        let stamped: Vec<i64> = [0, 1, 3].iter().map(|&i| time(&lines[i])).collect();
+        assert!(
+            stamped.windows(2).all(|w| w[0] < w[1]),
+            "distinct, in order: {lines:?}"
+        );
+        assert_eq!(time(&lines[2]), 7, "a line's own time is kept");
         r.stop().await;
     }
 
