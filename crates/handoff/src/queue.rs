@@ -1376,7 +1376,10 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
     }
     let last = ids.last().copied();
     let mut st = State {
-        next_seg_id: max_seen + 1,
+        // Past the cursor's segment too, when its files are gone (set aside, or deleted by
+        // hand): a segment numbered below the saved cursor would be deleted as consumed at
+        // the next start, with the records in it.
+        next_seg_id: max_seen.max(cur_seg) + 1,
         ..State::default()
     };
     let mut cursor: Option<Pos> = None;

@@ -787,3 +787,34 @@ fn a_drop_not_yet_recorded_is_told_again_after_a_restart() {
     let q = open_sim(&fs, small_opts());
     assert!(q.take_dropped());
 }
+
+#[test]
+fn segments_made_after_their_files_were_deleted_are_numbered_past_the_cursor() {
+    use crate::fs::Filesystem as _;
+    let fs = SimFs::new();
+    {
+        let q = open_sim(&fs, small_opts());
+        for i in 0..40 {
+            append_id(&q, "a", i).unwrap();
+        }
+        assert_eq!(drain_ids(&q, 100).len(), 40);
+        q.close().unwrap();
+    }
+    // An operator throws the queue's segments away (`rm *.hseg`); the cursor stays.
+    for p in seg_files(&fs, &qdir()) {
+        fs.remove_file(&p).unwrap();
+    }
+    let crashed = {
+        let q = open_sim(&fs, small_opts());
+        for i in 100..103 {
+            append_id(&q, "a", i).unwrap();
+        }
+        // Killed before anything was acknowledged: nothing of the queue runs any more.
+        let crashed = fs.crash();
+        std::mem::forget(q);
+        crashed
+    };
+    let q = open_sim(&crashed, small_opts());
+    assert_eq!(drain_ids(&q, 100), vec![100, 101, 102]);
+    assert!(!q.stats().dropped);
+}
