@@ -121,7 +121,18 @@ impl FsFile for StdFile {
 
 impl Filesystem for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        // The folders made here are made durable in their parents: a power cut that lost a new
+        // queue folder's entry would take the segments fsynced in it along.
+        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        std::fs::create_dir_all(dir)?;
+        for made in missing.iter().rev() {
+            let parent = match made.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            self.sync_dir(parent)?;
+        }
+        Ok(())
     }
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut out = Vec::new();

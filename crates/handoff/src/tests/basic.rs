@@ -619,13 +619,15 @@ fn invalid_options_are_rejected() {
 
 #[test]
 fn real_filesystem_roundtrip() {
-    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // Folders that do not exist yet are made (and made durable in their parents).
+    let dir = root.path().join("node/backend/queue");
     let opts = Options {
         min_free_bytes: 1,
         ..small_opts()
     };
     {
-        let q = Queue::open(dir.path(), opts.clone()).unwrap();
+        let q = Queue::open(&dir, opts.clone()).unwrap();
         for i in 0..20 {
             append_id(&q, "a", i).unwrap();
         }
@@ -633,9 +635,9 @@ fn real_filesystem_roundtrip() {
         q.ack(&b).unwrap();
         q.close().unwrap();
     }
-    let q = Queue::open(dir.path(), opts).unwrap();
+    let q = Queue::open(&dir, opts).unwrap();
     assert_eq!(drain_ids(&q, 1 << 20), (1..20).collect::<Vec<_>>());
-    assert!(crate::verify(&crate::StdFs, dir.path()).unwrap().is_clean());
+    assert!(crate::verify(&crate::StdFs, &dir).unwrap().is_clean());
 }
 
 #[test]
