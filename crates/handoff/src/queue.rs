@@ -1054,7 +1054,11 @@ impl Queue {
             f.append(&format::encode_cursor(seg, off))
                 .map_err(|e| Error::io(&tmp, e))?;
             failpoint::hit("cursor.after_tmp_write");
-            if durable {
+            // Its data before its name, even when the acknowledgement need not be durable:
+            // a later folder sync (a new segment) makes the name durable, and a name whose
+            // data a crash lost is an unreadable cursor, which replays the whole queue and
+            // reports a drop. (`never` promises no fsync at all.)
+            if durable || inner.opts.fsync != FsyncPolicy::Never {
                 f.sync_data().map_err(|e| Error::io(&tmp, e))?;
             }
             drop(f);

@@ -820,3 +820,38 @@ fn segments_made_after_their_files_were_deleted_are_numbered_past_the_cursor() {
     assert_eq!(drain_ids(&q, 100), vec![100, 101, 102]);
     assert!(!q.stats().dropped);
 }
+
+#[test]
+fn under_interval_a_crash_after_an_acknowledgement_leaves_a_readable_cursor() {
+    let fs = SimFs::new();
+    {
+        // Written durably, then taken by a queue syncing on an interval.
+        let q = open_sim(&fs, small_opts());
+        for i in 0..10 {
+            append_id(&q, "a", i).unwrap();
+        }
+        q.close().unwrap();
+    }
+    let opts = Options {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_opts()
+    };
+    let crashed = {
+        let q = open_sim(&fs, opts.clone());
+        let b = q.next_batch(3).unwrap().unwrap();
+        q.ack(&b).unwrap();
+        // Later work syncs the folder (a new segment), and so the cursor's new name.
+        for i in 10..30 {
+            append_id(&q, "a", i).unwrap();
+        }
+        let crashed = fs.crash();
+        std::mem::forget(q);
+        crashed
+    };
+    let q = open_sim(&crashed, opts);
+    // The cursor is the old one or the new one, never a torn one that replays everything and
+    // reports a drop.
+    assert!(!q.stats().dropped);
+    let rest = drain_ids(&q, 1 << 20);
+    assert!(rest.first().is_some_and(|&first| first <= 3), "{rest:?}");
+}
