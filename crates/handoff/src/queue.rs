@@ -1509,11 +1509,15 @@ fn recover(fs: &dyn Filesystem, dir: &Path) -> Result<Recovered, Error> {
                     "handoff: cursor past valid data; clamping"
                 );
             } else if scan.probe_aligned != cur_off {
+                // Checked with CRCs (see `segment::scan`): corrupt bytes cover the cursor, and
+                // records not yet delivered may be among them. Counted, so the backend is
+                // checked.
                 warn!(
                     segment = id,
                     cursor = cur_off,
                     "handoff: cursor not on a frame boundary; moving to the next one"
                 );
+                dropped = true;
             }
             let off = scan.probe_aligned.min(scan.valid_end);
             cursor = Some(Pos {

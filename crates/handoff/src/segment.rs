@@ -199,6 +199,12 @@ pub(crate) fn scan(
     let mut off = SEGMENT_HEADER_LEN;
     while off < len {
         if !probe_done && off >= probe {
+            if off != probe && !verify {
+                // The cursor lies inside what the headers call one frame: a bad length can
+                // make a frame end on a later frame's start, which no header check sees, and
+                // moving the cursor there would skip what lies between. The CRCs decide.
+                return scan(r, len, true, probe_arg);
+            }
             s.probe_aligned = off;
             probe_done = true;
         }

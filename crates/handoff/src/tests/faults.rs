@@ -434,6 +434,30 @@ fn a_bad_length_before_the_cursor_loses_nothing_after_it() {
 }
 
 #[test]
+fn a_bad_length_ending_on_a_frame_past_the_cursor_loses_nothing_after_it() {
+    let fs = SimFs::new();
+    let segs = filled(&fs, 15);
+    {
+        let q = open_sim(&fs, small_opts());
+        for _ in 0..7 {
+            let b = q.next_batch(1).unwrap().unwrap();
+            q.ack(&b).unwrap();
+        }
+        q.close().unwrap();
+    }
+    // The length of record 5 (acknowledged) now ends its frame exactly where record 8 begins:
+    // a walk of the headers alone finds nothing wrong, and passes the cursor (record 7).
+    let mut data = fs.read(&segs[1]).unwrap();
+    let rec = (data.len() - 16) / 5;
+    let bad = u32::try_from(3 * rec - 12).unwrap();
+    data[16 + 4..16 + 8].copy_from_slice(&bad.to_le_bytes());
+    fs.write_durable(&segs[1], data);
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(drain_ids(&q, 1 << 20), (7..15).collect::<Vec<_>>());
+    assert!(!q.stats().dropped, "nothing after the cursor was dropped");
+}
+
+#[test]
 fn out_of_file_descriptors_is_retried_not_skipped() {
     let fs = SimFs::new();
     filled(&fs, 15);
