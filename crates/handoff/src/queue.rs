@@ -670,9 +670,17 @@ impl Queue {
         bump(&self.inner.c.acked_records, records);
         bump(&self.inner.c.acked_batches, 1);
         let durable = self.inner.opts.fsync == FsyncPolicy::Always;
-        self.persist_cursor(&mut rs, durable)?;
+        let saved = self.persist_cursor(&mut rs, durable);
+        let full = matches!(saved, Err(Error::DiskFull(_)));
+        if !full {
+            saved?;
+        }
         if let Err(e) = self.gc(&mut rs) {
             warn!(dir = %self.inner.dir.display(), error = %e, "handoff: segment cleanup failed; will retry");
+        }
+        if full {
+            // Saved once the cleanup freed room, or the disk is still full: the caller retries.
+            self.persist_cursor(&mut rs, durable)?;
         }
         Ok(())
     }
@@ -1108,7 +1116,17 @@ impl Queue {
         if victims.is_empty() {
             return Ok(());
         }
-        self.persist_cursor(rs, true)?;
+        match self.persist_cursor(rs, true) {
+            Ok(()) => {}
+            // A full disk takes no new cursor until room is freed, and only deleting what was
+            // consumed frees it here: the segments go first. A crash before the cursor is
+            // saved resumes at the first segment kept, delivering again what was acknowledged
+            // in it, and losing nothing that was not.
+            Err(Error::DiskFull(e)) => {
+                warn!(dir = %inner.dir.display(), error = %e, "handoff: disk full; deleting consumed segments before saving the cursor");
+            }
+            Err(e) => return Err(e),
+        }
         failpoint::hit("gc.before_delete");
         for id in &victims {
             let path = inner.seg_path(*id);

@@ -244,6 +244,33 @@ fn enospc_is_typed_and_recoverable() {
 }
 
 #[test]
+fn a_full_disk_still_frees_consumed_segments() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    for i in 0..40 {
+        append_id(&q, "a", i).unwrap();
+    }
+    assert!(seg_files(&fs, &qdir()).len() > 5);
+    // Something else fills the disk: not even the cursor's 32 bytes fit.
+    let used: u64 = fs
+        .paths()
+        .iter()
+        .map(|p| fs.read(p).unwrap().len() as u64)
+        .sum();
+    fs.set_faults(Faults {
+        space_limit: Some(used),
+        ..Faults::default()
+    });
+    // Every acknowledgement deletes what it consumed and then saves the cursor in the room
+    // freed.
+    assert_eq!(drain_ids(&q, 100), (0..40).collect::<Vec<_>>());
+    assert_eq!(seg_files(&fs, &qdir()).len(), 1);
+    assert!(!q.stats().dropped);
+    let q = open_sim(&fs.crash(), small_opts());
+    assert!(drain_ids(&q, 1 << 20).is_empty());
+}
+
+#[test]
 fn short_write_fails_the_group_and_leaves_no_garbage() {
     let fs = SimFs::new();
     let q = open_sim(&fs, small_opts());
