@@ -139,6 +139,9 @@
 //! * Crash after the cursor rename but before the directory fsync: either cursor may survive;
 //!   both are valid, the older one redelivers one batch.
 //! * Crash during segment deletion: the durable cursor already points past it; open deletes it.
+//!   Except with the disk full, where consumed segments are deleted before the cursor can be
+//!   saved (nothing else frees room for it): open then finds the cursor's segment gone and
+//!   resumes at the first segment kept, so what was acknowledged in it is delivered again.
 //! * A corrupt cursor file (bad CRC) restarts from the oldest segment: duplicates, no loss.
 //! * Older segments are walked by their frame headers only; a walk that meets an implausible
 //!   header (a length field gone bad can make it jump over good frames) rescans that segment
