@@ -323,26 +323,22 @@ impl<S: Sink> Connection<S> {
                 Read::Data { eof } => eof,
                 Read::Eof => true,
                 Read::NoRoom(why) => {
-                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
-                        .await;
+                    self.write_ended(&mut buf, &mut stream, &mut shutdown).await;
                     return self.discard(&buf, why);
                 }
                 Read::Idle => {
                     tracing::debug!(peer = %self.peer, "idle TCP connection closed");
-                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
-                        .await;
+                    self.write_ended(&mut buf, &mut stream, &mut shutdown).await;
                     return self.discard(&buf, "idle connection closed");
                 }
                 Read::Shutdown => {
-                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
-                        .await;
+                    self.write_ended(&mut buf, &mut stream, &mut shutdown).await;
                     return self.discard(&buf, "shutting down");
                 }
                 Read::Failed(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "TCP read failed");
                     // The lines that arrived whole before the failure are the client's.
-                    self.write_complete(&mut buf, &mut stream, &mut shutdown)
-                        .await;
+                    self.write_ended(&mut buf, &mut stream, &mut shutdown).await;
                     return self.discard(&buf, "connection failed");
                 }
             };
@@ -381,6 +377,16 @@ impl<S: Sink> Connection<S> {
                 held.shrink_to(buf.len());
                 self.write_complete(&mut buf, &mut stream, &mut shutdown)
                     .await;
+                scanned = buf.len();
+            }
+            if buf.len() > self.options.max_line_bytes {
+                // A quote that never closed holds the lines after it in one: they are taken at
+                // their newlines, the one with the stray quote refused alone.
+                self.write_to_last_newline(&mut buf, &mut stream, &mut shutdown)
+                    .await;
+                held.shrink_to(buf.len());
+                newline_pending = false;
+                stuck_at = 0;
                 scanned = buf.len();
             }
             if buf.len() > self.options.max_line_bytes {
@@ -614,6 +620,33 @@ impl<S: Sink> Connection<S> {
         }
     }
 
+    /// Writes what a connection that ends without EOF still holds up to its last newline:
+    /// the complete lines, then, where a stray quote holds lines open, those lines too (a
+    /// refused line that runs over newlines is taken apart at them, see `Feed::prepare`), so
+    /// that only the line with the stray quote and the unfinished last line are lost.
+    async fn write_ended(
+        &self,
+        buf: &mut BytesMut,
+        stream: &mut TcpStream,
+        shutdown: &mut Shutdown,
+    ) {
+        self.write_complete(buf, stream, shutdown).await;
+        self.write_to_last_newline(buf, stream, shutdown).await;
+    }
+
+    /// Writes `buf` up to its last newline, whatever quotes it holds.
+    async fn write_to_last_newline(
+        &self,
+        buf: &mut BytesMut,
+        stream: &mut TcpStream,
+        shutdown: &mut Shutdown,
+    ) {
+        if let Some(last) = buf.iter().rposition(|&b| b == b'\n') {
+            let lines = buf.split_to(last + 1).freeze();
+            self.write(lines, stream, shutdown).await;
+        }
+    }
+
     fn discard(&self, tail: &[u8], why: &'static str) {
         if !tail.is_empty() {
             self.feed.discard(tail, why);
@@ -706,6 +739,64 @@ mod tests {
         assert_eq!(&batches[2].2[..], b"c s=\"one\ntwo\" 3\n");
         assert!(batches.iter().all(|(db, _, _)| db == "tcpdb"));
         assert_eq!(r.counters.snapshot().lines, 3);
+        r.stop().await;
+    }
+
+    /// A line with a stray quote, then `n` good lines whose string values keep the quote open.
+    fn stray_then_balanced(n: usize) -> (Vec<u8>, Vec<String>) {
+        let mut body = b"ev msg=\"5\" pipe\" 1\n".to_vec();
+        let mut good = Vec::new();
+        for i in 0..n {
+            let line = if i % 2 == 0 {
+                format!("m s=\"x\" {}", i + 10)
+            } else {
+                format!("n v=1 {}", i + 10)
+            };
+            body.extend_from_slice(line.as_bytes());
+            body.push(b'\n');
+            good.push(line);
+        }
+        (body, good)
+    }
+
+    #[tokio::test]
+    async fn lines_held_open_by_a_stray_quote_are_kept_when_the_connection_idles_out() {
+        let r = start(TcpOptions {
+            idle_timeout: Duration::from_secs(2),
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut c = connect(r.addr).await;
+        let (body, good) = stray_then_balanced(20);
+        c.write_all(&body).await.expect("write");
+        // The unfinished last line is the only other loss.
+        c.write_all(b"m v=1").await.expect("write");
+        eventually("the good lines", || r.recorder.lines() == good).await;
+        assert_eq!(
+            r.counters.snapshot().bad_lines,
+            2,
+            "the stray line and the unfinished one"
+        );
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn lines_held_open_by_a_stray_quote_past_the_line_limit_are_kept() {
+        let r = start(TcpOptions {
+            max_line_bytes: 4096,
+            ..TcpOptions::default()
+        })
+        .await;
+        let mut c = connect(r.addr).await;
+        let (body, good) = stray_then_balanced(400);
+        assert!(body.len() > 4096);
+        c.write_all(&body).await.expect("write");
+        c.write_all(b"after v=1 1\n").await.expect("write");
+        let mut all = good.clone();
+        all.push("after v=1 1".to_owned());
+        eventually("every good line", || r.recorder.lines() == all).await;
+        assert_eq!(r.counters.snapshot().closed_for_long_lines, 0);
+        assert_eq!(r.counters.snapshot().bad_lines, 1);
         r.stop().await;
     }
 
