@@ -229,11 +229,11 @@ fn prom_run(points: usize) {
                             },
                             Label {
                                 name: "cpu".into(),
-                                value: (i % 8).to_string(),
+                                value: (i % 8).to_string().into(),
                             },
                             Label {
                                 name: "instance".into(),
-                                value: format!("h{}:9100", i % 100),
+                                value: format!("h{}:9100", i % 100).into(),
                             },
                             Label {
                                 name: "mode".into(),

@@ -787,12 +787,12 @@ async fn a_remote_write_the_body_limit_takes_is_never_refused_for_its_decoding_a
             .map(|i| TimeSeries {
                 labels: vec![
                     Label {
-                        name: "__name__".into(),
-                        value: "up".into(),
+                        name: b"__name__".to_vec(),
+                        value: b"up".to_vec(),
                     },
                     Label {
-                        name: "instance".into(),
-                        value: format!("host-{i}:9100"),
+                        name: b"instance".to_vec(),
+                        value: format!("host-{i}:9100").into_bytes(),
                     },
                 ],
                 samples: vec![Sample {

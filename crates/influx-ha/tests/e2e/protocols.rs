@@ -169,8 +169,8 @@ fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
         labels: labels
             .iter()
             .map(|(n, v)| Label {
-                name: (*n).to_owned(),
-                value: (*v).to_owned(),
+                name: n.as_bytes().to_vec(),
+                value: v.as_bytes().to_vec(),
             })
             .collect(),
         samples: samples

@@ -55,15 +55,17 @@ pub struct TimeSeries {
     pub samples: Vec<Sample>,
 }
 
-/// `prometheus.Label` (`LabelPair` in older versions).
+/// `prometheus.Label` (`LabelPair` in older versions). Read as bytes: a `string` field would
+/// make one label that is not UTF-8 refuse the whole request, and with it every other series
+/// (the sender drops a batch answered 4xx); such a series is refused alone instead.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Label {
     /// Label name.
-    #[prost(string, tag = "1")]
-    pub name: String,
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
     /// Label value.
-    #[prost(string, tag = "2")]
-    pub value: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
 }
 
 /// `prometheus.Sample`.
@@ -290,13 +292,28 @@ pub fn convert(req: &WriteRequest) -> Converted {
         ..Converted::default()
     };
     let mut tags: Vec<(&str, &str)> = Vec::new();
-    for ts in &req.timeseries {
+    'series: for ts in &req.timeseries {
         tags.clear();
         let mut measurement = NO_NAME_MEASUREMENT;
         for l in &ts.labels {
-            tags.push((&l.name, &l.value));
-            if l.name == NAME_LABEL {
-                measurement = &l.value;
+            let (Ok(name), Ok(value)) =
+                (std::str::from_utf8(&l.name), std::str::from_utf8(&l.value))
+            else {
+                let refused = ts.samples.iter().filter(|s| !s.value.is_nan()).count();
+                c.refused += refused;
+                c.nan += ts.samples.len() - refused;
+                c.first_error.get_or_insert_with(|| {
+                    format!(
+                        "label {:?}={:?} is not UTF-8",
+                        String::from_utf8_lossy(&l.name),
+                        String::from_utf8_lossy(&l.value)
+                    )
+                });
+                continue 'series;
+            };
+            tags.push((name, value));
+            if name == NAME_LABEL {
+                measurement = value;
             }
         }
         // A map in InfluxDB: the last of a repeated name wins.

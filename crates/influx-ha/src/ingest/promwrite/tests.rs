@@ -7,8 +7,8 @@ fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
         labels: labels
             .iter()
             .map(|(n, v)| Label {
-                name: (*n).to_owned(),
-                value: (*v).to_owned(),
+                name: n.as_bytes().to_vec(),
+                value: v.as_bytes().to_vec(),
             })
             .collect(),
         samples: samples
@@ -78,6 +78,30 @@ fn refused_samples_leave_the_others() {
     assert_eq!(
         c.first_error.as_deref(),
         Some("+/-Inf is an unsupported value for field value")
+    );
+}
+
+#[test]
+fn a_label_that_is_not_utf8_refuses_its_series_alone() {
+    let mut bad = series(&[("__name__", "temp")], &[(1.0, 1), (f64::NAN, 2), (2.0, 3)]);
+    bad.labels.push(Label {
+        name: b"room".to_vec(),
+        value: b"k\xfcche".to_vec(),
+    });
+    let req = WriteRequest {
+        timeseries: vec![bad, series(&[("__name__", "up")], &[(1.0, 4)])],
+    };
+    // Decoded, not refused as a whole.
+    let decoded = decode(&body(&req), limits(1 << 20)).expect("decodes");
+    let c = convert(&decoded);
+    assert_eq!(
+        String::from_utf8(c.lines).expect("utf-8"),
+        "up,__name__=up value=1.0 4000000\n"
+    );
+    assert_eq!((c.points, c.refused, c.nan), (1, 2, 1));
+    assert_eq!(
+        c.first_error.as_deref(),
+        Some("label \"room\"=\"k\u{fffd}che\" is not UTF-8")
     );
 }
 
