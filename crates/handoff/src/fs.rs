@@ -121,16 +121,21 @@ impl FsFile for StdFile {
 
 impl Filesystem for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        // The folders made here are made durable in their parents: a power cut that lost a new
-        // queue folder's entry would take the segments fsynced in it along.
-        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::create_dir_all(dir)?;
-        for made in missing.iter().rev() {
-            let parent = match made.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
+        // Every folder on the way is made durable in its parent: a power cut that lost a new
+        // queue folder's entry would take the segments fsynced in it along. All of them, at
+        // every open, not only those made now: a process killed between making one and syncing
+        // its parent leaves it existing but not durable. A parent that cannot be synced (one
+        // the service user may not read) is logged, not fatal: the queue worked without it.
+        for parent in dir.ancestors().skip(1) {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
             };
-            self.sync_dir(parent)?;
+            if let Err(e) = self.sync_dir(parent) {
+                tracing::warn!(dir = %parent.display(), error = %e, "handoff: could not fsync a parent folder of the queue");
+            }
         }
         Ok(())
     }

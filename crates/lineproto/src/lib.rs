@@ -115,7 +115,9 @@ fn validate_stamping(
     stamps: Stamps,
 ) -> Validated<'_> {
     let first_stamp = precision.stamp(now_unix_nanos);
+    // Lines stamped so far, and the count `stamp` was last made for.
     let mut stamped: i64 = 0;
+    let mut spaced_at: i64 = 0;
     let mut stamp = Vec::with_capacity(21);
     let set_stamp = |stamp: &mut Vec<u8>, t: i64| {
         stamp.clear();
@@ -148,6 +150,11 @@ fn validate_stamping(
         }
         let block = block.strip_suffix(b"\n").unwrap_or(block);
         let line = &block[start..];
+        if stamps == Stamps::Spaced && stamped > 0 && stamped != spaced_at {
+            // The stamp this line gets if it needs one, before the checks that read it.
+            set_stamp(&mut stamp, first_stamp.saturating_add(stamped));
+            spaced_at = stamped;
+        }
 
         let fast = (use_fast && indexed)
             .then(|| fast::parse_indexed(&index, line_start + start, end, &limits));
@@ -179,9 +186,6 @@ fn validate_stamping(
             Ok(info) => {
                 v.points += 1;
                 if !info.has_timestamp {
-                    if stamps == Stamps::Spaced && stamped > 0 {
-                        set_stamp(&mut stamp, first_stamp.saturating_add(stamped));
-                    }
                     stamped += 1;
                     let out = v
                         .rebuilt

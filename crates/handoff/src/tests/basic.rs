@@ -620,7 +620,7 @@ fn invalid_options_are_rejected() {
 #[test]
 fn real_filesystem_roundtrip() {
     let root = tempfile::tempdir().unwrap();
-    // Folders that do not exist yet are made (and made durable in their parents).
+    // Folders that do not exist yet are made (their durability no test here can see).
     let dir = root.path().join("node/backend/queue");
     let opts = Options {
         min_free_bytes: 1,

@@ -6,9 +6,9 @@
 //! database, and the answer must match series for series and field for field — a missing or an
 //! extra point, a different value, or a series that should not be there all show. Float values
 //! are multiples of 0.25 and integer sums are added by InfluxDB in int64, so sums compare
-//! exactly. This cheap check is polled while replication converges; once it matches, every
-//! point is read back, once, and checked row by row ([`super::readback`]), which also catches
-//! what totals cannot: a point at another time, or wrong values whose errors cancel out.
+//! exactly. This cheap check is polled while replication converges; each time it matches, every
+//! point is read back and checked row by row ([`super::readback`]), which also catches what
+//! totals cannot: a point at another time, or wrong values whose errors cancel out.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -97,7 +97,7 @@ pub struct BackendCheck {
     /// Points found in the time range (per series, the largest field count).
     pub points_found: u64,
     /// Rows read back and checked one by one; `None` when the totals differed (the points are
-    /// read back once the totals match, and only once).
+    /// read back when the totals match).
     pub rows_read: Option<u64>,
     /// The first differences, for people.
     pub differences: Vec<String>,

@@ -113,8 +113,10 @@ pub fn parse_answer(body: &[u8]) -> Result<Vec<Series>, String> {
     let mut series: Vec<Series> = Vec::new();
     // Whether the last piece said that more of the result follows.
     let mut more = false;
+    let mut pieces = 0;
     for answer in serde_json::Deserializer::from_slice(body).into_iter::<Answer>() {
         let answer = answer.map_err(|e| format!("unreadable answer: {e}"))?;
+        pieces += 1;
         if let Some(e) = answer.error {
             return Err(e);
         }
@@ -139,6 +141,10 @@ pub fn parse_answer(body: &[u8]) -> Result<Vec<Series>, String> {
             }
         }
         more = result.partial;
+    }
+    if pieces == 0 {
+        // A connection that ended right after the headers: not an empty result.
+        return Err("unreadable answer: empty".to_owned());
     }
     if more || series.iter().any(|s| s.partial) {
         // Taken whole, it would hide what lies past the cut from the comparison.

@@ -222,6 +222,11 @@ fn a_chunked_answer_is_put_back_together() {
     assert_eq!(rows, [("", 1), ("a", 3), ("b", 2), ("c", 1)]);
     assert!(series.iter().all(|s| !s.partial));
 
+    // An empty body is no answer at all.
+    for empty in ["", " \n"] {
+        assert!(parse_answer(empty.as_bytes()).is_err(), "{empty:?}");
+    }
+
     // Ending where InfluxDB said more was to come: an error, not a shorter answer.
     let cut = pieces.rsplit_once(r#"{"results""#).expect("pieces").0;
     let err = parse_answer(cut.as_bytes()).expect_err("cut");

@@ -289,14 +289,21 @@ impl<S: Sink> HttpSide<S> {
         {
             // As InfluxDB 1.6's handler: 500 for every error of its points writer (its
             // client-error test wants a `field type conflict` prefix, which a partial
-            // write's text never has), so that the client sends the batch again; as
-            // `/write`, also when the batch was stored short of the consistency level.
-            // Overload stays 503.
-            let status = match e.status() {
-                StatusCode::SERVICE_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+            // write's text never has), so that the client sends the batch again; also when
+            // the batch was stored short of the consistency level. But a batch every backend
+            // only queued is stored: sending it again would only queue it again while the
+            // backends catch up (`/write`'s 500 for it is one Telegraf takes as stored, and
+            // `/write` first waits for a backend to catch up). Overload stays 503.
+            let status = match e {
+                RequestError::QueuedOnly => StatusCode::NO_CONTENT,
+                ref e if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return go_error(status, &format!("write series error: {e}"));
+            if status != StatusCode::NO_CONTENT {
+                return go_error(status, &format!("write series error: {e}"));
+            }
         }
         if summary {
             let mut resp = Response::new(Full::new(Bytes::from(api::summary(&converted, details))));

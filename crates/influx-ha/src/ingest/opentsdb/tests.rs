@@ -218,7 +218,7 @@ async fn http_bodies_count_in_the_node_budget() {
 }
 
 #[tokio::test]
-async fn http_put_answers_500_for_every_write_error_but_overload() {
+async fn http_put_answers_500_for_every_write_error_but_overload_and_a_batch_only_queued() {
     let r = start().await;
     let body = br#"{"metric":"m","timestamp":1356998400,"value":1}"#;
     let mut request = format!(
@@ -228,8 +228,7 @@ async fn http_put_answers_500_for_every_write_error_but_overload() {
     .into_bytes();
     request.extend_from_slice(body);
     let cases = [
-        // Stored short of the level: as `/write`, the client is told to send it again.
-        (RequestError::QueuedOnly, "HTTP/1.1 500 "),
+        // Stored short of the level: the client is told to send it again.
         (RequestError::LevelNotMet, "HTTP/1.1 500 "),
         // A backend's partial write (1.6's own handler answers 500 for it too).
         (
@@ -250,6 +249,15 @@ async fn http_put_answers_500_for_every_write_error_but_overload() {
         assert!(answer.starts_with(status), "{error:?}: {answer}");
         assert!(answer.contains("write series error: "), "{answer}");
     }
+    // Stored in every backend's queue only: stored, and sent again it would only be queued
+    // again.
+    r.recorder
+        .answers
+        .lock()
+        .expect("not poisoned")
+        .push_back(RequestError::QueuedOnly);
+    let answer = exchange(r.addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
     let answer = exchange(r.addr, &request).await;
     assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
 }

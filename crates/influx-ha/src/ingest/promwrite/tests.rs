@@ -83,7 +83,10 @@ fn refused_samples_leave_the_others() {
 
 #[test]
 fn a_label_that_is_not_utf8_refuses_its_series_alone() {
-    let mut bad = series(&[("__name__", "temp")], &[(1.0, 1), (f64::NAN, 2), (2.0, 3)]);
+    let mut bad = series(
+        &[("__name__", "temp")],
+        &[(1.0, 1), (f64::NAN, 2), (2.0, 3)],
+    );
     bad.labels.push(Label {
         name: b"room".to_vec(),
         value: b"k\xfcche".to_vec(),
