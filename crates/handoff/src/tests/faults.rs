@@ -438,50 +438,30 @@ fn sizes_come_from_files_not_counters() {
 
 #[test]
 fn a_bad_length_before_the_cursor_loses_nothing_after_it() {
-    let fs = SimFs::new();
-    let segs = filled(&fs, 15);
-    // Acknowledge records 0..7: the cursor lies inside the second segment (records 5..10).
-    {
-        let q = open_sim(&fs, small_opts());
-        for _ in 0..7 {
-            let b = q.next_batch(1).unwrap().unwrap();
-            q.ack(&b).unwrap();
+    // The length of record 5 (acknowledged, before the cursor at record 7) made to reach into
+    // record 8, and made to end its frame exactly where record 8 begins: a walk of the headers
+    // alone finds nothing wrong with the second, and passes the cursor.
+    for (records, half) in [(3, true), (3, false)] {
+        let fs = SimFs::new();
+        let segs = filled(&fs, 15);
+        // Acknowledge records 0..7: the cursor lies inside the second segment (records 5..10).
+        {
+            let q = open_sim(&fs, small_opts());
+            for _ in 0..7 {
+                let b = q.next_batch(1).unwrap().unwrap();
+                q.ack(&b).unwrap();
+            }
+            q.close().unwrap();
         }
-        q.close().unwrap();
-    }
-    // The length of record 5 (acknowledged) now reaches into record 8, past the cursor.
-    let mut data = fs.read(&segs[1]).unwrap();
-    let rec = (data.len() - 16) / 5;
-    let bad = u32::try_from(3 * rec + rec / 2 - 12).unwrap();
-    data[16 + 4..16 + 8].copy_from_slice(&bad.to_le_bytes());
-    fs.write_durable(&segs[1], data);
-    let q = open_sim(&fs, small_opts());
-    assert_eq!(drain_ids(&q, 1 << 20), (7..15).collect::<Vec<_>>());
-    assert!(!q.stats().dropped, "nothing after the cursor was dropped");
-}
-
-#[test]
-fn a_bad_length_ending_on_a_frame_past_the_cursor_loses_nothing_after_it() {
-    let fs = SimFs::new();
-    let segs = filled(&fs, 15);
-    {
+        let mut data = fs.read(&segs[1]).unwrap();
+        let rec = (data.len() - 16) / 5;
+        let bad = u32::try_from(records * rec + if half { rec / 2 } else { 0 } - 12).unwrap();
+        data[16 + 4..16 + 8].copy_from_slice(&bad.to_le_bytes());
+        fs.write_durable(&segs[1], data);
         let q = open_sim(&fs, small_opts());
-        for _ in 0..7 {
-            let b = q.next_batch(1).unwrap().unwrap();
-            q.ack(&b).unwrap();
-        }
-        q.close().unwrap();
+        assert_eq!(drain_ids(&q, 1 << 20), (7..15).collect::<Vec<_>>(), "{half}");
+        assert!(!q.stats().dropped, "nothing after the cursor was dropped ({half})");
     }
-    // The length of record 5 (acknowledged) now ends its frame exactly where record 8 begins:
-    // a walk of the headers alone finds nothing wrong, and passes the cursor (record 7).
-    let mut data = fs.read(&segs[1]).unwrap();
-    let rec = (data.len() - 16) / 5;
-    let bad = u32::try_from(3 * rec - 12).unwrap();
-    data[16 + 4..16 + 8].copy_from_slice(&bad.to_le_bytes());
-    fs.write_durable(&segs[1], data);
-    let q = open_sim(&fs, small_opts());
-    assert_eq!(drain_ids(&q, 1 << 20), (7..15).collect::<Vec<_>>());
-    assert!(!q.stats().dropped, "nothing after the cursor was dropped");
 }
 
 #[test]
