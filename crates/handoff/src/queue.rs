@@ -662,6 +662,7 @@ impl Queue {
     /// Moves the cursor from `start` (where it must be) to `end`, past `records` records.
     fn ack_to(&self, start: Pos, end: Pos, records: u64) -> Result<(), Error> {
         let mut rs = lock(&self.inner.read);
+        self.still_open()?;
         if rs.cursor != start {
             return Err(Error::StaleBatch);
         }
@@ -693,6 +694,7 @@ impl Queue {
         };
         let before = self.inner.c.expired_records.load(Ordering::SeqCst);
         let mut rs = lock(&self.inner.read);
+        self.still_open()?;
         self.skip_to_deliverable(&mut rs, Some(cutoff), true)?;
         self.persist_cursor(&mut rs, self.inner.opts.fsync == FsyncPolicy::Always)?;
         if let Err(e) = self.gc(&mut rs) {
@@ -834,6 +836,16 @@ impl Queue {
     }
 
     // --- reader internals ---
+
+    /// [`Error::Closed`] once [`Queue::close`] ran (checked under the read lock, which `close`
+    /// takes to save the cursor): after it the folder lock is released, and another process may
+    /// own the folder, so nothing here may save a cursor or delete a segment any more.
+    fn still_open(&self) -> Result<(), Error> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
 
     fn cutoff(&self) -> Option<u64> {
         let age = lock(&self.inner.limits).max_age?;
@@ -1161,6 +1173,7 @@ impl Queue {
     /// Operator purge: moves the cursor to the end of published data.
     pub(crate) fn purge_all(&self) -> Result<u64, Error> {
         let mut rs = lock(&self.inner.read);
+        self.still_open()?;
         let (end, n) = {
             let st = lock(&self.inner.state);
             let end = match st.segs.iter().next_back() {

@@ -855,3 +855,25 @@ fn under_interval_a_crash_after_an_acknowledgement_leaves_a_readable_cursor() {
     let rest = drain_ids(&q, 1 << 20);
     assert!(rest.first().is_some_and(|&first| first <= 3), "{rest:?}");
 }
+
+#[test]
+fn a_closed_queue_neither_saves_a_cursor_nor_deletes_a_segment() {
+    let fs = SimFs::new();
+    let q = open_sim(&fs, small_opts());
+    for i in 0..40 {
+        append_id(&q, "a", i).unwrap();
+    }
+    let b = q.next_batch(1 << 20).unwrap().unwrap();
+    let segments = seg_files(&fs, &qdir()).len();
+    q.close().unwrap();
+    let cursor = fs.read(&qdir().join("cursor"));
+    // A late acknowledgement (a replay task not yet stopped), an expiry or a purge: the folder
+    // may belong to another process by now.
+    assert!(matches!(q.ack(&b), Err(crate::Error::Closed)));
+    assert!(matches!(q.purge_expired(), Ok(0) | Err(crate::Error::Closed)));
+    assert!(matches!(q.purge(), Err(crate::Error::Closed)));
+    assert_eq!(fs.read(&qdir().join("cursor")), cursor);
+    assert_eq!(seg_files(&fs, &qdir()).len(), segments);
+    let q = open_sim(&fs, small_opts());
+    assert_eq!(drain_ids(&q, 1 << 20), (0..40).collect::<Vec<_>>());
+}
