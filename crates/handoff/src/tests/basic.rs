@@ -870,7 +870,10 @@ fn a_closed_queue_neither_saves_a_cursor_nor_deletes_a_segment() {
     // A late acknowledgement (a replay task not yet stopped), an expiry or a purge: the folder
     // may belong to another process by now.
     assert!(matches!(q.ack(&b), Err(crate::Error::Closed)));
-    assert!(matches!(q.purge_expired(), Ok(0) | Err(crate::Error::Closed)));
+    assert!(matches!(
+        q.purge_expired(),
+        Ok(0) | Err(crate::Error::Closed)
+    ));
     assert!(matches!(q.purge(), Err(crate::Error::Closed)));
     assert_eq!(fs.read(&qdir().join("cursor")), cursor);
     assert_eq!(seg_files(&fs, &qdir()).len(), segments);

@@ -459,8 +459,15 @@ fn a_bad_length_before_the_cursor_loses_nothing_after_it() {
         data[16 + 4..16 + 8].copy_from_slice(&bad.to_le_bytes());
         fs.write_durable(&segs[1], data);
         let q = open_sim(&fs, small_opts());
-        assert_eq!(drain_ids(&q, 1 << 20), (7..15).collect::<Vec<_>>(), "{half}");
-        assert!(!q.stats().dropped, "nothing after the cursor was dropped ({half})");
+        assert_eq!(
+            drain_ids(&q, 1 << 20),
+            (7..15).collect::<Vec<_>>(),
+            "{half}"
+        );
+        assert!(
+            !q.stats().dropped,
+            "nothing after the cursor was dropped ({half})"
+        );
     }
 }
 
