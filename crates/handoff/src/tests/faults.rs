@@ -212,6 +212,19 @@ fn fsync_failure_on_new_segment_degrades() {
     assert!(q.is_degraded());
 }
 
+/// Fills the simulated disk but for `room` bytes beyond what its files hold now.
+fn leave_room(fs: &SimFs, room: u64) {
+    let used: u64 = fs
+        .paths()
+        .iter()
+        .map(|p| fs.read(p).unwrap().len() as u64)
+        .sum();
+    fs.set_faults(Faults {
+        space_limit: Some(used + room),
+        ..Faults::default()
+    });
+}
+
 #[test]
 fn enospc_is_typed_and_recoverable() {
     let fs = SimFs::new();
@@ -219,15 +232,7 @@ fn enospc_is_typed_and_recoverable() {
     for i in 0..3 {
         append_id(&q, "a", i).unwrap();
     }
-    let used: u64 = fs
-        .paths()
-        .iter()
-        .map(|p| fs.read(p).unwrap().len() as u64)
-        .sum();
-    fs.set_faults(Faults {
-        space_limit: Some(used + 20),
-        ..Faults::default()
-    });
+    leave_room(&fs, 20);
     assert!(matches!(append_id(&q, "a", 3), Err(Error::DiskFull(_))));
     assert!(!q.is_degraded());
     fs.set_faults(Faults::default());
@@ -252,15 +257,7 @@ fn a_full_disk_still_frees_consumed_segments() {
     }
     assert!(seg_files(&fs, &qdir()).len() > 5);
     // Something else fills the disk: not even the cursor's 32 bytes fit.
-    let used: u64 = fs
-        .paths()
-        .iter()
-        .map(|p| fs.read(p).unwrap().len() as u64)
-        .sum();
-    fs.set_faults(Faults {
-        space_limit: Some(used),
-        ..Faults::default()
-    });
+    leave_room(&fs, 0);
     // Every acknowledgement deletes what it consumed and then saves the cursor in the room
     // freed.
     assert_eq!(drain_ids(&q, 100), (0..40).collect::<Vec<_>>());
